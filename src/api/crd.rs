@@ -1,0 +1,30 @@
+//! The CRD manifests as `mailfleet crd` prints them and `crds/` stores them.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+use super::{DomainRoute, SenderPool};
+
+/// Every CRD of the project, in a fixed order.
+pub fn all() -> Vec<CustomResourceDefinition> {
+    vec![SenderPool::crd(), DomainRoute::crd()]
+}
+
+/// File name under `crds/` for a CRD.
+pub fn file_name(crd: &CustomResourceDefinition) -> String {
+    format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("unnamed"))
+}
+
+/// One CRD as YAML, exactly as stored in `crds/`.
+pub fn to_yaml(crd: &CustomResourceDefinition) -> String {
+    let body = serde_saphyr::to_string(crd).expect("a CRD always serialises");
+    format!("---\n{body}")
+}
+
+/// All CRDs as one multi-document YAML stream (the output of `mailfleet crd`),
+/// byte-identical to `cat crds/*.yaml`.
+pub fn render_all() -> String {
+    let mut crds = all();
+    crds.sort_by_key(file_name);
+    crds.iter().map(to_yaml).collect()
+}

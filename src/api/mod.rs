@@ -1,0 +1,11 @@
+//! The custom resources: `SenderPool` and `DomainRoute` (group `mailfleet.io`, `v1alpha1`).
+
+pub mod conditions;
+pub mod crd;
+pub mod domain_route;
+mod schema_util;
+pub mod sender_pool;
+
+pub use conditions::{Condition, ConditionStatus};
+pub use domain_route::*;
+pub use sender_pool::*;

@@ -1,0 +1,628 @@
+//! `SenderPool`: a set of source IPs and the sender pods that send from them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::conditions::{conditions_schema, Condition};
+use super::schema_util::preserve_unknown_object;
+
+/// A fleet of outbound mail senders: one set of pods per source IP.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "mailfleet.io",
+    version = "v1alpha1",
+    kind = "SenderPool",
+    namespaced,
+    status = "SenderPoolStatus",
+    shortname = "sp",
+    category = "mailfleet",
+    cel,
+    printcolumn(name = "IPs", type_ = "integer", json_path = ".status.ipCount", description = "Source IPs in the pool"),
+    printcolumn(name = "Healthy", type_ = "integer", json_path = ".status.healthyIps", description = "IPs healthy for every provider"),
+    printcolumn(name = "Blocked", type_ = "integer", json_path = ".status.blockedPairs", description = "(IP, provider) pairs currently blocked"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyIps", description = "IPs with at least one ready sender pod"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SenderPoolSpec {
+    /// The source IPs of this pool. Each one gets its own sender Deployment and
+    /// its own reputation with every mailbox provider. An IP may belong to one pool only.
+    #[schemars(length(min = 1, max = 256))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["address"]))]
+    #[x_kube(validation = Rule::new("self.all(a, !isIP(a.address) || self.filter(b, isIP(b.address) && ip(b.address) == ip(a.address)).size() == 1)").message("spec.ips lists the same IP address twice (also when written differently, e.g. 2001:db8::1 and 2001:DB8:0::1); remove the duplicate").reason(Reason::FieldValueDuplicate))]
+    pub ips: Vec<PoolIp>,
+
+    /// How many sender pods run per IP. The operator scales each IP between
+    /// `min` and `max` with its allowance; a blocked IP keeps `min` so it can be probed.
+    #[serde(default)]
+    pub replicas_per_ip: ReplicaRange,
+
+    /// The pod template of one sender (for example a Postfix container). The
+    /// operator adds the IP binding and, when enabled, the agent sidecar.
+    #[schemars(schema_with = "preserve_unknown_object")]
+    pub template: PodTemplateSpec,
+
+    /// How a sender pod learns which source IP it must bind to.
+    #[serde(default)]
+    pub ip_binding: IpBinding,
+
+    /// Hourly message limits per IP.
+    #[serde(default)]
+    pub rate_limits: RateLimits,
+
+    /// The warm-up schedule followed by IPs that have a `warmupStart`.
+    #[serde(default)]
+    pub warmup: WarmupSchedule,
+
+    /// How delivery results, DNS block lists and feeds move an IP's reputation.
+    #[serde(default)]
+    pub reputation: ReputationSettings,
+}
+
+/// One source IP of the pool.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolIp {
+    /// The IPv4 or IPv6 address mail leaves from, for example `203.0.113.10`.
+    #[schemars(length(max = 45))]
+    #[x_kube(validation = Rule::new("isIP(self)").message("must be an IPv4 or IPv6 address such as 203.0.113.10 or 2001:db8::10, without a prefix length").reason(Reason::FieldValueInvalid))]
+    pub address: String,
+
+    /// When this IP started warming up. While the warm-up schedule lasts, its
+    /// hourly volume per provider is capped by the schedule of that day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_start: Option<Time>,
+
+    /// A manual cap on this IP's allowance, for maintenance or a known problem.
+    #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
+    pub override_: Option<ManualOverride>,
+
+    /// Node labels the pods of this IP must run on (for example the nodes that own the address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+}
+
+/// A person's decision that outranks the reputation engine, with the reason recorded.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManualOverride {
+    /// The highest allowance (percent of normal volume) this IP may have: 0 drains it.
+    /// The override only lowers an allowance; it never sends through a blocked IP.
+    #[schemars(range(min = 0, max = 100))]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 100").message("allowancePercent is a percentage: use a value from 0 to 100"))]
+    pub allowance_percent: i32,
+
+    /// Providers the override applies to; empty means every provider.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub providers: Vec<String>,
+
+    /// Why the override exists; shown in status and events.
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new("self.size() > 0").message("override.reason must say why the IP is overridden"))]
+    pub reason: String,
+}
+
+/// Lower and upper bound of sender pods per IP.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[x_kube(validation = Rule::new("self.min <= self.max").message("replicasPerIp.min must not be greater than replicasPerIp.max").reason(Reason::FieldValueInvalid))]
+pub struct ReplicaRange {
+    /// Pods per IP when its allowance is lowest (blocked IPs keep this many so they can be probed).
+    #[serde(default = "one")]
+    #[schemars(range(min = 0, max = 100))]
+    pub min: i32,
+    /// Pods per IP at full allowance.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max: i32,
+}
+
+fn one() -> i32 {
+    1
+}
+
+impl Default for ReplicaRange {
+    fn default() -> Self {
+        ReplicaRange { min: 1, max: 1 }
+    }
+}
+
+/// How the sender container learns its source IP.
+#[derive(JsonSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpBinding {
+    /// Name of the environment variable that carries the IP into every container.
+    #[serde(default = "default_ip_env_var")]
+    #[schemars(length(min = 1, max = 128))]
+    pub env_var: String,
+
+    /// Pod annotations to add; `{{ip}}` in a value is replaced by the IP
+    /// (for example a CNI's egress-IP annotation).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+fn default_ip_env_var() -> String {
+    "MAILFLEET_SOURCE_IP".to_string()
+}
+
+impl Default for IpBinding {
+    fn default() -> Self {
+        IpBinding { env_var: default_ip_env_var(), annotations: BTreeMap::new() }
+    }
+}
+
+/// Hourly message limits for one IP.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimits {
+    /// Messages per hour one IP may send to one provider when nothing else is configured.
+    #[serde(default = "default_per_hour")]
+    #[schemars(range(min = 1))]
+    pub per_hour: i64,
+
+    /// Messages per hour per IP for a named provider, overriding `perHour`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(p, self[p] >= 1)").message("rateLimits.perProvider values are messages per hour and must be at least 1"))]
+    pub per_provider: BTreeMap<String, i64>,
+}
+
+fn default_per_hour() -> i64 {
+    10_000
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits { per_hour: default_per_hour(), per_provider: BTreeMap::new() }
+    }
+}
+
+impl RateLimits {
+    /// The hourly limit of one IP towards `provider`.
+    pub fn for_provider(&self, provider: &str) -> i64 {
+        self.per_provider.get(provider).copied().unwrap_or(self.per_hour)
+    }
+}
+
+/// Hourly caps for a warming IP, one entry per day since its `warmupStart`.
+#[derive(JsonSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WarmupSchedule {
+    /// Messages per hour per provider allowed on day 1, day 2, ...; after the last
+    /// day the IP is warm and only `rateLimits` apply.
+    #[serde(default = "default_warmup_caps")]
+    #[schemars(length(max = 90))]
+    pub hourly_caps: Vec<i64>,
+}
+
+/// A public provider warm-up schedule (about x1.4 a day), see docs/REPUTATION.md.
+pub fn default_warmup_caps() -> Vec<i64> {
+    vec![20, 28, 39, 55, 77, 108, 151, 211, 295, 413, 579, 810, 1000, 1587]
+}
+
+impl Default for WarmupSchedule {
+    fn default() -> Self {
+        WarmupSchedule { hourly_caps: default_warmup_caps() }
+    }
+}
+
+/// Settings of the reputation engine for this pool.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReputationSettings {
+    /// DNS block lists to probe every IP against.
+    #[serde(default)]
+    pub dnsbl: DnsblSettings,
+
+    /// How delivery results reported by the agents are judged.
+    #[serde(default)]
+    pub feedback: FeedbackSettings,
+
+    /// How long a blocked (IP, provider) pair rests before probing; doubles on every repeat block.
+    #[serde(default = "default_hold_down")]
+    #[schemars(range(min = 60))]
+    pub hold_down_seconds: i64,
+
+    /// The longest hold-down, however often the pair was blocked.
+    #[serde(default = "default_max_hold_down")]
+    #[schemars(range(min = 60))]
+    pub max_hold_down_seconds: i64,
+
+    /// Allowance (percent) of a pair whose provider rate-limits it.
+    #[serde(default = "default_throttled_allowance")]
+    #[schemars(range(min = 0, max = 100))]
+    pub throttled_allowance_percent: i32,
+
+    /// The small trickle a blocked pair gets after its hold-down, so the provider can see clean traffic.
+    #[serde(default)]
+    pub probe: ProbeSettings,
+
+    /// The steps that bring a probed pair back to full volume.
+    #[serde(default)]
+    pub recovery: RecoverySettings,
+}
+
+fn default_hold_down() -> i64 {
+    3600
+}
+fn default_max_hold_down() -> i64 {
+    48 * 3600
+}
+fn default_throttled_allowance() -> i32 {
+    50
+}
+
+impl Default for ReputationSettings {
+    fn default() -> Self {
+        ReputationSettings {
+            dnsbl: DnsblSettings::default(),
+            feedback: FeedbackSettings::default(),
+            hold_down_seconds: default_hold_down(),
+            max_hold_down_seconds: default_max_hold_down(),
+            throttled_allowance_percent: default_throttled_allowance(),
+            probe: ProbeSettings::default(),
+            recovery: RecoverySettings::default(),
+        }
+    }
+}
+
+/// Which DNS block lists are checked, and through which resolver.
+#[derive(JsonSchema, Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsblSettings {
+    /// The zones to query. Empty: no DNSBL probing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub zones: Vec<DnsblZone>,
+
+    /// `HOST:PORT` of your own recursive resolver. Big lists refuse public resolvers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolver: Option<String>,
+
+    /// Seconds between two probe rounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 60))]
+    pub interval_seconds: Option<i64>,
+}
+
+/// One DNS block list zone and how to read its answers.
+#[derive(JsonSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsblZone {
+    /// The zone, for example `zen.spamhaus.org`.
+    #[schemars(length(min = 1, max = 253))]
+    pub zone: String,
+
+    /// A answers that mean "listed"; empty means every 127.0.0.0/8 answer that is not an error code.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listing_codes: Vec<String>,
+
+    /// A answers that mean the query itself failed (Spamhaus: 127.255.255.252/254/255); never read as a listing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub error_codes: Vec<String>,
+
+    /// Providers a listing in this zone blocks; empty means every provider.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<String>,
+}
+
+/// Thresholds for ambiguous delivery signals (conclusive block replies need no threshold).
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeedbackSettings {
+    /// Length of the sliding window, in seconds.
+    #[serde(default = "default_window")]
+    #[schemars(range(min = 60, max = 86400))]
+    pub window_seconds: i64,
+
+    /// Attempts the window must hold before a rate is judged at all.
+    #[serde(default = "default_min_samples")]
+    #[schemars(range(min = 1))]
+    pub min_samples: i64,
+
+    /// Percent of attempts refused for IP reputation (non-conclusive) that marks the pair Blocked.
+    #[serde(default = "default_block_percent")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100").message("feedback.blockPercent is a percentage from 1 to 100"))]
+    pub block_percent: i32,
+
+    /// Percent of attempts rate-limited that marks the pair Throttled.
+    #[serde(default = "default_throttle_percent")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100").message("feedback.throttlePercent is a percentage from 1 to 100"))]
+    pub throttle_percent: i32,
+}
+
+fn default_window() -> i64 {
+    900
+}
+fn default_min_samples() -> i64 {
+    50
+}
+fn default_block_percent() -> i32 {
+    20
+}
+fn default_throttle_percent() -> i32 {
+    10
+}
+
+impl Default for FeedbackSettings {
+    fn default() -> Self {
+        FeedbackSettings {
+            window_seconds: default_window(),
+            min_samples: default_min_samples(),
+            block_percent: default_block_percent(),
+            throttle_percent: default_throttle_percent(),
+        }
+    }
+}
+
+/// The trickle sent through a blocked pair after its hold-down.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeSettings {
+    /// Allowance (percent) while Probing.
+    #[serde(default = "default_trickle")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100").message("probe.allowancePercent is a percentage from 1 to 100"))]
+    pub allowance_percent: i32,
+
+    /// Clean deliveries needed while Probing before recovery starts.
+    #[serde(default = "default_probe_successes")]
+    #[schemars(range(min = 1))]
+    pub successes_to_recover: i64,
+}
+
+fn default_trickle() -> i32 {
+    2
+}
+fn default_probe_successes() -> i64 {
+    20
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        ProbeSettings { allowance_percent: default_trickle(), successes_to_recover: default_probe_successes() }
+    }
+}
+
+/// The ramp from Probing back to Healthy.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoverySettings {
+    /// Allowance (percent) of each Recovering step, rising.
+    #[serde(default = "default_steps")]
+    #[schemars(length(min = 1, max = 20))]
+    #[x_kube(validation = Rule::new("self.all(s, s >= 1 && s <= 100)").message("recovery.stepPercents are percentages from 1 to 100"))]
+    pub step_percents: Vec<i32>,
+
+    /// How long each step lasts without a new failure before the next one.
+    #[serde(default = "default_step_seconds")]
+    #[schemars(range(min = 60))]
+    pub step_seconds: i64,
+}
+
+fn default_steps() -> Vec<i32> {
+    vec![10, 25, 50, 75]
+}
+fn default_step_seconds() -> i64 {
+    1800
+}
+
+impl Default for RecoverySettings {
+    fn default() -> Self {
+        RecoverySettings { step_percents: default_steps(), step_seconds: default_step_seconds() }
+    }
+}
+
+/// What the operator observed and decided for this pool.
+#[derive(JsonSchema, Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SenderPoolStatus {
+    /// The `metadata.generation` this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Ready, Degraded (some pair is Blocked) and Progressing.
+    #[serde(default)]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+
+    /// Per-IP replicas and reputation. This is the reputation engine's whole
+    /// state: an operator restarted mid-incident continues from here.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["address"]))]
+    pub ips: Vec<IpStatus>,
+
+    /// Number of IPs in the pool.
+    #[serde(default)]
+    pub ip_count: i32,
+    /// IPs that are Healthy (or Warming) for every provider.
+    #[serde(default)]
+    pub healthy_ips: i32,
+    /// (IP, provider) pairs that are Blocked.
+    #[serde(default)]
+    pub blocked_pairs: i32,
+    /// IPs with at least one ready sender pod.
+    #[serde(default)]
+    pub ready_ips: i32,
+}
+
+/// The observed state of one source IP.
+#[derive(JsonSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpStatus {
+    /// The source IP.
+    pub address: String,
+    /// Sender pods of this IP that are ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Sender pods of this IP the operator asked for.
+    #[serde(default)]
+    pub desired_replicas: i32,
+    /// Reputation of this IP with each provider it has sent to.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["provider"]))]
+    pub reputation: Vec<ProviderReputation>,
+    /// The latest DNS block list answers for this IP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dnsbl: Vec<DnsblResult>,
+    /// The latest provider feed verdict for this IP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feeds: Vec<FeedVerdict>,
+}
+
+impl IpStatus {
+    pub fn new(address: impl Into<String>) -> Self {
+        IpStatus {
+            address: address.into(),
+            ready_replicas: 0,
+            desired_replicas: 0,
+            reputation: Vec::new(),
+            dnsbl: Vec::new(),
+            feeds: Vec::new(),
+        }
+    }
+
+    pub fn pair(&self, provider: &str) -> Option<&ProviderReputation> {
+        self.reputation.iter().find(|r| r.provider == provider)
+    }
+}
+
+/// The state of one (source IP, provider) pair.
+#[derive(JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ReputationState {
+    /// Sending at full allowance.
+    Healthy,
+    /// A new IP following the warm-up schedule.
+    Warming,
+    /// The provider rate-limits this IP: reduced allowance.
+    Throttled,
+    /// The provider refuses this IP: no traffic until the hold-down ends.
+    Blocked,
+    /// After the hold-down: a small trickle to see whether the provider delisted the IP.
+    Probing,
+    /// Clean probe results: stepping back up to full allowance.
+    Recovering,
+}
+
+impl ReputationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReputationState::Healthy => "Healthy",
+            ReputationState::Warming => "Warming",
+            ReputationState::Throttled => "Throttled",
+            ReputationState::Blocked => "Blocked",
+            ReputationState::Probing => "Probing",
+            ReputationState::Recovering => "Recovering",
+        }
+    }
+}
+
+impl std::fmt::Display for ReputationState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Reputation of one IP with one provider, with the evidence behind it.
+#[derive(JsonSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderReputation {
+    /// Provider name (`microsoft`, `google`, ... or a declared one).
+    pub provider: String,
+    /// Current state.
+    pub state: ReputationState,
+    /// When the pair entered this state.
+    pub since: Time,
+    /// CamelCase reason of the last transition (`ConclusiveBlockReply`, `HoldDownElapsed`, ...).
+    pub reason: String,
+    /// The reply, DNSBL answer or feed line that caused the last transition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_evidence: Option<String>,
+    /// Share of its normal volume (0-100) this IP may send to this provider now.
+    pub allowance_percent: i32,
+    /// Messages per hour while warming (from the warm-up schedule), if capped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hourly_cap: Option<i64>,
+    /// The manual override in force, if any (its reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overridden_by: Option<String>,
+    /// Hold-down of the current or last block, in seconds (doubles on repeat blocks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_down_seconds: Option<i64>,
+    /// How many times this pair was blocked.
+    #[serde(default)]
+    pub block_count: i32,
+    /// When the engine will next move this pair by itself (end of hold-down, next recovery step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_step_at: Option<Time>,
+    /// Index into `recovery.stepPercents` while Recovering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_step: Option<i32>,
+    /// Clean deliveries counted while Probing.
+    #[serde(default)]
+    pub probe_successes: i64,
+    /// Recent delivery counts, the sliding window the thresholds are judged on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub window: Vec<WindowBucket>,
+}
+
+/// Delivery counts of one slice of the sliding window.
+#[derive(JsonSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowBucket {
+    /// Start of the slice.
+    pub start: Time,
+    /// Attempts in the slice.
+    pub attempts: i64,
+    /// Of those, delivered.
+    #[serde(default)]
+    pub delivered: i64,
+    /// Of those, refused for IP reputation without a conclusive reply.
+    #[serde(default)]
+    pub ip_blocklisted: i64,
+    /// Of those, rate-limited.
+    #[serde(default)]
+    pub ip_rate_limited: i64,
+}
+
+/// One DNS block list answer about an IP.
+#[derive(JsonSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsblResult {
+    /// The zone queried.
+    pub zone: String,
+    /// Whether the IP is listed (never true for an error answer).
+    pub listed: bool,
+    /// The A answers received.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<String>,
+    /// The TXT reason of a listing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Why the probe failed (error code, timeout, SERVFAIL), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the answer was received.
+    pub checked_at: Time,
+}
+
+/// One provider feed's verdict about an IP (for example Microsoft SNDS).
+#[derive(JsonSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeedVerdict {
+    /// The feed, for example `snds`.
+    pub feed: String,
+    /// Provider the feed speaks for.
+    pub provider: String,
+    /// Whether the feed says the IP is blocked.
+    pub blocked: bool,
+    /// The feed's own words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the feed was read.
+    pub checked_at: Time,
+}

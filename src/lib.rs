@@ -1,0 +1,9 @@
+//! mailfleet: routes outbound mail around source IPs that a mailbox provider blocks.
+//!
+//! The pure core ([`reputation`], [`routing`]) decides; the drivers (operator,
+//! standalone, agent, command line) only fetch, apply and report.
+
+pub mod api;
+pub mod reputation;
+pub mod routing;
+pub mod vocab;

@@ -1,0 +1,9 @@
+//! The pure reputation core: recognising providers, classifying SMTP replies and
+//! Postfix log lines, and the per-(IP, provider) state machine.
+//! No I/O, no wall clock, no randomness: callers pass `now`.
+
+pub mod classifier;
+pub mod engine;
+pub mod postfix_log;
+pub mod providers;
+pub mod rules;
