@@ -4,6 +4,8 @@
 //! standalone, agent, command line) only fetch, apply and report.
 
 pub mod api;
+pub mod cli;
+pub mod manifests;
 pub mod reputation;
 pub mod routing;
 pub mod vocab;

@@ -15,6 +15,7 @@ use super::sender_pool::ReputationState;
     group = "mailfleet.io",
     version = "v1alpha1",
     kind = "DomainRoute",
+    doc = "Routes one mailbox provider's recipients through a SenderPool with ordered fallbacks; status holds the route in force.",
     namespaced,
     status = "DomainRouteStatus",
     shortname = "dr",

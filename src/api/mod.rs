@@ -5,6 +5,7 @@ pub mod crd;
 pub mod domain_route;
 mod schema_util;
 pub mod sender_pool;
+pub mod validate;
 
 pub use conditions::{Condition, ConditionStatus};
 pub use domain_route::*;

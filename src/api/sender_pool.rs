@@ -17,6 +17,7 @@ use super::schema_util::preserve_unknown_object;
     group = "mailfleet.io",
     version = "v1alpha1",
     kind = "SenderPool",
+    doc = "A pool of outbound mail senders: one Deployment per source IP, and the reputation of every IP with every mailbox provider.",
     namespaced,
     status = "SenderPoolStatus",
     shortname = "sp",

@@ -1,0 +1,210 @@
+//! L1: the CRDs as shipped. They must match the code byte for byte, be structural
+//! (the API server rejects anything else) and accept every example we ship.
+
+use std::path::Path;
+
+use mailfleet::api::crd;
+use mailfleet::api::validate::{crd_schema, validate};
+use serde_json::Value;
+
+fn repo(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+#[test]
+fn crds_folder_matches_the_code() {
+    for c in crd::all() {
+        let file = repo("crds").join(crd::file_name(&c));
+        let stored = std::fs::read_to_string(&file).unwrap_or_default();
+        assert!(
+            stored == crd::to_yaml(&c),
+            "{} is out of date with src/api; run `make crds` and commit the result",
+            file.display()
+        );
+    }
+    let files = std::fs::read_dir(repo("crds")).unwrap().count();
+    assert_eq!(files, crd::all().len(), "crds/ holds a file that no CRD produces");
+}
+
+#[test]
+fn mailfleet_crd_prints_exactly_the_crds_folder() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailfleet")).arg("crd").output().unwrap();
+    assert!(out.status.success());
+    let mut files: Vec<_> = std::fs::read_dir(repo("crds")).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let stored: String = files.iter().map(|f| std::fs::read_to_string(f).unwrap()).collect();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), stored);
+}
+
+/// Returns what makes a schema node non-structural, if anything.
+fn structural_problems(node: &Value, path: &str, out: &mut Vec<String>) {
+    let Some(obj) = node.as_object() else {
+        out.push(format!("{path}: schema node is not an object"));
+        return;
+    };
+    let preserve = obj.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+    let int_or_string = obj.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true));
+    if obj.get("type").and_then(Value::as_str).is_none() && !preserve && !int_or_string {
+        out.push(format!("{path}: node without a type"));
+    }
+    if obj.contains_key("$ref") {
+        out.push(format!("{path}: $ref is not allowed"));
+    }
+    for combinator in ["anyOf", "oneOf", "allOf"] {
+        if let Some(branches) = obj.get(combinator).and_then(Value::as_array) {
+            for (i, b) in branches.iter().enumerate() {
+                for forbidden in ["type", "default", "nullable", "description", "additionalProperties"] {
+                    if b.get(forbidden).is_some() {
+                        out.push(format!("{path}.{combinator}[{i}]: `{forbidden}` inside a {combinator} branch"));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(values) = obj.get("enum").and_then(Value::as_array) {
+        if values.iter().any(Value::is_null) {
+            out.push(format!("{path}: null inside an enum"));
+        }
+    }
+    if obj.get("type").and_then(Value::as_str) == Some("array") && !obj.contains_key("items") {
+        out.push(format!("{path}: array without items"));
+    }
+    if let Some(props) = obj.get("properties").and_then(Value::as_object) {
+        if obj.contains_key("additionalProperties") {
+            out.push(format!("{path}: both properties and additionalProperties"));
+        }
+        for (k, v) in props {
+            if path.ends_with(".metadata") {
+                continue;
+            }
+            structural_problems(v, &format!("{path}.{k}"), out);
+        }
+    }
+    if let Some(items) = obj.get("items") {
+        structural_problems(items, &format!("{path}[]"), out);
+    }
+    if let Some(add) = obj.get("additionalProperties").filter(|a| a.is_object()) {
+        structural_problems(add, &format!("{path}{{}}"), out);
+    }
+}
+
+fn descriptions_missing(node: &Value, path: &str, out: &mut Vec<String>) {
+    let Some(props) = node.get("properties").and_then(Value::as_object) else { return };
+    for (k, v) in props {
+        let here = format!("{path}.{k}");
+        if path.is_empty() && (k == "apiVersion" || k == "kind" || k == "metadata") {
+            continue;
+        }
+        if v.get("description").and_then(Value::as_str).is_none_or(str::is_empty) {
+            out.push(here.clone());
+        }
+        descriptions_missing(v, &here, out);
+        if let Some(items) = v.get("items") {
+            descriptions_missing(items, &format!("{here}[]"), out);
+        }
+    }
+}
+
+#[test]
+fn every_schema_is_structural() {
+    for c in crd::all() {
+        let mut problems = Vec::new();
+        structural_problems(&crd_schema(&c), "", &mut problems);
+        assert!(problems.is_empty(), "{}: {problems:#?}", c.metadata.name.unwrap());
+    }
+}
+
+#[test]
+fn the_walk_catches_what_the_api_server_rejects() {
+    let bad = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "untyped": {"description": "x"},
+            "mode": {"type": "string", "enum": ["A", null]},
+            "either": {"type": "object", "anyOf": [{"type": "string"}]}
+        }
+    });
+    let mut problems = Vec::new();
+    structural_problems(&bad, "", &mut problems);
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+}
+
+#[test]
+fn every_field_is_described_for_kubectl_explain() {
+    for c in crd::all() {
+        let mut missing = Vec::new();
+        descriptions_missing(&crd_schema(&c), "", &mut missing);
+        assert!(missing.is_empty(), "{} fields without description: {missing:#?}", c.metadata.name.unwrap());
+    }
+}
+
+#[test]
+fn crds_carry_names_categories_columns_and_status() {
+    for c in crd::all() {
+        let v = &c.spec.versions[0];
+        assert_eq!(c.spec.group, "mailfleet.io");
+        assert_eq!(v.name, "v1alpha1");
+        assert_eq!(c.spec.scope, "Namespaced");
+        assert_eq!(c.spec.names.categories.as_deref(), Some(&["mailfleet".to_string()][..]));
+        assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "status subresource");
+        let columns: Vec<&str> = v.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
+        match c.spec.names.kind.as_str() {
+            "SenderPool" => {
+                assert_eq!(c.spec.names.short_names.as_deref(), Some(&["sp".to_string()][..]));
+                assert_eq!(columns, ["IPs", "Healthy", "Blocked", "Ready", "Age"]);
+            }
+            "DomainRoute" => assert_eq!(c.spec.names.short_names.as_deref(), Some(&["dr".to_string()][..])),
+            other => panic!("unexpected kind {other}"),
+        }
+        let schema = crd_schema(&c);
+        let conditions = &schema["properties"]["status"]["properties"]["conditions"];
+        assert_eq!(conditions["x-kubernetes-list-type"], "map");
+        assert_eq!(conditions["x-kubernetes-list-map-keys"], serde_json::json!(["type"]));
+    }
+}
+
+#[test]
+fn every_example_passes_the_schema_and_cel_rules() {
+    let mut checked = 0;
+    for dir in std::fs::read_dir(repo("examples")).unwrap() {
+        let dir = dir.unwrap().path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let m = mailfleet::manifests::load_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        checked += m.pools.len() + m.routes.len();
+        for pool in &m.pools {
+            pool.validate_cel().unwrap_or_else(|e| panic!("{:?}: {e:?}", pool.metadata.name));
+        }
+        for route in &m.routes {
+            route.validate_cel().unwrap_or_else(|e| panic!("{:?}: {e:?}", route.metadata.name));
+        }
+    }
+    assert!(checked >= 7, "expected the example fleet, found {checked} objects");
+}
+
+#[test]
+fn the_example_fleet_is_the_realistic_one() {
+    let m = mailfleet::manifests::load_dir(&repo("examples/fleet")).unwrap();
+    assert_eq!(m.pools.len(), 2);
+    let ips: usize = m.pools.iter().map(|p| p.spec.ips.len()).sum();
+    assert_eq!(ips, 8);
+    let providers: Vec<&str> = m.routes.iter().map(|r| r.spec.provider.as_str()).collect();
+    for p in ["microsoft", "google", "yahoo", "other"] {
+        assert!(providers.contains(&p), "no {p} route");
+    }
+    assert!(m.routes.iter().any(|r| r.spec.match_.default == Some(true)));
+    assert!(m.routes.iter().any(|r| r.spec.fallback.iter().any(|f| f.relay.is_some())));
+}
+
+#[test]
+fn a_rule_violation_is_caught_the_same_way_for_a_typed_object() {
+    let m = mailfleet::manifests::load_dir(&repo("examples/fleet")).unwrap();
+    let mut pool = m.pools[0].clone();
+    pool.spec.replicas_per_ip.min = 5;
+    pool.spec.replicas_per_ip.max = 1;
+    assert!(pool.validate_cel().is_err());
+    let value = serde_json::to_value(&pool).unwrap();
+    let schema = crd_schema(&crd::all().into_iter().find(|c| c.spec.names.kind == "SenderPool").unwrap());
+    assert!(validate(&schema, &value).iter().any(|v| v.path.contains("replicasPerIp")));
+}
