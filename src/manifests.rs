@@ -24,8 +24,55 @@ const API_VERSION: &str = "mailfleet.io/v1alpha1";
 pub struct Manifests {
     pub pools: Vec<SenderPool>,
     pub routes: Vec<DomainRoute>,
-    /// Documents of other kinds, as `file#index kind`.
+    /// Documents of other kinds, as `file (document N) Kind`.
     pub skipped: Vec<String>,
+}
+
+impl Manifests {
+    /// Applies a status-only document (kind, metadata and `status`, no `spec`) to
+    /// the object it names: the shape of a status snapshot taken from a cluster.
+    fn apply_status(&mut self, doc: &Value, kind: &str, source: &Source) -> Result<(), ManifestError> {
+        let mut meta: ObjectMeta = serde_json::from_value(doc.get("metadata").cloned().unwrap_or(Value::Null)).unwrap_or_default();
+        default_namespace(&mut meta);
+        let status = doc.get("status").cloned().unwrap_or(Value::Null);
+        let invalid = |violations| ManifestError::Invalid {
+            source_: source.clone(),
+            kind: kind.to_string(),
+            name: meta.name.clone().unwrap_or_default(),
+            violations,
+        };
+        let missing = || {
+            invalid(vec![Violation {
+                path: "metadata.name".into(),
+                message: format!("a status-only document must name a {kind} defined in an earlier file or source"),
+            }])
+        };
+        let wanted = key(kind, &meta);
+        if kind == "SenderPool" {
+            let pool = self.pools.iter_mut().find(|p| key(kind, &p.metadata) == wanted).ok_or_else(missing)?;
+            pool.status = Some(status_of(&status, &SenderPool::crd()).map_err(invalid)?);
+        } else {
+            let route = self.routes.iter_mut().find(|r| key(kind, &r.metadata) == wanted).ok_or_else(missing)?;
+            route.status = Some(status_of(&status, &DomainRoute::crd()).map_err(invalid)?);
+        }
+        Ok(())
+    }
+}
+
+fn status_of<T: DeserializeOwned>(
+    status: &Value,
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> Result<T, Vec<Violation>> {
+    let schema = crd_schema(crd);
+    let violations: Vec<Violation> = validate(&schema["properties"]["status"], status)
+        .into_iter()
+        .map(|v| Violation { path: format!("status.{}", v.path.trim_start_matches("(object)")).trim_end_matches('.').to_string(), ..v })
+        .collect();
+    if !violations.is_empty() {
+        return Err(violations);
+    }
+    serde_path_to_error::deserialize(status)
+        .map_err(|e| vec![Violation { path: format!("status.{}", e.path()), message: e.inner().to_string() }])
 }
 
 /// Where a document came from: a file and its 1-based position in that file.
@@ -73,20 +120,32 @@ impl ManifestError {
     }
 }
 
+/// Loads several folders or files in order; an object in a later source replaces
+/// the object of the same kind, namespace and name from an earlier one, and a
+/// status-only document (kind, metadata and `status`, no `spec`) sets the status
+/// of an object loaded before it. This is how a what-if run combines the
+/// manifests in Git with status read from a cluster (`kubectl get sp -o yaml`).
+pub fn load_overlays(sources: &[PathBuf]) -> Result<Manifests, ManifestError> {
+    let mut merged = Manifests::default();
+    for source in sources {
+        let mut files = Vec::new();
+        collect_files(source, &mut files)?;
+        if files.is_empty() {
+            return Err(ManifestError::Empty { path: source.clone() });
+        }
+        files.sort();
+        let mut layer = BTreeSet::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).map_err(|source| ManifestError::Io { path: file.clone(), source })?;
+            parse_layer(&text, &file, &mut merged, &mut layer)?;
+        }
+    }
+    Ok(merged)
+}
+
 /// Loads every `*.yaml` / `*.yml` file under `dir` (recursively, in name order).
 pub fn load_dir(dir: &Path) -> Result<Manifests, ManifestError> {
-    let mut files = Vec::new();
-    collect_files(dir, &mut files)?;
-    if files.is_empty() {
-        return Err(ManifestError::Empty { path: dir.to_path_buf() });
-    }
-    files.sort();
-    let mut manifests = Manifests::default();
-    for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|source| ManifestError::Io { path: file.clone(), source })?;
-        parse_into(&text, &file, &mut manifests)?;
-    }
-    Ok(manifests)
+    load_overlays(&[dir.to_path_buf()])
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ManifestError> {
@@ -108,16 +167,16 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ManifestError
 
 /// Parses one multi-document YAML text into `into`, checking every mailfleet document.
 pub fn parse_into(text: &str, file: &Path, into: &mut Manifests) -> Result<(), ManifestError> {
+    parse_layer(text, file, into, &mut BTreeSet::new())
+}
+
+type Key = (String, String, String);
+
+fn parse_layer(text: &str, file: &Path, into: &mut Manifests, layer: &mut BTreeSet<Key>) -> Result<(), ManifestError> {
     let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| ManifestError::Yaml {
         source_: Source { file: file.to_path_buf(), document: 1 },
         message: e.to_string(),
     })?;
-    let mut seen: BTreeSet<(String, String, String)> = into
-        .pools
-        .iter()
-        .map(|p| key("SenderPool", &p.metadata))
-        .chain(into.routes.iter().map(|r| key("DomainRoute", &r.metadata)))
-        .collect();
     for (index, doc) in docs.into_iter().enumerate() {
         let source = Source { file: file.to_path_buf(), document: index + 1 };
         if doc.is_null() {
@@ -125,50 +184,50 @@ pub fn parse_into(text: &str, file: &Path, into: &mut Manifests) -> Result<(), M
         }
         let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
         let api_version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
-        match kind.as_str() {
-            "SenderPool" | "DomainRoute" if api_version.starts_with("mailfleet.io/") || api_version.is_empty() => {
-                if api_version != API_VERSION {
-                    return Err(ManifestError::WrongVersion { source_: source, kind, found: api_version });
-                }
-                if kind == "SenderPool" {
-                    let mut pool: SenderPool = checked(&doc, &SenderPool::crd(), &source, &kind)?;
-                    default_namespace(&mut pool.metadata);
-                    remember(&mut seen, &kind, &pool.metadata, &source)?;
-                    into.pools.push(pool);
-                } else {
-                    let mut route: DomainRoute = checked(&doc, &DomainRoute::crd(), &source, &kind)?;
-                    default_namespace(&mut route.metadata);
-                    remember(&mut seen, &kind, &route.metadata, &source)?;
-                    into.routes.push(route);
-                }
-            }
-            _ => into.skipped.push(format!("{source} {}", if kind.is_empty() { "(no kind)" } else { &kind })),
+        let ours = matches!(kind.as_str(), "SenderPool" | "DomainRoute")
+            && (api_version.starts_with("mailfleet.io/") || api_version.is_empty());
+        if !ours {
+            into.skipped.push(format!("{source} {}", if kind.is_empty() { "(no kind)" } else { &kind }));
+            continue;
+        }
+        if api_version != API_VERSION {
+            return Err(ManifestError::WrongVersion { source_: source, kind, found: api_version });
+        }
+        if doc.get("spec").is_none() && doc.get("status").is_some() {
+            into.apply_status(&doc, &kind, &source)?;
+        } else if kind == "SenderPool" {
+            let mut pool: SenderPool = checked(&doc, &SenderPool::crd(), &source, &kind)?;
+            default_namespace(&mut pool.metadata);
+            let k = remember(layer, &kind, &pool.metadata, &source)?;
+            into.pools.retain(|p| key(&kind, &p.metadata) != k);
+            into.pools.push(pool);
+        } else {
+            let mut route: DomainRoute = checked(&doc, &DomainRoute::crd(), &source, &kind)?;
+            default_namespace(&mut route.metadata);
+            let k = remember(layer, &kind, &route.metadata, &source)?;
+            into.routes.retain(|r| key(&kind, &r.metadata) != k);
+            into.routes.push(route);
         }
     }
     Ok(())
 }
 
-fn key(kind: &str, meta: &ObjectMeta) -> (String, String, String) {
+fn key(kind: &str, meta: &ObjectMeta) -> Key {
     (kind.to_string(), meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
 }
 
-fn remember(
-    seen: &mut BTreeSet<(String, String, String)>,
-    kind: &str,
-    meta: &ObjectMeta,
-    source: &Source,
-) -> Result<(), ManifestError> {
+fn remember(layer: &mut BTreeSet<Key>, kind: &str, meta: &ObjectMeta, source: &Source) -> Result<Key, ManifestError> {
     let k = key(kind, meta);
-    if !seen.insert(k.clone()) {
+    if !layer.insert(k.clone()) {
         return Err(ManifestError::Duplicate {
             source_: source.clone(),
             kind: k.0,
             namespace: k.1,
             name: k.2,
-            first: "an earlier document".into(),
+            first: "an earlier document of the same source".into(),
         });
     }
-    Ok(())
+    Ok(k)
 }
 
 fn default_namespace(meta: &mut ObjectMeta) {
@@ -248,6 +307,35 @@ mod tests {
         assert!(err.contains("apiVersion mailfleet.io/v1"), "{err}");
         let err = parse(&format!("{POOL}---\n{POOL}")).unwrap_err().to_string();
         assert!(err.contains("defined twice"), "{err}");
+    }
+
+    #[test]
+    fn a_later_source_replaces_the_same_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+        std::fs::write(&a, POOL).unwrap();
+        std::fs::write(&b, POOL.replace("203.0.113.10", "203.0.113.99")).unwrap();
+        let m = load_overlays(&[a, b]).unwrap();
+        assert_eq!(m.pools.len(), 1);
+        assert_eq!(m.pools[0].spec.ips[0].address, "203.0.113.99");
+    }
+
+    #[test]
+    fn a_status_only_document_sets_the_status_of_an_earlier_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+        std::fs::write(&a, POOL).unwrap();
+        let status = "apiVersion: mailfleet.io/v1alpha1\nkind: SenderPool\nmetadata: {name: bulk}\nstatus:\n  ipCount: 1\n  ips:\n  - address: 203.0.113.10\n    reputation:\n    - {provider: microsoft, state: Blocked, since: '2021-11-05T08:10:00Z', reason: ConclusiveBlockReply, allowancePercent: 0}\n";
+        std::fs::write(&b, status).unwrap();
+        let m = load_overlays(&[a.clone(), b.clone()]).unwrap();
+        let st = m.pools[0].status.as_ref().unwrap();
+        assert_eq!(st.ips[0].reputation[0].state, crate::api::ReputationState::Blocked);
+        std::fs::write(&b, status.replace("Blocked", "Blokked")).unwrap();
+        let err = load_overlays(&[a.clone(), b.clone()]).unwrap_err().to_string();
+        assert!(err.contains("status.ips[0].reputation[0].state") && err.contains("Healthy"), "{err}");
+        std::fs::write(&b, status.replace("name: bulk", "name: nosuch")).unwrap();
+        let err = load_overlays(&[a, b]).unwrap_err().to_string();
+        assert!(err.contains("status-only document"), "{err}");
     }
 
     #[test]
