@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod fleet;
 pub mod manifests;
 pub mod reputation;
 pub mod routing;

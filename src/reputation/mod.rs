@@ -7,3 +7,4 @@ pub mod engine;
 pub mod postfix_log;
 pub mod providers;
 pub mod rules;
+pub mod tally;

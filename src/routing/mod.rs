@@ -1,5 +1,20 @@
 //! The pure route compiler and its renderers (JSON route table, Postfix config).
+//!
+//! [`compile`] turns pools (whose status holds the reputation engine's state) and
+//! routes into a [`RouteTable`]; [`RouteCompiler`] keeps its indexes to re-route
+//! after one IP changes; [`status_for`] projects a route onto its status; [`json`]
+//! and [`postfix`] render what senders consume.
 
 pub mod compiler;
+pub mod example;
+mod index;
 pub mod json;
+mod judge;
+pub mod model;
 pub mod postfix;
+mod share;
+pub mod status;
+
+pub use compiler::{compile, CompileError, RouteCompiler};
+pub use model::{ObjectKey, Problem, RelayTarget, RouteMatcher, RouteResult, RouteTable};
+pub use status::status_for;
