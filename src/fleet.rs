@@ -129,6 +129,14 @@ impl Fleet {
             .map_err(|source| FleetError::Engine { pool: object_name(&pool.metadata), source })
     }
 
+    /// Remembers, in every route matching `mx_host`, that `domain` is served by it.
+    pub fn learn_domain(&mut self, domain: &str, mx_host: &str, now: Timestamp) {
+        for route in &mut self.routes {
+            let status = route.status.get_or_insert_with(Default::default);
+            routing::learned::learn(status, &route.spec, domain, mx_host, now);
+        }
+    }
+
     /// The effective route table at `now`.
     pub fn compile(&self, now: Timestamp) -> RouteTable {
         routing::compile(&self.pools, &self.routes, now)

@@ -142,6 +142,9 @@ fn replay(
         let verdict = classify_attempt(&fleet.classifier, &attempt);
         let mut tally = Tally::default();
         tally.add(&verdict, attempt.text, at);
+        if let (Some(domain), Some(mx)) = (attempt.recipient_domain, attempt.relay_host) {
+            fleet.learn_domain(domain, mx, at);
+        }
         transitions.extend(fleet.advance(at)?);
         for feedback in tally.drain() {
             transitions.extend(fleet.observe(&ip_text, Signal::Feedback(feedback), at)?);

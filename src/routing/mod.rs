@@ -9,6 +9,7 @@ pub mod compiler;
 pub mod example;
 mod index;
 pub mod json;
+pub mod learned;
 mod judge;
 pub mod model;
 pub mod postfix;
