@@ -44,9 +44,9 @@ pub const WELL_KNOWN_DOMAINS: [(&str, &[&str]); 4] = [
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
     #[error("DomainRoute {route}: spec.match declares provider `{provider}` in a way the classifier refuses: {source}")]
-    Provider { route: String, provider: String, source: ClassifierError },
+    Provider { route: String, provider: String, source: Box<ClassifierError> },
     #[error(transparent)]
-    Classifier(#[from] ClassifierError),
+    Classifier(Box<ClassifierError>),
     #[error("SenderPool {pool}: {source}")]
     Engine { pool: String, source: EngineError },
     #[error("{ip} is not in any SenderPool; add it to a pool's spec.ips or pick one of: {known}")]
@@ -85,12 +85,12 @@ impl Fleet {
                     .map_err(|source| FleetError::Provider {
                         route: object_name(&route.metadata),
                         provider: route.spec.provider.clone(),
-                        source,
+                        source: Box::new(source),
                     })?;
                 config.providers.push(spec);
             }
         }
-        let classifier = Classifier::with_config(config)?;
+        let classifier = Classifier::with_config(config).map_err(|e| FleetError::Classifier(Box::new(e)))?;
         Ok(Fleet { known_providers: known_providers(&routes), pools, routes, classifier })
     }
 

@@ -36,7 +36,7 @@ impl Manifests {
         default_namespace(&mut meta);
         let status = doc.get("status").cloned().unwrap_or(Value::Null);
         let invalid = |violations| ManifestError::Invalid {
-            source_: source.clone(),
+            source_: Box::new(source.clone()),
             kind: kind.to_string(),
             name: meta.name.clone().unwrap_or_default(),
             violations,
@@ -95,13 +95,13 @@ pub enum ManifestError {
     #[error("{path} has no .yaml or .yml files; point --manifests at the folder holding your SenderPool and DomainRoute manifests")]
     Empty { path: PathBuf },
     #[error("{source_}: not valid YAML: {message}")]
-    Yaml { source_: Source, message: String },
+    Yaml { source_: Box<Source>, message: String },
     #[error("{source_}: {kind} {name}: {}", format_violations(.violations))]
-    Invalid { source_: Source, kind: String, name: String, violations: Vec<Violation> },
+    Invalid { source_: Box<Source>, kind: String, name: String, violations: Vec<Violation> },
     #[error("{source_}: {kind} uses apiVersion {found}; this version of mailfleet reads {API_VERSION}")]
-    WrongVersion { source_: Source, kind: String, found: String },
+    WrongVersion { source_: Box<Source>, kind: String, found: String },
     #[error("{source_}: {kind} {namespace}/{name} is defined twice (also in {first}); keep one")]
-    Duplicate { source_: Source, kind: String, namespace: String, name: String, first: String },
+    Duplicate { source_: Box<Source>, kind: String, namespace: String, name: String, first: String },
 }
 
 fn format_violations(v: &[Violation]) -> String {
@@ -174,7 +174,7 @@ type Key = (String, String, String);
 
 fn parse_layer(text: &str, file: &Path, into: &mut Manifests, layer: &mut BTreeSet<Key>) -> Result<(), ManifestError> {
     let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| ManifestError::Yaml {
-        source_: Source { file: file.to_path_buf(), document: 1 },
+        source_: Box::new(Source { file: file.to_path_buf(), document: 1 }),
         message: e.to_string(),
     })?;
     for (index, doc) in docs.into_iter().enumerate() {
@@ -191,7 +191,7 @@ fn parse_layer(text: &str, file: &Path, into: &mut Manifests, layer: &mut BTreeS
             continue;
         }
         if api_version != API_VERSION {
-            return Err(ManifestError::WrongVersion { source_: source, kind, found: api_version });
+            return Err(ManifestError::WrongVersion { source_: Box::new(source), kind, found: api_version });
         }
         if doc.get("spec").is_none() && doc.get("status").is_some() {
             into.apply_status(&doc, &kind, &source)?;
@@ -220,7 +220,7 @@ fn remember(layer: &mut BTreeSet<Key>, kind: &str, meta: &ObjectMeta, source: &S
     let k = key(kind, meta);
     if !layer.insert(k.clone()) {
         return Err(ManifestError::Duplicate {
-            source_: source.clone(),
+            source_: Box::new(source.clone()),
             kind: k.0,
             namespace: k.1,
             name: k.2,
@@ -244,7 +244,7 @@ fn checked<T: DeserializeOwned>(
 ) -> Result<T, ManifestError> {
     let name = doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
     let invalid = |violations| ManifestError::Invalid {
-        source_: source.clone(),
+        source_: Box::new(source.clone()),
         kind: kind.to_string(),
         name: if name.is_empty() { "(unnamed)".into() } else { name.clone() },
         violations,

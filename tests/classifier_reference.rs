@@ -753,6 +753,123 @@ fn a_yahoo_line_in_the_iso_prefix_format() {
     );
 }
 
+/// Lines captured from a real Postfix 3.7 (maillog_file) delivering to a local
+/// server that answered like the providers; the last two with
+/// `smtp_delivery_status_filter` (5.7.6xx to 4.7.6xx) and `smtp_reply_filter`
+/// (550 to 450 for S3140) in place.
+const REAL_POSTFIX_3_7: &str = r#"Nov 29 21:06:13 sender postfix/smtp[17057]: ADB3298E17A: to=<ok@gmail.com>, relay=127.0.77.1[127.0.77.1]:2525, delay=0.03, delays=0.01/0.01/0/0, dsn=2.0.0, status=sent (250 2.0.0 OK  1636099802 x12si1234567pgh.123 - gsmtp)
+Nov 29 21:06:13 sender postfix/smtp[17057]: AE52198E17B: to=<ms606@hotmail.co.jp>, relay=127.0.77.1[127.0.77.1]:2525, delay=0.04, delays=0.01/0/0.01/0.01, dsn=5.7.606, status=bounced (host 127.0.77.1[127.0.77.1] said: 550 5.7.606 Access denied, banned sending IP [127.0.77.2]. To request removal from this list please visit https://sender.office.com/ and follow the directions. For more information please go to  http://go.microsoft.com/fwlink/?LinkID=526655 AS(1430) [AM4PEPF00027A5F.eurprd04.prod.outlook.com] (in reply to RCPT TO command))
+Nov 29 21:06:13 sender postfix/smtp[17058]: B168B98E17C: to=<unknown@gmail.com>, relay=127.0.77.1[127.0.77.1]:2525, delay=0.03, delays=0/0.01/0/0.02, dsn=5.1.1, status=bounced (host 127.0.77.1[127.0.77.1] said: 550-5.1.1 The email account that you tried to reach does not exist. Please try 550-5.1.1 double-checking the recipient's email address for typos or 550 5.1.1 unnecessary spaces. https://support.google.com/mail/?p=NoSuchUser x - gsmtp (in reply to RCPT TO command))
+Nov 29 21:06:13 sender postfix/smtp[17058]: B4C5298E17A: to=<spam@gmail.com>, relay=127.0.77.1[127.0.77.1]:2525, conn_use=2, delay=0.03, delays=0.01/0.01/0.01/0.01, dsn=5.7.1, status=bounced (host 127.0.77.1[127.0.77.1] said: 550-5.7.1 [127.0.77.2      12] Our system has detected that this message is 550-5.7.1 likely unsolicited mail. To reduce the amount of spam sent to Gmail, 550-5.7.1 this message has been blocked. Please visit 550 5.7.1  https://support.google.com/mail/?p=UnsolicitedMessageError x - gsmtp (in reply to end of DATA command))
+Nov 29 21:06:13 sender postfix/smtp[17057]: B218098E17D: to=<grey@example.org>, relay=127.0.77.1[127.0.77.1]:2525, conn_use=2, delay=0.06, delays=0.01/0.01/0/0.03, dsn=4.7.1, status=deferred (host 127.0.77.1[127.0.77.1] said: 451 4.7.1 <grey@example.org>: Recipient address rejected: Greylisted, see http://postgrey.schweikert.ch/help/example.org.html (in reply to RCPT TO command))
+Nov 29 21:06:13 sender postfix/smtp[17062]: B7AC898E181: to=<someone@refused.example>, relay=none, delay=0.02, delays=0/0.02/0/0, dsn=4.4.1, status=deferred (connect to 127.0.77.9[127.0.77.9]:2525: Connection refused)
+Nov 29 21:06:13 sender postfix/smtp[17060]: B6DCC98E180: to=<tss04@yahoo.com>, relay=127.0.77.1[127.0.77.1]:2525, delay=0.04, delays=0/0.02/0/0.02, dsn=4.7.0, status=deferred (host 127.0.77.1[127.0.77.1] said: 421 4.7.0 [TSS04] Messages from 127.0.77.2 temporarily deferred due to unexpected volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes (in reply to RCPT TO command))
+Nov 29 21:06:13 sender postfix/smtp[17058]: B84DC98E014: to=<pr@example.jp>, relay=none, delay=0.03, delays=0.01/0.01/0/0, dsn=4.4.4, status=deferred (unable to look up host example.jp: Temporary failure in name resolution)
+Nov 29 21:06:34 sender postfix/smtp[19037]: B31F098E0B2: to=<ms606@hotmail.co.jp>, relay=127.0.77.1[127.0.77.1]:2525, delay=0.04, delays=0.01/0.01/0.01/0.01, dsn=4.7.606, status=deferred (host 127.0.77.1[127.0.77.1] said: 550 5.7.606 Access denied, banned sending IP [127.0.77.2]. To request removal from this list please visit https://sender.office.com/ and follow the directions. For more information please go to  http://go.microsoft.com/fwlink/?LinkID=526655 AS(1430) [AM4PEPF00027A5F.eurprd04.prod.outlook.com] (in reply to RCPT TO command))
+Nov 29 21:06:34 sender postfix/smtp[19038]: B3CA098E0E2: to=<s3140@hotmail.co.jp>, relay=127.0.77.1[127.0.77.1]:2525, delay=0.03, delays=0/0.02/0/0, dsn=4.0.0, status=deferred (host 127.0.77.1[127.0.77.1] said: 450 5.7.1 Unfortunately, messages from [127.0.77.2] weren't sent. Please contact your Internet service provider since part of their network is on our block list (S3140). You can also refer your provider to http://mail.live.com/mail/troubleshooting.aspx#errors. [DB8EUR06FT056.eop-eur06.prod.protection.outlook.com] (in reply to RCPT TO command))"#;
+
+#[test]
+fn real_postfix_3_7_lines() {
+    use Category::*;
+    use Outcome::*;
+    let sender = Some(ip("127.0.77.2"));
+    let want: [(&str, Outcome, Category, bool, Option<IpAddr>, Option<&str>); 10] = [
+        ("google", Delivered, None, false, Option::None, Option::None),
+        (
+            "microsoft",
+            Bounced,
+            IpBlocklisted,
+            true,
+            sender,
+            Some("microsoft-banned-sending-ip"),
+        ),
+        (
+            "google",
+            Bounced,
+            RecipientUnknown,
+            false,
+            Option::None,
+            Some("recipient-unknown"),
+        ),
+        (
+            "google",
+            Bounced,
+            ContentSpam,
+            false,
+            sender,
+            Some("google-likely-unsolicited"),
+        ),
+        (
+            "other",
+            Deferred,
+            OtherTransient,
+            false,
+            Option::None,
+            Some("greylisted"),
+        ),
+        (
+            "other",
+            Deferred,
+            ConnectionFailure,
+            false,
+            Option::None,
+            Some("connection-failure"),
+        ),
+        (
+            "yahoo",
+            Deferred,
+            IpRateLimited,
+            false,
+            sender,
+            Some("yahoo-tss04"),
+        ),
+        (
+            "other",
+            Deferred,
+            ConnectionFailure,
+            false,
+            Option::None,
+            Some("connection-failure"),
+        ),
+        (
+            "microsoft",
+            Deferred,
+            IpBlocklisted,
+            true,
+            sender,
+            Some("microsoft-banned-sending-ip"),
+        ),
+        (
+            "microsoft",
+            Deferred,
+            IpBlocklisted,
+            true,
+            sender,
+            Some("microsoft-block-list"),
+        ),
+    ];
+    let lines: Vec<&str> = REAL_POSTFIX_3_7.lines().collect();
+    assert_eq!(lines.len(), want.len());
+    for (line, (provider, outcome, category, conclusive, named_ip, rule)) in
+        lines.into_iter().zip(want)
+    {
+        let (attempt, v) = log(line);
+        assert_eq!(attempt.hostname, Some("sender"), "{line}");
+        assert_eq!(
+            (
+                v.provider.as_str(),
+                v.outcome,
+                v.category,
+                v.conclusive,
+                v.ip,
+                v.rule.as_deref()
+            ),
+            (provider, outcome, category, conclusive, named_ip, rule),
+            "{line}"
+        );
+    }
+}
+
 #[test]
 fn lines_that_are_not_deliveries_are_skipped_with_a_reason() {
     let cases = [

@@ -1,5 +1,8 @@
 //! `DomainRoute`: which pool serves one provider's recipients, and what it falls back to.
 
+// kube's printcolumn(...) entries each repeat `type_ = ...`; clippy reads them as one attribute.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;

@@ -1,5 +1,8 @@
 //! `SenderPool`: a set of source IPs and the sender pods that send from them.
 
+// kube's printcolumn(...) entries each repeat `type_ = ...`; clippy reads them as one attribute.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;

@@ -168,13 +168,13 @@ mod tests {
         assert!(v.conclusive);
         assert_eq!(v.ip, Some("203.0.113.12".parse().unwrap()));
 
-        let log = b"2021-11-05T08:10:05+09:00 mail postfix/smtp[1]: 4TA1: to=<a@acclaim.jp>, relay=acclaim-jp.mail.protection.outlook.com[52.101.1.1]:25, delay=1, delays=0/0/0.5/0.5, dsn=5.7.606, status=bounced (host acclaim-jp.mail.protection.outlook.com[52.101.1.1] said: 550 5.7.606 Access denied, banned sending IP [203.0.113.12]. (in reply to RCPT TO command))";
+        let log = b"2021-11-05T08:10:05+09:00 mail postfix/smtp[1]: 4TA1B2C3D4: to=<a@acclaim.jp>, relay=acclaim-jp.mail.protection.outlook.com[52.101.1.1]:25, delay=1, delays=0/0/0.5/0.5, dsn=5.7.606, status=bounced (host acclaim-jp.mail.protection.outlook.com[52.101.1.1] said: 550 5.7.606 Access denied, banned sending IP [203.0.113.12]. (in reply to RCPT TO command))";
         let v = classify_line(&c, log, 2, None, None);
         assert_eq!(v.provider.as_deref(), Some("microsoft"), "a Microsoft 365 tenant is recognised by its MX host");
         assert_eq!(v.recipient_domain.as_deref(), Some("acclaim.jp"));
         assert!(v.conclusive);
 
-        for garbage in [&b"hello world"[..], b"", b"\xff\xfe\x00binary", b"2021-11-05 postfix/qmgr[1]: 4TA1: removed"] {
+        for garbage in [&b"hello world"[..], b"", b"\xff\xfe\x00binary", b"2021-11-05 postfix/qmgr[1]: 4TA1B2C3D4: removed"] {
             let v = classify_line(&c, garbage, 3, None, None);
             assert_eq!(v.outcome, None, "{garbage:?}");
             assert!(v.skipped.is_some());

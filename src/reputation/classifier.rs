@@ -42,6 +42,10 @@ pub struct SmtpReply<'a> {
     pub remote_addr: Option<&'a str>,
     /// The SMTP command the reply answered (`RCPT TO`, `end of DATA`).
     pub command: Option<&'a str>,
+    /// The text is a server's reply (it carries a reply code or came in the `said:`
+    /// wrapper), not the MTA's own remark such as `connect to HOST[ADDR]:25:
+    /// Connection refused`, whose addresses are the server's, not ours.
+    pub from_server: bool,
 }
 
 impl SmtpReply<'_> {
@@ -54,6 +58,7 @@ impl SmtpReply<'_> {
             remote_host: None,
             remote_addr: None,
             command: None,
+            from_server: code.is_some() || status.is_some(),
         }
     }
 
@@ -85,6 +90,7 @@ pub fn parse_reply(input: &str) -> SmtpReply<'_> {
     let mut remote_host = None;
     let mut remote_addr = None;
     let mut command = None;
+    let mut said = false;
 
     if let Some(rest) = text.strip_prefix("host ") {
         // The endpoint HOST[ADDR] has no spaces: the wrapper's verb follows the first one.
@@ -95,6 +101,7 @@ pub fn parse_reply(input: &str) -> SmtpReply<'_> {
                 .or_else(|| verb.strip_prefix(WRAPPER_REFUSED));
             if let Some(body) = body {
                 (remote_host, remote_addr) = split_endpoint(&rest[..space]);
+                said = true;
                 text = body.trim_start();
             }
         }
@@ -119,6 +126,7 @@ pub fn parse_reply(input: &str) -> SmtpReply<'_> {
     }
 
     let head = split_codes(text);
+    let from_server = said || head.code.is_some() || head.status.is_some();
     let multi_line =
         head.continued || memchr::memchr2(b'\n', b'\r', head.body.as_bytes()).is_some();
     let body = if multi_line {
@@ -137,6 +145,7 @@ pub fn parse_reply(input: &str) -> SmtpReply<'_> {
         remote_host,
         remote_addr,
         command,
+        from_server,
     }
 }
 
@@ -632,7 +641,11 @@ impl Classifier {
             outcome,
             category,
             conclusive,
-            ip: extract_ip(&reply.text),
+            ip: if reply.from_server {
+                extract_ip(&reply.text)
+            } else {
+                None
+            },
             rule,
         }
     }
