@@ -1,25 +1,51 @@
 #!/usr/bin/env bash
 # Installs what `make test` needs beyond the Rust toolchain, or says exactly how.
-# Debian packages are installed when running as root; otherwise the command to run
-# is printed and the script fails.
+# Debian packages are installed when running as root; Python tools go into a
+# virtualenv under target/venv. Anything that cannot be installed stops the run
+# with the command to run by hand.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
-need_debs=()
-[ -x /usr/sbin/postfix ] && [ -x /usr/sbin/postmap ] || need_debs+=(postfix)
-
-if [ ${#need_debs[@]} -gt 0 ]; then
+# command -> Debian package that provides it
+declare -A debs=(
+  [/usr/sbin/postfix]=postfix
+  [/usr/sbin/postmap]=postfix
+  [/usr/sbin/rbldnsd]=rbldnsd
+  [/usr/bin/dig]=dnsutils
+  [/usr/bin/rblcheck]=rblcheck
+  [/usr/sbin/pflogsumm]=pflogsumm
+)
+missing=()
+for path in "${!debs[@]}"; do
+  [ -x "$path" ] || missing+=("${debs[$path]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing Debian packages: ${need_debs[*]}"
+    echo "installing Debian packages: ${missing[*]}"
     # Postfix asks how it should deliver; the tests run it from private config folders only.
     echo "postfix postfix/main_mailer_type select Local only" | debconf-set-selections
     echo "postfix postfix/mailname string mailfleet.test" | debconf-set-selections
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_debs[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # The packaged daemons are not used: every test runs its own instance on loopback.
+    for service in postfix rbldnsd; do
+      command -v service >/dev/null && service "$service" stop >/dev/null 2>&1 || true
+    done
   else
-    echo "missing: ${need_debs[*]}. Install with:" >&2
-    echo "  sudo apt-get install -y ${need_debs[*]}" >&2
+    echo "missing Debian packages: ${missing[*]}. Install them with:" >&2
+    echo "  sudo apt-get install -y ${missing[*]}" >&2
     exit 1
   fi
+fi
+
+# Python tools, pinned, in a virtualenv of the project's own.
+venv=target/venv
+python_tools=(aiosmtpd==1.4.6)
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
+  command -v python3 >/dev/null || { echo "missing python3; install with: sudo apt-get install -y python3 python3-venv" >&2; exit 1; }
+  python3 -m venv "$venv" || { echo "cannot create $venv; install with: sudo apt-get install -y python3-venv" >&2; exit 1; }
+  "$venv/bin/pip" install -q "${python_tools[@]}"
 fi
 
 for tool in rustfmt cargo-clippy; do

@@ -1,10 +1,13 @@
 //! The `mailfleet` command line: one binary, one subcommand per job.
 
+mod agent;
 mod classify;
 mod common;
 mod crd;
 mod output;
+mod probe;
 mod routes;
+mod simulate;
 
 use std::process::ExitCode;
 
@@ -28,6 +31,12 @@ pub enum Command {
     Routes(routes::RoutesArgs),
     /// Classify SMTP replies or Postfix log lines, one verdict per line.
     Classify(classify::ClassifyArgs),
+    /// Run a deterministic fleet simulation (seed-2021-11 replays the incident).
+    Simulate(simulate::SimulateArgs),
+    /// One round of reputation probes (DNS block lists).
+    Probe(probe::ProbeArgs),
+    /// The sidecar in each sender pod, and offline replay of delivery logs.
+    Agent(agent::AgentArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -36,6 +45,9 @@ pub fn main() -> ExitCode {
         Command::Crd(args) => crd::run(args),
         Command::Routes(args) => routes::run(args),
         Command::Classify(args) => classify::run(args),
+        Command::Simulate(args) => simulate::run(args),
+        Command::Probe(args) => probe::run(args),
+        Command::Agent(args) => agent::run(args),
     };
     match result {
         Ok(code) => code,
