@@ -12,5 +12,7 @@ fi
 export RUSTC_BOOTSTRAP=1
 for target in $(cargo fuzz list); do
   echo "== fuzzing $target for ${seconds}s"
-  cargo fuzz run "$target" -- -max_total_time="$seconds" -rss_limit_mb=2048
+  mkdir -p "fuzz/corpus/$target"
+  # The tracked seeds (real reply texts and log lines) start the corpus.
+  cargo fuzz run "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- -max_total_time="$seconds" -rss_limit_mb=2048
 done

@@ -3,10 +3,13 @@
 //! The pure core ([`reputation`], [`routing`]) decides; the drivers (operator,
 //! standalone, agent, command line) only fetch, apply and report.
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod fleet;
 pub mod manifests;
+pub mod probe;
 pub mod reputation;
 pub mod routing;
+pub mod sim;
 pub mod vocab;

@@ -773,7 +773,16 @@ fn real_postfix_3_7_lines() {
     use Category::*;
     use Outcome::*;
     let sender = Some(ip("127.0.77.2"));
-    let want: [(&str, Outcome, Category, bool, Option<IpAddr>, Option<&str>); 10] = [
+    // provider, outcome, category, conclusive, ip, rule
+    type Want = (
+        &'static str,
+        Outcome,
+        Category,
+        bool,
+        Option<IpAddr>,
+        Option<&'static str>,
+    );
+    let want: [Want; 10] = [
         ("google", Delivered, None, false, Option::None, Option::None),
         (
             "microsoft",

@@ -26,7 +26,10 @@ fuzz_target!(|data: &[u8]| {
 
     let reply = parse_reply(reply_text);
     let verdict = classifier().classify(&reply, domain, mx);
-    assert_eq!(verdict.category == Category::None, verdict.outcome == Outcome::Delivered);
+    assert_eq!(
+        verdict.category == Category::None,
+        verdict.outcome == Outcome::Delivered
+    );
     assert!(!verdict.conclusive || verdict.category.is_reputation_signal());
     assert!(verdict.outcome != Outcome::Delivered || verdict.ip.is_none());
     if let Some(ip) = verdict.ip {

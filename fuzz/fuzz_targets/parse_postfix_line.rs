@@ -7,7 +7,9 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use mailfleet::reputation::classifier::Classifier;
-use mailfleet::reputation::postfix_log::{classify_attempt, parse_line_bytes, parse_reply_replacement};
+use mailfleet::reputation::postfix_log::{
+    classify_attempt, parse_line_bytes, parse_reply_replacement,
+};
 
 fn classifier() -> &'static Classifier {
     static CLASSIFIER: OnceLock<Classifier> = OnceLock::new();

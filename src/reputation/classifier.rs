@@ -851,6 +851,13 @@ mod tests {
     }
 
     #[test]
+    fn a_classifier_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync + Clone>() {}
+        shareable::<Classifier>();
+        shareable::<Verdict>();
+    }
+
+    #[test]
     fn verdicts_serialise_with_the_documented_field_names() {
         let v = Classifier::builtin().classify_text(
             "550 5.7.606 Access denied, banned sending IP [203.0.113.10].",

@@ -1,0 +1,696 @@
+//! `agent run`: the sidecar's loop. Three threads:
+//! - the main loop follows the log, classifies and counts each line, seals a
+//!   report every interval (at once when a conclusive reply is read), saves
+//!   the state, and applies a new sender configuration when one arrives;
+//! - the sender posts the oldest waiting report until it is acknowledged,
+//!   backing off while the endpoint fails or hangs;
+//! - the metrics listener serves `/metrics` and `/healthz`.
+//!
+//! The main loop and the sender share the [`Reporter`] under one lock; the
+//! state file is written under that lock so it always matches the outbox.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+
+use crate::agent::apply::PostfixTarget;
+use crate::agent::backoff::{seed_of, Backoff};
+use crate::agent::config::{read_config_dir, ConfigError, ConfigSnapshot};
+use crate::agent::follow::{FollowOptions, Follower, Input, Notice};
+use crate::agent::http::{self, Endpoint};
+use crate::agent::line::{classify_line, LineSkip, LogFormat};
+use crate::agent::metrics::{self, Metrics};
+use crate::agent::report::{ConfigHint, FeedbackResponse};
+use crate::agent::reporter::{Reporter, ReporterConfig, Sealed};
+use crate::agent::state::{AgentState, StateError, STATE_FORMAT};
+use crate::agent::time::logged_time;
+use crate::reputation::classifier::Classifier;
+use crate::reputation::postfix_log::Skip;
+
+/// Everything `agent run` is told.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    pub log: PathBuf,
+    pub format: LogFormat,
+    pub state_file: PathBuf,
+    pub endpoint: Endpoint,
+    /// Bearer token file, read before every request (tokens are rotated); `None` sends no token.
+    pub token_file: Option<PathBuf>,
+    pub reporter: ReporterConfig,
+    /// How often the counts are reported.
+    pub interval: Duration,
+    /// Deadline of one request.
+    pub timeout: Duration,
+    pub backoff: Backoff,
+    /// How often the log is read.
+    pub poll: Duration,
+    pub follow: FollowOptions,
+    /// `/metrics` listener; `None` serves none.
+    pub listen: Option<SocketAddr>,
+    /// The mounted ConfigMap with the sender configuration.
+    pub config_dir: Option<PathBuf>,
+    /// How often the config folder is read.
+    pub config_poll: Duration,
+    /// Where to apply the configuration; `None` only records its version.
+    pub postfix: Option<PostfixTarget>,
+    /// Zone of syslog timestamps.
+    pub zone: TimeZone,
+    /// On stop, how long the sender may keep trying to deliver the last reports.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("cannot listen for /metrics on {address}: {source}")]
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+struct Core {
+    reporter: Reporter,
+    applied_config: Option<String>,
+}
+
+struct Shared {
+    core: Mutex<Core>,
+    /// Signalled when a report is sealed or the agent stops.
+    wake: Condvar,
+    metrics: Arc<Metrics>,
+    /// The newest configuration the endpoint announced, for the main loop.
+    hint: Mutex<Option<ConfigHint>>,
+    stopping: AtomicBool,
+    /// When the sender must give up on stop.
+    give_up_at: Mutex<Option<Instant>>,
+    state_file: PathBuf,
+    log: PathBuf,
+    state_error_logged: Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn state(&self, core: &Core) -> AgentState {
+        AgentState {
+            format: STATE_FORMAT,
+            log: self.log.clone(),
+            reporter: core.reporter.state(),
+            applied_config: core.applied_config.clone(),
+        }
+    }
+
+    /// Saves the state; called with the core locked so it matches the outbox.
+    fn persist(&self, core: &Core) {
+        if let Err(e) = self.state(core).save(&self.state_file) {
+            self.metrics.log_event("state_write_error");
+            let mut last = self
+                .state_error_logged
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                tracing::error!("{e}; the position is kept in memory and saved at the next report (said once a minute)");
+                *last = Some(Instant::now());
+            }
+        }
+        self.metrics.set_buffered(core.reporter.buffered());
+    }
+}
+
+/// A name unique to this run of this agent.
+fn new_instance() -> String {
+    format!(
+        "{:x}-{:x}",
+        Timestamp::now().as_nanosecond(),
+        std::process::id()
+    )
+}
+
+/// At most one warning per skip reason per minute, with the count since the last.
+#[derive(Default)]
+struct SkipWarnings {
+    last: [Option<Instant>; LineSkip::WORDS.len()],
+    since: [u64; LineSkip::WORDS.len()],
+}
+
+impl SkipWarnings {
+    fn note(&mut self, skip: LineSkip, line: &[u8], now: Instant) {
+        // Other programs' lines are normal in a mail log.
+        if matches!(
+            skip,
+            LineSkip::Log(Skip::NotDelivery | Skip::ReplyReplacement | Skip::Empty)
+        ) {
+            return;
+        }
+        let i = skip.index();
+        self.since[i] += 1;
+        if self.last[i].is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(60))
+        {
+            return;
+        }
+        let shown: String = String::from_utf8_lossy(&line[..line.len().min(120)])
+            .escape_debug()
+            .collect();
+        tracing::warn!(
+            reason = skip.as_str(),
+            "skipped {} log line(s): {skip}; e.g. \"{shown}\"",
+            self.since[i]
+        );
+        self.last[i] = Some(now);
+        self.since[i] = 0;
+    }
+}
+
+/// Runs until `stop` is set; then reads what is left, reports it (for at most
+/// `shutdown_timeout`) and saves the state.
+pub fn run(
+    options: AgentOptions,
+    classifier: Classifier,
+    stop: Arc<AtomicBool>,
+) -> Result<(), AgentError> {
+    let saved = AgentState::load(&options.state_file)?;
+    let now = Timestamp::now();
+    let (reporter_state, follow_state, applied_config) = match saved {
+        Some(state) if state.log == options.log => {
+            let follow = state.reporter.committed.clone();
+            (Some(state.reporter), Some(follow), state.applied_config)
+        }
+        Some(state) => {
+            tracing::warn!(
+                "the state file {} belongs to the log {}, not {}: following the new log from its start",
+                options.state_file.display(),
+                state.log.display(),
+                options.log.display()
+            );
+            (Some(state.reporter), None, state.applied_config)
+        }
+        None => (None, None, None),
+    };
+    let resumed = follow_state.is_some();
+    let mut reporter = Reporter::new(options.reporter.clone(), reporter_state, new_instance, now);
+    reporter.set_config_version(applied_config.clone());
+    tracing::info!(
+        instance = reporter.instance(),
+        "mailfleet agent for {} (pool {}/{}): following {} ({}), reporting to http://{}:{}{} every {:?}",
+        options.reporter.source_ip,
+        options.reporter.pool.namespace,
+        options.reporter.pool.name,
+        options.log.display(),
+        if resumed { "resuming at the saved position" } else { "from the start" },
+        options.endpoint.host,
+        options.endpoint.port,
+        options.endpoint.path,
+        options.interval
+    );
+    let metrics = Arc::new(Metrics::default());
+    let shared = Arc::new(Shared {
+        core: Mutex::new(Core {
+            reporter,
+            applied_config,
+        }),
+        wake: Condvar::new(),
+        metrics: Arc::clone(&metrics),
+        hint: Mutex::new(None),
+        stopping: AtomicBool::new(false),
+        give_up_at: Mutex::new(None),
+        state_file: options.state_file.clone(),
+        log: options.log.clone(),
+        state_error_logged: Mutex::new(None),
+    });
+    // A state file that cannot be written would make every restart count again: say so now.
+    if let Some(dir) = options
+        .state_file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    {
+        let core = shared.lock();
+        shared.state(&core).save(&options.state_file)?;
+    }
+
+    let metrics_stop = Arc::new(AtomicBool::new(false));
+    let metrics_thread = match options.listen {
+        Some(address) => {
+            let listener = TcpListener::bind(address)
+                .map_err(|source| AgentError::Listen { address, source })?;
+            let bound = listener.local_addr().unwrap_or(address);
+            tracing::info!("metrics on http://{bound}/metrics");
+            let (m, s) = (Arc::clone(&metrics), Arc::clone(&metrics_stop));
+            Some(
+                std::thread::Builder::new()
+                    .name("agent-metrics".into())
+                    .spawn(move || metrics::serve(listener, m, s))
+                    .map_err(AgentError::Thread)?,
+            )
+        }
+        None => None,
+    };
+    let sender = {
+        let shared = Arc::clone(&shared);
+        let options = options.clone();
+        std::thread::Builder::new()
+            .name("agent-sender".into())
+            .spawn(move || send_loop(&shared, &options))
+            .map_err(AgentError::Thread)?
+    };
+
+    main_loop(&options, &classifier, &shared, follow_state, &stop);
+
+    shared
+        .give_up_at
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .replace(Instant::now() + options.shutdown_timeout);
+    shared.stopping.store(true, Ordering::SeqCst);
+    shared.wake.notify_all();
+    if sender.join().is_err() {
+        tracing::error!("the report sender stopped with a panic");
+    }
+    metrics_stop.store(true, Ordering::SeqCst);
+    if let Some(t) = metrics_thread {
+        let _ = t.join();
+    }
+    let core = shared.lock();
+    shared.persist(&core);
+    let waiting = core.reporter.buffered();
+    if waiting > 0 {
+        tracing::warn!("stopped with {waiting} report(s) not yet acknowledged; they are in {} and sent at the next start", options.state_file.display());
+    } else {
+        tracing::info!("stopped; every report was acknowledged");
+    }
+    Ok(())
+}
+
+fn main_loop(
+    options: &AgentOptions,
+    classifier: &Classifier,
+    shared: &Shared,
+    follow_state: Option<crate::agent::follow::FollowState>,
+    stop: &AtomicBool,
+) {
+    let metrics = &shared.metrics;
+    let (mut follower, notices) =
+        Follower::resume(&options.log, follow_state, options.follow, Instant::now());
+    handle_notices(shared, notices);
+    let mut warnings = SkipWarnings::default();
+    let mut next_seal = Instant::now() + options.interval;
+    let mut config = ConfigWatch {
+        next_poll: Instant::now(),
+        seen: None,
+        last_error: None,
+    };
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        let now = Instant::now();
+        let now_ts = Timestamp::now();
+        let notices = {
+            let mut core = shared.lock();
+            let reporter = &mut core.reporter;
+            let mut on_input = |input: Input<'_>| match input {
+                Input::Line(bytes) => match classify_line(classifier, options.format, bytes) {
+                    Ok(line) => {
+                        let v = &line.verdict;
+                        metrics.attempt(v.provider.as_str(), v.outcome, v.category);
+                        if v.conclusive {
+                            tracing::info!(
+                                provider = v.provider.as_str(),
+                                "conclusive block reply: {}",
+                                line.reply
+                            );
+                        }
+                        let time = line.time.as_deref();
+                        reporter.record_attempt(v, &line.reply, || {
+                            time.and_then(|t| logged_time(t, now_ts, &options.zone))
+                                .unwrap_or(now_ts)
+                        });
+                    }
+                    Err(skip) => {
+                        metrics.skipped(skip);
+                        reporter.record_skip(skip.as_str());
+                        warnings.note(skip, bytes, now);
+                    }
+                },
+                Input::TooLong => {
+                    metrics.skipped(LineSkip::TooLong);
+                    reporter.record_skip(LineSkip::TooLong.as_str());
+                    warnings.note(LineSkip::TooLong, b"", now);
+                }
+            };
+            follower.poll(now, &mut on_input)
+        };
+        handle_notices(shared, notices);
+
+        let conclusive_waiting = shared.lock().reporter.open_has_conclusive();
+        if now >= next_seal || conclusive_waiting || stopping {
+            let mut core = shared.lock();
+            match core.reporter.seal(now_ts, follower.state()) {
+                Some(Sealed::Held) => tracing::debug!(
+                    "the outbox is full and its report is in flight; counts stay open"
+                ),
+                Some(_) => {
+                    shared.persist(&core);
+                    shared.wake.notify_all();
+                }
+                None => shared.persist(&core),
+            }
+            metrics.set_dropped(core.reporter.dropped_so_far());
+            next_seal = now + options.interval;
+        }
+
+        if let Some(dir) = &options.config_dir {
+            if now >= config.next_poll {
+                config.next_poll = now + options.config_poll;
+                match read_config_dir(dir) {
+                    Ok(snapshot) if config.seen.as_deref() != Some(snapshot.digest.as_str()) => {
+                        config.seen = Some(snapshot.digest.clone());
+                        if !apply_config(options, shared, &snapshot, "the config folder") {
+                            config.seen = None;
+                            config.next_poll = now + Duration::from_secs(30);
+                        }
+                    }
+                    Ok(_) | Err(ConfigError::Moving(_)) => {}
+                    Err(e) => {
+                        let text = e.to_string();
+                        if config.last_error.as_deref() != Some(text.as_str()) {
+                            tracing::warn!("{text}");
+                            config.last_error = Some(text);
+                        }
+                    }
+                }
+            }
+        }
+        let hint = shared.hint.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(hint) = hint {
+            let applied = shared.lock().applied_config.clone();
+            if applied.as_deref() != Some(hint.version.as_str()) {
+                match ConfigSnapshot::from_hint(&hint) {
+                    Some(Ok(snapshot)) => {
+                        apply_config(options, shared, &snapshot, "the feedback response");
+                    }
+                    Some(Err(e)) => tracing::warn!("the feedback response carries an unusable configuration {}: {e}", hint.version),
+                    None => tracing::debug!("the endpoint has configuration {} (applied: {applied:?}); waiting for the ConfigMap", hint.version),
+                }
+            }
+        }
+
+        if stopping {
+            return;
+        }
+        if !follower.behind() {
+            std::thread::sleep(options.poll);
+        }
+    }
+}
+
+struct ConfigWatch {
+    next_poll: Instant,
+    /// Digest of the folder content last handled.
+    seen: Option<String>,
+    last_error: Option<String>,
+}
+
+/// Applies a configuration whose version differs from the applied one.
+/// Returns false when applying failed (to be retried).
+fn apply_config(
+    options: &AgentOptions,
+    shared: &Shared,
+    snapshot: &ConfigSnapshot,
+    source: &str,
+) -> bool {
+    let metrics = &shared.metrics;
+    if shared.lock().applied_config.as_deref() == Some(snapshot.version.as_str()) {
+        metrics.config_apply("unchanged", None);
+        return true;
+    }
+    let result = match &options.postfix {
+        Some(target) => target.apply(snapshot).map(Some),
+        None => Ok(None),
+    };
+    match result {
+        Ok(applied) => {
+            match applied {
+                Some(a) => tracing::info!(
+                    version = snapshot.version.as_str(),
+                    "applied the sender configuration from {source}: wrote {:?}, postmap {:?}, {}",
+                    a.written,
+                    a.postmapped,
+                    if a.reloaded {
+                        "reloaded Postfix and flushed its queue"
+                    } else {
+                        "Postfix is not running; it reads them when it starts"
+                    }
+                ),
+                None => tracing::info!(
+                    version = snapshot.version.as_str(),
+                    "sender configuration from {source} recorded (no MTA to apply it to)"
+                ),
+            }
+            let mut core = shared.lock();
+            core.applied_config = Some(snapshot.version.clone());
+            core.reporter
+                .set_config_version(Some(snapshot.version.clone()));
+            shared.persist(&core);
+            metrics.config_apply("applied", Some(&snapshot.version));
+            true
+        }
+        Err(e) => {
+            tracing::error!(
+                version = snapshot.version.as_str(),
+                "cannot apply the sender configuration from {source}: {e}; retrying in 30 s"
+            );
+            metrics.config_apply("failed", None);
+            false
+        }
+    }
+}
+
+fn handle_notices(shared: &Shared, notices: Vec<Notice>) {
+    for notice in notices {
+        shared.metrics.log_event(notice.kind());
+        match &notice {
+            Notice::Opened { path, offset } => tracing::info!("reading {} from byte {offset}", path.display()),
+            Notice::Missing { path } => tracing::warn!("the log {} does not exist yet; waiting for it", path.display()),
+            Notice::Rotated { old_inode, new_inode } => {
+                tracing::info!("the log was rotated (inode {old_inode} -> {new_inode}); reading the rest of the old file, then the new one")
+            }
+            Notice::Truncated { offset, recovered_from } => tracing::warn!(
+                "the log shrank below byte {offset} (truncated in place); reading it again from the start{}",
+                recovered_from.as_ref().map_or(String::new(), |p| format!(", and the unread end from its copy {}", p.display()))
+            ),
+            Notice::Replaced { recovered_from } => tracing::warn!(
+                "the log was rewritten in place; reading it again from the start{}",
+                recovered_from.as_ref().map_or(String::new(), |p| format!(", and the unread end from its copy {}", p.display()))
+            ),
+            Notice::Drained { inode, partial_line } => tracing::info!(
+                "finished the rotated log (inode {inode}){}",
+                if *partial_line { ", whose last line had no newline" } else { "" }
+            ),
+            Notice::RotatedWhileStopped { found: Some(p) } => {
+                tracing::info!("the log was rotated while the agent was stopped; reading the rest of {} first", p.display())
+            }
+            Notice::RotatedWhileStopped { found: None } => {}
+            Notice::Lost { inode, offset } => {
+                shared.lock().reporter.record_lost_log_file();
+                tracing::error!(
+                    "the log file read before the restart (inode {inode}, at byte {offset}) is gone: its unread lines are lost (counted as dropped.log_files)"
+                )
+            }
+            Notice::ReadError { path, error } => tracing::error!("cannot read {}: {error}; retrying", path.display()),
+        }
+    }
+}
+
+/// Posts the oldest waiting report until acknowledged; stops when asked and
+/// the outbox is empty or the shutdown deadline passed.
+fn send_loop(shared: &Shared, options: &AgentOptions) {
+    let metrics = &shared.metrics;
+    let seed = seed_of(shared.lock().reporter.instance());
+    let mut failures = 0u32;
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        let report = {
+            let mut core = shared.lock();
+            loop {
+                let now = Instant::now();
+                if shared.stopping.load(Ordering::SeqCst) {
+                    let give_up = shared
+                        .give_up_at
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .is_some_and(|t| now >= t);
+                    if core.reporter.buffered() == 0 || give_up {
+                        return;
+                    }
+                }
+                let wait = match (retry_at, core.reporter.next_to_send()) {
+                    (Some(at), _) if now < at => at - now,
+                    (_, Some(report)) => break report,
+                    (_, None) => Duration::from_secs(1),
+                };
+                core = shared
+                    .wake
+                    .wait_timeout(core, wait.min(Duration::from_millis(500)))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        };
+        let sequence = report.sequence;
+        let body = match serde_json::to_vec(&report) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::error!("cannot encode report {sequence}: {e}");
+                shared.lock().reporter.reject(sequence);
+                continue;
+            }
+        };
+        let outcome = post_report(options, &body, sequence);
+        let now = Instant::now();
+        match outcome {
+            Ok(answer) => {
+                failures = 0;
+                retry_at = None;
+                let mut core = shared.lock();
+                match answer {
+                    Answer::Accepted(response) => {
+                        core.reporter.acknowledge(sequence);
+                        let duplicate = response.as_ref().is_some_and(|r| r.duplicate);
+                        metrics.report_sent(duplicate, Timestamp::now());
+                        if let Some(hint) = response.and_then(|r| r.config) {
+                            *shared.hint.lock().unwrap_or_else(|p| p.into_inner()) = Some(hint);
+                        }
+                        tracing::debug!(sequence, duplicate, "report acknowledged");
+                    }
+                    Answer::Refused { status, body } => {
+                        core.reporter.reject(sequence);
+                        metrics.report_failed("rejected");
+                        tracing::error!(
+                            sequence,
+                            "the endpoint refused report {sequence} as invalid (HTTP {status}): {body}; it is dropped and counted in the next report's `dropped`"
+                        );
+                    }
+                }
+                shared.persist(&core);
+                metrics.set_dropped(core.reporter.dropped_so_far());
+            }
+            Err(failure) => {
+                failures += 1;
+                metrics.report_failed(failure.reason);
+                let delay = options
+                    .backoff
+                    .delay(failures, seed)
+                    .max(failure.retry_after.unwrap_or_default());
+                retry_at = Some(now + delay);
+                let waiting = shared.lock().reporter.buffered();
+                tracing::warn!(
+                    sequence,
+                    "feedback endpoint http://{}:{}{}: {}; retrying report {sequence} in {:.1} s ({waiting} report(s) waiting, counts kept)",
+                    options.endpoint.host,
+                    options.endpoint.port,
+                    options.endpoint.path,
+                    failure.message,
+                    delay.as_secs_f64()
+                );
+            }
+        }
+    }
+}
+
+enum Answer {
+    Accepted(Option<FeedbackResponse>),
+    Refused { status: u16, body: String },
+}
+
+struct Failure {
+    reason: &'static str,
+    message: String,
+    retry_after: Option<Duration>,
+}
+
+fn post_report(options: &AgentOptions, body: &[u8], sequence: u64) -> Result<Answer, Failure> {
+    let token = match &options.token_file {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(token) => Some(token.trim().to_string()),
+            Err(e) => {
+                return Err(Failure {
+                    reason: "token",
+                    message: format!("cannot read the token file {}: {e} (mount the ServiceAccount token or pass --token-file)", path.display()),
+                    retry_after: None,
+                })
+            }
+        },
+        None => None,
+    };
+    let authorization = token.map(|t| format!("Bearer {t}"));
+    let idempotency = sequence.to_string();
+    let mut headers = vec![
+        ("Content-Type", "application/json"),
+        (
+            "User-Agent",
+            concat!("mailfleet-agent/", env!("CARGO_PKG_VERSION")),
+        ),
+        ("X-Mailfleet-Sequence", idempotency.as_str()),
+    ];
+    if let Some(a) = &authorization {
+        headers.push(("Authorization", a.as_str()));
+    }
+    let response =
+        http::post(&options.endpoint, &headers, body, options.timeout).map_err(|e| Failure {
+            reason: e.kind(),
+            message: e.to_string(),
+            retry_after: None,
+        })?;
+    let text = || {
+        String::from_utf8_lossy(&response.body[..response.body.len().min(500)])
+            .trim()
+            .to_string()
+    };
+    match response.status {
+        200..=299 => {
+            let parsed = serde_json::from_slice::<FeedbackResponse>(&response.body);
+            if let Err(e) = &parsed {
+                tracing::warn!("report {sequence} acknowledged (HTTP {}) with a body that is not a feedback response ({e}): {}", response.status, text());
+            }
+            Ok(Answer::Accepted(parsed.ok()))
+        }
+        400 | 413 | 422 => Ok(Answer::Refused {
+            status: response.status,
+            body: text(),
+        }),
+        status => {
+            let retry_after = response
+                .header("retry-after")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let reason = match status {
+                401 | 403 => "unauthorized",
+                500..=599 => "http_5xx",
+                _ => "http_4xx",
+            };
+            let hint = if reason == "unauthorized" {
+                " (check the token and the endpoint's access rules)"
+            } else {
+                ""
+            };
+            Err(Failure {
+                reason,
+                message: format!("HTTP {status}{hint}: {}", text()),
+                retry_after,
+            })
+        }
+    }
+}

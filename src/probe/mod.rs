@@ -1,0 +1,8 @@
+//! Reputation probes: DNS block lists and provider feeds.
+//!
+//! Each probe turns what an outside source says about a source IP into the
+//! engine's signals (`Signal::Dnsbl`, `Signal::Feed`). Reading answers, caching,
+//! health and counters are pure; only the network exchanges are async.
+
+pub mod dnsbl;
+pub mod snds;

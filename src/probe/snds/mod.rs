@@ -1,0 +1,23 @@
+//! Microsoft SNDS (Smart Network Data Services) automated data access: the
+//! ip-status CSV (blocked ranges) and the data CSV (per-IP filter result).
+//!
+//! Parsing and verdicts are pure; [`SndsPoller`] fetches both with the key
+//! from a Secret, retries what may pass, and never turns a failure into a
+//! Blocked verdict. See docs/PROBES.md.
+
+mod csv;
+mod http;
+mod poller;
+mod report;
+mod verdict;
+
+pub use http::{parse_http_url, parse_response, FetchError, HttpResponse, HttpUrl, PlainHttp};
+pub use poller::{
+    FeedFetch, RetryPolicy, SndsCounters, SndsError, SndsFeed, SndsKey, SndsPoll, SndsPoller,
+    DEFAULT_DATA_URL, DEFAULT_IP_STATUS_URL,
+};
+pub use report::{
+    parse_data, parse_ip_status, BlockedRange, DataReport, DataRow, FeedFormatError, FilterResult,
+    IpStatusReport, SkippedRow,
+};
+pub use verdict::{snds_verdicts, IpVerdict, SndsVerdicts, SNDS_FEED, SNDS_PROVIDER};
