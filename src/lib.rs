@@ -7,6 +7,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod fleet;
+pub mod http1;
 pub mod manifests;
 pub mod probe;
 pub mod reputation;

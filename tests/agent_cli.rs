@@ -3,7 +3,7 @@
 //! stopped with SIGTERM: the endpoint counts every attempt exactly once, and
 //! `/metrics` serves the counters.
 
-mod agent_support;
+mod support;
 
 use std::fs;
 use std::io::{Read, Write};
@@ -12,10 +12,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agent_support::{delivery_line, FakeEndpoint};
 use mailfleet::agent::replay::{replay_bytes, ReplayOptions};
 use mailfleet::agent::state::AgentState;
 use mailfleet::reputation::classifier::Classifier;
+use support::agent::{delivery_line, FakeEndpoint};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mailfleet");
 

@@ -2,7 +2,7 @@
 //! and accepts, while the log is written, rotated and truncated under it:
 //! every attempt written to the log is counted by the receiver exactly once.
 
-mod agent_support;
+mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use agent_support::{delivery_line, Behaviour, FakeEndpoint, Totals};
 use mailfleet::agent::apply::PostfixTarget;
 use mailfleet::agent::backoff::Backoff;
 use mailfleet::agent::follow::FollowOptions;
@@ -26,6 +25,7 @@ use mailfleet::agent::reporter::ReporterConfig;
 use mailfleet::agent::run::{run, AgentOptions};
 use mailfleet::agent::state::AgentState;
 use mailfleet::reputation::classifier::Classifier;
+use support::agent::{delivery_line, Behaviour, FakeEndpoint, Totals};
 
 const SOURCE_IP: &str = "203.0.113.10";
 

@@ -15,19 +15,17 @@
 //! No log line is written by hand. Needs root, Postfix and target/venv with
 //! aiosmtpd (scripts/ensure-tools.sh); MAILFLEET_SKIP_POSTFIX=1 skips it.
 
-mod agent_support;
+mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
-use agent_support::FakeEndpoint;
 use mailfleet::agent::apply::PostfixTarget;
 use mailfleet::agent::config::read_config_dir;
 use mailfleet::agent::state::AgentState;
@@ -37,11 +35,12 @@ use mailfleet::routing::example::{self, match_domains, pair, set_pair};
 use mailfleet::routing::postfix::{
     render_sender, PostfixOptions, Sender, STATUS_FILTER_FILE, TRANSPORT_FILE,
 };
+use support::agent::FakeEndpoint;
+use support::postfix::{
+    self, reap_postfix_daemons, PrivatePostfix, BIN_DIR, POSTFIX, POSTMAP, POSTQUEUE, SENDMAIL,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mailfleet");
-const POSTFIX: &str = "/usr/sbin/postfix";
-const SENDMAIL: &str = "/usr/sbin/sendmail";
-const BIN_DIR: &str = "/usr/sbin";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -51,17 +50,7 @@ fn repo() -> PathBuf {
 /// installs it, unless MAILFLEET_SKIP_POSTFIX=1.
 fn lab_available() -> bool {
     let python = repo().join("target/venv/bin/python");
-    let mut missing = Vec::new();
-    for tool in [
-        POSTFIX,
-        SENDMAIL,
-        "/usr/sbin/postmap",
-        "/usr/sbin/postqueue",
-    ] {
-        if !Path::new(tool).exists() {
-            missing.push(tool.to_string());
-        }
-    }
+    let mut missing = postfix::missing_programs(&[POSTFIX, SENDMAIL, POSTMAP, POSTQUEUE]);
     let aiosmtpd = Command::new(&python)
         .args(["-c", "import aiosmtpd"])
         .output()
@@ -69,26 +58,13 @@ fn lab_available() -> bool {
     if !aiosmtpd {
         missing.push(format!("{} with aiosmtpd", python.display()));
     }
-    if missing.is_empty() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("\n######## SKIPPED: the agent's real-Postfix test needs root (Postfix queue ownership) ########\n");
-            return false;
-        }
-        return true;
-    }
-    if std::env::var("MAILFLEET_SKIP_POSTFIX").as_deref() == Ok("1") {
-        eprintln!("\n######## SKIPPED: the agent's real-Postfix test did NOT run (MAILFLEET_SKIP_POSTFIX=1; missing {missing:?}) ########\n");
-        return false;
-    }
-    panic!("missing {}: run scripts/ensure-tools.sh (or `make tools`), or set MAILFLEET_SKIP_POSTFIX=1 to skip", missing.join(", "));
-}
-
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+    postfix::nothing_missing(
+        &missing,
+        "the agent's real-Postfix test",
+        "scripts/ensure-tools.sh    (or `make tools`)",
+    ) && postfix::running_as_root(
+        "the agent's real-Postfix test needs root (Postfix queue ownership)",
+    )
 }
 
 /// What the receiver says, per client IP and provider (tests/lab/receiver.py).
@@ -194,212 +170,26 @@ impl Drop for Receiver {
     }
 }
 
-const BASE_MASTER_CF: &str = "\
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-smtp      unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-";
-
-/// A private Postfix sending from one source IP: `root/etc`, `root/spool`,
-/// `root/data`, and its delivery log `root/maillog`.
-struct LabPostfix {
-    _root: tempfile::TempDir,
-    root: PathBuf,
-    etc: PathBuf,
-    started: bool,
-}
-
-impl LabPostfix {
-    fn new(name: &str) -> LabPostfix {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("mailfleet-agent-{name}-"))
-            .tempdir()
-            .unwrap();
-        let root = dir.path().to_path_buf();
-        let etc = root.join("etc");
-        for sub in ["etc", "spool", "data"] {
-            fs::create_dir_all(root.join(sub)).unwrap();
-        }
-        assert!(
-            run("chown", &["postfix", root.join("data").to_str().unwrap()])
-                .status
-                .success()
-        );
-        let main_cf = format!(
-            "compatibility_level = 3.6\n\
-             queue_directory = {root}/spool\n\
-             data_directory = {root}/data\n\
-             maillog_file = {root}/maillog\n\
-             maillog_file_prefixes = {root}\n\
-             myhostname = {name}.sender.mailfleet.test\n\
-             mydomain = mailfleet.test\n\
-             mydestination =\n\
-             alias_maps =\n\
-             alias_database =\n\
-             inet_interfaces = loopback-only\n\
+/// A private Postfix sending from one source IP, its transports configured
+/// later by the agent's `PostfixTarget`.
+fn lab_postfix(name: &str) -> PrivatePostfix {
+    PrivatePostfix::new(
+        &format!("mailfleet-agent-{name}-"),
+        &format!(
+            "myhostname = {name}.sender.mailfleet.test\n\
              inet_protocols = ipv4\n\
-             master_service_disable = inet\n\
              smtp_host_lookup = native\n\
              disable_dns_lookups = yes\n\
-             smtp_connection_cache_on_demand = no\n",
-            root = root.display()
-        );
-        fs::write(etc.join("main.cf"), main_cf).unwrap();
-        fs::write(etc.join("master.cf"), BASE_MASTER_CF).unwrap();
-        LabPostfix {
-            _root: dir,
-            root,
-            etc,
-            started: false,
-        }
-    }
-
-    fn etc(&self) -> &str {
-        self.etc.to_str().unwrap()
-    }
-
-    fn maillog_path(&self) -> PathBuf {
-        self.root.join("maillog")
-    }
-
-    fn maillog(&self) -> String {
-        fs::read_to_string(self.maillog_path()).unwrap_or_default()
-    }
-
-    /// Starts or stops several instances at once (each takes a second or two).
-    fn control(instances: &mut [&mut LabPostfix], command: &str) {
-        let children: Vec<Child> = instances
-            .iter()
-            .map(|p| {
-                Command::new(POSTFIX)
-                    .args(["-c", p.etc(), command])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        for (p, child) in instances.iter_mut().zip(children) {
-            let out = child.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "postfix {command} failed: {}\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                p.maillog()
-            );
-            p.started = command == "start";
-        }
-    }
-
-    /// Submits one message with a null sender (no bounce messages to route).
-    fn send(&self, to: &str) {
-        let mut child = Command::new(SENDMAIL)
-            .args(["-C", self.etc(), "-f", "<>", to])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("Subject: mailfleet agent lab\nTo: {to}\n\nhello\n").as_bytes())
-            .unwrap();
-        assert!(
-            child.wait().unwrap().success(),
-            "sendmail to {to} failed:\n{}",
-            self.maillog()
-        );
-    }
-
-    /// Delivery lines (those with a status) in the log.
-    fn status_lines(&self) -> usize {
-        self.maillog()
-            .lines()
-            .filter(|l| l.contains(" to=<") && l.contains(", status="))
-            .count()
-    }
+             smtp_connection_cache_on_demand = no\n"
+        ),
+        "",
+    )
 }
 
-impl Drop for LabPostfix {
-    fn drop(&mut self) {
-        if self.started {
-            let _ = Command::new(POSTFIX)
-                .args(["-c", self.etc(), "stop"])
-                .output();
-            reap_postfix_daemons();
-        }
-    }
-}
-
-/// Postfix daemonises: once stopped, its processes are orphans that this test
-/// (their subreaper) collects; only Postfix daemons, never other children.
-fn reap_postfix_daemons() {
-    const DAEMONS: [&str; 15] = [
-        "master",
-        "pickup",
-        "qmgr",
-        "cleanup",
-        "trivial-rewrite",
-        "smtp",
-        "bounce",
-        "postlogd",
-        "error",
-        "anvil",
-        "scache",
-        "proxymap",
-        "showq",
-        "flush",
-        "postqueue",
-    ];
-    let me = std::process::id();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut alive = 0;
-        for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-                continue;
-            };
-            let comm = &stat[open + 1..close];
-            let mut rest = stat[close + 1..].split_whitespace();
-            let (Some(state), Some(ppid)) = (rest.next(), rest.next()) else {
-                continue;
-            };
-            if ppid.parse::<u32>().ok() != Some(me) || !DAEMONS.contains(&comm) {
-                continue;
-            }
-            alive += 1;
-            if state == "Z" {
-                let mut status = 0;
-                // SAFETY: reaps one known zombie child of this process without blocking.
-                unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            }
-        }
-        if alive == 0 || Instant::now() > deadline {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Submits one message with a null sender (no bounce messages to route).
+fn send(postfix: &PrivatePostfix, to: &str) {
+    let message = format!("Subject: mailfleet agent lab\nTo: {to}\n\nhello\n");
+    postfix.send("<>", to, &message);
 }
 
 struct AgentProcess(Child);
@@ -560,7 +350,7 @@ fn replay_totals(json: &serde_json::Value) -> Totals {
 
 /// Waits until the log holds one delivery line per receiver answer to `clients`,
 /// at least `min` of them, and nothing moved for a moment.
-fn wait_settled(postfix: &LabPostfix, receiver: &Receiver, clients: &[&str], min: usize) {
+fn wait_settled(postfix: &PrivatePostfix, receiver: &Receiver, clients: &[&str], min: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut stable_since: Option<(usize, Instant)> = None;
     loop {
@@ -596,14 +386,13 @@ fn the_agent_counts_what_a_real_postfix_was_answered_and_applies_a_new_route() {
     if !lab_available() {
         return;
     }
-    // SAFETY: only changes who adopts this process's orphans (Postfix daemons).
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    postfix::become_subreaper();
     let work = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(work.path());
     let (mut pool, routes) = lab_fleet();
 
     // Sender A (127.0.0.7): its configuration comes from a ConfigMap folder, and its agent runs.
-    let mut a = LabPostfix::new("a");
+    let mut a = lab_postfix("a");
     let config_dir = work.path().join("configmap");
     let v1 = rendered_config(&pool, &routes, "127.0.0.7", receiver.port, "v1");
     kubelet_write(&config_dir, "2021_11_05_08_10_00.1", &v1);
@@ -616,7 +405,7 @@ fn the_agent_counts_what_a_real_postfix_was_answered_and_applies_a_new_route() {
         .unwrap();
 
     // Sender B (127.0.0.8): configured once, replayed only.
-    let mut b = LabPostfix::new("b");
+    let mut b = lab_postfix("b");
     let v1_b = rendered_config(&pool, &routes, "127.0.0.8", receiver.port, "v1");
     let files_b: BTreeMap<String, Vec<u8>> = v1_b
         .iter()
@@ -628,7 +417,7 @@ fn the_agent_counts_what_a_real_postfix_was_answered_and_applies_a_new_route() {
     }
     .apply(&mailfleet::agent::config::ConfigSnapshot::from_files(files_b).unwrap())
     .unwrap();
-    LabPostfix::control(&mut [&mut a, &mut b], "start");
+    PrivatePostfix::control(&mut [&mut a, &mut b], "start");
 
     let endpoint = FakeEndpoint::start(&[]);
     fs::write(work.path().join("token"), "lab-token").unwrap();
@@ -686,8 +475,8 @@ fn the_agent_counts_what_a_real_postfix_was_answered_and_applies_a_new_route() {
     }
 
     for to in RECIPIENTS {
-        a.send(to);
-        b.send(to);
+        send(&a, to);
+        send(&b, to);
     }
     wait_settled(&a, &receiver, &["127.0.0.7"], RECIPIENTS.len());
     wait_settled(&b, &receiver, &["127.0.0.8"], RECIPIENTS.len());
@@ -847,6 +636,6 @@ fn the_agent_counts_what_a_real_postfix_was_answered_and_applies_a_new_route() {
             && stderr.contains("reloaded Postfix"),
         "{stderr}"
     );
-    LabPostfix::control(&mut [&mut a, &mut b], "stop");
+    PrivatePostfix::control(&mut [&mut a, &mut b], "stop");
     reap_postfix_daemons();
 }

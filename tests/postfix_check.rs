@@ -6,14 +6,14 @@
 //! Postfix must be installed (`apt-get install -y postfix`); set
 //! `MAILFLEET_SKIP_POSTFIX=1` to skip these tests where it cannot be.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
@@ -25,53 +25,28 @@ use mailfleet::routing::postfix::{
     render_sender, PostfixFiles, PostfixOptions, Sender, STATUS_FILTER_FILE, TRANSPORT_FILE,
 };
 use mailfleet::routing::{compile, RouteTable};
-
-const POSTFIX: &str = "/usr/sbin/postfix";
-const POSTMAP: &str = "/usr/sbin/postmap";
-const POSTCONF: &str = "/usr/sbin/postconf";
-const SENDMAIL: &str = "/usr/sbin/sendmail";
+use support::postfix::{self, run, PrivatePostfix, POSTCONF, POSTFIX, POSTMAP, SENDMAIL};
 
 /// True when Postfix is there; fails the test with the install command when it
 /// is not, unless MAILFLEET_SKIP_POSTFIX=1.
 fn postfix_installed() -> bool {
-    let missing: Vec<&str> = [POSTFIX, POSTMAP, POSTCONF, SENDMAIL]
-        .into_iter()
-        .filter(|p| !Path::new(p).exists())
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("MAILFLEET_SKIP_POSTFIX").as_deref() == Ok("1") {
-        eprintln!("\n######## SKIPPED: the real-Postfix checks did NOT run (MAILFLEET_SKIP_POSTFIX=1; missing {missing:?}) ########\n");
-        return false;
-    }
-    panic!(
-        "Postfix is not installed ({} missing). Install it with:\n\n    apt-get install -y postfix\n\n\
-         (non-interactively: DEBIAN_FRONTEND=noninteractive apt-get install -y postfix), \
-         or set MAILFLEET_SKIP_POSTFIX=1 to skip these tests.",
-        missing.join(", ")
-    );
+    postfix::nothing_missing(
+        &postfix::missing_programs(&[POSTFIX, POSTMAP, POSTCONF, SENDMAIL]),
+        "the real-Postfix checks",
+        "apt-get install -y postfix    \
+         (non-interactively: DEBIAN_FRONTEND=noninteractive apt-get install -y postfix)",
+    )
 }
 
 /// `postfix check` and a running Postfix need root (queue ownership, postdrop).
 fn running_as_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("\n######## SKIPPED: `postfix check` and the live delivery need root; run the tests as root ########\n");
-    }
-    root
+    postfix::running_as_root(
+        "`postfix check` and the live delivery need root; run the tests as root",
+    )
 }
 
 fn now() -> Timestamp {
     "2021-11-05T08:10:00Z".parse().unwrap()
-}
-
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
 }
 
 fn postmap_query(key: &str, table: &str) -> Option<String> {
@@ -222,238 +197,33 @@ fn the_status_filter_defers_conclusive_blocks_only() {
     }
 }
 
-const BASE_MASTER_CF: &str = "\
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
+/// What these checks run beyond the harness's base services: TLS, the relay
+/// and local transports and proxywrite, as a complete installation has them.
+const EXTRA_MASTER_CF: &str = "\
 tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
 proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
 relay     unix  -       -       n       -       -       smtp
         -o syslog_name=postfix/$service_name
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
 local     unix  -       n       n       -       -       local
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
 ";
 
-/// A complete private Postfix: `root/etc` (config), `root/spool`, `root/data`,
-/// `root/maillog`. The queue lives outside the config folder, as Postfix expects.
-struct PrivatePostfix {
-    _root: tempfile::TempDir,
-    root: PathBuf,
-    etc: PathBuf,
-    started: bool,
+/// A private Postfix configured with one sender's rendered files.
+fn rendered_postfix(files: &PostfixFiles) -> PrivatePostfix {
+    let postfix = PrivatePostfix::new(
+        "mailfleet-postfix-",
+        &format!(
+            "myhostname = sender.mailfleet.test\ninet_protocols = all\n{}",
+            files.main_cf
+        ),
+        &format!("{EXTRA_MASTER_CF}{}", files.master_cf),
+    );
+    write_maps(&postfix.etc, files);
+    postfix
 }
 
-impl PrivatePostfix {
-    fn new(files: &PostfixFiles) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("mailfleet-postfix-")
-            .tempdir()
-            .unwrap();
-        let root = dir.path().to_path_buf();
-        let etc = root.join("etc");
-        for sub in ["etc", "spool", "data"] {
-            fs::create_dir_all(root.join(sub)).unwrap();
-        }
-        let chown = run("chown", &["postfix", root.join("data").to_str().unwrap()]);
-        assert!(
-            chown.status.success(),
-            "chown postfix data: {}",
-            String::from_utf8_lossy(&chown.stderr)
-        );
-        let main_cf = format!(
-            "compatibility_level = 3.6\n\
-             queue_directory = {root}/spool\n\
-             data_directory = {root}/data\n\
-             maillog_file = {root}/maillog\n\
-             maillog_file_prefixes = {root}\n\
-             myhostname = sender.mailfleet.test\n\
-             mydomain = mailfleet.test\n\
-             mydestination =\n\
-             alias_maps =\n\
-             alias_database =\n\
-             inet_interfaces = loopback-only\n\
-             inet_protocols = all\n\
-             master_service_disable = inet\n\
-             {fragment}",
-            root = root.display(),
-            fragment = files.main_cf
-        );
-        fs::write(etc.join("main.cf"), main_cf).unwrap();
-        fs::write(
-            etc.join("master.cf"),
-            format!("{BASE_MASTER_CF}{}", files.master_cf),
-        )
-        .unwrap();
-        write_maps(&etc, files);
-        PrivatePostfix {
-            _root: dir,
-            root,
-            etc,
-            started: false,
-        }
-    }
-
-    fn etc(&self) -> &str {
-        self.etc.to_str().unwrap()
-    }
-
-    fn maillog(&self) -> String {
-        fs::read_to_string(self.root.join("maillog")).unwrap_or_default()
-    }
-
-    /// `postfix check` must pass without a warning, and postconf must know every
-    /// parameter the fragments set (it warns about unused ones).
-    fn check(&self) {
-        let out = run(POSTFIX, &["-c", self.etc(), "check"]);
-        let log = self.maillog();
-        assert!(
-            out.status.success(),
-            "postfix check failed:\n{log}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            !log.contains("warning") && !log.contains("fatal"),
-            "postfix check complained:\n{log}"
-        );
-        let out = run(POSTCONF, &["-c", self.etc(), "-n"]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() && stderr.trim().is_empty(),
-            "postconf -n complained:\n{stderr}"
-        );
-    }
-
-    fn start(&mut self) {
-        let out = run(POSTFIX, &["-c", self.etc(), "start"]);
-        assert!(
-            out.status.success(),
-            "postfix start failed:\n{}",
-            self.maillog()
-        );
-        self.started = true;
-    }
-
-    fn send(&self, to: &str) {
-        let mut child = Command::new(SENDMAIL)
-            .args(["-C", self.etc(), "-f", "sender@mailfleet.test", to])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"Subject: mailfleet check\n\nhello\n")
-            .unwrap();
-        assert!(
-            child.wait().unwrap().success(),
-            "sendmail to {to} failed:\n{}",
-            self.maillog()
-        );
-    }
-
-    /// The first delivery log line for `to` that carries a status.
-    fn wait_for_status(&self, to: &str) -> String {
-        let needle = format!("to=<{to}>");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let log = self.maillog();
-            if let Some(line) = log
-                .lines()
-                .find(|l| l.contains(&needle) && l.contains("status="))
-            {
-                return line.to_string();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no delivery status for {to} within 30 s:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for PrivatePostfix {
-    fn drop(&mut self) {
-        if self.started {
-            let _ = Command::new(POSTFIX)
-                .args(["-c", self.etc(), "stop"])
-                .output();
-            reap_postfix_daemons();
-        }
-    }
-}
-
-/// Postfix daemonises: once stopped, its processes are orphans. This test made
-/// itself their subreaper, so it collects them instead of leaving zombies; only
-/// Postfix daemons are reaped, never another test's children.
-fn reap_postfix_daemons() {
-    const DAEMONS: [&str; 14] = [
-        "master",
-        "pickup",
-        "qmgr",
-        "cleanup",
-        "trivial-rewrite",
-        "smtp",
-        "bounce",
-        "postlogd",
-        "error",
-        "anvil",
-        "scache",
-        "proxymap",
-        "showq",
-        "tlsmgr",
-    ];
-    let me = std::process::id();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut alive = 0;
-        for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            // "pid (comm) state ppid ..."; comm may hold spaces, so split after the last ')'.
-            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-                continue;
-            };
-            let comm = &stat[open + 1..close];
-            let mut rest = stat[close + 1..].split_whitespace();
-            let (Some(state), Some(ppid)) = (rest.next(), rest.next()) else {
-                continue;
-            };
-            if ppid.parse::<u32>().ok() != Some(me) || !DAEMONS.contains(&comm) {
-                continue;
-            }
-            alive += 1;
-            if state == "Z" {
-                let mut status = 0;
-                // SAFETY: waits for one known zombie child of this process, without blocking.
-                unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            }
-        }
-        if alive == 0 || Instant::now() > deadline {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+/// What the live delivery submits.
+const MESSAGE: &str = "Subject: mailfleet check\n\nhello\n";
+const FROM: &str = "sender@mailfleet.test";
 
 #[test]
 fn postfix_accepts_the_rendered_configuration() {
@@ -472,7 +242,7 @@ fn postfix_accepts_the_rendered_configuration() {
             &PostfixOptions::default(),
         )
         .unwrap();
-        let postfix = PrivatePostfix::new(&files);
+        let postfix = rendered_postfix(&files);
         postfix.check();
         let transports = run(POSTCONF, &["-c", postfix.etc(), "-M"]);
         let listed = String::from_utf8_lossy(&transports.stdout);
@@ -568,8 +338,7 @@ fn a_block_reply_is_deferred_not_bounced_and_a_deferring_route_keeps_mail_queued
     if !postfix_installed() || !running_as_root() {
         return;
     }
-    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only changes who adopts this process's orphans.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    postfix::become_subreaper();
     let (port, peers) = start_blocking_server();
     let (pools, routes) = lab_fleet();
     let table = compile(&pools, &routes, now());
@@ -584,11 +353,11 @@ fn a_block_reply_is_deferred_not_bounced_and_a_deferring_route_keeps_mail_queued
         &options,
     )
     .unwrap();
-    let mut postfix = PrivatePostfix::new(&files);
+    let mut postfix = rendered_postfix(&files);
     postfix.check();
     postfix.start();
 
-    postfix.send("user@hotmail.test");
+    postfix.send(FROM, "user@hotmail.test", MESSAGE);
     let line = postfix.wait_for_status("user@hotmail.test");
     assert!(
         line.contains("postfix/mf-127-0-0-7-microsoft/smtp["),
@@ -608,7 +377,7 @@ fn a_block_reply_is_deferred_not_bounced_and_a_deferring_route_keeps_mail_queued
         "sent from the bound source IP"
     );
 
-    postfix.send("user@yahoo-japan.test");
+    postfix.send(FROM, "user@yahoo-japan.test", MESSAGE);
     let line = postfix.wait_for_status("user@yahoo-japan.test");
     assert!(line.contains("dsn=4.7.0, status=deferred"), "{line}");
     assert!(

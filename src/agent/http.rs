@@ -2,98 +2,46 @@
 //! deadline (an endpoint that hangs costs one timeout, never a stuck agent),
 //! and reading one request on the metrics listener. Plain `http://` only:
 //! the feedback endpoint is reached inside the cluster network (see
-//! docs/FEEDBACK-API.md for TLS).
+//! docs/FEEDBACK-API.md for TLS). URL and response parsing are the shared
+//! [`crate::http1`]; this module is the blocking transport around them.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::ops::Deref;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
+
+use crate::http1::{self, HttpUrl, UrlError};
+
+pub use crate::http1::Response;
 
 /// Largest response body read.
 const MAX_BODY: usize = 1024 * 1024;
 /// Largest response or request head read.
 const MAX_HEAD: usize = 16 * 1024;
 
-/// Where reports go: `http://HOST[:PORT][/PATH]`.
+/// Where reports go: `http://HOST[:PORT][/PATH]`. Its host, port and path are
+/// those of the [`HttpUrl`] it derefs to; only the refusals speak of the agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Endpoint {
-    pub host: String,
-    pub port: u16,
-    pub path: String,
+pub struct Endpoint(HttpUrl);
+
+impl Deref for Endpoint {
+    type Target = HttpUrl;
+    fn deref(&self) -> &HttpUrl {
+        &self.0
+    }
 }
 
 impl FromStr for Endpoint {
     type Err = String;
     fn from_str(url: &str) -> Result<Self, Self::Err> {
-        let rest = if let Some(rest) = url.strip_prefix("http://") {
-            rest
-        } else if url.starts_with("https://") {
-            return Err(format!(
+        HttpUrl::parse(url).map(Endpoint).map_err(|e| match e {
+            UrlError::Https => format!(
                 "`{url}`: https is not built into the agent; use the endpoint's http:// address inside the cluster (docs/FEEDBACK-API.md, Transport)"
-            ));
-        } else {
-            return Err(format!("`{url}` is not an http:// URL such as http://mailfleet-operator.mailfleet-system.svc:8080/v1/feedback"));
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, tail) = v6
-                .split_once(']')
-                .ok_or_else(|| format!("`{url}`: unclosed [ in the host"))?;
-            (host, tail.strip_prefix(':'))
-        } else {
-            match authority.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            }
-        };
-        if host.is_empty() {
-            return Err(format!("`{url}` has no host"));
-        }
-        let port = match port {
-            None => 80,
-            Some(p) => p
-                .parse()
-                .map_err(|_| format!("`{url}`: port `{p}` is not a number from 1 to 65535"))?,
-        };
-        Ok(Endpoint {
-            host: host.to_string(),
-            port,
-            path: path.to_string(),
+            ),
+            UrlError::NotHttp => format!("`{url}` is not an http:// URL such as http://mailfleet-operator.mailfleet-system.svc:8080/v1/feedback"),
+            other => format!("`{url}`: {other}"),
         })
-    }
-}
-
-impl Endpoint {
-    fn authority(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        if self.port == 80 {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -176,16 +124,10 @@ pub fn post(
     };
     let _ = stream.set_nodelay(true);
 
-    let mut request = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        endpoint.path,
-        endpoint.authority(),
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
+    let length = body.len().to_string();
+    let mut request_headers = vec![("Content-Length", length.as_str())];
+    request_headers.extend_from_slice(headers);
+    let request = endpoint.request_head("POST", &request_headers);
     let io_error = |e: io::Error| {
         if is_timeout(&e) {
             HttpError::Timeout(timeout)
@@ -200,81 +142,36 @@ pub fn post(
 
     let mut received = Vec::new();
     let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(end) = find_head_end(&received) {
-            break end;
-        }
-        if received.len() > MAX_HEAD {
-            return Err(HttpError::Protocol(
-                "response head larger than 16 KiB".into(),
-            ));
-        }
-        set_deadline(&stream, deadline, timeout)?;
-        let n = stream.read(&mut chunk).map_err(io_error)?;
-        if n == 0 {
-            return Err(HttpError::Protocol(
-                "connection closed before a response".into(),
-            ));
-        }
-        received.extend_from_slice(&chunk[..n]);
-    };
-    let head = std::str::from_utf8(&received[..head_end])
-        .map_err(|_| HttpError::Protocol("response head is not text".into()))?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
-    let status: u16 = status_line
-        .strip_prefix("HTTP/1.")
-        .and_then(|rest| rest.get(2..5))
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| HttpError::Protocol(format!("bad status line `{status_line}`")))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let mut response = Response {
-        status,
-        headers,
-        body: received[head_end + 4..].to_vec(),
-    };
-
-    let length = response
-        .header("content-length")
-        .and_then(|v| v.parse::<usize>().ok());
-    let chunked = response
-        .header("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    let mut eof = false;
     loop {
-        let complete = match (length, chunked) {
-            (Some(len), _) => response.body.len() >= len,
-            (None, true) => decode_chunked(&response.body).is_some(),
-            (None, false) => false,
-        };
-        if complete {
-            break;
+        match http1::parse_response(&received, eof) {
+            Ok(Some(response)) => return Ok(response),
+            Ok(None) if !eof => {}
+            Ok(None) => {
+                return Err(HttpError::Protocol(
+                    "connection closed before a complete response".into(),
+                ))
+            }
+            Err(e) => return Err(HttpError::Protocol(e.to_string())),
         }
-        if response.body.len() > MAX_BODY {
-            return Err(HttpError::Protocol(
-                "response body larger than 1 MiB".into(),
-            ));
+        match http1::head_length(&received) {
+            None if received.len() > MAX_HEAD => {
+                return Err(HttpError::Protocol(
+                    "response head larger than 16 KiB".into(),
+                ))
+            }
+            Some(head) if received.len() - head > MAX_BODY => {
+                return Err(HttpError::Protocol(
+                    "response body larger than 1 MiB".into(),
+                ))
+            }
+            _ => {}
         }
         set_deadline(&stream, deadline, timeout)?;
         let n = stream.read(&mut chunk).map_err(io_error)?;
-        if n == 0 {
-            if length.is_some() || chunked {
-                return Err(HttpError::Protocol(
-                    "connection closed in the middle of the body".into(),
-                ));
-            }
-            break;
-        }
-        response.body.extend_from_slice(&chunk[..n]);
+        eof = n == 0;
+        received.extend_from_slice(&chunk[..n]);
     }
-    if let Some(len) = length {
-        response.body.truncate(len);
-    } else if chunked {
-        response.body = decode_chunked(&response.body).unwrap_or_default();
-    }
-    Ok(response)
 }
 
 fn set_deadline(stream: &TcpStream, deadline: Instant, timeout: Duration) -> Result<(), HttpError> {
@@ -286,29 +183,6 @@ fn set_deadline(stream: &TcpStream, deadline: Instant, timeout: Duration) -> Res
     stream.set_write_timeout(Some(left)).map_err(HttpError::Io)
 }
 
-fn find_head_end(bytes: &[u8]) -> Option<usize> {
-    memchr::memmem::find(bytes, b"\r\n\r\n")
-}
-
-/// The body of a complete chunked encoding, or `None` while incomplete.
-fn decode_chunked(mut bytes: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = memchr::memmem::find(bytes, b"\r\n")?;
-        let size_text = std::str::from_utf8(&bytes[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        bytes = &bytes[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        if bytes.len() < size + 2 {
-            return None;
-        }
-        out.extend_from_slice(&bytes[..size]);
-        bytes = &bytes[size + 2..];
-    }
-}
-
 /// Reads a request head (method and path) from a client of the metrics listener.
 pub fn read_request_line(
     stream: &mut TcpStream,
@@ -317,7 +191,7 @@ pub fn read_request_line(
     stream.set_read_timeout(Some(timeout))?;
     let mut received = Vec::new();
     let mut chunk = [0u8; 2048];
-    while find_head_end(&received).is_none() {
+    while http1::head_length(&received).is_none() {
         if received.len() > MAX_HEAD {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -365,18 +239,14 @@ mod tests {
             (e.host.as_str(), e.port, e.path.as_str()),
             ("op.mailfleet.svc", 8080, "/v1/feedback")
         );
-        let e: Endpoint = "http://[::1]:9/x".parse().unwrap();
-        assert_eq!(
-            (e.host.as_str(), e.port, e.authority()),
-            ("::1", 9, "[::1]:9".to_string())
-        );
-        let e: Endpoint = "http://host".parse().unwrap();
-        assert_eq!((e.port, e.path.as_str()), (80, "/"));
         assert!("https://x/v1/feedback"
             .parse::<Endpoint>()
             .unwrap_err()
             .contains("https is not built"));
-        assert!("ftp://x".parse::<Endpoint>().is_err());
+        assert!("ftp://x"
+            .parse::<Endpoint>()
+            .unwrap_err()
+            .contains("is not an http:// URL such as"));
         assert!("http://x:port/"
             .parse::<Endpoint>()
             .unwrap_err()
