@@ -34,10 +34,12 @@ fmt:
 crds: build
 	$(BIN) crd --out-dir crds
 
-## bench: the speed targets of docs/BENCHMARKS.md
+## bench: the speed targets of docs/BENCHMARKS.md (the scripts need root for namespaces)
 bench:
 	$(CARGO) bench --bench classify
 	$(CARGO) bench --bench compile_routes
+	bench/agent_replay.sh
+	bench/dnsbl.sh
 
 ## fuzz: a short run of each fuzz target (needs a nightly toolchain and cargo-fuzz)
 fuzz:
