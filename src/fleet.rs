@@ -24,18 +24,48 @@ pub const WELL_KNOWN_DOMAINS: [(&str, &[&str]); 4] = [
     (
         "microsoft",
         &[
-            "hotmail.com", "hotmail.co.jp", "hotmail.co.uk", "hotmail.fr", "hotmail.it", "hotmail.nl",
-            "hotmail.co.th", "hotmail.de", "hotmail.es", "outlook.com", "outlook.jp", "outlook.kr",
-            "outlook.sa", "outlook.fr", "outlook.de", "live.com", "live.jp", "live.cn", "live.com.sg",
-            "live.co.uk", "live.fr", "msn.com", "passport.com",
+            "hotmail.com",
+            "hotmail.co.jp",
+            "hotmail.co.uk",
+            "hotmail.fr",
+            "hotmail.it",
+            "hotmail.nl",
+            "hotmail.co.th",
+            "hotmail.de",
+            "hotmail.es",
+            "outlook.com",
+            "outlook.jp",
+            "outlook.kr",
+            "outlook.sa",
+            "outlook.fr",
+            "outlook.de",
+            "live.com",
+            "live.jp",
+            "live.cn",
+            "live.com.sg",
+            "live.co.uk",
+            "live.fr",
+            "msn.com",
+            "passport.com",
         ],
     ),
     ("google", &["gmail.com", "googlemail.com"]),
     (
         "yahoo",
         &[
-            "yahoo.com", "yahoo.co.uk", "yahoo.fr", "yahoo.de", "yahoo.it", "yahoo.es", "yahoo.ca",
-            "yahoo.com.au", "yahoo.co.in", "ymail.com", "rocketmail.com", "aol.com", "aim.com",
+            "yahoo.com",
+            "yahoo.co.uk",
+            "yahoo.fr",
+            "yahoo.de",
+            "yahoo.it",
+            "yahoo.es",
+            "yahoo.ca",
+            "yahoo.com.au",
+            "yahoo.co.in",
+            "ymail.com",
+            "rocketmail.com",
+            "aol.com",
+            "aim.com",
         ],
     ),
     ("apple", &["icloud.com", "me.com", "mac.com"]),
@@ -44,7 +74,11 @@ pub const WELL_KNOWN_DOMAINS: [(&str, &[&str]); 4] = [
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
     #[error("DomainRoute {route}: spec.match declares provider `{provider}` in a way the classifier refuses: {source}")]
-    Provider { route: String, provider: String, source: Box<ClassifierError> },
+    Provider {
+        route: String,
+        provider: String,
+        source: Box<ClassifierError>,
+    },
     #[error(transparent)]
     Classifier(Box<ClassifierError>),
     #[error("SenderPool {pool}: {source}")]
@@ -81,17 +115,26 @@ impl Fleet {
         for route in &routes {
             if let Some(spec) = declared_provider(route) {
                 // Checked one by one so a refused declaration names its route.
-                Classifier::with_config(ClassifierConfig { providers: vec![spec.clone()], ..Default::default() })
-                    .map_err(|source| FleetError::Provider {
-                        route: object_name(&route.metadata),
-                        provider: route.spec.provider.clone(),
-                        source: Box::new(source),
-                    })?;
+                Classifier::with_config(ClassifierConfig {
+                    providers: vec![spec.clone()],
+                    ..Default::default()
+                })
+                .map_err(|source| FleetError::Provider {
+                    route: object_name(&route.metadata),
+                    provider: route.spec.provider.clone(),
+                    source: Box::new(source),
+                })?;
                 config.providers.push(spec);
             }
         }
-        let classifier = Classifier::with_config(config).map_err(|e| FleetError::Classifier(Box::new(e)))?;
-        Ok(Fleet { known_providers: known_providers(&routes), pools, routes, classifier })
+        let classifier =
+            Classifier::with_config(config).map_err(|e| FleetError::Classifier(Box::new(e)))?;
+        Ok(Fleet {
+            known_providers: known_providers(&routes),
+            pools,
+            routes,
+            classifier,
+        })
     }
 
     /// Advances every pool's reputation to `now` (timers, warm-up, overrides).
@@ -100,22 +143,39 @@ impl Fleet {
         for pool in &mut self.pools {
             let status = pool.status.get_or_insert_with(SenderPoolStatus::default);
             let transitions = engine::tick(&pool.spec, status, &self.known_providers, now)
-                .map_err(|source| FleetError::Engine { pool: object_name(&pool.metadata), source })?;
+                .map_err(|source| FleetError::Engine {
+                    pool: object_name(&pool.metadata),
+                    source,
+                })?;
             all.extend(transitions);
         }
         Ok(all)
     }
 
     /// Feeds one signal about `ip` to the pool that owns it.
-    pub fn observe(&mut self, ip: &str, signal: Signal, now: Timestamp) -> Result<Vec<Transition>, FleetError> {
+    pub fn observe(
+        &mut self,
+        ip: &str,
+        signal: Signal,
+        now: Timestamp,
+    ) -> Result<Vec<Transition>, FleetError> {
         let wanted: Option<IpAddr> = ip.parse().ok();
         let owner = self.pools.iter_mut().find(|p| {
-            p.spec.ips.iter().any(|i| i.address == ip || (wanted.is_some() && i.address.parse().ok() == wanted))
+            p.spec
+                .ips
+                .iter()
+                .any(|i| i.address == ip || (wanted.is_some() && i.address.parse().ok() == wanted))
         });
         let Some(pool) = owner else {
-            let known: Vec<&str> =
-                self.pools.iter().flat_map(|p| p.spec.ips.iter().map(|i| i.address.as_str())).collect();
-            return Err(FleetError::UnknownIp { ip: ip.to_string(), known: known.join(", ") });
+            let known: Vec<&str> = self
+                .pools
+                .iter()
+                .flat_map(|p| p.spec.ips.iter().map(|i| i.address.as_str()))
+                .collect();
+            return Err(FleetError::UnknownIp {
+                ip: ip.to_string(),
+                known: known.join(", "),
+            });
         };
         let address = pool
             .spec
@@ -125,8 +185,18 @@ impl Fleet {
             .map(|i| i.address.clone())
             .unwrap_or_else(|| ip.to_string());
         let status = pool.status.get_or_insert_with(SenderPoolStatus::default);
-        engine::observe(&pool.spec, status, &address, signal, &self.known_providers, now)
-            .map_err(|source| FleetError::Engine { pool: object_name(&pool.metadata), source })
+        engine::observe(
+            &pool.spec,
+            status,
+            &address,
+            signal,
+            &self.known_providers,
+            now,
+        )
+        .map_err(|source| FleetError::Engine {
+            pool: object_name(&pool.metadata),
+            source,
+        })
     }
 
     /// Remembers, in every route matching `mx_host`, that `domain` is served by it.
@@ -201,7 +271,11 @@ pub fn declared_provider(route: &DomainRoute) -> Option<ProviderSpec> {
         spec = spec.domains(domains.iter().cloned());
     }
     if let Some(suffixes) = &m.domain_suffixes {
-        spec = spec.domains(suffixes.iter().map(|s| format!("*.{}", s.trim_start_matches(['.', '*']))));
+        spec = spec.domains(
+            suffixes
+                .iter()
+                .map(|s| format!("*.{}", s.trim_start_matches(['.', '*']))),
+        );
     }
     if let Some(suffixes) = &m.mx_host_suffixes {
         spec = spec.mx_host_suffixes(suffixes.iter().cloned());
@@ -210,7 +284,11 @@ pub fn declared_provider(route: &DomainRoute) -> Option<ProviderSpec> {
 }
 
 fn object_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
-    format!("{}/{}", meta.namespace.as_deref().unwrap_or("default"), meta.name.as_deref().unwrap_or(""))
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or("")
+    )
 }
 
 #[cfg(test)]
@@ -221,7 +299,10 @@ mod tests {
     use std::path::Path;
 
     fn example_fleet() -> Fleet {
-        let m = crate::manifests::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fleet")).unwrap();
+        let m = crate::manifests::load_dir(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fleet"),
+        )
+        .unwrap();
         Fleet::new(m, None).unwrap()
     }
 
@@ -230,8 +311,22 @@ mod tests {
         let fleet = example_fleet();
         assert!(fleet.known_providers.contains(&"yahoo-japan".to_string()));
         assert!(fleet.known_providers.contains(&"other".to_string()));
-        assert_eq!(fleet.classifier.providers().name(fleet.classifier.provider_of(Some("yahoo.co.jp"), None)).as_str(), "yahoo-japan");
-        assert_eq!(fleet.classifier.providers().name(fleet.classifier.provider_of(Some("yahoo.com"), None)).as_str(), "yahoo");
+        assert_eq!(
+            fleet
+                .classifier
+                .providers()
+                .name(fleet.classifier.provider_of(Some("yahoo.co.jp"), None))
+                .as_str(),
+            "yahoo-japan"
+        );
+        assert_eq!(
+            fleet
+                .classifier
+                .providers()
+                .name(fleet.classifier.provider_of(Some("yahoo.com"), None))
+                .as_str(),
+            "yahoo"
+        );
         let domains = fleet.known_domains();
         assert!(domains["yahoo-japan"].contains(&"ybb.ne.jp".to_string()));
         assert!(domains["microsoft"].contains(&"hotmail.co.jp".to_string()));
@@ -244,16 +339,40 @@ mod tests {
         fleet.advance(now).unwrap();
         let reply = "550 5.7.606 Access denied, banned sending IP [203.0.113.12]";
         let mut tally = Tally::default();
-        tally.add(&fleet.classifier.classify_text(reply, Some("acclaim.jp"), Some("acclaim-jp.mail.protection.outlook.com")), reply, now);
+        tally.add(
+            &fleet.classifier.classify_text(
+                reply,
+                Some("acclaim.jp"),
+                Some("acclaim-jp.mail.protection.outlook.com"),
+            ),
+            reply,
+            now,
+        );
         for feedback in tally.drain() {
-            fleet.observe("203.0.113.12", Signal::Feedback(feedback), now).unwrap();
+            fleet
+                .observe("203.0.113.12", Signal::Feedback(feedback), now)
+                .unwrap();
         }
         let table = fleet.compile(now);
-        let ms = table.routes.iter().find(|r| r.provider == "microsoft").unwrap();
+        let ms = table
+            .routes
+            .iter()
+            .find(|r| r.provider == "microsoft")
+            .unwrap();
         assert!(ms.targets.iter().all(|t| t.ip != "203.0.113.12"));
-        assert!(ms.excluded.iter().any(|e| e.ip == "203.0.113.12" && e.state == ReputationState::Blocked));
-        let google = table.routes.iter().find(|r| r.provider == "google").unwrap();
+        assert!(ms
+            .excluded
+            .iter()
+            .any(|e| e.ip == "203.0.113.12" && e.state == ReputationState::Blocked));
+        let google = table
+            .routes
+            .iter()
+            .find(|r| r.provider == "google")
+            .unwrap();
         assert!(google.targets.iter().any(|t| t.ip == "203.0.113.12"));
-        assert!(matches!(fleet.observe("192.0.2.1", Signal::Feedback(Default::default()), now), Err(FleetError::UnknownIp { .. })));
+        assert!(matches!(
+            fleet.observe("192.0.2.1", Signal::Feedback(Default::default()), now),
+            Err(FleetError::UnknownIp { .. })
+        ));
     }
 }

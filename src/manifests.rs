@@ -31,8 +31,15 @@ pub struct Manifests {
 impl Manifests {
     /// Applies a status-only document (kind, metadata and `status`, no `spec`) to
     /// the object it names: the shape of a status snapshot taken from a cluster.
-    fn apply_status(&mut self, doc: &Value, kind: &str, source: &Source) -> Result<(), ManifestError> {
-        let mut meta: ObjectMeta = serde_json::from_value(doc.get("metadata").cloned().unwrap_or(Value::Null)).unwrap_or_default();
+    fn apply_status(
+        &mut self,
+        doc: &Value,
+        kind: &str,
+        source: &Source,
+    ) -> Result<(), ManifestError> {
+        let mut meta: ObjectMeta =
+            serde_json::from_value(doc.get("metadata").cloned().unwrap_or(Value::Null))
+                .unwrap_or_default();
         default_namespace(&mut meta);
         let status = doc.get("status").cloned().unwrap_or(Value::Null);
         let invalid = |violations| ManifestError::Invalid {
@@ -49,10 +56,18 @@ impl Manifests {
         };
         let wanted = key(kind, &meta);
         if kind == "SenderPool" {
-            let pool = self.pools.iter_mut().find(|p| key(kind, &p.metadata) == wanted).ok_or_else(missing)?;
+            let pool = self
+                .pools
+                .iter_mut()
+                .find(|p| key(kind, &p.metadata) == wanted)
+                .ok_or_else(missing)?;
             pool.status = Some(status_of(&status, &SenderPool::crd()).map_err(invalid)?);
         } else {
-            let route = self.routes.iter_mut().find(|r| key(kind, &r.metadata) == wanted).ok_or_else(missing)?;
+            let route = self
+                .routes
+                .iter_mut()
+                .find(|r| key(kind, &r.metadata) == wanted)
+                .ok_or_else(missing)?;
             route.status = Some(status_of(&status, &DomainRoute::crd()).map_err(invalid)?);
         }
         Ok(())
@@ -66,13 +81,22 @@ fn status_of<T: DeserializeOwned>(
     let schema = crd_schema(crd);
     let violations: Vec<Violation> = validate(&schema["properties"]["status"], status)
         .into_iter()
-        .map(|v| Violation { path: format!("status.{}", v.path.trim_start_matches("(object)")).trim_end_matches('.').to_string(), ..v })
+        .map(|v| Violation {
+            path: format!("status.{}", v.path.trim_start_matches("(object)"))
+                .trim_end_matches('.')
+                .to_string(),
+            ..v
+        })
         .collect();
     if !violations.is_empty() {
         return Err(violations);
     }
-    serde_path_to_error::deserialize(status)
-        .map_err(|e| vec![Violation { path: format!("status.{}", e.path()), message: e.inner().to_string() }])
+    serde_path_to_error::deserialize(status).map_err(|e| {
+        vec![Violation {
+            path: format!("status.{}", e.path()),
+            message: e.inner().to_string(),
+        }]
+    })
 }
 
 /// Where a document came from: a file and its 1-based position in that file.
@@ -91,21 +115,47 @@ impl std::fmt::Display for Source {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} has no .yaml or .yml files; point --manifests at the folder holding your SenderPool and DomainRoute manifests")]
     Empty { path: PathBuf },
     #[error("{source_}: not valid YAML: {message}")]
-    Yaml { source_: Box<Source>, message: String },
+    Yaml {
+        source_: Box<Source>,
+        message: String,
+    },
     #[error("{source_}: {kind} {name}: {}", format_violations(.violations))]
-    Invalid { source_: Box<Source>, kind: String, name: String, violations: Vec<Violation> },
-    #[error("{source_}: {kind} uses apiVersion {found}; this version of mailfleet reads {API_VERSION}")]
-    WrongVersion { source_: Box<Source>, kind: String, found: String },
+    Invalid {
+        source_: Box<Source>,
+        kind: String,
+        name: String,
+        violations: Vec<Violation>,
+    },
+    #[error(
+        "{source_}: {kind} uses apiVersion {found}; this version of mailfleet reads {API_VERSION}"
+    )]
+    WrongVersion {
+        source_: Box<Source>,
+        kind: String,
+        found: String,
+    },
     #[error("{source_}: {kind} {namespace}/{name} is defined twice (also in {first}); keep one")]
-    Duplicate { source_: Box<Source>, kind: String, namespace: String, name: String, first: String },
+    Duplicate {
+        source_: Box<Source>,
+        kind: String,
+        namespace: String,
+        name: String,
+        first: String,
+    },
 }
 
 fn format_violations(v: &[Violation]) -> String {
-    v.iter().map(Violation::to_string).collect::<Vec<_>>().join("; ")
+    v.iter()
+        .map(Violation::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl ManifestError {
@@ -131,12 +181,17 @@ pub fn load_overlays(sources: &[PathBuf]) -> Result<Manifests, ManifestError> {
         let mut files = Vec::new();
         collect_files(source, &mut files)?;
         if files.is_empty() {
-            return Err(ManifestError::Empty { path: source.clone() });
+            return Err(ManifestError::Empty {
+                path: source.clone(),
+            });
         }
         files.sort();
         let mut layer = BTreeSet::new();
         for file in files {
-            let text = std::fs::read_to_string(&file).map_err(|source| ManifestError::Io { path: file.clone(), source })?;
+            let text = std::fs::read_to_string(&file).map_err(|source| ManifestError::Io {
+                path: file.clone(),
+                source,
+            })?;
             parse_layer(&text, &file, &mut merged, &mut layer)?;
         }
     }
@@ -149,7 +204,10 @@ pub fn load_dir(dir: &Path) -> Result<Manifests, ManifestError> {
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ManifestError> {
-    let io = |source| ManifestError::Io { path: dir.to_path_buf(), source };
+    let io = |source| ManifestError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
     if dir.is_file() {
         out.push(dir.to_path_buf());
         return Ok(());
@@ -158,7 +216,10 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ManifestError
         let path = entry.map_err(io)?.path();
         if path.is_dir() {
             collect_files(&path, out)?;
-        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
             out.push(path);
         }
     }
@@ -172,26 +233,52 @@ pub fn parse_into(text: &str, file: &Path, into: &mut Manifests) -> Result<(), M
 
 type Key = (String, String, String);
 
-fn parse_layer(text: &str, file: &Path, into: &mut Manifests, layer: &mut BTreeSet<Key>) -> Result<(), ManifestError> {
+fn parse_layer(
+    text: &str,
+    file: &Path,
+    into: &mut Manifests,
+    layer: &mut BTreeSet<Key>,
+) -> Result<(), ManifestError> {
     let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| ManifestError::Yaml {
-        source_: Box::new(Source { file: file.to_path_buf(), document: 1 }),
+        source_: Box::new(Source {
+            file: file.to_path_buf(),
+            document: 1,
+        }),
         message: e.to_string(),
     })?;
     for (index, doc) in docs.into_iter().enumerate() {
-        let source = Source { file: file.to_path_buf(), document: index + 1 };
+        let source = Source {
+            file: file.to_path_buf(),
+            document: index + 1,
+        };
         if doc.is_null() {
             continue;
         }
-        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
-        let api_version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
+        let kind = doc
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let api_version = doc
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let ours = matches!(kind.as_str(), "SenderPool" | "DomainRoute")
             && (api_version.starts_with("mailfleet.io/") || api_version.is_empty());
         if !ours {
-            into.skipped.push(format!("{source} {}", if kind.is_empty() { "(no kind)" } else { &kind }));
+            into.skipped.push(format!(
+                "{source} {}",
+                if kind.is_empty() { "(no kind)" } else { &kind }
+            ));
             continue;
         }
         if api_version != API_VERSION {
-            return Err(ManifestError::WrongVersion { source_: Box::new(source), kind, found: api_version });
+            return Err(ManifestError::WrongVersion {
+                source_: Box::new(source),
+                kind,
+                found: api_version,
+            });
         }
         if doc.get("spec").is_none() && doc.get("status").is_some() {
             into.apply_status(&doc, &kind, &source)?;
@@ -213,10 +300,19 @@ fn parse_layer(text: &str, file: &Path, into: &mut Manifests, layer: &mut BTreeS
 }
 
 fn key(kind: &str, meta: &ObjectMeta) -> Key {
-    (kind.to_string(), meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+    (
+        kind.to_string(),
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
 }
 
-fn remember(layer: &mut BTreeSet<Key>, kind: &str, meta: &ObjectMeta, source: &Source) -> Result<Key, ManifestError> {
+fn remember(
+    layer: &mut BTreeSet<Key>,
+    kind: &str,
+    meta: &ObjectMeta,
+    source: &Source,
+) -> Result<Key, ManifestError> {
     let k = key(kind, meta);
     if !layer.insert(k.clone()) {
         return Err(ManifestError::Duplicate {
@@ -242,22 +338,36 @@ fn checked<T: DeserializeOwned>(
     source: &Source,
     kind: &str,
 ) -> Result<T, ManifestError> {
-    let name = doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+    let name = doc
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let invalid = |violations| ManifestError::Invalid {
         source_: Box::new(source.clone()),
         kind: kind.to_string(),
-        name: if name.is_empty() { "(unnamed)".into() } else { name.clone() },
+        name: if name.is_empty() {
+            "(unnamed)".into()
+        } else {
+            name.clone()
+        },
         violations,
     };
     if name.is_empty() {
-        return Err(invalid(vec![Violation { path: "metadata.name".into(), message: "is required".into() }]));
+        return Err(invalid(vec![Violation {
+            path: "metadata.name".into(),
+            message: "is required".into(),
+        }]));
     }
     let violations = validate(&crd_schema(crd), doc);
     if !violations.is_empty() {
         return Err(invalid(violations));
     }
     serde_path_to_error::deserialize(doc).map_err(|e| {
-        invalid(vec![Violation { path: e.path().to_string(), message: e.inner().to_string() }])
+        invalid(vec![Violation {
+            path: e.path().to_string(),
+            message: e.inner().to_string(),
+        }])
     })
 }
 
@@ -274,7 +384,10 @@ mod tests {
 
     #[test]
     fn reads_pools_and_skips_other_kinds() {
-        let m = parse(&format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\n---\n{POOL}")).unwrap();
+        let m = parse(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\n---\n{POOL}"
+        ))
+        .unwrap();
         assert_eq!(m.pools.len(), 1);
         assert_eq!(m.pools[0].metadata.namespace.as_deref(), Some("default"));
         assert_eq!(m.pools[0].spec.replicas_per_ip.max, 1);
@@ -283,7 +396,9 @@ mod tests {
 
     #[test]
     fn a_bad_ip_is_refused_naming_the_field_and_the_fix() {
-        let err = parse(&POOL.replace("203.0.113.10", "203.0.113.300")).unwrap_err().to_string();
+        let err = parse(&POOL.replace("203.0.113.10", "203.0.113.300"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("spec.ips[0].address"), "{err}");
         assert!(err.contains("IPv4 or IPv6 address"), "{err}");
         assert!(err.contains("test.yaml (document 1)"), "{err}");
@@ -291,21 +406,39 @@ mod tests {
 
     #[test]
     fn duplicate_ips_and_inverted_replicas_are_refused() {
-        let dup = POOL.replace("[{address: 203.0.113.10}]", "[{address: 2001:db8::1}, {address: 2001:DB8:0::1}]");
+        let dup = POOL.replace(
+            "[{address: 203.0.113.10}]",
+            "[{address: 2001:db8::1}, {address: 2001:DB8:0::1}]",
+        );
         let err = parse(&dup).unwrap_err().to_string();
         assert!(err.contains("same IP address twice"), "{err}");
-        let inverted = POOL.replace("  template:", "  replicasPerIp: {min: 3, max: 1}\n  template:");
+        let inverted = POOL.replace(
+            "  template:",
+            "  replicasPerIp: {min: 3, max: 1}\n  template:",
+        );
         let err = parse(&inverted).unwrap_err().to_string();
-        assert!(err.contains("spec.replicasPerIp") && err.contains("min must not be greater"), "{err}");
+        assert!(
+            err.contains("spec.replicasPerIp") && err.contains("min must not be greater"),
+            "{err}"
+        );
     }
 
     #[test]
     fn unknown_fields_wrong_versions_and_duplicates_are_refused() {
-        let err = parse(&POOL.replace("  ips:", "  ipz: []\n  ips:")).unwrap_err().to_string();
-        assert!(err.contains("spec.ipz") && err.contains("unknown field"), "{err}");
-        let err = parse(&POOL.replace("v1alpha1", "v1")).unwrap_err().to_string();
+        let err = parse(&POOL.replace("  ips:", "  ipz: []\n  ips:"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spec.ipz") && err.contains("unknown field"),
+            "{err}"
+        );
+        let err = parse(&POOL.replace("v1alpha1", "v1"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("apiVersion mailfleet.io/v1"), "{err}");
-        let err = parse(&format!("{POOL}---\n{POOL}")).unwrap_err().to_string();
+        let err = parse(&format!("{POOL}---\n{POOL}"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("defined twice"), "{err}");
     }
 
@@ -329,10 +462,18 @@ mod tests {
         std::fs::write(&b, status).unwrap();
         let m = load_overlays(&[a.clone(), b.clone()]).unwrap();
         let st = m.pools[0].status.as_ref().unwrap();
-        assert_eq!(st.ips[0].reputation[0].state, crate::api::ReputationState::Blocked);
+        assert_eq!(
+            st.ips[0].reputation[0].state,
+            crate::api::ReputationState::Blocked
+        );
         std::fs::write(&b, status.replace("Blocked", "Blokked")).unwrap();
-        let err = load_overlays(&[a.clone(), b.clone()]).unwrap_err().to_string();
-        assert!(err.contains("status.ips[0].reputation[0].state") && err.contains("Healthy"), "{err}");
+        let err = load_overlays(&[a.clone(), b.clone()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("status.ips[0].reputation[0].state") && err.contains("Healthy"),
+            "{err}"
+        );
         std::fs::write(&b, status.replace("name: bulk", "name: nosuch")).unwrap();
         let err = load_overlays(&[a, b]).unwrap_err().to_string();
         assert!(err.contains("status-only document"), "{err}");
@@ -350,9 +491,16 @@ mod tests {
         let route = "apiVersion: mailfleet.io/v1alpha1\nkind: DomainRoute\nmetadata: {name: ms}\nspec:\n  provider: microsoft\n  pool: bulk\n  match: {domains: [hotmail.com], default: true}\n";
         let err = parse(route).unwrap_err().to_string();
         assert!(err.contains("exactly one of domains"), "{err}");
-        let err = parse(&route.replace(", default: true", "").replace("microsoft", "Micro Soft")).unwrap_err().to_string();
+        let err = parse(
+            &route
+                .replace(", default: true", "")
+                .replace("microsoft", "Micro Soft"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("spec.provider"), "{err}");
-        let both = route.replace(", default: true", "") + "  fallback: [{pool: reserve, relay: {host: relay.example.net}}]\n";
+        let both = route.replace(", default: true", "")
+            + "  fallback: [{pool: reserve, relay: {host: relay.example.net}}]\n";
         let err = parse(&both).unwrap_err().to_string();
         assert!(err.contains("either a pool or a relay"), "{err}");
     }

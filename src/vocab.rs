@@ -10,7 +10,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// What happened to one delivery attempt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Delivered,
@@ -19,7 +21,9 @@ pub enum Outcome {
 }
 
 /// Why an attempt was not delivered (or `none` when it was).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Category {
     IpBlocklisted,
@@ -108,22 +112,28 @@ pub struct UnknownWord {
 impl FromStr for Outcome {
     type Err = UnknownWord;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Outcome::ALL.into_iter().find(|o| o.as_str() == s).ok_or_else(|| UnknownWord {
-            kind: "outcome",
-            value: s.to_string(),
-            expected: Outcome::ALL.map(Outcome::as_str).join(", "),
-        })
+        Outcome::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| UnknownWord {
+                kind: "outcome",
+                value: s.to_string(),
+                expected: Outcome::ALL.map(Outcome::as_str).join(", "),
+            })
     }
 }
 
 impl FromStr for Category {
     type Err = UnknownWord;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Category::ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| UnknownWord {
-            kind: "category",
-            value: s.to_string(),
-            expected: Category::ALL.map(Category::as_str).join(", "),
-        })
+        Category::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| UnknownWord {
+                kind: "category",
+                value: s.to_string(),
+                expected: Category::ALL.map(Category::as_str).join(", "),
+            })
     }
 }
 
@@ -142,7 +152,9 @@ pub fn is_valid_provider_name(name: &str) -> bool {
         && name.len() <= 40
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && !name.ends_with('-')
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 #[cfg(test)]

@@ -23,16 +23,29 @@ fn crds_folder_matches_the_code() {
         );
     }
     let files = std::fs::read_dir(repo("crds")).unwrap().count();
-    assert_eq!(files, crd::all().len(), "crds/ holds a file that no CRD produces");
+    assert_eq!(
+        files,
+        crd::all().len(),
+        "crds/ holds a file that no CRD produces"
+    );
 }
 
 #[test]
 fn mailfleet_crd_prints_exactly_the_crds_folder() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailfleet")).arg("crd").output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailfleet"))
+        .arg("crd")
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    let mut files: Vec<_> = std::fs::read_dir(repo("crds")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(repo("crds"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
-    let stored: String = files.iter().map(|f| std::fs::read_to_string(f).unwrap()).collect();
+    let stored: String = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), stored);
 }
 
@@ -53,9 +66,17 @@ fn structural_problems(node: &Value, path: &str, out: &mut Vec<String>) {
     for combinator in ["anyOf", "oneOf", "allOf"] {
         if let Some(branches) = obj.get(combinator).and_then(Value::as_array) {
             for (i, b) in branches.iter().enumerate() {
-                for forbidden in ["type", "default", "nullable", "description", "additionalProperties"] {
+                for forbidden in [
+                    "type",
+                    "default",
+                    "nullable",
+                    "description",
+                    "additionalProperties",
+                ] {
                     if b.get(forbidden).is_some() {
-                        out.push(format!("{path}.{combinator}[{i}]: `{forbidden}` inside a {combinator} branch"));
+                        out.push(format!(
+                            "{path}.{combinator}[{i}]: `{forbidden}` inside a {combinator} branch"
+                        ));
                     }
                 }
             }
@@ -89,13 +110,18 @@ fn structural_problems(node: &Value, path: &str, out: &mut Vec<String>) {
 }
 
 fn descriptions_missing(node: &Value, path: &str, out: &mut Vec<String>) {
-    let Some(props) = node.get("properties").and_then(Value::as_object) else { return };
+    let Some(props) = node.get("properties").and_then(Value::as_object) else {
+        return;
+    };
     for (k, v) in props {
         let here = format!("{path}.{k}");
         if path.is_empty() && (k == "apiVersion" || k == "kind" || k == "metadata") {
             continue;
         }
-        if v.get("description").and_then(Value::as_str).is_none_or(str::is_empty) {
+        if v.get("description")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
             out.push(here.clone());
         }
         descriptions_missing(v, &here, out);
@@ -110,7 +136,11 @@ fn every_schema_is_structural() {
     for c in crd::all() {
         let mut problems = Vec::new();
         structural_problems(&crd_schema(&c), "", &mut problems);
-        assert!(problems.is_empty(), "{}: {problems:#?}", c.metadata.name.unwrap());
+        assert!(
+            problems.is_empty(),
+            "{}: {problems:#?}",
+            c.metadata.name.unwrap()
+        );
     }
 }
 
@@ -134,7 +164,11 @@ fn every_field_is_described_for_kubectl_explain() {
     for c in crd::all() {
         let mut missing = Vec::new();
         descriptions_missing(&crd_schema(&c), "", &mut missing);
-        assert!(missing.is_empty(), "{} fields without description: {missing:#?}", c.metadata.name.unwrap());
+        assert!(
+            missing.is_empty(),
+            "{} fields without description: {missing:#?}",
+            c.metadata.name.unwrap()
+        );
     }
 }
 
@@ -145,46 +179,86 @@ fn crds_carry_names_categories_columns_and_status() {
         assert_eq!(c.spec.group, "mailfleet.io");
         assert_eq!(v.name, "v1alpha1");
         assert_eq!(c.spec.scope, "Namespaced");
-        assert_eq!(c.spec.names.categories.as_deref(), Some(&["mailfleet".to_string()][..]));
-        assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "status subresource");
-        let columns: Vec<&str> = v.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            c.spec.names.categories.as_deref(),
+            Some(&["mailfleet".to_string()][..])
+        );
+        assert!(
+            v.subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some(),
+            "status subresource"
+        );
+        let columns: Vec<&str> = v
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
         match c.spec.names.kind.as_str() {
             "SenderPool" => {
-                assert_eq!(c.spec.names.short_names.as_deref(), Some(&["sp".to_string()][..]));
+                assert_eq!(
+                    c.spec.names.short_names.as_deref(),
+                    Some(&["sp".to_string()][..])
+                );
                 assert_eq!(columns, ["IPs", "Healthy", "Blocked", "Ready", "Age"]);
             }
-            "DomainRoute" => assert_eq!(c.spec.names.short_names.as_deref(), Some(&["dr".to_string()][..])),
+            "DomainRoute" => assert_eq!(
+                c.spec.names.short_names.as_deref(),
+                Some(&["dr".to_string()][..])
+            ),
             other => panic!("unexpected kind {other}"),
         }
         let schema = crd_schema(&c);
         let conditions = &schema["properties"]["status"]["properties"]["conditions"];
         assert_eq!(conditions["x-kubernetes-list-type"], "map");
-        assert_eq!(conditions["x-kubernetes-list-map-keys"], serde_json::json!(["type"]));
+        assert_eq!(
+            conditions["x-kubernetes-list-map-keys"],
+            serde_json::json!(["type"])
+        );
     }
 }
 
 fn holds_yaml(dir: &Path) -> bool {
-    std::fs::read_dir(dir).unwrap().any(|e| e.unwrap().path().extension().is_some_and(|x| x == "yaml"))
+    std::fs::read_dir(dir)
+        .unwrap()
+        .any(|e| e.unwrap().path().extension().is_some_and(|x| x == "yaml"))
 }
 
 #[test]
 fn every_example_passes_the_schema_and_cel_rules() {
     let mut checked = 0;
-    let mut dirs: Vec<_> = std::fs::read_dir(repo("examples")).unwrap().map(|d| d.unwrap().path()).filter(|d| d.is_dir() && holds_yaml(d)).collect();
+    let mut dirs: Vec<_> = std::fs::read_dir(repo("examples"))
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .filter(|d| d.is_dir() && holds_yaml(d))
+        .collect();
     dirs.sort();
     for dir in dirs {
         // Every other example folder is an overlay on the fleet (status snapshots, what-ifs).
-        let layers = if dir.ends_with("fleet") { vec![dir.clone()] } else { vec![repo("examples/fleet"), dir.clone()] };
-        let m = mailfleet::manifests::load_overlays(&layers).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let layers = if dir.ends_with("fleet") {
+            vec![dir.clone()]
+        } else {
+            vec![repo("examples/fleet"), dir.clone()]
+        };
+        let m = mailfleet::manifests::load_overlays(&layers)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         checked += m.pools.len() + m.routes.len();
         for pool in &m.pools {
-            pool.validate_cel().unwrap_or_else(|e| panic!("{:?}: {e:?}", pool.metadata.name));
+            pool.validate_cel()
+                .unwrap_or_else(|e| panic!("{:?}: {e:?}", pool.metadata.name));
         }
         for route in &m.routes {
-            route.validate_cel().unwrap_or_else(|e| panic!("{:?}: {e:?}", route.metadata.name));
+            route
+                .validate_cel()
+                .unwrap_or_else(|e| panic!("{:?}: {e:?}", route.metadata.name));
         }
     }
-    assert!(checked >= 7, "expected the example fleet, found {checked} objects");
+    assert!(
+        checked >= 7,
+        "expected the example fleet, found {checked} objects"
+    );
 }
 
 #[test]
@@ -198,7 +272,10 @@ fn the_example_fleet_is_the_realistic_one() {
         assert!(providers.contains(&p), "no {p} route");
     }
     assert!(m.routes.iter().any(|r| r.spec.match_.default == Some(true)));
-    assert!(m.routes.iter().any(|r| r.spec.fallback.iter().any(|f| f.relay.is_some())));
+    assert!(m
+        .routes
+        .iter()
+        .any(|r| r.spec.fallback.iter().any(|f| f.relay.is_some())));
 }
 
 #[test]
@@ -209,6 +286,13 @@ fn a_rule_violation_is_caught_the_same_way_for_a_typed_object() {
     pool.spec.replicas_per_ip.max = 1;
     assert!(pool.validate_cel().is_err());
     let value = serde_json::to_value(&pool).unwrap();
-    let schema = crd_schema(&crd::all().into_iter().find(|c| c.spec.names.kind == "SenderPool").unwrap());
-    assert!(validate(&schema, &value).iter().any(|v| v.path.contains("replicasPerIp")));
+    let schema = crd_schema(
+        &crd::all()
+            .into_iter()
+            .find(|c| c.spec.names.kind == "SenderPool")
+            .unwrap(),
+    );
+    assert!(validate(&schema, &value)
+        .iter()
+        .any(|v| v.path.contains("replicasPerIp")));
 }

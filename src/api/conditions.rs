@@ -83,7 +83,10 @@ pub fn set_condition(
 pub(crate) fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     let mut schema = <Vec<Condition>>::json_schema(generator);
     schema.insert("x-kubernetes-list-type".into(), "map".into());
-    schema.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["type"]));
+    schema.insert(
+        "x-kubernetes-list-map-keys".into(),
+        serde_json::json!(["type"]),
+    );
     schema
 }
 
@@ -96,12 +99,36 @@ mod tests {
         let t0: Timestamp = "2021-11-05T08:10:00Z".parse().unwrap();
         let t1: Timestamp = "2021-11-05T08:11:00Z".parse().unwrap();
         let mut conds = Vec::new();
-        set_condition(&mut conds, "Ready", ConditionStatus::True, "AllIpsReady", "", Some(1), t0);
-        set_condition(&mut conds, "Ready", ConditionStatus::True, "AllIpsReady", "still", Some(2), t1);
+        set_condition(
+            &mut conds,
+            "Ready",
+            ConditionStatus::True,
+            "AllIpsReady",
+            "",
+            Some(1),
+            t0,
+        );
+        set_condition(
+            &mut conds,
+            "Ready",
+            ConditionStatus::True,
+            "AllIpsReady",
+            "still",
+            Some(2),
+            t1,
+        );
         assert_eq!(conds.len(), 1);
         assert_eq!(conds[0].last_transition_time, Time(t0));
         assert_eq!(conds[0].message, "still");
-        set_condition(&mut conds, "Ready", ConditionStatus::False, "IpBlocked", "", Some(2), t1);
+        set_condition(
+            &mut conds,
+            "Ready",
+            ConditionStatus::False,
+            "IpBlocked",
+            "",
+            Some(2),
+            t1,
+        );
         assert_eq!(conds[0].last_transition_time, Time(t1));
     }
 }

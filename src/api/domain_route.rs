@@ -24,12 +24,41 @@ use super::sender_pool::ReputationState;
     shortname = "dr",
     category = "mailfleet",
     cel,
-    printcolumn(name = "Provider", type_ = "string", json_path = ".spec.provider", description = "Mailbox provider this route serves"),
-    printcolumn(name = "Pool", type_ = "string", json_path = ".spec.pool", description = "Primary sender pool"),
-    printcolumn(name = "Mode", type_ = "string", json_path = ".status.mode", description = "Primary, FallbackPool, Relay or Defer"),
-    printcolumn(name = "Targets", type_ = "integer", json_path = ".status.targetCount", description = "IPs currently sending for this route"),
-    printcolumn(name = "Excluded", type_ = "integer", json_path = ".status.excludedCount", description = "IPs taken out of this route"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Provider",
+        type_ = "string",
+        json_path = ".spec.provider",
+        description = "Mailbox provider this route serves"
+    ),
+    printcolumn(
+        name = "Pool",
+        type_ = "string",
+        json_path = ".spec.pool",
+        description = "Primary sender pool"
+    ),
+    printcolumn(
+        name = "Mode",
+        type_ = "string",
+        json_path = ".status.mode",
+        description = "Primary, FallbackPool, Relay or Defer"
+    ),
+    printcolumn(
+        name = "Targets",
+        type_ = "integer",
+        json_path = ".status.targetCount",
+        description = "IPs currently sending for this route"
+    ),
+    printcolumn(
+        name = "Excluded",
+        type_ = "integer",
+        json_path = ".status.excludedCount",
+        description = "IPs taken out of this route"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DomainRouteSpec {

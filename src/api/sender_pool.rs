@@ -26,11 +26,35 @@ use super::schema_util::preserve_unknown_object;
     shortname = "sp",
     category = "mailfleet",
     cel,
-    printcolumn(name = "IPs", type_ = "integer", json_path = ".status.ipCount", description = "Source IPs in the pool"),
-    printcolumn(name = "Healthy", type_ = "integer", json_path = ".status.healthyIps", description = "IPs healthy for every provider"),
-    printcolumn(name = "Blocked", type_ = "integer", json_path = ".status.blockedPairs", description = "(IP, provider) pairs currently blocked"),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyIps", description = "IPs with at least one ready sender pod"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "IPs",
+        type_ = "integer",
+        json_path = ".status.ipCount",
+        description = "Source IPs in the pool"
+    ),
+    printcolumn(
+        name = "Healthy",
+        type_ = "integer",
+        json_path = ".status.healthyIps",
+        description = "IPs healthy for every provider"
+    ),
+    printcolumn(
+        name = "Blocked",
+        type_ = "integer",
+        json_path = ".status.blockedPairs",
+        description = "(IP, provider) pairs currently blocked"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyIps",
+        description = "IPs with at least one ready sender pod"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SenderPoolSpec {
@@ -157,7 +181,10 @@ fn default_ip_env_var() -> String {
 
 impl Default for IpBinding {
     fn default() -> Self {
-        IpBinding { env_var: default_ip_env_var(), annotations: BTreeMap::new() }
+        IpBinding {
+            env_var: default_ip_env_var(),
+            annotations: BTreeMap::new(),
+        }
     }
 }
 
@@ -182,14 +209,20 @@ fn default_per_hour() -> i64 {
 
 impl Default for RateLimits {
     fn default() -> Self {
-        RateLimits { per_hour: default_per_hour(), per_provider: BTreeMap::new() }
+        RateLimits {
+            per_hour: default_per_hour(),
+            per_provider: BTreeMap::new(),
+        }
     }
 }
 
 impl RateLimits {
     /// The hourly limit of one IP towards `provider`.
     pub fn for_provider(&self, provider: &str) -> i64 {
-        self.per_provider.get(provider).copied().unwrap_or(self.per_hour)
+        self.per_provider
+            .get(provider)
+            .copied()
+            .unwrap_or(self.per_hour)
     }
 }
 
@@ -206,12 +239,16 @@ pub struct WarmupSchedule {
 
 /// A public provider warm-up schedule (about x1.4 a day), see docs/REPUTATION.md.
 pub fn default_warmup_caps() -> Vec<i64> {
-    vec![20, 28, 39, 55, 77, 108, 151, 211, 295, 413, 579, 810, 1000, 1587]
+    vec![
+        20, 28, 39, 55, 77, 108, 151, 211, 295, 413, 579, 810, 1000, 1587,
+    ]
 }
 
 impl Default for WarmupSchedule {
     fn default() -> Self {
-        WarmupSchedule { hourly_caps: default_warmup_caps() }
+        WarmupSchedule {
+            hourly_caps: default_warmup_caps(),
+        }
     }
 }
 
@@ -388,7 +425,10 @@ fn default_probe_successes() -> i64 {
 
 impl Default for ProbeSettings {
     fn default() -> Self {
-        ProbeSettings { allowance_percent: default_trickle(), successes_to_recover: default_probe_successes() }
+        ProbeSettings {
+            allowance_percent: default_trickle(),
+            successes_to_recover: default_probe_successes(),
+        }
     }
 }
 
@@ -417,7 +457,10 @@ fn default_step_seconds() -> i64 {
 
 impl Default for RecoverySettings {
     fn default() -> Self {
-        RecoverySettings { step_percents: default_steps(), step_seconds: default_step_seconds() }
+        RecoverySettings {
+            step_percents: default_steps(),
+            step_seconds: default_step_seconds(),
+        }
     }
 }
 
@@ -496,7 +539,9 @@ impl IpStatus {
 }
 
 /// The state of one (source IP, provider) pair.
-#[derive(JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub enum ReputationState {
     /// Sending at full allowance.
     Healthy,

@@ -19,8 +19,13 @@ impl std::fmt::Display for Violation {
 }
 
 /// The `openAPIV3Schema` of the first version of a CRD, as JSON.
-pub fn crd_schema(crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition) -> Value {
-    let schema = crd.spec.versions[0].schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref());
+pub fn crd_schema(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> Value {
+    let schema = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref());
     serde_json::to_value(schema).expect("a CRD schema serialises")
 }
 
@@ -33,8 +38,15 @@ pub fn validate(schema: &Value, object: &Value) -> Vec<Violation> {
     if out.is_empty() {
         if let Err(errors) = Validator::new().validate(schema, object, None) {
             for e in errors.into_vec() {
-                let path = if e.field_path.is_empty() { "(object)".to_string() } else { e.field_path.clone() };
-                out.push(Violation { path, message: e.message.clone() });
+                let path = if e.field_path.is_empty() {
+                    "(object)".to_string()
+                } else {
+                    e.field_path.clone()
+                };
+                out.push(Violation {
+                    path,
+                    message: e.message.clone(),
+                });
             }
         }
     }
@@ -62,16 +74,28 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 fn walk(schema: &Value, value: &Value, path: &str, out: &mut Vec<Violation>) {
-    let here = || if path.is_empty() { "(object)".to_string() } else { path.to_string() };
+    let here = || {
+        if path.is_empty() {
+            "(object)".to_string()
+        } else {
+            path.to_string()
+        }
+    };
     if value.is_null() {
         if schema.get("nullable") != Some(&Value::Bool(true)) {
-            out.push(Violation { path: here(), message: "must not be null; remove the field or give it a value".into() });
+            out.push(Violation {
+                path: here(),
+                message: "must not be null; remove the field or give it a value".into(),
+            });
         }
         return;
     }
     if schema.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
         if !(value.is_string() || value.is_i64() || value.is_u64()) {
-            out.push(Violation { path: here(), message: format!("must be an integer or a string, not {}", type_name(value)) });
+            out.push(Violation {
+                path: here(),
+                message: format!("must be an integer or a string, not {}", type_name(value)),
+            });
         }
         return;
     }
@@ -79,14 +103,23 @@ fn walk(schema: &Value, value: &Value, path: &str, out: &mut Vec<Violation>) {
         let actual = type_name(value);
         let ok = actual == expected || (expected == "number" && actual == "integer");
         if !ok {
-            out.push(Violation { path: here(), message: format!("must be of type {expected}, not {actual}") });
+            out.push(Violation {
+                path: here(),
+                message: format!("must be of type {expected}, not {actual}"),
+            });
             return;
         }
     }
     if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
         if !allowed.contains(value) {
-            let words: Vec<String> = allowed.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)).collect();
-            out.push(Violation { path: here(), message: format!("{value} is not allowed; use one of: {}", words.join(", ")) });
+            let words: Vec<String> = allowed
+                .iter()
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                .collect();
+            out.push(Violation {
+                path: here(),
+                message: format!("{value} is not allowed; use one of: {}", words.join(", ")),
+            });
         }
     }
     check_bounds(schema, value, &here(), out);
@@ -95,11 +128,15 @@ fn walk(schema: &Value, value: &Value, path: &str, out: &mut Vec<Violation>) {
             if let Some(required) = schema.get("required").and_then(Value::as_array) {
                 for key in required.iter().filter_map(Value::as_str) {
                     if !map.contains_key(key) {
-                        out.push(Violation { path: child(path, key), message: "is required".into() });
+                        out.push(Violation {
+                            path: child(path, key),
+                            message: "is required".into(),
+                        });
                     }
                 }
             }
-            let preserve = schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+            let preserve =
+                schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
             let properties = schema.get("properties").and_then(Value::as_object);
             let additional = schema.get("additionalProperties");
             for (key, v) in map {
@@ -107,10 +144,14 @@ fn walk(schema: &Value, value: &Value, path: &str, out: &mut Vec<Violation>) {
                 match (sub, additional) {
                     (Some(sub), _) => walk(sub, v, &child(path, key), out),
                     (None, Some(add)) if add.is_object() => walk(add, v, &child(path, key), out),
-                    (None, _) if preserve || (path.is_empty() && (key == "apiVersion" || key == "kind")) => {}
+                    (None, _)
+                        if preserve
+                            || (path.is_empty() && (key == "apiVersion" || key == "kind")) => {}
                     (None, _) if path.is_empty() && key == "metadata" => {}
                     (None, _) => {
-                        let known: Vec<&str> = properties.map(|p| p.keys().map(String::as_str).collect()).unwrap_or_default();
+                        let known: Vec<&str> = properties
+                            .map(|p| p.keys().map(String::as_str).collect())
+                            .unwrap_or_default();
                         out.push(Violation {
                             path: child(path, key),
                             message: format!("unknown field (the API server would silently drop it); known fields here: {}", known.join(", ")),
@@ -132,7 +173,12 @@ fn walk(schema: &Value, value: &Value, path: &str, out: &mut Vec<Violation>) {
 
 fn check_bounds(schema: &Value, value: &Value, path: &str, out: &mut Vec<Violation>) {
     let num = |k: &str| schema.get(k).and_then(Value::as_f64);
-    let mut push = |message: String| out.push(Violation { path: path.to_string(), message });
+    let mut push = |message: String| {
+        out.push(Violation {
+            path: path.to_string(),
+            message,
+        })
+    };
     match value {
         Value::Number(n) => {
             let x = n.as_f64().unwrap_or(0.0);
@@ -203,7 +249,10 @@ mod tests {
 
     #[test]
     fn reports_each_violation_with_its_path() {
-        let v = validate(&schema(), &json!({"spec": {"n": 101, "mode": "C", "tags": ["a", "b", "long"], "typo": 1}}));
+        let v = validate(
+            &schema(),
+            &json!({"spec": {"n": 101, "mode": "C", "tags": ["a", "b", "long"], "typo": 1}}),
+        );
         let paths: Vec<&str> = v.iter().map(|v| v.path.as_str()).collect();
         assert!(paths.contains(&"spec.n"), "{v:?}");
         assert!(paths.contains(&"spec.mode"), "{v:?}");
@@ -215,13 +264,25 @@ mod tests {
     #[test]
     fn required_and_type_errors() {
         let v = validate(&schema(), &json!({"spec": {"tags": "x"}}));
-        assert!(v.iter().any(|v| v.path == "spec.n" && v.message == "is required"), "{v:?}");
-        assert!(v.iter().any(|v| v.path == "spec.tags" && v.message.contains("type array")), "{v:?}");
+        assert!(
+            v.iter()
+                .any(|v| v.path == "spec.n" && v.message == "is required"),
+            "{v:?}"
+        );
+        assert!(
+            v.iter()
+                .any(|v| v.path == "spec.tags" && v.message.contains("type array")),
+            "{v:?}"
+        );
     }
 
     #[test]
     fn preserve_unknown_fields_accepts_anything_and_cel_runs_on_valid_objects() {
-        assert!(validate(&schema(), &json!({"spec": {"n": 1, "free": {"x": {"y": 1}}}})).is_empty());
+        assert!(validate(
+            &schema(),
+            &json!({"spec": {"n": 1, "free": {"x": {"y": 1}}}})
+        )
+        .is_empty());
         let v = validate(&schema(), &json!({"spec": {"n": 13}}));
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(v[0].message.contains("unlucky"));

@@ -57,13 +57,22 @@ pub struct LineVerdict {
 
 pub fn run(args: ClassifyArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let classifier = if args.manifests.is_empty() {
-        let config = FleetArgs { manifests: Vec::new(), rules: args.rules.clone() }.classifier_config()?;
+        let config = FleetArgs {
+            manifests: Vec::new(),
+            rules: args.rules.clone(),
+        }
+        .classifier_config()?;
         match config {
             Some(config) => Classifier::with_config(config)?,
             None => Classifier::builtin(),
         }
     } else {
-        FleetArgs { manifests: args.manifests.clone(), rules: args.rules.clone() }.load()?.classifier
+        FleetArgs {
+            manifests: args.manifests.clone(),
+            rules: args.rules.clone(),
+        }
+        .load()?
+        .classifier
     };
     let reader: Box<dyn BufRead> = match &args.input {
         None => Box::new(std::io::stdin().lock()),
@@ -76,7 +85,13 @@ pub fn run(args: ClassifyArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mut rows = Vec::new();
     for (index, line) in reader.split(b'\n').enumerate() {
         let line = line?;
-        let verdict = classify_line(&classifier, &line, index + 1, args.domain.as_deref(), args.mx.as_deref());
+        let verdict = classify_line(
+            &classifier,
+            &line,
+            index + 1,
+            args.domain.as_deref(),
+            args.mx.as_deref(),
+        );
         match args.format {
             Format::Json => {
                 serde_json::to_writer(&mut out, &verdict)?;
@@ -87,14 +102,35 @@ pub fn run(args: ClassifyArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 verdict.provider.clone().unwrap_or_else(|| "-".into()),
                 verdict.outcome.map_or("-".into(), |o| o.to_string()),
                 verdict.category.map_or("-".into(), |c| c.to_string()),
-                if verdict.conclusive { "yes".into() } else { "no".into() },
+                if verdict.conclusive {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
                 verdict.ip.map_or("-".into(), |ip| ip.to_string()),
-                verdict.skipped.clone().map_or_else(|| verdict.rule.clone().unwrap_or_else(|| "-".into()), |s| format!("skipped: {s}")),
+                verdict.skipped.clone().map_or_else(
+                    || verdict.rule.clone().unwrap_or_else(|| "-".into()),
+                    |s| format!("skipped: {s}"),
+                ),
             ]),
         }
     }
     if args.format == Format::Table {
-        out.write_all(table(&["LINE", "PROVIDER", "OUTCOME", "CATEGORY", "CONCLUSIVE", "IP", "RULE"], &rows).as_bytes())?;
+        out.write_all(
+            table(
+                &[
+                    "LINE",
+                    "PROVIDER",
+                    "OUTCOME",
+                    "CATEGORY",
+                    "CONCLUSIVE",
+                    "IP",
+                    "RULE",
+                ],
+                &rows,
+            )
+            .as_bytes(),
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -132,14 +168,22 @@ pub fn classify_line(
         skipped: None,
     };
     match parse_line_bytes(raw) {
-        Ok(attempt) => from(classify_attempt(classifier, &attempt), attempt.recipient_domain),
+        Ok(attempt) => from(
+            classify_attempt(classifier, &attempt),
+            attempt.recipient_domain,
+        ),
         Err(Skip::NotDelivery) => {
-            let Ok(text) = std::str::from_utf8(raw) else { return skipped(format!("binary: {}", Skip::Binary)) };
+            let Ok(text) = std::str::from_utf8(raw) else {
+                return skipped(format!("binary: {}", Skip::Binary));
+            };
             let text = text.trim();
             let looks_like_reply = text.len() >= 3
                 && text.as_bytes()[..3].iter().all(u8::is_ascii_digit)
                 && matches!(text.as_bytes()[0], b'2'..=b'5')
-                && text.as_bytes().get(3).is_none_or(|b| *b == b' ' || *b == b'-');
+                && text
+                    .as_bytes()
+                    .get(3)
+                    .is_none_or(|b| *b == b' ' || *b == b'-');
             if looks_like_reply {
                 from(classifier.classify_text(text, domain, mx), domain)
             } else {
@@ -161,7 +205,13 @@ mod tests {
     #[test]
     fn replies_and_log_lines_get_verdicts_and_garbage_is_skipped() {
         let c = Classifier::builtin();
-        let v = classify_line(&c, b"550 5.7.606 Access denied, banned sending IP [203.0.113.12]", 1, Some("hotmail.com"), None);
+        let v = classify_line(
+            &c,
+            b"550 5.7.606 Access denied, banned sending IP [203.0.113.12]",
+            1,
+            Some("hotmail.com"),
+            None,
+        );
         assert_eq!(v.provider.as_deref(), Some("microsoft"));
         assert_eq!(v.outcome, Some(Outcome::Bounced));
         assert_eq!(v.category, Some(Category::IpBlocklisted));
@@ -170,17 +220,29 @@ mod tests {
 
         let log = b"2021-11-05T08:10:05+09:00 mail postfix/smtp[1]: 4TA1B2C3D4: to=<a@acclaim.jp>, relay=acclaim-jp.mail.protection.outlook.com[52.101.1.1]:25, delay=1, delays=0/0/0.5/0.5, dsn=5.7.606, status=bounced (host acclaim-jp.mail.protection.outlook.com[52.101.1.1] said: 550 5.7.606 Access denied, banned sending IP [203.0.113.12]. (in reply to RCPT TO command))";
         let v = classify_line(&c, log, 2, None, None);
-        assert_eq!(v.provider.as_deref(), Some("microsoft"), "a Microsoft 365 tenant is recognised by its MX host");
+        assert_eq!(
+            v.provider.as_deref(),
+            Some("microsoft"),
+            "a Microsoft 365 tenant is recognised by its MX host"
+        );
         assert_eq!(v.recipient_domain.as_deref(), Some("acclaim.jp"));
         assert!(v.conclusive);
 
-        for garbage in [&b"hello world"[..], b"", b"\xff\xfe\x00binary", b"2021-11-05 postfix/qmgr[1]: 4TA1B2C3D4: removed"] {
+        for garbage in [
+            &b"hello world"[..],
+            b"",
+            b"\xff\xfe\x00binary",
+            b"2021-11-05 postfix/qmgr[1]: 4TA1B2C3D4: removed",
+        ] {
             let v = classify_line(&c, garbage, 3, None, None);
             assert_eq!(v.outcome, None, "{garbage:?}");
             assert!(v.skipped.is_some());
         }
         let json = serde_json::to_value(classify_line(&c, b"nonsense", 4, None, None)).unwrap();
         assert_eq!(json["outcome"], serde_json::Value::Null);
-        assert!(json["skipped"].as_str().unwrap().starts_with("not_delivery"));
+        assert!(json["skipped"]
+            .as_str()
+            .unwrap()
+            .starts_with("not_delivery"));
     }
 }

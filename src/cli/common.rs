@@ -11,15 +11,42 @@ use crate::reputation::classifier::ClassifierConfig;
 
 /// The example fleet compiled into the binary, used when no --manifests is given.
 const EMBEDDED_FLEET: [(&str, &str); 9] = [
-    ("namespace.yaml", include_str!("../../examples/fleet/namespace.yaml")),
-    ("pool-bulk.yaml", include_str!("../../examples/fleet/pool-bulk.yaml")),
-    ("pool-reserve.yaml", include_str!("../../examples/fleet/pool-reserve.yaml")),
-    ("relay-credentials.yaml", include_str!("../../examples/fleet/relay-credentials.yaml")),
-    ("route-default.yaml", include_str!("../../examples/fleet/route-default.yaml")),
-    ("route-google.yaml", include_str!("../../examples/fleet/route-google.yaml")),
-    ("route-microsoft.yaml", include_str!("../../examples/fleet/route-microsoft.yaml")),
-    ("route-yahoo-japan.yaml", include_str!("../../examples/fleet/route-yahoo-japan.yaml")),
-    ("route-yahoo.yaml", include_str!("../../examples/fleet/route-yahoo.yaml")),
+    (
+        "namespace.yaml",
+        include_str!("../../examples/fleet/namespace.yaml"),
+    ),
+    (
+        "pool-bulk.yaml",
+        include_str!("../../examples/fleet/pool-bulk.yaml"),
+    ),
+    (
+        "pool-reserve.yaml",
+        include_str!("../../examples/fleet/pool-reserve.yaml"),
+    ),
+    (
+        "relay-credentials.yaml",
+        include_str!("../../examples/fleet/relay-credentials.yaml"),
+    ),
+    (
+        "route-default.yaml",
+        include_str!("../../examples/fleet/route-default.yaml"),
+    ),
+    (
+        "route-google.yaml",
+        include_str!("../../examples/fleet/route-google.yaml"),
+    ),
+    (
+        "route-microsoft.yaml",
+        include_str!("../../examples/fleet/route-microsoft.yaml"),
+    ),
+    (
+        "route-yahoo-japan.yaml",
+        include_str!("../../examples/fleet/route-yahoo-japan.yaml"),
+    ),
+    (
+        "route-yahoo.yaml",
+        include_str!("../../examples/fleet/route-yahoo.yaml"),
+    ),
 ];
 
 #[derive(Debug, Args, Clone)]
@@ -47,10 +74,16 @@ impl FleetArgs {
         Ok(Fleet::new(manifests, self.classifier_config()?)?)
     }
 
-    pub fn classifier_config(&self) -> Result<Option<ClassifierConfig>, Box<dyn std::error::Error>> {
-        let Some(path) = &self.rules else { return Ok(None) };
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read --rules {}: {e}", path.display()))?;
-        let config = ClassifierConfig::from_yaml(&text).map_err(|e| format!("--rules {}: {e}", path.display()))?;
+    pub fn classifier_config(
+        &self,
+    ) -> Result<Option<ClassifierConfig>, Box<dyn std::error::Error>> {
+        let Some(path) = &self.rules else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read --rules {}: {e}", path.display()))?;
+        let config = ClassifierConfig::from_yaml(&text)
+            .map_err(|e| format!("--rules {}: {e}", path.display()))?;
         Ok(Some(config))
     }
 }
@@ -58,7 +91,11 @@ impl FleetArgs {
 pub fn embedded_fleet() -> Result<Manifests, manifests::ManifestError> {
     let mut m = Manifests::default();
     for (name, text) in EMBEDDED_FLEET {
-        manifests::parse_into(text, &Path::new("(built-in)/examples/fleet").join(name), &mut m)?;
+        manifests::parse_into(
+            text,
+            &Path::new("(built-in)/examples/fleet").join(name),
+            &mut m,
+        )?;
     }
     Ok(m)
 }
@@ -76,8 +113,18 @@ mod tests {
         let embedded = super::embedded_fleet().unwrap();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fleet");
         let on_disk = crate::manifests::load_dir(&dir).unwrap();
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), super::EMBEDDED_FLEET.len(), "a file in examples/fleet is not embedded");
-        assert_eq!(serde_json::to_string(&embedded.pools).unwrap(), serde_json::to_string(&on_disk.pools).unwrap());
-        assert_eq!(serde_json::to_string(&embedded.routes).unwrap(), serde_json::to_string(&on_disk.routes).unwrap());
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            super::EMBEDDED_FLEET.len(),
+            "a file in examples/fleet is not embedded"
+        );
+        assert_eq!(
+            serde_json::to_string(&embedded.pools).unwrap(),
+            serde_json::to_string(&on_disk.pools).unwrap()
+        );
+        assert_eq!(
+            serde_json::to_string(&embedded.routes).unwrap(),
+            serde_json::to_string(&on_disk.routes).unwrap()
+        );
     }
 }

@@ -75,7 +75,10 @@ pub fn run(args: RoutesArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
 
     let mut out = std::io::stdout().lock();
     if !timeline.is_empty() {
-        let text = format!("Reputation changes up to {now}:\n{}", format_timeline(&timeline));
+        let text = format!(
+            "Reputation changes up to {now}:\n{}",
+            format_timeline(&timeline)
+        );
         // Machine formats keep stdout for the document alone.
         match args.format {
             RoutesFormat::Table => writeln!(out, "{text}")?,
@@ -89,7 +92,9 @@ pub fn run(args: RoutesArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let known = fleet.known_domains();
             let options = PostfixOptions::default();
             match args.sender {
-                None => out.write_all(render_fleet(&table, &fleet.pools, &known, &options)?.as_bytes())?,
+                None => {
+                    out.write_all(render_fleet(&table, &fleet.pools, &known, &options)?.as_bytes())?
+                }
                 Some(ip) => {
                     let sender = sender_of(&fleet, ip)?;
                     let files = render_sender(&table, &sender, &known, &options)?;
@@ -97,7 +102,10 @@ pub fn run(args: RoutesArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                         ("main.cf", &files.main_cf),
                         ("master.cf", &files.master_cf),
                         (crate::routing::postfix::TRANSPORT_FILE, &files.transport),
-                        (crate::routing::postfix::STATUS_FILTER_FILE, &files.status_filter),
+                        (
+                            crate::routing::postfix::STATUS_FILTER_FILE,
+                            &files.status_filter,
+                        ),
                     ] {
                         writeln!(out, "# ==> {name} <==")?;
                         out.write_all(body.as_bytes())?;
@@ -106,20 +114,35 @@ pub fn run(args: RoutesArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
         }
     }
-    Ok(if table.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if table.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn sender_of(fleet: &Fleet, ip: IpAddr) -> Result<Sender, String> {
     for pool in &fleet.pools {
-        if let Some(own) = pool.spec.ips.iter().find(|i| i.address.parse().ok() == Some(ip)) {
+        if let Some(own) = pool
+            .spec
+            .ips
+            .iter()
+            .find(|i| i.address.parse().ok() == Some(ip))
+        {
             return Ok(Sender {
-                namespace: pool.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+                namespace: pool
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
                 pool: pool.metadata.name.clone().unwrap_or_default(),
                 ip: own.address.clone(),
             });
         }
     }
-    Err(format!("--sender {ip}: no SenderPool lists this IP in spec.ips"))
+    Err(format!(
+        "--sender {ip}: no SenderPool lists this IP in spec.ips"
+    ))
 }
 
 /// Feeds every delivery line of `log` to the engine at the line's own time.
@@ -130,13 +153,18 @@ fn replay(
     ip: IpAddr,
     year: Option<i16>,
 ) -> Result<(Vec<Transition>, Timestamp), Box<dyn std::error::Error>> {
-    let bytes = std::fs::read(log).map_err(|e| format!("cannot read --replay-log {}: {e}", log.display()))?;
+    let bytes = std::fs::read(log)
+        .map_err(|e| format!("cannot read --replay-log {}: {e}", log.display()))?;
     let ip_text = ip.to_string();
     let mut transitions = Vec::new();
     let mut last = None;
     for (index, raw) in bytes.split(|b| *b == b'\n').enumerate() {
-        let Ok(line) = std::str::from_utf8(raw) else { continue };
-        let Ok(attempt) = parse_line(line) else { continue };
+        let Ok(line) = std::str::from_utf8(raw) else {
+            continue;
+        };
+        let Ok(attempt) = parse_line(line) else {
+            continue;
+        };
         let at = line_time(attempt.timestamp.unwrap_or(""), year)
             .map_err(|e| format!("{}:{}: {e}", log.display(), index + 1))?;
         let verdict = classify_attempt(&fleet.classifier, &attempt);
@@ -151,7 +179,12 @@ fn replay(
         }
         last = Some(at);
     }
-    let end = last.ok_or_else(|| format!("--replay-log {}: no Postfix delivery line found", log.display()))?;
+    let end = last.ok_or_else(|| {
+        format!(
+            "--replay-log {}: no Postfix delivery line found",
+            log.display()
+        )
+    })?;
     Ok((transitions, end))
 }
 
@@ -166,12 +199,17 @@ fn line_time(text: &str, year: Option<i16>) -> Result<Timestamp, String> {
             "timestamp `{text}` has no year; pass --year, or log with Postfix's maillog_file (ISO timestamps)"
         ));
     };
-    let with_year = format!("{year} {}", text.split_whitespace().collect::<Vec<_>>().join(" "));
+    let with_year = format!(
+        "{year} {}",
+        text.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
     jiff::civil::DateTime::strptime("%Y %b %d %H:%M:%S", &with_year)
         .ok()
         .and_then(|dt| dt.to_zoned(jiff::tz::TimeZone::UTC).ok())
         .map(|z| z.timestamp())
-        .ok_or_else(|| format!("timestamp `{text}` is neither RFC 3339 nor syslog `Mon DD HH:MM:SS`"))
+        .ok_or_else(|| {
+            format!("timestamp `{text}` is neither RFC 3339 nor syslog `Mon DD HH:MM:SS`")
+        })
 }
 
 pub fn format_timeline(transitions: &[Transition]) -> String {
@@ -182,13 +220,20 @@ pub fn format_timeline(transitions: &[Transition]) -> String {
                 t.at.to_string(),
                 t.ip.clone(),
                 t.provider.clone(),
-                format!("{} -> {}", t.from.map_or("-".to_string(), |f| f.to_string()), t.to),
+                format!(
+                    "{} -> {}",
+                    t.from.map_or("-".to_string(), |f| f.to_string()),
+                    t.to
+                ),
                 t.reason.to_string(),
                 format!("{}%", t.allowance_percent),
             ]
         })
         .collect();
-    table(&["TIME", "IP", "PROVIDER", "STATE", "REASON", "ALLOWANCE"], &rows)
+    table(
+        &["TIME", "IP", "PROVIDER", "STATE", "REASON", "ALLOWANCE"],
+        &rows,
+    )
 }
 
 fn format_table(table_: &RouteTable, now: Timestamp) -> String {
@@ -202,7 +247,11 @@ fn format_table(table_: &RouteTable, now: Timestamp) -> String {
             route.provider,
             route.pool,
             mode_name(route.mode),
-            route.serving_pool.as_ref().filter(|p| **p != route.pool).map_or(String::new(), |p| format!(" (via {p})")),
+            route
+                .serving_pool
+                .as_ref()
+                .filter(|p| **p != route.pool)
+                .map_or(String::new(), |p| format!(" (via {p})")),
         ));
         if let Some(relay) = &route.relay {
             out.push_str(&format!("  relay {}\n", relay.address()));
@@ -221,10 +270,16 @@ fn format_table(table_: &RouteTable, now: Timestamp) -> String {
             })
             .collect();
         if !rows.is_empty() {
-            out.push_str(&table(&["  TARGET", "POOL", "STATE", "WEIGHT", "CAP/H"], &rows));
+            out.push_str(&table(
+                &["  TARGET", "POOL", "STATE", "WEIGHT", "CAP/H"],
+                &rows,
+            ));
         }
         for e in &route.excluded {
-            out.push_str(&format!("  excluded {} ({}) {}: {}\n", e.ip, e.pool, e.state, e.reason));
+            out.push_str(&format!(
+                "  excluded {} ({}) {}: {}\n",
+                e.ip, e.pool, e.state, e.reason
+            ));
         }
         for p in &route.problems {
             out.push_str(&format!("  problem {p}\n"));

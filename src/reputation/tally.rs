@@ -25,7 +25,10 @@ impl Tally {
         let entry = self
             .per_provider
             .entry(provider.to_string())
-            .or_insert_with(|| Feedback { provider: provider.to_string(), ..Feedback::default() });
+            .or_insert_with(|| Feedback {
+                provider: provider.to_string(),
+                ..Feedback::default()
+            });
         entry.attempts += 1;
         if verdict.outcome == Outcome::Delivered {
             entry.delivered += 1;
@@ -34,7 +37,11 @@ impl Tally {
             Category::IpBlocklisted => {
                 entry.ip_blocklisted += 1;
                 if verdict.conclusive {
-                    entry.conclusive.push(ConclusiveReply { reply: reply.to_string(), named_ip: verdict.ip, at });
+                    entry.conclusive.push(ConclusiveReply {
+                        reply: reply.to_string(),
+                        named_ip: verdict.ip,
+                        at,
+                    });
                 }
             }
             Category::IpRateLimited => entry.ip_rate_limited += 1,
@@ -53,7 +60,9 @@ impl Tally {
 
     /// The feedback per provider (sorted by provider), leaving the tally empty.
     pub fn drain(&mut self) -> Vec<Feedback> {
-        std::mem::take(&mut self.per_provider).into_values().collect()
+        std::mem::take(&mut self.per_provider)
+            .into_values()
+            .collect()
     }
 }
 
@@ -68,18 +77,48 @@ mod tests {
         let at: Timestamp = "2021-11-05T08:10:00Z".parse().unwrap();
         let mut tally = Tally::default();
         let ban = "550 5.7.606 Access denied, banned sending IP [203.0.113.12]";
-        tally.add(&classifier.classify_text(ban, Some("hotmail.com"), None), ban, at);
-        tally.add(&classifier.classify_text("250 2.0.0 OK", Some("outlook.com"), None), "250 2.0.0 OK", at);
-        tally.add(&classifier.classify_text("550 5.1.1 user unknown", Some("gmail.com"), None), "", at);
+        tally.add(
+            &classifier.classify_text(ban, Some("hotmail.com"), None),
+            ban,
+            at,
+        );
+        tally.add(
+            &classifier.classify_text("250 2.0.0 OK", Some("outlook.com"), None),
+            "250 2.0.0 OK",
+            at,
+        );
+        tally.add(
+            &classifier.classify_text("550 5.1.1 user unknown", Some("gmail.com"), None),
+            "",
+            at,
+        );
         assert!(tally.has_conclusive());
         let feedback = tally.drain();
         assert!(tally.is_empty());
         assert_eq!(feedback.len(), 2);
         let google = &feedback[0];
-        assert_eq!((google.provider.as_str(), google.attempts, google.delivered, google.ip_blocklisted), ("google", 1, 0, 0));
+        assert_eq!(
+            (
+                google.provider.as_str(),
+                google.attempts,
+                google.delivered,
+                google.ip_blocklisted
+            ),
+            ("google", 1, 0, 0)
+        );
         let microsoft = &feedback[1];
-        assert_eq!((microsoft.attempts, microsoft.delivered, microsoft.ip_blocklisted), (2, 1, 1));
+        assert_eq!(
+            (
+                microsoft.attempts,
+                microsoft.delivered,
+                microsoft.ip_blocklisted
+            ),
+            (2, 1, 1)
+        );
         assert_eq!(microsoft.conclusive[0].reply, ban);
-        assert_eq!(microsoft.conclusive[0].named_ip, Some("203.0.113.12".parse().unwrap()));
+        assert_eq!(
+            microsoft.conclusive[0].named_ip,
+            Some("203.0.113.12".parse().unwrap())
+        );
     }
 }
