@@ -38,6 +38,7 @@ crds: build
 bench:
 	$(CARGO) bench --bench classify
 	$(CARGO) bench --bench compile_routes
+	$(CARGO) bench --bench simulate
 	bench/agent_replay.sh
 	bench/dnsbl.sh
 

@@ -36,6 +36,11 @@ pub struct SimulateArgs {
     #[arg(long, value_name = "FACTOR", default_value_t = 1.0)]
     pub scale: f64,
 
+    /// Only these runs of the scenario (for example `--run mailfleet`); repeat
+    /// for several. Default: every run.
+    #[arg(long = "run", value_name = "NAME")]
+    pub runs: Vec<String>,
+
     /// List the scenarios and exit.
     #[arg(long)]
     pub list: bool,
@@ -57,7 +62,19 @@ pub fn run(args: SimulateArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         seed: args.seed,
         scale: args.scale,
     };
-    let report = sim::run(name, &options)?;
+    options.check()?;
+    let mut scenario = sim::scenario(name)?;
+    if !args.runs.is_empty() {
+        let known: Vec<String> = scenario.runs.iter().map(|r| r.name.clone()).collect();
+        if let Some(unknown) = args.runs.iter().find(|r| !known.contains(r)) {
+            let known = known.join(", ");
+            return Err(
+                format!("scenario {name} has no run `{unknown}`; its runs are: {known}").into(),
+            );
+        }
+        scenario.runs.retain(|r| args.runs.contains(&r.name));
+    }
+    let report = sim::run_scenario(&scenario, &options)?;
     if let Some(dir) = &args.out {
         write_outputs(dir, &report)?;
     }

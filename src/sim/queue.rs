@@ -48,12 +48,15 @@ pub struct Held {
 #[derive(Clone, Debug, Default)]
 pub struct DueQueue {
     slots: Vec<Vec<Held>>,
+    /// Mail due after the last slice: still queued when the simulation ends.
+    after_end: Vec<Held>,
 }
 
 impl DueQueue {
     pub fn new(slices: usize) -> Self {
         DueQueue {
             slots: vec![Vec::new(); slices],
+            after_end: Vec::new(),
         }
     }
 
@@ -61,12 +64,11 @@ impl DueQueue {
         self.slots.len()
     }
 
-    /// Queues `held` for slice `due`; mail due after the last slice stays in
-    /// the last one (it is still queued when the simulation ends).
+    /// Queues `held` for slice `due` (after the last slice: it stays queued).
     pub fn push(&mut self, due: usize, held: Held) {
-        let last = self.slots.len().saturating_sub(1);
-        if let Some(slot) = self.slots.get_mut(due.min(last)) {
-            slot.push(held);
+        match self.slots.get_mut(due) {
+            Some(slot) => slot.push(held),
+            None => self.after_end.push(held),
         }
     }
 
@@ -81,7 +83,8 @@ impl DueQueue {
     /// `postqueue -f`: every deferred message is tried again in slice `to`.
     pub fn flush(&mut self, to: usize) {
         let mut moved = Vec::new();
-        for slot in self.slots.iter_mut().skip(to + 1) {
+        let later = self.slots.iter_mut().skip(to + 1);
+        for slot in later.chain(std::iter::once(&mut self.after_end)) {
             slot.retain(|held| {
                 if held.deferred {
                     moved.push(*held);
@@ -102,12 +105,13 @@ impl DueQueue {
             .iter()
             .skip(from)
             .flatten()
+            .chain(&self.after_end)
             .map(|h| h.piece.count)
             .sum()
     }
 
     pub fn is_empty_from(&self, from: usize) -> bool {
-        self.slots.iter().skip(from).all(Vec::is_empty)
+        self.after_end.is_empty() && self.slots.iter().skip(from).all(Vec::is_empty)
     }
 }
 
@@ -228,13 +232,13 @@ mod tests {
                 deferred: true,
             },
         );
-        assert_eq!(
-            q.queued_from(9),
-            1,
-            "mail due after the end waits in the last slice"
-        );
+        assert_eq!(q.queued_from(10), 1, "mail due after the end stays queued");
         q.flush(3);
-        assert_eq!(q.take(3).len(), 2);
+        assert_eq!(
+            q.take(3).len(),
+            2,
+            "deferred mail, also mail due after the end"
+        );
         assert_eq!(
             q.take(8).len(),
             1,

@@ -98,7 +98,9 @@ pub struct RunDetail {
     pub slice_seconds: i64,
     /// The senders (IPs, then the relay and any other delivery system), by index.
     pub senders: Vec<String>,
-    /// Delivered and refused attempts per hour and sender.
+    /// Delivered mail, and attempts that failed (refused for the IP's
+    /// reputation: a block, a block list, a rate limit; or bounced), per hour
+    /// and sender. Greylisting, a per-message matter, is not a failure here.
     pub hourly: Vec<HourlyVolume>,
     pub transitions: Vec<Transition>,
     pub route_changes: Vec<RouteChange>,

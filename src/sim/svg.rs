@@ -1,17 +1,16 @@
 //! A chart of one run, drawn by hand as SVG: for every sender, delivered mail
-//! per hour above its axis (green, one scale for all senders) and refused
-//! attempts per hour below it (red, its own scale), with the incident's
-//! events marked.
+//! per hour above its axis (green, one scale for all senders) and failed
+//! attempts per hour below it (red, its own scale: refused for the IP's
+//! reputation, or bounced), with the incident's events marked.
 
 use std::fmt::Write;
 
 use super::report::RunReport;
-use super::watch::at;
 
 const WIDTH: f64 = 1200.0;
 const LEFT: f64 = 130.0;
 const RIGHT: f64 = 20.0;
-const TOP: f64 = 70.0;
+const TOP: f64 = 86.0;
 const ROW: f64 = 74.0;
 const UP: f64 = 44.0;
 const DOWN: f64 = 22.0;
@@ -44,7 +43,7 @@ pub fn chart(title: &str, run: &RunReport) -> String {
         .max()
         .unwrap_or(0)
         .max(1);
-    let height = TOP + ROW * rows.len() as f64 + 60.0;
+    let height = TOP + ROW * rows.len() as f64 + 66.0;
     let plot = WIDTH - LEFT - RIGHT;
     let x = |hour: f64| LEFT + plot * hour / hours as f64;
     let bar = (plot / hours as f64).max(0.5);
@@ -63,20 +62,20 @@ pub fn chart(title: &str, run: &RunReport) -> String {
         r#"<text x="{LEFT}" y="20" font-size="14" font-weight="bold">{}</text>"#,
         escape(title)
     );
-    let _ = writeln!(
-        svg,
-        r#"<text x="{LEFT}" y="38">run {} ({}): delivered per hour (green, top {} per hour) and refused attempts per hour (red, bottom {} per hour), per sender</text>"#,
-        escape(&run.name),
-        escape(&run.description),
-        max_delivered,
-        max_failed
-    );
-    let _ = writeln!(
-        svg,
-        r#"<text x="{LEFT}" y="54">submitted {}, delivered {}, bounced {}, delayed {}</text>"#,
-        run.submitted, run.delivered, run.bounced, run.delayed
-    );
-
+    let lines = [
+        format!("run {}: {}", run.name, run.description),
+        format!(
+            "per sender and hour: delivered mail in green (full height {max_delivered}), failed attempts (reputation refusals and bounces) in red (full depth {max_failed})"
+        ),
+        format!(
+            "submitted {}, delivered {}, bounced {}, delayed {}",
+            run.submitted, run.delivered, run.bounced, run.delayed
+        ),
+    ];
+    for (i, line) in lines.iter().enumerate() {
+        let y = 38 + 15 * i;
+        let _ = writeln!(svg, r#"<text x="{LEFT}" y="{y}">{}</text>"#, escape(line));
+    }
     let days = hours.div_ceil(24);
     for day in 0..=days {
         let hx = x((day * 24) as f64);
@@ -86,13 +85,16 @@ pub fn chart(title: &str, run: &RunReport) -> String {
         let _ = writeln!(
             svg,
             r##"<line x1="{hx:.1}" y1="{TOP}" x2="{hx:.1}" y2="{:.1}" stroke="#dddddd"/>"##,
-            height - 50.0
+            height - 54.0
         );
-        let date = at(detail.start + day as i64 * 86_400).to_string();
+        let date = super::local_time(
+            detail.start + day as i64 * 86_400,
+            detail.utc_offset_seconds,
+        );
         let _ = writeln!(
             svg,
             r#"<text x="{hx:.1}" y="{:.1}" text-anchor="middle" font-size="9">{}</text>"#,
-            height - 36.0,
+            height - 40.0,
             escape(date.get(5..10).unwrap_or(&date))
         );
     }
@@ -165,13 +167,17 @@ pub fn chart(title: &str, run: &RunReport) -> String {
             svg,
             r##"<line x1="{hx:.1}" y1="{:.1}" x2="{hx:.1}" y2="{:.1}" stroke="#1f77b4" stroke-dasharray="3,3"/>"##,
             TOP - 6.0,
-            height - 50.0
+            height - 54.0
         );
+        let (tx, anchor) = if hx > WIDTH * 0.8 {
+            (hx - 2.0, "end")
+        } else {
+            (hx + 2.0, "start")
+        };
         let _ = writeln!(
             svg,
-            r##"<text x="{:.1}" y="{:.1}" fill="#1f77b4" font-size="9">{}</text>"##,
-            hx + 2.0,
-            height - 22.0 + 10.0 * (i % 2) as f64,
+            r##"<text x="{tx:.1}" y="{:.1}" fill="#1f77b4" font-size="9" text-anchor="{anchor}">{}</text>"##,
+            height - 24.0 + 10.0 * (i % 3) as f64,
             escape(label)
         );
     }

@@ -216,3 +216,93 @@ impl Watch {
 pub fn at(seconds: i64) -> Timestamp {
     Timestamp::from_second(seconds).unwrap_or(Timestamp::UNIX_EPOCH)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ReputationState;
+    use crate::manifests::Manifests;
+
+    fn watch() -> Watch {
+        let scenario = crate::sim::scenario("seed-2021-11").unwrap();
+        let setup = scenario
+            .runs
+            .iter()
+            .find(|r| r.name == "mailfleet")
+            .unwrap();
+        let manifests = Manifests {
+            pools: setup.pools.clone(),
+            routes: setup.routes.clone(),
+            skipped: Vec::new(),
+        };
+        Watch::new(Fleet::new(manifests, None).unwrap(), 1_636_067_400).unwrap()
+    }
+
+    #[test]
+    fn a_ban_is_reported_at_once_and_the_rest_of_the_batch_later() {
+        let mut watch = watch();
+        assert!(
+            watch.take_route_change(),
+            "the first table counts as a change"
+        );
+        let reply = "550 5.7.606 Access denied, banned sending IP [203.0.113.13]";
+        let verdict = watch.fleet.classifier.classify_text(
+            reply,
+            Some("acclaim.jp"),
+            Some("acclaim-jp.mail.protection.outlook.com"),
+        );
+        watch
+            .record("203.0.113.13", &verdict, reply, 5, 1_636_067_410)
+            .unwrap();
+        let blocked = &watch.transitions[0];
+        assert_eq!(
+            (blocked.provider.as_str(), blocked.to),
+            ("microsoft", ReputationState::Blocked)
+        );
+        assert_eq!(blocked.at.as_second(), 1_636_067_410);
+        assert!(watch.take_route_change(), "the Microsoft route lost the IP");
+        let microsoft = watch
+            .routes()
+            .into_iter()
+            .find(|r| r.provider == "microsoft")
+            .unwrap();
+        assert!(microsoft.targets.iter().all(|t| t.ip != "203.0.113.13"));
+        let waiting = &watch.pending["203.0.113.13"]["microsoft"];
+        assert_eq!((waiting.attempts, waiting.ip_blocklisted), (4, 4));
+        assert!(
+            waiting.conclusive.is_empty(),
+            "the ban was reported already"
+        );
+        watch.report(1_636_067_460).unwrap();
+        assert!(watch.pending.is_empty());
+        assert!(watch.routes_consistent(1_636_067_460));
+    }
+
+    #[test]
+    fn delivered_counts_wait_for_the_report() {
+        let mut watch = watch();
+        let verdict = watch
+            .fleet
+            .classifier
+            .classify_text("250 2.0.0 OK", Some("gmail.com"), None);
+        watch
+            .record("203.0.113.10", &verdict, "250 2.0.0 OK", 120, 1_636_067_410)
+            .unwrap();
+        watch
+            .record("203.0.113.10", &verdict, "250 2.0.0 OK", 30, 1_636_067_420)
+            .unwrap();
+        let waiting = &watch.pending["203.0.113.10"]["google"];
+        assert_eq!((waiting.attempts, waiting.delivered), (150, 150));
+        assert!(watch.transitions.is_empty());
+        watch.report(1_636_067_460).unwrap();
+        let status = watch.fleet.pools[0].status.as_ref().unwrap();
+        let pair = status
+            .ips
+            .iter()
+            .find(|i| i.address == "203.0.113.10")
+            .unwrap()
+            .pair("google")
+            .unwrap();
+        assert_eq!(pair.window.iter().map(|b| b.delivered).sum::<i64>(), 150);
+    }
+}
