@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/debug/mailfleet
 
-.PHONY: all build demo test tools lint fmt crds bench fuzz e2e clean
+.PHONY: all build demo test tools lint fmt crds bench fuzz clean
 
 all: build
 
