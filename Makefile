@@ -30,9 +30,9 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## crds: regenerate crds/ from src/api (a test fails when they drift)
+## crds: regenerate crds/ and the chart's CRD templates from src/api (a test fails when they drift)
 crds: build
-	$(BIN) crd --out-dir crds
+	$(BIN) crd --out-dir crds --chart-dir charts/mailfleet/templates/crds
 
 ## bench: the speed targets of docs/BENCHMARKS.md (the scripts need root for namespaces)
 bench:

@@ -31,6 +31,23 @@ fn crds_folder_matches_the_code() {
 }
 
 #[test]
+fn the_chart_crds_match_the_code() {
+    for c in crd::all() {
+        let file = repo(crd::CHART_CRD_DIR).join(crd::file_name(&c));
+        let stored = std::fs::read_to_string(&file).unwrap_or_default();
+        assert!(
+            stored == crd::to_chart_template(&c),
+            "{} is out of date with src/api; run `make crds` and commit the result",
+            file.display()
+        );
+        assert!(stored.contains("helm.sh/resource-policy: keep"));
+        assert!(stored.starts_with("{{- if .Values.crds.install }}"));
+    }
+    let files = std::fs::read_dir(repo(crd::CHART_CRD_DIR)).unwrap().count();
+    assert_eq!(files, crd::all().len(), "the chart holds a CRD template that no CRD produces");
+}
+
+#[test]
 fn mailfleet_crd_prints_exactly_the_crds_folder() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailfleet"))
         .arg("crd")

@@ -21,6 +21,21 @@ pub fn to_yaml(crd: &CustomResourceDefinition) -> String {
     format!("---\n{body}")
 }
 
+/// One CRD as the Helm chart's template: installed when `crds.install` is true
+/// and kept on `helm uninstall` (deleting a CRD deletes every pool and route).
+pub fn to_chart_template(crd: &CustomResourceDefinition) -> String {
+    let mut crd = crd.clone();
+    crd.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert("helm.sh/resource-policy".into(), "keep".into());
+    let body = serde_saphyr::to_string(&crd).expect("a CRD always serialises");
+    format!("{{{{- if .Values.crds.install }}}}\n---\n{body}{{{{- end }}}}\n")
+}
+
+/// Where the chart keeps its CRD templates, relative to the repository.
+pub const CHART_CRD_DIR: &str = "charts/mailfleet/templates/crds";
+
 /// All CRDs as one multi-document YAML stream (the output of `mailfleet crd`),
 /// byte-identical to `cat crds/*.yaml`.
 pub fn render_all() -> String {

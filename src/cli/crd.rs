@@ -13,6 +13,11 @@ pub struct CrdArgs {
     /// Write one file per CRD into this folder (as kept in crds/) instead of printing them.
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
+
+    /// Also write the Helm chart's CRD templates into this folder
+    /// (charts/mailfleet/templates/crds).
+    #[arg(long, value_name = "DIR", requires = "out_dir")]
+    pub chart_dir: Option<PathBuf>,
 }
 
 pub fn run(args: CrdArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -24,6 +29,12 @@ pub fn run(args: CrdArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 let path = dir.join(crd::file_name(&c));
                 std::fs::write(&path, crd::to_yaml(&c))?;
                 eprintln!("wrote {}", path.display());
+                if let Some(chart) = &args.chart_dir {
+                    std::fs::create_dir_all(chart)?;
+                    let path = chart.join(crd::file_name(&c));
+                    std::fs::write(&path, crd::to_chart_template(&c))?;
+                    eprintln!("wrote {}", path.display());
+                }
             }
         }
     }
