@@ -44,7 +44,11 @@ fn the_chart_crds_match_the_code() {
         assert!(stored.starts_with("{{- if .Values.crds.install }}"));
     }
     let files = std::fs::read_dir(repo(crd::CHART_CRD_DIR)).unwrap().count();
-    assert_eq!(files, crd::all().len(), "the chart holds a CRD template that no CRD produces");
+    assert_eq!(
+        files,
+        crd::all().len(),
+        "the chart holds a CRD template that no CRD produces"
+    );
 }
 
 #[test]
