@@ -19,6 +19,7 @@ test: tools
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 	$(CARGO) test --all-targets --locked
 	$(CARGO) test --doc --locked
+	scripts/chart-test.sh
 
 tools:
 	scripts/ensure-tools.sh

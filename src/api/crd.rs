@@ -30,7 +30,34 @@ pub fn to_chart_template(crd: &CustomResourceDefinition) -> String {
         .get_or_insert_with(Default::default)
         .insert("helm.sh/resource-policy".into(), "keep".into());
     let body = serde_saphyr::to_string(&crd).expect("a CRD always serialises");
-    format!("{{{{- if .Values.crds.install }}}}\n---\n{body}{{{{- end }}}}\n")
+    format!(
+        "{{{{- if .Values.crds.install }}}}\n---\n{}{{{{- end }}}}\n",
+        escape_for_helm(&body)
+    )
+}
+
+/// Helm reads `{{` and `}}` as template actions; descriptions use them literally
+/// (the `{{ip}}` placeholder of IP-binding annotations), so they are emitted as
+/// template strings that render back to themselves.
+fn escape_for_helm(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(['{', '}']) {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if tail.starts_with("{{") {
+            out.push_str("{{ \"{{\" }}");
+            rest = &tail[2..];
+        } else if tail.starts_with("}}") {
+            out.push_str("{{ \"}}\" }}");
+            rest = &tail[2..];
+        } else {
+            out.push_str(&tail[..1]);
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Where the chart keeps its CRD templates, relative to the repository.
