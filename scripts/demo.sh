@@ -13,7 +13,7 @@ echo '550 5.7.606 Access denied, banned sending IP [203.0.113.12]' | $mf classif
 grep -m1 'acclaim.jp.*bounced' "$log" | $mf classify
 
 step "2. The sender's delivery log replayed through the reputation engine"
-echo "   ($log: 60 attempts from 203.0.113.12; Microsoft starts refusing it at 08:10 JST)"
+echo "   ($log: 70 attempts from 203.0.113.12; Microsoft starts refusing it at 08:10 JST)"
 $mf routes --replay-log "$log" --source-ip 203.0.113.12 > target/demo-routes.txt
 sed -n '1,/^$/p' target/demo-routes.txt
 

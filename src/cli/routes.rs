@@ -74,9 +74,12 @@ pub fn run(args: RoutesArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let table = fleet.compile(now);
 
     let mut out = std::io::stdout().lock();
+    // A pair's first entry (no previous state) is bookkeeping, not news.
+    timeline.retain(|t| t.from.is_some());
+    let shown_now = now.round(jiff::Unit::Second).unwrap_or(now);
     if !timeline.is_empty() {
         let text = format!(
-            "Reputation changes up to {now}:\n{}",
+            "Reputation changes up to {shown_now}:\n{}",
             format_timeline(&timeline)
         );
         // Machine formats keep stdout for the document alone.
@@ -87,7 +90,7 @@ pub fn run(args: RoutesArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     }
     match args.format {
         RoutesFormat::Json => out.write_all(json::render(&table).as_bytes())?,
-        RoutesFormat::Table => out.write_all(format_table(&table, now).as_bytes())?,
+        RoutesFormat::Table => out.write_all(format_table(&table, shown_now).as_bytes())?,
         RoutesFormat::Postfix => {
             let known = fleet.known_domains();
             let options = PostfixOptions::default();
