@@ -76,6 +76,7 @@ pub fn run(args: RoutesArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mut out = std::io::stdout().lock();
     // A pair's first entry (no previous state) is bookkeeping, not news.
     timeline.retain(|t| t.from.is_some());
+    timeline.sort_by_key(|t| t.at);
     let shown_now = now.round(jiff::Unit::Second).unwrap_or(now);
     if !timeline.is_empty() {
         let text = format!(
