@@ -8,8 +8,8 @@ use jiff::Timestamp;
 use proptest::prelude::*;
 
 use mailfleet::api::{
-    DomainRoute, ManualOverride, NoHealthyIpPolicy, ReputationState, RouteMode, SenderPool,
-    Throttle,
+    DomainRoute, ManualOverride, NoHealthyIpPolicy, ReputationState, RouteMode, RouteTarget,
+    SenderPool, Throttle,
 };
 use mailfleet::routing::example::{
     self, fallback_pool, fallback_relay, match_domains, pair, set_pair,
@@ -225,10 +225,35 @@ fn effective_allowance(ip: &IpSpec, provider: usize) -> i32 {
     allowance
 }
 
-fn pool_has_allowed_ip(spec: &FleetSpec, pool: usize, provider: usize) -> bool {
-    spec.pools
-        .get(pool)
-        .is_some_and(|p| p.ips.iter().any(|ip| effective_allowance(ip, provider) > 0))
+fn state_of(ip: &IpSpec, provider: usize) -> ReputationState {
+    ip.pairs[provider]
+        .as_ref()
+        .map_or(ReputationState::Healthy, |p| p.state)
+}
+
+/// The reference rule: a pool carries a route only with an allowed IP that is
+/// neither Probing nor Blocked (a Probing IP only trickles).
+fn pool_carries(spec: &FleetSpec, pool: usize, provider: usize) -> bool {
+    spec.pools.get(pool).is_some_and(|p| {
+        p.ips.iter().any(|ip| {
+            effective_allowance(ip, provider) > 0
+                && !matches!(
+                    state_of(ip, provider),
+                    ReputationState::Probing | ReputationState::Blocked
+                )
+        })
+    })
+}
+
+/// The IP's own hourly cap before any route throttle: its trickle when Probing.
+fn own_cap(spec: &FleetSpec, pool: &str, ip: &IpSpec, provider: usize) -> i64 {
+    let p: usize = pool.trim_start_matches('p').parse().unwrap();
+    let per_hour = spec.pools[p].per_hour;
+    let scaled = (per_hour * i64::from(effective_allowance(ip, provider)) + 99) / 100;
+    match ip.pairs[provider].as_ref().and_then(|p| p.warm_cap) {
+        Some(warm) => scaled.min(warm),
+        None => scaled,
+    }
 }
 
 fn ip_spec_of<'a>(spec: &'a FleetSpec, pool: &str, ip: &str) -> &'a IpSpec {
@@ -303,7 +328,9 @@ proptest! {
                     let (aa, ab) = (effective_allowance(ia, provider), effective_allowance(ib, provider));
                     prop_assert_eq!(i64::from(a.weight) * i64::from(ab), i64::from(b.weight) * i64::from(aa));
                     let uncapped = |ip: &IpSpec| ip.pairs[provider].as_ref().and_then(|p| p.warm_cap).is_none();
-                    if aa >= ab && route.throttle_per_hour.is_none() && uncapped(ia) && uncapped(ib) {
+                    // Caps compare only within a pool: pools have their own rate limits.
+                    let same_pool = a.pool == b.pool;
+                    if same_pool && aa >= ab && route.throttle_per_hour.is_none() && uncapped(ia) && uncapped(ib) {
                         prop_assert!(a.hourly_cap >= b.hourly_cap, "{} has more allowance but a smaller cap", a.ip);
                     }
                 }
@@ -324,7 +351,7 @@ proptest! {
             let index: usize = route.key.name.trim_start_matches('r').parse().unwrap();
             let rs = &spec.routes[index];
             let _ = r;
-            let expected = if pool_has_allowed_ip(&spec, rs.pool, rs.provider) {
+            let expected = if pool_carries(&spec, rs.pool, rs.provider) {
                 (RouteMode::Primary, None)
             } else if rs.defer {
                 (RouteMode::Defer, None)
@@ -335,7 +362,7 @@ proptest! {
                     match f {
                         FallbackSpec::Relay => { found = (RouteMode::Relay, Some(i)); break; }
                         FallbackSpec::Pool(p) => {
-                            if tried.insert(*p) && pool_has_allowed_ip(&spec, *p, rs.provider) {
+                            if tried.insert(*p) && pool_carries(&spec, *p, rs.provider) {
                                 found = (RouteMode::FallbackPool, Some(i));
                                 break;
                             }
@@ -345,20 +372,50 @@ proptest! {
                 found
             };
             prop_assert_eq!((route.mode, route.fallback_index), expected, "route {}", route.key);
+            // Outside Primary, the only IPs of the route's own pool that send are
+            // its Probing ones, keeping their trickle so the probe can complete.
+            let own_pool = pool_name(rs.pool);
+            let own_probing = |t: &RouteTarget| t.pool == own_pool && t.state == ReputationState::Probing;
             match route.mode {
-                RouteMode::Primary | RouteMode::FallbackPool => {
+                RouteMode::Primary => {
                     prop_assert!(!route.targets.is_empty());
                     prop_assert!(route.relay.is_none());
+                    prop_assert!(route.targets.iter().all(|t| t.pool == own_pool));
+                }
+                RouteMode::FallbackPool => {
+                    prop_assert!(!route.targets.is_empty());
+                    prop_assert!(route.relay.is_none());
+                    let serving = route.serving_pool.clone().unwrap();
+                    prop_assert!(route.targets.iter().all(|t| t.pool == serving || own_probing(t)), "route {}", route.key);
                 }
                 RouteMode::Relay => {
-                    prop_assert!(route.targets.is_empty());
+                    prop_assert!(route.targets.iter().all(own_probing), "route {}", route.key);
                     prop_assert_eq!(route.relay.as_ref().map(|r| r.address()), Some("relay.example:587".to_string()));
                 }
                 RouteMode::Defer => {
-                    prop_assert!(route.targets.is_empty() && route.relay.is_none());
+                    prop_assert!(route.targets.iter().all(own_probing), "route {}", route.key);
+                    prop_assert!(route.relay.is_none());
                 }
             }
-            prop_assert!(route.targets.iter().all(|t| t.state != ReputationState::Blocked));
+            if route.mode != RouteMode::Primary {
+                // Every Probing IP of the own pool that may send keeps its trickle
+                // (unless a route throttle leaves it no share).
+                if let (Some(pool), None) = (spec.pools.get(rs.pool), route.throttle_per_hour) {
+                    for (i, ip) in pool.ips.iter().enumerate() {
+                        if state_of(ip, rs.provider) == ReputationState::Probing && effective_allowance(ip, rs.provider) > 0 {
+                            prop_assert!(route.target(&own_pool, &address(rs.pool, i)).is_some(), "probing {} lost its trickle on {}", address(rs.pool, i), route.key);
+                        }
+                    }
+                }
+            }
+            for target in &route.targets {
+                prop_assert_ne!(target.state, ReputationState::Blocked);
+                if target.state == ReputationState::Probing {
+                    let ip = ip_spec_of(&spec, &target.pool, &target.ip);
+                    let cap = own_cap(&spec, &target.pool, ip, rs.provider);
+                    prop_assert!(target.hourly_cap.unwrap() <= cap, "probing {} sends {:?} over its trickle of {cap}", target.ip, target.hourly_cap);
+                }
+            }
         }
     }
 

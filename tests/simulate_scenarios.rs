@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use mailfleet::api::ReputationState;
+use mailfleet::api::{ReputationState, RouteMode};
 use mailfleet::reputation::engine::Reason;
 use mailfleet::sim::{run_scenario, scenario, Options, RunReport, Scenario, ScenarioReport};
 
@@ -411,6 +411,17 @@ fn when_every_ip_is_blocked_the_fallback_carries_the_mail_or_it_waits() {
         assert!(
             blocked.iter().all(|ip| ip.starts_with("203.0.113.")),
             "{name}: only the bulk IPs are blocked"
+        );
+        // Probing IPs (weight 2, the probe trickle) never carry the route alone:
+        // the pool goes back to Primary only once an IP recovers.
+        let probes_only = run.detail.route_changes.iter().find(|c| {
+            c.provider == "microsoft"
+                && c.mode == RouteMode::Primary
+                && c.shares.iter().all(|(_, weight)| *weight <= 2)
+        });
+        assert!(
+            probes_only.is_none(),
+            "{name}: Primary on probing IPs alone: {probes_only:?}"
         );
     }
     let fallback = report.run("mailfleet").unwrap();

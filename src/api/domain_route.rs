@@ -191,9 +191,9 @@ pub enum RouteMode {
     Primary,
     /// A fallback pool.
     FallbackPool,
-    /// An external relay.
+    /// An external relay (blocked IPs that are probing still send their small trickle).
     Relay,
-    /// Nothing may send: mail stays queued.
+    /// No IP may carry the route: mail stays queued (probing IPs still send their trickle).
     Defer,
 }
 
@@ -214,7 +214,7 @@ pub struct DomainRouteStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<RouteMode>,
 
-    /// The IPs that send for this route, with weight and hourly cap.
+    /// The IPs that send for this route, with weight and hourly cap (probing IPs with their trickle).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<RouteTarget>,
 

@@ -8,12 +8,17 @@
 //! Rules, per route and its provider:
 //! - a Blocked (IP, provider) pair, or one with allowance 0, never sends for that
 //!   provider; the same IP keeps sending for every other provider;
-//! - when the route's pool has no IP that may send, `whenNoHealthyIp: Fallback`
-//!   tries `spec.fallback[]` in order (a fallback pool's IPs judged by the same
-//!   provider's reputation; a relay is always usable), then defers; `Defer`
-//!   defers at once;
+//! - a pool carries a route only when one of its allowed IPs is in a carrying
+//!   state (Healthy, Warming, Throttled, Recovering): a Probing IP only sends the
+//!   trickle that lets the provider see clean traffic, so a pool of Probing IPs
+//!   carries nothing;
+//! - when the route's pool cannot carry it, `whenNoHealthyIp: Fallback` tries
+//!   `spec.fallback[]` in order (a fallback pool must carry by the same rule; a
+//!   relay is always usable), then defers; `Defer` defers at once;
+//! - the Probing IPs of the route's own pool keep their trickle in every mode, so
+//!   the probe completes and the pool can come back;
 //! - modes Primary and FallbackPool always have targets, Relay has the relay and
-//!   no IP target, Defer has neither.
+//!   at most the own pool's Probing targets, Defer has only those.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -26,7 +31,7 @@ use crate::api::{
 
 use super::index::{FallbackTarget, IndexedPool, IndexedRoute, DEFAULT_NAMESPACE};
 use super::judge::{judge, Verdict};
-use super::model::{ObjectKey, Problem, RouteResult, RouteTable};
+use super::model::{carries_mail, ObjectKey, Problem, RouteResult, RouteTable};
 use super::share::share_budget;
 
 /// Compiles the effective route of every route. Pools are matched to routes by
@@ -328,6 +333,7 @@ fn unique_by_key<'a, T: serde::Serialize>(
 }
 
 /// The pool's IPs split into those that may send for `provider` and those left out.
+#[derive(Default)]
 struct PoolVerdict {
     targets: Vec<RouteTarget>,
     /// Own (pre-throttle) hourly cap of each target, same order.
@@ -335,12 +341,29 @@ struct PoolVerdict {
     excluded: Vec<ExcludedIp>,
 }
 
+impl PoolVerdict {
+    /// Whether the pool can carry a route: a Probing IP alone only trickles.
+    fn carries(&self) -> bool {
+        self.targets.iter().any(|t| carries_mail(t.state))
+    }
+
+    /// Every IP of a fallback pool that cannot carry the route, as left out.
+    fn into_skipped(self, provider: &str) -> Vec<ExcludedIp> {
+        let probing = self.targets.into_iter().map(|t| ExcludedIp {
+            reason: format!(
+                "{provider} is only probing this IP and pool {:?} has no IP that carries its mail, so this fallback is skipped",
+                t.pool
+            ),
+            pool: t.pool,
+            ip: t.ip,
+            state: t.state,
+        });
+        self.excluded.into_iter().chain(probing).collect()
+    }
+}
+
 fn judge_pool(pool: &IndexedPool, provider: &str) -> PoolVerdict {
-    let mut verdict = PoolVerdict {
-        targets: Vec::new(),
-        caps: Vec::new(),
-        excluded: Vec::new(),
-    };
+    let mut verdict = PoolVerdict::default();
     for ip in &pool.ips {
         match judge(ip, provider, &pool.rate_limits) {
             Verdict::Allowed {
@@ -438,12 +461,15 @@ pub(crate) fn compile_route(
     }
 
     let mut chosen: Option<(RouteMode, Option<usize>, &IndexedPool, PoolVerdict)> = None;
+    // The own pool's Probing IPs when that pool cannot carry the route.
+    let mut trickle = PoolVerdict::default();
     if let Some(pool) = lookup(&route.pool) {
-        let verdict = judge_pool(pool, &route.provider);
-        if verdict.targets.is_empty() {
-            excluded.extend(verdict.excluded);
-        } else {
+        let mut verdict = judge_pool(pool, &route.provider);
+        if verdict.carries() {
             chosen = Some((RouteMode::Primary, None, pool, verdict));
+        } else {
+            excluded.append(&mut verdict.excluded);
+            trickle = verdict;
         }
     }
     if chosen.is_none() && route.policy == NoHealthyIpPolicy::Fallback {
@@ -456,8 +482,8 @@ pub(crate) fn compile_route(
                         continue;
                     }
                     let verdict = judge_pool(pool, &route.provider);
-                    if verdict.targets.is_empty() {
-                        excluded.extend(verdict.excluded);
+                    if !verdict.carries() {
+                        excluded.extend(verdict.into_skipped(&route.provider));
                     } else {
                         chosen =
                             Some((RouteMode::FallbackPool, Some(fallback.index), pool, verdict));
@@ -474,16 +500,20 @@ pub(crate) fn compile_route(
         }
     }
 
+    let mut sending = PoolVerdict::default();
     if let Some((mode, fallback_index, pool, verdict)) = chosen {
-        let (targets, throttled_out) =
-            apply_throttle(verdict.targets, &verdict.caps, route.throttle_per_hour);
-        excluded.extend(verdict.excluded);
-        excluded.extend(throttled_out);
         result.mode = mode;
         result.fallback_index = fallback_index;
         result.serving_pool = Some(pool.key.name.clone());
-        result.targets = targets;
+        sending = verdict;
     }
+    excluded.append(&mut sending.excluded);
+    sending.targets.append(&mut trickle.targets);
+    sending.caps.append(&mut trickle.caps);
+    let (targets, throttled_out) =
+        apply_throttle(sending.targets, &sending.caps, route.throttle_per_hour);
+    excluded.extend(throttled_out);
+    result.targets = targets;
     result.excluded = excluded;
     problems.sort();
     problems.dedup();
@@ -658,6 +688,107 @@ mod tests {
         assert_eq!(
             table.route("mail", "microsoft").unwrap().mode,
             RouteMode::Defer
+        );
+    }
+
+    #[test]
+    fn a_pool_of_probing_ips_falls_back_and_keeps_their_trickle() {
+        let (mut pools, mut routes) = incident_fleet(now());
+        let bulk_ips: Vec<String> = pools[0]
+            .spec
+            .ips
+            .iter()
+            .map(|i| i.address.clone())
+            .collect();
+        for ip in &bulk_ips {
+            set_pair(
+                &mut pools[0],
+                ip,
+                pair("microsoft", ReputationState::Probing, 2, now()),
+            );
+        }
+        let table = compile(&pools, &routes, now());
+        let microsoft = table.route("mail", "microsoft").unwrap();
+        assert_eq!(
+            (microsoft.mode, microsoft.serving_pool.as_deref()),
+            (RouteMode::FallbackPool, Some("reserve"))
+        );
+        // The reserve's IPs first, then every probing bulk IP with its trickle.
+        assert_eq!(&ips(microsoft)[..2], ["198.51.100.20", "198.51.100.21"]);
+        let probing: Vec<&RouteTarget> = microsoft.targets[2..].iter().collect();
+        assert_eq!(probing.len(), bulk_ips.len());
+        assert!(probing.iter().all(|t| t.pool == "bulk"
+            && t.state == ReputationState::Probing
+            && t.weight == 2
+            && t.hourly_cap == Some(200)));
+        assert!(microsoft.excluded.is_empty(), "{:?}", microsoft.excluded);
+
+        // The same with one IP recovering: the pool carries the route again.
+        set_pair(
+            &mut pools[0],
+            &bulk_ips[0],
+            pair("microsoft", ReputationState::Recovering, 10, now()),
+        );
+        let table = compile(&pools, &routes, now());
+        let microsoft = table.route("mail", "microsoft").unwrap();
+        assert_eq!(microsoft.mode, RouteMode::Primary);
+        assert!(microsoft.targets.iter().all(|t| t.pool == "bulk"));
+        set_pair(
+            &mut pools[0],
+            &bulk_ips[0],
+            pair("microsoft", ReputationState::Probing, 2, now()),
+        );
+
+        // The reserve cannot carry either: the relay does, the probes go on.
+        for ip in ["198.51.100.20", "198.51.100.21"] {
+            set_pair(
+                &mut pools[1],
+                ip,
+                pair("microsoft", ReputationState::Probing, 2, now()),
+            );
+        }
+        let table = compile(&pools, &routes, now());
+        let microsoft = table.route("mail", "microsoft").unwrap();
+        assert_eq!(microsoft.mode, RouteMode::Relay);
+        assert!(microsoft.relay.is_some() && microsoft.serving_pool.is_none());
+        assert_eq!(ips(microsoft).len(), bulk_ips.len());
+        assert!(microsoft.targets.iter().all(|t| t.pool == "bulk"));
+        // The skipped reserve's probing IPs are reported, not used.
+        let skipped: Vec<&ExcludedIp> = microsoft
+            .excluded
+            .iter()
+            .filter(|e| e.pool == "reserve")
+            .collect();
+        assert_eq!(skipped.len(), 2);
+        assert!(
+            skipped[0].reason.contains("fallback is skipped"),
+            "{}",
+            skipped[0].reason
+        );
+        // microsoft-365 has no relay: it defers, but the probes still send.
+        let m365 = table.route("mail", "microsoft-365").unwrap();
+        assert_eq!(m365.mode, RouteMode::Defer);
+        assert!(m365.relay.is_none() && !m365.targets.is_empty());
+        assert!(m365
+            .targets
+            .iter()
+            .all(|t| t.state == ReputationState::Probing && t.pool == "bulk"));
+        assert_eq!(
+            m365.targets
+                .iter()
+                .map(|t| t.hourly_cap.unwrap())
+                .sum::<i64>(),
+            2000.min(200 * bulk_ips.len() as i64),
+            "the route throttle still applies to the trickle"
+        );
+
+        // Policy Defer: no fallback is tried, the probes still send.
+        routes[0].spec.when_no_healthy_ip = NoHealthyIpPolicy::Defer;
+        let table = compile(&pools, &routes, now());
+        let microsoft = table.route("mail", "microsoft").unwrap();
+        assert_eq!(
+            (microsoft.mode, microsoft.targets.len()),
+            (RouteMode::Defer, bulk_ips.len())
         );
     }
 

@@ -7,7 +7,7 @@ use std::fmt;
 
 use jiff::Timestamp;
 
-use crate::api::{ExcludedIp, NoHealthyIpPolicy, RouteMode, RouteTarget};
+use crate::api::{ExcludedIp, NoHealthyIpPolicy, ReputationState, RouteMode, RouteTarget};
 
 /// Namespace and name of one object. Objects without a namespace are read as
 /// being in `default`, as `kubectl` does.
@@ -103,11 +103,13 @@ pub struct RouteResult {
     pub mode: RouteMode,
     /// Index into `spec.fallback` of the fallback carrying the route, if any.
     pub fallback_index: Option<usize>,
-    /// The pool whose IPs are the targets (`None` in modes Relay and Defer).
+    /// The pool that carries the route (`None` in modes Relay and Defer).
     pub serving_pool: Option<String>,
     /// Route-wide cap (`spec.throttle.maxPerHour`) when one applies.
     pub throttle_per_hour: Option<i64>,
-    /// The IPs that send, in address order. Empty exactly in modes Relay and Defer.
+    /// The IPs that send: the serving pool's in address order, then, when the
+    /// route's own pool cannot carry it, that pool's Probing IPs (their trickle)
+    /// in address order. Modes Relay and Defer have only such Probing targets.
     pub targets: Vec<RouteTarget>,
     /// IPs of every pool consulted that were left out, and why.
     pub excluded: Vec<ExcludedIp>,
@@ -126,6 +128,18 @@ impl RouteResult {
     /// The target for `ip` of `pool`, when that IP sends for this route.
     pub fn target(&self, pool: &str, ip: &str) -> Option<&RouteTarget> {
         self.targets.iter().find(|t| t.pool == pool && t.ip == ip)
+    }
+}
+
+/// Whether an IP in `state` can carry a route's mail. A Probing IP only sends
+/// its trickle, and a Blocked one sends nothing.
+pub fn carries_mail(state: ReputationState) -> bool {
+    match state {
+        ReputationState::Healthy
+        | ReputationState::Warming
+        | ReputationState::Throttled
+        | ReputationState::Recovering => true,
+        ReputationState::Probing | ReputationState::Blocked => false,
     }
 }
 

@@ -462,7 +462,9 @@ fn pod_routes<'a>(
             .iter()
             .find(|t| t.pool == sender.pool && lookup_key(&t.ip) == my_key);
         let action = match (route.mode, mine) {
-            (RouteMode::Primary | RouteMode::FallbackPool, Some(target)) => {
+            // A target sends directly in every mode: in Relay and Defer it is a
+            // Probing IP of the route's own pool keeping its trickle going.
+            (_, Some(target)) => {
                 let base = transport_name(ip, &route.key.name);
                 let mut name = base.clone();
                 let mut n = 2;
@@ -838,6 +840,65 @@ mod tests {
             Some("relay:[smtp.relay.example]:587")
         );
         assert!(entry(&files.transport, "acclaim.jp")
+            .unwrap()
+            .starts_with("retry:4.7.0 "));
+    }
+
+    #[test]
+    fn a_probing_ip_sends_its_trickle_directly_while_the_others_relay_or_defer() {
+        let (mut pools, routes) = incident_fleet(now());
+        let bulk: Vec<String> = pools[0]
+            .spec
+            .ips
+            .iter()
+            .map(|i| i.address.clone())
+            .collect();
+        for ip in &bulk {
+            set_pair(
+                &mut pools[0],
+                ip,
+                pair("microsoft", ReputationState::Blocked, 0, now()),
+            );
+        }
+        set_pair(
+            &mut pools[0],
+            "203.0.113.10",
+            pair("microsoft", ReputationState::Probing, 2, now()),
+        );
+        for ip in ["198.51.100.20", "198.51.100.21"] {
+            set_pair(
+                &mut pools[1],
+                ip,
+                pair("microsoft", ReputationState::Blocked, 0, now()),
+            );
+        }
+        let table = compile(&pools, &routes, now());
+        assert_eq!(
+            table.route("mail", "microsoft").unwrap().mode,
+            RouteMode::Relay
+        );
+        let probing = render(&table, &sender("bulk", "203.0.113.10"));
+        assert_eq!(
+            entry(&probing.transport, "hotmail.com"),
+            Some("mf-203-0-113-10-microsoft:")
+        );
+        assert!(
+            probing
+                .main_cf
+                .contains("mf-203-0-113-10-microsoft_transport_rate_delay = 18s\n"),
+            "{}",
+            probing.main_cf
+        );
+        // microsoft-365 (no relay) defers, except for the probe's trickle.
+        assert!(entry(&probing.transport, "acclaim.jp")
+            .unwrap()
+            .starts_with("mf-203-0-113-10-microsoft-365"));
+        let blocked = render(&table, &sender("bulk", "203.0.113.11"));
+        assert_eq!(
+            entry(&blocked.transport, "hotmail.com"),
+            Some("relay:[smtp.relay.example]:587")
+        );
+        assert!(entry(&blocked.transport, "acclaim.jp")
             .unwrap()
             .starts_with("retry:4.7.0 "));
     }

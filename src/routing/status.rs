@@ -3,6 +3,8 @@
 //! A steady fleet must write nothing new: `lastRewriteTime` only moves when what
 //! carries the route (mode, targets, relay) changes, and the fields the operator
 //! owns (conditions, observed generation) and the learned domains pass through.
+//! `targetCount` counts every target, a Probing IP's trickle included, so a route
+//! in mode Relay or Defer may show targets.
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -123,5 +125,38 @@ mod tests {
         assert_eq!(status.relay.as_deref(), Some("smtp.relay.example:587"));
         assert!(status.fallback_in_use);
         assert_eq!((status.target_count, status.excluded_count), (0, 10));
+    }
+
+    #[test]
+    fn a_pool_of_probing_ips_reports_the_fallback_with_their_trickle() {
+        let (mut pools, routes) = incident_fleet(now());
+        let ips: Vec<String> = pools[0]
+            .spec
+            .ips
+            .iter()
+            .map(|i| i.address.clone())
+            .collect();
+        for ip in &ips {
+            set_pair(
+                &mut pools[0],
+                ip,
+                pair("microsoft", ReputationState::Probing, 2, now()),
+            );
+        }
+        let table = compile(&pools, &routes, now());
+        let status = status_for(table.route("mail", "microsoft").unwrap(), None, now());
+        assert_eq!(status.mode, Some(RouteMode::FallbackPool));
+        assert!(status.fallback_in_use);
+        // Two reserve IPs carry the mail; every bulk IP keeps its probe trickle.
+        assert_eq!(
+            (status.target_count as usize, status.excluded_count),
+            (2 + ips.len(), 0)
+        );
+        let probing = status
+            .targets
+            .iter()
+            .filter(|t| t.state == ReputationState::Probing)
+            .count();
+        assert_eq!(probing, ips.len());
     }
 }

@@ -7,7 +7,7 @@ use super::super::queue::{
     backoff_seconds, split_off, Held, Holder, Piece, QUEUE_LIFETIME_SECONDS,
 };
 use super::super::rng::apportion;
-use super::super::routes::fill;
+use super::super::routes::{fill, Plan};
 use super::World;
 
 impl World<'_> {
@@ -98,65 +98,83 @@ impl World<'_> {
 
     /// Provider `p`'s mail under mailfleet: retries held by a target leave from
     /// it, the rest is shared over the targets by weight, all within the
-    /// targets' hourly caps; the relay takes everything in mode Relay; mode
-    /// Defer keeps it queued. Mail nobody may take now waits for the next slice.
+    /// targets' hourly caps; in mode Relay the relay takes what the targets (a
+    /// Probing IP's trickle, if any) do not; mode Defer keeps that queued. Mail
+    /// nobody may take now waits for the next slice.
     fn follow_plan(
         &mut self,
         p: usize,
-        mut demand: Vec<Piece>,
+        demand: Vec<Piece>,
         pinned: &mut [Vec<Vec<Piece>>],
         t: usize,
         now: i64,
         batches: &mut [Vec<Vec<Piece>>],
     ) {
         let plan = self.plans[p].clone();
+        let rest = self.send_via_targets(&plan, p, demand, pinned, t, batches);
         match plan.mode {
-            RouteMode::Relay => batches[self.relay][p].append(&mut demand),
+            RouteMode::Relay => batches[self.relay][p].extend(rest),
             RouteMode::Defer => {
-                for piece in demand {
+                for piece in rest {
                     self.defer(Holder::Route, p, piece, t, now + self.slice);
                 }
             }
             RouteMode::Primary | RouteMode::FallbackPool => {
-                let mut rooms = Vec::with_capacity(plan.targets.len());
-                for target in &plan.targets {
-                    let s = target.sender;
-                    let room = match target.hourly_cap {
-                        Some(cap) => {
-                            let refill = cap as f64 * self.slice as f64 / 3600.0;
-                            self.credit[s][p] = (self.credit[s][p] + refill).min(refill + 1.0);
-                            self.credit[s][p].floor().max(0.0) as u64
-                        }
-                        None => u64::MAX,
-                    };
-                    let mut own = std::mem::take(&mut pinned[s][p]);
-                    let own_total: u64 = own.iter().map(|x| x.count).sum();
-                    let sent = split_off(&mut own, own_total.min(room));
-                    let used: u64 = sent.iter().map(|x| x.count).sum();
-                    batches[s][p].extend(sent);
-                    for piece in own {
-                        self.wait(Holder::Sender(s), p, piece, t);
-                    }
-                    rooms.push(room - used);
-                }
-                let total: u64 = demand.iter().map(|x| x.count).sum();
-                let weights: Vec<f64> = plan.targets.iter().map(|x| x.weight).collect();
-                let given = fill(total, &weights, &rooms, &mut self.rng_dispatch);
-                for (target, share) in plan.targets.iter().zip(&given) {
-                    let s = target.sender;
-                    if *share > 0 {
-                        batches[s][p].extend(split_off(&mut demand, *share));
-                    }
-                    if target.hourly_cap.is_some() {
-                        let sent: u64 = batches[s][p].iter().map(|x| x.count).sum();
-                        self.credit[s][p] = (self.credit[s][p] - sent as f64).max(0.0);
-                    }
-                }
-                for piece in demand {
+                for piece in rest {
                     self.wait(Holder::Route, p, piece, t);
                 }
             }
         }
+    }
+
+    /// Sends what the plan's targets may take now and returns the rest.
+    fn send_via_targets(
+        &mut self,
+        plan: &Plan,
+        p: usize,
+        mut demand: Vec<Piece>,
+        pinned: &mut [Vec<Vec<Piece>>],
+        t: usize,
+        batches: &mut [Vec<Vec<Piece>>],
+    ) -> Vec<Piece> {
+        if plan.targets.is_empty() {
+            return demand;
+        }
+        let mut rooms = Vec::with_capacity(plan.targets.len());
+        for target in &plan.targets {
+            let s = target.sender;
+            let room = match target.hourly_cap {
+                Some(cap) => {
+                    let refill = cap as f64 * self.slice as f64 / 3600.0;
+                    self.credit[s][p] = (self.credit[s][p] + refill).min(refill + 1.0);
+                    self.credit[s][p].floor().max(0.0) as u64
+                }
+                None => u64::MAX,
+            };
+            let mut own = std::mem::take(&mut pinned[s][p]);
+            let own_total: u64 = own.iter().map(|x| x.count).sum();
+            let sent = split_off(&mut own, own_total.min(room));
+            let used: u64 = sent.iter().map(|x| x.count).sum();
+            batches[s][p].extend(sent);
+            for piece in own {
+                self.wait(Holder::Sender(s), p, piece, t);
+            }
+            rooms.push(room - used);
+        }
+        let total: u64 = demand.iter().map(|x| x.count).sum();
+        let weights: Vec<f64> = plan.targets.iter().map(|x| x.weight).collect();
+        let given = fill(total, &weights, &rooms, &mut self.rng_dispatch);
+        for (target, share) in plan.targets.iter().zip(&given) {
+            let s = target.sender;
+            if *share > 0 {
+                batches[s][p].extend(split_off(&mut demand, *share));
+            }
+            if target.hourly_cap.is_some() {
+                let sent: u64 = batches[s][p].iter().map(|x| x.count).sum();
+                self.credit[s][p] = (self.credit[s][p] - sent as f64).max(0.0);
+            }
+        }
+        demand
     }
 
     /// Keeps `piece` for the next slice: it waits for room, it is not deferred.
