@@ -12,64 +12,9 @@ use crate::api::{DomainRoute, SenderPool, SenderPoolStatus};
 use crate::manifests::Manifests;
 use crate::reputation::classifier::{Classifier, ClassifierConfig, ClassifierError};
 use crate::reputation::engine::{self, EngineError, Signal, Transition};
-use crate::reputation::providers::ProviderSpec;
+use crate::reputation::providers::{well_known_domains, ProviderSpec};
 use crate::routing::{self, RouteTable};
 use crate::vocab::{BUILTIN_PROVIDERS, OTHER_PROVIDER};
-
-/// Concrete recipient domains of the builtin providers, for transport maps:
-/// Postfix looks domains up by name, while recognition uses patterns
-/// (`hotmail.*`) and MX hosts that a map cannot express. Domains seen with a
-/// provider's MX host are learned at run time on top of these.
-pub const WELL_KNOWN_DOMAINS: [(&str, &[&str]); 4] = [
-    (
-        "microsoft",
-        &[
-            "hotmail.com",
-            "hotmail.co.jp",
-            "hotmail.co.uk",
-            "hotmail.fr",
-            "hotmail.it",
-            "hotmail.nl",
-            "hotmail.co.th",
-            "hotmail.de",
-            "hotmail.es",
-            "outlook.com",
-            "outlook.jp",
-            "outlook.kr",
-            "outlook.sa",
-            "outlook.fr",
-            "outlook.de",
-            "live.com",
-            "live.jp",
-            "live.cn",
-            "live.com.sg",
-            "live.co.uk",
-            "live.fr",
-            "msn.com",
-            "passport.com",
-        ],
-    ),
-    ("google", &["gmail.com", "googlemail.com"]),
-    (
-        "yahoo",
-        &[
-            "yahoo.com",
-            "yahoo.co.uk",
-            "yahoo.fr",
-            "yahoo.de",
-            "yahoo.it",
-            "yahoo.es",
-            "yahoo.ca",
-            "yahoo.com.au",
-            "yahoo.co.in",
-            "ymail.com",
-            "rocketmail.com",
-            "aol.com",
-            "aim.com",
-        ],
-    ),
-    ("apple", &["icloud.com", "me.com", "mac.com"]),
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -215,10 +160,7 @@ impl Fleet {
     /// Recipient domains per provider for transport maps: the builtin lists plus
     /// every exact domain a route or declared provider names.
     pub fn known_domains(&self) -> BTreeMap<String, Vec<String>> {
-        let mut out: BTreeMap<String, Vec<String>> = WELL_KNOWN_DOMAINS
-            .iter()
-            .map(|(p, d)| (p.to_string(), d.iter().map(|s| s.to_string()).collect()))
-            .collect();
+        let mut out = well_known_domains();
         for spec in self.classifier.providers().specs() {
             let exact = spec.domains.iter().filter(|d| !d.contains('*')).cloned();
             out.entry(spec.name.clone()).or_default().extend(exact);

@@ -171,6 +171,69 @@ impl ProviderSpec {
     }
 }
 
+/// Concrete recipient domains of the builtin providers, for transport maps:
+/// Postfix looks domains up by name, while recognition uses patterns
+/// (`hotmail.*`) and MX hosts that a map cannot express. Domains seen with a
+/// provider's MX host are learned at run time on top of these.
+pub const WELL_KNOWN_DOMAINS: [(&str, &[&str]); 4] = [
+    (
+        "microsoft",
+        &[
+            "hotmail.com",
+            "hotmail.co.jp",
+            "hotmail.co.uk",
+            "hotmail.fr",
+            "hotmail.it",
+            "hotmail.nl",
+            "hotmail.co.th",
+            "hotmail.de",
+            "hotmail.es",
+            "outlook.com",
+            "outlook.jp",
+            "outlook.kr",
+            "outlook.sa",
+            "outlook.fr",
+            "outlook.de",
+            "live.com",
+            "live.jp",
+            "live.cn",
+            "live.com.sg",
+            "live.co.uk",
+            "live.fr",
+            "msn.com",
+            "passport.com",
+        ],
+    ),
+    ("google", &["gmail.com", "googlemail.com"]),
+    (
+        "yahoo",
+        &[
+            "yahoo.com",
+            "yahoo.co.uk",
+            "yahoo.fr",
+            "yahoo.de",
+            "yahoo.it",
+            "yahoo.es",
+            "yahoo.ca",
+            "yahoo.com.au",
+            "yahoo.co.in",
+            "ymail.com",
+            "rocketmail.com",
+            "aol.com",
+            "aim.com",
+        ],
+    ),
+    ("apple", &["icloud.com", "me.com", "mac.com"]),
+];
+
+/// [`WELL_KNOWN_DOMAINS`] as the Postfix renderer takes them: provider → domains.
+pub fn well_known_domains() -> std::collections::BTreeMap<String, Vec<String>> {
+    WELL_KNOWN_DOMAINS
+        .iter()
+        .map(|(p, d)| (p.to_string(), d.iter().map(|s| s.to_string()).collect()))
+        .collect()
+}
+
 /// The providers mailfleet knows without configuration (REFERENCE.md, "Provider
 /// recognition").
 pub fn builtin_provider_specs() -> Vec<ProviderSpec> {

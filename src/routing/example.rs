@@ -157,8 +157,9 @@ pub fn fallback_relay(host: &str, port: i32, secret: Option<&str>) -> Fallback {
     }
 }
 
-/// The incident's consumer Microsoft domains (INCIDENT.md).
-pub const MICROSOFT_CONSUMER_DOMAINS: [&str; 16] = [
+/// The consumer Microsoft domains INCIDENT.md names (the fixture's route for them
+/// is kept apart from the Microsoft 365 route, which matches by MX host).
+const INCIDENT_CONSUMER_DOMAINS: [&str; 16] = [
     "hotmail.com",
     "hotmail.co.jp",
     "hotmail.co.uk",
@@ -177,44 +178,10 @@ pub const MICROSOFT_CONSUMER_DOMAINS: [&str; 16] = [
     "msn.com",
 ];
 
-/// Well-known recipient domains per provider (docs/REFERENCE), as the Postfix
-/// renderer takes them for routes that match by MX host.
+/// Well-known recipient domains per provider, as the Postfix renderer takes
+/// them for routes that match by MX host.
 pub fn known_domains() -> BTreeMap<String, Vec<String>> {
-    let mut known = BTreeMap::new();
-    let mut microsoft: Vec<String> = MICROSOFT_CONSUMER_DOMAINS
-        .iter()
-        .map(|d| d.to_string())
-        .collect();
-    microsoft.push("passport.com".to_string());
-    known.insert("microsoft".to_string(), microsoft);
-    known.insert(
-        "google".to_string(),
-        vec!["gmail.com".to_string(), "googlemail.com".to_string()],
-    );
-    known.insert(
-        "yahoo".to_string(),
-        [
-            "yahoo.com",
-            "yahoo.co.uk",
-            "yahoo.fr",
-            "ymail.com",
-            "rocketmail.com",
-            "aol.com",
-            "aim.com",
-        ]
-        .iter()
-        .map(|d| d.to_string())
-        .collect(),
-    );
-    known.insert(
-        "apple".to_string(),
-        vec![
-            "icloud.com".to_string(),
-            "me.com".to_string(),
-            "mac.com".to_string(),
-        ],
-    );
-    known
+    crate::reputation::providers::well_known_domains()
 }
 
 /// The incident fleet in namespace `mail`, at the moment Microsoft blocked one IP:
@@ -259,7 +226,7 @@ pub fn incident_fleet(now: Timestamp) -> (Vec<SenderPool>, Vec<DomainRoute>) {
         ns,
         "microsoft",
         "microsoft",
-        match_domains(&MICROSOFT_CONSUMER_DOMAINS),
+        match_domains(&INCIDENT_CONSUMER_DOMAINS),
         "bulk",
     );
     microsoft.spec.fallback = vec![
