@@ -25,7 +25,7 @@ impl<'a> PoolRules<'a> {
     pub fn new(spec: &'a SenderPoolSpec, known_providers: &[String]) -> Result<Self, EngineError> {
         let mut ips: Vec<(IpAddr, &PoolIp, usize)> = Vec::with_capacity(spec.ips.len());
         for (index, pool_ip) in spec.ips.iter().enumerate() {
-            let addr = parse_ip(&format!("spec.ips[{index}].address"), &pool_ip.address)?;
+            let addr = parse_ip(|| format!("spec.ips[{index}].address"), &pool_ip.address)?;
             if let Some((_, _, first)) = ips.iter().find(|(known, _, _)| *known == addr) {
                 return Err(EngineError::DuplicateIp {
                     ip: pool_ip.address.clone(),
@@ -40,7 +40,7 @@ impl<'a> PoolRules<'a> {
         check_settings(spec)?;
         let mut providers = BTreeSet::new();
         for (index, name) in known_providers.iter().enumerate() {
-            check_provider(&format!("known_providers[{index}]"), name)?;
+            check_provider(|| format!("known_providers[{index}]"), name)?;
             providers.insert(name.clone());
         }
         Ok(PoolRules {
@@ -152,19 +152,38 @@ impl<'a> PoolRules<'a> {
     }
 }
 
-pub(crate) fn parse_ip(field: &str, value: &str) -> Result<IpAddr, EngineError> {
+/// A field path for an error message. Built only when there is an error: the
+/// engine checks the pool spec on every call, and formatting `spec.ips[N]...`
+/// for every IP on every delivery report was a large share of its time.
+pub(crate) trait FieldName {
+    fn name(self) -> String;
+}
+
+impl FieldName for &str {
+    fn name(self) -> String {
+        self.to_string()
+    }
+}
+
+impl<F: FnOnce() -> String> FieldName for F {
+    fn name(self) -> String {
+        self()
+    }
+}
+
+pub(crate) fn parse_ip(field: impl FieldName, value: &str) -> Result<IpAddr, EngineError> {
     value.trim().parse().map_err(|_| EngineError::InvalidIp {
-        field: field.to_string(),
+        field: field.name(),
         value: value.to_string(),
     })
 }
 
-pub(crate) fn check_provider(field: &str, name: &str) -> Result<(), EngineError> {
+pub(crate) fn check_provider(field: impl FieldName, name: &str) -> Result<(), EngineError> {
     if is_valid_provider_name(name) {
         Ok(())
     } else {
         Err(EngineError::InvalidProvider {
-            field: field.to_string(),
+            field: field.name(),
             name: name.to_string(),
         })
     }
@@ -178,20 +197,24 @@ fn invalid(field: &str, value: impl ToString, problem: &str) -> EngineError {
     }
 }
 
-fn at_least(field: &str, value: i64, min: i64) -> Result<(), EngineError> {
+fn at_least(field: impl FieldName, value: i64, min: i64) -> Result<(), EngineError> {
     if value >= min {
         Ok(())
     } else {
-        Err(invalid(field, value, &format!("it must be at least {min}")))
+        Err(invalid(
+            &field.name(),
+            value,
+            &format!("it must be at least {min}"),
+        ))
     }
 }
 
-fn percent(field: &str, value: i32, min: i32) -> Result<(), EngineError> {
+fn percent(field: impl FieldName, value: i32, min: i32) -> Result<(), EngineError> {
     if (min..=100).contains(&value) {
         Ok(())
     } else {
         Err(invalid(
-            field,
+            &field.name(),
             value,
             &format!("it is a percentage: use a value from {min} to 100"),
         ))
@@ -201,13 +224,13 @@ fn percent(field: &str, value: i32, min: i32) -> Result<(), EngineError> {
 fn check_pool_ip(index: usize, pool_ip: &PoolIp) -> Result<(), EngineError> {
     if let Some(o) = &pool_ip.override_ {
         percent(
-            &format!("spec.ips[{index}].override.allowancePercent"),
+            || format!("spec.ips[{index}].override.allowancePercent"),
             o.allowance_percent,
             0,
         )?;
         for (i, provider) in o.providers.iter().enumerate() {
             check_provider(
-                &format!("spec.ips[{index}].override.providers[{i}]"),
+                || format!("spec.ips[{index}].override.providers[{i}]"),
                 provider,
             )?;
         }
@@ -220,13 +243,13 @@ fn check_settings(spec: &SenderPoolSpec) -> Result<(), EngineError> {
     for (provider, limit) in &spec.rate_limits.per_provider {
         check_provider("spec.rateLimits.perProvider key", provider)?;
         at_least(
-            &format!("spec.rateLimits.perProvider.{provider}"),
+            || format!("spec.rateLimits.perProvider.{provider}"),
             *limit,
             1,
         )?;
     }
     for (day, cap) in spec.warmup.hourly_caps.iter().enumerate() {
-        at_least(&format!("spec.warmup.hourlyCaps[{day}]"), *cap, 1)?;
+        at_least(|| format!("spec.warmup.hourlyCaps[{day}]"), *cap, 1)?;
     }
     let r = &spec.reputation;
     let f = &r.feedback;
@@ -277,7 +300,7 @@ fn check_settings(spec: &SenderPoolSpec) -> Result<(), EngineError> {
     }
     for (i, step) in r.recovery.step_percents.iter().enumerate() {
         percent(
-            &format!("spec.reputation.recovery.stepPercents[{i}]"),
+            || format!("spec.reputation.recovery.stepPercents[{i}]"),
             *step,
             1,
         )?;
@@ -305,7 +328,7 @@ fn check_settings(spec: &SenderPoolSpec) -> Result<(), EngineError> {
         }
         for (j, provider) in zone.providers.iter().enumerate() {
             check_provider(
-                &format!("spec.reputation.dnsbl.zones[{i}].providers[{j}]"),
+                || format!("spec.reputation.dnsbl.zones[{i}].providers[{j}]"),
                 provider,
             )?;
         }
