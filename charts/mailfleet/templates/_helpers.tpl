@@ -1,0 +1,68 @@
+{{/* The chart's name, as users may shorten it. */}}
+{{- define "mailfleet.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The name of every object of this release. A release called `mailfleet` (the
+documented install) gives `mailfleet`, the name the operator's default
+feedback URL uses; other release names get `<release>-mailfleet`, and the
+Deployment passes the matching --feedback-url explicitly anyway.
+*/}}
+{{- define "mailfleet.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := include "mailfleet.name" . }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "mailfleet.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mailfleet.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "mailfleet.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "mailfleet.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: mailfleet
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "mailfleet.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "mailfleet.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* repository[:tag][@digest]; the tag defaults to the chart's appVersion. */}}
+{{- define "mailfleet.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/* The sidecar image: the operator's own image unless set (the binary holds the agent too). */}}
+{{- define "mailfleet.agentImage" -}}
+{{- default (include "mailfleet.image" .) .Values.operator.agentImage }}
+{{- end }}
+
+{{/* Where sender sidecars post their reports: this release's Service. */}}
+{{- define "mailfleet.feedbackUrl" -}}
+{{- default (printf "http://%s.%s.svc:%d/v1/feedback" (include "mailfleet.fullname" .) .Release.Namespace (int .Values.service.port)) .Values.operator.feedbackUrl }}
+{{- end }}

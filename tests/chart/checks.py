@@ -1,0 +1,312 @@
+"""Offline checks of the rendered mailfleet chart, run by scripts/chart-test.sh.
+
+Each subcommand reads rendered YAML (or the chart's own files), prints one line
+saying what it checked, and exits non-zero with the object and field at fault.
+"""
+import glob
+import json
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+MONITORING_GROUP = "monitoring.coreos.com/"
+# The metrics the alerts may use and their labels, as the operator exports
+# them (src/operator/metrics.rs, docs/OPERATING.md).
+OPERATOR_METRICS = {
+    "mailfleet_ip_state": {"pool", "ip", "provider", "state"},
+    "mailfleet_route_targets": {"route", "mode"},
+    "mailfleet_feedback_reports_total": {"pool"},
+    "mailfleet_feedback_requests_total": {"code"},
+    "mailfleet_leader": set(),
+    "mailfleet_reconcile_failures_total": {"controller", "category"},
+}
+ROUTE_MODES = {"Primary", "FallbackPool", "Relay", "Defer"}
+
+
+def fail(message):
+    sys.exit(f"chart check failed: {message}")
+
+
+def objects(path):
+    with open(path) as f:
+        return [doc for doc in yaml.safe_load_all(f) if doc]
+
+
+def name_of(obj):
+    return f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+
+
+def crds(rendered_path):
+    """The chart's CRD templates render exactly crds/ (plus the keep annotation)."""
+    rendered = open(rendered_path).read()
+    paths = sorted(glob.glob("crds/*.yaml"))
+    for path in paths:
+        body = open(path).read().split("---\n", 1)[1]
+        kept = body.replace("metadata:\n", "metadata:\n  annotations:\n    helm.sh/resource-policy: keep\n", 1)
+        if kept not in rendered:
+            fail(f"helm template renders {path} differently from crds/; run `make crds`")
+    print(f"chart renders the {len(paths)} CRDs of crds/ byte for byte")
+
+
+def split(rendered_path, out_dir):
+    """Built-in kinds for kubernetes-validate; Prometheus Operator kinds apart."""
+    builtin, monitoring = [], []
+    for obj in objects(rendered_path):
+        (monitoring if obj.get("apiVersion", "").startswith(MONITORING_GROUP) else builtin).append(obj)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "builtin.yaml").write_text(yaml.safe_dump_all(builtin, sort_keys=False))
+    (out / "monitoring.yaml").write_text(yaml.safe_dump_all(monitoring, sort_keys=False))
+    print(f"{len(builtin)} built-in objects ({', '.join(sorted({o['kind'] for o in builtin}))}), "
+          f"{len(monitoring)} Prometheus Operator objects")
+
+
+def rule_triples(rules, where):
+    triples = set()
+    for rule in rules:
+        extra = set(rule) - {"apiGroups", "resources", "verbs"}
+        if extra:
+            fail(f"{where}: a rule has {sorted(extra)}; the operator's rules use only apiGroups, resources, verbs")
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    if "*" in (group, resource, verb):
+                        fail(f"{where}: wildcard in rule {rule}")
+                    triples.add((group, resource, verb))
+    return triples
+
+
+def rbac(rendered_path, expected_path, lease_role_expected):
+    """ClusterRole and lease Role grant exactly tests/chart/expected-rbac.yaml."""
+    expected = yaml.safe_load(open(expected_path))
+    found = {o["kind"]: o for o in objects(rendered_path) if o["kind"] in ("ClusterRole", "Role")}
+    if "ClusterRole" not in found:
+        fail("no ClusterRole rendered")
+    for kind, key, wanted in (("ClusterRole", "clusterRole", True), ("Role", "leaseRole", lease_role_expected == "yes")):
+        if not wanted:
+            if kind in found:
+                fail(f"{kind} rendered although leader election is off")
+            continue
+        if kind not in found:
+            fail(f"no {kind} rendered")
+        got = rule_triples(found[kind]["rules"], name_of(found[kind]))
+        want = rule_triples(expected[key], expected_path)
+        if got != want:
+            fail(f"{name_of(found[kind])} grants {sorted(got - want)} beyond the operator's needs "
+                 f"and lacks {sorted(want - got)}")
+    print(f"{Path(rendered_path).name}: RBAC is exactly {expected_path} ({'with' if lease_role_expected == 'yes' else 'without'} the lease Role)")
+
+
+def unknown_keys(given, dumped, path):
+    """Keys of the input the typed model did not keep: fields the CRD does not have."""
+    if isinstance(given, dict) and isinstance(dumped, dict):
+        for key, value in given.items():
+            if key not in dumped:
+                yield f"{path}.{key}"
+            else:
+                yield from unknown_keys(value, dumped[key], f"{path}.{key}")
+    elif isinstance(given, list) and isinstance(dumped, list):
+        for i, (a, b) in enumerate(zip(given, dumped)):
+            yield from unknown_keys(a, b, f"{path}[{i}]")
+
+
+def promql_metrics(expr):
+    return set(re.findall(r"\b(mailfleet_[a-z_]+)\b", expr))
+
+
+def monitoring(monitoring_path, builtin_path, expected_count):
+    """ServiceMonitor and PrometheusRule against the Prometheus Operator's typed
+    models (unknown fields rejected), PromQL parsed, selector and port matched
+    to the rendered Service."""
+    import promql_parser
+    from cloudcoil.models.prometheus_operator.v1 import PrometheusRule, ServiceMonitor
+
+    models = {"ServiceMonitor": ServiceMonitor, "PrometheusRule": PrometheusRule}
+    found = objects(monitoring_path)
+    if len(found) != int(expected_count):
+        fail(f"expected {expected_count} Prometheus Operator objects, rendered {len(found)}")
+    services = [o for o in objects(builtin_path) if o["kind"] == "Service"]
+    alerts = 0
+    for obj in found:
+        model = models.get(obj["kind"])
+        if model is None or obj["apiVersion"] != "monitoring.coreos.com/v1":
+            fail(f"{name_of(obj)}: unexpected {obj['apiVersion']} kind")
+        try:
+            typed = model.model_validate(obj)
+        except Exception as error:  # pydantic's ValidationError names the field
+            fail(f"{name_of(obj)}: {error}")
+        dumped = typed.model_dump(by_alias=True, exclude_unset=True, mode="json")
+        extra = list(unknown_keys(obj, dumped, ""))
+        if extra:
+            fail(f"{name_of(obj)}: fields the CRD does not have: {extra}")
+        if obj["kind"] == "ServiceMonitor":
+            selector = obj["spec"]["selector"]["matchLabels"]
+            matching = [s for s in services
+                        if selector.items() <= s["metadata"].get("labels", {}).items()
+                        and s["metadata"]["namespace"] in obj["spec"]["namespaceSelector"]["matchNames"]]
+            if len(matching) != 1:
+                fail(f"{name_of(obj)} selects {len(matching)} Services, expected the operator's one")
+            ports = {p["name"] for p in matching[0]["spec"]["ports"]}
+            for endpoint in obj["spec"]["endpoints"]:
+                if endpoint["port"] not in ports:
+                    fail(f"{name_of(obj)}: endpoint port {endpoint['port']} is not a port of {name_of(matching[0])}")
+        else:
+            for group in obj["spec"]["groups"]:
+                for rule in group["rules"]:
+                    expr = rule["expr"]
+                    try:
+                        promql_parser.parse(expr)
+                    except Exception as error:
+                        fail(f"{name_of(obj)} alert {rule.get('alert')}: PromQL does not parse: {error}")
+                    used = promql_metrics(expr)
+                    unknown = used - OPERATOR_METRICS.keys()
+                    if unknown:
+                        fail(f"alert {rule.get('alert')} uses metrics the operator does not export: {sorted(unknown)}")
+                    labels = set().union(*(OPERATOR_METRICS[m] for m in used))
+                    named = set(re.findall(r"\b(?:by|on|without|ignoring)\s*\(([^)]*)\)", expr))
+                    named = {label.strip() for group in named for label in group.split(",") if label.strip()}
+                    named |= set(re.findall(r"[{,]\s*([a-z_]+)\s*[=!]", expr))
+                    if not named <= labels:
+                        fail(f"alert {rule.get('alert')} uses labels {sorted(named - labels)} that "
+                             f"{sorted(used)} do not carry ({sorted(labels)})")
+                    for mode in re.findall(r'mode=~?"([^"]+)"', expr):
+                        if not set(mode.split("|")) <= ROUTE_MODES:
+                            fail(f"alert {rule.get('alert')}: mode {mode!r} is not one of {sorted(ROUTE_MODES)}")
+                    alerts += 1
+    if not found:
+        print("no Prometheus Operator objects rendered, as expected")
+        return
+    print(f"{len(found)} Prometheus Operator objects match the typed models (prometheus-operator v0.80), "
+          f"{alerts} alert expressions parse as PromQL, ServiceMonitor selects the Service's http port")
+
+
+def deployment(rendered_path):
+    """The operator Deployment of the default values: the restricted Pod
+    Security Standard, probes, downward API, flags, spread."""
+    [deploy] = [o for o in objects(rendered_path) if o["kind"] == "Deployment"]
+    pod = deploy["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    problems = []
+
+    def expect(what, got, want):
+        if got != want:
+            problems.append(f"{what} is {got!r}, want {want!r}")
+
+    expect("replicas", deploy["spec"]["replicas"], 2)
+    expect("pod runAsNonRoot", pod["securityContext"].get("runAsNonRoot"), True)
+    expect("pod seccompProfile", pod["securityContext"].get("seccompProfile"), {"type": "RuntimeDefault"})
+    sc = container["securityContext"]
+    expect("allowPrivilegeEscalation", sc.get("allowPrivilegeEscalation"), False)
+    expect("readOnlyRootFilesystem", sc.get("readOnlyRootFilesystem"), True)
+    expect("runAsNonRoot", sc.get("runAsNonRoot"), True)
+    expect("capabilities", sc.get("capabilities"), {"drop": ["ALL"]})
+    expect("seccompProfile", sc.get("seccompProfile"), {"type": "RuntimeDefault"})
+    for kind in ("requests", "limits"):
+        expect(f"resources.{kind} keys", sorted(container["resources"].get(kind, {})), ["cpu", "memory"])
+    expect("liveness path", container["livenessProbe"]["httpGet"]["path"], "/healthz")
+    expect("readiness path", container["readinessProbe"]["httpGet"]["path"], "/readyz")
+    expect("port", container["ports"], [{"name": "http", "containerPort": 8080, "protocol": "TCP"}])
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in container["env"]}
+    expect("POD_NAME", env.get("POD_NAME"), "metadata.name")
+    expect("POD_NAMESPACE", env.get("POD_NAMESPACE"), "metadata.namespace")
+    args = container["args"]
+    expect("subcommand", args[0], "operator")
+    for flag in ("--http-addr=0.0.0.0:8080", "--leader-election", "--lease-name=mailfleet-operator",
+                 f"--agent-image={container['image']}", "--log-format=json"):
+        if flag not in args:
+            problems.append(f"args lack {flag}")
+    spread = pod.get("topologySpreadConstraints", [])
+    expect("spread over", [c["topologyKey"] for c in spread], ["kubernetes.io/hostname"])
+    if problems:
+        fail(f"{name_of(deploy)}: " + "; ".join(problems))
+    print(f"{name_of(deploy)}: 2 replicas, restricted security context, probes, downward API, "
+          f"--agent-image = the operator image, spread over nodes")
+
+
+def leaf_paths(node, prefix=""):
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            yield from leaf_paths(value, f"{prefix}.{key}" if prefix else key)
+    else:
+        yield prefix
+
+
+def readme(values_path, readme_path, schema_path):
+    """Every value of values.yaml is documented in the README and described in the schema."""
+    values = yaml.safe_load(open(values_path))
+    text = open(readme_path).read()
+    schema = json.load(open(schema_path))
+    missing, undescribed = [], []
+    for path in leaf_paths(values):
+        if f"`{path}`" not in text:
+            missing.append(path)
+        node = schema
+        for part in path.split("."):
+            if "properties" not in node and node.get("description"):
+                break  # a Kubernetes object passed through whole (resources, affinity ...)
+            node = node.get("properties", {}).get(part)
+            if node is None:
+                break
+        if node is None or not node.get("description"):
+            undescribed.append(path)
+    if missing:
+        fail(f"{readme_path} does not document {missing}")
+    if undescribed:
+        fail(f"{schema_path} has no description for {undescribed}")
+    print(f"all {len(list(leaf_paths(values)))} values are in {readme_path} and described in {schema_path}")
+
+
+def closed(schema):
+    """The CRD schema as the API server's strict field validation applies it:
+    an object with declared properties accepts no other field."""
+    if isinstance(schema, dict):
+        schema = {k: closed(v) for k, v in schema.items()}
+        if ("properties" in schema and "additionalProperties" not in schema
+                and not schema.get("x-kubernetes-preserve-unknown-fields")):
+            schema["additionalProperties"] = False
+        return schema
+    if isinstance(schema, list):
+        return [closed(v) for v in schema]
+    return schema
+
+
+def examples(examples_dir, builtin_out):
+    """SenderPool/DomainRoute examples against our CRDs' schemas (strict);
+    the other examples are written out for kubernetes-validate."""
+    import jsonschema
+
+    schemas = {}
+    for path in glob.glob("crds/*.yaml"):
+        crd = objects(path)[0]
+        for version in crd["spec"]["versions"]:
+            key = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
+            schema = closed(version["schema"]["openAPIV3Schema"])
+            # The API server serves these for every object; the CRD schema leaves them out.
+            schema["properties"] = {"apiVersion": {"type": "string"}, "kind": {"type": "string"},
+                                    "metadata": {"type": "object"}, **schema["properties"]}
+            schemas[key] = schema
+    builtin, custom = [], 0
+    for path in sorted(glob.glob(f"{examples_dir}/*.yaml")):
+        for obj in objects(path):
+            key = (obj.get("apiVersion"), obj.get("kind"))
+            if key in schemas:
+                errors = sorted(jsonschema.Draft7Validator(schemas[key]).iter_errors(obj), key=str)
+                if errors:
+                    where = ".".join(str(p) for p in errors[0].absolute_path)
+                    fail(f"{path}: {name_of(obj)} at {where or '(root)'}: {errors[0].message}")
+                custom += 1
+            else:
+                builtin.append(obj)
+    Path(builtin_out).write_text(yaml.safe_dump_all(builtin, sort_keys=False))
+    print(f"{custom} SenderPool/DomainRoute examples match crds/ (unknown fields rejected); "
+          f"{len(builtin)} other example objects go to kubernetes-validate")
+
+
+if __name__ == "__main__":
+    commands = {"crds": crds, "split": split, "rbac": rbac, "monitoring": monitoring, "deployment": deployment,
+                "readme": readme, "examples": examples}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        sys.exit(f"usage: checks.py {{{'|'.join(commands)}}} ARGS...")
+    commands[sys.argv[1]](*sys.argv[2:])
