@@ -1,6 +1,7 @@
 //! The SNDS poller against a local HTTP server on 127.0.0.1 serving files in
 //! the SNDS formats: blocked ranges, filter results, malformed rows, HTML
-//! instead of CSV, HTTP 500, a refused key and a server that hangs.
+//! instead of CSV, HTTP 500, a refused key and a server that hangs; then the
+//! same over HTTPS from a server with a certificate made in the test.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -15,7 +16,9 @@ use jiff::Timestamp;
 use mailfleet::api::ReputationState;
 use mailfleet::fleet::Fleet;
 use mailfleet::manifests;
-use mailfleet::probe::snds::{PlainHttp, RetryPolicy, SndsFeed, SndsKey, SndsPoller};
+use mailfleet::probe::snds::{
+    FeedClient, PlainHttp, RetryPolicy, SndsFeed, SndsKey, SndsPoller, TrustRoots,
+};
 use mailfleet::reputation::engine::Reason;
 
 const KEY: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
@@ -182,7 +185,22 @@ fn serve(mut stream: TcpStream, hits: &Mutex<HashMap<String, usize>>, stop: &Ato
             Ok(n) => request.extend_from_slice(&buf[..n]),
         }
     }
-    let text = String::from_utf8_lossy(&request);
+    match answer_for(&request, hits) {
+        Answer::Hang => {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        answer => {
+            let _ = stream.write_all(&encode(&answer));
+        }
+    }
+}
+
+/// The answer to a request head: the route of its scenario and file, or 403
+/// without the right key. Counts the hit.
+fn answer_for(request: &[u8], hits: &Mutex<HashMap<String, usize>>) -> Answer {
+    let text = String::from_utf8_lossy(request);
     let target = text.split(' ').nth(1).unwrap_or("/").to_string();
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     let mut parts = path.trim_start_matches('/').split('/');
@@ -194,42 +212,43 @@ fn serve(mut stream: TcpStream, hits: &Mutex<HashMap<String, usize>>, stop: &Ato
         *count += 1;
         *count
     };
-    let answer = if query.split('&').any(|p| p == format!("key={KEY}")) {
+    if query.split('&').any(|p| p == format!("key={KEY}")) {
         route(&scenario, &file, hit)
     } else {
         reply(403, "text/plain", "Forbidden: missing or wrong key")
-    };
-    match answer {
-        Answer::Hang => {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        Answer::Reply {
-            status,
-            content_type,
-            body,
-            chunked,
-        } => {
-            let mut head = format!("HTTP/1.1 {status} Whatever\r\nContent-Type: {content_type}\r\nConnection: close\r\n");
-            let mut out = Vec::new();
-            if chunked {
-                head.push_str("Transfer-Encoding: chunked\r\n\r\n");
-                out.extend_from_slice(head.as_bytes());
-                for piece in body.chunks(37) {
-                    out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
-                    out.extend_from_slice(piece);
-                    out.extend_from_slice(b"\r\n");
-                }
-                out.extend_from_slice(b"0\r\n\r\n");
-            } else {
-                head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-                out.extend_from_slice(head.as_bytes());
-                out.extend_from_slice(&body);
-            }
-            let _ = stream.write_all(&out);
-        }
     }
+}
+
+/// The bytes of a reply (nothing for a hang).
+fn encode(answer: &Answer) -> Vec<u8> {
+    let Answer::Reply {
+        status,
+        content_type,
+        body,
+        chunked,
+    } = answer
+    else {
+        return Vec::new();
+    };
+    let mut head = format!(
+        "HTTP/1.1 {status} Whatever\r\nContent-Type: {content_type}\r\nConnection: close\r\n"
+    );
+    let mut out = Vec::new();
+    if *chunked {
+        head.push_str("Transfer-Encoding: chunked\r\n\r\n");
+        out.extend_from_slice(head.as_bytes());
+        for piece in body.chunks(37) {
+            out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+            out.extend_from_slice(piece);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\n\r\n");
+    } else {
+        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        out.extend_from_slice(head.as_bytes());
+        out.extend_from_slice(body);
+    }
+    out
 }
 
 fn quick_retry() -> RetryPolicy {
@@ -483,4 +502,353 @@ async fn nothing_listening_is_a_connect_failure() {
     let err = snds.poll(&pool_ips(), now()).await.unwrap_err();
     assert_eq!(err.kind(), "connect", "{err}");
     assert_eq!(snds.counters().retries, 2);
+}
+
+// ---- HTTPS: the same files over TLS, from a server whose certificate is
+// issued in the test by a private CA given to the client as an extra bundle.
+
+/// A TLS feed server on 127.0.0.1 with a certificate for 127.0.0.1 and
+/// localhost, issued by a CA made for this test. Stopped when dropped.
+struct TlsFeedServer {
+    address: SocketAddr,
+    ca_pem: String,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TlsFeedServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TlsFeedServer {
+    async fn start() -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "mailfleet test feed CA");
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let hits = Arc::new(Mutex::new(HashMap::new()));
+        let hits_in = hits.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, hits) = (acceptor.clone(), hits_in.clone());
+                tokio::spawn(async move { serve_tls(acceptor, tcp, &hits).await });
+            }
+        });
+        TlsFeedServer {
+            address,
+            ca_pem: ca.pem(),
+            hits,
+            task,
+        }
+    }
+
+    fn url(&self, scenario: &str, file: &str) -> String {
+        format!("https://{}/{scenario}/snds/{file}", self.address)
+    }
+
+    fn feed(&self, scenario: &str) -> SndsFeed {
+        SndsFeed {
+            ip_status_url: self.url(scenario, "ipStatus.aspx"),
+            data_url: Some(self.url(scenario, "data.aspx")),
+        }
+    }
+
+    fn hits(&self, scenario: &str, file: &str) -> usize {
+        self.hits
+            .lock()
+            .unwrap()
+            .get(&format!("{scenario}/{file}"))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// A client trusting only this server's CA.
+    fn client(&self) -> FeedClient {
+        let roots = TrustRoots::none().with_pem(self.ca_pem.as_bytes()).unwrap();
+        let mut client = FeedClient::new(&roots).unwrap();
+        client.timeout = Duration::from_millis(2000);
+        client
+    }
+}
+
+async fn serve_tls(
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    hits: &Mutex<HashMap<String, usize>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut tls) = acceptor.accept(tcp).await else {
+        return;
+    };
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tls.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    if String::from_utf8_lossy(&request).contains("/no-close-notify/") {
+        // A body that ends with the connection, closed without TLS
+        // close_notify, as some servers do.
+        let _ = answer_for(&request, hits);
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/csv\r\nConnection: close\r\n\r\n";
+        let _ = tls.write_all(head.as_bytes()).await;
+        let _ = tls.write_all(STATUS.as_bytes()).await;
+        let _ = tls.flush().await;
+        let (tcp, _) = tls.into_inner();
+        drop(tcp);
+        return;
+    }
+    match answer_for(&request, hits) {
+        Answer::Hang => tokio::time::sleep(Duration::from_secs(60)).await,
+        answer => {
+            let _ = tls.write_all(&encode(&answer)).await;
+            let _ = tls.shutdown().await;
+        }
+    }
+}
+
+/// Everything any test of this file logs, from the first call on: one global
+/// subscriber, since a per-thread one misses events whose callsites another
+/// test thread registered first. No test may log the key, so one buffer serves all.
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let sink = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || CaptureWriter(sink.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in this test binary");
+        buffer
+    })
+    .clone()
+}
+
+struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn tls_poller(server: &TlsFeedServer, feed: SndsFeed) -> SndsPoller<FeedClient> {
+    SndsPoller::new(
+        feed,
+        SndsKey::new(KEY).unwrap(),
+        quick_retry(),
+        server.client(),
+    )
+}
+
+#[tokio::test]
+async fn https_feed_blocks_the_covered_ips_with_the_filter_results() {
+    let server = TlsFeedServer::start().await;
+    let mut snds = tls_poller(&server, server.feed("good"));
+    let poll = snds.poll(&pool_ips(), now()).await.unwrap();
+    let blocked: Vec<String> = poll
+        .verdicts
+        .verdicts
+        .iter()
+        .filter(|v| v.verdict.blocked)
+        .map(|v| v.ip.to_string())
+        .collect();
+    assert_eq!(blocked, vec!["203.0.113.10", "203.0.113.11"]);
+    assert_eq!(poll.data.as_ref().unwrap().rows.len(), 3);
+    let twelve = &poll.verdicts.verdicts[2].verdict;
+    assert!(
+        twelve
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("filter result YELLOW"),
+        "{twelve:?}"
+    );
+    assert_eq!(server.hits("good", "ipStatus.aspx"), 1);
+    assert_eq!(server.hits("good", "data.aspx"), 1);
+
+    // Chunked over TLS, and a body that ends with the connection, closed
+    // without close_notify.
+    for scenario in ["chunked", "no-close-notify"] {
+        let mut snds = tls_poller(
+            &server,
+            SndsFeed {
+                data_url: None,
+                ..server.feed(scenario)
+            },
+        );
+        let poll = snds.poll(&pool_ips(), now()).await.unwrap();
+        assert_eq!(poll.status.ranges.len(), 2, "{scenario}");
+    }
+}
+
+#[tokio::test]
+async fn https_login_page_is_a_clear_failure_never_a_block_and_the_key_stays_hidden() {
+    let server = TlsFeedServer::start().await;
+    let logs = captured_logs();
+    let mut snds = tls_poller(&server, server.feed("html"));
+    let err = snds.poll(&pool_ips(), now()).await.unwrap_err();
+    assert_eq!(err.kind(), "html", "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("HTML, not CSV") && text.contains("is the SNDS key valid"),
+        "{text}"
+    );
+    assert_eq!(snds.counters().failed_polls, 1);
+    assert_eq!(snds.counters().blocked_verdicts, 0);
+    assert_eq!(server.hits("html", "ipStatus.aspx"), 1, "not retried");
+
+    // 500 three times, then a refused key: every message and log line
+    // shows the URL without its query.
+    let mut down = tls_poller(&server, server.feed("down"));
+    let err = down.poll(&pool_ips(), now()).await.unwrap_err();
+    assert_eq!(err.kind(), "http_5xx");
+    assert!(
+        err.to_string().contains(&format!(
+            "https://{}/down/snds/ipStatus.aspx answered HTTP 500",
+            server.address
+        )),
+        "{err}"
+    );
+    let mut wrong = SndsPoller::new(
+        server.feed("good"),
+        SndsKey::new("wrong-key-1234").unwrap(),
+        quick_retry(),
+        server.client(),
+    );
+    let err = wrong.poll(&pool_ips(), now()).await.unwrap_err();
+    assert!(err.to_string().contains("HTTP 403"), "{err}");
+    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(
+        logged.contains("will retry"),
+        "the retries are logged: {logged}"
+    );
+    for secret in [KEY, "wrong-key-1234", "key="] {
+        assert!(
+            !logged.contains(secret),
+            "`{secret}` in the logs:\n{logged}"
+        );
+        assert!(!text.contains(secret) && !err.to_string().contains(secret));
+    }
+}
+
+#[tokio::test]
+async fn https_malformed_file_skips_rows_and_clears_nobody() {
+    let server = TlsFeedServer::start().await;
+    let mut snds = tls_poller(&server, server.feed("malformed"));
+    let poll = snds.poll(&pool_ips(), now()).await.unwrap();
+    assert_eq!(poll.status.skipped.len(), 5);
+    assert_eq!(poll.verdicts.verdicts.len(), 1);
+    assert!(poll.verdicts.verdicts[0].verdict.blocked);
+    assert_eq!(poll.verdicts.withheld_clears, 5);
+
+    let mut snds = tls_poller(&server, server.feed("binary"));
+    let err = snds.poll(&pool_ips(), now()).await.unwrap_err();
+    assert_eq!(err.kind(), "no_valid_rows", "{err}");
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_fails_at_once_naming_the_fix() {
+    let server = TlsFeedServer::start().await;
+    // Mozilla's and the system's roots do not know the test CA.
+    let client = FeedClient::new(&TrustRoots::system()).unwrap();
+    let mut snds = SndsPoller::new(
+        server.feed("good"),
+        SndsKey::new(KEY).unwrap(),
+        quick_retry(),
+        client,
+    );
+    let err = snds.poll(&pool_ips(), now()).await.unwrap_err();
+    assert_eq!(err.kind(), "tls", "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("not trusted") && text.contains("caBundleSecretRef"),
+        "{text}"
+    );
+    assert!(text.contains("after 1 attempt(s)"), "not retried: {text}");
+    assert!(!text.contains(KEY));
+    assert_eq!(
+        server.hits("good", "ipStatus.aspx"),
+        0,
+        "no request was sent"
+    );
+
+    // A certificate for another name is refused too.
+    let mut client = server.client();
+    client.timeout = Duration::from_millis(500);
+    let wrong_name = format!(
+        "https://127.0.0.2:{}/good/snds/ipStatus.aspx?key={KEY}",
+        server.address.port()
+    );
+    if let Err(err) = client.get(&wrong_name).await {
+        // 127.0.0.2 may not be routable everywhere: then it is a connect failure.
+        assert!(matches!(err.kind(), "tls" | "connect"), "{err}");
+        assert!(!err.to_string().contains(KEY));
+    } else {
+        panic!("a certificate for 127.0.0.1 was accepted for 127.0.0.2");
+    }
+}
+
+#[tokio::test]
+async fn the_feed_client_also_speaks_plain_http() {
+    let server = FeedServer::start();
+    let client = FeedClient::new(&TrustRoots::system()).unwrap();
+    let mut snds = SndsPoller::new(
+        server.feed("good"),
+        SndsKey::new(KEY).unwrap(),
+        quick_retry(),
+        client,
+    );
+    let poll = snds.poll(&pool_ips(), now()).await.unwrap();
+    assert_eq!(
+        poll.verdicts
+            .verdicts
+            .iter()
+            .filter(|v| v.verdict.blocked)
+            .count(),
+        2
+    );
 }

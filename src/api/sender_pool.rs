@@ -286,6 +286,10 @@ pub struct ReputationSettings {
     /// The steps that bring a probed pair back to full volume.
     #[serde(default)]
     pub recovery: RecoverySettings,
+
+    /// Provider feeds polled for this pool's IPs (for example Microsoft SNDS).
+    #[serde(default, skip_serializing_if = "FeedSettings::is_empty")]
+    pub feeds: FeedSettings,
 }
 
 fn default_hold_down() -> i64 {
@@ -308,6 +312,7 @@ impl Default for ReputationSettings {
             throttled_allowance_percent: default_throttled_allowance(),
             probe: ProbeSettings::default(),
             recovery: RecoverySettings::default(),
+            feeds: FeedSettings::default(),
         }
     }
 }
@@ -350,6 +355,75 @@ pub struct DnsblZone {
     /// Providers a listing in this zone blocks; empty means every provider.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub providers: Vec<String>,
+}
+
+/// Provider feeds polled for this pool's IPs.
+#[derive(JsonSchema, Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FeedSettings {
+    /// Microsoft SNDS automated data access: a blocked range covering a pool IP
+    /// marks (IP, microsoft) Blocked. Not set: SNDS is not polled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snds: Option<SndsFeedSettings>,
+}
+
+impl FeedSettings {
+    pub fn is_empty(&self) -> bool {
+        self.snds.is_none()
+    }
+}
+
+/// Where and how often Microsoft SNDS is read; the key comes from a Secret.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SndsFeedSettings {
+    /// The ip-status URL without the key, for example
+    /// `https://sendersupport.olc.protection.outlook.com/snds/ipStatus.aspx`.
+    /// The key is added from `keySecretRef` and never written here.
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("url must start with https:// (or http:// for an in-cluster proxy)").reason(Reason::FieldValueInvalid))]
+    #[x_kube(validation = Rule::new("!self.matches('[?&][Kk][Ee][Yy]=')").message("url carries the SNDS key in its query; remove `key=...` from the URL and put the key in the Secret named by keySecretRef").reason(Reason::FieldValueForbidden))]
+    pub url: String,
+
+    /// The data URL (per-IP filter result) without the key, for example
+    /// `https://sendersupport.olc.protection.outlook.com/snds/data.aspx`.
+    /// Not set: only the ip-status file is read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("dataUrl must start with https:// (or http:// for an in-cluster proxy)").reason(Reason::FieldValueInvalid))]
+    #[x_kube(validation = Rule::new("!self.matches('[?&][Kk][Ee][Yy]=')").message("dataUrl carries the SNDS key in its query; remove `key=...` from the URL and put the key in the Secret named by keySecretRef").reason(Reason::FieldValueForbidden))]
+    pub data_url: Option<String>,
+
+    /// The Secret (in the pool's namespace) and data key holding the SNDS
+    /// automated-access key.
+    pub key_secret_ref: SecretKeySelector,
+
+    /// Seconds between two polls (SNDS updates about once a day; at least 300).
+    #[serde(default = "default_snds_interval")]
+    #[schemars(range(min = 300))]
+    pub interval_seconds: i64,
+
+    /// A Secret key holding extra PEM CA certificates trusted for the feed's
+    /// HTTPS server besides the system roots (a private feed or proxy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_secret_ref: Option<SecretKeySelector>,
+}
+
+/// Seconds between two SNDS polls when `intervalSeconds` is not set.
+pub fn default_snds_interval() -> i64 {
+    3600
+}
+
+/// One key of a Secret in the pool's namespace.
+#[derive(JsonSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeySelector {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the Secret's data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
 }
 
 /// Thresholds for ambiguous delivery signals (conclusive block replies need no threshold).

@@ -5,4 +5,7 @@
 //! health and counters are pure; only the network exchanges are async.
 
 pub mod dnsbl;
+pub mod runner;
 pub mod snds;
+
+pub use runner::{ProbeOptions, ProbeRound, SecretSource, SecretsDir, SignalProbes};

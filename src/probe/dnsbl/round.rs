@@ -89,11 +89,11 @@ impl DnsblProbe {
         zones: &[ZoneRules],
         clock: &(dyn Fn() -> Timestamp + Sync),
     ) -> Vec<ProbeOutcome> {
-        let jobs: Vec<(IpAddr, &ZoneRules)> = ips
+        let jobs: Vec<(IpAddr, usize)> = ips
             .iter()
-            .flat_map(|ip| zones.iter().map(move |zone| (*ip, zone)))
+            .flat_map(|ip| (0..zones.len()).map(move |zone| (*ip, zone)))
             .collect();
-        self.run(jobs, clock).await
+        self.run(jobs, zones, clock).await
     }
 
     /// Like [`round`](Self::round), but an (IP, zone) with a fresh cached
@@ -110,7 +110,7 @@ impl DnsblProbe {
         let mut jobs = Vec::new();
         let mut slots = Vec::new();
         for ip in ips {
-            for zone in zones {
+            for (z, zone) in zones.iter().enumerate() {
                 match cache.get(*ip, zone.zone(), now) {
                     Some(hit) => outcomes.push(Some(ProbeOutcome {
                         cached: true,
@@ -119,12 +119,12 @@ impl DnsblProbe {
                     None => {
                         slots.push(outcomes.len());
                         outcomes.push(None);
-                        jobs.push((*ip, zone));
+                        jobs.push((*ip, z));
                     }
                 }
             }
         }
-        let fresh = self.run(jobs, clock).await;
+        let fresh = self.run(jobs, zones, clock).await;
         let stored_at = clock();
         for (slot, outcome) in slots.into_iter().zip(fresh) {
             cache.put(outcome.clone(), stored_at);
@@ -133,13 +133,20 @@ impl DnsblProbe {
         outcomes.into_iter().flatten().collect()
     }
 
+    /// Jobs name their zone by index: a stream item holding a reference
+    /// would make the round's future not `Send` (a known limit of the
+    /// compiler with higher-ranked closures), and the operator spawns it.
     async fn run(
         &self,
-        jobs: Vec<(IpAddr, &ZoneRules)>,
+        jobs: Vec<(IpAddr, usize)>,
+        zones: &[ZoneRules],
         clock: &(dyn Fn() -> Timestamp + Sync),
     ) -> Vec<ProbeOutcome> {
         let mut indexed: Vec<(usize, ProbeOutcome)> = stream::iter(jobs.into_iter().enumerate())
-            .map(|(i, (ip, zone))| async move { (i, self.check(ip, zone, clock).await) })
+            .map(|(i, (ip, zone))| {
+                let zone = &zones[zone];
+                async move { (i, self.check(ip, zone, clock).await) }
+            })
             .buffer_unordered(self.concurrency)
             .collect()
             .await;

@@ -1,6 +1,7 @@
 //! A minimal HTTP/1.1 GET over a plain TCP connection: enough to read a CSV
-//! file with a bounded size and a deadline. TLS is not here: an `https://` URL
-//! is refused with a clear error (see docs/PROBES.md for how to reach SNDS).
+//! file with a bounded size and a deadline. TLS is not here: `PlainHttp`
+//! refuses an `https://` URL with a clear error, and [`super::FeedClient`]
+//! speaks both, sharing `exchange` with this client.
 //! URL and response parsing are the shared [`crate::http1`]; this module is
 //! the async transport around them.
 
@@ -37,7 +38,7 @@ pub enum FetchError {
     #[error("`{url}` is not a usable URL: {problem}")]
     BadUrl { url: String, problem: String },
 
-    #[error("{url}: https is not supported by the built-in HTTP client; reach the feed through an http:// URL (for example a TLS-originating proxy in the cluster)")]
+    #[error("{url}: PlainHttp speaks plain HTTP only; use FeedClient for https:// URLs")]
     TlsUnsupported { url: String },
 
     #[error("cannot connect to {url}: {detail}")]
@@ -54,6 +55,9 @@ pub enum FetchError {
 
     #[error("{url} sent more than {limit} bytes; refusing to read further")]
     TooLarge { url: String, limit: usize },
+
+    #[error("TLS with {url} failed: {detail}")]
+    Tls { url: String, detail: String },
 }
 
 impl FetchError {
@@ -67,6 +71,7 @@ impl FetchError {
             FetchError::Io { .. } => "io",
             FetchError::BadResponse { .. } => "bad_response",
             FetchError::TooLarge { .. } => "too_large",
+            FetchError::Tls { .. } => "tls",
         }
     }
 
@@ -132,38 +137,66 @@ impl PlainHttp {
                 url: shown.to_string(),
                 detail: e.to_string(),
             })?;
-        let user_agent = concat!("mailfleet/", env!("CARGO_PKG_VERSION"));
-        let request = target.request_head(
-            "GET",
-            &[
-                ("User-Agent", user_agent),
-                ("Accept", "text/csv, text/plain"),
-            ],
-        );
-        let io = |e: std::io::Error| FetchError::Io {
+        let request = get_request(&target.path, &target.authority());
+        exchange(&mut stream, &request, shown, self.max_bytes).await
+    }
+}
+
+/// The GET request head every feed client sends.
+pub(super) fn get_request(path: &str, host: &str) -> String {
+    let user_agent = concat!("mailfleet/", env!("CARGO_PKG_VERSION"));
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {user_agent}\r\nAccept: text/csv, text/plain\r\nConnection: close\r\n\r\n"
+    )
+}
+
+/// Sends `request` on an open connection (plain or TLS) and reads the whole
+/// response, at most `max_bytes`. A connection closed without a TLS
+/// close_notify counts as the end of the response: many servers do that, and
+/// the framing (length or chunks) still tells a cut body.
+pub(super) async fn exchange<S>(
+    stream: &mut S,
+    request: &str,
+    shown: &str,
+    max_bytes: usize,
+) -> Result<HttpResponse, FetchError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let io = |e: std::io::Error| FetchError::Io {
+        url: shown.to_string(),
+        detail: e.to_string(),
+    };
+    stream.write_all(request.as_bytes()).await.map_err(io)?;
+    stream.flush().await.map_err(io)?;
+    let mut raw = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(io(e)),
+        };
+        let eof = n == 0;
+        raw.extend_from_slice(&chunk[..n]);
+        if raw.len() > max_bytes {
+            return Err(FetchError::TooLarge {
+                url: shown.to_string(),
+                limit: max_bytes,
+            });
+        }
+        let parsed = http1::parse_response(&raw, eof).map_err(|e| FetchError::BadResponse {
             url: shown.to_string(),
             detail: e.to_string(),
-        };
-        stream.write_all(request.as_bytes()).await.map_err(io)?;
-        let mut raw = Vec::new();
-        let mut chunk = vec![0u8; 16 * 1024];
-        loop {
-            let n = stream.read(&mut chunk).await.map_err(io)?;
-            let eof = n == 0;
-            raw.extend_from_slice(&chunk[..n]);
-            if raw.len() > self.max_bytes {
-                return Err(FetchError::TooLarge {
-                    url: shown.to_string(),
-                    limit: self.max_bytes,
-                });
-            }
-            let parsed = http1::parse_response(&raw, eof).map_err(|e| FetchError::BadResponse {
+        })?;
+        if let Some(response) = parsed {
+            return Ok(response.into());
+        }
+        if eof {
+            return Err(FetchError::BadResponse {
                 url: shown.to_string(),
-                detail: e.to_string(),
-            })?;
-            if let Some(response) = parsed {
-                return Ok(response.into());
-            }
+                detail: "the connection closed before a whole response arrived".to_string(),
+            });
         }
     }
 }

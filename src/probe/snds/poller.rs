@@ -15,7 +15,7 @@ use super::report::{
 };
 use super::verdict::{snds_verdicts, SndsVerdicts};
 
-/// Microsoft's ip-status endpoint (HTTPS: reach it through a client that speaks TLS).
+/// Microsoft's ip-status endpoint (HTTPS only: use [`FeedClient`](super::FeedClient)).
 pub const DEFAULT_IP_STATUS_URL: &str =
     "https://sendersupport.olc.protection.outlook.com/snds/ipStatus.aspx";
 /// Microsoft's data endpoint.
@@ -25,8 +25,8 @@ pub const DEFAULT_DATA_URL: &str =
 /// Skipped rows logged one by one per poll; the rest are only counted.
 const LOGGED_SKIPS: usize = 5;
 
-/// Something that GETs a URL. The built-in [`PlainHttp`] speaks plain HTTP;
-/// the operator can hand in a client that speaks TLS.
+/// Something that GETs a URL: [`FeedClient`](super::FeedClient) (HTTPS and
+/// HTTP, what the runner uses), [`PlainHttp`] (plain HTTP only), or a fake.
 pub trait FeedFetch {
     fn get(&self, url: &str) -> impl Future<Output = Result<HttpResponse, FetchError>> + Send;
 }
@@ -169,6 +169,23 @@ pub struct SndsCounters {
     pub blocked_verdicts: u64,
     /// Polls whose ip-status was used but whose data file failed.
     pub data_failures: u64,
+}
+
+impl SndsCounters {
+    /// Adds another poller's counts (the runner keeps one total per feed).
+    pub fn add(&mut self, other: &SndsCounters) {
+        self.polls += other.polls;
+        self.successful_polls += other.successful_polls;
+        self.failed_polls += other.failed_polls;
+        self.retries += other.retries;
+        for (kind, n) in &other.errors {
+            *self.errors.entry(kind).or_default() += n;
+        }
+        self.malformed_rows += other.malformed_rows;
+        self.withheld_clears += other.withheld_clears;
+        self.blocked_verdicts += other.blocked_verdicts;
+        self.data_failures += other.data_failures;
+    }
 }
 
 /// What one successful poll found.

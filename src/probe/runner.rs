@@ -1,0 +1,867 @@
+//! The probes of a whole fleet, as the operator and standalone mode run them:
+//! per pool, DNSBL rounds on the pool's interval (with the answer cache and the
+//! `DnsblHealthy` verdict) and SNDS polls on the feed's interval, with the key
+//! read from a Secret at each poll. The caller owns the clock (`now` is a
+//! parameter) and feeds what comes back to the engine and the pool status;
+//! only the probes themselves do I/O. See docs/PROBES.md.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::dnsbl::{
+    dnsbl_health, plan_from_settings, DnsblHealth, DnsblPlan, DnsblProbe, Nameserver,
+    ProbeInterval, RecentResults, Resolver, ResultCache, ZoneErrorCounters, DEFAULT_MIN_RESULTS,
+};
+use super::snds::{
+    FeedClient, RetryPolicy, SndsCounters, SndsFeed, SndsKey, SndsPoller, TrustRoots,
+};
+use crate::api::{DnsblSettings, SecretKeySelector, SenderPool, SndsFeedSettings};
+use crate::reputation::engine::Signal;
+
+/// The shortest SNDS poll interval accepted: SNDS updates about once a day.
+pub const SNDS_MIN_INTERVAL_SECONDS: i64 = 300;
+/// How soon a failed SNDS poll (Secret missing, feed down) is tried again,
+/// when the feed's interval is longer.
+pub const SNDS_RETRY_AFTER_FAILURE_SECONDS: i64 = 300;
+
+/// Where Secret values come from: the API server in the operator, a folder
+/// in standalone mode ([`SecretsDir`]).
+pub trait SecretSource: Send + Sync {
+    /// The value of `key` in Secret `namespace/name`; `Err` says why not.
+    fn secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Vec<u8>, String>> + Send;
+}
+
+/// Secrets as files `DIR/<secret name>/<key>`: the layout of Secret volumes
+/// mounted under one folder. The namespace is not part of the path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretsDir {
+    pub root: PathBuf,
+}
+
+impl SecretsDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        SecretsDir { root: root.into() }
+    }
+
+    fn path_of(&self, name: &str, key: &str) -> Result<PathBuf, String> {
+        for (what, part) in [("Secret name", name), ("key", key)] {
+            if part.is_empty() || part == "." || part == ".." || part.contains(['/', '\\']) {
+                return Err(format!(
+                    "{what} `{part}` cannot name a file under {}",
+                    self.root.display()
+                ));
+            }
+        }
+        Ok(self.root.join(name).join(key))
+    }
+}
+
+impl SecretSource for SecretsDir {
+    fn secret(
+        &self,
+        _namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Vec<u8>, String>> + Send {
+        let path = self.path_of(name, key);
+        async move {
+            let path = path?;
+            let shown = path.display().to_string();
+            tokio::task::spawn_blocking(move || std::fs::read(&path))
+                .await
+                .map_err(|e| format!("reading {shown} failed: {e}"))?
+                .map_err(|e| format!("cannot read {shown}: {e}"))
+        }
+    }
+}
+
+/// How the probes run; the pools' specs say what to probe and how often.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeOptions {
+    /// Ask every pool's DNSBL zones through this resolver instead of
+    /// `spec.reputation.dnsbl.resolver` (labs, standalone `--dnsbl-resolver`).
+    pub resolver: Option<Nameserver>,
+    /// DNS questions in flight at once in one round.
+    pub concurrency: usize,
+    /// Wait for each DNS attempt.
+    pub dns_timeout: Duration,
+    /// DNS attempts before a question is a timeout.
+    pub dns_attempts: u32,
+    /// Deadline of one feed request (connect, TLS, whole response).
+    pub http_timeout: Duration,
+    /// Attempts and back-off of a failing feed fetch.
+    pub feed_retry: RetryPolicy,
+    /// Results a zone needs before `DnsblHealthy` judges it.
+    pub min_results: usize,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        ProbeOptions {
+            resolver: None,
+            concurrency: 64,
+            dns_timeout: Duration::from_secs(2),
+            dns_attempts: 2,
+            http_timeout: Duration::from_secs(30),
+            feed_retry: RetryPolicy::default(),
+            min_results: DEFAULT_MIN_RESULTS,
+        }
+    }
+}
+
+/// What one [`SignalProbes::run_due`] call found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProbeRound {
+    /// (IP as written in the pool's spec, signal): feed each to `Fleet::observe`.
+    pub signals: Vec<(String, Signal)>,
+    /// (`namespace/pool`, verdict) for every pool whose DNSBL round ran:
+    /// `Some` → `health.set_on(status.conditions, ..)`; `None` → the pool no
+    /// longer has zones, remove its `DnsblHealthy` condition.
+    pub dnsbl_health: Vec<(String, Option<DnsblHealth>)>,
+    /// What kept a probe from running or a poll from succeeding, each starting
+    /// with `namespace/pool:` and naming the field to fix: for logs and events.
+    /// A configuration problem is reported once per spec change; a failing
+    /// Secret or feed at each failed attempt.
+    pub problems: Vec<String>,
+}
+
+/// The probes of every pool, with their schedules, caches and counters.
+#[derive(Debug)]
+pub struct SignalProbes {
+    options: ProbeOptions,
+    pools: BTreeMap<String, PoolProbes>,
+    zone_counters: ZoneErrorCounters,
+    snds_counters: SndsCounters,
+    system_roots: Option<TrustRoots>,
+    /// One client per extra CA bundle (empty key: none).
+    feed_clients: HashMap<Vec<u8>, FeedClient>,
+}
+
+#[derive(Debug, Default)]
+struct PoolProbes {
+    dnsbl: Option<DnsblState>,
+    snds: Option<SndsState>,
+}
+
+#[derive(Debug)]
+struct DnsblState {
+    /// What `plan` was built from: a spec change starts over.
+    settings: DnsblSettings,
+    /// `None`: the settings cannot be used (reported once).
+    plan: Option<DnsblPlan>,
+    resolver: Option<Nameserver>,
+    interval: ProbeInterval,
+    cache: ResultCache,
+    recent: RecentResults,
+}
+
+#[derive(Debug)]
+struct SndsState {
+    settings: SndsFeedSettings,
+    usable: bool,
+    /// `None`: due now.
+    next_at: Option<Timestamp>,
+}
+
+impl SignalProbes {
+    pub fn new(options: ProbeOptions) -> Self {
+        SignalProbes {
+            options,
+            pools: BTreeMap::new(),
+            zone_counters: ZoneErrorCounters::default(),
+            snds_counters: SndsCounters::default(),
+            system_roots: None,
+            feed_clients: HashMap::new(),
+        }
+    }
+
+    /// Runs the DNSBL rounds and feed polls that are due at `now` for these
+    /// pools. `pools` is every pool to probe: a pool no longer given is
+    /// forgotten (its schedule and cache go with it). Pools run one after the
+    /// other; a feed that keeps failing holds the call for its retries.
+    pub async fn run_due<S: SecretSource>(
+        &mut self,
+        pools: &[SenderPool],
+        secrets: &S,
+        now: Timestamp,
+    ) -> ProbeRound {
+        let mut round = ProbeRound::default();
+        let mut seen = Vec::with_capacity(pools.len());
+        for pool in pools {
+            let Some(name) = pool.metadata.name.as_deref() else {
+                round
+                    .problems
+                    .push("a SenderPool without metadata.name cannot be probed".to_string());
+                continue;
+            };
+            let namespace = pool.metadata.namespace.as_deref().unwrap_or("default");
+            let key = format!("{namespace}/{name}");
+            seen.push(key.clone());
+            let ips = PoolIps::of(&key, pool, &mut round.problems);
+            self.run_dnsbl(&key, pool, &ips, now, &mut round).await;
+            self.run_snds(&key, namespace, pool, &ips, secrets, now, &mut round)
+                .await;
+        }
+        self.pools.retain(|key, _| seen.contains(key));
+        round
+    }
+
+    /// The earliest time a round or poll is due; `None` when nothing is scheduled.
+    pub fn next_due(&self) -> Option<Timestamp> {
+        let dnsbl = self
+            .pools
+            .values()
+            .filter_map(|p| p.dnsbl.as_ref())
+            .filter(|d| d.plan.is_some() && d.resolver.is_some())
+            .filter_map(|d| d.interval.next_round_at());
+        let snds = self
+            .pools
+            .values()
+            .filter_map(|p| p.snds.as_ref())
+            .filter(|s| s.usable)
+            .filter_map(|s| s.next_at);
+        dnsbl.chain(snds).min()
+    }
+
+    /// Per-zone DNSBL counters (cached answers are not counted).
+    pub fn zone_counters(&self) -> &ZoneErrorCounters {
+        &self.zone_counters
+    }
+
+    /// SNDS counters summed over every pool.
+    pub fn snds_counters(&self) -> &SndsCounters {
+        &self.snds_counters
+    }
+
+    /// Prometheus text: `mailfleet_dnsbl_queries_total{zone}`,
+    /// `mailfleet_dnsbl_listings_total{zone}`,
+    /// `mailfleet_dnsbl_probe_errors_total{zone,kind}` and the
+    /// `mailfleet_feed_*{feed="snds"}` counters.
+    pub fn metrics(&self) -> String {
+        render_metrics(&self.zone_counters, &self.snds_counters)
+    }
+
+    async fn run_dnsbl(
+        &mut self,
+        key: &str,
+        pool: &SenderPool,
+        ips: &PoolIps,
+        now: Timestamp,
+        round: &mut ProbeRound,
+    ) {
+        let settings = &pool.spec.reputation.dnsbl;
+        let entry = self.pools.entry(key.to_string()).or_default();
+        if settings.zones.is_empty() {
+            if entry.dnsbl.take().is_some() {
+                round.dnsbl_health.push((key.to_string(), None));
+            }
+            return;
+        }
+        if entry.dnsbl.as_ref().is_none_or(|d| &d.settings != settings) {
+            entry.dnsbl = Some(DnsblState::new(
+                key,
+                settings,
+                &self.options,
+                &mut round.problems,
+            ));
+        }
+        let Some(state) = entry.dnsbl.as_mut() else {
+            return;
+        };
+        let (Some(plan), Some(nameserver)) = (state.plan.as_ref(), state.resolver.as_ref()) else {
+            return;
+        };
+        if !state.interval.due(now) {
+            return;
+        }
+        state.interval.started(now);
+        let address = match nameserver.resolve().await {
+            Ok(address) => address,
+            Err(problem) => {
+                round.problems.push(format!(
+                    "{key}: spec.reputation.dnsbl.resolver: {problem}; no DNSBL round until the next interval"
+                ));
+                return;
+            }
+        };
+        let probe = DnsblProbe::new(
+            Resolver::new(address, self.options.dns_timeout, self.options.dns_attempts),
+            self.options.concurrency,
+        );
+        state.cache.evict_stale(now);
+        let clock = move || now;
+        let outcomes = probe
+            .round_cached(&ips.all, &plan.zones, &mut state.cache, &clock)
+            .await;
+        self.zone_counters.record_all(&outcomes);
+        state.recent.record_all(&outcomes);
+        for outcome in outcomes.iter().filter(|o| !o.cached) {
+            if let Some(written) = ips.written(outcome.ip) {
+                round.signals.push((written.to_string(), outcome.signal()));
+            }
+        }
+        let health = dnsbl_health(
+            plan.zones.iter().map(|z| z.zone()),
+            &state.recent,
+            self.options.min_results,
+        );
+        round.dnsbl_health.push((key.to_string(), health));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_snds<S: SecretSource>(
+        &mut self,
+        key: &str,
+        namespace: &str,
+        pool: &SenderPool,
+        ips: &PoolIps,
+        secrets: &S,
+        now: Timestamp,
+        round: &mut ProbeRound,
+    ) {
+        let entry = self.pools.entry(key.to_string()).or_default();
+        let Some(settings) = pool.spec.reputation.feeds.snds.as_ref() else {
+            entry.snds = None;
+            return;
+        };
+        if entry.snds.as_ref().is_none_or(|s| &s.settings != settings) {
+            let problem = snds_settings_problem(settings);
+            if let Some(problem) = &problem {
+                round.problems.push(format!("{key}: {problem}"));
+            }
+            entry.snds = Some(SndsState {
+                settings: settings.clone(),
+                usable: problem.is_none(),
+                next_at: None,
+            });
+        }
+        let Some(state) = entry.snds.as_ref() else {
+            return;
+        };
+        if !state.usable || state.next_at.is_some_and(|at| now < at) {
+            return;
+        }
+        let interval = settings.interval_seconds;
+        let outcome = self.poll_snds(namespace, settings, ips, secrets, now).await;
+        let wait = match outcome {
+            Ok(verdicts) => {
+                round.signals.extend(verdicts);
+                interval
+            }
+            Err(problem) => {
+                round.problems.push(format!("{key}: {problem}"));
+                interval.min(SNDS_RETRY_AFTER_FAILURE_SECONDS)
+            }
+        };
+        if let Some(state) = self.pools.get_mut(key).and_then(|p| p.snds.as_mut()) {
+            state.next_at = Some(
+                now.checked_add(SignedDuration::from_secs(wait))
+                    .unwrap_or(Timestamp::MAX),
+            );
+        }
+    }
+
+    /// One poll: the key (and CA bundle) from their Secrets, then both files.
+    async fn poll_snds<S: SecretSource>(
+        &mut self,
+        namespace: &str,
+        settings: &SndsFeedSettings,
+        ips: &PoolIps,
+        secrets: &S,
+        now: Timestamp,
+    ) -> Result<Vec<(String, Signal)>, String> {
+        let field = "spec.reputation.feeds.snds";
+        let key = match read_secret(secrets, namespace, &settings.key_secret_ref).await {
+            Ok(bytes) => SndsKey::from_secret_bytes(&bytes).map_err(|e| {
+                self.count_snds_failure("key");
+                format!(
+                    "{field}.keySecretRef ({}): {e}",
+                    shown_ref(namespace, &settings.key_secret_ref)
+                )
+            })?,
+            Err(e) => {
+                self.count_snds_failure("secret");
+                return Err(format!("{field}.keySecretRef: {e}; SNDS not polled"));
+            }
+        };
+        let bundle = match &settings.ca_bundle_secret_ref {
+            None => Vec::new(),
+            Some(reference) => read_secret(secrets, namespace, reference)
+                .await
+                .map_err(|e| {
+                    self.count_snds_failure("secret");
+                    format!("{field}.caBundleSecretRef: {e}; SNDS not polled")
+                })?,
+        };
+        let client = self.feed_client(bundle).map_err(|e| {
+            self.count_snds_failure("tls_setup");
+            format!(
+                "{field}.caBundleSecretRef ({}): {e}",
+                settings
+                    .ca_bundle_secret_ref
+                    .as_ref()
+                    .map(|r| shown_ref(namespace, r))
+                    .unwrap_or_default()
+            )
+        })?;
+        let feed = SndsFeed {
+            ip_status_url: settings.url.clone(),
+            data_url: settings.data_url.clone(),
+        };
+        let mut poller = SndsPoller::new(feed, key, self.options.feed_retry, client);
+        let result = poller.poll(&ips.all, now).await;
+        self.snds_counters.add(poller.counters());
+        let poll = result.map_err(|e| format!("{field}: {e}"))?;
+        Ok(poll
+            .verdicts
+            .verdicts
+            .iter()
+            .filter_map(|v| ips.written(v.ip).map(|ip| (ip.to_string(), v.signal())))
+            .collect())
+    }
+
+    fn count_snds_failure(&mut self, kind: &'static str) {
+        self.snds_counters.polls += 1;
+        self.snds_counters.failed_polls += 1;
+        *self.snds_counters.errors.entry(kind).or_default() += 1;
+    }
+
+    fn feed_client(&mut self, bundle: Vec<u8>) -> Result<FeedClient, String> {
+        if let Some(client) = self.feed_clients.get(&bundle) {
+            return Ok(client.clone());
+        }
+        let system = self.system_roots.get_or_insert_with(TrustRoots::system);
+        let roots = if bundle.is_empty() {
+            system.clone()
+        } else {
+            system.with_pem(&bundle).map_err(|e| e.to_string())?
+        };
+        let mut client = FeedClient::new(&roots).map_err(|e| e.to_string())?;
+        client.timeout = self.options.http_timeout;
+        // Bundles are few (one per pool at most); forget old ones when specs change a lot.
+        if self.feed_clients.len() >= 64 {
+            self.feed_clients.clear();
+        }
+        self.feed_clients.insert(bundle, client.clone());
+        Ok(client)
+    }
+}
+
+impl DnsblState {
+    fn new(
+        key: &str,
+        settings: &DnsblSettings,
+        options: &ProbeOptions,
+        problems: &mut Vec<String>,
+    ) -> Self {
+        let plan = match plan_from_settings(settings) {
+            Ok(plan) => Some(plan),
+            Err(e) => {
+                problems.push(format!("{key}: {e}; no DNSBL probing until it is fixed"));
+                None
+            }
+        };
+        let resolver = options
+            .resolver
+            .clone()
+            .or_else(|| plan.as_ref().and_then(|p| p.resolver.clone()));
+        if plan.is_some() && resolver.is_none() {
+            problems.push(format!(
+                "{key}: spec.reputation.dnsbl.resolver is not set, so the {} DNSBL zone(s) cannot be asked: set it to your own recursive resolver (HOST:PORT); big lists refuse public resolvers",
+                settings.zones.len()
+            ));
+        }
+        let interval = plan.as_ref().map(|p| p.interval).unwrap_or_else(|| {
+            ProbeInterval::every_seconds(super::dnsbl::DEFAULT_INTERVAL_SECONDS)
+        });
+        DnsblState {
+            settings: settings.clone(),
+            plan,
+            resolver,
+            interval,
+            cache: ResultCache::for_interval(&interval),
+            recent: RecentResults::default(),
+        }
+    }
+}
+
+/// What is wrong with an SNDS spec that the CRD rules did not catch (a
+/// manifest loaded without the API server), naming the field.
+fn snds_settings_problem(settings: &SndsFeedSettings) -> Option<String> {
+    let field = "spec.reputation.feeds.snds";
+    if settings.interval_seconds < SNDS_MIN_INTERVAL_SECONDS {
+        return Some(format!(
+            "{field}.intervalSeconds is {}: poll SNDS at most every {SNDS_MIN_INTERVAL_SECONDS} seconds (it updates about once a day); SNDS not polled",
+            settings.interval_seconds
+        ));
+    }
+    let urls = std::iter::once(("url", &settings.url))
+        .chain(settings.data_url.as_ref().map(|u| ("dataUrl", u)));
+    for (name, url) in urls {
+        let lower = url.trim().to_ascii_lowercase();
+        let shown = url.split('?').next().unwrap_or_default();
+        if !(lower.starts_with("https://") || lower.starts_with("http://")) {
+            return Some(format!(
+                "{field}.{name} `{shown}` must start with https:// (or http:// for an in-cluster proxy); SNDS not polled"
+            ));
+        }
+        let query = lower.split_once('?').map(|(_, q)| q).unwrap_or_default();
+        if query.split('&').any(|pair| pair.starts_with("key=")) {
+            return Some(format!(
+                "{field}.{name} `{shown}` carries the SNDS key in its query: remove `key=...` and put the key in the Secret named by {field}.keySecretRef; SNDS not polled"
+            ));
+        }
+    }
+    None
+}
+
+async fn read_secret<S: SecretSource>(
+    secrets: &S,
+    namespace: &str,
+    reference: &SecretKeySelector,
+) -> Result<Vec<u8>, String> {
+    secrets
+        .secret(namespace, &reference.name, &reference.key)
+        .await
+        .map_err(|e| format!("cannot read {}: {e}", shown_ref(namespace, reference)))
+}
+
+fn shown_ref(namespace: &str, reference: &SecretKeySelector) -> String {
+    format!(
+        "key `{}` of Secret {namespace}/{}",
+        reference.key, reference.name
+    )
+}
+
+/// The pool's IPs, parsed, with the spelling of the spec for the engine.
+struct PoolIps {
+    all: Vec<IpAddr>,
+    written: HashMap<IpAddr, String>,
+}
+
+impl PoolIps {
+    fn of(key: &str, pool: &SenderPool, problems: &mut Vec<String>) -> Self {
+        let mut all = Vec::with_capacity(pool.spec.ips.len());
+        let mut written = HashMap::with_capacity(pool.spec.ips.len());
+        for (i, ip) in pool.spec.ips.iter().enumerate() {
+            match ip.address.trim().parse::<IpAddr>() {
+                Ok(parsed) => {
+                    if written.insert(parsed, ip.address.clone()).is_none() {
+                        all.push(parsed);
+                    }
+                }
+                Err(_) => problems.push(format!(
+                    "{key}: spec.ips[{i}].address `{}` is not an IPv4 or IPv6 address; it is not probed",
+                    ip.address
+                )),
+            }
+        }
+        PoolIps { all, written }
+    }
+
+    fn written(&self, ip: IpAddr) -> Option<&str> {
+        self.written.get(&ip).map(String::as_str)
+    }
+}
+
+fn render_metrics(zones: &ZoneErrorCounters, snds: &SndsCounters) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, help: &str, lines: Vec<String>| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+        for line in lines {
+            out.push_str(name);
+            out.push_str(&line);
+            out.push('\n');
+        }
+    };
+    family(
+        "mailfleet_dnsbl_queries_total",
+        "DNSBL questions asked (answers taken from the cache not counted), by zone.",
+        zones
+            .iter()
+            .map(|(zone, c)| format!("{{zone=\"{}\"}} {}", escape(zone), c.queries))
+            .collect(),
+    );
+    family(
+        "mailfleet_dnsbl_listings_total",
+        "DNSBL answers that list a pool IP, by zone.",
+        zones
+            .iter()
+            .map(|(zone, c)| format!("{{zone=\"{}\"}} {}", escape(zone), c.listings))
+            .collect(),
+    );
+    family(
+        "mailfleet_dnsbl_probe_errors_total",
+        "DNSBL questions that gave no usable answer (never read as listings), by zone and kind.",
+        zones
+            .iter()
+            .flat_map(|(zone, c)| {
+                c.errors.iter().map(move |(kind, n)| {
+                    format!(
+                        "{{zone=\"{}\",kind=\"{}\"}} {n}",
+                        escape(zone),
+                        kind.label()
+                    )
+                })
+            })
+            .collect(),
+    );
+    let feed = |value: u64| vec![format!("{{feed=\"snds\"}} {value}")];
+    family(
+        "mailfleet_feed_polls_total",
+        "Provider feed polls tried.",
+        feed(snds.polls),
+    );
+    family(
+        "mailfleet_feed_poll_failures_total",
+        "Provider feed polls that gave no verdict.",
+        feed(snds.failed_polls),
+    );
+    family(
+        "mailfleet_feed_errors_total",
+        "Provider feed failures by kind (data file failures included).",
+        snds.errors
+            .iter()
+            .map(|(kind, n)| format!("{{feed=\"snds\",kind=\"{}\"}} {n}", escape(kind)))
+            .collect(),
+    );
+    family(
+        "mailfleet_feed_retries_total",
+        "Provider feed fetches tried again after a transient failure.",
+        feed(snds.retries),
+    );
+    family(
+        "mailfleet_feed_malformed_rows_total",
+        "Provider feed rows skipped as unreadable.",
+        feed(snds.malformed_rows),
+    );
+    family(
+        "mailfleet_feed_withheld_clears_total",
+        "Not-blocked verdicts withheld because rows of the feed were skipped.",
+        feed(snds.withheld_clears),
+    );
+    family(
+        "mailfleet_feed_blocked_verdicts_total",
+        "Blocked verdicts given by provider feeds.",
+        feed(snds.blocked_verdicts),
+    );
+    family(
+        "mailfleet_feed_data_failures_total",
+        "Polls whose block list was used but whose data file failed.",
+        feed(snds.data_failures),
+    );
+    out
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::SenderPoolSpec;
+    use std::path::Path;
+
+    fn t(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+    }
+
+    struct MapSecrets(BTreeMap<(String, String, String), Vec<u8>>);
+
+    impl SecretSource for MapSecrets {
+        async fn secret(&self, ns: &str, name: &str, key: &str) -> Result<Vec<u8>, String> {
+            self.0
+                .get(&(ns.into(), name.into(), key.into()))
+                .cloned()
+                .ok_or_else(|| format!("Secret {ns}/{name} has no key `{key}`"))
+        }
+    }
+
+    fn pool(name: &str, spec: serde_json::Value) -> SenderPool {
+        let spec: SenderPoolSpec = serde_json::from_value(spec).unwrap();
+        let mut pool = SenderPool::new(name, spec);
+        pool.metadata.namespace = Some("mail".into());
+        pool
+    }
+
+    fn base_spec() -> serde_json::Value {
+        serde_json::json!({
+            "ips": [{"address": "192.0.2.1"}],
+            "template": {},
+        })
+    }
+
+    fn snds(url: &str, interval: i64) -> SndsFeedSettings {
+        SndsFeedSettings {
+            url: url.into(),
+            data_url: None,
+            key_secret_ref: SecretKeySelector {
+                name: "snds".into(),
+                key: "key".into(),
+            },
+            interval_seconds: interval,
+            ca_bundle_secret_ref: None,
+        }
+    }
+
+    #[test]
+    fn snds_settings_are_checked_naming_the_field() {
+        assert_eq!(
+            snds_settings_problem(&snds("https://h/ipStatus.aspx", 3600)),
+            None
+        );
+        let p = snds_settings_problem(&snds("https://h/ipStatus.aspx", 60)).unwrap();
+        assert!(
+            p.starts_with("spec.reputation.feeds.snds.intervalSeconds is 60"),
+            "{p}"
+        );
+        let p = snds_settings_problem(&snds("ftp://h/x", 3600)).unwrap();
+        assert!(
+            p.contains("feeds.snds.url `ftp://h/x` must start with https://"),
+            "{p}"
+        );
+        let p = snds_settings_problem(&snds("https://h/x?a=1&KEY=LEAKED", 3600)).unwrap();
+        assert!(p.contains("keySecretRef"), "{p}");
+        assert!(!p.contains("LEAKED"), "{p}");
+        let mut s = snds("https://h/x", 3600);
+        s.data_url = Some("https://h/data.aspx?key=LEAKED".into());
+        let p = snds_settings_problem(&s).unwrap();
+        assert!(p.contains("feeds.snds.dataUrl"), "{p}");
+        assert!(!p.contains("LEAKED"), "{p}");
+    }
+
+    #[tokio::test]
+    async fn configuration_problems_are_reported_once_per_spec() {
+        let mut spec = base_spec();
+        spec["reputation"] = serde_json::json!({
+            "dnsbl": {"zones": [{"zone": "zen.spamhaus.org"}]},
+            "feeds": {"snds": {"url": "https://h/x?key=K", "keySecretRef": {"name": "s", "key": "k"}}},
+        });
+        let pools = [pool("p", spec)];
+        let secrets = MapSecrets(BTreeMap::new());
+        let mut probes = SignalProbes::new(ProbeOptions::default());
+        let round = probes.run_due(&pools, &secrets, t(0)).await;
+        assert_eq!(round.problems.len(), 2, "{:#?}", round.problems);
+        assert!(round.problems[0].starts_with("mail/p: spec.reputation.dnsbl.resolver is not set"));
+        assert!(round.problems[1].starts_with("mail/p: spec.reputation.feeds.snds.url"));
+        assert!(round.signals.is_empty() && round.dnsbl_health.is_empty());
+        assert_eq!(probes.next_due(), None, "nothing can run");
+        let again = probes.run_due(&pools, &secrets, t(10)).await;
+        assert_eq!(again, ProbeRound::default());
+    }
+
+    #[tokio::test]
+    async fn a_missing_secret_is_retried_and_counted() {
+        let mut spec = base_spec();
+        spec["reputation"] = serde_json::json!({
+            "feeds": {"snds": {"url": "http://127.0.0.1:9/ipStatus.aspx", "keySecretRef": {"name": "snds", "key": "key"}}},
+        });
+        let pools = [pool("p", spec)];
+        let secrets = MapSecrets(BTreeMap::new());
+        let mut probes = SignalProbes::new(ProbeOptions::default());
+        let round = probes.run_due(&pools, &secrets, t(0)).await;
+        assert_eq!(
+            round.problems,
+            vec!["mail/p: spec.reputation.feeds.snds.keySecretRef: cannot read key `key` of Secret mail/snds: Secret mail/snds has no key `key`; SNDS not polled"]
+        );
+        assert_eq!(probes.next_due(), Some(t(SNDS_RETRY_AFTER_FAILURE_SECONDS)));
+        assert!(probes
+            .run_due(&pools, &secrets, t(299))
+            .await
+            .problems
+            .is_empty());
+        assert_eq!(
+            probes
+                .run_due(&pools, &secrets, t(300))
+                .await
+                .problems
+                .len(),
+            1
+        );
+        assert_eq!(probes.snds_counters().failed_polls, 2);
+        assert!(probes
+            .metrics()
+            .contains("mailfleet_feed_errors_total{feed=\"snds\",kind=\"secret\"} 2\n"));
+        // A pool no longer given is forgotten.
+        probes.run_due(&[], &secrets, t(301)).await;
+        assert_eq!(probes.next_due(), None);
+    }
+
+    #[tokio::test]
+    async fn zones_removed_clear_the_condition_once() {
+        let mut spec = base_spec();
+        spec["reputation"] = serde_json::json!({
+            "dnsbl": {"zones": [{"zone": "zen.spamhaus.org", "listingCodes": ["x"]}]},
+        });
+        let mut probes = SignalProbes::new(ProbeOptions::default());
+        let secrets = MapSecrets(BTreeMap::new());
+        let round = probes.run_due(&[pool("p", spec)], &secrets, t(0)).await;
+        assert_eq!(round.problems.len(), 1);
+        assert!(
+            round.problems[0].contains("spec.reputation.dnsbl.zones[0].listingCodes[0]"),
+            "{:?}",
+            round.problems
+        );
+        let round = probes
+            .run_due(&[pool("p", base_spec())], &secrets, t(1))
+            .await;
+        assert_eq!(round.dnsbl_health, vec![("mail/p".to_string(), None)]);
+        let round = probes
+            .run_due(&[pool("p", base_spec())], &secrets, t(2))
+            .await;
+        assert!(round.dnsbl_health.is_empty());
+    }
+
+    #[test]
+    fn secrets_dir_refuses_paths_outside_it() {
+        let dir = SecretsDir::new("/run/secrets");
+        assert_eq!(
+            dir.path_of("snds-key", "key").unwrap(),
+            Path::new("/run/secrets/snds-key/key")
+        );
+        for (name, key) in [("..", "key"), ("a/b", "key"), ("s", ""), ("s", "../x")] {
+            assert!(dir.path_of(name, key).is_err(), "{name} {key}");
+        }
+    }
+
+    #[test]
+    fn metrics_name_every_family_even_before_a_probe() {
+        let text = SignalProbes::new(ProbeOptions::default()).metrics();
+        for family in [
+            "mailfleet_dnsbl_queries_total",
+            "mailfleet_dnsbl_listings_total",
+            "mailfleet_dnsbl_probe_errors_total",
+            "mailfleet_feed_polls_total",
+            "mailfleet_feed_errors_total",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family} counter\n")),
+                "{family}"
+            );
+        }
+        assert!(text.contains("mailfleet_feed_polls_total{feed=\"snds\"} 0\n"));
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn run_due_can_be_spawned() {
+        fn is_send<T: Send>(_: T) {}
+        let mut probes = SignalProbes::new(ProbeOptions::default());
+        let secrets = MapSecrets(BTreeMap::new());
+        is_send(probes.run_due(&[], &secrets, t(0)));
+    }
+}
