@@ -4,10 +4,12 @@ mod agent;
 mod classify;
 mod common;
 mod crd;
+mod operator;
 mod output;
 mod probe;
 mod routes;
 mod simulate;
+mod standalone;
 
 use std::process::ExitCode;
 
@@ -37,6 +39,10 @@ pub enum Command {
     Probe(probe::ProbeArgs),
     /// The sidecar in each sender pod, and offline replay of delivery logs.
     Agent(agent::AgentArgs),
+    /// The in-cluster controller: SenderPool and DomainRoute controllers, the feedback endpoint.
+    Operator(operator::OperatorArgs),
+    /// The engine without Kubernetes: manifests from a folder, outputs to files, feedback over HTTP.
+    Standalone(standalone::StandaloneArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -48,6 +54,8 @@ pub fn main() -> ExitCode {
         Command::Simulate(args) => simulate::run(args),
         Command::Probe(args) => probe::run(args),
         Command::Agent(args) => agent::run(args),
+        Command::Operator(args) => operator::run(args),
+        Command::Standalone(args) => standalone::run(args),
     };
     match result {
         Ok(code) => code,

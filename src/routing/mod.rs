@@ -13,6 +13,7 @@ mod judge;
 pub mod learned;
 pub mod model;
 pub mod postfix;
+pub mod sender_config;
 mod share;
 pub mod status;
 

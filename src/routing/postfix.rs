@@ -528,6 +528,87 @@ fn pod_routes<'a>(
     Ok(out)
 }
 
+/// What one sender does with one route's mail: the public view of the
+/// decisions the transport map is written from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SenderAction {
+    /// This IP is a target: it sends through its own transport, at most
+    /// `hourly_cap` messages per hour (`None`: uncapped).
+    Direct {
+        transport: String,
+        hourly_cap: Option<i64>,
+    },
+    /// This IP may not send: the mail goes to the route's Service.
+    RouteService { host: String, port: u16 },
+    /// The route's relay carries the mail.
+    Relay {
+        host: String,
+        port: u16,
+        credentials_secret: Option<String>,
+    },
+    /// No IP may send: the mail stays queued.
+    Defer,
+}
+
+/// One route a sender sees mail of, and what it does with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SenderRoute<'a> {
+    pub route: &'a RouteResult,
+    pub action: SenderAction,
+}
+
+/// The routes a pod of `sender` sees mail of (its own pool's first, then the
+/// routes its pool carries as a fallback) with what it does for each: the same
+/// decisions [`render_sender`] writes into the transport map.
+pub fn sender_routes<'a>(
+    table: &'a RouteTable,
+    sender: &Sender,
+    options: &PostfixOptions,
+) -> Result<Vec<SenderRoute<'a>>, PostfixError> {
+    let ip: IpAddr = sender
+        .ip
+        .trim()
+        .parse()
+        .map_err(|_| PostfixError::InvalidSourceIp {
+            namespace: sender.namespace.clone(),
+            pool: sender.pool.clone(),
+            ip: sender.ip.clone(),
+        })?;
+    check_options(options)?;
+    Ok(pod_routes(table, sender, ip, options)?
+        .into_iter()
+        .map(|pod_route| {
+            let action = match pod_route.action {
+                Action::Direct {
+                    transport,
+                    hourly_cap,
+                } => SenderAction::Direct {
+                    transport,
+                    hourly_cap,
+                },
+                Action::RouteService { host } => SenderAction::RouteService {
+                    host,
+                    port: options.route_service_port,
+                },
+                Action::Relay { host, port } => SenderAction::Relay {
+                    host,
+                    port,
+                    credentials_secret: pod_route
+                        .route
+                        .relay
+                        .as_ref()
+                        .and_then(|r| r.credentials_secret.clone()),
+                },
+                Action::Defer => SenderAction::Defer,
+            };
+            SenderRoute {
+                route: pod_route.route,
+                action,
+            }
+        })
+        .collect())
+}
+
 /// `[host]` disables MX lookups; an IPv6 literal is written `[ipv6:...]`.
 fn bracket_host(host: &str) -> String {
     match host.parse::<IpAddr>() {

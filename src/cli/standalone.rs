@@ -1,0 +1,152 @@
+//! `mailfleet standalone`: the engine on files, for fleets without Kubernetes.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::{reload, EnvFilter};
+
+use super::common::FleetArgs;
+use crate::probe::dnsbl::{parse_nameserver, Nameserver};
+use crate::routing::postfix::PostfixOptions;
+use crate::serve::LogLevelHandle;
+use crate::standalone::{self, Options};
+
+#[derive(Debug, Args)]
+pub struct StandaloneArgs {
+    /// The folder of SenderPool and DomainRoute manifests; changes are picked
+    /// up while running (refused ones leave the last good ones in force).
+    #[arg(long, value_name = "DIR")]
+    pub manifests: PathBuf,
+
+    /// Where state.yaml, routes.json, senders/<ip slug>/ and events.jsonl go.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// The HTTP port: POST /v1/feedback, GET /metrics, /healthz, /readyz, PUT /log-level.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
+    /// A file holding the shared token agents must send as
+    /// `Authorization: Bearer <token>`; re-read at every request. Without it,
+    /// feedback is accepted from anyone who reaches the port.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Secrets (the SNDS key) as files DIR/<secret name>/<key>.
+    #[arg(long, value_name = "DIR")]
+    pub secrets_dir: Option<PathBuf>,
+
+    /// Ask every pool's DNSBL zones through this resolver (HOST:PORT) instead
+    /// of spec.reputation.dnsbl.resolver.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_nameserver)]
+    pub dnsbl_resolver: Option<Nameserver>,
+
+    /// Milliseconds between two engine ticks (reputation timers, manifest
+    /// changes, writing outputs). Feedback that changes a route is written at once.
+    #[arg(long, value_name = "MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub tick_ms: u64,
+
+    /// Next hop of direct deliveries in the rendered Postfix config instead of
+    /// the recipient domain's MX (labs), for example '[127.0.0.1]:2525'.
+    #[arg(long, value_name = "NEXTHOP")]
+    pub postfix_direct_nexthop: Option<String>,
+
+    /// Host of a route's hand-off service in the rendered Postfix config;
+    /// `{route}` and `{namespace}` are replaced.
+    #[arg(
+        long,
+        value_name = "TEMPLATE",
+        default_value = "mf-route-{route}.{namespace}.svc"
+    )]
+    pub route_service_host: String,
+
+    /// SMTP port of the route hand-off services.
+    #[arg(long, value_name = "PORT", default_value_t = 25)]
+    pub route_service_port: u16,
+
+    /// Your own classifier rules and providers (YAML, see docs/CLASSIFIER.md).
+    #[arg(long, value_name = "FILE")]
+    pub rules: Option<PathBuf>,
+
+    /// Log filter (`info`, `debug`, `info,mailfleet::serve=debug`); RUST_LOG
+    /// wins when set. Changeable while running with PUT /log-level.
+    #[arg(long, value_name = "FILTER", default_value = "info")]
+    pub log_level: String,
+}
+
+pub fn run(args: StandaloneArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let rules = FleetArgs {
+        manifests: Vec::new(),
+        rules: args.rules.clone(),
+    }
+    .classifier_config()?;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|f| !f.trim().is_empty())
+        .unwrap_or_else(|| args.log_level.clone());
+    let env_filter = EnvFilter::try_new(&filter)
+        .map_err(|e| format!("--log-level `{filter}` is not a log filter: {e}"))?;
+    let (layer, handle) = reload::Layer::new(env_filter);
+    let installed = tracing_subscriber::registry()
+        .with(layer)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr),
+        )
+        .try_init()
+        .is_ok();
+    let log_level = installed.then(|| LogLevelHandle::new(handle, &filter));
+    let options = Options {
+        manifests: args.manifests,
+        out: args.out,
+        http_addr: args.http_addr,
+        token_file: args.token_file,
+        secrets_dir: args.secrets_dir,
+        dnsbl_resolver: args.dnsbl_resolver,
+        tick: Duration::from_millis(args.tick_ms),
+        postfix: PostfixOptions {
+            direct_nexthop: args.postfix_direct_nexthop,
+            route_service_host: args.route_service_host,
+            route_service_port: args.route_service_port,
+            ..PostfixOptions::default()
+        },
+        rules,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async {
+        // Installed before anything is served, so a SIGTERM sent as soon as
+        // the port answers is a graceful stop, not the default kill.
+        let shutdown =
+            shutdown_signal().map_err(|e| format!("cannot watch SIGINT/SIGTERM: {e}"))?;
+        standalone::run(options, log_level, shutdown)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    // A name lookup still running in a blocking thread must not delay the exit.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A future that completes on SIGINT (Ctrl-C) or SIGTERM; the handlers are
+/// installed when this is called.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}

@@ -1,0 +1,285 @@
+//! The operator's side of `POST /v1/feedback`: who may report (TokenReview of
+//! the pod's ServiceAccount token, then the pod's own labels), and counting an
+//! accepted report into the pool's status so the state survives a restart.
+//!
+//! Only the leader counts reports: the other replica answers 503 and the agent
+//! retries, and since the Service spreads connections over both replicas the
+//! retry soon reaches the leader.
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
+use kube::{Resource, ResourceExt};
+
+use super::build::events::transition_events;
+use super::build::{IP_LABEL, POOL_LABEL};
+use super::context::Context;
+use super::error::api_status;
+use super::snapshot;
+use crate::agent::report::{ConfigHint, FeedbackReport, FeedbackResponse, FEEDBACK_API_VERSION};
+use crate::api::SenderPool;
+use crate::routing::postfix::{self, ip_slug, PostfixOptions};
+use crate::routing::sender_config::sender_config;
+use crate::routing::ObjectKey;
+use crate::serve::{FeedbackReceiver, FeedbackRefusal};
+
+/// The TokenReview `extra` key that names the pod a bound token belongs to.
+pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+/// How often a status write that conflicts (409) is tried again.
+const STATUS_ATTEMPTS: u32 = 5;
+
+/// Receives agent reports for the operator.
+pub struct OperatorFeedback {
+    ctx: Arc<Context>,
+}
+
+impl OperatorFeedback {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        OperatorFeedback { ctx }
+    }
+
+    /// The pod a token belongs to, as `(namespace, name)`.
+    async fn authenticate(&self, token: &str) -> Result<(String, String), FeedbackRefusal> {
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_string()),
+                audiences: None,
+            },
+            ..Default::default()
+        };
+        let api: Api<TokenReview> = Api::all(self.ctx.client.clone());
+        let answer = api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "TokenReview failed");
+                FeedbackRefusal::Unavailable(format!("cannot review the token now: {e}"))
+            })?;
+        let status = answer.status.unwrap_or_default();
+        if status.authenticated != Some(true) {
+            let why = status.error.unwrap_or_else(|| "token not accepted".into());
+            return Err(FeedbackRefusal::Unauthorized(format!(
+                "the bearer token is not valid: {why}"
+            )));
+        }
+        let user = status.user.unwrap_or_default();
+        let username = user.username.unwrap_or_default();
+        let namespace = username
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|rest| rest.split(':').next())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                FeedbackRefusal::Forbidden(format!(
+                    "{username} is not a ServiceAccount; agents report with their pod's ServiceAccount token"
+                ))
+            })?;
+        let pod = user
+            .extra
+            .as_ref()
+            .and_then(|extra| extra.get(POD_NAME_EXTRA))
+            .and_then(|names| names.first())
+            .cloned()
+            .ok_or_else(|| {
+                FeedbackRefusal::Forbidden(format!(
+                    "the token of {username} is not bound to a pod; mount the projected ServiceAccount token of the sender pod"
+                ))
+            })?;
+        Ok((namespace, pod))
+    }
+
+    /// Checks that the pod speaks for the report's pool and IP.
+    async fn authorize(
+        &self,
+        namespace: &str,
+        pod_name: &str,
+        report: &FeedbackReport,
+    ) -> Result<(), FeedbackRefusal> {
+        if namespace != report.pool.namespace {
+            return Err(FeedbackRefusal::Forbidden(format!(
+                "pod {namespace}/{pod_name} may not report for namespace {}",
+                report.pool.namespace
+            )));
+        }
+        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), namespace);
+        let pod = match api.get(pod_name).await {
+            Ok(pod) => pod,
+            Err(e) if api_status(&e) == Some(404) => {
+                return Err(FeedbackRefusal::Forbidden(format!(
+                    "pod {namespace}/{pod_name} of the token does not exist"
+                )))
+            }
+            Err(e) => {
+                return Err(FeedbackRefusal::Unavailable(format!(
+                    "cannot read pod {namespace}/{pod_name}: {e}"
+                )))
+            }
+        };
+        let labels = pod.labels();
+        let want_ip = ip_slug(report.source_ip);
+        let pool_ok = labels.get(POOL_LABEL) == Some(&report.pool.name);
+        let ip_ok = labels.get(IP_LABEL) == Some(&want_ip);
+        if !(pool_ok && ip_ok) {
+            return Err(FeedbackRefusal::Forbidden(format!(
+                "pod {namespace}/{pod_name} is labelled {POOL_LABEL}={} {IP_LABEL}={} and may not report for pool {} IP {}",
+                labels.get(POOL_LABEL).map(String::as_str).unwrap_or("<none>"),
+                labels.get(IP_LABEL).map(String::as_str).unwrap_or("<none>"),
+                report.pool.name,
+                report.source_ip
+            )));
+        }
+        Ok(())
+    }
+
+    /// Counts the report into the pool's status; retries when another writer
+    /// changed the pool in between.
+    async fn count(&self, report: &FeedbackReport) -> Result<FeedbackResponse, FeedbackRefusal> {
+        let ns = report.pool.namespace.as_str();
+        let name = report.pool.name.as_str();
+        let lock = self.ctx.status_lock(ns, name);
+        let _turn = lock.lock().await;
+        let api: Api<SenderPool> = Api::namespaced(self.ctx.client.clone(), ns);
+        for attempt in 1..=STATUS_ATTEMPTS {
+            let fresh = match api.get(name).await {
+                Ok(pool) => Arc::new(pool),
+                Err(e) if api_status(&e) == Some(404) => {
+                    return Err(FeedbackRefusal::Invalid(format!(
+                        "SenderPool {ns}/{name} does not exist; fix the agent's --pool"
+                    )))
+                }
+                Err(e) => {
+                    return Err(FeedbackRefusal::Unavailable(format!(
+                        "cannot read SenderPool {ns}/{name}: {e}"
+                    )))
+                }
+            };
+            let mut pools: Vec<Arc<SenderPool>> = self
+                .ctx
+                .stores
+                .pools
+                .all()
+                .into_iter()
+                .filter(|p| !(p.name_any() == name && p.namespace().as_deref() == Some(ns)))
+                .collect();
+            pools.push(fresh.clone());
+            let routes = self.ctx.stores.routes.in_namespace(ns);
+            let (_, mut fleet) = snapshot::fleet_of(ns, &pools, &routes)
+                .map_err(|e| FeedbackRefusal::Unavailable(e.to_string()))?;
+            let now = Timestamp::now();
+            let mut ledger = self.ctx.ledger.lock().await.clone();
+            let applied = ledger
+                .apply(&mut fleet, report, now)
+                .map_err(|e| e.refusal())?;
+            if applied.duplicate {
+                return Ok(self.response(report, &fleet, &applied.ip, true, now));
+            }
+            let new_status = fleet
+                .pools
+                .iter()
+                .find(|p| p.name_any() == name)
+                .and_then(|p| p.status.clone())
+                .unwrap_or_default();
+            let old =
+                serde_json::to_value(fresh.status.clone().unwrap_or_default()).unwrap_or_default();
+            let new = serde_json::to_value(&new_status).unwrap_or_default();
+            match self
+                .ctx
+                .writer
+                .patch_status::<SenderPool>(ns, name, fresh.resource_version(), &old, &new)
+                .await
+            {
+                Ok(_) => {
+                    *self.ctx.ledger.lock().await = ledger;
+                    self.ctx.metrics.feedback_report(&format!("{ns}/{name}"));
+                    for t in &applied.transitions {
+                        tracing::info!(pool = %applied.pool, ip = %t.ip, provider = %t.provider,
+                            from = ?t.from, to = %t.to, reason = %t.reason, "reputation moved");
+                    }
+                    let records =
+                        transition_events(&ObjectKey::new(ns, name), &applied.transitions);
+                    self.ctx.publish(&fresh.object_ref(&()), &records).await;
+                    return Ok(self.response(report, &fleet, &applied.ip, false, now));
+                }
+                Err(e) if api_status(&e) == Some(409) => {
+                    tracing::debug!(attempt, pool = %applied.pool, "status conflict; reading the pool again");
+                    continue;
+                }
+                Err(e) => {
+                    return Err(FeedbackRefusal::Unavailable(format!(
+                        "cannot write SenderPool {ns}/{name} status: {e}"
+                    )))
+                }
+            }
+        }
+        Err(FeedbackRefusal::Unavailable(format!(
+            "SenderPool {ns}/{name} status kept changing; retry"
+        )))
+    }
+
+    fn response(
+        &self,
+        report: &FeedbackReport,
+        fleet: &crate::fleet::Fleet,
+        ip: &str,
+        duplicate: bool,
+        now: Timestamp,
+    ) -> FeedbackResponse {
+        let table = fleet.compile(now);
+        let sender = postfix::Sender {
+            namespace: report.pool.namespace.clone(),
+            pool: report.pool.name.clone(),
+            ip: ip.to_string(),
+        };
+        let config = sender_config(
+            &table,
+            &sender,
+            &fleet.known_domains(),
+            &PostfixOptions::default(),
+        )
+        .map_err(|e| tracing::warn!(error = %e, "cannot render the sender config for the reply"))
+        .ok()
+        .map(|c| {
+            let current = report.config_version.as_deref() == Some(c.version.as_str());
+            ConfigHint {
+                version: c.version,
+                files: (!current).then_some(c.files),
+            }
+        });
+        FeedbackResponse {
+            api_version: FEEDBACK_API_VERSION.to_string(),
+            sequence: report.sequence,
+            duplicate,
+            config,
+        }
+    }
+}
+
+impl FeedbackReceiver for OperatorFeedback {
+    async fn receive(
+        &self,
+        bearer: Option<String>,
+        report: FeedbackReport,
+    ) -> Result<FeedbackResponse, FeedbackRefusal> {
+        if !self.ctx.is_leading() {
+            return Err(FeedbackRefusal::Unavailable(
+                "this replica is not the leader; retry (the Service reaches the leader soon)"
+                    .into(),
+            ));
+        }
+        if !self.ctx.is_synced() {
+            return Err(FeedbackRefusal::Unavailable(
+                "the operator is starting; retry".into(),
+            ));
+        }
+        let token = bearer.filter(|t| !t.is_empty()).ok_or_else(|| {
+            FeedbackRefusal::Unauthorized(
+                "no bearer token; agents send their pod's ServiceAccount token".into(),
+            )
+        })?;
+        let (namespace, pod) = self.authenticate(&token).await?;
+        self.authorize(&namespace, &pod, &report).await?;
+        self.count(&report).await
+    }
+}

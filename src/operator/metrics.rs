@@ -1,0 +1,278 @@
+//! The operator's Prometheus metrics, rendered as text exposition format.
+//!
+//! Counters and gauges live behind one mutex each; a scrape renders them in a
+//! stable order (sorted labels), so two scrapes of an idle operator are equal.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the reconcile duration histogram.
+const DURATION_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// (ip, provider) → state word, for one pool.
+pub type PairStates = BTreeMap<(String, String), String>;
+
+#[derive(Default)]
+pub struct Metrics {
+    reconciles: Mutex<BTreeMap<&'static str, u64>>,
+    failures: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    durations: Mutex<BTreeMap<&'static str, Histogram>>,
+    /// pool key (`ns/name`) → (ip, provider) → state word.
+    ip_states: Mutex<BTreeMap<String, PairStates>>,
+    /// route key (`ns/name`) → (mode word, target count).
+    route_targets: Mutex<BTreeMap<String, (String, usize)>>,
+    feedback_reports: Mutex<BTreeMap<String, u64>>,
+    api_writes: Mutex<BTreeMap<&'static str, u64>>,
+    leader: Mutex<bool>,
+}
+
+#[derive(Default, Clone)]
+struct Histogram {
+    buckets: [u64; DURATION_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        for (bound, slot) in DURATION_BUCKETS.iter().zip(self.buckets.iter_mut()) {
+            if seconds <= *bound {
+                *slot += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+}
+
+impl Metrics {
+    pub fn reconciled(&self, controller: &'static str, took: Duration) {
+        *lock(&self.reconciles).entry(controller).or_default() += 1;
+        lock(&self.durations)
+            .entry(controller)
+            .or_default()
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn failed(&self, controller: &'static str, category: &'static str) {
+        *lock(&self.failures)
+            .entry((controller, category))
+            .or_default() += 1;
+    }
+
+    /// Replaces every `mailfleet_ip_state` series of one pool.
+    pub fn set_pool_states(&self, pool: &str, states: PairStates) {
+        lock(&self.ip_states).insert(pool.to_string(), states);
+    }
+
+    pub fn forget_pool(&self, pool: &str) {
+        lock(&self.ip_states).remove(pool);
+    }
+
+    pub fn set_route_targets(&self, route: &str, mode: &str, targets: usize) {
+        lock(&self.route_targets).insert(route.to_string(), (mode.to_string(), targets));
+    }
+
+    pub fn forget_route(&self, route: &str) {
+        lock(&self.route_targets).remove(route);
+    }
+
+    pub fn feedback_report(&self, pool: &str) {
+        *lock(&self.feedback_reports)
+            .entry(pool.to_string())
+            .or_default() += 1;
+    }
+
+    /// One create, patch or delete sent to the API server (`verb`).
+    pub fn api_write(&self, verb: &'static str) {
+        *lock(&self.api_writes).entry(verb).or_default() += 1;
+    }
+
+    pub fn api_writes_total(&self) -> u64 {
+        lock(&self.api_writes).values().sum()
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        *lock(&self.leader) = leading;
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        header(
+            &mut out,
+            "mailfleet_reconciles_total",
+            "counter",
+            "Reconciles run, by controller.",
+        );
+        for (controller, n) in lock(&self.reconciles).iter() {
+            let _ = writeln!(
+                out,
+                "mailfleet_reconciles_total{{controller=\"{controller}\"}} {n}"
+            );
+        }
+        header(
+            &mut out,
+            "mailfleet_reconcile_failures_total",
+            "counter",
+            "Reconciles that failed, by controller and error category.",
+        );
+        for ((controller, category), n) in lock(&self.failures).iter() {
+            let _ = writeln!(
+                out,
+                "mailfleet_reconcile_failures_total{{controller=\"{controller}\",category=\"{category}\"}} {n}"
+            );
+        }
+        header(
+            &mut out,
+            "mailfleet_reconcile_duration_seconds",
+            "histogram",
+            "Time one reconcile took.",
+        );
+        for (controller, h) in lock(&self.durations).iter() {
+            for (bound, n) in DURATION_BUCKETS.iter().zip(h.buckets.iter()) {
+                let _ = writeln!(
+                    out,
+                    "mailfleet_reconcile_duration_seconds_bucket{{controller=\"{controller}\",le=\"{bound}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "mailfleet_reconcile_duration_seconds_bucket{{controller=\"{controller}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "mailfleet_reconcile_duration_seconds_sum{{controller=\"{controller}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "mailfleet_reconcile_duration_seconds_count{{controller=\"{controller}\"}} {}",
+                h.count
+            );
+        }
+        header(
+            &mut out,
+            "mailfleet_ip_state",
+            "gauge",
+            "1 for the current reputation state of each (pool, IP, provider).",
+        );
+        for (pool, states) in lock(&self.ip_states).iter() {
+            for ((ip, provider), state) in states {
+                let _ = writeln!(
+                    out,
+                    "mailfleet_ip_state{{pool=\"{}\",ip=\"{}\",provider=\"{}\",state=\"{}\"}} 1",
+                    escape(pool),
+                    escape(ip),
+                    escape(provider),
+                    escape(state)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "mailfleet_route_targets",
+            "gauge",
+            "IPs sending for each route, with the route's mode.",
+        );
+        for (route, (mode, n)) in lock(&self.route_targets).iter() {
+            let _ = writeln!(
+                out,
+                "mailfleet_route_targets{{route=\"{}\",mode=\"{}\"}} {n}",
+                escape(route),
+                escape(mode)
+            );
+        }
+        header(
+            &mut out,
+            "mailfleet_feedback_reports_total",
+            "counter",
+            "Agent feedback reports applied, by pool.",
+        );
+        for (pool, n) in lock(&self.feedback_reports).iter() {
+            let _ = writeln!(
+                out,
+                "mailfleet_feedback_reports_total{{pool=\"{}\"}} {n}",
+                escape(pool)
+            );
+        }
+        header(
+            &mut out,
+            "mailfleet_api_writes_total",
+            "counter",
+            "Mutating requests sent to the API server, by verb.",
+        );
+        for (verb, n) in lock(&self.api_writes).iter() {
+            let _ = writeln!(out, "mailfleet_api_writes_total{{verb=\"{verb}\"}} {n}");
+        }
+        header(
+            &mut out,
+            "mailfleet_leader",
+            "gauge",
+            "1 while this replica holds the leader lease.",
+        );
+        let _ = writeln!(out, "mailfleet_leader {}", u8::from(*lock(&self.leader)));
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Label values escaped as the exposition format requires.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// A poisoned metrics lock only means a panic elsewhere; the counts stay usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_with_sorted_labels() {
+        let m = Metrics::default();
+        m.reconciled("senderpool", Duration::from_millis(20));
+        m.reconciled("senderpool", Duration::from_millis(700));
+        m.failed("domainroute", "config");
+        let mut states = BTreeMap::new();
+        states.insert(
+            ("203.0.113.10".to_string(), "microsoft".to_string()),
+            "Blocked".to_string(),
+        );
+        m.set_pool_states("mail/bulk", states);
+        m.set_route_targets("mail/microsoft", "Primary", 7);
+        m.feedback_report("mail/bulk");
+        m.api_write("patch");
+        let text = m.render();
+        assert!(text.contains("mailfleet_reconciles_total{controller=\"senderpool\"} 2"));
+        assert!(text.contains(
+            "mailfleet_reconcile_failures_total{controller=\"domainroute\",category=\"config\"} 1"
+        ));
+        assert!(text.contains(
+            "mailfleet_reconcile_duration_seconds_bucket{controller=\"senderpool\",le=\"0.025\"} 1"
+        ));
+        assert!(text.contains(
+            "mailfleet_reconcile_duration_seconds_bucket{controller=\"senderpool\",le=\"1\"} 2"
+        ));
+        assert!(text.contains("mailfleet_ip_state{pool=\"mail/bulk\",ip=\"203.0.113.10\",provider=\"microsoft\",state=\"Blocked\"} 1"));
+        assert!(
+            text.contains("mailfleet_route_targets{route=\"mail/microsoft\",mode=\"Primary\"} 7")
+        );
+        assert!(text.contains("mailfleet_feedback_reports_total{pool=\"mail/bulk\"} 1"));
+        assert_eq!(m.api_writes_total(), 1);
+        m.forget_pool("mail/bulk");
+        assert!(!m.render().contains("mailfleet_ip_state{"));
+    }
+}

@@ -1,0 +1,21 @@
+//! The Kubernetes driver: SenderPool and DomainRoute controllers, the
+//! feedback receiver for agents, leader election, metrics and health.
+//!
+//! [`build`] is the pure part (objects, status, events from the fleet);
+//! everything else here talks to the API server. docs/ARCHITECTURE.md,
+//! "Operator", describes how the pieces fit.
+
+pub mod apply;
+pub mod build;
+pub mod context;
+pub mod error;
+pub mod feedback;
+pub mod leader;
+pub mod logging;
+pub mod metrics;
+pub mod pool_controller;
+pub mod route_controller;
+pub mod run;
+pub mod snapshot;
+pub mod stores;
+pub mod triggers;

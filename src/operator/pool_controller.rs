@@ -1,0 +1,368 @@
+//! The SenderPool controller: observe (the pool, its Deployments and
+//! ConfigMaps, its pods, the namespace's routes) → plan (the pure builders) →
+//! server-side apply → prune what is no longer wanted → status → events.
+//!
+//! The reputation in the pool's status is the engine's persisted state: the
+//! reconcile advances its timers (`engine::tick`) and writes it back, and asks
+//! to run again when the next timer is due (`engine::next_wakeup`). It never
+//! writes the spec.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+
+use super::build::deployment::AgentSidecar;
+use super::build::events::{problem_events, transition_events};
+use super::build::plan::{plan_pool, OwnedKind, OwnedObject, PoolPlanInput};
+use super::build::pool_status::{pool_status, IpWorkload};
+use super::build::validate::{set_accepted, ObjectProblem, ACCEPTED};
+use super::build::{namespace_of, IP_LABEL, POOL_LABEL};
+use super::context::Context;
+use super::error::{api_status, OperatorError, Result};
+use super::route_controller::{prune, retry_after, sender_pod};
+use super::snapshot::Snapshot;
+use crate::api::{ConditionStatus, SenderPool, SenderPoolStatus};
+use crate::reputation::engine::{self, Transition};
+use crate::routing::postfix::{ip_slug, PostfixOptions};
+use crate::routing::ObjectKey;
+
+pub const CONTROLLER: &str = "senderpool";
+/// Without a timer due, a pool is looked at again this often.
+const RESYNC: Duration = Duration::from_secs(600);
+/// A pool that cannot work is looked at again this often (no crash loop).
+const INVALID_RETRY: Duration = Duration::from_secs(300);
+/// The soonest a timer-driven reconcile runs again.
+const MIN_WAKEUP: Duration = Duration::from_secs(1);
+const STATUS_ATTEMPTS: u32 = 5;
+
+pub async fn reconcile(pool: Arc<SenderPool>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let span = tracing::info_span!("reconcile", controller = CONTROLLER, pool = %key(&pool));
+    let result = tracing::Instrument::instrument(reconcile_pool(&pool, &ctx), span).await;
+    ctx.metrics.reconciled(CONTROLLER, started.elapsed());
+    result
+}
+
+pub fn error_policy(pool: Arc<SenderPool>, error: &OperatorError, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failed(CONTROLLER, error.category());
+    tracing::warn!(pool = %key(&pool), category = error.category(), error = %error, "reconcile failed");
+    Action::requeue(retry_after(error))
+}
+
+fn key(pool: &SenderPool) -> ObjectKey {
+    ObjectKey::new(namespace_of(&pool.metadata), pool.name_any())
+}
+
+async fn reconcile_pool(pool: &Arc<SenderPool>, ctx: &Arc<Context>) -> Result<Action> {
+    let pool_key = key(pool);
+    if pool.metadata.deletion_timestamp.is_some() {
+        // Owner references let the garbage collector remove the workloads.
+        ctx.metrics.forget_pool(&pool_key.to_string());
+        return Ok(Action::await_change());
+    }
+    let ns = pool_key.namespace.clone();
+    let name = pool_key.name.clone();
+    let now = Timestamp::now();
+    let mut pools: Vec<Arc<SenderPool>> = ctx
+        .stores
+        .pools
+        .all()
+        .into_iter()
+        .filter(|p| key(p) != pool_key)
+        .collect();
+    pools.push(pool.clone());
+    let routes = ctx.stores.routes.in_namespace(&ns);
+    let snapshot = ctx.snapshots.get(&ns, &pools, &routes, now)?;
+    let problems = snapshot.validation.problems_of_pool(&pool_key).to_vec();
+    let usable = snapshot.validation.pool_usable(&pool_key);
+
+    let lock = ctx.status_lock(&ns, &name);
+    let _turn = lock.lock().await;
+    let mut current = pool.clone();
+    for _ in 0..STATUS_ATTEMPTS {
+        let outcome = if usable {
+            manage(ctx, &current, &snapshot, &problems, now).await?
+        } else {
+            Outcome::unusable(&current, &problems, now)
+        };
+        let old = encode(&pool_key, current.status.clone().unwrap_or_default())?;
+        let new = encode(&pool_key, outcome.status.clone())?;
+        record_states(ctx, &pool_key, &outcome.status);
+        match ctx
+            .writer
+            .patch_status::<SenderPool>(&ns, &name, current.resource_version(), &old, &new)
+            .await
+        {
+            Ok(written) => {
+                if written.is_some() {
+                    tracing::info!(
+                        blocked_pairs = outcome.status.blocked_pairs,
+                        ready_ips = outcome.status.ready_ips,
+                        "pool status written"
+                    );
+                    announce(ctx, &current, &problems, &outcome, &old, &new).await;
+                }
+                return Ok(next_action(&outcome, usable, now));
+            }
+            Err(e) if api_status(&e) == Some(409) => {
+                // The feedback receiver (or a person) wrote first: start again
+                // from what is stored, so no reputation change is lost.
+                let api: Api<SenderPool> = Api::namespaced(ctx.client.clone(), &ns);
+                current =
+                    Arc::new(api.get(&name).await.map_err(|e| {
+                        OperatorError::kube(format!("get SenderPool {pool_key}"), e)
+                    })?);
+            }
+            Err(e) => {
+                return Err(OperatorError::kube(
+                    format!("patch SenderPool {pool_key} status"),
+                    e,
+                ))
+            }
+        }
+    }
+    Err(OperatorError::Conflict {
+        what: format!("SenderPool {pool_key} status"),
+        attempts: STATUS_ATTEMPTS,
+    })
+}
+
+/// What one pass decided: the status to write and the transitions behind it.
+struct Outcome {
+    status: SenderPoolStatus,
+    transitions: Vec<Transition>,
+    /// The spec the engine followed (the pool without the IPs it lost).
+    spec_pool: SenderPool,
+}
+
+impl Outcome {
+    /// An unusable pool keeps its reputation and workloads as they are; only
+    /// its conditions say what is wrong.
+    fn unusable(pool: &SenderPool, problems: &[ObjectProblem], now: Timestamp) -> Outcome {
+        let mut status = pool_status(pool, &[], problems, true, now);
+        set_accepted(
+            &mut status.conditions,
+            problems,
+            pool.metadata.generation,
+            now,
+        );
+        Outcome {
+            status,
+            transitions: Vec::new(),
+            spec_pool: pool.clone(),
+        }
+    }
+}
+
+/// Advances the engine, applies the planned Deployments and ConfigMaps,
+/// prunes the rest, and returns the status to write.
+async fn manage(
+    ctx: &Context,
+    pool: &SenderPool,
+    snapshot: &Snapshot,
+    problems: &[ObjectProblem],
+    now: Timestamp,
+) -> Result<Outcome> {
+    let pool_key = key(pool);
+    let ns = pool_key.namespace.as_str();
+    let mut spec_pool = pool.clone();
+    if let Some(lost) = snapshot.validation.lost_ips.get(&pool_key) {
+        spec_pool.spec.ips.retain(|ip| !lost.contains(&ip.address));
+    }
+    let known_providers = &snapshot.fleet.known_providers;
+    let mut status = spec_pool.status.clone().unwrap_or_default();
+    let transitions =
+        engine::tick(&spec_pool.spec, &mut status, known_providers, now).map_err(|source| {
+            crate::fleet::FleetError::Engine {
+                pool: pool_key.to_string(),
+                source,
+            }
+        })?;
+    spec_pool.status = Some(status);
+
+    let agent = ctx
+        .settings
+        .agent_image
+        .as_ref()
+        .map(|image| AgentSidecar::new(image.clone(), ctx.settings.feedback_url.clone()));
+    let known_domains = snapshot.fleet.known_domains();
+    let postfix = PostfixOptions::default();
+    let input = PoolPlanInput {
+        table: &snapshot.table,
+        known_domains: &known_domains,
+        known_providers,
+        postfix: &postfix,
+        agent: agent.as_ref(),
+    };
+    let owned = owned_pool_objects(ctx, ns);
+    let plan = plan_pool(&spec_pool, &input, &owned).map_err(|e| OperatorError::Build {
+        what: format!("the workloads of SenderPool {pool_key}"),
+        message: e.to_string(),
+    })?;
+    for config_map in &plan.config_maps {
+        let existing = ctx.stores.config_maps.get(ns, &config_map.name_any());
+        ctx.writer.apply(config_map, existing.as_deref()).await?;
+    }
+    for deployment in &plan.deployments {
+        let existing = ctx.stores.deployments.get(ns, &deployment.name_any());
+        ctx.writer.apply(deployment, existing.as_deref()).await?;
+    }
+    prune(ctx, ns, &plan.prune).await?;
+
+    let ready = ready_pods(ctx, ns, &pool_key.name);
+    let workloads: Vec<IpWorkload> = plan
+        .ips
+        .iter()
+        .map(|ip| {
+            let deployment = ctx.stores.deployments.get(ns, &ip.deployment);
+            let slug = ip.address.trim().parse().map(ip_slug).unwrap_or_default();
+            IpWorkload {
+                address: ip.address.clone(),
+                desired_replicas: ip.desired_replicas,
+                ready_replicas: ready.get(&slug).copied().unwrap_or(0),
+                rolled_out: rolled_out(deployment.as_deref(), ip.desired_replicas),
+            }
+        })
+        .collect();
+    let mut status = pool_status(&spec_pool, &workloads, problems, false, now);
+    set_accepted(
+        &mut status.conditions,
+        problems,
+        spec_pool.metadata.generation,
+        now,
+    );
+    Ok(Outcome {
+        status,
+        transitions,
+        spec_pool,
+    })
+}
+
+/// The Deployments and ConfigMaps of a namespace the operator manages.
+fn owned_pool_objects(ctx: &Context, ns: &str) -> Vec<OwnedObject> {
+    let deployments = ctx
+        .stores
+        .deployments
+        .in_namespace(ns)
+        .into_iter()
+        .map(|d| OwnedObject {
+            kind: OwnedKind::Deployment,
+            name: d.name_any(),
+            labels: d.labels().clone(),
+        });
+    let config_maps = ctx
+        .stores
+        .config_maps
+        .in_namespace(ns)
+        .into_iter()
+        .map(|c| OwnedObject {
+            kind: OwnedKind::ConfigMap,
+            name: c.name_any(),
+            labels: c.labels().clone(),
+        });
+    deployments.chain(config_maps).collect()
+}
+
+/// Ready sender pods of a pool, per IP slug.
+fn ready_pods(ctx: &Context, ns: &str, pool: &str) -> BTreeMap<String, i32> {
+    let mut out = BTreeMap::new();
+    for pod in ctx.stores.pods.in_namespace(ns) {
+        let sender = sender_pod(&pod);
+        if !sender.ready || sender.labels.get(POOL_LABEL).map(String::as_str) != Some(pool) {
+            continue;
+        }
+        if let Some(slug) = sender.labels.get(IP_LABEL) {
+            *out.entry(slug.clone()).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+/// Whether a Deployment runs its current template with the desired replicas.
+fn rolled_out(deployment: Option<&Deployment>, desired: i32) -> bool {
+    let Some(d) = deployment else { return false };
+    let Some(status) = d.status.as_ref() else {
+        return false;
+    };
+    status.observed_generation >= d.metadata.generation
+        && status.updated_replicas.unwrap_or(0) >= desired
+        && status.replicas.unwrap_or(0) == desired
+}
+
+fn encode(pool: &ObjectKey, status: SenderPoolStatus) -> Result<serde_json::Value> {
+    serde_json::to_value(status).map_err(|source| OperatorError::Encode {
+        what: format!("SenderPool {pool} status"),
+        source,
+    })
+}
+
+/// Events for the transitions the tick made, and for validation problems
+/// when the Accepted condition changed.
+async fn announce(
+    ctx: &Context,
+    pool: &SenderPool,
+    problems: &[ObjectProblem],
+    outcome: &Outcome,
+    old: &serde_json::Value,
+    new: &serde_json::Value,
+) {
+    let pool_key = key(pool);
+    let mut records = transition_events(&pool_key, &outcome.transitions);
+    let accepted = |v: &serde_json::Value| {
+        v["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == ACCEPTED).cloned())
+            .map(|c| (c["status"].clone(), c["message"].clone()))
+    };
+    if !problems.is_empty() && accepted(old) != accepted(new) {
+        records.extend(problem_events("SenderPool", &pool_key, problems));
+    }
+    for t in &outcome.transitions {
+        tracing::info!(ip = %t.ip, provider = %t.provider, from = ?t.from, to = %t.to,
+            reason = %t.reason, "reputation moved");
+    }
+    ctx.publish(&pool.object_ref(&()), &records).await;
+}
+
+fn record_states(ctx: &Context, pool: &ObjectKey, status: &SenderPoolStatus) {
+    let states = status
+        .ips
+        .iter()
+        .flat_map(|ip| {
+            ip.reputation.iter().map(move |pair| {
+                (
+                    (ip.address.clone(), pair.provider.clone()),
+                    pair.state.to_string(),
+                )
+            })
+        })
+        .collect();
+    ctx.metrics.set_pool_states(&pool.to_string(), states);
+}
+
+/// When to look at the pool again: when its next timer is due, slowly when
+/// it cannot work, else at the resync interval.
+fn next_action(outcome: &Outcome, usable: bool, now: Timestamp) -> Action {
+    if !usable
+        || outcome
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == ACCEPTED && c.status == ConditionStatus::False)
+    {
+        return Action::requeue(INVALID_RETRY);
+    }
+    match engine::next_wakeup(&outcome.spec_pool.spec, &outcome.status, now) {
+        Some(at) => {
+            let wait = at.duration_since(now).unsigned_abs();
+            Action::requeue(wait.clamp(MIN_WAKEUP, RESYNC))
+        }
+        None => Action::requeue(RESYNC),
+    }
+}

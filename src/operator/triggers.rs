@@ -1,0 +1,164 @@
+//! Waking a whole controller when something every object of it depends on
+//! changed (another pool's reputation, a route's spec, a sender pod), and only
+//! then: a status write that changes nothing relevant wakes nobody.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use futures::channel::mpsc;
+use futures::Stream;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::watcher::Event;
+use kube::ResourceExt;
+
+use crate::api::{DomainRoute, SenderPool};
+
+/// A wake-up signal for `Controller::reconcile_all_on`. Signals fired while
+/// one is pending merge into it.
+#[derive(Clone)]
+pub struct Trigger {
+    tx: mpsc::Sender<()>,
+    rx: Arc<Mutex<Option<mpsc::Receiver<()>>>>,
+}
+
+impl Trigger {
+    pub fn new() -> Self {
+        let (tx, rx) = mpsc::channel(1);
+        Trigger {
+            tx,
+            rx: Arc::new(Mutex::new(Some(rx))),
+        }
+    }
+
+    pub fn fire(&self) {
+        // A full channel already holds a wake-up: nothing is lost.
+        let _ = self.tx.clone().try_send(());
+    }
+
+    /// The signals, for the one controller that consumes them.
+    pub fn stream(&self) -> impl Stream<Item = ()> + Send + 'static {
+        let rx = self.rx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match rx {
+            Some(rx) => futures::future::Either::Left(rx),
+            None => futures::future::Either::Right(futures::stream::pending()),
+        }
+    }
+}
+
+impl Default for Trigger {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What was last seen of each object, as a hash of the fields that matter.
+#[derive(Default)]
+pub struct ChangeFilter {
+    seen: HashMap<String, u64>,
+}
+
+impl ChangeFilter {
+    /// A pool matters through its spec and its reputation, not its replica counts.
+    pub fn pool_event(&mut self, event: &Event<SenderPool>) -> bool {
+        self.event(event, |pool| {
+            let reputation: Vec<_> = pool
+                .status
+                .iter()
+                .flat_map(|s| s.ips.iter())
+                .map(|ip| {
+                    (
+                        ip.address.as_str(),
+                        serde_json::to_string(&ip.reputation).unwrap_or_default(),
+                    )
+                })
+                .collect();
+            hash(&(pool.metadata.generation, reputation))
+        })
+    }
+
+    /// A route matters to the sender configs through its spec only.
+    pub fn route_event(&mut self, event: &Event<DomainRoute>) -> bool {
+        self.event(event, |route| hash(&route.metadata.generation))
+    }
+
+    /// A pod matters through its readiness, address and labels.
+    pub fn pod_event(&mut self, event: &Event<Pod>) -> bool {
+        self.event(event, |pod| {
+            let status = pod.status.as_ref();
+            let ready = status
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+                .map(|c| c.status == "True");
+            let ip = status.and_then(|s| s.pod_ip.clone());
+            hash(&(
+                ready,
+                ip,
+                pod.labels(),
+                pod.metadata.deletion_timestamp.is_some(),
+            ))
+        })
+    }
+
+    fn event<K: kube::Resource>(&mut self, event: &Event<K>, digest: impl Fn(&K) -> u64) -> bool {
+        match event {
+            Event::Init => false,
+            Event::InitApply(obj) => {
+                self.seen.insert(key(obj), digest(obj));
+                false
+            }
+            Event::InitDone => true,
+            Event::Apply(obj) => {
+                let d = digest(obj);
+                self.seen.insert(key(obj), d) != Some(d)
+            }
+            Event::Delete(obj) => {
+                self.seen.remove(&key(obj));
+                true
+            }
+        }
+    }
+}
+
+fn key<K: kube::Resource>(obj: &K) -> String {
+    format!(
+        "{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or(""),
+        obj.meta().name.as_deref().unwrap_or("")
+    )
+}
+
+fn hash<T: Hash>(value: &T) -> u64 {
+    let mut h = DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{IpStatus, SenderPoolStatus};
+    use crate::routing::example::incident_fleet;
+
+    #[test]
+    fn only_reputation_or_spec_changes_of_a_pool_fire() {
+        let now = "2021-11-05T08:10:00Z".parse().unwrap();
+        let (pools, _) = incident_fleet(now);
+        let mut pool = pools[0].clone();
+        pool.status = Some(SenderPoolStatus {
+            ips: vec![IpStatus::new("203.0.113.10")],
+            ..Default::default()
+        });
+        let mut filter = ChangeFilter::default();
+        assert!(!filter.pool_event(&Event::InitApply(pool.clone())));
+        assert!(filter.pool_event(&Event::InitDone));
+        assert!(!filter.pool_event(&Event::Apply(pool.clone())));
+        // Replica counts do not change any route.
+        pool.status.as_mut().unwrap().ips[0].ready_replicas = 2;
+        assert!(!filter.pool_event(&Event::Apply(pool.clone())));
+        pool.metadata.generation = Some(7);
+        assert!(filter.pool_event(&Event::Apply(pool.clone())));
+        assert!(filter.pool_event(&Event::Delete(pool)));
+    }
+}

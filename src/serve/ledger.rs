@@ -1,0 +1,321 @@
+//! Applying one feedback report to a [`Fleet`], once: the operator and
+//! standalone mode count reports identically.
+//!
+//! A report is counted only when its `(agent.instance, sequence)` is new
+//! (docs/FEEDBACK-API.md, Idempotency), and either all of it is counted or
+//! none: a report that the fleet refuses leaves the ledger and the pool's
+//! status as they were, so the agent can send it again.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::FeedbackRefusal;
+use crate::agent::report::{Admission, FeedbackReport, SequenceLedger};
+use crate::fleet::{Fleet, FleetError};
+use crate::reputation::engine::{Signal, Transition};
+
+/// Agent instances silent for this long are forgotten (a day, as documented).
+pub const FORGET_AFTER_SECONDS: i64 = 24 * 3600;
+
+/// The sequences counted per agent instance. Persist it together with the
+/// pool status it counted into (a receiver that keeps the counts but loses
+/// the ledger could count a retried report twice).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FeedbackLedger {
+    sequences: SequenceLedger,
+}
+
+/// What one report did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Applied {
+    /// Counted before: acknowledged, not counted again.
+    pub duplicate: bool,
+    /// The SenderPool of the report's IP, as `namespace/name`.
+    pub pool: String,
+    /// The IP as written in that pool's spec.
+    pub ip: String,
+    /// The reputation moves the report caused.
+    pub transitions: Vec<Transition>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("source_ip {ip} is not in any SenderPool; add it to a pool's spec.ips or fix the agent's --source-ip")]
+    UnknownIp { ip: String },
+    #[error("pool is {reported} but {ip} belongs to SenderPool {owner}; fix the agent's --pool")]
+    WrongPool {
+        ip: String,
+        reported: String,
+        owner: String,
+    },
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
+}
+
+impl LedgerError {
+    /// How a receiver answers: a report for an IP or pool the fleet does not
+    /// have can never be counted (422); an engine failure may pass (503).
+    pub fn refusal(&self) -> FeedbackRefusal {
+        match self {
+            LedgerError::UnknownIp { .. } | LedgerError::WrongPool { .. } => {
+                FeedbackRefusal::Invalid(self.to_string())
+            }
+            LedgerError::Fleet(_) => FeedbackRefusal::Unavailable(self.to_string()),
+        }
+    }
+}
+
+impl FeedbackLedger {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Continues from a ledger saved earlier.
+    pub fn from_sequences(sequences: SequenceLedger) -> Self {
+        FeedbackLedger { sequences }
+    }
+
+    pub fn sequences(&self) -> &SequenceLedger {
+        &self.sequences
+    }
+
+    /// Counts `report` (which passed `validate`) into `fleet` unless it was
+    /// counted before. On error nothing changed.
+    pub fn apply(
+        &mut self,
+        fleet: &mut Fleet,
+        report: &FeedbackReport,
+        now: Timestamp,
+    ) -> Result<Applied, LedgerError> {
+        let (index, ip) = owner_of(fleet, report)?;
+        let pool = &fleet.pools[index];
+        let owner = format!(
+            "{}/{}",
+            pool.metadata.namespace.as_deref().unwrap_or("default"),
+            pool.metadata.name.as_deref().unwrap_or("")
+        );
+        let reported = format!("{}/{}", report.pool.namespace, report.pool.name);
+        if reported != owner {
+            return Err(LedgerError::WrongPool {
+                ip,
+                reported,
+                owner,
+            });
+        }
+        let before = self.sequences.clone();
+        if self
+            .sequences
+            .admit(&report.agent.instance, report.sequence, now)
+            == Admission::Duplicate
+        {
+            return Ok(Applied {
+                duplicate: true,
+                pool: owner,
+                ip,
+                transitions: Vec::new(),
+            });
+        }
+        let status_before = fleet.pools[index].status.clone();
+        let mut transitions = Vec::new();
+        for feedback in report.to_feedback() {
+            match fleet.observe(&ip, Signal::Feedback(feedback), now) {
+                Ok(moves) => transitions.extend(moves),
+                Err(err) => {
+                    fleet.pools[index].status = status_before;
+                    self.sequences = before;
+                    return Err(err.into());
+                }
+            }
+        }
+        Ok(Applied {
+            duplicate: false,
+            pool: owner,
+            ip,
+            transitions,
+        })
+    }
+
+    /// Forgets agent instances silent for [`FORGET_AFTER_SECONDS`].
+    pub fn expire(&mut self, now: Timestamp) {
+        self.sequences.expire(now, FORGET_AFTER_SECONDS);
+    }
+}
+
+/// The pool holding the report's IP, and the IP as its spec writes it.
+fn owner_of(fleet: &Fleet, report: &FeedbackReport) -> Result<(usize, String), LedgerError> {
+    for (index, pool) in fleet.pools.iter().enumerate() {
+        for ip in &pool.spec.ips {
+            if ip.address.trim().parse().ok() == Some(report.source_ip) {
+                return Ok((index, ip.address.clone()));
+            }
+        }
+    }
+    Err(LedgerError::UnknownIp {
+        ip: report.source_ip.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::report::{
+        AgentIdentity, ConclusiveEvidence, Period, PoolRef, TotalCount, FEEDBACK_API_VERSION,
+    };
+    use crate::api::ReputationState;
+    use crate::vocab::{Category, Outcome};
+    use std::path::Path;
+
+    fn now() -> Timestamp {
+        "2026-11-29T08:10:00Z".parse().unwrap()
+    }
+
+    fn fleet() -> Fleet {
+        let m = crate::manifests::load_dir(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fleet"),
+        )
+        .unwrap();
+        let mut fleet = Fleet::new(m, None).unwrap();
+        fleet.advance(now()).unwrap();
+        fleet
+    }
+
+    fn blocked_report(ip: &str, sequence: u64) -> FeedbackReport {
+        let reply = format!("550 5.7.606 Access denied, banned sending IP [{ip}]");
+        FeedbackReport {
+            api_version: FEEDBACK_API_VERSION.into(),
+            agent: AgentIdentity {
+                name: "bulk-0".into(),
+                instance: "abc".into(),
+            },
+            sequence,
+            source_ip: ip.parse().unwrap(),
+            pool: PoolRef {
+                namespace: "mail".into(),
+                name: "bulk".into(),
+            },
+            period: Period {
+                start: now(),
+                end: now(),
+            },
+            totals: vec![TotalCount {
+                provider: "microsoft".into(),
+                outcome: Outcome::Deferred,
+                category: Category::IpBlocklisted,
+                count: 1,
+            }],
+            conclusive: vec![ConclusiveEvidence {
+                provider: "microsoft".into(),
+                reply,
+                at: now(),
+                named_ip: ip.parse().ok(),
+            }],
+            lines: Default::default(),
+            dropped: Default::default(),
+            config_version: None,
+        }
+    }
+
+    fn state_of(fleet: &Fleet, ip: &str, provider: &str) -> Option<ReputationState> {
+        fleet
+            .pools
+            .iter()
+            .filter_map(|p| p.status.as_ref())
+            .flat_map(|s| s.ips.iter())
+            .find(|s| s.address == ip)?
+            .reputation
+            .iter()
+            .find(|r| r.provider == provider)
+            .map(|r| r.state)
+    }
+
+    #[test]
+    fn a_conclusive_report_blocks_once_and_its_retry_is_a_duplicate() {
+        let mut fleet = fleet();
+        let mut ledger = FeedbackLedger::new();
+        let report = blocked_report("203.0.113.12", 1);
+        let applied = ledger.apply(&mut fleet, &report, now()).unwrap();
+        assert!(!applied.duplicate);
+        assert_eq!(applied.pool, "mail/bulk");
+        assert_eq!(applied.ip, "203.0.113.12");
+        assert!(applied
+            .transitions
+            .iter()
+            .any(|t| t.provider == "microsoft" && t.to == ReputationState::Blocked));
+        assert_eq!(
+            state_of(&fleet, "203.0.113.12", "microsoft"),
+            Some(ReputationState::Blocked)
+        );
+        let status = fleet.pools[0].status.clone();
+        let again = ledger.apply(&mut fleet, &report, now()).unwrap();
+        assert!(again.duplicate && again.transitions.is_empty());
+        assert_eq!(
+            fleet.pools[0].status, status,
+            "a duplicate changed the status"
+        );
+        assert!(
+            !ledger
+                .apply(&mut fleet, &blocked_report("203.0.113.12", 2), now())
+                .unwrap()
+                .duplicate
+        );
+    }
+
+    #[test]
+    fn an_unknown_ip_or_a_wrong_pool_is_refused_and_not_admitted() {
+        let mut fleet = fleet();
+        let mut ledger = FeedbackLedger::new();
+        let err = ledger
+            .apply(&mut fleet, &blocked_report("192.0.2.1", 1), now())
+            .unwrap_err();
+        assert!(matches!(err.refusal(), FeedbackRefusal::Invalid(_)));
+        assert!(err.to_string().contains("192.0.2.1"), "{err}");
+        let mut wrong = blocked_report("203.0.113.12", 1);
+        wrong.pool.name = "reserve".into();
+        let err = ledger.apply(&mut fleet, &wrong, now()).unwrap_err();
+        assert!(
+            err.to_string().contains("mail/reserve") && err.to_string().contains("mail/bulk"),
+            "{err}"
+        );
+        assert!(
+            ledger.sequences().is_empty(),
+            "a refused report was admitted"
+        );
+        let applied = ledger
+            .apply(&mut fleet, &blocked_report("203.0.113.12", 1), now())
+            .unwrap();
+        assert!(!applied.duplicate);
+    }
+
+    #[test]
+    fn the_ledger_survives_serialisation_and_expires_silent_instances() {
+        let mut fleet = fleet();
+        let mut ledger = FeedbackLedger::new();
+        ledger
+            .apply(&mut fleet, &blocked_report("203.0.113.12", 3), now())
+            .unwrap();
+        let text = serde_json::to_string(&ledger).unwrap();
+        let mut restored: FeedbackLedger = serde_json::from_str(&text).unwrap();
+        assert!(
+            restored
+                .apply(&mut fleet, &blocked_report("203.0.113.12", 3), now())
+                .unwrap()
+                .duplicate
+        );
+        restored.expire(now() + jiff::SignedDuration::from_secs(FORGET_AFTER_SECONDS + 1));
+        assert!(restored.sequences().is_empty());
+    }
+
+    #[test]
+    fn an_ipv6_report_matches_the_spec_written_differently() {
+        let mut fleet = fleet();
+        fleet.pools[0].spec.ips[0].address = "2001:DB8:0::10".into();
+        let mut report = blocked_report("2001:db8::10", 1);
+        report.conclusive[0].reply =
+            "550 5.7.606 Access denied, banned sending IP [2001:db8::10]".into();
+        let applied = FeedbackLedger::new()
+            .apply(&mut fleet, &report, now())
+            .unwrap();
+        assert_eq!(applied.ip, "2001:DB8:0::10");
+    }
+}

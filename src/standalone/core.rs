@@ -1,0 +1,504 @@
+//! The engine of standalone mode, without I/O: the fleet, the feedback ledger,
+//! what it compiles to, the events of each change and the counters. Every
+//! method takes `now`; the driver (`standalone::run`) reads the clock, the
+//! files and the network and calls in here.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use jiff::Timestamp;
+use serde_json::{json, Value};
+
+use crate::agent::report::{ConfigHint, FeedbackReport, FeedbackResponse, FEEDBACK_API_VERSION};
+use crate::api::{DomainRouteStatus, ReputationState, SenderPoolStatus};
+use crate::fleet::{Fleet, FleetError};
+use crate::manifests::{ManifestError, Manifests};
+use crate::probe::dnsbl::{DnsblHealth, DNSBL_HEALTHY};
+use crate::reputation::classifier::ClassifierConfig;
+use crate::reputation::engine::{Signal, Transition};
+use crate::routing::postfix::{ip_slug, senders_of, PostfixOptions, Sender};
+use crate::routing::sender_config::{sender_config, SenderConfig};
+use crate::routing::{self, model::mode_name, RouteTable};
+use crate::serve::ledger::FeedbackLedger;
+use crate::serve::FeedbackRefusal;
+
+use super::state::{self, SavedState};
+
+const STATES: [ReputationState; 6] = [
+    ReputationState::Healthy,
+    ReputationState::Warming,
+    ReputationState::Throttled,
+    ReputationState::Blocked,
+    ReputationState::Probing,
+    ReputationState::Recovering,
+];
+
+/// One sender's rendered configuration and where it goes (`senders/<slug>/`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SenderOutput {
+    pub sender: Sender,
+    pub slug: String,
+    pub config: SenderConfig,
+}
+
+/// Everything standalone mode writes, as it should be now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outputs {
+    /// `state.yaml`.
+    pub state: String,
+    /// `routes.json`.
+    pub routes: String,
+    /// Keyed by the IP as the pool spec writes it.
+    pub senders: BTreeMap<String, SenderOutput>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    /// Feedback reports by result: counted, duplicate, refused.
+    reports: BTreeMap<&'static str, u64>,
+    /// Reputation transitions by (provider, from, to).
+    transitions: BTreeMap<(String, String, String), u64>,
+    manifest_reloads: u64,
+    /// Manifest reloads refused, by error category.
+    reload_errors: BTreeMap<&'static str, u64>,
+}
+
+pub struct Core {
+    fleet: Fleet,
+    ledger: FeedbackLedger,
+    rules: Option<ClassifierConfig>,
+    postfix: PostfixOptions,
+    table: RouteTable,
+    senders: BTreeMap<String, SenderOutput>,
+    /// Senders whose configuration cannot be rendered, with why.
+    render_errors: Vec<String>,
+    /// The refused manifests, while the last good ones stay in force.
+    manifest_error: Option<String>,
+    /// Event lines not yet written to events.jsonl.
+    events: Vec<Value>,
+    counters: Counters,
+}
+
+impl Core {
+    /// Starts from `manifests` with the state saved by an earlier run, if any.
+    /// Returns the core and the saved objects the manifests no longer hold.
+    pub fn start(
+        mut manifests: Manifests,
+        saved: Option<SavedState>,
+        rules: Option<ClassifierConfig>,
+        postfix: PostfixOptions,
+        now: Timestamp,
+    ) -> Result<(Core, Vec<String>), FleetError> {
+        let gone = saved
+            .as_ref()
+            .map(|s| state::merge_into(&mut manifests, s))
+            .unwrap_or_default();
+        let fleet = Fleet::new(manifests, rules.clone())?;
+        let mut core = Core {
+            table: RouteTable {
+                generated_at: now,
+                routes: Vec::new(),
+                problems: Vec::new(),
+            },
+            fleet,
+            ledger: saved.map(|s| s.ledger).unwrap_or_default(),
+            rules,
+            postfix,
+            senders: BTreeMap::new(),
+            render_errors: Vec::new(),
+            manifest_error: None,
+            events: Vec::new(),
+            counters: Counters::default(),
+        };
+        core.tick(now)?;
+        Ok((core, gone))
+    }
+
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    pub fn table(&self) -> &RouteTable {
+        &self.table
+    }
+
+    /// Takes new manifests (keeping every pool's and route's status) or,
+    /// when they are refused, keeps the running ones and remembers why.
+    pub fn reload(&mut self, loaded: Result<Manifests, ManifestError>, now: Timestamp) {
+        self.counters.manifest_reloads += 1;
+        let refused = |core: &mut Core, category: &'static str, message: String| {
+            *core.counters.reload_errors.entry(category).or_default() += 1;
+            core.manifest_error = Some(message);
+        };
+        let mut manifests = match loaded {
+            Ok(m) => m,
+            Err(err) => return refused(self, err.category(), err.to_string()),
+        };
+        state::carry_over(&mut manifests, &self.fleet);
+        let fleet = match Fleet::new(manifests, self.rules.clone()) {
+            Ok(fleet) => fleet,
+            Err(err) => return refused(self, err.category(), err.to_string()),
+        };
+        let previous = std::mem::replace(&mut self.fleet, fleet);
+        if let Err(err) = self.tick(now) {
+            self.fleet = previous;
+            return refused(self, err.category(), err.to_string());
+        }
+        self.manifest_error = None;
+    }
+
+    /// Advances every pool to `now` and recompiles.
+    pub fn tick(&mut self, now: Timestamp) -> Result<(), FleetError> {
+        let transitions = self.fleet.advance(now)?;
+        self.record_transitions(&transitions);
+        self.ledger.expire(now);
+        self.refresh(now);
+        Ok(())
+    }
+
+    /// Counts one report (already validated and authenticated) and answers
+    /// with the reporting IP's sender configuration.
+    pub fn receive(
+        &mut self,
+        report: &FeedbackReport,
+        now: Timestamp,
+    ) -> Result<FeedbackResponse, FeedbackRefusal> {
+        let applied = match self.ledger.apply(&mut self.fleet, report, now) {
+            Ok(applied) => applied,
+            Err(err) => {
+                *self.counters.reports.entry("refused").or_default() += 1;
+                return Err(err.refusal());
+            }
+        };
+        let result = if applied.duplicate {
+            "duplicate"
+        } else {
+            "counted"
+        };
+        *self.counters.reports.entry(result).or_default() += 1;
+        if !applied.transitions.is_empty() {
+            self.record_transitions(&applied.transitions);
+            // At once, not at the next tick: the reporting agent gets the
+            // rewritten configuration in this very answer.
+            self.refresh(now);
+        }
+        let config = self.senders.get(&applied.ip).map(|s| ConfigHint {
+            version: s.config.version.clone(),
+            files: (report.config_version.as_deref() != Some(s.config.version.as_str()))
+                .then(|| s.config.files.clone()),
+        });
+        Ok(FeedbackResponse {
+            api_version: FEEDBACK_API_VERSION.to_string(),
+            sequence: report.sequence,
+            duplicate: applied.duplicate,
+            config,
+        })
+    }
+
+    /// Feeds the signals of a probe round and sets each pool's `DnsblHealthy`
+    /// condition (removed when the pool probes no zone). Signals about IPs no
+    /// longer in the fleet are returned as problems.
+    pub fn apply_probes(
+        &mut self,
+        signals: Vec<(String, Signal)>,
+        dnsbl_health: &[(String, Option<DnsblHealth>)],
+        now: Timestamp,
+    ) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut moved = false;
+        for (ip, signal) in signals {
+            match self.fleet.observe(&ip, signal, now) {
+                Ok(transitions) => {
+                    moved |= !transitions.is_empty();
+                    self.record_transitions(&transitions);
+                }
+                Err(err) => problems.push(err.to_string()),
+            }
+        }
+        for (name, health) in dnsbl_health {
+            let Some(pool) = self.fleet.pools.iter_mut().find(|p| {
+                format!(
+                    "{}/{}",
+                    p.metadata.namespace.as_deref().unwrap_or("default"),
+                    p.metadata.name.as_deref().unwrap_or("")
+                ) == *name
+            }) else {
+                continue;
+            };
+            let generation = pool.metadata.generation;
+            let status = pool.status.get_or_insert_with(SenderPoolStatus::default);
+            match health {
+                Some(health) => health.set_on(&mut status.conditions, generation, now),
+                None => status.conditions.retain(|c| c.type_ != DNSBL_HEALTHY),
+            }
+        }
+        if moved {
+            self.refresh(now);
+        }
+        problems
+    }
+
+    /// Recompiles the routes, projects them on the route status (an event per
+    /// route whose targets changed) and renders every sender's configuration.
+    fn refresh(&mut self, now: Timestamp) {
+        // Status times are whole seconds, like Kubernetes `Time`.
+        let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
+        let table = self.fleet.compile(now);
+        for route in &mut self.fleet.routes {
+            let namespace = route.metadata.namespace.as_deref().unwrap_or("default");
+            let name = route.metadata.name.as_deref().unwrap_or("");
+            let Some(result) = table.route(namespace, name) else {
+                continue;
+            };
+            let previous = route.status.take();
+            let mut status = routing::status_for(result, previous.as_ref(), now);
+            routing::learned::forget_expired(&mut status, now);
+            if route_changed(previous.as_ref(), &status) {
+                self.events.push(json!({
+                    "at": now.to_string(),
+                    "event": "route",
+                    "route": format!("{namespace}/{name}"),
+                    "provider": result.provider,
+                    "from": previous.as_ref().and_then(|p| p.mode).map(mode_name),
+                    "to": mode_name(result.mode),
+                    "targets": result.targets.iter().map(|t| json!({"pool": t.pool, "ip": t.ip, "weight": t.weight})).collect::<Vec<_>>(),
+                    "excluded": result.excluded.iter().map(|e| json!({"pool": e.pool, "ip": e.ip, "state": e.state.as_str()})).collect::<Vec<_>>(),
+                    "relay": status.relay,
+                }));
+            }
+            route.status = Some(status);
+        }
+        let known_domains = self.fleet.known_domains();
+        let mut senders = BTreeMap::new();
+        let mut errors = Vec::new();
+        for sender in senders_of(&self.fleet.pools) {
+            let Ok(address) = sender.ip.parse() else {
+                errors.push(format!(
+                    "pool {}/{}: {} is not an IP address",
+                    sender.namespace, sender.pool, sender.ip
+                ));
+                continue;
+            };
+            match sender_config(&table, &sender, &known_domains, &self.postfix) {
+                Ok(config) => {
+                    senders.insert(
+                        sender.ip.clone(),
+                        SenderOutput {
+                            slug: ip_slug(address),
+                            sender,
+                            config,
+                        },
+                    );
+                }
+                Err(err) => errors.push(err.to_string()),
+            }
+        }
+        self.senders = senders;
+        self.render_errors = errors;
+        self.table = table;
+    }
+
+    fn record_transitions(&mut self, transitions: &[Transition]) {
+        for t in transitions {
+            let from = t.from.map(|s| s.as_str()).unwrap_or("none");
+            *self
+                .counters
+                .transitions
+                .entry((
+                    t.provider.clone(),
+                    from.to_string(),
+                    t.to.as_str().to_string(),
+                ))
+                .or_default() += 1;
+            self.events.push(json!({
+                "at": t.at.to_string(),
+                "event": "transition",
+                "pool": self.pool_of(&t.ip),
+                "ip": t.ip,
+                "provider": t.provider,
+                "from": t.from.map(|s| s.as_str()),
+                "to": t.to.as_str(),
+                "reason": t.reason.as_str(),
+                "evidence": t.evidence,
+                "allowance_percent": t.allowance_percent,
+            }));
+        }
+    }
+
+    fn pool_of(&self, ip: &str) -> Option<String> {
+        self.fleet
+            .pools
+            .iter()
+            .find(|p| p.spec.ips.iter().any(|i| i.address == ip))
+            .map(|p| {
+                format!(
+                    "{}/{}",
+                    p.metadata.namespace.as_deref().unwrap_or("default"),
+                    p.metadata.name.as_deref().unwrap_or("")
+                )
+            })
+    }
+
+    /// Event lines (JSON, one per line) since the last call.
+    pub fn take_events(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.events)
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    /// The files as they should be now.
+    pub fn outputs(&self) -> Outputs {
+        Outputs {
+            state: state::render(&self.fleet, &self.ledger),
+            routes: routing::json::render(&self.table),
+            senders: self.senders.clone(),
+        }
+    }
+
+    /// Why `/healthz` fails: refused manifests, senders without configuration.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(err) = &self.manifest_error {
+            out.push(format!(
+                "manifests refused, the last good ones stay in force: {err}"
+            ));
+        }
+        out.extend(
+            self.render_errors
+                .iter()
+                .map(|e| format!("sender configuration not rendered: {e}")),
+        );
+        out
+    }
+
+    /// Prometheus text of the engine's state and counters.
+    pub fn metrics(&self) -> String {
+        let mut out = String::new();
+        let c = &self.counters;
+        header(
+            &mut out,
+            "mailfleet_feedback_reports_total",
+            "counter",
+            "Feedback reports by result: counted, duplicate (a retry counted before), refused.",
+        );
+        for result in ["counted", "duplicate", "refused"] {
+            let n = c.reports.get(result).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "mailfleet_feedback_reports_total{{result=\"{result}\"}} {n}"
+            );
+        }
+        header(
+            &mut out,
+            "mailfleet_ip_state",
+            "gauge",
+            "1 for the reputation state each (pool, IP, provider) pair is in, 0 for the others.",
+        );
+        for pool in &self.fleet.pools {
+            let name = format!(
+                "{}/{}",
+                pool.metadata.namespace.as_deref().unwrap_or("default"),
+                pool.metadata.name.as_deref().unwrap_or("")
+            );
+            for ip in pool.status.iter().flat_map(|s| s.ips.iter()) {
+                for pair in &ip.reputation {
+                    for state in STATES {
+                        let _ = writeln!(
+                            out,
+                            "mailfleet_ip_state{{pool=\"{}\",ip=\"{}\",provider=\"{}\",state=\"{}\"}} {}",
+                            label(&name),
+                            label(&ip.address),
+                            label(&pair.provider),
+                            state.as_str(),
+                            u8::from(pair.state == state)
+                        );
+                    }
+                }
+            }
+        }
+        header(
+            &mut out,
+            "mailfleet_route_targets",
+            "gauge",
+            "IPs sending for each route, labelled with the route's mode.",
+        );
+        for route in &self.table.routes {
+            let _ = writeln!(
+                out,
+                "mailfleet_route_targets{{route=\"{}/{}\",mode=\"{}\"}} {}",
+                label(&route.key.namespace),
+                label(&route.key.name),
+                mode_name(route.mode),
+                route.targets.len()
+            );
+        }
+        header(
+            &mut out,
+            "mailfleet_reputation_transitions_total",
+            "counter",
+            "Reputation state changes by provider, from and to.",
+        );
+        for ((provider, from, to), n) in &c.transitions {
+            let _ = writeln!(
+                out,
+                "mailfleet_reputation_transitions_total{{provider=\"{}\",from=\"{from}\",to=\"{to}\"}} {n}",
+                label(provider)
+            );
+        }
+        header(
+            &mut out,
+            "mailfleet_manifest_reloads_total",
+            "counter",
+            "Manifest folder changes seen.",
+        );
+        let _ = writeln!(
+            out,
+            "mailfleet_manifest_reloads_total {}",
+            c.manifest_reloads
+        );
+        header(
+            &mut out,
+            "mailfleet_manifest_reload_errors_total",
+            "counter",
+            "Manifest reloads refused (the last good manifests stay in force), by category.",
+        );
+        for (category, n) in &c.reload_errors {
+            let _ = writeln!(
+                out,
+                "mailfleet_manifest_reload_errors_total{{category=\"{category}\"}} {n}"
+            );
+        }
+        header(
+            &mut out,
+            "mailfleet_manifests_valid",
+            "gauge",
+            "1 when the manifests in the folder are in force, 0 while they are refused.",
+        );
+        let _ = writeln!(
+            out,
+            "mailfleet_manifests_valid {}",
+            u8::from(self.manifest_error.is_none())
+        );
+        out
+    }
+}
+
+fn route_changed(previous: Option<&DomainRouteStatus>, now: &DomainRouteStatus) -> bool {
+    previous.is_none_or(|p| p.mode != now.mode || p.targets != now.targets || p.relay != now.relay)
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A Prometheus label value with `\`, `"` and newlines escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests;

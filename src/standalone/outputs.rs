@@ -1,0 +1,423 @@
+//! Writing standalone mode's files into `--out`: only what changed, and each
+//! change atomically, so a reader never sees half a file.
+//!
+//! - `state.yaml`, `routes.json`: written to a hidden temporary file in the
+//!   same folder, synced, then renamed over the old one.
+//! - `senders/<ip slug>/`: one folder per sender laid out like a mounted
+//!   ConfigMap — the files live in `..<version>/`, `..data` points at it and
+//!   each key is a link through `..data`. A new configuration is a new
+//!   folder and one rename of `..data`, so an agent reading the folder
+//!   (`agent run --config-dir`) sees the old set or the new set, never a mix.
+//! - `events.jsonl`: appended, one JSON object per line.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use super::core::{Outputs, SenderOutput};
+use super::state::STATE_FILE;
+
+pub const ROUTES_FILE: &str = "routes.json";
+pub const EVENTS_FILE: &str = "events.jsonl";
+pub const SENDERS_DIR: &str = "senders";
+const DATA_LINK: &str = "..data";
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write {path}: {source}")]
+pub struct WriteError {
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+fn at(path: &Path) -> impl FnOnce(io::Error) -> WriteError + '_ {
+    move |source| WriteError {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Remembers what it wrote, so an unchanged output costs a comparison.
+#[derive(Debug)]
+pub struct OutputWriter {
+    out: PathBuf,
+    files: BTreeMap<PathBuf, String>,
+    /// Configuration version in force per sender folder.
+    senders: BTreeMap<String, String>,
+}
+
+impl OutputWriter {
+    pub fn new(out: &Path) -> Result<Self, WriteError> {
+        fs::create_dir_all(out.join(SENDERS_DIR)).map_err(at(out))?;
+        Ok(OutputWriter {
+            out: out.to_path_buf(),
+            files: BTreeMap::new(),
+            senders: BTreeMap::new(),
+        })
+    }
+
+    /// Brings the folder up to `outputs`; returns the paths it wrote. Sender
+    /// folders come first and the state last, so a crash in between leaves a
+    /// state that is at most as new as what senders were given.
+    pub fn write(&mut self, outputs: &Outputs) -> Result<Vec<PathBuf>, WriteError> {
+        let mut written = Vec::new();
+        let mut slugs = BTreeSet::new();
+        for sender in outputs.senders.values() {
+            slugs.insert(sender.slug.clone());
+            if self.write_sender(sender)? {
+                written.push(self.out.join(SENDERS_DIR).join(&sender.slug));
+            }
+        }
+        self.remove_stale_senders(&slugs)?;
+        for (name, content) in [(ROUTES_FILE, &outputs.routes), (STATE_FILE, &outputs.state)] {
+            let path = self.out.join(name);
+            if self.write_file(&path, content)? {
+                written.push(path);
+            }
+        }
+        Ok(written)
+    }
+
+    /// Appends event lines to `events.jsonl`.
+    pub fn append_events(&self, lines: &[String]) -> Result<(), WriteError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let path = self.out.join(EVENTS_FILE);
+        let mut text = String::new();
+        for line in lines {
+            text.push_str(line);
+            text.push('\n');
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(at(&path))?;
+        file.write_all(text.as_bytes()).map_err(at(&path))
+    }
+
+    fn write_file(&mut self, path: &Path, content: &str) -> Result<bool, WriteError> {
+        if self.files.get(path).map(String::as_str) == Some(content) {
+            return Ok(false);
+        }
+        let on_disk = fs::read_to_string(path).ok();
+        if on_disk.as_deref() != Some(content) {
+            write_atomically(path, content.as_bytes())?;
+        }
+        self.files.insert(path.to_path_buf(), content.to_string());
+        Ok(on_disk.as_deref() != Some(content))
+    }
+
+    fn write_sender(&mut self, sender: &SenderOutput) -> Result<bool, WriteError> {
+        let version = &sender.config.version;
+        if self.senders.get(&sender.slug) == Some(version) {
+            return Ok(false);
+        }
+        let dir = self.out.join(SENDERS_DIR).join(&sender.slug);
+        let stamp = format!("..{}", sanitize(version));
+        let link = dir.join(DATA_LINK);
+        let in_force = fs::read_link(&link).ok();
+        let changed = in_force.as_deref() != Some(Path::new(&stamp))
+            || !keys_match(&dir, &sender.config.files);
+        if changed {
+            publish(&dir, &stamp, &sender.config.files)?;
+        }
+        self.senders.insert(sender.slug.clone(), version.clone());
+        Ok(changed)
+    }
+
+    fn remove_stale_senders(&mut self, keep: &BTreeSet<String>) -> Result<(), WriteError> {
+        let root = self.out.join(SENDERS_DIR);
+        let entries = fs::read_dir(&root).map_err(at(&root))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Only folders this writer makes: ip slugs start with `mf-`.
+            if name.starts_with("mf-") && !keep.contains(&name) && entry.path().is_dir() {
+                fs::remove_dir_all(entry.path()).map_err(at(&entry.path()))?;
+                self.senders.remove(&name);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes `content` to a hidden temporary file next to `path`, syncs it and
+/// renames it over `path`.
+pub fn write_atomically(path: &Path, content: &[u8]) -> Result<(), WriteError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = fs::File::create(&temp)?;
+        file.write_all(content)?;
+        file.sync_all()?;
+        fs::rename(&temp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result.map_err(at(path))
+}
+
+/// A version as a folder name: letters, digits, `-` and `_` only.
+fn sanitize(version: &str) -> String {
+    version
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Whether every key is a link through `..data` and no other key is.
+fn keys_match(dir: &Path, files: &BTreeMap<String, String>) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    let mut seen = BTreeSet::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let through_data = fs::read_link(entry.path())
+            .is_ok_and(|target| target == Path::new(DATA_LINK).join(&name));
+        if !through_data || !files.contains_key(&name) {
+            return false;
+        }
+        seen.insert(name);
+    }
+    seen.len() == files.len()
+}
+
+/// Writes the files into `dir/<stamp>/`, swaps `..data` to it, adds the key
+/// links, and removes what the previous configuration had and this one has not.
+fn publish(dir: &Path, stamp: &str, files: &BTreeMap<String, String>) -> Result<(), WriteError> {
+    let data = dir.join(stamp);
+    if data.exists() {
+        fs::remove_dir_all(&data).map_err(at(&data))?;
+    }
+    let staging = dir.join(format!("{stamp}.tmp-{}", std::process::id()));
+    if staging.exists() {
+        fs::remove_dir_all(&staging).map_err(at(&staging))?;
+    }
+    fs::create_dir_all(&staging).map_err(at(&staging))?;
+    for (key, content) in files {
+        // Keys come from the renderer; refuse anything that could leave the folder.
+        if key.is_empty() || key.starts_with('.') || key.contains('/') {
+            return Err(WriteError {
+                path: staging.join(key),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "not a plain file name"),
+            });
+        }
+        let path = staging.join(key);
+        let mut file = fs::File::create(&path).map_err(at(&path))?;
+        file.write_all(content.as_bytes()).map_err(at(&path))?;
+        file.sync_all().map_err(at(&path))?;
+    }
+    fs::rename(&staging, &data).map_err(at(&data))?;
+    let link = dir.join(DATA_LINK);
+    let link_temp = dir.join(format!("..data.tmp-{}", std::process::id()));
+    let _ = fs::remove_file(&link_temp);
+    symlink(stamp, &link_temp).map_err(at(&link_temp))?;
+    fs::rename(&link_temp, &link).map_err(at(&link))?;
+    for key in files.keys() {
+        let path = dir.join(key);
+        let target = Path::new(DATA_LINK).join(key);
+        if fs::read_link(&path).ok().as_deref() == Some(target.as_path()) {
+            continue;
+        }
+        // A plain file or another link is replaced in one rename as well.
+        let temp = dir.join(format!(".{key}.tmp-{}", std::process::id()));
+        let _ = fs::remove_file(&temp);
+        symlink(&target, &temp).map_err(at(&temp))?;
+        fs::rename(&temp, &path).map_err(at(&path))?;
+    }
+    let entries = fs::read_dir(dir).map_err(at(dir))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if name == DATA_LINK || name == stamp {
+            continue;
+        }
+        if name.starts_with("..") && path.is_dir() && !path.is_symlink() {
+            fs::remove_dir_all(&path).map_err(at(&path))?;
+        } else if !name.starts_with('.') && !files.contains_key(&name) {
+            fs::remove_file(&path).map_err(at(&path))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::config::read_config_dir;
+    use crate::routing::postfix::Sender;
+    use crate::routing::sender_config::SenderConfig;
+    use std::time::SystemTime;
+
+    fn sender(version: &str, files: &[(&str, &str)]) -> SenderOutput {
+        let mut map: BTreeMap<String, String> = files
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        map.insert("config-version".into(), version.into());
+        SenderOutput {
+            sender: Sender {
+                namespace: "mail".into(),
+                pool: "bulk".into(),
+                ip: "203.0.113.10".into(),
+            },
+            slug: "mf-203-0-113-10".into(),
+            config: SenderConfig {
+                version: version.into(),
+                files: map,
+            },
+        }
+    }
+
+    fn outputs(state: &str, senders: Vec<SenderOutput>) -> Outputs {
+        Outputs {
+            state: state.into(),
+            routes: "{}\n".into(),
+            senders: senders
+                .into_iter()
+                .map(|s| (s.sender.ip.clone(), s))
+                .collect(),
+        }
+    }
+
+    fn mtime(path: &Path) -> SystemTime {
+        fs::metadata(path).unwrap().modified().unwrap()
+    }
+
+    #[test]
+    fn writes_only_what_changed_and_a_restart_rewrites_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = OutputWriter::new(dir.path()).unwrap();
+        let first = outputs(
+            "a: 1\n",
+            vec![sender("sha256:v1", &[("main.cf", "x = 1\n")])],
+        );
+        assert_eq!(writer.write(&first).unwrap().len(), 3);
+        let state = dir.path().join(STATE_FILE);
+        let (state_time, cf_time) = (
+            mtime(&state),
+            mtime(&dir.path().join("senders/mf-203-0-113-10/main.cf")),
+        );
+        assert!(writer.write(&first).unwrap().is_empty());
+        let mut restarted = OutputWriter::new(dir.path()).unwrap();
+        assert!(
+            restarted.write(&first).unwrap().is_empty(),
+            "a restart rewrote unchanged files"
+        );
+        assert_eq!(mtime(&state), state_time);
+        assert_eq!(
+            mtime(&dir.path().join("senders/mf-203-0-113-10/main.cf")),
+            cf_time
+        );
+        let second = outputs(
+            "a: 2\n",
+            vec![sender("sha256:v1", &[("main.cf", "x = 1\n")])],
+        );
+        assert_eq!(restarted.write(&second).unwrap(), vec![state.clone()]);
+        assert_eq!(fs::read_to_string(&state).unwrap(), "a: 2\n");
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn a_sender_folder_switches_as_a_whole_and_reads_like_a_configmap() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = OutputWriter::new(dir.path()).unwrap();
+        writer
+            .write(&outputs(
+                "",
+                vec![sender(
+                    "v1",
+                    &[("main.cf", "x = 1\n"), ("old.cf", "gone soon\n")],
+                )],
+            ))
+            .unwrap();
+        let folder = dir.path().join("senders/mf-203-0-113-10");
+        let snapshot = read_config_dir(&folder).unwrap();
+        assert_eq!(snapshot.version, "v1");
+        assert_eq!(
+            snapshot.files.keys().collect::<Vec<_>>(),
+            ["main.cf", "old.cf"]
+        );
+        writer
+            .write(&outputs(
+                "",
+                vec![sender(
+                    "v2",
+                    &[("main.cf", "x = 2\n"), ("sender.json", "{}\n")],
+                )],
+            ))
+            .unwrap();
+        let snapshot = read_config_dir(&folder).unwrap();
+        assert_eq!(snapshot.version, "v2");
+        assert_eq!(
+            snapshot.files.keys().collect::<Vec<_>>(),
+            ["main.cf", "sender.json"]
+        );
+        assert_eq!(snapshot.files["main.cf"], b"x = 2\n");
+        let names: BTreeSet<String> = fs::read_dir(&folder)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            ["..data", "..v2", "config-version", "main.cf", "sender.json"]
+                .into_iter()
+                .map(String::from)
+                .collect()
+        );
+        writer.write(&outputs("", vec![])).unwrap();
+        assert!(!folder.exists(), "the folder of a removed sender stayed");
+    }
+
+    #[test]
+    fn plain_files_left_by_hand_are_replaced_by_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("senders/mf-203-0-113-10");
+        fs::create_dir_all(&folder).unwrap();
+        fs::write(folder.join("main.cf"), "hand made\n").unwrap();
+        let mut writer = OutputWriter::new(dir.path()).unwrap();
+        writer
+            .write(&outputs("", vec![sender("v1", &[("main.cf", "x = 1\n")])]))
+            .unwrap();
+        assert_eq!(
+            fs::read_to_string(folder.join("main.cf")).unwrap(),
+            "x = 1\n"
+        );
+    }
+
+    #[test]
+    fn events_are_appended_line_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = OutputWriter::new(dir.path()).unwrap();
+        writer.append_events(&["{\"a\":1}".into()]).unwrap();
+        writer.append_events(&[]).unwrap();
+        writer.append_events(&["{\"b\":2}".into()]).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join(EVENTS_FILE)).unwrap(),
+            "{\"a\":1}\n{\"b\":2}\n"
+        );
+    }
+}

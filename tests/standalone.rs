@@ -1,0 +1,411 @@
+//! `mailfleet standalone` as a process: the real binary on a copy of the
+//! example fleet, talked to over loopback HTTP like an agent would.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{json, Value};
+
+const BLOCKED_IP: &str = "203.0.113.12";
+const TOKEN: &str = "lab-token-1";
+
+/// A running `mailfleet standalone`, stopped with SIGTERM when dropped.
+struct Standalone {
+    child: Child,
+    address: String,
+    log: mpsc::Receiver<String>,
+}
+
+impl Standalone {
+    fn start(manifests: &Path, out: &Path, token: &Path) -> Standalone {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mailfleet"))
+            .args([
+                "standalone",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--tick-ms",
+                "100",
+            ])
+            .arg("--manifests")
+            .arg(manifests)
+            .arg("--out")
+            .arg(out)
+            .arg("--token-file")
+            .arg(token)
+            // DNSBL questions go to a closed loopback port, never the network.
+            .args(["--dnsbl-resolver", "127.0.0.1:9"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("mailfleet starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (send, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = Standalone {
+            child,
+            address: String::new(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        while server.address.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // A panic here drops `server`, which stops the process.
+            let line = server.log.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "mailfleet standalone did not start serving:\n{}",
+                    seen.join("\n")
+                )
+            });
+            if let Some(rest) = line.split("serving http://").nth(1) {
+                server.address = rest.split('/').next().unwrap_or_default().to_string();
+            }
+            seen.push(line);
+        }
+        server
+    }
+
+    fn request(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(&self.address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        let status = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"));
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    fn post(&self, token: Option<&str>, report: &Value) -> (u16, Value) {
+        let (status, body) = self.request("POST", "/v1/feedback", token, &report.to_string());
+        let body = serde_json::from_str(&body).unwrap_or_else(|_| json!({"raw": body}));
+        (status, body)
+    }
+
+    /// Stops it with SIGTERM and checks it exits 0.
+    fn stop_cleanly(mut self) {
+        let status = self.terminate();
+        std::thread::sleep(Duration::from_millis(100));
+        let log = self.log_so_far().join("\n");
+        assert!(status.success(), "exit {status:?}; its last words:\n{log}");
+    }
+
+    fn terminate(&mut self) -> ExitStatus {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return status;
+        }
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        panic!("mailfleet standalone did not stop on SIGTERM");
+    }
+
+    fn log_so_far(&self) -> Vec<String> {
+        self.log.try_iter().collect()
+    }
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+struct Lab {
+    _dir: tempfile::TempDir,
+    manifests: PathBuf,
+    out: PathBuf,
+    token: PathBuf,
+}
+
+fn lab() -> Lab {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fleet");
+    for entry in std::fs::read_dir(examples).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), manifests.join(entry.file_name())).unwrap();
+    }
+    let token = dir.path().join("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    Lab {
+        out: dir.path().join("out"),
+        manifests,
+        token,
+        _dir: dir,
+    }
+}
+
+fn blocked_report(sequence: u64) -> Value {
+    json!({
+        "api_version": "feedback.mailfleet.io/v1",
+        "agent": {"name": "bulk-203-0-113-12-0", "instance": "test-instance-1"},
+        "sequence": sequence,
+        "source_ip": BLOCKED_IP,
+        "pool": {"namespace": "mail", "name": "bulk"},
+        "period": {"start": "2026-11-29T08:10:00Z", "end": "2026-11-29T08:10:05Z"},
+        "totals": [
+            {"provider": "microsoft", "outcome": "deferred", "category": "ip_blocklisted", "count": 1},
+            {"provider": "google", "outcome": "delivered", "category": "none", "count": 3}
+        ],
+        "conclusive": [{
+            "provider": "microsoft",
+            "reply": format!("host hotmail-com.olc.protection.outlook.com[104.47.22.161] said: 550 5.7.606 Access denied, banned sending IP [{BLOCKED_IP}]. (in reply to RCPT TO command)"),
+            "at": "2026-11-29T08:10:01Z",
+            "named_ip": BLOCKED_IP
+        }]
+    })
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Whether routes.json sends microsoft mail through `ip`.
+fn microsoft_uses(out: &Path, ip: &str) -> bool {
+    let table: Value = serde_json::from_str(&read(&out.join("routes.json"))).unwrap();
+    let routes = table["routes"].as_array().unwrap();
+    let microsoft = routes
+        .iter()
+        .find(|r| r["provider"] == "microsoft")
+        .expect("a microsoft route");
+    microsoft["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["ip"] == ip)
+}
+
+fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn mtimes(out: &Path) -> Vec<(PathBuf, SystemTime)> {
+    let mut files = vec![out.join("routes.json"), out.join("state.yaml")];
+    for sender in std::fs::read_dir(out.join("senders")).unwrap() {
+        let dir = sender.unwrap().path();
+        for key in [
+            "config-version",
+            "mailfleet_transport",
+            "main.cf",
+            "sender.json",
+        ] {
+            files.push(dir.join(key));
+        }
+    }
+    files
+        .into_iter()
+        .map(|f| {
+            let modified = std::fs::metadata(&f).unwrap().modified().unwrap();
+            (f, modified)
+        })
+        .collect()
+}
+
+#[test]
+fn a_reported_block_rewrites_routes_and_survives_a_restart() {
+    let lab = lab();
+    let server = Standalone::start(&lab.manifests, &lab.out, &lab.token);
+    let transport = lab.out.join("senders/mf-203-0-113-12/mailfleet_transport");
+    let transport_before = read(&transport);
+    let routes_before = read(&lab.out.join("routes.json"));
+    assert!(microsoft_uses(&lab.out, BLOCKED_IP));
+    let (status, body) = server.request("GET", "/healthz", None, "");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+    // Without the shared token nothing is counted.
+    for token in [None, Some("not-the-token")] {
+        let (status, body) = server.post(token, &blocked_report(1));
+        assert_eq!(status, 401, "{token:?}: {body}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(read(&lab.out.join("routes.json")), routes_before);
+    assert!(!read(&lab.out.join("events.jsonl"))
+        .contains("\"event\":\"transition\",\"evidence\":\"host hotmail"));
+
+    let sent = Instant::now();
+    let (status, answer) = server.post(Some(TOKEN), &blocked_report(1));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["duplicate"], false);
+    let version = answer["config"]["version"].as_str().unwrap().to_string();
+    wait_for(
+        "routes.json drops the blocked IP",
+        Duration::from_secs(3),
+        || !microsoft_uses(&lab.out, BLOCKED_IP),
+    );
+    wait_for(
+        "the sender's transport map changes",
+        Duration::from_secs(3),
+        || read(&transport) != transport_before,
+    );
+    assert!(
+        sent.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(
+        answer["config"]["files"]["mailfleet_transport"].as_str(),
+        Some(read(&transport).as_str()),
+        "the answer carries the configuration written to the folder"
+    );
+    assert_eq!(
+        read(&lab.out.join("senders/mf-203-0-113-12/config-version")),
+        version
+    );
+    assert!(microsoft_uses(&lab.out, "203.0.113.10"));
+
+    let events: Vec<Value> = read(&lab.out.join("events.jsonl"))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let blocked = events
+        .iter()
+        .find(|e| e["event"] == "transition" && e["ip"] == BLOCKED_IP && e["to"] == "Blocked")
+        .expect("the transition is in events.jsonl");
+    assert_eq!(blocked["provider"], "microsoft");
+    assert_eq!(blocked["pool"], "mail/bulk");
+    for field in ["at", "from", "reason"] {
+        assert!(blocked.get(field).is_some(), "{field} missing in {blocked}");
+    }
+    assert!(events.iter().any(|e| e["event"] == "route"
+        && e["route"] == "mail/microsoft"
+        && e["from"] == "Primary"));
+
+    let (status, again) = server.post(Some(TOKEN), &blocked_report(1));
+    assert_eq!((status, &again["duplicate"]), (200, &json!(true)));
+    let mut current = blocked_report(2);
+    current["config_version"] = json!(version);
+    let (_, answer) = server.post(Some(TOKEN), &current);
+    assert!(answer["config"].get("files").is_none(), "{answer}");
+
+    // Nothing changes: nothing is written (after the tick that writes the
+    // counts of the last report).
+    std::thread::sleep(Duration::from_millis(400));
+    let before = mtimes(&lab.out);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(mtimes(&lab.out), before, "unchanged outputs were rewritten");
+
+    let (_, metrics) = server.request("GET", "/metrics", None, "");
+    for line in [
+        "mailfleet_feedback_reports_total{result=\"counted\"} 2",
+        "mailfleet_feedback_reports_total{result=\"duplicate\"} 1",
+        "mailfleet_feedback_requests_total{code=\"401\"} 2",
+        "mailfleet_ip_state{pool=\"mail/bulk\",ip=\"203.0.113.12\",provider=\"microsoft\",state=\"Blocked\"} 1",
+        "mailfleet_route_targets{route=\"mail/microsoft\",mode=\"Primary\"} 5",
+        "mailfleet_dnsbl_queries_total",
+    ] {
+        assert!(metrics.contains(line), "{line} missing in\n{metrics}");
+    }
+    server.stop_cleanly();
+
+    let routes_blocked = read(&lab.out.join("routes.json"));
+    let restarted = Standalone::start(&lab.manifests, &lab.out, &lab.token);
+    assert!(
+        !microsoft_uses(&lab.out, BLOCKED_IP),
+        "the block was forgotten"
+    );
+    assert_eq!(read(&lab.out.join("routes.json")), routes_blocked);
+    let (_, metrics) = restarted.request("GET", "/metrics", None, "");
+    assert!(metrics.contains(
+        "mailfleet_ip_state{pool=\"mail/bulk\",ip=\"203.0.113.12\",provider=\"microsoft\",state=\"Blocked\"} 1"
+    ));
+    let (status, answer) = restarted.post(Some(TOKEN), &blocked_report(2));
+    assert_eq!(
+        (status, &answer["duplicate"]),
+        (200, &json!(true)),
+        "the ledger was forgotten"
+    );
+    restarted.stop_cleanly();
+}
+
+#[test]
+fn broken_manifests_keep_the_last_good_routes_and_show_on_healthz() {
+    let lab = lab();
+    let server = Standalone::start(&lab.manifests, &lab.out, &lab.token);
+    let (status, _) = server.post(Some(TOKEN), &blocked_report(1));
+    assert_eq!(status, 200);
+    wait_for("the block is routed", Duration::from_secs(3), || {
+        !microsoft_uses(&lab.out, BLOCKED_IP)
+    });
+    let routes = read(&lab.out.join("routes.json"));
+
+    let google = lab.manifests.join("route-google.yaml");
+    let good = read(&google);
+    let broken = good.replace("  pool: bulk", "  pool: bulk\n  poool: typo");
+    assert_ne!(broken, good);
+    std::fs::write(&google, broken).unwrap();
+    let mut last = (0, String::new());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(last.0 == 503 && last.1.contains("route-google.yaml")) {
+        assert!(
+            Instant::now() < deadline,
+            "/healthz does not report the refused file: {last:?}\n{}",
+            server.log_so_far().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        last = server.request("GET", "/healthz", None, "");
+    }
+    assert!(last.1.contains("poool"), "{}", last.1);
+    assert_eq!(read(&lab.out.join("routes.json")), routes);
+    // Feedback keeps working on the last good manifests.
+    let (status, answer) = server.post(Some(TOKEN), &blocked_report(2));
+    assert_eq!((status, &answer["duplicate"]), (200, &json!(false)));
+    let (_, metrics) = server.request("GET", "/metrics", None, "");
+    assert!(
+        metrics.contains("mailfleet_manifest_reload_errors_total{category=\"invalid\"} 1"),
+        "{metrics}"
+    );
+
+    std::fs::write(&google, &good).unwrap();
+    wait_for("/healthz recovers", Duration::from_secs(5), || {
+        server.request("GET", "/healthz", None, "").0 == 200
+    });
+    assert!(
+        !microsoft_uses(&lab.out, BLOCKED_IP),
+        "a reload forgot the block"
+    );
+    server.stop_cleanly();
+}
