@@ -4,4 +4,5 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod fake_api;
 pub mod postfix;
