@@ -2,16 +2,21 @@
 CARGO ?= cargo
 BIN := target/debug/mailfleet
 
-.PHONY: all build demo test tools lint fmt crds bench fuzz clean
+.PHONY: all build demo demo-sim test tools lint fmt crds bench fuzz clean
 
 all: build
 
 build:
 	$(CARGO) build
 
-## demo: the incident, stopped, on the embedded example fleet (no cluster needed)
+## demo: the incident, stopped live on 127.0.0.x: eight Postfix senders, their agents,
+## mailfleet standalone, a receiver that bans one IP (root; docs/LAB.md). Not root: demo-sim
 demo: build
 	scripts/demo.sh
+
+## demo-sim: the incident replayed offline on the embedded example fleet (no root, no Postfix)
+demo-sim: build
+	scripts/demo.sh --offline
 
 ## test: the whole suite (installs what it needs, or says how)
 test: tools
@@ -42,6 +47,11 @@ bench:
 	$(CARGO) bench --bench simulate
 	bench/agent_replay.sh
 	bench/dnsbl.sh
+
+## e2e: the block -> re-route story on a kind or k3d cluster (skips when none is reachable)
+.PHONY: e2e
+e2e:
+	scripts/e2e.sh
 
 ## fuzz: a short run of each fuzz target (needs a nightly toolchain and cargo-fuzz)
 fuzz:

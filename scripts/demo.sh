@@ -1,10 +1,45 @@
 #!/usr/bin/env bash
-# The incident, replayed offline on the example fleet built into mailfleet:
-# a Microsoft block of one source IP, seen in the first delivery reply, taken out
-# of the Microsoft route only, and probed again after its hold-down.
+# `make demo`: the incident, stopped live on this machine (docs/LAB.md): eight
+# Postfix senders on 127.0.0.11-18 with their agents, mailfleet standalone, a
+# receiver that bans one IP for Microsoft, and a press-release burst. Needs
+# root; without it (or with --offline, `make demo-sim`) the incident is
+# replayed offline on the example fleet built into mailfleet instead.
+# Options after --live go to lab/run.py (--burst N, --seed N, --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mf=target/debug/mailfleet
+
+live() {
+  local missing=()
+  for p in /usr/sbin/postfix /usr/sbin/postqueue /usr/sbin/rbldnsd; do
+    [ -x "$p" ] || missing+=("$p")
+  done
+  target/venv/bin/python -c 'import aiosmtpd' 2>/dev/null || missing+=(target/venv)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "the live lab needs ${missing[*]}; installing them with scripts/ensure-tools.sh"
+    scripts/ensure-tools.sh
+  fi
+  # exec: Ctrl-C reaches the lab, which stops everything it started.
+  exec target/venv/bin/python -B lab/run.py "$@"
+}
+
+mode=live
+case "${1:-}" in
+  --offline) mode=offline; shift ;;
+  --live) shift ;;
+esac
+if [ "$mode" = live ] && [ "$(id -u)" != 0 ]; then
+  echo "The live lab runs eight Postfix instances and needs root (sudo make demo)."
+  echo "Showing the offline replay instead (make demo-sim)."
+  mode=offline
+fi
+if [ "$mode" = live ]; then
+  live "$@"
+fi
+
+# The offline replay: a Microsoft block of one source IP, seen in the first
+# delivery reply, taken out of the Microsoft route only, and probed again after
+# its hold-down.
 log=examples/logs/203.0.113.12.maillog
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 

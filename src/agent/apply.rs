@@ -114,6 +114,13 @@ fn write_atomically(path: &Path, content: &[u8]) -> Result<(), ApplyError> {
     let tmp = path.with_file_name(format!(".{name}.mailfleet-tmp"));
     let mut file = fs::File::create(&tmp).map_err(write_error)?;
     file.write_all(content).map_err(write_error)?;
+    // Postfix distrusts a config file younger than a second and re-reads it
+    // until it has aged, which delays `postfix reload` by about two seconds;
+    // the file is complete before the rename, so it may look older.
+    let settled = std::time::SystemTime::now()
+        .checked_sub(std::time::Duration::from_secs(3))
+        .unwrap_or(std::time::UNIX_EPOCH);
+    file.set_modified(settled).map_err(write_error)?;
     file.sync_all().map_err(write_error)?;
     fs::rename(&tmp, path).map_err(write_error)
 }

@@ -266,12 +266,12 @@ pub struct ReputationSettings {
 
     /// How long a blocked (IP, provider) pair rests before probing; doubles on every repeat block.
     #[serde(default = "default_hold_down")]
-    #[schemars(range(min = 60))]
+    #[schemars(range(min = 10))]
     pub hold_down_seconds: i64,
 
     /// The longest hold-down, however often the pair was blocked.
     #[serde(default = "default_max_hold_down")]
-    #[schemars(range(min = 60))]
+    #[schemars(range(min = 10))]
     pub max_hold_down_seconds: i64,
 
     /// Allowance (percent) of a pair whose provider rate-limits it.
@@ -332,7 +332,7 @@ pub struct DnsblSettings {
 
     /// Seconds between two probe rounds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 60))]
+    #[schemars(range(min = 10))]
     pub interval_seconds: Option<i64>,
 }
 
@@ -518,7 +518,7 @@ pub struct RecoverySettings {
 
     /// How long each step lasts without a new failure before the next one.
     #[serde(default = "default_step_seconds")]
-    #[schemars(range(min = 60))]
+    #[schemars(range(min = 10))]
     pub step_seconds: i64,
 }
 

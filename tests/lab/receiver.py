@@ -5,7 +5,11 @@ them), depending on the client IP and the recipient, and records every answer
 it gives as one JSON line:
 
     {"client_ip": "127.0.0.7", "recipient": "a@hotmail.com", "provider": "microsoft",
-     "stage": "rcpt", "kind": "ms_banned", "code": 550, "reply": "550 5.7.606 ..."}
+     "stage": "rcpt", "kind": "ms_banned", "code": 550, "reply": "550 5.7.606 ...",
+     "at": 1636099801.25}
+
+("at" is the Unix time of the answer; a message accepted at DATA gets one line
+per recipient with stage "data".)
 
 The policy (--policy, JSON) says which answer each client gets per provider:
 
@@ -14,7 +18,9 @@ The policy (--policy, JSON) says which answer each client gets per provider:
      "local_parts": {"unknown": "unknown_user"}}
 
 A recipient whose local part starts with a key of "local_parts" gets that
-answer whatever the client; everything else is accepted (250). Run it with the
+answer whatever the client; everything else is accepted (250). SIGUSR1 lifts
+the "clients" answers (the providers delist every IP): from then on only
+"local_parts" refuse. Run it with the
 project's venv: target/venv/bin/python tests/lab/receiver.py --port-file F ...
 It writes the port it listens on to --port-file once it accepts connections,
 and stops on SIGTERM.
@@ -26,6 +32,7 @@ import json
 import signal
 import socket
 import sys
+import time
 
 from aiosmtpd.controller import Controller
 
@@ -92,6 +99,7 @@ class Receiver:
         self.domains = policy.get("domains", {})
         self.clients = policy.get("clients", {})
         self.local_parts = policy.get("local_parts", {})
+        self.lifted = False
         self.record_file = open(record, "a", encoding="utf-8")
 
     def provider_of(self, recipient):
@@ -103,6 +111,8 @@ class Receiver:
         for prefix, kind in self.local_parts.items():
             if local.startswith(prefix):
                 return kind
+        if self.lifted:
+            return "ok"
         return self.clients.get(client_ip, {}).get(self.provider_of(recipient), "ok")
 
     def record(self, client_ip, recipient, stage, kind, reply):
@@ -114,6 +124,7 @@ class Receiver:
             "kind": kind,
             "code": int(reply[:3]),
             "reply": reply,
+            "at": round(time.time(), 3),
         }
         self.record_file.write(json.dumps(entry) + "\n")
         self.record_file.flush()
@@ -134,9 +145,9 @@ class Receiver:
         return DATA_OK
 
 
-def free_port():
+def free_port(host):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -146,6 +157,7 @@ def main():
     parser.add_argument("--record", required=True, help="file to append one JSON line per answer to")
     parser.add_argument("--port-file", required=True, help="file to write the listening port to")
     parser.add_argument("--port", type=int, default=0, help="port to listen on (0: a free one)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     args = parser.parse_args()
 
     policy = json.loads(args.policy)
@@ -154,8 +166,9 @@ def main():
     if unknown:
         sys.exit(f"unknown answer kinds {sorted(unknown)}; known: {sorted(ANSWERS)}")
 
-    port = args.port or free_port()
-    controller = Controller(Receiver(policy, args.record), hostname="127.0.0.1", port=port,
+    port = args.port or free_port(args.host)
+    receiver = Receiver(policy, args.record)
+    controller = Controller(receiver, hostname=args.host, port=port,
                             server_hostname="mx.lab.mailfleet.test")
     controller.start()
     with open(args.port_file + ".tmp", "w") as f:
@@ -169,6 +182,12 @@ def main():
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+
+        def lift():
+            receiver.lifted = True
+            print(f"receiver: block lifted at {time.time():.3f}", file=sys.stderr, flush=True)
+
+        loop.add_signal_handler(signal.SIGUSR1, lift)
         await stop.wait()
 
     asyncio.run(wait())

@@ -11,7 +11,7 @@ use super::round::ProbeOutcome;
 /// Seconds between two probe rounds when `intervalSeconds` is not set.
 pub const DEFAULT_INTERVAL_SECONDS: i64 = 900;
 /// The shortest interval accepted: block lists rate-limit frequent queries.
-pub const MIN_INTERVAL_SECONDS: i64 = 60;
+pub const MIN_INTERVAL_SECONDS: i64 = 10;
 /// How long an error answer is kept before the (IP, zone) is asked again.
 pub const DEFAULT_ERROR_RETRY_SECONDS: i64 = 60;
 
