@@ -47,6 +47,7 @@ bench:
 	$(CARGO) bench --bench simulate
 	bench/agent_replay.sh
 	bench/dnsbl.sh
+	bench/operator_scale.sh
 
 ## e2e: the block -> re-route story on a kind or k3d cluster (skips when none is reachable)
 .PHONY: e2e

@@ -40,6 +40,24 @@ impl Writer {
             + DeserializeOwned
             + Debug,
     {
+        self.apply_unless(desired, existing, |_| {}).await
+    }
+
+    /// Like [`apply`](Self::apply), comparing only what `shape` leaves of the
+    /// desired object (for stores that do not keep every field).
+    pub async fn apply_unless<K>(
+        &self,
+        desired: &K,
+        existing: Option<&K>,
+        shape: impl FnOnce(&mut Value),
+    ) -> Result<bool>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + Debug,
+    {
         let name = desired.name_any();
         let namespace = desired.namespace().unwrap_or_default();
         let what = format!("{} {namespace}/{name}", K::kind(&()));
@@ -52,7 +70,9 @@ impl Writer {
                 what: what.clone(),
                 source,
             })?;
-            if contains(&have, &wanted) {
+            let mut compared = wanted.clone();
+            shape(&mut compared);
+            if contains(&have, &compared) {
                 return Ok(false);
             }
         }

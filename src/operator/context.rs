@@ -16,6 +16,7 @@ use super::build::events::{EventRecord, EventType as BuildEventType};
 use super::metrics::Metrics;
 use super::snapshot::SnapshotCache;
 use super::stores::Stores;
+use super::triggers::Epochs;
 use crate::api::{DomainRoute, SenderPool};
 use crate::routing::RouteResult;
 use crate::serve::ledger::FeedbackLedger;
@@ -78,18 +79,44 @@ pub struct Context {
     pub snapshots: SnapshotCache,
     /// The last compiled result of each route (`ns/name`), to tell what changed.
     pub last_routes: Mutex<HashMap<String, RouteResult>>,
-    /// Sequences of the feedback reports counted by this replica.
-    pub ledger: tokio::sync::Mutex<FeedbackLedger>,
+    /// What each object's last complete reconcile saw (`ns/name` → digest,
+    /// when): a reconcile that would see the same skips its work.
+    pub memo: Mutex<HashMap<String, (u64, std::time::Instant)>>,
+    /// Counters the reflectors move when pods or workloads change.
+    pub epochs: Arc<Epochs>,
+    /// Sequences of the feedback reports counted by this replica, per pool
+    /// (`ns/name`). A pool's ledger is only touched under its status lock.
+    pub ledgers: Mutex<HashMap<String, FeedbackLedger>>,
     /// One lock per pool: the pool controller and the feedback receiver both
     /// write a pool's status, and taking turns avoids needless 409s.
     status_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     leading: AtomicBool,
-    synced: AtomicBool,
+    synced: tokio::sync::watch::Sender<bool>,
+    /// The probes' own counters, as of their last round.
+    probe_metrics: Mutex<String>,
 }
 
 impl Context {
     pub fn new(client: Client, stores: ClusterStores, settings: Settings) -> Self {
-        let metrics = Arc::new(Metrics::default());
+        Self::with_metrics(client, stores, settings, Arc::new(Metrics::default()))
+    }
+
+    pub fn with_metrics(
+        client: Client,
+        stores: ClusterStores,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self::with_parts(client, stores, settings, metrics, Arc::default())
+    }
+
+    pub fn with_parts(
+        client: Client,
+        stores: ClusterStores,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        epochs: Arc<Epochs>,
+    ) -> Self {
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -106,10 +133,13 @@ impl Context {
             settings,
             snapshots: SnapshotCache::default(),
             last_routes: Mutex::new(HashMap::new()),
-            ledger: tokio::sync::Mutex::new(FeedbackLedger::new()),
+            memo: Mutex::new(HashMap::new()),
+            epochs,
+            ledgers: Mutex::new(HashMap::new()),
             status_locks: Mutex::new(HashMap::new()),
             leading: AtomicBool::new(false),
-            synced: AtomicBool::new(false),
+            synced: tokio::sync::watch::channel(false).0,
+            probe_metrics: Mutex::new(String::new()),
         }
     }
 
@@ -119,6 +149,40 @@ impl Context {
             .entry(format!("{namespace}/{name}"))
             .or_default()
             .clone()
+    }
+
+    /// Whether `digest` is what the last complete reconcile of `key` saw,
+    /// recently enough (a periodic full pass still repairs drift).
+    pub fn unchanged(&self, key: &str, digest: u64) -> bool {
+        let memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
+        memo.get(key).is_some_and(|(seen, at)| {
+            *seen == digest && at.elapsed() < std::time::Duration::from_secs(300)
+        })
+    }
+
+    pub fn remember(&self, key: &str, digest: u64) {
+        self.memo
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_string(), (digest, std::time::Instant::now()));
+    }
+
+    pub fn forget(&self, key: &str) {
+        self.memo
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    pub fn set_probe_metrics(&self, text: String) {
+        *self.probe_metrics.lock().unwrap_or_else(|e| e.into_inner()) = text;
+    }
+
+    /// Everything `/metrics` shows (the port appends its request counters).
+    pub fn render_metrics(&self) -> String {
+        let mut text = self.metrics.render();
+        text.push_str(&self.probe_metrics.lock().unwrap_or_else(|e| e.into_inner()));
+        text
     }
 
     pub fn set_leading(&self, leading: bool) {
@@ -131,11 +195,19 @@ impl Context {
     }
 
     pub fn set_synced(&self) {
-        self.synced.store(true, Ordering::SeqCst);
+        self.synced.send_replace(true);
     }
 
     pub fn is_synced(&self) -> bool {
-        self.synced.load(Ordering::SeqCst)
+        *self.synced.borrow()
+    }
+
+    /// Resolves once every store has listed its resources. (A reflector
+    /// store's own `wait_until_ready` wakes only its latest waiter, so one
+    /// task waits on the stores and everyone else waits here.)
+    pub async fn synced(&self) {
+        let mut rx = self.synced.subscribe();
+        let _ = rx.wait_for(|synced| *synced).await;
     }
 
     /// Publishes events about the object `regarding` refers to. An event that

@@ -138,8 +138,8 @@ impl OperatorFeedback {
     async fn count(&self, report: &FeedbackReport) -> Result<FeedbackResponse, FeedbackRefusal> {
         let ns = report.pool.namespace.as_str();
         let name = report.pool.name.as_str();
-        let lock = self.ctx.status_lock(ns, name);
-        let _turn = lock.lock().await;
+        let status_lock = self.ctx.status_lock(ns, name);
+        let _turn = status_lock.lock().await;
         let api: Api<SenderPool> = Api::namespaced(self.ctx.client.clone(), ns);
         for attempt in 1..=STATUS_ATTEMPTS {
             let fresh = match api.get(name).await {
@@ -168,7 +168,12 @@ impl OperatorFeedback {
             let (_, mut fleet) = snapshot::fleet_of(ns, &pools, &routes)
                 .map_err(|e| FeedbackRefusal::Unavailable(e.to_string()))?;
             let now = Timestamp::now();
-            let mut ledger = self.ctx.ledger.lock().await.clone();
+            let pool_key = format!("{ns}/{name}");
+            let mut ledger = lock(&self.ctx.ledgers)
+                .get(&pool_key)
+                .cloned()
+                .unwrap_or_default();
+            ledger.expire(now);
             let applied = ledger
                 .apply(&mut fleet, report, now)
                 .map_err(|e| e.refusal())?;
@@ -191,7 +196,7 @@ impl OperatorFeedback {
                 .await
             {
                 Ok(_) => {
-                    *self.ctx.ledger.lock().await = ledger;
+                    lock(&self.ctx.ledgers).insert(pool_key, ledger);
                     self.ctx.metrics.feedback_report(&format!("{ns}/{name}"));
                     for t in &applied.transitions {
                         tracing::info!(pool = %applied.pool, ip = %t.ip, provider = %t.provider,
@@ -254,6 +259,10 @@ impl OperatorFeedback {
             config,
         }
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl FeedbackReceiver for OperatorFeedback {

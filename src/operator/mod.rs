@@ -14,6 +14,7 @@ pub mod leader;
 pub mod logging;
 pub mod metrics;
 pub mod pool_controller;
+pub mod probes;
 pub mod route_controller;
 pub mod run;
 pub mod snapshot;

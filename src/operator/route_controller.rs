@@ -3,6 +3,8 @@
 //! route Service and its EndpointSlices listing the ready pods of the IPs the
 //! route may use. It never writes a spec.
 
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,15 +82,35 @@ async fn reconcile_route(route: &Arc<DomainRoute>, ctx: &Arc<Context>) -> Result
         .filter(|r| r.name_any() != name)
         .collect();
     routes.push(route.clone());
-    let snapshot = ctx.snapshots.get(&ns, &pools, &routes, now)?;
+    let snapshot = ctx.snapshots.get(&ns, &pools, &routes, now).await?;
     let problems = snapshot.validation.problems_of_route(&route_key).to_vec();
     let result = if snapshot.validation.route_usable(&route_key) {
         snapshot.table.route(&ns, &name).cloned()
     } else {
         None
     };
-    write_status(ctx, route, result.as_ref(), &problems, now).await?;
+    // What this reconcile depends on besides its own object: when nothing
+    // moved since the last complete pass, there is nothing to do.
+    let pods_epoch = ctx.epochs.pods();
+    let inputs = format!("{result:?}{problems:?}");
+    let seen = |rv: Option<String>| {
+        let mut h = DefaultHasher::new();
+        (&inputs, pods_epoch, rv).hash(&mut h);
+        h.finish()
+    };
+    let memo_key = format!("DomainRoute/{route_key}");
+    let requeue = if problems.is_empty() {
+        RESYNC
+    } else {
+        INVALID_RETRY
+    };
+    if ctx.unchanged(&memo_key, seen(route.resource_version())) {
+        return Ok(Action::requeue(requeue));
+    }
+    let written = write_status(ctx, route, result.as_ref(), &problems, now).await?;
+    let rv_after = written.or_else(|| route.resource_version());
     let Some(result) = result else {
+        ctx.remember(&memo_key, seen(rv_after));
         tracing::warn!(problems = ?problems, "the route cannot be served until it is fixed");
         return Ok(Action::requeue(INVALID_RETRY));
     };
@@ -127,11 +149,8 @@ async fn reconcile_route(route: &Arc<DomainRoute>, ctx: &Arc<Context>) -> Result
         }
         prune(ctx, &ns, &plan.prune).await?;
     }
-    if problems.is_empty() {
-        Ok(Action::requeue(RESYNC))
-    } else {
-        Ok(Action::requeue(INVALID_RETRY))
-    }
+    ctx.remember(&memo_key, seen(rv_after));
+    Ok(Action::requeue(requeue))
 }
 
 /// The Services and EndpointSlices of a namespace the operator manages.
@@ -307,7 +326,7 @@ async fn write_status(
     result: Option<&RouteResult>,
     problems: &[ObjectProblem],
     now: Timestamp,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let ns = namespace_of(&route.metadata);
     let name = route.name_any();
     let mut current: Arc<DomainRoute> = route.clone();
@@ -327,8 +346,8 @@ async fn write_status(
             .patch_status::<DomainRoute>(&ns, &name, current.resource_version(), &old, &new)
             .await
         {
-            Ok(None) => return Ok(()),
-            Ok(Some(_)) => {
+            Ok(None) => return Ok(None),
+            Ok(Some(written)) => {
                 tracing::info!(
                     mode = status.mode.map(mode_name),
                     targets = status.target_count,
@@ -343,7 +362,7 @@ async fn write_status(
                     );
                     ctx.publish(&current.object_ref(&()), &records).await;
                 }
-                return Ok(());
+                return Ok(written.resource_version());
             }
             Err(e) if api_status(&e) == Some(409) => {
                 let api: Api<DomainRoute> = Api::namespaced(ctx.client.clone(), &ns);

@@ -24,9 +24,10 @@ use super::build::{IP_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, POOL_LABEL};
 use super::context::{ClusterStores, Context, Settings};
 use super::feedback::OperatorFeedback;
 use super::leader::{LeaderError, Leadership, GRACE_SECONDS, LEASE_SECONDS};
+use super::metrics::Metrics;
 use super::stores::Stores;
-use super::triggers::{ChangeFilter, Trigger};
-use super::{pool_controller, route_controller};
+use super::triggers::{ChangeFilter, Epochs, Trigger};
+use super::{pool_controller, probes, route_controller};
 use crate::api::{DomainRoute, SenderPool};
 use crate::serve::{self, LogLevelHandle, Observability};
 
@@ -130,7 +131,7 @@ struct Obs(Arc<Context>);
 
 impl Observability for Obs {
     fn metrics(&self) -> String {
-        self.0.metrics.render()
+        self.0.render_metrics()
     }
     fn health(&self) -> Result<String, String> {
         Ok("ok\n".into())
@@ -161,6 +162,8 @@ pub async fn start(
     } else {
         options.namespaces.iter().cloned().map(Some).collect()
     };
+    let metrics = Arc::new(Metrics::default());
+    let epochs = Arc::new(Epochs::default());
     let mut reflectors = JoinSet::new();
     let mut wiring = Vec::new();
     let mut pools = Vec::new();
@@ -178,25 +181,34 @@ pub async fn start(
         // config of its namespace; a route's spec changes every sender config;
         // a pod changes the endpoints of the routes.
         let mut pool_changes = ChangeFilter::default();
-        let (to_pools, to_routes) = (pool_trigger.clone(), route_trigger.clone());
+        let to_routes = route_trigger.clone();
+        let pool_metrics = metrics.clone();
         pools.push(reflect(
             &mut reflectors,
             api::<SenderPool>(&client, scope),
             watcher::Config::default(),
             move |event| {
+                if let watcher::Event::Delete(pool) = event {
+                    pool_metrics.forget_pool(&object_key(pool));
+                }
+                // The routes re-compile; the pools follow when the compiled
+                // table moves (SnapshotCache::notify).
                 if pool_changes.pool_event(event) {
-                    to_pools.fire();
                     to_routes.fire();
                 }
             },
         ));
         let mut route_changes = ChangeFilter::default();
         let to_pools = pool_trigger.clone();
+        let route_metrics = metrics.clone();
         routes.push(reflect(
             &mut reflectors,
             api::<DomainRoute>(&client, scope),
             watcher::Config::default(),
             move |event| {
+                if let watcher::Event::Delete(route) = event {
+                    route_metrics.forget_route(&object_key(route));
+                }
                 if route_changes.route_event(event) {
                     to_pools.fire();
                 }
@@ -204,28 +216,54 @@ pub async fn start(
         ));
         let mut pod_changes = ChangeFilter::default();
         let to_routes = route_trigger.clone();
+        let pod_epochs = epochs.clone();
         pods.push(reflect(
             &mut reflectors,
             api::<Pod>(&client, scope),
             watcher::Config::default().labels(&format!("{POOL_LABEL},{IP_LABEL}")),
             move |event| {
                 if pod_changes.pod_event(event) {
+                    pod_epochs.bump_pods();
+                    match event {
+                        watcher::Event::Apply(pod) | watcher::Event::Delete(pod) => {
+                            pod_epochs.bump_owner(pod)
+                        }
+                        _ => {}
+                    }
                     to_routes.fire();
                 }
             },
         ));
         let owned = watcher::Config::default().labels(&managed);
+        let deployment_epochs = epochs.clone();
         deployments.push(reflect(
             &mut reflectors,
             api::<Deployment>(&client, scope),
             owned.clone(),
-            |_| {},
+            move |event| match event {
+                watcher::Event::Apply(d) | watcher::Event::Delete(d) => {
+                    deployment_epochs.bump_owner(d)
+                }
+                _ => {}
+            },
         ));
-        config_maps.push(reflect(
+        // A ConfigMap is compared by its config-version annotation: its data
+        // (the largest objects by far) is not kept. A deleted one wakes the pools.
+        let to_pools = pool_trigger.clone();
+        config_maps.push(reflect_with(
             &mut reflectors,
             api::<ConfigMap>(&client, scope),
             owned.clone(),
-            |_| {},
+            |cm: &mut ConfigMap| {
+                cm.managed_fields_mut().clear();
+                cm.data = None;
+                cm.binary_data = None;
+            },
+            move |event| {
+                if matches!(event, watcher::Event::Delete(_)) {
+                    to_pools.fire();
+                }
+            },
         ));
         services.push(reflect(
             &mut reflectors,
@@ -250,11 +288,16 @@ pub async fn start(
         services: Stores::new(services),
         slices: Stores::new(slices),
     };
-    let ctx = Arc::new(Context::new(
+    let ctx = Arc::new(Context::with_parts(
         client.clone(),
         stores.clone(),
         options.settings.clone(),
+        metrics,
+        epochs,
     ));
+    for (_, pool_trigger, _) in &wiring {
+        ctx.snapshots.notify(pool_trigger.clone());
+    }
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(supervise(
         client,
@@ -344,7 +387,10 @@ async fn lead_and_run(
         None
     };
     // Reconciles read the stores: they start once everything is listed.
-    ctx.stores.wait_until_ready().await;
+    tokio::select! {
+        () = ctx.synced() => {}
+        _ = &mut *stopped => return Ok(()),
+    }
     tracing::info!("leading: starting the controllers");
     ctx.set_leading(true);
     let mut controllers = JoinSet::new();
@@ -362,10 +408,6 @@ async fn lead_and_run(
         .with_config(config.clone())
         .owns(
             api::<Deployment>(client, &scope),
-            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
-        )
-        .owns(
-            api::<ConfigMap>(client, &scope),
             watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
         )
         .watches(
@@ -408,6 +450,9 @@ async fn lead_and_run(
         .for_each(|_| async {});
         controllers.spawn(route_controller.map(|_| "DomainRoute"));
     }
+    let (stop_probes, probes_stopped) = oneshot::channel::<()>();
+    stops.push(stop_probes);
+    let probe_task = tokio::spawn(probes::run(ctx.clone(), probes_stopped.map(|_| ())));
     let outcome = tokio::select! {
         _ = &mut *stopped => Ok(()),
         lost = async {
@@ -432,10 +477,24 @@ async fn lead_and_run(
         tracing::warn!("controllers did not stop in time; aborting them");
         controllers.abort_all();
     }
+    if tokio::time::timeout(CONTROLLER_GRACE, probe_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the probes did not stop in time");
+    }
     if let (Ok(()), Some(leadership)) = (&outcome, leadership) {
         leadership.release().await;
     }
     outcome
+}
+
+fn object_key<K: Resource>(object: &K) -> String {
+    format!(
+        "{}/{}",
+        object.meta().namespace.as_deref().unwrap_or("default"),
+        object.meta().name.as_deref().unwrap_or("")
+    )
 }
 
 fn api<K>(client: &Client, scope: &Option<String>) -> Api<K>
@@ -454,6 +513,27 @@ fn reflect<K>(
     tasks: &mut JoinSet<()>,
     api: Api<K>,
     config: watcher::Config,
+    on_event: impl FnMut(&watcher::Event<K>) + Send + 'static,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    // Managed fields are never read and are a good share of each object.
+    reflect_with(
+        tasks,
+        api,
+        config,
+        |o: &mut K| o.managed_fields_mut().clear(),
+        on_event,
+    )
+}
+
+/// Like [`reflect`], with `trim` applied to every object before it is stored.
+fn reflect_with<K>(
+    tasks: &mut JoinSet<()>,
+    api: Api<K>,
+    config: watcher::Config,
+    trim: impl FnMut(&mut K) + Send + 'static,
     mut on_event: impl FnMut(&watcher::Event<K>) + Send + 'static,
 ) -> Store<K>
 where
@@ -462,8 +542,7 @@ where
     let (reader, writer) = reflector::store();
     let stream = watcher(api, config)
         .default_backoff()
-        // Managed fields are never read and are a good share of each object.
-        .modify(|o: &mut K| o.managed_fields_mut().clear())
+        .modify(trim)
         .reflect(writer);
     tasks.spawn(async move {
         let mut stream = std::pin::pin!(stream);

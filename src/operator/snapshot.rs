@@ -15,6 +15,7 @@ use kube::ResourceExt;
 
 use super::build::namespace_of;
 use super::build::validate::{validate_fleet, FleetValidation};
+use super::triggers::Trigger;
 use crate::api::{DomainRoute, SenderPool};
 use crate::fleet::{Fleet, FleetError};
 use crate::manifests::Manifests;
@@ -22,6 +23,9 @@ use crate::routing::RouteTable;
 
 /// One namespace's fleet and the route table compiled from it.
 pub struct Snapshot {
+    /// A digest of what the pools' workloads depend on (the validation and
+    /// the compiled routes): when it moves, every pool must be planned again.
+    pub digest: u64,
     /// Problems of every pool (cluster-wide: an IP is claimed across
     /// namespaces) and of this namespace's routes.
     pub validation: FleetValidation,
@@ -33,13 +37,16 @@ pub struct Snapshot {
 #[derive(Default)]
 pub struct SnapshotCache {
     by_namespace: Mutex<HashMap<String, (u64, Arc<Snapshot>)>>,
+    /// Fired when a namespace's digest moves (the pool controllers' triggers).
+    on_change: Mutex<Vec<Trigger>>,
+    building: tokio::sync::Mutex<()>,
 }
 
 impl SnapshotCache {
     /// The snapshot of `namespace` from every pool of the cluster and the
     /// namespace's routes, compiled at `now` unless an identical input was
     /// compiled before.
-    pub fn get(
+    pub async fn get(
         &self,
         namespace: &str,
         pools: &[Arc<SenderPool>],
@@ -47,15 +54,45 @@ impl SnapshotCache {
         now: Timestamp,
     ) -> Result<Arc<Snapshot>, FleetError> {
         let fingerprint = fingerprint(pools, routes);
-        if let Some((seen, snapshot)) = self.lock().get(namespace) {
-            if *seen == fingerprint {
-                return Ok(snapshot.clone());
-            }
+        if let Some(snapshot) = self.cached(namespace, fingerprint) {
+            return Ok(snapshot);
+        }
+        // One build at a time: concurrent reconciles wanting the same new
+        // snapshot wait for the first instead of compiling it again.
+        let _building = self.building.lock().await;
+        if let Some(snapshot) = self.cached(namespace, fingerprint) {
+            return Ok(snapshot);
         }
         let snapshot = Arc::new(build(namespace, pools, routes, now)?);
-        self.lock()
+        let previous = self
+            .lock()
             .insert(namespace.to_string(), (fingerprint, snapshot.clone()));
+        if previous.is_some_and(|(_, p)| p.digest != snapshot.digest) {
+            for trigger in self
+                .on_change
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+            {
+                trigger.fire();
+            }
+        }
         Ok(snapshot)
+    }
+
+    fn cached(&self, namespace: &str, fingerprint: u64) -> Option<Arc<Snapshot>> {
+        self.lock()
+            .get(namespace)
+            .filter(|(seen, _)| *seen == fingerprint)
+            .map(|(_, snapshot)| snapshot.clone())
+    }
+
+    /// Fires `trigger` whenever the routes or the validation of a namespace change.
+    pub fn notify(&self, trigger: Trigger) {
+        self.on_change
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(trigger);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Arc<Snapshot>)>> {
@@ -73,7 +110,15 @@ pub fn build(
 ) -> Result<Snapshot, FleetError> {
     let (validation, fleet) = fleet_of(namespace, pools, routes)?;
     let table = fleet.compile(now);
+    let digest = {
+        let mut h = DefaultHasher::new();
+        format!("{validation:?}").hash(&mut h);
+        format!("{:?}", table.routes).hash(&mut h);
+        format!("{:?}", table.problems).hash(&mut h);
+        h.finish()
+    };
     Ok(Snapshot {
+        digest,
         validation,
         fleet,
         table,
@@ -112,14 +157,31 @@ pub fn fleet_of(
 }
 
 fn fingerprint(pools: &[Arc<SenderPool>], routes: &[Arc<DomainRoute>]) -> u64 {
-    let mut pool_keys: Vec<(String, String, String, String)> = pools
+    // Of a pool's status only the reputation reaches the table: replica
+    // counts and conditions change nothing compiled.
+    let mut pool_keys: Vec<(String, String, String, i64, String, u64)> = pools
         .iter()
         .map(|p| {
+            let mut h = DefaultHasher::new();
+            for ip in p.status.iter().flat_map(|s| s.ips.iter()) {
+                if !ip.reputation.is_empty() {
+                    ip.address.hash(&mut h);
+                    serde_json::to_string(&ip.reputation)
+                        .unwrap_or_default()
+                        .hash(&mut h);
+                }
+            }
             (
                 namespace_of(&p.metadata),
                 p.name_any(),
                 p.uid().unwrap_or_default(),
-                p.resource_version().unwrap_or_default(),
+                p.metadata.generation.unwrap_or_default(),
+                p.metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0.to_string())
+                    .unwrap_or_default(),
+                h.finish(),
             )
         })
         .collect();

@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher::Event;
 use kube::ResourceExt;
 
+use super::build::POOL_LABEL;
 use crate::api::{DomainRoute, SenderPool};
 
 /// A wake-up signal for `Controller::reconcile_all_on`. Signals fired while
@@ -53,6 +54,53 @@ impl Default for Trigger {
     }
 }
 
+/// Counters that move when what a reconcile reads besides its own object
+/// changes, so an unchanged reconcile can be recognised (`Context::unchanged`).
+#[derive(Default)]
+pub struct Epochs {
+    /// Any sender pod's readiness, address or labels.
+    pods: std::sync::atomic::AtomicU64,
+    /// Per pool (`ns/name`): its pods and its Deployments.
+    pools: Mutex<HashMap<String, u64>>,
+}
+
+impl Epochs {
+    pub fn pods(&self) -> u64 {
+        self.pods.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn bump_pods(&self) {
+        self.pods.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn pool(&self, pool: &str) -> u64 {
+        self.pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(pool)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn bump_pool(&self, pool: &str) {
+        *self
+            .pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(pool.to_string())
+            .or_default() += 1;
+    }
+
+    /// Bumps the pool an object labelled `mailfleet.io/pool` belongs to.
+    pub fn bump_owner<K: kube::Resource>(&self, object: &K) {
+        let meta = object.meta();
+        if let Some(pool) = meta.labels.as_ref().and_then(|l| l.get(POOL_LABEL)) {
+            let ns = meta.namespace.as_deref().unwrap_or("default");
+            self.bump_pool(&format!("{ns}/{pool}"));
+        }
+    }
+}
+
 /// What was last seen of each object, as a hash of the fields that matter.
 #[derive(Default)]
 pub struct ChangeFilter {
@@ -67,6 +115,8 @@ impl ChangeFilter {
                 .status
                 .iter()
                 .flat_map(|s| s.ips.iter())
+                // An IP without records reads like no status at all.
+                .filter(|ip| !ip.reputation.is_empty())
                 .map(|ip| {
                     (
                         ip.address.as_str(),

@@ -1,0 +1,194 @@
+//! The DNSBL rounds and provider feed polls of every watched pool, run by the
+//! leader (`probe::runner::SignalProbes`); what they find is counted into the
+//! pools' status like agent feedback, and the `DnsblHealthy` verdict becomes
+//! a condition of the pool.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::{Client, Resource, ResourceExt};
+
+use super::build::events::transition_events;
+use super::build::namespace_of;
+use super::context::Context;
+use super::error::api_status;
+use super::snapshot;
+use crate::api::SenderPool;
+use crate::probe::dnsbl::{DnsblHealth, DNSBL_HEALTHY};
+use crate::probe::runner::{ProbeOptions, ProbeRound, SecretSource, SignalProbes};
+use crate::reputation::engine::Signal;
+use crate::routing::ObjectKey;
+
+/// The longest sleep between two looks at the schedule (new pools, new zones).
+const MAX_IDLE: Duration = Duration::from_secs(30);
+const STATUS_ATTEMPTS: u32 = 5;
+
+/// Secrets read from the API server (`"" secrets: get`).
+pub struct KubeSecrets {
+    client: Client,
+}
+
+impl KubeSecrets {
+    pub fn new(client: Client) -> Self {
+        KubeSecrets { client }
+    }
+}
+
+impl SecretSource for KubeSecrets {
+    async fn secret(&self, namespace: &str, name: &str, key: &str) -> Result<Vec<u8>, String> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let secret = api
+            .get(name)
+            .await
+            .map_err(|e| format!("cannot read Secret {namespace}/{name}: {e}"))?;
+        if let Some(value) = secret.data.as_ref().and_then(|d| d.get(key)) {
+            return Ok(value.0.clone());
+        }
+        if let Some(value) = secret.string_data.as_ref().and_then(|d| d.get(key)) {
+            return Ok(value.as_bytes().to_vec());
+        }
+        Err(format!("Secret {namespace}/{name} has no key `{key}`"))
+    }
+}
+
+/// Runs the probes until `stop` completes.
+pub async fn run(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()>) {
+    let mut stop = std::pin::pin!(stop);
+    let mut probes = SignalProbes::new(ProbeOptions::default());
+    let secrets = KubeSecrets::new(ctx.client.clone());
+    loop {
+        let now = Timestamp::now();
+        let pools: Vec<SenderPool> = ctx
+            .stores
+            .pools
+            .all()
+            .iter()
+            .map(|p| (**p).clone())
+            .collect();
+        let round = probes.run_due(&pools, &secrets, now).await;
+        ctx.set_probe_metrics(probes.metrics());
+        for problem in &round.problems {
+            tracing::warn!(problem = %problem, "probe");
+        }
+        apply_round(&ctx, round, now).await;
+        let wait = probes
+            .next_due()
+            .map(|at| at.duration_since(Timestamp::now()).unsigned_abs())
+            .unwrap_or(MAX_IDLE)
+            .clamp(Duration::from_secs(1), MAX_IDLE);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = &mut stop => return,
+        }
+    }
+}
+
+/// What one round found about one pool.
+#[derive(Default)]
+struct PoolFindings {
+    signals: Vec<(String, Signal)>,
+    health: Option<Option<DnsblHealth>>,
+}
+
+async fn apply_round(ctx: &Context, round: ProbeRound, now: Timestamp) {
+    let mut by_pool: BTreeMap<ObjectKey, PoolFindings> = BTreeMap::new();
+    for (ip, signal) in round.signals {
+        match owner_of(ctx, &ip) {
+            Some(key) => by_pool.entry(key).or_default().signals.push((ip, signal)),
+            None => tracing::debug!(ip = %ip, "a probe result for an IP no pool holds any more"),
+        }
+    }
+    for (pool, health) in round.dnsbl_health {
+        let Some((ns, name)) = pool.split_once('/') else {
+            continue;
+        };
+        by_pool.entry(ObjectKey::new(ns, name)).or_default().health = Some(health);
+    }
+    for (key, findings) in by_pool {
+        if let Err(e) = apply_to_pool(ctx, &key, findings, now).await {
+            tracing::warn!(pool = %key, error = %e, "cannot record probe results");
+        }
+    }
+}
+
+fn owner_of(ctx: &Context, ip: &str) -> Option<ObjectKey> {
+    let wanted: Option<IpAddr> = ip.trim().parse().ok();
+    ctx.stores.pools.all().iter().find_map(|p| {
+        p.spec
+            .ips
+            .iter()
+            .any(|i| {
+                i.address == ip || (wanted.is_some() && i.address.trim().parse().ok() == wanted)
+            })
+            .then(|| ObjectKey::new(namespace_of(&p.metadata), p.name_any()))
+    })
+}
+
+async fn apply_to_pool(
+    ctx: &Context,
+    key: &ObjectKey,
+    findings: PoolFindings,
+    now: Timestamp,
+) -> Result<(), String> {
+    let (ns, name) = (key.namespace.as_str(), key.name.as_str());
+    let lock = ctx.status_lock(ns, name);
+    let _turn = lock.lock().await;
+    let api: Api<SenderPool> = Api::namespaced(ctx.client.clone(), ns);
+    for _ in 0..STATUS_ATTEMPTS {
+        let fresh = Arc::new(api.get(name).await.map_err(|e| e.to_string())?);
+        let mut pools: Vec<Arc<SenderPool>> = ctx
+            .stores
+            .pools
+            .all()
+            .into_iter()
+            .filter(|p| !(p.name_any() == name && p.namespace().as_deref() == Some(ns)))
+            .collect();
+        pools.push(fresh.clone());
+        let routes = ctx.stores.routes.in_namespace(ns);
+        let (_, mut fleet) = snapshot::fleet_of(ns, &pools, &routes).map_err(|e| e.to_string())?;
+        let mut transitions = Vec::new();
+        for (ip, signal) in &findings.signals {
+            match fleet.observe(ip, signal.clone(), now) {
+                Ok(moves) => transitions.extend(moves),
+                Err(e) => tracing::warn!(pool = %key, ip = %ip, error = %e, "probe signal refused"),
+            }
+        }
+        let generation = fresh.metadata.generation;
+        let Some(pool) = fleet.pools.iter_mut().find(|p| p.name_any() == name) else {
+            // The pool is unusable or gone from the fleet: nothing to record.
+            return Ok(());
+        };
+        let status = pool.status.get_or_insert_with(Default::default);
+        match &findings.health {
+            Some(Some(health)) => health.set_on(&mut status.conditions, generation, now),
+            Some(None) => status.conditions.retain(|c| c.type_ != DNSBL_HEALTHY),
+            None => {}
+        }
+        let old = serde_json::to_value(fresh.status.clone().unwrap_or_default())
+            .map_err(|e| e.to_string())?;
+        let new = serde_json::to_value(&*status).map_err(|e| e.to_string())?;
+        match ctx
+            .writer
+            .patch_status::<SenderPool>(ns, name, fresh.resource_version(), &old, &new)
+            .await
+        {
+            Ok(_) => {
+                for t in &transitions {
+                    tracing::info!(pool = %key, ip = %t.ip, provider = %t.provider, from = ?t.from,
+                        to = %t.to, reason = %t.reason, "reputation moved");
+                }
+                let records = transition_events(key, &transitions);
+                ctx.publish(&fresh.object_ref(&()), &records).await;
+                return Ok(());
+            }
+            Err(e) if api_status(&e) == Some(409) => continue,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err(format!("status of SenderPool {key} kept changing"))
+}

@@ -1,0 +1,326 @@
+//! The block → re-route story through the operator's feedback endpoint, with
+//! the real controllers running against the fake API server.
+
+mod operator_harness;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use operator_harness::*;
+use support::fake_api::FakeApi;
+
+/// Eight bulk IPs, two reserve IPs, a ready pod for each; the operator
+/// started and both routes served by all of bulk.
+async fn fleet_with_pods() -> (FakeApi, mailfleet::operator::run::Operator) {
+    let api = FakeApi::start().await;
+    seed_fleet(&api, 8);
+    seed_pods(&api, "bulk", &bulk_ips(8));
+    let reserve: Vec<String> = RESERVE_IPS.iter().map(|s| s.to_string()).collect();
+    seed_pods(&api, "reserve", &reserve);
+    let operator = start_operator(&api, options()).await;
+    converge(&api, "both routes on the eight bulk pods", |api| {
+        slice_pods(api, "microsoft").len() == 8
+            && slice_pods(api, "google").len() == 8
+            && target_ips(api, "microsoft").len() == 8
+            && pool_status(api, "bulk")["readyIps"] == 8
+            && pool_status(api, "reserve")["readyIps"] == 2
+    })
+    .await;
+    settle(&api, Duration::from_millis(300)).await;
+    (api, operator)
+}
+
+fn token_for(api: &FakeApi, pool: &str, ip: &str) -> String {
+    let token = format!("token-{pool}-{ip}");
+    api.allow_pod_token(&token, NS, &pod_name(pool, ip));
+    token
+}
+
+async fn block(api: &FakeApi, addr: std::net::SocketAddr, pool: &str, ip: &str, sequence: u64) {
+    let token = token_for(api, pool, ip);
+    let (status, body) = post_feedback(addr, Some(&token), &ban_report(pool, ip, sequence)).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_reply_blocks_the_ip_for_microsoft_only_and_reroutes_within_one_reconcile() {
+    let (api, operator) = fleet_with_pods().await;
+    let addr = operator.local_addr();
+    let ip = "203.0.113.12";
+    let pod = pod_name("bulk", ip);
+    let token = token_for(&api, "bulk", ip);
+
+    let started = Instant::now();
+    let (status, body) = post_feedback(addr, Some(&token), &ban_report("bulk", ip, 1)).await;
+    assert_eq!(status, 200, "{body}");
+    let response: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(response["duplicate"], false);
+    assert!(response["config"]["version"].is_string(), "{body}");
+    assert!(
+        response["config"]["files"]["sender.json"].is_string(),
+        "{body}"
+    );
+    // The answer came after the state was stored.
+    assert_eq!(
+        pair_state(&api, "bulk", ip, "microsoft").as_deref(),
+        Some("Blocked")
+    );
+
+    converge(&api, "microsoft route without the blocked IP", |api| {
+        !target_ips(api, "microsoft").contains(&ip.to_string())
+            && !slice_pods(api, "microsoft").contains(&pod)
+    })
+    .await;
+    let rerouted_in = started.elapsed();
+    assert!(
+        rerouted_in < Duration::from_secs(3),
+        "re-routing took {rerouted_in:?}"
+    );
+    assert_eq!(target_ips(&api, "microsoft").len(), 7);
+    assert_eq!(slice_pods(&api, "microsoft").len(), 7);
+    let excluded = &route_status(&api, "microsoft")["excluded"];
+    assert!(
+        excluded
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["ip"] == ip && e["state"] == "Blocked"),
+        "{excluded}"
+    );
+    // Google still sends through it.
+    assert!(target_ips(&api, "google").contains(&ip.to_string()));
+    assert!(slice_pods(&api, "google").contains(&pod));
+    assert_ne!(
+        pair_state(&api, "bulk", ip, "google").as_deref(),
+        Some("Blocked")
+    );
+
+    // Degraded condition, event, metrics.
+    converge(&api, "the pool's Degraded condition", |api| {
+        pool_status(api, "bulk")["conditions"]
+            .as_array()
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Degraded" && c["status"] == "True")
+            })
+    })
+    .await;
+    let events = api.list("events.k8s.io/v1", "Event");
+    assert!(
+        events.iter().any(|e| e["reason"] == "IpBlocked"
+            && e["regarding"]["name"] == "bulk"
+            && e["note"].as_str().unwrap_or("").contains(ip)),
+        "no IpBlocked event"
+    );
+    let blocked_series = format!(
+        "mailfleet_ip_state{{pool=\"mail/bulk\",ip=\"{ip}\",provider=\"microsoft\",state=\"Blocked\"}} 1"
+    );
+    let (code, metrics) = get(addr, "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(metrics.contains(&blocked_series), "{metrics}");
+    assert!(metrics.contains("mailfleet_feedback_reports_total{pool=\"mail/bulk\"} 1"));
+    assert!(
+        metrics.contains("mailfleet_route_targets{route=\"mail/microsoft\",mode=\"Primary\"} 7")
+    );
+
+    // A retried report is acknowledged and not counted again.
+    let (status, body) = post_feedback(addr, Some(&token), &ban_report("bulk", ip, 1)).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"duplicate\":true"), "{body}");
+    operator.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_ip_blocked_for_microsoft_engages_the_fallback_pool_then_defers() {
+    let (api, operator) = fleet_with_pods().await;
+    let addr = operator.local_addr();
+    for (n, ip) in bulk_ips(8).iter().enumerate() {
+        block(&api, addr, "bulk", ip, n as u64 + 1).await;
+    }
+    converge(&api, "microsoft on the reserve pool", |api| {
+        route_mode(api, "microsoft") == "FallbackPool"
+            && target_ips(api, "microsoft") == RESERVE_IPS.to_vec()
+            && slice_pods(api, "microsoft").len() == 2
+    })
+    .await;
+    assert!(slice_pods(&api, "microsoft")
+        .iter()
+        .all(|p| p.starts_with("mf-reserve-")));
+    assert_eq!(route_status(&api, "microsoft")["fallbackInUse"], true);
+    assert_eq!(route_mode(&api, "google"), "Primary");
+    assert_eq!(slice_pods(&api, "google").len(), 8);
+
+    for (n, ip) in RESERVE_IPS.iter().enumerate() {
+        block(&api, addr, "reserve", ip, n as u64 + 1).await;
+    }
+    converge(&api, "microsoft deferred", |api| {
+        route_mode(api, "microsoft") == "Defer"
+            && target_ips(api, "microsoft").is_empty()
+            && slice_pods(api, "microsoft").is_empty()
+    })
+    .await;
+    let ready = route_status(&api, "microsoft")["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+        .unwrap();
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "Deferred");
+    let reasons: Vec<String> = api
+        .list("events.k8s.io/v1", "Event")
+        .iter()
+        .filter_map(|e| e["reason"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "FallbackEngaged"),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r == "RouteDeferred"), "{reasons:?}");
+    assert_eq!(route_mode(&api, "google"), "Primary");
+    operator.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_restarted_mid_block_keeps_the_state_and_the_routes() {
+    let (api, operator) = fleet_with_pods().await;
+    let ip = "203.0.113.12";
+    block(&api, operator.local_addr(), "bulk", ip, 1).await;
+    converge(&api, "re-routed", |api| {
+        target_ips(api, "microsoft").len() == 7 && slice_pods(api, "microsoft").len() == 7
+    })
+    .await;
+    operator.shutdown().await.unwrap();
+    let before_pool = pool_status(&api, "bulk");
+    let before_route = route_status(&api, "microsoft");
+    api.clear_requests();
+
+    let restarted = start_operator(&api, options()).await;
+    // Let every object be reconciled once by the new process.
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let metrics = restarted.context().metrics.render();
+        let reconciled = |controller: &str, at_least: u64| {
+            metrics
+                .lines()
+                .find(|l| {
+                    l.starts_with(&format!(
+                        "mailfleet_reconciles_total{{controller=\"{controller}\"}}"
+                    ))
+                })
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .is_some_and(|n| n >= at_least)
+        };
+        if reconciled("senderpool", 2) && reconciled("domainroute", 2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted operator did not reconcile"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        pair_state(&api, "bulk", ip, "microsoft").as_deref(),
+        Some("Blocked")
+    );
+    assert_eq!(
+        route_status(&api, "microsoft")["targets"],
+        before_route["targets"]
+    );
+    assert_eq!(
+        route_status(&api, "microsoft")["lastRewriteTime"],
+        before_route["lastRewriteTime"]
+    );
+    assert_eq!(slice_pods(&api, "microsoft").len(), 7);
+    assert!(!slice_pods(&api, "microsoft").contains(&pod_name("bulk", ip)));
+    let reputation = |s: &serde_json::Value| {
+        s["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["reputation"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        reputation(&pool_status(&api, "bulk")),
+        reputation(&before_pool)
+    );
+    // Nothing needed rewriting.
+    let writes = api.writes();
+    assert!(
+        writes
+            .iter()
+            .all(|w| !w.path.contains("/domainroutes/") && !w.path.contains("/endpointslices/")),
+        "the restart rewrote routes: {:?}",
+        writes
+            .iter()
+            .map(|w| format!("{} {}", w.method, w.path))
+            .collect::<Vec<_>>()
+    );
+    restarted.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_or_wrong_ip_posts_are_refused_and_change_nothing() {
+    let (api, operator) = fleet_with_pods().await;
+    let addr = operator.local_addr();
+    let before = pool_status(&api, "bulk");
+    api.clear_requests();
+
+    // No token.
+    let (status, _) = post_feedback(addr, None, &ban_report("bulk", "203.0.113.12", 1)).await;
+    assert_eq!(status, 401);
+    // A token the API server does not know.
+    let (status, _) =
+        post_feedback(addr, Some("forged"), &ban_report("bulk", "203.0.113.12", 1)).await;
+    assert_eq!(status, 401);
+    // The pod of .13 speaking for .12.
+    let token = token_for(&api, "bulk", "203.0.113.13");
+    let (status, body) =
+        post_feedback(addr, Some(&token), &ban_report("bulk", "203.0.113.12", 1)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("mailfleet.io/ip"), "{body}");
+    // The right IP but another pool's name.
+    let mut wrong_pool = ban_report("bulk", "203.0.113.13", 1);
+    wrong_pool.pool.name = "reserve".into();
+    let (status, _) = post_feedback(addr, Some(&token), &wrong_pool).await;
+    assert_eq!(status, 403);
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(pool_status(&api, "bulk"), before);
+    let writes: Vec<String> = api
+        .writes()
+        .iter()
+        .filter(|w| w.path.contains("/senderpools/"))
+        .map(|w| format!("{} {}", w.method, w.path))
+        .collect();
+    assert!(writes.is_empty(), "a refused post wrote a pool: {writes:?}");
+    assert_eq!(target_ips(&api, "microsoft").len(), 8);
+    operator.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_is_retried() {
+    let (api, operator) = fleet_with_pods().await;
+    let addr = operator.local_addr();
+    // The first status write of the pool and of the route both meet a 409.
+    api.fail_next("PATCH", "/senderpools/bulk/status", 409, 1);
+    api.fail_next("PATCH", "/domainroutes/microsoft/status", 409, 1);
+    block(&api, addr, "bulk", "203.0.113.12", 1).await;
+    assert_eq!(
+        pair_state(&api, "bulk", "203.0.113.12", "microsoft").as_deref(),
+        Some("Blocked")
+    );
+    converge(&api, "re-routed despite the conflicts", |api| {
+        target_ips(api, "microsoft").len() == 7 && slice_pods(api, "microsoft").len() == 7
+    })
+    .await;
+    let conflicts = api.requests().iter().filter(|r| r.status == 409).count();
+    // The two injected ones at least (a pool reconcile racing the feedback
+    // write may meet a real one, retried the same way).
+    assert!(conflicts >= 2, "{conflicts} conflicts");
+    operator.shutdown().await.unwrap();
+}

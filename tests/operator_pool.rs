@@ -1,0 +1,168 @@
+//! The SenderPool controller against the fake API server: per-IP workloads,
+//! pruning, bad input.
+
+mod operator_harness;
+mod support;
+
+use operator_harness::*;
+use serde_json::json;
+use support::fake_api::FakeApi;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_ips_yield_eight_deployments_and_config_maps() {
+    let api = FakeApi::start().await;
+    seed_fleet(&api, 8);
+    let operator = start_operator(&api, options()).await;
+    converge(&api, "8 Deployments and 8 ConfigMaps for bulk", |api| {
+        deployments(api, "bulk").len() == 8 && config_maps(api, "bulk").len() == 8
+    })
+    .await;
+    let expected: Vec<String> = bulk_ips(8)
+        .iter()
+        .map(|ip| mailfleet::operator::build::deployment_name("bulk", ip).unwrap())
+        .collect();
+    let mut expected_sorted = expected.clone();
+    expected_sorted.sort();
+    assert_eq!(deployments(&api, "bulk"), expected_sorted);
+    let deployment = api.get("apps/v1", "Deployment", NS, &expected[0]).unwrap();
+    assert_eq!(
+        deployment["metadata"]["ownerReferences"][0]["kind"],
+        "SenderPool"
+    );
+    assert_eq!(
+        deployment["metadata"]["ownerReferences"][0]["controller"],
+        true
+    );
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let config = api
+        .get("v1", "ConfigMap", NS, &format!("{}-config", expected[0]))
+        .unwrap();
+    assert!(config["data"]["sender.json"].is_string());
+    assert!(config["data"]["config-version"].is_string());
+    // Every apply names the operator as field manager.
+    assert!(api
+        .writes()
+        .iter()
+        .filter(|w| w.method == "PATCH" && w.path.contains("/deployments/"))
+        .all(|w| w.field_manager().as_deref() == Some("mailfleet-operator")));
+    converge(&api, "pool status with 8 IPs", |api| {
+        pool_status(api, "bulk")["ipCount"] == 8
+    })
+    .await;
+    operator.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_an_ip_prunes_its_objects() {
+    let api = FakeApi::start().await;
+    seed_fleet(&api, 8);
+    let operator = start_operator(&api, options()).await;
+    converge(&api, "8 Deployments", |api| {
+        deployments(api, "bulk").len() == 8 && config_maps(api, "bulk").len() == 8
+    })
+    .await;
+    let removed = "203.0.113.17";
+    let deployment = mailfleet::operator::build::deployment_name("bulk", removed).unwrap();
+    api.modify(CRD, "SenderPool", NS, "bulk", |pool| {
+        let ips = pool["spec"]["ips"].as_array_mut().unwrap();
+        ips.retain(|ip| ip["address"] != removed);
+    });
+    converge(&api, "the removed IP's objects pruned", |api| {
+        deployments(api, "bulk").len() == 7 && config_maps(api, "bulk").len() == 7
+    })
+    .await;
+    assert!(!deployments(&api, "bulk").contains(&deployment));
+    assert!(!config_maps(&api, "bulk").contains(&format!("{deployment}-config")));
+    // The other pool's objects are untouched.
+    assert_eq!(deployments(&api, "reserve").len(), 2);
+    converge(&api, "pool status without the IP", |api| {
+        pool_status(api, "bulk")["ipCount"] == 7
+    })
+    .await;
+    operator.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_sets_conditions_and_events_and_disturbs_nothing_else() {
+    let api = FakeApi::start().await;
+    seed_fleet(&api, 3);
+    // A pool whose template has no container.
+    let mut empty = pool("empty", &["192.0.2.50".to_string()]);
+    empty["spec"]["template"] = json!({ "spec": { "containers": [] } });
+    api.insert(empty);
+    // A pool claiming an IP of bulk (created later, so bulk keeps it).
+    api.insert(pool(
+        "thief",
+        &["203.0.113.10".to_string(), "192.0.2.60".to_string()],
+    ));
+    // A route naming a pool that does not exist.
+    let mut lost = route(
+        "yahoo",
+        "yahoo",
+        json!({ "domains": ["yahoo.com"] }),
+        json!([]),
+    );
+    lost["spec"]["pool"] = json!("missing");
+    api.insert(lost);
+    let operator = start_operator(&api, options()).await;
+
+    converge(&api, "conditions on the three bad objects", |api| {
+        let accepted = |status: serde_json::Value| {
+            status["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Accepted").cloned())
+        };
+        let empty = accepted(pool_status(api, "empty"));
+        let thief = accepted(pool_status(api, "thief"));
+        let yahoo = accepted(route_status(api, "yahoo"));
+        empty.is_some_and(|c| c["status"] == "False" && c["reason"] == "TemplateHasNoContainer")
+            && thief
+                .is_some_and(|c| c["status"] == "False" && c["reason"] == "IpClaimedByAnotherPool")
+            && yahoo.is_some_and(|c| c["status"] == "False" && c["reason"] == "PoolNotFound")
+    })
+    .await;
+    // Nothing for the unusable pool, only the free IP for the thief, all of bulk.
+    converge(&api, "workloads of the good parts", |api| {
+        deployments(api, "bulk").len() == 3 && deployments(api, "thief").len() == 1
+    })
+    .await;
+    assert!(deployments(&api, "empty").is_empty());
+    let message = pool_status(&api, "thief")["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Accepted")
+        .unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("spec.ips") && message.contains("mail/bulk"),
+        "{message}"
+    );
+    // Events name the problems.
+    converge(&api, "warning events", |api| {
+        let reasons: Vec<String> = api
+            .list("events.k8s.io/v1", "Event")
+            .iter()
+            .filter_map(|e| e["reason"].as_str().map(str::to_string))
+            .collect();
+        [
+            "TemplateHasNoContainer",
+            "IpClaimedByAnotherPool",
+            "PoolNotFound",
+        ]
+        .iter()
+        .all(|r| reasons.iter().any(|x| x == r))
+    })
+    .await;
+    // The good routes still route.
+    converge(&api, "microsoft routed on bulk", |api| {
+        route_mode(api, "microsoft") == "Primary" && target_ips(api, "microsoft").len() == 3
+    })
+    .await;
+    // No crash loop: a few seconds later the failures did not pile up.
+    let metrics = operator.context().metrics.render();
+    assert!(!metrics.contains("category=\"config\"} 1"), "{metrics}");
+    operator.shutdown().await.unwrap();
+}
