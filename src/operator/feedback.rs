@@ -18,7 +18,6 @@ use super::build::events::transition_events;
 use super::build::{IP_LABEL, POOL_LABEL};
 use super::context::Context;
 use super::error::api_status;
-use super::snapshot;
 use crate::agent::report::{ConfigHint, FeedbackReport, FeedbackResponse, FEEDBACK_API_VERSION};
 use crate::api::SenderPool;
 use crate::routing::postfix::{self, ip_slug, PostfixOptions};
@@ -165,9 +164,24 @@ impl OperatorFeedback {
                 .collect();
             pools.push(fresh.clone());
             let routes = self.ctx.stores.routes.in_namespace(ns);
-            let (_, mut fleet) = snapshot::fleet_of(ns, &pools, &routes)
-                .map_err(|e| FeedbackRefusal::Unavailable(e.to_string()))?;
             let now = Timestamp::now();
+            // The cached snapshot of these very inputs (the route controller
+            // has usually compiled it already): rebuilding the fleet, above
+            // all its classifier, is most of what a report costs.
+            let snapshot = self
+                .ctx
+                .snapshots
+                .get(ns, &pools, &routes, now)
+                .await
+                .map_err(|e| FeedbackRefusal::Unavailable(e.to_string()))?;
+            let mut fleet = snapshot.fleet.clone();
+            drop(snapshot);
+            // The cache matches on spec and reputation only: count into the
+            // fresh status so the write does not carry stale replica counts.
+            if let Some(pool) = fleet.pools.iter_mut().find(|p| p.name_any() == name) {
+                pool.metadata = fresh.metadata.clone();
+                pool.status = fresh.status.clone();
+            }
             let pool_key = format!("{ns}/{name}");
             let mut ledger = lock(&self.ctx.ledgers)
                 .get(&pool_key)

@@ -17,8 +17,9 @@ use super::build::namespace_of;
 use super::build::validate::{validate_fleet, FleetValidation};
 use super::triggers::Trigger;
 use crate::api::{DomainRoute, SenderPool};
-use crate::fleet::{Fleet, FleetError};
+use crate::fleet::{declared_provider, known_providers, Fleet, FleetError};
 use crate::manifests::Manifests;
+use crate::reputation::providers::ProviderSpec;
 use crate::routing::RouteTable;
 
 /// One namespace's fleet and the route table compiled from it.
@@ -40,7 +41,14 @@ pub struct SnapshotCache {
     /// Fired when a namespace's digest moves (the pool controllers' triggers).
     on_change: Mutex<Vec<Trigger>>,
     building: tokio::sync::Mutex<()>,
+    /// Each pool's part of the fingerprint by `ns/name`, with the
+    /// resourceVersion it was computed at: every reconcile fingerprints every
+    /// pool, and serialising 1,600 IPs' reputation each time is what made a
+    /// wake of 500 routes slow.
+    pool_keys: Mutex<HashMap<String, (String, PoolKey)>>,
 }
+
+type PoolKey = (String, String, String, i64, String, u64);
 
 impl SnapshotCache {
     /// The snapshot of `namespace` from every pool of the cluster and the
@@ -53,7 +61,7 @@ impl SnapshotCache {
         routes: &[Arc<DomainRoute>],
         now: Timestamp,
     ) -> Result<Arc<Snapshot>, FleetError> {
-        let fingerprint = fingerprint(pools, routes);
+        let fingerprint = self.fingerprint(pools, routes);
         if let Some(snapshot) = self.cached(namespace, fingerprint) {
             return Ok(snapshot);
         }
@@ -63,7 +71,15 @@ impl SnapshotCache {
         if let Some(snapshot) = self.cached(namespace, fingerprint) {
             return Ok(snapshot);
         }
-        let snapshot = Arc::new(build(namespace, pools, routes, now)?);
+        let previous = self.lock().get(namespace).map(|(_, s)| s.clone());
+        let (validation, fleet) = fleet_reusing(
+            namespace,
+            pools,
+            routes,
+            previous.as_ref().map(|s| &s.fleet),
+        )?;
+        drop(previous);
+        let snapshot = Arc::new(compiled(validation, fleet, now));
         let previous = self
             .lock()
             .insert(namespace.to_string(), (fingerprint, snapshot.clone()));
@@ -98,6 +114,39 @@ impl SnapshotCache {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Arc<Snapshot>)>> {
         self.by_namespace.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// A digest of what the table depends on (every pool's key, every route's
+    /// generation), with each pool's part reused while its resourceVersion stays.
+    fn fingerprint(&self, pools: &[Arc<SenderPool>], routes: &[Arc<DomainRoute>]) -> u64 {
+        let mut memo = self.pool_keys.lock().unwrap_or_else(|e| e.into_inner());
+        let pool_keys: Vec<PoolKey> = pools
+            .iter()
+            .map(|p| {
+                let Some(version) = p.resource_version() else {
+                    return pool_key(p);
+                };
+                let name = format!("{}/{}", namespace_of(&p.metadata), p.name_any());
+                match memo.get(&name) {
+                    Some((seen, key)) if *seen == version => key.clone(),
+                    _ => {
+                        let key = pool_key(p);
+                        memo.insert(name, (version, key.clone()));
+                        key
+                    }
+                }
+            })
+            .collect();
+        // Deleted pools' entries go once they outnumber the live ones.
+        if memo.len() > 2 * pools.len() + 16 {
+            let live: std::collections::HashSet<String> = pools
+                .iter()
+                .map(|p| format!("{}/{}", namespace_of(&p.metadata), p.name_any()))
+                .collect();
+            memo.retain(|name, _| live.contains(name));
+        }
+        drop(memo);
+        combine(pool_keys, routes)
+    }
 }
 
 /// Builds and compiles a snapshot without the cache (the feedback path edits
@@ -109,6 +158,10 @@ pub fn build(
     now: Timestamp,
 ) -> Result<Snapshot, FleetError> {
     let (validation, fleet) = fleet_of(namespace, pools, routes)?;
+    Ok(compiled(validation, fleet, now))
+}
+
+fn compiled(validation: FleetValidation, fleet: Fleet, now: Timestamp) -> Snapshot {
     let table = fleet.compile(now);
     let digest = {
         let mut h = DefaultHasher::new();
@@ -117,12 +170,12 @@ pub fn build(
         format!("{:?}", table.problems).hash(&mut h);
         h.finish()
     };
-    Ok(Snapshot {
+    Snapshot {
         digest,
         validation,
         fleet,
         table,
-    })
+    }
 }
 
 /// The validation of these objects and the usable fleet of `namespace`,
@@ -133,6 +186,18 @@ pub fn fleet_of(
     namespace: &str,
     pools: &[Arc<SenderPool>],
     routes: &[Arc<DomainRoute>],
+) -> Result<(FleetValidation, Fleet), FleetError> {
+    fleet_reusing(namespace, pools, routes, None)
+}
+
+/// [`fleet_of`], taking the classifier of `previous` when the usable routes
+/// declare the same providers: the classifier depends on nothing else, and
+/// building it is most of the cost of a snapshot after a reputation change.
+fn fleet_reusing(
+    namespace: &str,
+    pools: &[Arc<SenderPool>],
+    routes: &[Arc<DomainRoute>],
+    previous: Option<&Fleet>,
 ) -> Result<(FleetValidation, Fleet), FleetError> {
     let mut pools: Vec<SenderPool> = pools.iter().map(|p| (**p).clone()).collect();
     let mut routes: Vec<DomainRoute> = routes
@@ -145,6 +210,17 @@ pub fn fleet_of(
     let validation = validate_fleet(&pools, &routes);
     let (mut pools, routes) = validation.usable_fleet(&pools, &routes);
     pools.retain(|p| namespace_of(&p.metadata) == namespace);
+    if let Some(previous) = previous {
+        if declared_providers(&previous.routes) == declared_providers(&routes) {
+            let fleet = Fleet {
+                known_providers: known_providers(&routes),
+                pools,
+                routes,
+                classifier: previous.classifier.clone(),
+            };
+            return Ok((validation, fleet));
+        }
+    }
     let fleet = Fleet::new(
         Manifests {
             pools,
@@ -156,35 +232,38 @@ pub fn fleet_of(
     Ok((validation, fleet))
 }
 
-fn fingerprint(pools: &[Arc<SenderPool>], routes: &[Arc<DomainRoute>]) -> u64 {
-    // Of a pool's status only the reputation reaches the table: replica
-    // counts and conditions change nothing compiled.
-    let mut pool_keys: Vec<(String, String, String, i64, String, u64)> = pools
-        .iter()
-        .map(|p| {
-            let mut h = DefaultHasher::new();
-            for ip in p.status.iter().flat_map(|s| s.ips.iter()) {
-                if !ip.reputation.is_empty() {
-                    ip.address.hash(&mut h);
-                    serde_json::to_string(&ip.reputation)
-                        .unwrap_or_default()
-                        .hash(&mut h);
-                }
-            }
-            (
-                namespace_of(&p.metadata),
-                p.name_any(),
-                p.uid().unwrap_or_default(),
-                p.metadata.generation.unwrap_or_default(),
-                p.metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .map(|t| t.0.to_string())
-                    .unwrap_or_default(),
-                h.finish(),
-            )
-        })
-        .collect();
+/// What of a pool reaches the table. Of its status only the reputation does:
+/// replica counts and conditions change nothing compiled.
+/// The providers `Fleet::new` adds to the classifier, in its order.
+fn declared_providers(routes: &[DomainRoute]) -> Vec<ProviderSpec> {
+    routes.iter().filter_map(declared_provider).collect()
+}
+
+fn pool_key(p: &SenderPool) -> PoolKey {
+    let mut h = DefaultHasher::new();
+    for ip in p.status.iter().flat_map(|s| s.ips.iter()) {
+        if !ip.reputation.is_empty() {
+            ip.address.hash(&mut h);
+            serde_json::to_string(&ip.reputation)
+                .unwrap_or_default()
+                .hash(&mut h);
+        }
+    }
+    (
+        namespace_of(&p.metadata),
+        p.name_any(),
+        p.uid().unwrap_or_default(),
+        p.metadata.generation.unwrap_or_default(),
+        p.metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default(),
+        h.finish(),
+    )
+}
+
+fn combine(mut pool_keys: Vec<PoolKey>, routes: &[Arc<DomainRoute>]) -> u64 {
     // A route's status never changes the table (learned domains aside, which
     // only the status writer itself adds), so its generation is enough.
     let mut route_keys: Vec<(String, String, i64)> = routes
@@ -203,4 +282,28 @@ fn fingerprint(pools: &[Arc<SenderPool>], routes: &[Arc<DomainRoute>]) -> u64 {
     pool_keys.hash(&mut h);
     route_keys.hash(&mut h);
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::example::incident_fleet;
+
+    #[test]
+    fn a_reused_classifier_gives_the_fleet_a_fresh_build_gives() {
+        let now = "2021-11-05T08:10:00Z".parse().unwrap();
+        let (pools, routes) = incident_fleet(now);
+        let pools: Vec<Arc<SenderPool>> = pools.into_iter().map(Arc::new).collect();
+        let routes: Vec<Arc<DomainRoute>> = routes.into_iter().map(Arc::new).collect();
+        let ns = namespace_of(&routes[0].metadata);
+        let (_, previous) = fleet_of(&ns, &pools, &routes).unwrap();
+        let (_, fresh) = fleet_of(&ns, &pools, &routes).unwrap();
+        let (_, reused) = fleet_reusing(&ns, &pools, &routes, Some(&previous)).unwrap();
+        assert_eq!(format!("{fresh:?}"), format!("{reused:?}"));
+        // With other routes the result still matches a fresh build.
+        let fewer = &routes[..routes.len() - 1];
+        let (_, rebuilt) = fleet_reusing(&ns, &pools, fewer, Some(&previous)).unwrap();
+        let (_, expected) = fleet_of(&ns, &pools, fewer).unwrap();
+        assert_eq!(format!("{expected:?}"), format!("{rebuilt:?}"));
+    }
 }
