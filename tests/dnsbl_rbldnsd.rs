@@ -5,11 +5,11 @@
 //! rbldnsd comes from scripts/ensure-tools.sh. Without it these tests fail with
 //! the install command, unless MAILFLEET_SKIP_RBLDNSD=1 (then they say so loudly).
 
-use std::fs;
+mod support;
+
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -21,10 +21,11 @@ use mailfleet::api::ReputationState;
 use mailfleet::fleet::Fleet;
 use mailfleet::manifests;
 use mailfleet::probe::dnsbl::{
-    encode_query, plan_from_settings, DnsblProbe, ProbeErrorKind, ProbeOutcome, QueryType,
-    Resolver, ResultCache, ZoneErrorCounters, ZoneRules,
+    plan_from_settings, DnsblProbe, ProbeErrorKind, ProbeOutcome, Resolver, ResultCache,
+    ZoneErrorCounters, ZoneRules,
 };
 use mailfleet::reputation::engine::Reason;
+use support::rbldnsd::{self, Rbldnsd};
 
 const SBL: &str = "\
 :127.0.0.2:Listed in SBL, see https://check.spamhaus.example/query/ip/$
@@ -69,114 +70,19 @@ fn resolver(address: SocketAddr) -> Resolver {
     Resolver::new(address, Duration::from_millis(1000), 2)
 }
 
-/// A private rbldnsd, killed when dropped (also when a test panics).
-struct Rbldnsd {
-    child: Child,
-    address: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Rbldnsd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rbldnsd_binary() -> Option<PathBuf> {
-    let fixed = Path::new("/usr/sbin/rbldnsd");
-    if fixed.exists() {
-        return Some(fixed.to_path_buf());
-    }
-    let paths = std::env::var_os("PATH")?;
-    std::env::split_paths(&paths)
-        .map(|dir| dir.join("rbldnsd"))
-        .find(|p| p.exists())
-}
-
 /// `None`: rbldnsd is missing and MAILFLEET_SKIP_RBLDNSD=1 asked to skip.
 fn start_rbldnsd(test: &str) -> Option<Rbldnsd> {
-    let Some(binary) = rbldnsd_binary() else {
-        if std::env::var("MAILFLEET_SKIP_RBLDNSD").as_deref() == Ok("1") {
-            eprintln!(
-                "\n*** SKIPPED {test}: rbldnsd is not installed and MAILFLEET_SKIP_RBLDNSD=1 ***\n"
-            );
-            return None;
-        }
-        panic!(
-            "rbldnsd is not installed (looked for /usr/sbin/rbldnsd and in PATH). Install it with \
-             `sudo apt-get install -y rbldnsd` (or run scripts/ensure-tools.sh), or set \
-             MAILFLEET_SKIP_RBLDNSD=1 to skip the rbldnsd tests"
-        );
-    };
-    let dir = tempfile::tempdir().unwrap();
-    // rbldnsd started as root drops to its own user, which must read the data.
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    for (name, text) in [("sbl", SBL), ("xbl", XBL), ("v6", V6), ("other", OTHER)] {
-        let path = dir.path().join(name);
-        fs::write(&path, text).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-    }
-    let mut last_log = String::new();
-    for _ in 0..5 {
-        let port = free_udp_port();
-        let log_path = dir.path().join(format!("rbldnsd-{port}.log"));
-        let log = fs::File::create(&log_path).unwrap();
-        let mut child = Command::new(&binary)
-            .args(["-n", "-b", &format!("127.0.0.1/{port}"), "-t", "60", "-w"])
-            .arg(dir.path())
-            .args([
-                "zen.spamhaus.org:ip4set:sbl",
-                "zen.spamhaus.org:ip4set:xbl",
-                "zen.spamhaus.org:ip6trie:v6",
-                "bl.test:ip4set:other",
-            ])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            if answers(address) {
-                return Some(Rbldnsd {
-                    child,
-                    address,
-                    _dir: dir,
-                });
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        last_log = fs::read_to_string(&log_path).unwrap_or_default();
-    }
-    panic!("rbldnsd did not start; its last log:\n{last_log}");
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn answers(address: SocketAddr) -> bool {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let query = encode_query(4242, "2.0.0.127.zen.spamhaus.org.", QueryType::A).unwrap();
-    if socket.send_to(&query, address).is_err() {
-        std::thread::sleep(Duration::from_millis(100));
-        return false;
-    }
-    let mut buf = [0u8; 512];
-    socket.recv_from(&mut buf).is_ok()
+    rbldnsd::start(
+        test,
+        &[("sbl", SBL), ("xbl", XBL), ("v6", V6), ("other", OTHER)],
+        &[
+            "zen.spamhaus.org:ip4set:sbl",
+            "zen.spamhaus.org:ip4set:xbl",
+            "zen.spamhaus.org:ip6trie:v6",
+            "bl.test:ip4set:other",
+        ],
+        "2.0.0.127.zen.spamhaus.org.",
+    )
 }
 
 /// A UDP server on 127.0.0.1 that reads every query and answers with

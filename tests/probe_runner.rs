@@ -9,24 +9,25 @@
 //! fail with the install command, unless MAILFLEET_SKIP_RBLDNSD=1 (then they
 //! say loudly that they were skipped).
 
+mod support;
+
 use std::collections::HashMap;
 use std::fs;
-use std::net::{SocketAddr, UdpSocket};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use mailfleet::api::conditions::ConditionStatus;
 use mailfleet::api::{DnsblZone, ReputationState, SecretKeySelector, SenderPool, SndsFeedSettings};
 use mailfleet::fleet::Fleet;
 use mailfleet::manifests;
-use mailfleet::probe::dnsbl::{encode_query, parse_nameserver, QueryType};
+use mailfleet::probe::dnsbl::parse_nameserver;
 use mailfleet::probe::snds::RetryPolicy;
 use mailfleet::probe::{ProbeOptions, ProbeRound, SecretsDir, SignalProbes};
 use mailfleet::reputation::engine::{Reason, Signal};
+use support::rbldnsd::{self, Rbldnsd};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const KEY: &str = "5a4b3c2d-1e0f-4a5b-8c7d-6e5f4a3b2c1d";
@@ -66,105 +67,14 @@ fn at(seconds: i64) -> Timestamp {
 
 // ---- rbldnsd -------------------------------------------------------------
 
-/// A private rbldnsd, killed when dropped (also when a test panics).
-struct Rbldnsd {
-    child: Child,
-    address: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Rbldnsd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rbldnsd_binary() -> Option<PathBuf> {
-    let fixed = Path::new("/usr/sbin/rbldnsd");
-    if fixed.exists() {
-        return Some(fixed.to_path_buf());
-    }
-    let paths = std::env::var_os("PATH")?;
-    std::env::split_paths(&paths)
-        .map(|dir| dir.join("rbldnsd"))
-        .find(|p| p.exists())
-}
-
 /// `None`: rbldnsd is missing and MAILFLEET_SKIP_RBLDNSD=1 asked to skip.
 fn start_rbldnsd(test: &str) -> Option<Rbldnsd> {
-    let Some(binary) = rbldnsd_binary() else {
-        if std::env::var("MAILFLEET_SKIP_RBLDNSD").as_deref() == Ok("1") {
-            eprintln!(
-                "\n*** SKIPPED {test}: rbldnsd is not installed and MAILFLEET_SKIP_RBLDNSD=1 ***\n"
-            );
-            return None;
-        }
-        panic!(
-            "rbldnsd is not installed (looked for /usr/sbin/rbldnsd and in PATH). Install it with \
-             `sudo apt-get install -y rbldnsd` (or run scripts/ensure-tools.sh), or set \
-             MAILFLEET_SKIP_RBLDNSD=1 to skip the rbldnsd tests"
-        );
-    };
-    let dir = tempfile::tempdir().unwrap();
-    // rbldnsd started as root drops to its own user, which must read the data.
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    for (name, text) in [("sbl", SBL), ("broken", BROKEN)] {
-        let path = dir.path().join(name);
-        fs::write(&path, text).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-    }
-    let mut last_log = String::new();
-    for _ in 0..5 {
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log_path = dir.path().join(format!("rbldnsd-{port}.log"));
-        let log = fs::File::create(&log_path).unwrap();
-        let mut child = Command::new(&binary)
-            .args(["-n", "-b", &format!("127.0.0.1/{port}"), "-t", "60", "-w"])
-            .arg(dir.path())
-            .args(["zen.spamhaus.org:ip4set:sbl", "broken.test:ip4set:broken"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            if answers(address) {
-                return Some(Rbldnsd {
-                    child,
-                    address,
-                    _dir: dir,
-                });
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        last_log = fs::read_to_string(&log_path).unwrap_or_default();
-    }
-    panic!("rbldnsd did not start; its last log:\n{last_log}");
-}
-
-fn answers(address: SocketAddr) -> bool {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let query = encode_query(4242, "12.113.0.203.zen.spamhaus.org.", QueryType::A).unwrap();
-    if socket.send_to(&query, address).is_err() {
-        std::thread::sleep(Duration::from_millis(100));
-        return false;
-    }
-    let mut buf = [0u8; 512];
-    socket.recv_from(&mut buf).is_ok()
+    rbldnsd::start(
+        test,
+        &[("sbl", SBL), ("broken", BROKEN)],
+        &["zen.spamhaus.org:ip4set:sbl", "broken.test:ip4set:broken"],
+        "12.113.0.203.zen.spamhaus.org.",
+    )
 }
 
 // ---- the SNDS feed server ------------------------------------------------

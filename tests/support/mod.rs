@@ -6,3 +6,4 @@
 pub mod agent;
 pub mod fake_api;
 pub mod postfix;
+pub mod rbldnsd;
