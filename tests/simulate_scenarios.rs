@@ -686,9 +686,11 @@ fn the_command_writes_json_and_charts() {
         }
     }
     assert!(runs[1]["detection_s"].is_f64());
+    let mut scales = Vec::new();
     for name in [
         "dnsbl-listing-baseline.svg",
         "dnsbl-listing-mailfleet.svg",
+        "dnsbl-listing.svg",
         "dnsbl-listing.json",
     ] {
         let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
@@ -697,10 +699,23 @@ fn the_command_writes_json_and_charts() {
                 text.starts_with("<svg ") && text.ends_with("</svg>\n"),
                 "{name}"
             );
-            assert!(
-                text.contains(">203.0.113.10</text>") && text.contains("fill=\"#2e8b57\""),
-                "{name}"
-            );
+            if name.ends_with("-baseline.svg") || name.ends_with("-mailfleet.svg") {
+                assert!(
+                    text.contains(">203.0.113.10</text>") && text.contains("fill=\"#0072B2\""),
+                    "{name}"
+                );
+                let scale = text
+                    .lines()
+                    .find(|l| l.contains("a full bar is"))
+                    .unwrap_or_else(|| panic!("{name} states no scale"))
+                    .to_string();
+                scales.push(scale);
+            } else {
+                assert!(
+                    text.contains("baseline: ") && text.contains("mailfleet: "),
+                    "{name}: a legend names every run"
+                );
+            }
             assert!(
                 text.lines().all(|l| l.starts_with('<') && l.ends_with('>')),
                 "{name}: one element per line"
@@ -712,6 +727,7 @@ fn the_command_writes_json_and_charts() {
             );
         }
     }
+    assert_eq!(scales[0], scales[1], "every run is drawn on one scale");
 
     let table = Command::new(env!("CARGO_BIN_EXE_mailfleet"))
         .args([

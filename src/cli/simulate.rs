@@ -94,12 +94,17 @@ fn write_outputs(dir: &Path, report: &ScenarioReport) -> Result<(), Box<dyn std:
         eprintln!("wrote {}", path.display());
         Ok(())
     };
+    let scale = svg::Scale::of(&report.runs);
     for run in &report.runs {
         write(
             format!("{}-{}.svg", report.scenario, run.name),
-            svg::chart(&report.title, run),
+            svg::chart(&report.title, run, scale),
         )?;
     }
+    write(
+        format!("{}.svg", report.scenario),
+        svg::comparison(&report.title, &report.runs),
+    )?;
     write(format!("{}.json", report.scenario), report.to_json())
 }
 
