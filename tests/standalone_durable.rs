@@ -272,7 +272,7 @@ fn one_kill_after_200(manifests: &Path, run: usize) {
     let (status, body) = post(&server.address, None, &blocked_report("i-1", 1)).unwrap();
     assert_eq!(status, 200, "run {run}: {body}");
     server.kill();
-    if run % 10 == 0 {
+    if run.is_multiple_of(10) {
         // The real restart: the state it writes at start holds the block.
         let mut again = Standalone::start(manifests, &out, &[]);
         assert!(

@@ -266,7 +266,7 @@ impl HttpState {
     }
 
     /// The whole body, or the response refusing it: 413 over `limit`, 503
-    /// when the port holds too many bodies already, 408 when it does not
+    /// when the port holds too many body bytes already, 408 when it does not
     /// arrive within the deadline, 400 when the connection breaks. The body
     /// is copied into one buffer as it arrives and every received piece is
     /// dropped at once, so a body dripped a byte at a time costs its length,
@@ -294,20 +294,18 @@ impl HttpState {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(too_large());
         }
-        let reserve = declared.map_or(limit, |n| n as usize).max(1);
-        let Ok(_permit) = self
-            .inner
-            .body_budget
-            .clone()
-            .try_acquire_many_owned(reserve.min(u32::MAX as usize) as u32)
-        else {
-            return Err(error_json(
+        let limit = declared.map_or(limit, |n| n as usize);
+        // The budget is taken as bytes arrive, never for what a head merely
+        // declares: a body dripped a byte at a time holds a byte of it.
+        let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+        let busy = || {
+            error_json(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "the receiver is reading too many bodies at once; retry",
-            ));
+                "the receiver holds too many request bodies at once; retry",
+            )
         };
         let mut body = std::pin::pin!(request.into_body());
-        let mut buffer = Vec::with_capacity(reserve.min(64 * 1024));
+        let mut buffer = Vec::new();
         let read = async {
             while let Some(frame) = body.as_mut().frame().await {
                 let frame = frame.map_err(|err| {
@@ -317,8 +315,19 @@ impl HttpState {
                     )
                 })?;
                 if let Ok(data) = frame.into_data() {
-                    if buffer.len() + data.len() > reserve {
+                    if buffer.len() + data.len() > limit {
                         return Err(too_large());
+                    }
+                    let more = u32::try_from(data.len()).map_err(|_| too_large())?;
+                    let permit = self
+                        .inner
+                        .body_budget
+                        .clone()
+                        .try_acquire_many_owned(more)
+                        .map_err(|_| busy())?;
+                    match &mut held {
+                        Some(held) => held.merge(permit),
+                        None => held = Some(permit),
                     }
                     buffer.extend_from_slice(&data);
                 }

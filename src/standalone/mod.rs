@@ -373,12 +373,12 @@ struct Discarded {
 fn read_state(out: &Path) -> Result<(Option<SavedState>, Option<Discarded>), StandaloneError> {
     let current = out.join(STATE_FILE);
     let legacy = out.join(LEGACY_STATE_FILE);
-    let (path, parse): (PathBuf, fn(&str, &Path) -> Result<SavedState, StateError>) =
-        if current.exists() || !legacy.exists() {
-            (current, state::parse)
-        } else {
-            (legacy, state::parse_legacy)
-        };
+    type Parse = fn(&str, &Path) -> Result<SavedState, StateError>;
+    let (path, parse): (PathBuf, Parse) = if current.exists() || !legacy.exists() {
+        (current, state::parse)
+    } else {
+        (legacy, state::parse_legacy)
+    };
     let text = match std::fs::read(&path) {
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok((None, None)),

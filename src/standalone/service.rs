@@ -141,8 +141,11 @@ impl Scope {
 #[derive(Debug)]
 pub struct TokenDir {
     path: PathBuf,
-    loaded: Mutex<(Option<Instant>, Vec<(Vec<u8>, Scope)>)>,
+    loaded: Mutex<(Option<Instant>, Tokens)>,
 }
+
+/// Tokens and the sender each belongs to.
+type Tokens = Vec<(Vec<u8>, Scope)>;
 
 /// How long a read of the token folder is used before it is read again.
 const TOKEN_DIR_REFRESH: Duration = Duration::from_secs(2);
@@ -183,7 +186,7 @@ impl TokenDir {
     }
 }
 
-fn read_token_dir(path: &Path) -> Result<Vec<(Vec<u8>, Scope)>, TokenError> {
+fn read_token_dir(path: &Path) -> Result<Tokens, TokenError> {
     let err = |source| TokenError::Read {
         path: path.to_path_buf(),
         source,

@@ -92,8 +92,8 @@ pub fn render(fleet: &Fleet, ledger: &FeedbackLedger) -> String {
         "kind": LEDGER_KIND,
         "sequences": ledger,
     }));
-    let mut out = format!(
-        "{{\"apiVersion\":\"v1\",\"kind\":\"List\",\"metadata\":{{\"annotations\":{{\"mailfleet.io/written-by\":\"mailfleet standalone; read back when it starts, do not edit while it runs\"}}}},\"items\":["
+    let mut out = String::from(
+        "{\"apiVersion\":\"v1\",\"kind\":\"List\",\"metadata\":{\"annotations\":{\"mailfleet.io/written-by\":\"mailfleet standalone; read back when it starts, do not edit while it runs\"}},\"items\":[",
     );
     for (index, item) in items.iter().enumerate() {
         let separator = if index == 0 { "" } else { "," };
