@@ -20,6 +20,8 @@ use crate::agent::report::{
     FeedbackReport, FeedbackResponse, FEEDBACK_API_VERSION, FEEDBACK_PATH, MAX_REPORT_BYTES,
 };
 
+/// How long a body waits for budget freed by closing an older body reader.
+const BUDGET_WAIT: Duration = Duration::from_secs(1);
 /// Longest `PUT /log-level` body.
 const MAX_FILTER_BYTES: usize = 4096;
 
@@ -159,7 +161,14 @@ impl HttpState {
             Ok(receive) => receive,
             Err(refusal) => return error_json(refusal.status(), &refusal.to_string()),
         };
-        let body = match self.read_body(request, MAX_REPORT_BYTES).await {
+        if let Some(in_request) = &in_request {
+            in_request.reading_body(true);
+        }
+        let body = self.read_body(request, MAX_REPORT_BYTES).await;
+        if let Some(in_request) = &in_request {
+            in_request.reading_body(false);
+        }
+        let body = match body {
             Ok(body) => body,
             Err(response) => return response,
         };
@@ -304,6 +313,7 @@ impl HttpState {
                 "the receiver holds too many request bodies at once; retry",
             )
         };
+        let evict = request.extensions().get::<InRequest>().cloned();
         let mut body = std::pin::pin!(request.into_body());
         let mut buffer = Vec::new();
         let read = async {
@@ -319,12 +329,23 @@ impl HttpState {
                         return Err(too_large());
                     }
                     let more = u32::try_from(data.len()).map_err(|_| too_large())?;
-                    let permit = self
-                        .inner
-                        .body_budget
-                        .clone()
-                        .try_acquire_many_owned(more)
-                        .map_err(|_| busy())?;
+                    let permit = match self.inner.body_budget.clone().try_acquire_many_owned(more) {
+                        Ok(permit) => permit,
+                        // Full: the oldest other body reader is closed and
+                        // gives its bytes back, so bodies held open cannot
+                        // lock reports out.
+                        Err(_) if evict.as_ref().is_some_and(InRequest::evict_oldest_reader) => {
+                            tokio::time::timeout(
+                                BUDGET_WAIT,
+                                self.inner.body_budget.clone().acquire_many_owned(more),
+                            )
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                            .ok_or_else(busy)?
+                        }
+                        Err(_) => return Err(busy()),
+                    };
                     match &mut held {
                         Some(held) => held.merge(permit),
                         None => held = Some(permit),

@@ -51,19 +51,46 @@ impl Default for ServeLimits {
 pub struct PeerAddr(pub SocketAddr);
 
 /// Marks a connection as inside a request (its report read, the receiver
-/// deciding): such a connection is never closed to make room.
+/// deciding): such a connection is never closed to make room. Also marks
+/// it while it reads a body, so a body that cannot get its bytes from the
+/// budget can close the oldest such reader.
 #[derive(Clone, Debug, Default)]
-pub struct InRequest(Arc<AtomicBool>);
+pub struct InRequest {
+    inside: Arc<AtomicBool>,
+    reading: Arc<AtomicBool>,
+    id: u64,
+    slots: Option<ConnectionSlots>,
+}
 
 impl InRequest {
     pub fn enter(&self) {
-        self.0.store(true, Ordering::Release);
+        self.inside.store(true, Ordering::Release);
     }
     pub fn leave(&self) {
-        self.0.store(false, Ordering::Release);
+        self.inside.store(false, Ordering::Release);
+        self.reading.store(false, Ordering::Release);
     }
     fn inside(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.inside.load(Ordering::Acquire)
+    }
+    /// While set, this connection holds body bytes of the budget.
+    pub fn reading_body(&self, reading: bool) {
+        self.reading.store(reading, Ordering::Release);
+    }
+    /// Closes the oldest other connection reading a body, which gives its
+    /// bytes back to the budget. False when there is none.
+    pub fn evict_oldest_reader(&self) -> bool {
+        self.slots
+            .as_ref()
+            .is_some_and(|slots| slots.evict_oldest_reader(self.id))
+    }
+}
+
+impl std::fmt::Debug for ConnectionSlots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionSlots")
+            .field("cap", &self.cap)
+            .finish()
     }
 }
 
@@ -112,13 +139,40 @@ impl ConnectionSlots {
         }
         let id = open.next;
         open.next += 1;
-        let shared = Shared::default();
+        let shared = Shared {
+            in_request: InRequest {
+                id,
+                slots: Some(self.clone()),
+                ..InRequest::default()
+            },
+            evict: Arc::default(),
+        };
         open.slots.insert(id, shared.clone());
         Some(Slot {
             id,
             shared,
             open: Arc::clone(&self.open),
         })
+    }
+
+    fn evict_oldest_reader(&self, except: u64) -> bool {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let oldest = open
+            .slots
+            .iter()
+            .find(|(id, s)| {
+                **id != except
+                    && !s.in_request.inside()
+                    && s.in_request.reading.load(Ordering::Acquire)
+            })
+            .map(|(id, _)| *id);
+        match oldest.and_then(|id| open.slots.remove(&id)) {
+            Some(evicted) => {
+                evicted.evict.notify_one();
+                true
+            }
+            None => false,
+        }
     }
 
     #[cfg(test)]
