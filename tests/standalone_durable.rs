@@ -518,3 +518,39 @@ fn one_senders_token_cannot_report_for_another_or_change_the_log_level() {
     assert_eq!(mode, 0o600, "the state holds the agents' instance ids");
     server.stop();
 }
+
+/// Before: a state file it could not read stopped the start, and the only
+/// way out offered forgot every Blocked pair.
+#[test]
+fn an_unreadable_state_is_moved_aside_with_its_blocked_pairs_reported() {
+    let (dir, manifests) = manifests();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    // A state cut short in the middle of its second item.
+    let pool = json!({
+        "apiVersion": "mailfleet.io/v1alpha1", "kind": "SenderPool",
+        "metadata": {"namespace": "mail", "name": "bulk"},
+        "status": {"ips": [{"address": BLOCKED_IP, "reputation": [
+            {"provider": "microsoft", "state": "Blocked", "since": "2026-11-29T08:10:00Z",
+             "reason": "ConclusiveBlockReply", "allowancePercent": 0}]}]}
+    });
+    std::fs::write(
+        out.join(STATE_FILE),
+        format!("{{\"apiVersion\":\"v1\",\"kind\":\"List\",\"items\":[\n{pool},\n{{\"apiVersion\":\"mailfl"),
+    )
+    .unwrap();
+    let mut server = Standalone::start(&manifests, &out, &[]);
+    let moved: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("state.json.unreadable-"))
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    wait_for("the state_discarded event", Duration::from_secs(10), || {
+        std::fs::read_to_string(out.join("events.jsonl")).is_ok_and(|t| {
+            t.contains("state_discarded") && t.contains("mail/bulk 203.0.113.12 microsoft")
+        })
+    });
+    server.stop();
+}
