@@ -72,7 +72,14 @@ if grep -q CustomResourceDefinition "$work/all-options.yaml"; then
   exit 1
 fi
 "$python" $checks rbac "$work/default.yaml" tests/chart/expected-rbac.yaml yes
-"$python" $checks rbac "$work/all-options.yaml" tests/chart/expected-rbac.yaml yes
+"$python" $checks rbac "$work/all-options.yaml" tests/chart/expected-rbac.yaml yes mail,mail-eu
+# A NetworkPolicy by default; none when turned off.
+grep -q '^kind: NetworkPolicy' "$work/default.yaml" || { echo "no NetworkPolicy rendered by default" >&2; exit 1; }
+"$helm" template mailfleet "$chart" --set networkPolicy.enabled=false >"$work/no-netpol.yaml"
+if grep -q '^kind: NetworkPolicy' "$work/no-netpol.yaml"; then
+  echo "networkPolicy.enabled=false still renders a NetworkPolicy" >&2
+  exit 1
+fi
 "$helm" template mailfleet "$chart" --set operator.leaderElection.enabled=false >"$work/no-lease.yaml"
 "$python" $checks rbac "$work/no-lease.yaml" tests/chart/expected-rbac.yaml no
 grep -q -- '--no-leader-election' "$work/no-lease.yaml" || { echo "leader election off does not pass --no-leader-election" >&2; exit 1; }

@@ -121,6 +121,8 @@ pub enum ManifestError {
     },
     #[error("{path} has no .yaml or .yml files; point --manifests at the folder holding your SenderPool and DomainRoute manifests")]
     Empty { path: PathBuf },
+    #[error("{path}: {problem}")]
+    Refused { path: PathBuf, problem: String },
     #[error("{source_}: not valid YAML: {message}")]
     Yaml {
         source_: Box<Source>,
@@ -162,7 +164,9 @@ impl ManifestError {
     /// A short word for metrics and logs.
     pub fn category(&self) -> &'static str {
         match self {
-            ManifestError::Io { .. } | ManifestError::Empty { .. } => "io",
+            ManifestError::Io { .. }
+            | ManifestError::Empty { .. }
+            | ManifestError::Refused { .. } => "io",
             ManifestError::Yaml { .. } => "yaml",
             ManifestError::Invalid { .. } | ManifestError::WrongVersion { .. } => "invalid",
             ManifestError::Duplicate { .. } => "duplicate",
@@ -177,6 +181,7 @@ impl ManifestError {
 /// manifests in Git with status read from a cluster (`kubectl get sp -o yaml`).
 pub fn load_overlays(sources: &[PathBuf]) -> Result<Manifests, ManifestError> {
     let mut merged = Manifests::default();
+    let mut budget = MAX_TOTAL_BYTES;
     for source in sources {
         let mut files = Vec::new();
         collect_files(source, &mut files)?;
@@ -188,10 +193,7 @@ pub fn load_overlays(sources: &[PathBuf]) -> Result<Manifests, ManifestError> {
         files.sort();
         let mut layer = BTreeSet::new();
         for file in files {
-            let text = std::fs::read_to_string(&file).map_err(|source| ManifestError::Io {
-                path: file.clone(),
-                source,
-            })?;
+            let text = read_bounded(&file, &mut budget)?;
             parse_layer(&text, &file, &mut merged, &mut layer)?;
         }
     }
@@ -203,27 +205,135 @@ pub fn load_dir(dir: &Path) -> Result<Manifests, ManifestError> {
     load_overlays(&[dir.to_path_buf()])
 }
 
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ManifestError> {
+/// Largest manifest file read.
+pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
+/// Largest sum of the manifest files read in one load.
+pub const MAX_TOTAL_BYTES: u64 = 64 * 1024 * 1024;
+/// Deepest folder nesting searched.
+const MAX_DEPTH: usize = 16;
+/// Most files read in one load.
+const MAX_FILES: usize = 10_000;
+
+/// The files of `source` (a file, or a folder searched recursively):
+/// regular files only, hidden names skipped (kubelet's `..data` and
+/// `..<timestamp>` of a mounted ConfigMap, so each key is read once through
+/// its link), and links to folders never followed, so the walk can neither
+/// loop nor leave the folder. A link to a file is read when it is a regular
+/// file.
+fn collect_files(source: &Path, out: &mut Vec<PathBuf>) -> Result<(), ManifestError> {
+    let meta = std::fs::metadata(source).map_err(|e| ManifestError::Io {
+        path: source.to_path_buf(),
+        source: e,
+    })?;
+    if meta.is_dir() {
+        collect_dir(source, 0, out)
+    } else {
+        regular(source, &meta)?;
+        out.push(source.to_path_buf());
+        Ok(())
+    }
+}
+
+fn collect_dir(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<(), ManifestError> {
+    let refused = |path: &Path, problem: String| ManifestError::Refused {
+        path: path.to_path_buf(),
+        problem,
+    };
+    if depth > MAX_DEPTH {
+        return Err(refused(
+            dir,
+            format!("folders nested deeper than {MAX_DEPTH}; keep manifests in a shallow tree"),
+        ));
+    }
     let io = |source| ManifestError::Io {
         path: dir.to_path_buf(),
         source,
     };
-    if dir.is_file() {
-        out.push(dir.to_path_buf());
-        return Ok(());
-    }
     for entry in std::fs::read_dir(dir).map_err(io)? {
-        let path = entry.map_err(io)?.path();
-        if path.is_dir() {
-            collect_files(&path, out)?;
-        } else if matches!(
+        let entry = entry.map_err(io)?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        let own = entry.file_type().map_err(io)?;
+        if own.is_dir() {
+            collect_dir(&path, depth + 1, out)?;
+            continue;
+        }
+        if !matches!(
             path.extension().and_then(|e| e.to_str()),
             Some("yaml" | "yml")
         ) {
-            out.push(path);
+            continue;
         }
+        let target = std::fs::metadata(&path).map_err(|source| ManifestError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if own.is_symlink() && target.is_dir() {
+            return Err(refused(
+                &path,
+                "is a link to a folder; folder links are not followed (they can loop or lead out of the folder): link the files, or give the folder as another --manifests".into(),
+            ));
+        }
+        regular(&path, &target)?;
+        if out.len() >= MAX_FILES {
+            return Err(refused(
+                dir,
+                format!("more than {MAX_FILES} manifest files"),
+            ));
+        }
+        out.push(path);
     }
     Ok(())
+}
+
+/// Refuses FIFOs, sockets and devices: reading one could block forever or
+/// never end.
+fn regular(path: &Path, meta: &std::fs::Metadata) -> Result<(), ManifestError> {
+    if meta.is_file() {
+        Ok(())
+    } else {
+        Err(ManifestError::Refused {
+            path: path.to_path_buf(),
+            problem: "is not a regular file (a FIFO, socket or device); manifests are plain files"
+                .into(),
+        })
+    }
+}
+
+/// Reads at most [`MAX_FILE_BYTES`] of `path` and takes them from `budget`.
+fn read_bounded(path: &Path, budget: &mut u64) -> Result<String, ManifestError> {
+    use std::io::Read as _;
+    let io = |source| ManifestError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let limit = MAX_FILE_BYTES.min(*budget);
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > limit {
+        let problem = if limit < MAX_FILE_BYTES {
+            format!("the manifests together are larger than {MAX_TOTAL_BYTES} bytes")
+        } else {
+            format!("is larger than {MAX_FILE_BYTES} bytes; split it")
+        };
+        return Err(ManifestError::Refused {
+            path: path.to_path_buf(),
+            problem,
+        });
+    }
+    *budget -= bytes.len() as u64;
+    String::from_utf8(bytes).map_err(|e| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text: {e}"),
+        ))
+    })
 }
 
 /// Parses one multi-document YAML text into `into`, checking every mailfleet document.
@@ -239,14 +349,31 @@ fn parse_layer(
     into: &mut Manifests,
     layer: &mut BTreeSet<Key>,
 ) -> Result<(), ManifestError> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| ManifestError::Yaml {
+    let yaml_error = |message: String| ManifestError::Yaml {
         source_: Box::new(Source {
             file: file.to_path_buf(),
             document: 1,
         }),
-        message: e.to_string(),
-    })?;
-    for (index, doc) in docs.into_iter().enumerate() {
+        message,
+    };
+    // JSON (standalone mode's state.json) is read without a YAML parser's
+    // node budget: a state file of many megabytes is an overlay too.
+    let docs: Vec<Value> = if file.extension().and_then(|e| e.to_str()) == Some("json") {
+        vec![serde_json::from_str(text).map_err(|e| yaml_error(format!("not valid JSON: {e}")))?]
+    } else {
+        serde_saphyr::from_multiple(text).map_err(|e| yaml_error(e.to_string()))?
+    };
+    // A `List` (`kubectl get -o yaml`, state.json) stands for its items.
+    let docs = docs.into_iter().flat_map(|doc| {
+        match (
+            doc.get("kind").and_then(Value::as_str),
+            doc.get("items").and_then(Value::as_array),
+        ) {
+            (Some("List"), Some(items)) => items.clone(),
+            _ => vec![doc],
+        }
+    });
+    for (index, doc) in docs.enumerate() {
         let source = Source {
             file: file.to_path_buf(),
             document: index + 1,
@@ -503,5 +630,95 @@ mod tests {
             + "  fallback: [{pool: reserve, relay: {host: relay.example.net}}]\n";
         let err = parse(&both).unwrap_err().to_string();
         assert!(err.contains("either a pool or a relay"), "{err}");
+    }
+
+    #[test]
+    fn folder_links_are_not_followed_so_a_loop_ends_at_once() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pool.yaml"), POOL).unwrap();
+        // Two links to the folder itself, and a link out of it: none followed.
+        symlink(dir.path(), dir.path().join(".self")).unwrap();
+        symlink("..", dir.path().join(".up")).unwrap();
+        let m = load_dir(dir.path()).unwrap();
+        assert_eq!(m.pools.len(), 1);
+        symlink(dir.path(), dir.path().join("loop.yaml")).unwrap();
+        let err = load_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("link to a folder"), "{err}");
+        std::fs::remove_file(dir.path().join("loop.yaml")).unwrap();
+        symlink(dir.path(), dir.path().join("again")).unwrap();
+        assert_eq!(
+            load_dir(dir.path()).unwrap().pools.len(),
+            1,
+            "a link named like a folder is skipped"
+        );
+        let fingerprint = crate::standalone::watch::Fingerprint::of(dir.path());
+        assert_eq!(
+            fingerprint,
+            crate::standalone::watch::Fingerprint::of(dir.path())
+        );
+    }
+
+    #[test]
+    fn fifos_and_devices_are_refused_without_being_read() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pool.yaml"), POOL).unwrap();
+        symlink("/dev/zero", dir.path().join("zero.yaml")).unwrap();
+        let err = load_dir(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert_eq!(err.category(), "io");
+        std::fs::remove_file(dir.path().join("zero.yaml")).unwrap();
+        let fifo = dir.path().join("fifo.yaml");
+        let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a plain C string alive across the call.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        let err = load_dir(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("fifo.yaml") && err.contains("not a regular file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_over_the_cap_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut big = String::from(POOL);
+        big.push_str(&"# padding\n".repeat((MAX_FILE_BYTES as usize) / 10 + 1));
+        std::fs::write(dir.path().join("big.yaml"), big).unwrap();
+        let err = load_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("larger than"), "{err}");
+    }
+
+    /// kubelet mounts a ConfigMap as `..<timestamp>/` holding the files,
+    /// `..data` linking to it, and one link per key through `..data`.
+    #[test]
+    fn a_folder_mounted_from_a_configmap_is_read_once() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let stamp = dir.path().join("..2026_12_07_03_00_00.123456789");
+        std::fs::create_dir(&stamp).unwrap();
+        std::fs::write(stamp.join("pool.yaml"), POOL).unwrap();
+        symlink("..2026_12_07_03_00_00.123456789", dir.path().join("..data")).unwrap();
+        symlink("..data/pool.yaml", dir.path().join("pool.yaml")).unwrap();
+        let m = load_dir(dir.path()).unwrap();
+        assert_eq!(m.pools.len(), 1);
+    }
+
+    #[test]
+    fn a_json_list_is_an_overlay_of_its_items() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pool.yaml"), POOL).unwrap();
+        let state = dir.path().join("state.json");
+        std::fs::write(
+            &state,
+            r#"{"apiVersion":"v1","kind":"List","items":[
+{"apiVersion":"mailfleet.io/v1alpha1","kind":"SenderPool","metadata":{"namespace":"default","name":"bulk"},"status":{"ipCount":1}},
+{"apiVersion":"standalone.mailfleet.io/v1","kind":"FeedbackLedger","sequences":{}}
+]}"#,
+        )
+        .unwrap();
+        let m = load_overlays(&[dir.path().join("pool.yaml"), state]).unwrap();
+        assert_eq!(m.pools[0].status.as_ref().unwrap().ip_count, 1);
     }
 }

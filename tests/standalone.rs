@@ -224,7 +224,7 @@ fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
 }
 
 fn mtimes(out: &Path) -> Vec<(PathBuf, SystemTime)> {
-    let mut files = vec![out.join("routes.json"), out.join("state.yaml")];
+    let mut files = vec![out.join("routes.json"), out.join("state.json")];
     for sender in std::fs::read_dir(out.join("senders")).unwrap() {
         let dir = sender.unwrap().path();
         for key in [

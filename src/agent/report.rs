@@ -392,6 +392,11 @@ impl SequenceLedger {
         }
     }
 
+    /// The last sequence admitted for `instance`, if it is remembered.
+    pub fn last(&self, instance: &str) -> Option<u64> {
+        self.last.get(instance).map(|e| e.sequence)
+    }
+
     /// Forgets instances not heard from since `now - forget_after_seconds`.
     pub fn expire(&mut self, now: Timestamp, forget_after_seconds: i64) {
         let cutoff = now.as_second().saturating_sub(forget_after_seconds);

@@ -54,6 +54,13 @@ pub struct OperatorArgs {
     #[arg(long)]
     pub agent_image: Option<String>,
 
+    /// Let SenderPools send their feed key (feeds.snds.keySecretRef) to a
+    /// URL other than Microsoft's SNDS, for example an in-cluster proxy.
+    /// Off: anyone who may create a SenderPool could send a labelled Secret
+    /// of their namespace to a URL of their choice.
+    #[arg(long)]
+    pub allow_custom_feed_urls: bool,
+
     /// What the sidecars post feedback to
     /// [default: http://mailfleet.<POD_NAMESPACE>.svc:8080/v1/feedback].
     #[arg(long)]
@@ -181,6 +188,7 @@ impl OperatorArgs {
                 lease_timing: OperatorOptions::default().lease_timing,
                 settings: Settings {
                     agent_image: self.agent_image.or_else(|| env("AGENT_IMAGE")),
+                    allow_custom_feed_urls: self.allow_custom_feed_urls,
                     feedback_url: self
                         .feedback_url
                         .or_else(|| env("FEEDBACK_URL"))

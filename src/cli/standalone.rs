@@ -23,7 +23,7 @@ pub struct StandaloneArgs {
     #[arg(long, value_name = "DIR")]
     pub manifests: PathBuf,
 
-    /// Where state.yaml, routes.json, senders/<ip slug>/ and events.jsonl go.
+    /// Where state.json, feedback.wal, routes.json, senders/<ip slug>/ and events.jsonl go.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
 
@@ -31,11 +31,23 @@ pub struct StandaloneArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
 
-    /// A file holding the shared token agents must send as
-    /// `Authorization: Bearer <token>`; re-read at every request. Without it,
-    /// feedback is accepted from anyone who reaches the port.
+    /// A file holding one token every agent may send as
+    /// `Authorization: Bearer <token>`, for any IP; re-read at every request.
+    /// Without it or --token-dir, feedback is accepted from anyone who
+    /// reaches the port.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+
+    /// A token per sender: a file named after the IP (203.0.113.10; IPv6
+    /// with '-' for ':') or `<namespace>_<pool>` holds the token that may
+    /// report for that IP or pool only.
+    #[arg(long, value_name = "DIR")]
+    pub token_dir: Option<PathBuf>,
+
+    /// The token PUT /log-level needs. Without it, the log level changes
+    /// from this machine only, and not at all when agents need tokens.
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
 
     /// Secrets (the SNDS key) as files DIR/<secret name>/<key>.
     #[arg(long, value_name = "DIR")]
@@ -107,6 +119,8 @@ pub fn run(args: StandaloneArgs) -> Result<ExitCode, Box<dyn std::error::Error>>
         out: args.out,
         http_addr: args.http_addr,
         token_file: args.token_file,
+        token_dir: args.token_dir,
+        admin_token_file: args.admin_token_file,
         secrets_dir: args.secrets_dir,
         dnsbl_resolver: args.dnsbl_resolver,
         tick: Duration::from_millis(args.tick_ms),

@@ -33,6 +33,9 @@ pub struct Settings {
     pub feedback_url: String,
     /// This replica's name, for events and the lease.
     pub identity: String,
+    /// Send feed keys to URLs other than the provider's own
+    /// (`--allow-custom-feed-urls`, for an in-cluster proxy).
+    pub allow_custom_feed_urls: bool,
 }
 
 impl Default for Settings {
@@ -41,6 +44,7 @@ impl Default for Settings {
             agent_image: None,
             feedback_url: "http://mailfleet.default.svc:8080/v1/feedback".to_string(),
             identity: CONTROLLER_NAME.to_string(),
+            allow_custom_feed_urls: false,
         }
     }
 }

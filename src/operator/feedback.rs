@@ -23,7 +23,7 @@ use crate::api::SenderPool;
 use crate::routing::postfix::{self, ip_slug, PostfixOptions};
 use crate::routing::sender_config::sender_config;
 use crate::routing::ObjectKey;
-use crate::serve::{FeedbackReceiver, FeedbackRefusal};
+use crate::serve::{FeedbackReceiver, FeedbackRefusal, RequestHead};
 
 /// The TokenReview `extra` key that names the pod a bound token belongs to.
 pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
@@ -280,11 +280,10 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl FeedbackReceiver for OperatorFeedback {
-    async fn receive(
-        &self,
-        bearer: Option<String>,
-        report: FeedbackReport,
-    ) -> Result<FeedbackResponse, FeedbackRefusal> {
+    /// The reviewed token's pod, as `(namespace, name)`.
+    type Caller = (String, String);
+
+    async fn authenticate(&self, head: &RequestHead) -> Result<(String, String), FeedbackRefusal> {
         if !self.ctx.is_leading() {
             return Err(FeedbackRefusal::Unavailable(
                 "this replica is not the leader; retry (the Service reaches the leader soon)"
@@ -296,12 +295,24 @@ impl FeedbackReceiver for OperatorFeedback {
                 "the operator is starting; retry".into(),
             ));
         }
-        let token = bearer.filter(|t| !t.is_empty()).ok_or_else(|| {
-            FeedbackRefusal::Unauthorized(
-                "no bearer token; agents send their pod's ServiceAccount token".into(),
-            )
-        })?;
-        let (namespace, pod) = self.authenticate(&token).await?;
+        let token = head
+            .bearer
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                FeedbackRefusal::Unauthorized(
+                    "no bearer token; agents send their pod's ServiceAccount token".into(),
+                )
+            })?;
+        // The inherent TokenReview, not this trait method.
+        OperatorFeedback::authenticate(self, token).await
+    }
+
+    async fn receive(
+        &self,
+        (namespace, pod): (String, String),
+        report: FeedbackReport,
+    ) -> Result<FeedbackResponse, FeedbackRefusal> {
         self.authorize(&namespace, &pod, &report).await?;
         self.count(&report).await
     }

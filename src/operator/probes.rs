@@ -39,6 +39,15 @@ impl KubeSecrets {
     }
 }
 
+/// The label a Secret must carry for the operator to read it for a feed:
+/// a SenderPool alone cannot make the operator read any Secret of its
+/// namespace.
+pub const FEED_SECRET_LABEL: &str = "mailfleet.io/feed-credentials";
+
+/// Where Microsoft's SNDS answers; a feed key goes nowhere else unless the
+/// operator runs with `--allow-custom-feed-urls`.
+const SNDS_ORIGIN: &str = "https://sendersupport.olc.protection.outlook.com/";
+
 impl SecretSource for KubeSecrets {
     async fn secret(&self, namespace: &str, name: &str, key: &str) -> Result<Vec<u8>, String> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
@@ -46,6 +55,7 @@ impl SecretSource for KubeSecrets {
             .get(name)
             .await
             .map_err(|e| format!("cannot read Secret {namespace}/{name}: {e}"))?;
+        feed_secret_allowed(&secret, namespace, name)?;
         if let Some(value) = secret.data.as_ref().and_then(|d| d.get(key)) {
             return Ok(value.0.clone());
         }
@@ -54,6 +64,47 @@ impl SecretSource for KubeSecrets {
         }
         Err(format!("Secret {namespace}/{name} has no key `{key}`"))
     }
+}
+
+fn feed_secret_allowed(secret: &Secret, namespace: &str, name: &str) -> Result<(), String> {
+    if secret.labels().get(FEED_SECRET_LABEL).map(String::as_str) == Some("true") {
+        Ok(())
+    } else {
+        Err(format!(
+            "Secret {namespace}/{name} is not labelled {FEED_SECRET_LABEL}=true; label it to let mailfleet read it for a feed"
+        ))
+    }
+}
+
+/// The pools as the probes may use them: a feed whose URL is not the
+/// provider's is dropped (with a problem naming the field) unless custom
+/// URLs are allowed, so its key is never read nor sent.
+pub fn feeds_to_known_urls(pools: &mut [SenderPool], allow_custom: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    if allow_custom {
+        return problems;
+    }
+    for pool in pools.iter_mut() {
+        let Some(snds) = &pool.spec.reputation.feeds.snds else {
+            continue;
+        };
+        let foreign = std::iter::once(&snds.url)
+            .chain(snds.data_url.as_ref())
+            .find(|url| !url.trim().to_ascii_lowercase().starts_with(SNDS_ORIGIN))
+            .map(|url| {
+                format!(
+                    "{}/{}: spec.reputation.feeds.snds `{}` is not Microsoft's SNDS ({SNDS_ORIGIN}); start the operator with --allow-custom-feed-urls to send the key there; SNDS not polled",
+                    namespace_of(&pool.metadata),
+                    pool.name_any(),
+                    url.split('?').next().unwrap_or_default()
+                )
+            });
+        if let Some(problem) = foreign {
+            problems.push(problem);
+            pool.spec.reputation.feeds.snds = None;
+        }
+    }
+    problems
 }
 
 /// Runs the probes until `stop` completes.
@@ -70,6 +121,10 @@ pub async fn run(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()>)
             .iter()
             .map(|p| (**p).clone())
             .collect();
+        let mut pools = pools;
+        for problem in feeds_to_known_urls(&mut pools, ctx.settings.allow_custom_feed_urls) {
+            tracing::warn!(problem = %problem, "probe");
+        }
         let round = probes.run_due(&pools, &secrets, now).await;
         ctx.set_probe_metrics(probes.metrics());
         for problem in &round.problems {
@@ -191,4 +246,55 @@ async fn apply_to_pool(
         }
     }
     Err(format!("status of SenderPool {key} kept changing"))
+}
+
+#[cfg(test)]
+mod feed_guard_tests {
+    use super::*;
+    use std::path::Path;
+
+    fn pool_with_feed(url: &str) -> SenderPool {
+        let m = crate::manifests::load_dir(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fleet"),
+        )
+        .unwrap();
+        let mut pool = m.pools[0].clone();
+        pool.spec.reputation.feeds.snds = Some(
+            serde_json::from_value(serde_json::json!({
+                "url": url,
+                "keySecretRef": {"name": "snds", "key": "key"}
+            }))
+            .unwrap(),
+        );
+        pool
+    }
+
+    #[test]
+    fn a_feed_key_goes_only_to_the_providers_url_unless_allowed() {
+        let mut pools = vec![
+            pool_with_feed("https://sendersupport.olc.protection.outlook.com/snds/ipStatus.aspx"),
+            pool_with_feed("http://attacker.example/collect"),
+        ];
+        let problems = feeds_to_known_urls(&mut pools, false);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("--allow-custom-feed-urls"),
+            "{}",
+            problems[0]
+        );
+        assert!(pools[0].spec.reputation.feeds.snds.is_some());
+        assert!(pools[1].spec.reputation.feeds.snds.is_none());
+        let mut allowed = vec![pool_with_feed("http://snds-proxy.mail.svc/ipStatus.aspx")];
+        assert!(feeds_to_known_urls(&mut allowed, true).is_empty());
+        assert!(allowed[0].spec.reputation.feeds.snds.is_some());
+    }
+
+    #[test]
+    fn only_a_labelled_secret_is_read_for_a_feed() {
+        let mut secret = Secret::default();
+        let err = feed_secret_allowed(&secret, "mail", "snds").unwrap_err();
+        assert!(err.contains(FEED_SECRET_LABEL), "{err}");
+        secret.metadata.labels = Some([(FEED_SECRET_LABEL.to_string(), "true".to_string())].into());
+        assert!(feed_secret_allowed(&secret, "mail", "snds").is_ok());
+    }
 }

@@ -3,22 +3,25 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use http::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
+use tokio::sync::Semaphore;
 
-use super::{FeedbackReceiver, FeedbackRefusal, LogLevelHandle, Observability};
+use super::limits::{InRequest, PeerAddr, ServeLimits};
+use super::{FeedbackReceiver, FeedbackRefusal, LogLevelHandle, Observability, RequestHead};
 use crate::agent::report::{
     FeedbackReport, FeedbackResponse, FEEDBACK_API_VERSION, FEEDBACK_PATH, MAX_REPORT_BYTES,
 };
 
-/// A client must deliver the whole body within this time once its head is read.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a body waits for budget freed by closing an older body reader.
+const BUDGET_WAIT: Duration = Duration::from_secs(1);
 /// Longest `PUT /log-level` body.
 const MAX_FILTER_BYTES: usize = 4096;
 
@@ -26,12 +29,14 @@ const JSON: &str = "application/json";
 const TEXT: &str = "text/plain; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-type Receive = dyn Fn(
-        Option<String>,
-        FeedbackReport,
-    ) -> BoxFuture<'static, Result<FeedbackResponse, FeedbackRefusal>>
-    + Send
-    + Sync;
+/// What an authenticated caller may do next: hand over its report.
+type Receive = Box<
+    dyn FnOnce(FeedbackReport) -> BoxFuture<'static, Result<FeedbackResponse, FeedbackRefusal>>
+        + Send,
+>;
+type Authenticate =
+    dyn Fn(RequestHead) -> BoxFuture<'static, Result<Receive, FeedbackRefusal>> + Send + Sync;
+type Administer = dyn Fn(&RequestHead) -> Result<(), FeedbackRefusal> + Send + Sync;
 
 /// Everything a request needs; cheap to clone.
 #[derive(Clone)]
@@ -40,11 +45,17 @@ pub struct HttpState {
 }
 
 struct Inner {
-    receive: Box<Receive>,
+    authenticate: Box<Authenticate>,
+    administer: Box<Administer>,
     obs: Arc<dyn Observability>,
     log_level: Option<LogLevelHandle>,
+    /// Body bytes that may be held at once, over all requests.
+    body_budget: Arc<Semaphore>,
+    body_read_timeout: Duration,
     /// Feedback requests answered, per status code.
     feedback_requests: Mutex<BTreeMap<u16, u64>>,
+    /// Connections closed at once because every slot was inside a request.
+    refused_connections: AtomicU64,
 }
 
 impl HttpState {
@@ -53,18 +64,45 @@ impl HttpState {
         obs: Arc<O>,
         log_level: Option<LogLevelHandle>,
     ) -> Self {
-        let receive = move |bearer, report| -> BoxFuture<'static, _> {
+        Self::with_limits(receiver, obs, log_level, ServeLimits::default())
+    }
+
+    pub fn with_limits<R: FeedbackReceiver, O: Observability>(
+        receiver: Arc<R>,
+        obs: Arc<O>,
+        log_level: Option<LogLevelHandle>,
+        limits: ServeLimits,
+    ) -> Self {
+        let admin = Arc::clone(&receiver);
+        let authenticate = move |head: RequestHead| -> BoxFuture<'static, _> {
             let receiver = Arc::clone(&receiver);
-            Box::pin(async move { receiver.receive(bearer, report).await })
+            Box::pin(async move {
+                let caller = receiver.authenticate(&head).await?;
+                let receive: Receive = Box::new(move |report| {
+                    Box::pin(async move { receiver.receive(caller, report).await })
+                });
+                Ok(receive)
+            })
         };
+        let budget = limits.max_body_bytes_in_flight.min(u32::MAX as usize);
         HttpState {
             inner: Arc::new(Inner {
-                receive: Box::new(receive),
+                authenticate: Box::new(authenticate),
+                administer: Box::new(move |head| admin.may_administer(head)),
                 obs,
                 log_level,
+                body_budget: Arc::new(Semaphore::new(budget)),
+                body_read_timeout: limits.body_read_timeout,
                 feedback_requests: Mutex::new(BTreeMap::new()),
+                refused_connections: AtomicU64::new(0),
             }),
         }
+    }
+
+    pub(super) fn count_refused_connection(&self) {
+        self.inner
+            .refused_connections
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Answers one request. Never fails: every problem is a status and a body.
@@ -103,8 +141,34 @@ impl HttpState {
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let bearer = bearer_token(&request);
-        let body = match read_body(request, MAX_REPORT_BYTES).await {
+        // Everything that can be decided from the head is, before any body
+        // byte is read: a refused request costs no memory.
+        if request.headers().contains_key(ORIGIN) {
+            return error_json(
+                StatusCode::FORBIDDEN,
+                "requests from a web page (an Origin header) are refused; only agents report",
+            );
+        }
+        if !is_json(&request) {
+            return error_json(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "the body must be a feedback report sent as Content-Type: application/json",
+            );
+        }
+        let head = request_head(&request);
+        let in_request = request.extensions().get::<InRequest>().cloned();
+        let receive = match (self.inner.authenticate)(head).await {
+            Ok(receive) => receive,
+            Err(refusal) => return error_json(refusal.status(), &refusal.to_string()),
+        };
+        if let Some(in_request) = &in_request {
+            in_request.reading_body(true);
+        }
+        let body = self.read_body(request, MAX_REPORT_BYTES).await;
+        if let Some(in_request) = &in_request {
+            in_request.reading_body(false);
+        }
+        let body = match body {
             Ok(body) => body,
             Err(response) => return response,
         };
@@ -121,10 +185,14 @@ impl HttpState {
                 return error_json(StatusCode::BAD_REQUEST, &message);
             }
         };
+        drop(body);
         if let Err(err) = report.validate() {
             return error_json(StatusCode::BAD_REQUEST, &err.to_string());
         }
-        match (self.inner.receive)(bearer, report).await {
+        if let Some(in_request) = in_request {
+            in_request.enter();
+        }
+        match receive(report).await {
             Ok(answer) => {
                 // A response of plain strings and numbers always serialises.
                 let body = serde_json::to_vec(&answer).unwrap_or_default();
@@ -151,7 +219,10 @@ impl HttpState {
                 text(StatusCode::OK, TEXT, format!("{}\n", handle.current()))
             }
             Method::PUT => {
-                let body = match read_body(request, MAX_FILTER_BYTES).await {
+                if let Err(refusal) = (self.inner.administer)(&request_head(&request)) {
+                    return text(refusal.status(), TEXT, format!("{refusal}\n"));
+                }
+                let body = match self.read_body(request, MAX_FILTER_BYTES).await {
                     Ok(body) => body,
                     Err(response) => return response,
                 };
@@ -193,7 +264,105 @@ impl HttpState {
                 "mailfleet_feedback_requests_total{{code=\"{code}\"}} {n}"
             );
         }
+        out.push_str("# HELP mailfleet_http_connections_refused_total Connections closed at once because every connection slot was inside a request.\n");
+        out.push_str("# TYPE mailfleet_http_connections_refused_total counter\n");
+        let _ = writeln!(
+            out,
+            "mailfleet_http_connections_refused_total {}",
+            self.inner.refused_connections.load(Ordering::Relaxed)
+        );
         out
+    }
+
+    /// The whole body, or the response refusing it: 413 over `limit`, 503
+    /// when the port holds too many body bytes already, 408 when it does not
+    /// arrive within the deadline, 400 when the connection breaks. The body
+    /// is copied into one buffer as it arrives and every received piece is
+    /// dropped at once, so a body dripped a byte at a time costs its length,
+    /// not a buffer per piece.
+    async fn read_body<B>(
+        &self,
+        request: Request<B>,
+        limit: usize,
+    ) -> Result<Vec<u8>, Response<Full<Bytes>>>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let too_large = || {
+            error_json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the body is larger than {limit} bytes"),
+            )
+        };
+        let declared = request
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let limit = declared.map_or(limit, |n| n as usize);
+        // The budget is taken as bytes arrive, never for what a head merely
+        // declares: a body dripped a byte at a time holds a byte of it.
+        let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+        let busy = || {
+            error_json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the receiver holds too many request bodies at once; retry",
+            )
+        };
+        let evict = request.extensions().get::<InRequest>().cloned();
+        let mut body = std::pin::pin!(request.into_body());
+        let mut buffer = Vec::new();
+        let read = async {
+            while let Some(frame) = body.as_mut().frame().await {
+                let frame = frame.map_err(|err| {
+                    error_json(
+                        StatusCode::BAD_REQUEST,
+                        &format!("cannot read the body: {err}"),
+                    )
+                })?;
+                if let Ok(data) = frame.into_data() {
+                    if buffer.len() + data.len() > limit {
+                        return Err(too_large());
+                    }
+                    let more = u32::try_from(data.len()).map_err(|_| too_large())?;
+                    let permit = match self.inner.body_budget.clone().try_acquire_many_owned(more) {
+                        Ok(permit) => permit,
+                        // Full: the oldest other body reader is closed and
+                        // gives its bytes back, so bodies held open cannot
+                        // lock reports out.
+                        Err(_) if evict.as_ref().is_some_and(InRequest::evict_oldest_reader) => {
+                            tokio::time::timeout(
+                                BUDGET_WAIT,
+                                self.inner.body_budget.clone().acquire_many_owned(more),
+                            )
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                            .ok_or_else(busy)?
+                        }
+                        Err(_) => return Err(busy()),
+                    };
+                    match &mut held {
+                        Some(held) => held.merge(permit),
+                        None => held = Some(permit),
+                    }
+                    buffer.extend_from_slice(&data);
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(self.inner.body_read_timeout, read).await {
+            Err(_) => Err(error_json(
+                StatusCode::REQUEST_TIMEOUT,
+                "the body did not arrive in time",
+            )),
+            Ok(Err(response)) => Err(response),
+            Ok(Ok(())) => Ok(buffer),
+        }
     }
 
     fn count_feedback(&self, status: StatusCode) {
@@ -218,40 +387,23 @@ fn bearer_token<B>(request: &Request<B>) -> Option<String> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_string())
 }
 
-/// The whole body, or the response refusing it: 413 over `limit`, 408 when
-/// it does not arrive in time, 400 when the connection breaks.
-async fn read_body<B>(request: Request<B>, limit: usize) -> Result<Bytes, Response<Full<Bytes>>>
-where
-    B: hyper::body::Body<Data = Bytes> + Send,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
-    let too_large = || {
-        error_json(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("the body is larger than {limit} bytes"),
-        )
-    };
-    let declared = request
+fn request_head<B>(request: &Request<B>) -> RequestHead {
+    RequestHead {
+        bearer: bearer_token(request),
+        peer: request.extensions().get::<PeerAddr>().map(|p| p.0),
+    }
+}
+
+/// `Content-Type: application/json`, parameters (a charset) allowed. A web
+/// page cannot send this type across sites without a preflight, which this
+/// port never answers.
+fn is_json<B>(request: &Request<B>) -> bool {
+    request
         .headers()
-        .get(CONTENT_LENGTH)
+        .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let collect = Limited::new(request.into_body(), limit).collect();
-    match tokio::time::timeout(BODY_READ_TIMEOUT, collect).await {
-        Err(_) => Err(error_json(
-            StatusCode::REQUEST_TIMEOUT,
-            "the body did not arrive in time",
-        )),
-        Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Ok(Err(err)) => Err(error_json(
-            StatusCode::BAD_REQUEST,
-            &format!("cannot read the body: {err}"),
-        )),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-    }
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case(JSON))
 }
 
 fn probe(result: Result<String, String>) -> Response<Full<Bytes>> {

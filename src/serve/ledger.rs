@@ -1,10 +1,17 @@
 //! Applying one feedback report to a [`Fleet`], once: the operator and
 //! standalone mode count reports identically.
 //!
-//! A report is counted only when its `(agent.instance, sequence)` is new
-//! (docs/FEEDBACK-API.md, Idempotency), and either all of it is counted or
-//! none: a report that the fleet refuses leaves the ledger and the pool's
-//! status as they were, so the agent can send it again.
+//! A report is counted only when its `(source_ip, agent.instance, sequence)`
+//! is new (docs/FEEDBACK-API.md, Idempotency), and either all of it is
+//! counted or none: a report that the fleet refuses leaves the ledger and the
+//! pool's status as they were, so the agent can send it again.
+//!
+//! The ledger is keyed by source IP as well as instance, so a report for one
+//! IP can never mark another IP's reports as seen; and a sequence may only
+//! move forward by [`MAX_SEQUENCE_STEP`], so one report cannot silence an
+//! instance for good by jumping to the largest number. Providers neither
+//! builtin nor declared are counted under `other`: made-up names never become
+//! new (IP, provider) pairs.
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -13,9 +20,15 @@ use super::FeedbackRefusal;
 use crate::agent::report::{Admission, FeedbackReport, SequenceLedger};
 use crate::fleet::{Fleet, FleetError};
 use crate::reputation::engine::{Signal, Transition};
+use crate::vocab::OTHER_PROVIDER;
 
 /// Agent instances silent for this long are forgotten (a day, as documented).
 pub const FORGET_AFTER_SECONDS: i64 = 24 * 3600;
+
+/// How far past the last counted sequence of an (IP, instance) a report may
+/// be. An agent numbers its reports one by one, so a larger step is no
+/// agent's report.
+pub const MAX_SEQUENCE_STEP: u64 = 1_000_000;
 
 /// The sequences counted per agent instance. Persist it together with the
 /// pool status it counted into (a receiver that keeps the counts but loses
@@ -49,8 +62,25 @@ pub enum LedgerError {
         reported: String,
         owner: String,
     },
+    #[error("sequence {sequence} is {step} past the last one counted ({last}) for {ip} and agent instance {instance}; reports are numbered one by one, at most {MAX_SEQUENCE_STEP} apart (a new agent instance starts again at 1)")]
+    SequenceJump {
+        ip: String,
+        instance: String,
+        sequence: u64,
+        last: u64,
+        step: u64,
+    },
     #[error(transparent)]
     Fleet(#[from] FleetError),
+}
+
+/// Whether a report would be counted, before anything is changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// New: counting it changes the fleet.
+    New,
+    /// Counted before; answering it changes nothing.
+    Duplicate,
 }
 
 impl LedgerError {
@@ -58,9 +88,9 @@ impl LedgerError {
     /// have can never be counted (422); an engine failure may pass (503).
     pub fn refusal(&self) -> FeedbackRefusal {
         match self {
-            LedgerError::UnknownIp { .. } | LedgerError::WrongPool { .. } => {
-                FeedbackRefusal::Invalid(self.to_string())
-            }
+            LedgerError::UnknownIp { .. }
+            | LedgerError::WrongPool { .. }
+            | LedgerError::SequenceJump { .. } => FeedbackRefusal::Invalid(self.to_string()),
             LedgerError::Fleet(_) => FeedbackRefusal::Unavailable(self.to_string()),
         }
     }
@@ -80,21 +110,11 @@ impl FeedbackLedger {
         &self.sequences
     }
 
-    /// Counts `report` (which passed `validate`) into `fleet` unless it was
-    /// counted before. On error nothing changed.
-    pub fn apply(
-        &mut self,
-        fleet: &mut Fleet,
-        report: &FeedbackReport,
-        now: Timestamp,
-    ) -> Result<Applied, LedgerError> {
+    /// What [`apply`](Self::apply) would do with `report`, changing nothing:
+    /// the refusal it would answer, or whether the report is new.
+    pub fn check(&self, fleet: &Fleet, report: &FeedbackReport) -> Result<Check, LedgerError> {
         let (index, ip) = owner_of(fleet, report)?;
-        let pool = &fleet.pools[index];
-        let owner = format!(
-            "{}/{}",
-            pool.metadata.namespace.as_deref().unwrap_or("default"),
-            pool.metadata.name.as_deref().unwrap_or("")
-        );
+        let owner = pool_name(fleet, index);
         let reported = format!("{}/{}", report.pool.namespace, report.pool.name);
         if reported != owner {
             return Err(LedgerError::WrongPool {
@@ -103,11 +123,38 @@ impl FeedbackLedger {
                 owner,
             });
         }
+        match self.sequences.last(&ledger_key(report)) {
+            Some(last) if report.sequence <= last => Ok(Check::Duplicate),
+            Some(last) if report.sequence - last > MAX_SEQUENCE_STEP => {
+                Err(LedgerError::SequenceJump {
+                    ip,
+                    instance: report.agent.instance.clone(),
+                    sequence: report.sequence,
+                    last,
+                    step: report.sequence - last,
+                })
+            }
+            _ => Ok(Check::New),
+        }
+    }
+
+    /// Counts `report` (which passed `validate`) into `fleet` unless it was
+    /// counted before. On error nothing changed.
+    pub fn apply(
+        &mut self,
+        fleet: &mut Fleet,
+        report: &FeedbackReport,
+        now: Timestamp,
+    ) -> Result<Applied, LedgerError> {
+        let check = self.check(fleet, report)?;
+        let (index, ip) = owner_of(fleet, report)?;
+        let owner = pool_name(fleet, index);
         let before = self.sequences.clone();
-        if self
-            .sequences
-            .admit(&report.agent.instance, report.sequence, now)
-            == Admission::Duplicate
+        if check == Check::Duplicate
+            || self
+                .sequences
+                .admit(&ledger_key(report), report.sequence, now)
+                == Admission::Duplicate
         {
             return Ok(Applied {
                 duplicate: true,
@@ -118,7 +165,7 @@ impl FeedbackLedger {
         }
         let status_before = fleet.pools[index].status.clone();
         let mut transitions = Vec::new();
-        for feedback in report.to_feedback() {
+        for feedback in known_providers_only(fleet, report).to_feedback() {
             match fleet.observe(&ip, Signal::Feedback(feedback), now) {
                 Ok(moves) => transitions.extend(moves),
                 Err(err) => {
@@ -140,6 +187,50 @@ impl FeedbackLedger {
     pub fn expire(&mut self, now: Timestamp) {
         self.sequences.expire(now, FORGET_AFTER_SECONDS);
     }
+}
+
+/// Sequences are remembered per (source IP, instance): a report for one IP
+/// never touches what another IP's reports count.
+fn ledger_key(report: &FeedbackReport) -> String {
+    format!("{} {}", report.source_ip, report.agent.instance)
+}
+
+fn pool_name(fleet: &Fleet, index: usize) -> String {
+    let pool = &fleet.pools[index];
+    format!(
+        "{}/{}",
+        pool.metadata.namespace.as_deref().unwrap_or("default"),
+        pool.metadata.name.as_deref().unwrap_or("")
+    )
+}
+
+/// The report with every provider the fleet does not know (neither builtin
+/// nor declared by a route or the user's rules) counted as `other`.
+fn known_providers_only<'r>(
+    fleet: &Fleet,
+    report: &'r FeedbackReport,
+) -> std::borrow::Cow<'r, FeedbackReport> {
+    let known = |name: &str| {
+        fleet.known_providers.iter().any(|p| p == name)
+            || fleet.classifier.providers().id_of(name).is_some()
+    };
+    let all_known = report.totals.iter().all(|t| known(&t.provider))
+        && report.conclusive.iter().all(|c| known(&c.provider));
+    if all_known {
+        return std::borrow::Cow::Borrowed(report);
+    }
+    let mut mapped = report.clone();
+    for row in &mut mapped.totals {
+        if !known(&row.provider) {
+            row.provider = OTHER_PROVIDER.to_string();
+        }
+    }
+    for reply in &mut mapped.conclusive {
+        if !known(&reply.provider) {
+            reply.provider = OTHER_PROVIDER.to_string();
+        }
+    }
+    std::borrow::Cow::Owned(mapped)
 }
 
 /// The pool holding the report's IP, and the IP as its spec writes it.
@@ -304,6 +395,83 @@ mod tests {
         );
         restored.expire(now() + jiff::SignedDuration::from_secs(FORGET_AFTER_SECONDS + 1));
         assert!(restored.sequences().is_empty());
+    }
+
+    #[test]
+    fn a_sequence_jump_is_refused_and_one_ip_never_silences_another() {
+        let mut fleet = fleet();
+        let mut ledger = FeedbackLedger::new();
+        ledger
+            .apply(&mut fleet, &blocked_report("203.0.113.11", 1), now())
+            .unwrap();
+        let jump = blocked_report("203.0.113.11", u64::MAX);
+        let err = ledger.apply(&mut fleet, &jump, now()).unwrap_err();
+        assert!(
+            matches!(err, LedgerError::SequenceJump { last: 1, .. }),
+            "{err}"
+        );
+        assert!(matches!(err.refusal(), FeedbackRefusal::Invalid(_)));
+        let next = ledger
+            .apply(&mut fleet, &blocked_report("203.0.113.11", 2), now())
+            .unwrap();
+        assert!(!next.duplicate, "a refused jump moved the ledger");
+        // The same instance name reporting for another IP is its own sequence:
+        // a high number for .11 does not make .12's reports duplicates.
+        ledger
+            .apply(&mut fleet, &blocked_report("203.0.113.11", 900_000), now())
+            .unwrap();
+        let other = ledger
+            .apply(&mut fleet, &blocked_report("203.0.113.12", 1), now())
+            .unwrap();
+        assert!(!other.duplicate);
+        assert!(other
+            .transitions
+            .iter()
+            .any(|t| t.to == ReputationState::Blocked));
+    }
+
+    #[test]
+    fn made_up_providers_are_counted_as_other_and_make_no_pairs() {
+        let mut fleet = fleet();
+        let mut ledger = FeedbackLedger::new();
+        let pairs = |fleet: &Fleet| -> usize {
+            fleet
+                .pools
+                .iter()
+                .filter_map(|p| p.status.as_ref())
+                .flat_map(|s| s.ips.iter())
+                .map(|i| i.reputation.len())
+                .sum()
+        };
+        let before = pairs(&fleet);
+        let mut report = blocked_report("203.0.113.10", 1);
+        report.conclusive.clear();
+        report.totals = (0..4096)
+            .map(|i| TotalCount {
+                provider: format!("made-up-{i}"),
+                outcome: Outcome::Delivered,
+                category: Category::None,
+                count: 1,
+            })
+            .collect();
+        report.validate().unwrap();
+        ledger.apply(&mut fleet, &report, now()).unwrap();
+        let providers: std::collections::BTreeSet<String> = fleet
+            .pools
+            .iter()
+            .filter_map(|p| p.status.as_ref())
+            .flat_map(|s| s.ips.iter())
+            .flat_map(|i| i.reputation.iter().map(|r| r.provider.clone()))
+            .collect();
+        assert!(
+            providers.iter().all(|p| !p.starts_with("made-up")),
+            "{providers:?}"
+        );
+        assert!(
+            pairs(&fleet) <= before.max(1) * 2,
+            "{} pairs",
+            pairs(&fleet)
+        );
     }
 
     #[test]

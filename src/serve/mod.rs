@@ -10,12 +10,14 @@
 
 mod handler;
 pub mod ledger;
+mod limits;
 mod log_level;
 
 #[cfg(test)]
 mod tests;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,24 +31,73 @@ use tokio::task::JoinSet;
 use crate::agent::report::{FeedbackReport, FeedbackResponse};
 
 pub use handler::HttpState;
+pub use limits::ServeLimits;
 pub use log_level::LogLevelHandle;
 
-/// A client must send its request head within this time.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+use limits::{ConnectionSlots, PeerAddr};
+
 /// After shutdown is asked for, open connections get this long to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A failed `accept` (out of file descriptors, ...) is retried after this pause.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
-/// Decides what happens to a report that passed `FeedbackReport::validate`.
+/// What the port knows about a request before it reads any of its body.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestHead {
+    /// The token of `Authorization: Bearer <token>`, if any.
+    pub bearer: Option<String>,
+    /// The TCP peer; `None` when the request did not come over a socket
+    /// (in-process tests).
+    pub peer: Option<SocketAddr>,
+}
+
+impl RequestHead {
+    /// A request from this machine (or from no socket at all): `kubectl
+    /// port-forward` arrives on the pod's loopback.
+    pub fn is_local(&self) -> bool {
+        self.peer.is_none_or(|p| p.ip().is_loopback())
+    }
+}
+
+/// Decides what happens to a feedback request, in two steps: who sends it,
+/// from its head alone, before a single body byte is read (a refusal costs
+/// no memory); then the report, once read and validated.
+///
+/// The operator's receiver plugs in the same way as standalone mode's: its
+/// `Caller` is the reviewed ServiceAccount's pod, standalone's the sender
+/// a token belongs to.
 pub trait FeedbackReceiver: Send + Sync + 'static {
-    /// `bearer` is the Authorization Bearer token, if any; `report` already
-    /// passed `FeedbackReport::validate`. Ok → 200 with the response JSON.
+    /// Who a request comes from, as [`authenticate`](Self::authenticate)
+    /// found it; handed to [`receive`](Self::receive) with the report.
+    type Caller: Send + 'static;
+
+    /// Checks the request head (token, peer). Err answers at once, before
+    /// the body is read.
+    fn authenticate(
+        &self,
+        head: &RequestHead,
+    ) -> impl Future<Output = Result<Self::Caller, FeedbackRefusal>> + Send;
+
+    /// `report` already passed `FeedbackReport::validate`. Ok → 200 with
+    /// the response JSON; Ok must mean the report is stored.
     fn receive(
         &self,
-        bearer: Option<String>,
+        caller: Self::Caller,
         report: FeedbackReport,
     ) -> impl Future<Output = Result<FeedbackResponse, FeedbackRefusal>> + Send;
+
+    /// Whether `head` may change the log level (`PUT /log-level`). By
+    /// default only from this machine: `kubectl port-forward`, never the
+    /// network.
+    fn may_administer(&self, head: &RequestHead) -> Result<(), FeedbackRefusal> {
+        if head.is_local() {
+            Ok(())
+        } else {
+            Err(FeedbackRefusal::Forbidden(
+                "the log level is changed from this machine only (kubectl port-forward)".into(),
+            ))
+        }
+    }
 }
 
 /// Why a receiver refuses a report; each maps to the status the agent acts on
@@ -97,7 +148,28 @@ pub async fn serve<R: FeedbackReceiver, O: Observability>(
     log_level: Option<LogLevelHandle>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let state = HttpState::new(receiver, obs, log_level);
+    serve_with(
+        listener,
+        receiver,
+        obs,
+        log_level,
+        ServeLimits::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] with other limits than the defaults.
+pub async fn serve_with<R: FeedbackReceiver, O: Observability>(
+    listener: TcpListener,
+    receiver: Arc<R>,
+    obs: Arc<O>,
+    log_level: Option<LogLevelHandle>,
+    limits: ServeLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let state = HttpState::with_limits(receiver, obs, log_level, limits.clone());
+    let slots = ConnectionSlots::new(limits.max_connections);
     let (stop, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
     let shutdown = std::pin::pin!(shutdown);
@@ -106,8 +178,22 @@ pub async fn serve<R: FeedbackReceiver, O: Observability>(
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    connections.spawn(connection(stream, state.clone(), stopping.clone()));
+                Ok((stream, peer)) => {
+                    // Full of connections all inside a request: this one is
+                    // closed at once, which costs nothing to keep.
+                    let Some(slot) = slots.open() else {
+                        state.count_refused_connection();
+                        drop(stream);
+                        continue;
+                    };
+                    connections.spawn(connection(
+                        stream,
+                        peer,
+                        state.clone(),
+                        limits.clone(),
+                        slot,
+                        stopping.clone(),
+                    ));
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot accept a connection; retrying");
@@ -135,17 +221,29 @@ pub async fn serve<R: FeedbackReceiver, O: Observability>(
 
 async fn connection(
     stream: tokio::net::TcpStream,
+    peer: SocketAddr,
     state: HttpState,
+    limits: ServeLimits,
+    slot: limits::Slot,
     mut stopping: watch::Receiver<bool>,
 ) {
-    let service = service_fn(move |request| {
+    let in_request = slot.in_request();
+    let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
         let state = state.clone();
-        async move { Ok::<_, std::convert::Infallible>(state.handle(request).await) }
+        let in_request = in_request.clone();
+        request.extensions_mut().insert(PeerAddr(peer));
+        request.extensions_mut().insert(in_request.clone());
+        async move {
+            let response = state.handle(request).await;
+            in_request.leave();
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits::READ_BUFFER_BYTES);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
@@ -153,6 +251,9 @@ async fn connection(
             if let Err(err) = result {
                 tracing::debug!(error = %err, "connection ended with an error");
             }
+        }
+        () = slot.evicted() => {
+            tracing::debug!(%peer, "closing a connection to make room for a new one");
         }
         () = stop_asked(&mut stopping) => {
             conn.as_mut().graceful_shutdown();

@@ -15,6 +15,17 @@ struct Recorder {
 }
 
 impl FeedbackReceiver for Recorder {
+    type Caller = Option<String>;
+
+    async fn authenticate(&self, head: &RequestHead) -> Result<Option<String>, FeedbackRefusal> {
+        match head.bearer.as_deref() {
+            Some("secret") => Ok(head.bearer.clone()),
+            Some("other-pool") => Err(FeedbackRefusal::Forbidden("not yours".into())),
+            Some("standby") => Err(FeedbackRefusal::Unavailable("not the leader".into())),
+            _ => Err(FeedbackRefusal::Unauthorized("bad token".into())),
+        }
+    }
+
     async fn receive(
         &self,
         bearer: Option<String>,
@@ -24,12 +35,6 @@ impl FeedbackReceiver for Recorder {
             .lock()
             .unwrap()
             .push((bearer.clone(), report.sequence));
-        match bearer.as_deref() {
-            Some("secret") => {}
-            Some("other-pool") => return Err(FeedbackRefusal::Forbidden("not yours".into())),
-            Some("standby") => return Err(FeedbackRefusal::Unavailable("not the leader".into())),
-            _ => return Err(FeedbackRefusal::Unauthorized("bad token".into())),
-        }
         if report.source_ip.to_string() == "192.0.2.1" {
             return Err(FeedbackRefusal::Invalid("unknown ip".into()));
         }
@@ -138,6 +143,7 @@ async fn refusals_map_to_their_status_codes() {
         assert!(error["error"].as_str().is_some_and(|e| !e.is_empty()));
     }
     let basic = Request::post("/v1/feedback")
+        .header("content-type", "application/json")
         .header("authorization", "Basic c2VjcmV0")
         .body(Full::new(Bytes::from(report_json("203.0.113.10", 1))))
         .unwrap();
@@ -309,7 +315,7 @@ async fn serves_over_tcp_and_stops_on_shutdown() {
     let declared_too_big = raw_exchange(
         address,
         &format!(
-            "POST /v1/feedback HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "POST /v1/feedback HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer secret\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             MAX_REPORT_BYTES + 1
         ),
     )
@@ -335,4 +341,207 @@ async fn serves_over_tcp_and_stops_on_shutdown() {
         tokio::net::TcpStream::connect(address).await.is_err(),
         "still listening"
     );
+}
+
+#[tokio::test]
+async fn cross_site_and_wrong_media_types_are_refused_from_the_head() {
+    let (state, recorder) = state(true);
+    let body = report_json("203.0.113.10", 1);
+    let plain = Request::post("/v1/feedback")
+        .header("content-type", "text/plain")
+        .header("authorization", "Bearer secret")
+        .body(Full::new(Bytes::from(body.clone())))
+        .unwrap();
+    assert_eq!(
+        answer(&state, plain).await.0,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    let mut from_a_page = post(body.clone(), Some("secret"));
+    from_a_page
+        .headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    assert_eq!(answer(&state, from_a_page).await.0, StatusCode::FORBIDDEN);
+    let charset = Request::post("/v1/feedback")
+        .header("content-type", "Application/JSON; charset=utf-8")
+        .header("authorization", "Bearer secret")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    assert_eq!(answer(&state, charset).await.0, StatusCode::OK);
+    assert_eq!(recorder.seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn the_log_level_changes_only_from_this_machine_by_default() {
+    use tracing_subscriber::{reload, EnvFilter};
+    let (_layer, handle) =
+        reload::Layer::<EnvFilter, tracing_subscriber::Registry>::new(EnvFilter::new("info"));
+    let state = HttpState::new(
+        Arc::new(Recorder::default()),
+        Arc::new(Fixed { healthy: true }),
+        Some(LogLevelHandle::new(handle, "info")),
+    );
+    let put_from = |peer: &str| {
+        let mut request = Request::put("/log-level")
+            .body(Full::new(Bytes::from("debug")))
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(limits::PeerAddr(peer.parse().unwrap()));
+        request
+    };
+    let (status, body) = answer(&state, put_from("198.51.100.7:40000")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, _) = answer(&state, put_from("127.0.0.1:40000")).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+fn test_limits() -> ServeLimits {
+    ServeLimits {
+        max_connections: 64,
+        header_read_timeout: std::time::Duration::from_secs(3),
+        body_read_timeout: std::time::Duration::from_secs(1),
+        max_body_bytes_in_flight: 256 * 1024,
+    }
+}
+
+async fn start(limits: ServeLimits) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve_with(
+        listener,
+        Arc::new(Recorder::default()),
+        Arc::new(Fixed { healthy: true }),
+        None,
+        limits,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    (address, stop)
+}
+
+async fn healthz_within(address: std::net::SocketAddr, seconds: u64) -> String {
+    tokio::time::timeout(
+        std::time::Duration::from_secs(seconds),
+        raw_exchange(
+            address,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        ),
+    )
+    .await
+    .expect("/healthz did not answer in time")
+}
+
+#[tokio::test]
+async fn a_refused_token_is_answered_before_the_body_is_sent() {
+    let (address, _stop) = start(test_limits()).await;
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST /v1/feedback HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\nContent-Type: application/json\r\nContent-Length: {MAX_REPORT_BYTES}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        stream.read_exact(&mut head),
+    )
+    .await
+    .expect("no answer without the body")
+    .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 401");
+}
+
+/// Hundreds of idle and dripping connections, more than the cap: the port
+/// keeps answering, the dripped body meets its deadline, and the bodies
+/// held stay within the budget (a 503 to retry, never more memory).
+#[tokio::test]
+async fn idle_and_dripping_connections_beyond_the_cap_leave_the_port_answering() {
+    let limits = test_limits();
+    let (address, _stop) = start(limits.clone()).await;
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(tokio::net::TcpStream::connect(address).await.unwrap());
+    }
+    let answer = healthz_within(address, 3).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Dripping bodies: each declares 64 KiB and sends a byte at a time, more
+    // than the budget if it were taken for what is declared.
+    let mut drips = Vec::new();
+    for _ in 0..8 {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(b"POST /v1/feedback HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer secret\r\nContent-Type: application/json\r\nContent-Length: 65536\r\n\r\n{")
+            .await
+            .unwrap();
+        drips.push(stream);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut answers = Vec::new();
+    for stream in &mut drips {
+        let _ = stream.write_all(b" ").await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            stream.read_to_end(&mut out),
+        )
+        .await;
+        answers.push(String::from_utf8_lossy(&out).into_owned());
+    }
+    // A dripped body holds only the bytes it sent: each meets its deadline
+    // (or was closed to make room), none is told the port is full.
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.is_empty() || a.starts_with("HTTP/1.1 408")),
+        "{answers:?}"
+    );
+    assert!(
+        answers.iter().any(|a| a.starts_with("HTTP/1.1 408")),
+        "{answers:?}"
+    );
+    // Real bytes over the budget: the oldest readers are closed to make room
+    // (or, with none to close, the newest is told to retry).
+    let mut heavy = Vec::new();
+    for _ in 0..6 {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let mut request = b"POST /v1/feedback HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer secret\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n".to_vec();
+        request.extend(std::iter::repeat_n(b' ', 60_000));
+        stream.write_all(&request).await.unwrap();
+        heavy.push(stream);
+    }
+    let mut refused = 0;
+    for stream in &mut heavy {
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            stream.read_to_end(&mut out),
+        )
+        .await;
+        // 503 to retry, or closed to give its bytes to a newer body.
+        refused += usize::from(out.starts_with(b"HTTP/1.1 503") || out.is_empty());
+    }
+    assert!(refused >= 1, "360 KB held against a 256 KiB budget");
+    let answer = healthz_within(address, 3).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let body = report_json("203.0.113.10", 9);
+    let report = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        raw_exchange(
+            address,
+            &format!(
+                "POST /v1/feedback HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer secret\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        ),
+    )
+    .await
+    .expect("a report is answered among hostile connections");
+    assert!(report.starts_with("HTTP/1.1 200"), "{report}");
+    drop(idle);
 }

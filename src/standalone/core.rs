@@ -19,7 +19,7 @@ use crate::reputation::engine::{Signal, Transition};
 use crate::routing::postfix::{ip_slug, senders_of, PostfixOptions, Sender};
 use crate::routing::sender_config::{sender_config, SenderConfig};
 use crate::routing::{self, model::mode_name, RouteTable};
-use crate::serve::ledger::FeedbackLedger;
+use crate::serve::ledger::{Check, FeedbackLedger};
 use crate::serve::FeedbackRefusal;
 
 use super::state::{self, SavedState};
@@ -44,7 +44,7 @@ pub struct SenderOutput {
 /// Everything standalone mode writes, as it should be now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outputs {
-    /// `state.yaml`.
+    /// `state.json`.
     pub state: String,
     /// `routes.json`.
     pub routes: String,
@@ -154,6 +154,41 @@ impl Core {
         self.ledger.expire(now);
         self.refresh(now);
         Ok(())
+    }
+
+    /// Replays reports that were stored but may not be in the saved state
+    /// (the write-ahead log): the ledger skips those the state counted.
+    /// Returns how many were counted now.
+    pub fn replay<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = (&'a FeedbackReport, Timestamp)>,
+    ) -> usize {
+        let mut counted = 0;
+        for (report, at) in entries {
+            if matches!(self.receive(report, at), Ok(answer) if !answer.duplicate) {
+                counted += 1;
+            }
+        }
+        counted
+    }
+
+    /// What [`receive`](Self::receive) would do, before the report is stored:
+    /// the refusal, the answer to a report counted before (nothing to
+    /// store), or `None` for a new report, which must be stored and then
+    /// received.
+    pub fn check(
+        &mut self,
+        report: &FeedbackReport,
+        now: Timestamp,
+    ) -> Result<Option<FeedbackResponse>, FeedbackRefusal> {
+        match self.ledger.check(&self.fleet, report) {
+            Ok(Check::New) => Ok(None),
+            Ok(Check::Duplicate) => self.receive(report, now).map(Some),
+            Err(err) => {
+                *self.counters.reports.entry("refused").or_default() += 1;
+                Err(err.refusal())
+            }
+        }
     }
 
     /// Counts one report (already validated and authenticated) and answers
@@ -337,6 +372,23 @@ impl Core {
                     p.metadata.name.as_deref().unwrap_or("")
                 )
             })
+    }
+
+    /// Records, as an event, a state file that could not be read and was
+    /// moved aside, with the Blocked pairs it held (`pool ip provider`).
+    pub fn note_discarded_state(
+        &mut self,
+        file: &std::path::Path,
+        moved_to: &std::path::Path,
+        blocked: &[String],
+    ) {
+        self.events.push(json!({
+            "at": self.table.generated_at.to_string(),
+            "event": "state_discarded",
+            "file": file.display().to_string(),
+            "moved_to": moved_to.display().to_string(),
+            "blocked_pairs": blocked,
+        }));
     }
 
     /// Event lines (JSON, one per line) since the last call.

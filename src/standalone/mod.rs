@@ -5,13 +5,15 @@
 //! the last good ones in force and show on `/healthz`), agents report on the
 //! same `POST /v1/feedback` as in the operator, the DNSBL and SNDS probes run
 //! here, and everything that results is written into the output folder:
-//! `state.yaml` (read back at start, so a restart keeps reputation),
-//! `routes.json`, `senders/<ip slug>/` and `events.jsonl`.
+//! `state.json` (read back at start, so a restart keeps reputation),
+//! `routes.json`, `senders/<ip slug>/` and `events.jsonl`. A report is
+//! stored in `feedback.wal` before it is counted and answered ([`journal`]).
 //!
 //! [`core`] decides without I/O; this module reads the clock, the files and
 //! the network around it.
 
 pub mod core;
+pub mod journal;
 pub mod outputs;
 pub mod service;
 pub mod state;
@@ -36,9 +38,10 @@ use crate::routing::postfix::PostfixOptions;
 use crate::serve::{self, LogLevelHandle};
 
 use self::core::Core;
+use self::journal::{Journal, JournalError};
 use self::outputs::{OutputWriter, WriteError};
-use self::service::{Receiver, Shared, TokenError, TokenFile};
-use self::state::{StateError, STATE_FILE};
+use self::service::{Auth, Receiver, Shared, TokenDir, TokenError, TokenFile};
+use self::state::{SavedState, StateError, LEGACY_STATE_FILE, STATE_FILE};
 use self::watch::Fingerprint;
 
 /// How often the probe task looks again when no probe is scheduled sooner
@@ -51,8 +54,12 @@ pub struct Options {
     pub manifests: PathBuf,
     pub out: PathBuf,
     pub http_addr: SocketAddr,
-    /// Agents must send the token in this file; `None`: no authentication.
+    /// Agents must send the token in this file; it covers every IP.
     pub token_file: Option<PathBuf>,
+    /// A token per sender: files named after an IP or `<namespace>_<pool>`.
+    pub token_dir: Option<PathBuf>,
+    /// The token `PUT /log-level` needs.
+    pub admin_token_file: Option<PathBuf>,
     /// Secrets as `DIR/<secret name>/<key>` (the SNDS key).
     pub secrets_dir: Option<PathBuf>,
     /// Ask DNSBL zones through this resolver instead of the pools' own.
@@ -86,6 +93,13 @@ pub enum StandaloneError {
     },
     #[error(transparent)]
     Write(#[from] WriteError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("cannot move the unreadable {path} aside: {source}")]
+    MoveAside {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the HTTP port failed: {0}")]
     Serve(std::io::Error),
 }
@@ -102,19 +116,15 @@ pub async fn run(
         ..EngineLoop::default()
     };
     let loaded = manifests::load_dir(&options.manifests)?;
+    std::fs::create_dir_all(&options.out).map_err(|source| WriteError {
+        path: options.out.clone(),
+        source,
+    })?;
     let state_path = options.out.join(STATE_FILE);
-    let saved = match std::fs::read_to_string(&state_path) {
-        Ok(text) => Some(state::parse(&text, &state_path)?),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
-        Err(source) => {
-            return Err(StandaloneError::ReadState {
-                path: state_path,
-                source,
-            })
-        }
-    };
+    let (saved, discarded) = read_state(&options.out)?;
     let restored = saved.is_some();
-    let (core, gone) = Core::start(
+    let (journal, replay) = Journal::open(&options.out)?;
+    let (mut core, gone) = Core::start(
         loaded,
         saved,
         options.rules.clone(),
@@ -127,13 +137,48 @@ pub async fn run(
             state_path.display()
         );
     }
-    let token = options
-        .token_file
-        .as_deref()
-        .map(TokenFile::open)
-        .transpose()?;
-    if token.is_none() {
-        tracing::warn!("no --token-file: feedback is accepted from anyone who reaches the port");
+    if let Some(discarded) = discarded {
+        core.note_discarded_state(&discarded.file, &discarded.moved_to, &discarded.blocked);
+    }
+    if replay.skipped > 0 {
+        tracing::warn!(
+            lines = replay.skipped,
+            "feedback.wal ends in a line cut short (a crash while storing); that report was never acknowledged"
+        );
+    }
+    if !replay.entries.is_empty() {
+        let counted = core.replay(replay.entries.iter().map(|e| (&e.report, e.at)));
+        tracing::info!(
+            stored = replay.entries.len(),
+            counted,
+            "reports stored before the restart replayed from feedback.wal"
+        );
+    }
+    let auth = Auth {
+        shared: options
+            .token_file
+            .as_deref()
+            .map(TokenFile::open)
+            .transpose()?,
+        per_sender: options
+            .token_dir
+            .as_deref()
+            .map(TokenDir::open)
+            .transpose()?,
+        admin: options
+            .admin_token_file
+            .as_deref()
+            .map(TokenFile::open)
+            .transpose()?,
+    };
+    match (&auth.shared, &auth.per_sender) {
+        (None, None) => tracing::warn!(
+            "no --token-dir or --token-file: feedback is accepted from anyone who reaches the port"
+        ),
+        (Some(_), _) => tracing::warn!(
+            "--token-file is one token for every sender: any holder may report for any IP; --token-dir gives each sender its own"
+        ),
+        _ => {}
     }
     let listener = tokio::net::TcpListener::bind(options.http_addr)
         .await
@@ -143,7 +188,7 @@ pub async fn run(
         })?;
     let address = listener.local_addr().map_err(StandaloneError::Serve)?;
 
-    let shared = Arc::new(Shared::new(core, token));
+    let shared = Arc::new(Shared::new(core, journal, auth));
     let mut writer = OutputWriter::new(&options.out)?;
     engine.write(&shared, &mut writer)?;
     shared.ready.store(true, Ordering::Release);
@@ -155,7 +200,8 @@ pub async fn run(
     );
 
     let (stop, stopping) = channel::channel(false);
-    let receiver = Arc::new(Receiver(Arc::clone(&shared)));
+    let (commits, committer) = service::start_committer(Arc::clone(&shared));
+    let receiver = Arc::new(Receiver::new(Arc::clone(&shared), commits));
     let server = tokio::spawn(serve::serve(
         listener,
         Arc::clone(&receiver),
@@ -187,6 +233,8 @@ pub async fn run(
     let _ = stop.send(true);
     let served = server.await;
     let _ = probes.await;
+    // The port is closed and its receiver dropped: the committer ends.
+    let _ = tokio::task::spawn_blocking(move || committer.join()).await;
     engine.step(&shared, &mut writer, &options.manifests);
     tracing::info!("stopped");
     match served {
@@ -206,6 +254,8 @@ async fn stopped(mut stopping: channel::Receiver<bool>) {
 #[derive(Default)]
 struct EngineLoop {
     fingerprint: Option<Fingerprint>,
+    /// Events taken from the core and not yet written.
+    pending_events: Vec<String>,
     last_tick_error: Option<String>,
     last_write_error: Option<String>,
 }
@@ -262,17 +312,37 @@ impl EngineLoop {
         }
     }
 
+    /// Writes what changed. The log of stored reports is held while the
+    /// state is rendered and written, and emptied once that state is on disk:
+    /// every report in the log is then in the state.
     fn write(&mut self, shared: &Shared, writer: &mut OutputWriter) -> Result<(), WriteError> {
-        let (outputs, events) = {
+        let mut journal = shared.journal();
+        let outputs = {
             let mut core = shared.core();
-            (core.outputs(), core.take_events())
+            self.pending_events.extend(core.take_events());
+            core.outputs()
         };
-        for line in &events {
-            tracing::info!(target: "mailfleet::events", "{line}");
+        let events = std::mem::take(&mut self.pending_events);
+        let result = writer.append_events(&events);
+        match &result {
+            Ok(()) => {
+                for line in &events {
+                    tracing::info!(target: "mailfleet::events", "{line}");
+                }
+            }
+            // Kept for the next write: events are written whole or not at all.
+            Err(_) => self.pending_events = events,
         }
-        let result = writer
-            .append_events(&events)
-            .and_then(|()| writer.write(&outputs));
+        let result = result.and_then(|()| writer.write(&outputs));
+        let cleared = match &result {
+            Ok(_) => journal.clear().map_err(|e| WriteError {
+                path: e.path,
+                source: e.source,
+            }),
+            Err(_) => Ok(()),
+        };
+        drop(journal);
+        let result = result.and_then(|written| cleared.map(|()| written));
         let mut failure = shared.write_error.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(written) => {
@@ -288,6 +358,67 @@ impl EngineLoop {
             }
         }
     }
+}
+
+/// A state file that could not be read, moved aside.
+struct Discarded {
+    file: PathBuf,
+    moved_to: PathBuf,
+    blocked: Vec<String>,
+}
+
+/// Reads `state.json` (or, before the first run of this version, the
+/// `state.yaml` of earlier runs). A file that cannot be read is moved aside
+/// and its Blocked pairs are reported: nothing is forgotten silently.
+fn read_state(out: &Path) -> Result<(Option<SavedState>, Option<Discarded>), StandaloneError> {
+    let current = out.join(STATE_FILE);
+    let legacy = out.join(LEGACY_STATE_FILE);
+    type Parse = fn(&str, &Path) -> Result<SavedState, StateError>;
+    let (path, parse): (PathBuf, Parse) = if current.exists() || !legacy.exists() {
+        (current, state::parse)
+    } else {
+        (legacy, state::parse_legacy)
+    };
+    let text = match std::fs::read(&path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok((None, None)),
+        Err(source) => return Err(StandaloneError::ReadState { path, source }),
+    };
+    let err = match parse(&text, &path) {
+        Ok(saved) => return Ok((Some(saved), None)),
+        Err(err) => err,
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let moved_to = out.join(format!(
+        "{name}.unreadable-{}",
+        Timestamp::now().as_second()
+    ));
+    std::fs::rename(&path, &moved_to).map_err(|source| StandaloneError::MoveAside {
+        path: path.clone(),
+        source,
+    })?;
+    let blocked = state::blocked_pairs(&text);
+    tracing::error!(
+        blocked_pairs = blocked.len(),
+        "{err}; moved it to {} and starting without it. Blocked pairs it held (pool ip provider): {}",
+        moved_to.display(),
+        if blocked.is_empty() {
+            "none found".to_string()
+        } else {
+            blocked.join(", ")
+        }
+    );
+    Ok((
+        None,
+        Some(Discarded {
+            file: path,
+            moved_to,
+            blocked,
+        }),
+    ))
 }
 
 /// The Secret folder, when one is given.

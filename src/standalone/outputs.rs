@@ -1,19 +1,24 @@
 //! Writing standalone mode's files into `--out`: only what changed, and each
 //! change atomically, so a reader never sees half a file.
 //!
-//! - `state.yaml`, `routes.json`: written to a hidden temporary file in the
-//!   same folder, synced, then renamed over the old one.
+//! - `state.json`, `routes.json`: written to a hidden temporary file in the
+//!   same folder, synced, renamed over the old one, and the folder synced so
+//!   the rename survives a crash. `state.json` is readable by its owner only:
+//!   it holds the agents' instance ids.
 //! - `senders/<ip slug>/`: one folder per sender laid out like a mounted
 //!   ConfigMap — the files live in `..<version>/`, `..data` points at it and
 //!   each key is a link through `..data`. A new configuration is a new
 //!   folder and one rename of `..data`, so an agent reading the folder
 //!   (`agent run --config-dir`) sees the old set or the new set, never a mix.
-//! - `events.jsonl`: appended, one JSON object per line.
+//! - `events.jsonl`: appended, one JSON object per line, and synced; a write
+//!   that fails is cut back, so lines are whole or absent.
+//!
+//! Temporary files a crash left behind are removed when the writer starts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{symlink, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::core::{Outputs, SenderOutput};
@@ -50,6 +55,8 @@ pub struct OutputWriter {
 impl OutputWriter {
     pub fn new(out: &Path) -> Result<Self, WriteError> {
         fs::create_dir_all(out.join(SENDERS_DIR)).map_err(at(out))?;
+        remove_stale_temporaries(out)?;
+        cut_torn_tail(&out.join(EVENTS_FILE))?;
         Ok(OutputWriter {
             out: out.to_path_buf(),
             files: BTreeMap::new(),
@@ -95,7 +102,14 @@ impl OutputWriter {
             .append(true)
             .open(&path)
             .map_err(at(&path))?;
-        file.write_all(text.as_bytes()).map_err(at(&path))
+        let length = file.metadata().map_err(at(&path))?.len();
+        let result = file
+            .write_all(text.as_bytes())
+            .and_then(|()| file.sync_data());
+        if result.is_err() {
+            let _ = file.set_len(length);
+        }
+        result.map_err(at(&path))
     }
 
     fn write_file(&mut self, path: &Path, content: &str) -> Result<bool, WriteError> {
@@ -104,7 +118,12 @@ impl OutputWriter {
         }
         let on_disk = fs::read_to_string(path).ok();
         if on_disk.as_deref() != Some(content) {
-            write_atomically(path, content.as_bytes())?;
+            let private = path.file_name() == Some(std::ffi::OsStr::new(STATE_FILE));
+            write_file_atomically(
+                path,
+                content.as_bytes(),
+                if private { 0o600 } else { 0o644 },
+            )?;
         }
         self.files.insert(path.to_path_buf(), content.to_string());
         Ok(on_disk.as_deref() != Some(content))
@@ -146,6 +165,10 @@ impl OutputWriter {
 /// Writes `content` to a hidden temporary file next to `path`, syncs it and
 /// renames it over `path`.
 pub fn write_atomically(path: &Path, content: &[u8]) -> Result<(), WriteError> {
+    write_file_atomically(path, content, 0o644)
+}
+
+fn write_file_atomically(path: &Path, content: &[u8], mode: u32) -> Result<(), WriteError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -153,15 +176,74 @@ pub fn write_atomically(path: &Path, content: &[u8]) -> Result<(), WriteError> {
         .unwrap_or_default();
     let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
-        let mut file = fs::File::create(&temp)?;
+        let _ = fs::remove_file(&temp);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&temp)?;
         file.write_all(content)?;
         file.sync_all()?;
-        fs::rename(&temp, path)
+        fs::rename(&temp, path)?;
+        super::journal::sync_dir(dir)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&temp);
     }
     result.map_err(at(path))
+}
+
+/// Removes what an interrupted write left: `.NAME.tmp-PID` files in the
+/// output folder and `..STAMP.tmp-PID`, `..data.tmp-PID`, `.KEY.tmp-PID` in
+/// the sender folders.
+fn remove_stale_temporaries(out: &Path) -> Result<(), WriteError> {
+    let mut folders = vec![out.to_path_buf()];
+    let senders = out.join(SENDERS_DIR);
+    if let Ok(entries) = fs::read_dir(&senders) {
+        folders.extend(
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path()),
+        );
+    }
+    for folder in folders {
+        let Ok(entries) = fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with('.') && name.contains(".tmp-")) {
+                continue;
+            }
+            let path = entry.path();
+            let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            removed.map_err(at(&path))?;
+        }
+    }
+    Ok(())
+}
+
+/// Cuts a last line without its newline (a crash in the middle of an append).
+fn cut_torn_tail(path: &Path) -> Result<(), WriteError> {
+    let Ok(text) = fs::read(path) else {
+        return Ok(());
+    };
+    if text.is_empty() || text.ends_with(b"\n") {
+        return Ok(());
+    }
+    let whole = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(at(path))?;
+    file.set_len(whole as u64)
+        .and_then(|()| file.sync_data())
+        .map_err(at(path))
 }
 
 /// A version as a folder name: letters, digits, `-` and `_` only.
@@ -419,5 +501,37 @@ mod tests {
             fs::read_to_string(dir.path().join(EVENTS_FILE)).unwrap(),
             "{\"a\":1}\n{\"b\":2}\n"
         );
+    }
+
+    #[test]
+    fn a_restart_removes_stale_temporaries_and_cuts_a_torn_event_line() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        let sender_dir = out.join(SENDERS_DIR).join("mf-203-0-113-10");
+        fs::create_dir_all(sender_dir.join("..v1.tmp-77")).unwrap();
+        fs::write(out.join(".state.json.tmp-77"), "half").unwrap();
+        fs::write(sender_dir.join("..data.tmp-77"), "").unwrap();
+        fs::write(out.join(EVENTS_FILE), "{\"a\":1}\n{\"b\":").unwrap();
+        let mut writer = OutputWriter::new(out).unwrap();
+        assert!(!out.join(".state.json.tmp-77").exists());
+        assert!(!sender_dir.join("..v1.tmp-77").exists());
+        assert!(!sender_dir.join("..data.tmp-77").exists());
+        assert_eq!(
+            fs::read_to_string(out.join(EVENTS_FILE)).unwrap(),
+            "{\"a\":1}\n"
+        );
+        writer.append_events(&["{\"c\":3}".into()]).unwrap();
+        assert_eq!(
+            fs::read_to_string(out.join(EVENTS_FILE)).unwrap(),
+            "{\"a\":1}\n{\"c\":3}\n"
+        );
+        writer.write(&outputs("{}", Vec::new())).unwrap();
+        let mode = fs::metadata(out.join(STATE_FILE))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "the state holds agent instance ids");
     }
 }

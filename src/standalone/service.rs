@@ -1,17 +1,21 @@
-//! Standalone mode behind the HTTP port: the shared-token check, the feedback
-//! receiver and what `/metrics`, `/healthz` and `/readyz` say.
+//! Standalone mode behind the HTTP port: who may report for which IP (a
+//! shared token, or a token per sender), storing each report before it is
+//! counted and answered, and what `/metrics`, `/healthz` and `/readyz` say.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
 use crate::agent::report::{FeedbackReport, FeedbackResponse};
-use crate::serve::{FeedbackReceiver, FeedbackRefusal, Observability};
+use crate::serve::{FeedbackReceiver, FeedbackRefusal, Observability, RequestHead};
 
 use super::core::Core;
+use super::journal::{Entry, Journal};
 
 /// The shared secret agents present as `Authorization: Bearer <token>`. The
 /// file is read at every request, so replacing it rotates the token; while
@@ -31,6 +35,8 @@ pub enum TokenError {
     },
     #[error("--token-file {path} is empty; put the shared token agents send in it")]
     Empty { path: PathBuf },
+    #[error("--token-dir {path} holds no token file; add one per sender, named after its IP (203.0.113.10) or its pool (<namespace>_<pool>)")]
+    EmptyDir { path: PathBuf },
 }
 
 impl TokenFile {
@@ -94,28 +100,230 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(difference) == 0
 }
 
+/// The sender a token belongs to: what it may report for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// The shared `--token-file` token, or no authentication at all: any IP.
+    AnySender,
+    /// A token of `--token-dir` named after one IP.
+    Ip(IpAddr),
+    /// A token of `--token-dir` named `<namespace>_<pool>`: the IPs of that pool.
+    Pool { namespace: String, name: String },
+}
+
+impl Scope {
+    /// Refuses a report for an IP or pool the token does not cover.
+    pub fn allows(&self, report: &FeedbackReport) -> Result<(), FeedbackRefusal> {
+        match self {
+            Scope::AnySender => Ok(()),
+            Scope::Ip(ip) if *ip == report.source_ip => Ok(()),
+            Scope::Ip(ip) => Err(FeedbackRefusal::Forbidden(format!(
+                "this token is the one of {ip}; it may not report for {}",
+                report.source_ip
+            ))),
+            Scope::Pool { namespace, name }
+                if *namespace == report.pool.namespace && *name == report.pool.name =>
+            {
+                Ok(())
+            }
+            Scope::Pool { namespace, name } => Err(FeedbackRefusal::Forbidden(format!(
+                "this token is the one of pool {namespace}/{name}; it may not report for pool {}/{}",
+                report.pool.namespace, report.pool.name
+            ))),
+        }
+    }
+}
+
+/// `--token-dir`: one token per sender. A file named after an IP
+/// (`203.0.113.10`; IPv6 with `-` for `:`, `2001-db8--10`) is that IP's
+/// token; a file named `<namespace>_<pool>` covers every IP of that pool.
+/// Re-read at most every few seconds, so adding a file adds a sender.
+#[derive(Debug)]
+pub struct TokenDir {
+    path: PathBuf,
+    loaded: Mutex<(Option<Instant>, Tokens)>,
+}
+
+/// Tokens and the sender each belongs to.
+type Tokens = Vec<(Vec<u8>, Scope)>;
+
+/// How long a read of the token folder is used before it is read again.
+const TOKEN_DIR_REFRESH: Duration = Duration::from_secs(2);
+/// Longest token file read; a token is a line, not a file of megabytes.
+const MAX_TOKEN_BYTES: u64 = 4096;
+
+impl TokenDir {
+    pub fn open(path: &Path) -> Result<Self, TokenError> {
+        let tokens = read_token_dir(path)?;
+        if tokens.is_empty() {
+            return Err(TokenError::EmptyDir {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(TokenDir {
+            path: path.to_path_buf(),
+            loaded: Mutex::new((Some(Instant::now()), tokens)),
+        })
+    }
+
+    fn scope_of(&self, bearer: &[u8]) -> Option<Scope> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if loaded.0.is_none_or(|at| at.elapsed() >= TOKEN_DIR_REFRESH) {
+            match read_token_dir(&self.path) {
+                Ok(tokens) if !tokens.is_empty() => *loaded = (Some(Instant::now()), tokens),
+                Ok(_) => tracing::warn!("--token-dir is empty; keeping the tokens read before"),
+                Err(err) => tracing::warn!(error = %err, "keeping the tokens read before"),
+            }
+        }
+        // Every token is compared, so the time taken says nothing of which matched.
+        let mut found = None;
+        for (token, scope) in &loaded.1 {
+            if constant_time_eq(bearer, token) && found.is_none() {
+                found = Some(scope.clone());
+            }
+        }
+        found
+    }
+}
+
+fn read_token_dir(path: &Path) -> Result<Tokens, TokenError> {
+    let err = |source| TokenError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut tokens = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(err)? {
+        let entry = entry.map_err(err)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // Hidden names are kubelet's `..data` layout and editors' files.
+        if name.starts_with('.') {
+            continue;
+        }
+        let file = entry.path();
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        if !meta.is_file() || meta.len() > MAX_TOKEN_BYTES {
+            tracing::warn!(file = %file.display(), "not a token file (a regular file of at most 4 KiB); skipped");
+            continue;
+        }
+        let Some(scope) = scope_of_name(&name) else {
+            tracing::warn!(file = %file.display(), "a token file is named after an IP (203.0.113.10, 2001-db8--10) or a pool (<namespace>_<pool>); skipped");
+            continue;
+        };
+        match read_token(&file) {
+            Ok(token) => tokens.push((token, scope)),
+            Err(err) => tracing::warn!(error = %err, "token file skipped"),
+        }
+    }
+    Ok(tokens)
+}
+
+fn scope_of_name(name: &str) -> Option<Scope> {
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        return Some(Scope::Ip(ip));
+    }
+    if let Ok(ip) = name.replace('-', ":").parse::<std::net::Ipv6Addr>() {
+        return Some(Scope::Ip(IpAddr::V6(ip)));
+    }
+    let (namespace, pool) = name.split_once('_')?;
+    let label = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 253
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    };
+    (label(namespace) && label(pool)).then(|| Scope::Pool {
+        namespace: namespace.to_string(),
+        name: pool.to_string(),
+    })
+}
+
+/// Who may report, and who may change the log level.
+#[derive(Debug, Default)]
+pub struct Auth {
+    /// `--token-file`: one token for every sender.
+    pub shared: Option<TokenFile>,
+    /// `--token-dir`: a token per IP or pool.
+    pub per_sender: Option<TokenDir>,
+    /// `--admin-token-file`: the token `PUT /log-level` needs.
+    pub admin: Option<TokenFile>,
+}
+
+impl Auth {
+    fn checks_tokens(&self) -> bool {
+        self.shared.is_some() || self.per_sender.is_some()
+    }
+
+    /// The scope of the request's token.
+    pub fn scope(&self, bearer: Option<&str>) -> Result<Scope, FeedbackRefusal> {
+        if !self.checks_tokens() {
+            return Ok(Scope::AnySender);
+        }
+        let Some(bearer) = bearer else {
+            return Err(FeedbackRefusal::Unauthorized(
+                "no `Authorization: Bearer <token>` header; give the agent its token (--token-file)".into(),
+            ));
+        };
+        if let Some(scope) = self
+            .per_sender
+            .as_ref()
+            .and_then(|dir| dir.scope_of(bearer.as_bytes()))
+        {
+            return Ok(scope);
+        }
+        match &self.shared {
+            Some(shared) if shared.check(Some(bearer)).is_ok() => Ok(Scope::AnySender),
+            _ => Err(FeedbackRefusal::Unauthorized(
+                "the bearer token is not one this receiver accepts".into(),
+            )),
+        }
+    }
+
+    /// `PUT /log-level`: the admin token when one is set; with feedback
+    /// tokens but no admin token, nobody; with no tokens at all, this machine.
+    pub fn administer(&self, head: &RequestHead) -> Result<(), FeedbackRefusal> {
+        match &self.admin {
+            Some(admin) => admin.check(head.bearer.as_deref()),
+            None if self.checks_tokens() => Err(FeedbackRefusal::Forbidden(
+                "start standalone mode with --admin-token-file to change the log level over HTTP"
+                    .into(),
+            )),
+            None if head.is_local() => Ok(()),
+            None => Err(FeedbackRefusal::Forbidden(
+                "the log level is changed from this machine only".into(),
+            )),
+        }
+    }
+}
+
 /// What the engine loop, the probes and the HTTP port share.
 pub struct Shared {
     core: Mutex<Core>,
+    journal: Mutex<Journal>,
     /// Wakes the engine loop to write what a report changed.
     pub wake: Notify,
-    token: Option<TokenFile>,
+    auth: Auth,
     /// Extra metrics text (the probes'), replaced after every round.
     pub probe_metrics: Mutex<String>,
     /// Why the last write of the outputs failed, while it fails.
     pub write_error: Mutex<Option<String>>,
+    /// Why the last report could not be stored, while it cannot.
+    pub journal_error: Mutex<Option<String>>,
     /// Set once the outputs were written the first time.
     pub ready: AtomicBool,
 }
 
 impl Shared {
-    pub fn new(core: Core, token: Option<TokenFile>) -> Self {
+    pub fn new(core: Core, journal: Journal, auth: Auth) -> Self {
         Shared {
             core: Mutex::new(core),
+            journal: Mutex::new(journal),
             wake: Notify::new(),
-            token,
+            auth,
             probe_metrics: Mutex::new(String::new()),
             write_error: Mutex::new(None),
+            journal_error: Mutex::new(None),
             ready: AtomicBool::new(false),
         }
     }
@@ -123,40 +331,150 @@ impl Shared {
     pub fn core(&self) -> MutexGuard<'_, Core> {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Taken before [`core`](Self::core) by whoever takes both: the
+    /// committer (store, then count) and the snapshot (render, write, then
+    /// empty the log).
+    pub fn journal(&self) -> MutexGuard<'_, Journal> {
+        self.journal.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A report waiting to be stored, and where its answer goes.
+pub struct Pending {
+    entry: Entry,
+    answer: oneshot::Sender<Result<FeedbackResponse, FeedbackRefusal>>,
+}
+
+/// Most reports stored with one sync.
+const MAX_BATCH: usize = 512;
+
+/// Starts the thread that stores reports: it takes every report waiting,
+/// appends them all to the log with one sync (group commit), and only then
+/// counts them and answers. A failed write answers each 503 and counts none.
+pub fn start_committer(
+    shared: Arc<Shared>,
+) -> (mpsc::Sender<Pending>, std::thread::JoinHandle<()>) {
+    let (send, receive) = mpsc::channel::<Pending>();
+    let thread = std::thread::Builder::new()
+        .name("feedback-wal".into())
+        .spawn(move || {
+            while let Ok(first) = receive.recv() {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match receive.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                commit(&shared, batch);
+            }
+        })
+        .expect("a thread starts");
+    (send, thread)
+}
+
+fn commit(shared: &Shared, batch: Vec<Pending>) {
+    let mut journal = shared.journal();
+    let stored = journal.append(batch.iter().map(|p| &p.entry));
+    let mut failure = shared
+        .journal_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    match stored {
+        Err(err) => {
+            let text = err.to_string();
+            if failure.as_ref() != Some(&text) {
+                tracing::error!("{text}; reports are answered 503 until it can be written");
+            }
+            *failure = Some(text.clone());
+            drop(failure);
+            for pending in batch {
+                let _ = pending
+                    .answer
+                    .send(Err(FeedbackRefusal::Unavailable(format!(
+                        "{text}; the report was not counted, send it again"
+                    ))));
+            }
+        }
+        Ok(()) => {
+            *failure = None;
+            drop(failure);
+            let mut core = shared.core();
+            for pending in batch {
+                let answer = core.receive(&pending.entry.report, pending.entry.at);
+                let _ = pending.answer.send(answer);
+            }
+        }
+    }
 }
 
 /// The receiver the HTTP port calls.
-pub struct Receiver(pub Arc<Shared>);
+pub struct Receiver {
+    pub shared: Arc<Shared>,
+    commits: mpsc::Sender<Pending>,
+}
 
-impl FeedbackReceiver for Receiver {
-    async fn receive(
-        &self,
-        bearer: Option<String>,
-        report: FeedbackReport,
-    ) -> Result<FeedbackResponse, FeedbackRefusal> {
-        if let Some(token) = &self.0.token {
-            token.check(bearer.as_deref())?;
+impl Receiver {
+    pub fn new(shared: Arc<Shared>, commits: mpsc::Sender<Pending>) -> Self {
+        Receiver { shared, commits }
+    }
+
+    async fn count(&self, report: FeedbackReport) -> Result<FeedbackResponse, FeedbackRefusal> {
+        let now = Timestamp::now();
+        if let Some(answer) = self.shared.core().check(&report, now)? {
+            return Ok(answer);
         }
-        let answer = self.0.core().receive(&report, Timestamp::now());
-        match &answer {
-            Ok(response) if !response.duplicate => self.0.wake.notify_one(),
-            Ok(_) => {}
-            Err(refusal) => tracing::warn!(
-                source_ip = %report.source_ip,
-                agent = %report.agent.name,
-                "feedback refused: {refusal}"
-            ),
+        let (answer, answered) = oneshot::channel();
+        let pending = Pending {
+            entry: Entry { at: now, report },
+            answer,
+        };
+        let closed = || FeedbackRefusal::Unavailable("standalone mode is stopping; retry".into());
+        self.commits.send(pending).map_err(|_| closed())?;
+        let answer = answered.await.map_err(|_| closed())?;
+        if matches!(&answer, Ok(response) if !response.duplicate) {
+            self.shared.wake.notify_one();
         }
         answer
     }
 }
 
+impl FeedbackReceiver for Receiver {
+    type Caller = Scope;
+
+    async fn authenticate(&self, head: &RequestHead) -> Result<Scope, FeedbackRefusal> {
+        self.shared.auth.scope(head.bearer.as_deref())
+    }
+
+    async fn receive(
+        &self,
+        scope: Scope,
+        report: FeedbackReport,
+    ) -> Result<FeedbackResponse, FeedbackRefusal> {
+        let source_ip = report.source_ip;
+        let agent = report.agent.name.clone();
+        let answer = match scope.allows(&report) {
+            Ok(()) => self.count(report).await,
+            Err(refusal) => Err(refusal),
+        };
+        if let Err(refusal) = &answer {
+            tracing::warn!(%source_ip, %agent, "feedback refused: {refusal}");
+        }
+        answer
+    }
+
+    fn may_administer(&self, head: &RequestHead) -> Result<(), FeedbackRefusal> {
+        self.shared.auth.administer(head)
+    }
+}
+
 impl Observability for Receiver {
     fn metrics(&self) -> String {
-        let mut out = self.0.core().metrics();
+        let mut out = self.shared.core().metrics();
         out.push_str(
             &self
-                .0
+                .shared
                 .probe_metrics
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
@@ -165,9 +483,11 @@ impl Observability for Receiver {
     }
 
     fn health(&self) -> Result<String, String> {
-        let mut problems = self.0.core().problems();
-        if let Some(err) = &*self.0.write_error.lock().unwrap_or_else(|p| p.into_inner()) {
-            problems.push(err.clone());
+        let mut problems = self.shared.core().problems();
+        for error in [&self.shared.write_error, &self.shared.journal_error] {
+            if let Some(err) = &*error.lock().unwrap_or_else(|p| p.into_inner()) {
+                problems.push(err.clone());
+            }
         }
         if problems.is_empty() {
             Ok("ok".into())
@@ -177,7 +497,7 @@ impl Observability for Receiver {
     }
 
     fn ready(&self) -> Result<String, String> {
-        if self.0.ready.load(Ordering::Acquire) {
+        if self.shared.ready.load(Ordering::Acquire) {
             Ok("ready".into())
         } else {
             Err("the outputs have not been written yet".into())
@@ -229,5 +549,89 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("cannot read --token-file"), "{err}");
+    }
+
+    #[test]
+    fn a_token_per_sender_reports_for_its_own_ip_or_pool_only() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("203.0.113.10"), "token-10\n").unwrap();
+        std::fs::write(dir.path().join("2001-db8--10"), "token-v6").unwrap();
+        std::fs::write(dir.path().join("mail_reserve"), "token-reserve").unwrap();
+        std::fs::write(dir.path().join("not a sender"), "ignored").unwrap();
+        std::fs::create_dir(dir.path().join("..2026_01_01")).unwrap();
+        let auth = Auth {
+            per_sender: Some(TokenDir::open(dir.path()).unwrap()),
+            ..Auth::default()
+        };
+        assert_eq!(
+            auth.scope(Some("token-10")).unwrap(),
+            Scope::Ip("203.0.113.10".parse().unwrap())
+        );
+        assert_eq!(
+            auth.scope(Some("token-v6")).unwrap(),
+            Scope::Ip("2001:db8::10".parse().unwrap())
+        );
+        assert!(matches!(
+            auth.scope(Some("ignored")),
+            Err(FeedbackRefusal::Unauthorized(_))
+        ));
+        assert!(matches!(
+            auth.scope(None),
+            Err(FeedbackRefusal::Unauthorized(_))
+        ));
+        let mut report: FeedbackReport = serde_json::from_value(serde_json::json!({
+            "api_version": crate::agent::report::FEEDBACK_API_VERSION,
+            "agent": {"name": "bulk-0", "instance": "i"},
+            "sequence": 1,
+            "source_ip": "203.0.113.11",
+            "pool": {"namespace": "mail", "name": "bulk"},
+            "period": {"start": "2026-11-29T08:10:00Z", "end": "2026-11-29T08:10:05Z"}
+        }))
+        .unwrap();
+        let ten = auth.scope(Some("token-10")).unwrap();
+        let err = ten.allows(&report).unwrap_err();
+        assert!(matches!(err, FeedbackRefusal::Forbidden(_)), "{err}");
+        report.source_ip = "203.0.113.10".parse().unwrap();
+        assert!(ten.allows(&report).is_ok());
+        let reserve = auth.scope(Some("token-reserve")).unwrap();
+        assert!(reserve.allows(&report).is_err());
+        report.pool.name = "reserve".into();
+        assert!(reserve.allows(&report).is_ok());
+        let head = RequestHead {
+            bearer: Some("token-10".into()),
+            peer: Some("127.0.0.1:5000".parse().unwrap()),
+        };
+        assert!(
+            auth.administer(&head).is_err(),
+            "a sender token never changes the log level"
+        );
+    }
+
+    #[test]
+    fn the_admin_token_guards_the_log_level() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("admin"), "root-token").unwrap();
+        let auth = Auth {
+            admin: Some(TokenFile::open(&dir.path().join("admin")).unwrap()),
+            ..Auth::default()
+        };
+        let head = |bearer: Option<&str>| RequestHead {
+            bearer: bearer.map(str::to_string),
+            peer: Some("198.51.100.1:5000".parse().unwrap()),
+        };
+        assert!(auth.administer(&head(Some("root-token"))).is_ok());
+        assert!(auth.administer(&head(Some("nope"))).is_err());
+        assert!(auth.administer(&head(None)).is_err());
+        let open = Auth::default();
+        assert!(
+            open.administer(&head(None)).is_err(),
+            "not from the network"
+        );
+        assert!(open
+            .administer(&RequestHead {
+                bearer: None,
+                peer: Some("127.0.0.1:1".parse().unwrap()),
+            })
+            .is_ok());
     }
 }

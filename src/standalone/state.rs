@@ -1,13 +1,19 @@
-//! `OUT/state.yaml`: what standalone mode must not forget across a restart —
+//! `OUT/state.json`: what standalone mode must not forget across a restart —
 //! every pool's and route's status (the reputation engine's whole state) and
 //! the feedback ledger (so a report retried across the restart is not counted
 //! twice).
 //!
-//! The file is a list of status-only documents (kind, metadata, status), the
-//! shape `mailfleet routes --manifests DIR --manifests OUT/state.yaml` reads
-//! as an overlay, plus one `FeedbackLedger` document that other readers skip.
+//! The file is a Kubernetes-style `List` whose items are status-only documents
+//! (kind, metadata, status), the shape `mailfleet routes --manifests DIR
+//! --manifests OUT/state.json` reads as an overlay, plus one `FeedbackLedger`
+//! item that other readers skip. JSON, because no human edits it and a fleet
+//! at the CRDs' limits (many pools of 256 IPs, every provider, full windows)
+//! makes a file of many megabytes that a YAML reader's node budget refuses.
+//! Runs before this format wrote `state.yaml` (a YAML stream of the same
+//! documents); it is read when no `state.json` exists yet.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
@@ -18,7 +24,9 @@ use crate::manifests::Manifests;
 use crate::serve::ledger::FeedbackLedger;
 
 /// File name of the state file in the output folder.
-pub const STATE_FILE: &str = "state.yaml";
+pub const STATE_FILE: &str = "state.json";
+/// The state file of earlier runs, read when [`STATE_FILE`] does not exist.
+pub const LEGACY_STATE_FILE: &str = "state.yaml";
 
 const API_VERSION: &str = "mailfleet.io/v1alpha1";
 const LEDGER_API_VERSION: &str = "standalone.mailfleet.io/v1";
@@ -36,7 +44,7 @@ pub struct SavedState {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{file} (document {document}): {problem}; fix or move the file away (starting without it forgets every Blocked pair)")]
+#[error("{file} (document {document}): {problem}")]
 pub struct StateError {
     pub file: PathBuf,
     pub document: usize,
@@ -51,9 +59,9 @@ fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
 }
 
 /// The state file's text for `fleet` and `ledger`: deterministic, so an
-/// unchanged state gives the same bytes.
+/// unchanged state gives the same bytes. One item per line.
 pub fn render(fleet: &Fleet, ledger: &FeedbackLedger) -> String {
-    let mut documents = Vec::new();
+    let mut items = Vec::new();
     for (kind, key, status) in fleet
         .pools
         .iter()
@@ -72,38 +80,65 @@ pub fn render(fleet: &Fleet, ledger: &FeedbackLedger) -> String {
             ))
         }))
     {
-        documents.push(json!({
+        items.push(json!({
             "apiVersion": API_VERSION,
             "kind": kind,
             "metadata": {"namespace": key.0, "name": key.1},
             "status": status,
         }));
     }
-    documents.push(json!({
+    items.push(json!({
         "apiVersion": LEDGER_API_VERSION,
         "kind": LEDGER_KIND,
         "sequences": ledger,
     }));
-    let mut out = String::from("# Written by `mailfleet standalone`; read back when it starts. Do not edit while it runs.\n");
-    for document in documents {
-        out.push_str("---\n");
-        // JSON values of strings, numbers, lists and maps always serialise.
-        out.push_str(&serde_saphyr::to_string(&document).unwrap_or_default());
+    let mut out = String::from(
+        "{\"apiVersion\":\"v1\",\"kind\":\"List\",\"metadata\":{\"annotations\":{\"mailfleet.io/written-by\":\"mailfleet standalone; read back when it starts, do not edit while it runs\"}},\"items\":[",
+    );
+    for (index, item) in items.iter().enumerate() {
+        let separator = if index == 0 { "" } else { "," };
+        let _ = write!(out, "{separator}\n{item}");
     }
+    out.push_str("\n]}\n");
     out
 }
 
 /// Reads a state file written by [`render`].
 pub fn parse(text: &str, file: &Path) -> Result<SavedState, StateError> {
+    let error = |problem: String| StateError {
+        file: file.to_path_buf(),
+        document: 1,
+        problem,
+    };
+    let list: Value =
+        serde_json::from_str(text).map_err(|e| error(format!("not valid JSON: {e}")))?;
+    let Some(items) = list.get("items").and_then(Value::as_array) else {
+        return Err(error("not a List with items".into()));
+    };
+    parse_documents(items.iter().cloned(), file)
+}
+
+/// Reads the YAML stream of status documents earlier runs wrote to `state.yaml`.
+pub fn parse_legacy(text: &str, file: &Path) -> Result<SavedState, StateError> {
+    let documents: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| StateError {
+        file: file.to_path_buf(),
+        document: 1,
+        problem: format!("not valid YAML: {e}"),
+    })?;
+    parse_documents(documents.into_iter(), file)
+}
+
+fn parse_documents(
+    documents: impl Iterator<Item = Value>,
+    file: &Path,
+) -> Result<SavedState, StateError> {
     let error = |document: usize, problem: String| StateError {
         file: file.to_path_buf(),
         document,
         problem,
     };
-    let documents: Vec<Value> =
-        serde_saphyr::from_multiple(text).map_err(|e| error(1, format!("not valid YAML: {e}")))?;
     let mut saved = SavedState::default();
-    for (index, document) in documents.into_iter().enumerate() {
+    for (index, document) in documents.enumerate() {
         let number = index + 1;
         if document.is_null() {
             continue;
@@ -162,6 +197,50 @@ pub fn parse(text: &str, file: &Path) -> Result<SavedState, StateError> {
         }
     }
     Ok(saved)
+}
+
+/// The pairs a state file holds as Blocked, as `pool ip provider`, read as
+/// leniently as possible: what a damaged file held is reported, never
+/// silently forgotten. Each item of [`render`] is one line, so every whole
+/// line is read on its own.
+pub fn blocked_pairs(text: &str) -> Vec<String> {
+    let mut documents: Vec<Value> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str(line.trim().trim_end_matches(',')).ok())
+        .collect();
+    if documents.is_empty() {
+        documents = serde_saphyr::from_multiple(text).unwrap_or_default();
+    }
+    let mut pairs = Vec::new();
+    for document in documents {
+        if document.get("kind").and_then(Value::as_str) != Some("SenderPool") {
+            continue;
+        }
+        let text_at = |pointer: &str| {
+            document
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string()
+        };
+        let pool = format!(
+            "{}/{}",
+            text_at("/metadata/namespace"),
+            text_at("/metadata/name")
+        );
+        let ips = document.pointer("/status/ips").and_then(Value::as_array);
+        for ip in ips.into_iter().flatten() {
+            let address = ip.get("address").and_then(Value::as_str).unwrap_or("?");
+            let reputation = ip.get("reputation").and_then(Value::as_array);
+            for pair in reputation.into_iter().flatten() {
+                if pair.get("state").and_then(Value::as_str) == Some("Blocked") {
+                    let provider = pair.get("provider").and_then(Value::as_str).unwrap_or("?");
+                    pairs.push(format!("{pool} {address} {provider}"));
+                }
+            }
+        }
+    }
+    pairs
 }
 
 /// Sets the saved status of every object the manifests still hold (saved
@@ -259,7 +338,7 @@ mod tests {
         let (fleet, ledger) = blocked_fleet();
         let text = render(&fleet, &ledger);
         assert_eq!(text, render(&fleet, &ledger), "not deterministic");
-        let saved = parse(&text, Path::new("out/state.yaml")).unwrap();
+        let saved = parse(&text, Path::new("out/state.json")).unwrap();
         assert_eq!(saved.ledger, ledger);
         assert_eq!(saved.pools.len(), 2);
         assert_eq!(saved.routes.len(), fleet.routes.len());
@@ -302,21 +381,129 @@ mod tests {
     #[test]
     fn a_damaged_state_file_is_refused_naming_the_document_and_field() {
         let (fleet, ledger) = blocked_fleet();
-        let text = render(&fleet, &ledger).replacen("state: Blocked", "state: Blokked", 1);
-        let err = parse(&text, Path::new("out/state.yaml"))
+        let text =
+            render(&fleet, &ledger).replacen("\"state\":\"Blocked\"", "\"state\":\"Blokked\"", 1);
+        let err = parse(&text, Path::new("out/state.json"))
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("out/state.yaml (document 1): SenderPool mail/bulk: status.ips"),
+            err.starts_with("out/state.json (document 1): SenderPool mail/bulk: status.ips"),
             "{err}"
         );
-        assert!(err.contains("move the file away"), "{err}");
-        let err = parse("kind: Nonsense\n", Path::new("s.yaml"))
+        let err = parse("{\"kind\": \"Nonsense\"}", Path::new("s.json"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("unexpected kind `Nonsense`"), "{err}");
-        let err = parse("{{{", Path::new("s.yaml")).unwrap_err().to_string();
-        assert!(err.contains("not valid YAML"), "{err}");
+        assert!(err.contains("not a List"), "{err}");
+        let err = parse("{{{", Path::new("s.json")).unwrap_err().to_string();
+        assert!(err.contains("not valid JSON"), "{err}");
+    }
+
+    #[test]
+    fn the_blocked_pairs_of_a_damaged_file_are_still_found() {
+        let (fleet, ledger) = blocked_fleet();
+        let text = render(&fleet, &ledger);
+        let cut = &text[..text.len() - 40];
+        assert!(parse(cut, Path::new("s.json")).is_err());
+        assert_eq!(
+            blocked_pairs(cut),
+            vec!["mail/bulk 203.0.113.12 microsoft".to_string()]
+        );
+    }
+
+    #[test]
+    fn a_legacy_yaml_state_is_read() {
+        let (fleet, ledger) = blocked_fleet();
+        let mut yaml = String::new();
+        let list: Value = serde_json::from_str(&render(&fleet, &ledger)).unwrap();
+        for item in list["items"].as_array().unwrap() {
+            yaml.push_str("---\n");
+            yaml.push_str(&serde_saphyr::to_string(item).unwrap());
+        }
+        let saved = parse_legacy(&yaml, Path::new("state.yaml")).unwrap();
+        assert_eq!(
+            saved,
+            parse(&render(&fleet, &ledger), Path::new("s")).unwrap()
+        );
+    }
+
+    /// Pools at the largest size the CRD allows (256 IPs), every builtin
+    /// provider plus `other`, every window bucket filled: 2,560 pairs, more
+    /// than the 2,000 whose YAML state could not be read back. JSON has no
+    /// node budget, so more pools only make the file longer (two keep the
+    /// test quick in a debug build).
+    #[test]
+    fn a_fleet_at_the_crd_limits_round_trips() {
+        use crate::api::{IpStatus, ProviderReputation, WindowBucket};
+        let (mut fleet, ledger) = blocked_fleet();
+        let template = fleet.pools[0].clone();
+        let since = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2026-11-29T08:10:00Z".parse().unwrap(),
+        );
+        let mut providers: Vec<String> = crate::vocab::BUILTIN_PROVIDERS
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        providers.push("other".into());
+        fleet.pools = (0..2)
+            .map(|p| {
+                let mut pool = template.clone();
+                pool.metadata.name = Some(format!("pool-{p}"));
+                let mut status = pool.status.clone().unwrap_or_default();
+                status.ips = (0..256)
+                    .map(|i| {
+                        let mut ip = IpStatus::new(format!("10.{p}.{}.{}", i / 256, i % 256));
+                        ip.reputation = providers
+                            .iter()
+                            .map(|provider| ProviderReputation {
+                                provider: provider.clone(),
+                                state: ReputationState::Blocked,
+                                since: since.clone(),
+                                reason: "ConclusiveBlockReply".into(),
+                                last_evidence: Some(format!(
+                                    "550 5.7.606 Access denied, banned sending IP [10.{p}.0.{i}]"
+                                )),
+                                window: (0..16)
+                                    .map(|b| WindowBucket {
+                                        start: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                                            jiff::Timestamp::from_second(1_700_000_000 + b * 60)
+                                                .unwrap(),
+                                        ),
+                                        attempts: 123_456,
+                                        delivered: 120_000,
+                                        ip_blocklisted: 3_000,
+                                        ip_rate_limited: 456,
+                                    })
+                                    .collect(),
+                                allowance_percent: 0,
+                                hourly_cap: None,
+                                overridden_by: None,
+                                hold_down_seconds: Some(3600),
+                                block_count: 3,
+                                next_step_at: Some(since.clone()),
+                                recovery_step: None,
+                                probe_successes: 0,
+                            })
+                            .collect();
+                        ip
+                    })
+                    .collect();
+                pool.status = Some(status);
+                pool
+            })
+            .collect();
+        let text = render(&fleet, &ledger);
+        assert!(text.len() > 2_500_000, "{} bytes", text.len());
+        let saved = parse(&text, Path::new("state.json")).unwrap();
+        assert_eq!(saved.pools.len(), 2);
+        let blocked: usize = saved
+            .pools
+            .values()
+            .flat_map(|s| s.ips.iter())
+            .flat_map(|i| i.reputation.iter())
+            .filter(|r| r.state == ReputationState::Blocked)
+            .count();
+        assert_eq!(blocked, 2 * 256 * providers.len());
+        assert_eq!(saved.ledger, ledger);
     }
 
     #[test]

@@ -21,7 +21,14 @@ impl Fingerprint {
     }
 }
 
+/// Folders deeper than this are not looked into (the loader refuses them).
+const MAX_DEPTH: usize = 16;
+
 fn collect(path: &Path, out: &mut Vec<(PathBuf, u64, Option<SystemTime>)>) {
+    collect_at(path, 0, out);
+}
+
+fn collect_at(path: &Path, depth: usize, out: &mut Vec<(PathBuf, u64, Option<SystemTime>)>) {
     let meta = fs::metadata(path);
     let modified = meta.as_ref().ok().and_then(|m| m.modified().ok());
     let size = meta.as_ref().map(|m| m.len()).unwrap_or(0);
@@ -33,17 +40,26 @@ fn collect(path: &Path, out: &mut Vec<(PathBuf, u64, Option<SystemTime>)>) {
     // A folder's own time changes with any file in it (editor swap files
     // too); its YAML files are what matter, and they are listed one by one.
     out.push((path.to_path_buf(), 0, None));
+    if depth > MAX_DEPTH {
+        return;
+    }
     let Ok(entries) = fs::read_dir(path) else {
         return;
     };
     for entry in entries.flatten() {
+        // The same walk as the loader's: hidden names (a mounted ConfigMap's
+        // `..data`) skipped, links to folders never followed.
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
         let child = entry.path();
         let yaml = matches!(
             child.extension().and_then(|e| e.to_str()),
             Some("yaml" | "yml")
         );
-        if child.is_dir() || yaml {
-            collect(&child, out);
+        let real_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if real_dir || yaml {
+            collect_at(&child, depth + 1, out);
         }
     }
 }

@@ -78,25 +78,50 @@ def rule_triples(rules, where):
     return triples
 
 
-def rbac(rendered_path, expected_path, lease_role_expected):
-    """ClusterRole and lease Role grant exactly tests/chart/expected-rbac.yaml."""
+def rbac(rendered_path, expected_path, lease_role_expected, watched=""):
+    """ClusterRole, per-namespace Roles and lease Role grant exactly tests/chart/expected-rbac.yaml.
+
+    `watched` is the comma-separated operator.watchNamespaces of the render:
+    empty means one ClusterRole with everything, otherwise a Role and a
+    RoleBinding in each watched namespace and only TokenReview cluster-wide.
+    """
     expected = yaml.safe_load(open(expected_path))
-    found = {o["kind"]: o for o in objects(rendered_path) if o["kind"] in ("ClusterRole", "Role")}
-    if "ClusterRole" not in found:
-        fail("no ClusterRole rendered")
-    for kind, key, wanted in (("ClusterRole", "clusterRole", True), ("Role", "leaseRole", lease_role_expected == "yes")):
-        if not wanted:
-            if kind in found:
-                fail(f"{kind} rendered although leader election is off")
-            continue
-        if kind not in found:
-            fail(f"no {kind} rendered")
-        got = rule_triples(found[kind]["rules"], name_of(found[kind]))
+    namespaces = sorted(n for n in watched.split(",") if n)
+    rendered = objects(rendered_path)
+    cluster_roles = [o for o in rendered if o["kind"] == "ClusterRole"]
+    if len(cluster_roles) != 1:
+        fail(f"{len(cluster_roles)} ClusterRoles rendered, expected one")
+    roles = [o for o in rendered if o["kind"] == "Role"]
+    lease = [r for r in roles if r["metadata"]["name"].endswith("-leader-election")]
+    per_namespace = [r for r in roles if r not in lease]
+
+    def same(obj, key):
+        got = rule_triples(obj["rules"], name_of(obj))
         want = rule_triples(expected[key], expected_path)
         if got != want:
-            fail(f"{name_of(found[kind])} grants {sorted(got - want)} beyond the operator's needs "
+            fail(f"{name_of(obj)} grants {sorted(got - want)} beyond the operator's needs "
                  f"and lacks {sorted(want - got)}")
-    print(f"{Path(rendered_path).name}: RBAC is exactly {expected_path} ({'with' if lease_role_expected == 'yes' else 'without'} the lease Role)")
+
+    same(cluster_roles[0], "clusterRoleWithNamespaces" if namespaces else "clusterRole")
+    if lease_role_expected == "yes":
+        if len(lease) != 1:
+            fail("no lease Role rendered")
+        same(lease[0], "leaseRole")
+    elif lease:
+        fail("lease Role rendered although leader election is off")
+    found = sorted(r["metadata"].get("namespace", "") for r in per_namespace)
+    if found != namespaces:
+        fail(f"Roles rendered in namespaces {found}, expected one in each of {namespaces}")
+    bindings = [o for o in rendered if o["kind"] == "RoleBinding"]
+    for role in per_namespace:
+        same(role, "namespaceRole")
+        ns = role["metadata"]["namespace"]
+        if not any(b["metadata"].get("namespace") == ns and b["roleRef"]["name"] == role["metadata"]["name"]
+                   for b in bindings):
+            fail(f"{name_of(role)} in {ns} has no RoleBinding")
+    scope = f"Roles in {', '.join(namespaces)}" if namespaces else "cluster-wide"
+    print(f"{Path(rendered_path).name}: RBAC is exactly {expected_path} ({scope}, "
+          f"{'with' if lease_role_expected == 'yes' else 'without'} the lease Role)")
 
 
 def unknown_keys(given, dumped, path):

@@ -327,14 +327,38 @@ fn add_agent(
             )])),
             ..Default::default()
         }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            ..Default::default()
-        }),
+        security_context: Some(agent_security_context(apply == "postfix")),
         ..Default::default()
     });
     Ok(())
+}
+
+/// The agent's securityContext: non-root with every capability dropped, the
+/// restricted Pod Security Standard, unless it applies configurations to the
+/// Postfix of its pod. `postfix reload` and `postqueue -f` must run as root
+/// (uid 0): they read Postfix's root-owned configuration, write to the
+/// queue's sockets (owned by the postfix user and the postdrop group) and
+/// signal the master process; for that it keeps only DAC_OVERRIDE and KILL
+/// (docs/OPERATING.md, Sender pods).
+fn agent_security_context(applies_to_postfix: bool) -> SecurityContext {
+    use k8s_openapi::api::core::v1::{Capabilities, SeccompProfile};
+    let add = applies_to_postfix.then(|| vec!["DAC_OVERRIDE".to_string(), "KILL".to_string()]);
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(!applies_to_postfix),
+        run_as_user: Some(if applies_to_postfix { 0 } else { 65532 }),
+        run_as_group: Some(if applies_to_postfix { 0 } else { 65532 }),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            add,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_string(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
@@ -551,5 +575,22 @@ mod tests {
         let env = pod.containers[0].env.clone().unwrap();
         assert_eq!(env.len(), 1);
         assert_eq!(env[0].value.as_deref(), Some("203.0.113.10"));
+    }
+
+    #[test]
+    fn the_agent_runs_non_root_without_capabilities_unless_it_reloads_postfix() {
+        let alone = agent_security_context(false);
+        assert_eq!(alone.run_as_non_root, Some(true));
+        assert_eq!(alone.run_as_user, Some(65532));
+        let caps = alone.capabilities.unwrap();
+        assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(caps.add, None);
+        let with_postfix = agent_security_context(true);
+        assert_eq!(with_postfix.run_as_user, Some(0));
+        assert_eq!(
+            with_postfix.capabilities.unwrap().add,
+            Some(vec!["DAC_OVERRIDE".to_string(), "KILL".to_string()])
+        );
+        assert_eq!(with_postfix.allow_privilege_escalation, Some(false));
     }
 }
