@@ -166,3 +166,60 @@ async fn bad_input_sets_conditions_and_events_and_disturbs_nothing_else() {
     assert!(!metrics.contains("category=\"config\"} 1"), "{metrics}");
     operator.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_removed_from_the_template_leaves_and_a_hand_edit_is_put_back() {
+    let api = FakeApi::start().await;
+    let mut bulk = pool("bulk", &bulk_ips(2));
+    bulk["spec"]["template"]["spec"]["nodeSelector"] = json!({ "mail/egress": "a" });
+    bulk["spec"]["template"]["spec"]["containers"][0]["env"] =
+        json!([{ "name": "RELAY_MODE", "value": "strict" }]);
+    api.insert(bulk);
+    let operator = start_operator(&api, options()).await;
+    let name = mailfleet::operator::build::deployment_name("bulk", "203.0.113.10").unwrap();
+    let template = |api: &FakeApi| {
+        api.get("apps/v1", "Deployment", NS, &name)
+            .map(|d| d["spec"]["template"]["spec"].clone())
+            .unwrap_or_default()
+    };
+    converge(&api, "Deployments with the nodeSelector", |api| {
+        template(api)["nodeSelector"]["mail/egress"] == "a"
+    })
+    .await;
+    settle(&api, std::time::Duration::from_millis(300)).await;
+
+    // Removing keys from the template removes them from the Deployments.
+    api.modify(CRD, "SenderPool", NS, "bulk", |pool| {
+        let spec = &mut pool["spec"]["template"]["spec"];
+        spec.as_object_mut().unwrap().remove("nodeSelector");
+        spec["containers"][0].as_object_mut().unwrap().remove("env");
+    });
+    converge(&api, "the nodeSelector and the env var gone", |api| {
+        let spec = template(api);
+        spec["nodeSelector"].get("mail/egress").is_none()
+            && !spec["containers"][0]["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["name"] == "RELAY_MODE")
+    })
+    .await;
+    settle(&api, std::time::Duration::from_millis(300)).await;
+
+    // A hand edit of a field the operator sets is put back.
+    api.modify("apps/v1", "Deployment", NS, &name, |d| {
+        d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("hand/edited:1");
+    });
+    converge(&api, "the image put back", |api| {
+        template(api)["containers"][0]["image"] == "registry.example.net/mail/postfix-sender:3.7"
+    })
+    .await;
+
+    // And a fleet that does not change sends no write.
+    settle(&api, std::time::Duration::from_millis(300)).await;
+    let before = api.write_count();
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let after: Vec<_> = api.writes().into_iter().skip(before).collect();
+    assert!(after.is_empty(), "writes at steady state: {after:?}");
+    operator.shutdown().await.unwrap();
+}
