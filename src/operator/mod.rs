@@ -9,6 +9,7 @@ pub mod apply;
 pub mod build;
 pub mod context;
 pub mod error;
+pub mod fanout;
 pub mod feedback;
 pub mod leader;
 pub mod logging;
