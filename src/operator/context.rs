@@ -107,6 +107,8 @@ pub struct Context {
     synced: tokio::sync::watch::Sender<bool>,
     /// The probes' own counters, as of their last round.
     probe_metrics: Mutex<String>,
+    /// Reviewed feedback tokens and the pods they speak for.
+    pub tokens: super::token_cache::TokenCache,
 }
 
 impl Context {
@@ -153,6 +155,7 @@ impl Context {
             leading: AtomicBool::new(false),
             synced: tokio::sync::watch::channel(false).0,
             probe_metrics: Mutex::new(String::new()),
+            tokens: Default::default(),
         }
     }
 

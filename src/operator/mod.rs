@@ -20,4 +20,5 @@ pub mod route_controller;
 pub mod run;
 pub mod snapshot;
 pub mod stores;
+pub mod token_cache;
 pub mod triggers;
