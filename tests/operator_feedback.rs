@@ -260,6 +260,21 @@ async fn an_operator_restarted_mid_block_keeps_the_state_and_the_routes() {
             .map(|w| format!("{} {}", w.method, w.path))
             .collect::<Vec<_>>()
     );
+    // The report retried across the restart is acknowledged as counted
+    // before: the ledger of sequences was stored with the counts.
+    let token = token_for(&api, "bulk", ip);
+    let (status, body) = post_feedback(
+        restarted.local_addr(),
+        Some(&token),
+        &ban_report("bulk", ip, 1),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"duplicate\":true"), "{body}");
+    assert_eq!(
+        reputation(&pool_status(&api, "bulk")),
+        reputation(&before_pool)
+    );
     restarted.shutdown().await.unwrap();
 }
 

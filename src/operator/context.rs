@@ -19,7 +19,6 @@ use super::stores::Stores;
 use super::triggers::Epochs;
 use crate::api::{DomainRoute, SenderPool};
 use crate::routing::RouteResult;
-use crate::serve::ledger::FeedbackLedger;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -97,9 +96,6 @@ pub struct Context {
     pub memo: Mutex<HashMap<String, (u64, std::time::Instant)>>,
     /// Counters the reflectors move when pods or workloads change.
     pub epochs: Arc<Epochs>,
-    /// Sequences of the feedback reports counted by this replica, per pool
-    /// (`ns/name`). A pool's ledger is only touched under its status lock.
-    pub ledgers: Mutex<HashMap<String, FeedbackLedger>>,
     /// One lock per pool: the pool controller and the feedback receiver both
     /// write a pool's status, and taking turns avoids needless 409s.
     status_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -150,7 +146,6 @@ impl Context {
             last_routes: Mutex::new(HashMap::new()),
             memo: Mutex::new(HashMap::new()),
             epochs,
-            ledgers: Mutex::new(HashMap::new()),
             status_locks: Mutex::new(HashMap::new()),
             leading: AtomicBool::new(false),
             synced: tokio::sync::watch::channel(false).0,
@@ -191,11 +186,10 @@ impl Context {
     }
 
     /// Drops everything kept about a deleted pool (`ns/name`): its memo,
-    /// status lock, feedback ledger, epoch and metric series.
+    /// status lock, epoch and metric series.
     pub fn forget_pool(&self, pool: &str) {
         self.forget(&format!("SenderPool/{pool}"));
         lock(&self.status_locks).remove(pool);
-        lock(&self.ledgers).remove(pool);
         self.epochs.forget_pool(pool);
         self.metrics.forget_pool(pool);
     }
@@ -230,18 +224,16 @@ impl Context {
             _ => true,
         });
         lock(&self.status_locks).retain(|k, _| pools.contains(k));
-        lock(&self.ledgers).retain(|k, _| pools.contains(k));
         lock(&self.last_routes).retain(|k, _| routes.contains(k));
         self.epochs.retain_pools(&pools);
     }
 
     /// How many per-object entries this replica keeps in memory (memos,
-    /// locks, ledgers, compiled routes, epochs, metric series): it follows
+    /// locks, compiled routes, epochs, metric series): it follows
     /// the number of live pools and routes, never the number ever seen.
     pub fn footprint(&self) -> usize {
         lock(&self.memo).len()
             + lock(&self.status_locks).len()
-            + lock(&self.ledgers).len()
             + lock(&self.last_routes).len()
             + self.epochs.tracked()
             + self.metrics.tracked()

@@ -29,6 +29,7 @@ use crate::api::SenderPool;
 use crate::routing::postfix::{self, ip_slug, PostfixOptions};
 use crate::routing::sender_config::sender_config;
 use crate::routing::ObjectKey;
+use crate::serve::ledger::FeedbackLedger;
 use crate::serve::{FeedbackReceiver, FeedbackRefusal};
 
 /// The TokenReview `extra` key that names the pod a bound token belongs to.
@@ -216,11 +217,15 @@ impl OperatorFeedback {
                 pool.metadata = fresh.metadata.clone();
                 pool.status = fresh.status.clone();
             }
-            let pool_key = format!("{ns}/{name}");
-            let mut ledger = lock(&self.ctx.ledgers)
-                .get(&pool_key)
-                .cloned()
-                .unwrap_or_default();
+            // The ledger is part of the status it counted into: read and
+            // written with it, so it survives a restart or a leader change.
+            let mut ledger = FeedbackLedger::from_sequences(
+                fresh
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.feedback_ledger.clone())
+                    .unwrap_or_default(),
+            );
             ledger.expire(now);
             let applied = ledger
                 .apply(&mut fleet, report, now)
@@ -228,12 +233,13 @@ impl OperatorFeedback {
             if applied.duplicate {
                 return Ok(self.response(report, &fleet, &applied.ip, true, now));
             }
-            let new_status = fleet
+            let mut new_status = fleet
                 .pools
                 .iter()
                 .find(|p| p.name_any() == name)
                 .and_then(|p| p.status.clone())
                 .unwrap_or_default();
+            new_status.feedback_ledger = Some(ledger.sequences().clone());
             let old =
                 serde_json::to_value(fresh.status.clone().unwrap_or_default()).unwrap_or_default();
             let new = serde_json::to_value(&new_status).unwrap_or_default();
@@ -244,7 +250,6 @@ impl OperatorFeedback {
                 .await
             {
                 Ok(_) => {
-                    lock(&self.ctx.ledgers).insert(pool_key, ledger);
                     self.ctx.metrics.feedback_report(&format!("{ns}/{name}"));
                     for t in &applied.transitions {
                         tracing::info!(pool = %applied.pool, ip = %t.ip, provider = %t.provider,
@@ -307,10 +312,6 @@ impl OperatorFeedback {
             config,
         }
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl FeedbackReceiver for OperatorFeedback {
