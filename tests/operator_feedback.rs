@@ -260,6 +260,21 @@ async fn an_operator_restarted_mid_block_keeps_the_state_and_the_routes() {
             .map(|w| format!("{} {}", w.method, w.path))
             .collect::<Vec<_>>()
     );
+    // The report retried across the restart is acknowledged as counted
+    // before: the ledger of sequences was stored with the counts.
+    let token = token_for(&api, "bulk", ip);
+    let (status, body) = post_feedback(
+        restarted.local_addr(),
+        Some(&token),
+        &ban_report("bulk", ip, 1),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"duplicate\":true"), "{body}");
+    assert_eq!(
+        reputation(&pool_status(&api, "bulk")),
+        reputation(&before_pool)
+    );
     restarted.shutdown().await.unwrap();
 }
 
@@ -288,6 +303,18 @@ async fn unauthenticated_or_wrong_ip_posts_are_refused_and_change_nothing() {
     wrong_pool.pool.name = "reserve".into();
     let (status, _) = post_feedback(addr, Some(&token), &wrong_pool).await;
     assert_eq!(status, 403);
+    // A token of the right pod but for the API server's audience.
+    let mut user = api.allow_pod_token("api-audience", NS, &pod_name("bulk", "203.0.113.12"));
+    user.audiences = vec!["https://kubernetes.default.svc".into()];
+    api.allow_token("api-audience", user);
+    let (status, body) = post_feedback(
+        addr,
+        Some("api-audience"),
+        &ban_report("bulk", "203.0.113.12", 1),
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("mailfleet"), "{body}");
 
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(pool_status(&api, "bulk"), before);
@@ -322,5 +349,28 @@ async fn a_conflict_is_retried() {
     // The two injected ones at least (a pool reconcile racing the feedback
     // write may meet a real one, retried the same way).
     assert!(conflicts >= 2, "{conflicts} conflicts");
+    operator.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_reviewed_once_and_the_pod_read_from_the_store() {
+    let (api, operator) = fleet_with_pods().await;
+    let addr = operator.local_addr();
+    let token = token_for(&api, "bulk", "203.0.113.14");
+    api.clear_requests();
+    for sequence in 1..=5 {
+        let mut report = ban_report("bulk", "203.0.113.14", sequence);
+        report.conclusive.clear();
+        let (status, body) = post_feedback(addr, Some(&token), &report).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let requests = api.requests();
+    let reviews = requests.iter().filter(|r| r.is_token_review()).count();
+    let pod_reads = requests
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/pods/"))
+        .count();
+    assert_eq!(reviews, 1, "one TokenReview for five reports");
+    assert_eq!(pod_reads, 0, "the pod comes from the store");
     operator.shutdown().await.unwrap();
 }

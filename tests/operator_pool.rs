@@ -166,3 +166,167 @@ async fn bad_input_sets_conditions_and_events_and_disturbs_nothing_else() {
     assert!(!metrics.contains("category=\"config\"} 1"), "{metrics}");
     operator.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_removed_from_the_template_leaves_and_a_hand_edit_is_put_back() {
+    let api = FakeApi::start().await;
+    let mut bulk = pool("bulk", &bulk_ips(2));
+    bulk["spec"]["template"]["spec"]["nodeSelector"] = json!({ "mail/egress": "a" });
+    bulk["spec"]["template"]["spec"]["containers"][0]["env"] =
+        json!([{ "name": "RELAY_MODE", "value": "strict" }]);
+    api.insert(bulk);
+    let operator = start_operator(&api, options()).await;
+    let name = mailfleet::operator::build::deployment_name("bulk", "203.0.113.10").unwrap();
+    let template = |api: &FakeApi| {
+        api.get("apps/v1", "Deployment", NS, &name)
+            .map(|d| d["spec"]["template"]["spec"].clone())
+            .unwrap_or_default()
+    };
+    converge(&api, "Deployments with the nodeSelector", |api| {
+        template(api)["nodeSelector"]["mail/egress"] == "a"
+    })
+    .await;
+    settle(&api, std::time::Duration::from_millis(300)).await;
+
+    // Removing keys from the template removes them from the Deployments.
+    api.modify(CRD, "SenderPool", NS, "bulk", |pool| {
+        let spec = &mut pool["spec"]["template"]["spec"];
+        spec.as_object_mut().unwrap().remove("nodeSelector");
+        spec["containers"][0].as_object_mut().unwrap().remove("env");
+    });
+    converge(&api, "the nodeSelector and the env var gone", |api| {
+        let spec = template(api);
+        spec["nodeSelector"].get("mail/egress").is_none()
+            && !spec["containers"][0]["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["name"] == "RELAY_MODE")
+    })
+    .await;
+    settle(&api, std::time::Duration::from_millis(300)).await;
+
+    // A hand edit of a field the operator sets is put back.
+    api.modify("apps/v1", "Deployment", NS, &name, |d| {
+        d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("hand/edited:1");
+    });
+    converge(&api, "the image put back", |api| {
+        template(api)["containers"][0]["image"] == "registry.example.net/mail/postfix-sender:3.7"
+    })
+    .await;
+
+    // And a fleet that does not change sends no write.
+    settle(&api, std::time::Duration::from_millis(300)).await;
+    let before = api.write_count();
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let after: Vec<_> = api.writes().into_iter().skip(before).collect();
+    assert!(after.is_empty(), "writes at steady state: {after:?}");
+    // Each kind is watched once: the controllers share the reflectors' watches.
+    for kind in [
+        "/senderpools",
+        "/deployments",
+        "/pods",
+        "/services",
+        "/endpointslices",
+    ] {
+        let watches = api
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.method == "GET" && r.path.ends_with(kind) && r.query.contains("watch=true")
+            })
+            .count();
+        assert_eq!(watches, 1, "watches of {kind}");
+    }
+    operator.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_created_and_deleted_leave_nothing_in_memory() {
+    let api = FakeApi::start().await;
+    seed_fleet(&api, 2);
+    let operator = start_operator(&api, options()).await;
+    converge(&api, "the seed fleet reconciled", |api| {
+        pool_status(api, "bulk")["ipCount"] == 2 && route_mode(api, "microsoft") == "Primary"
+    })
+    .await;
+    settle(&api, std::time::Duration::from_millis(300)).await;
+    let ctx = operator.context().clone();
+    let start = ctx.footprint();
+    // In waves of 25: the point is what each created and deleted pool leaves
+    // behind. 200 pools by default keep the test quick in a debug build;
+    // MAILFLEET_LIFECYCLE_POOLS=1000 runs the full thousand (about 100 s).
+    const WAVE: usize = 25;
+    let total: usize = std::env::var("MAILFLEET_LIFECYCLE_POOLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    for wave in 0..total.div_ceil(WAVE) {
+        let names: Vec<String> = (0..WAVE).map(|i| format!("tmp-{wave}-{i}")).collect();
+        for (i, name) in names.iter().enumerate() {
+            let mut p = pool(name, &[format!("198.18.{wave}.{}", 1 + i)]);
+            // No workloads: the test is about what the operator keeps per pool.
+            p["spec"]["replicasPerIp"] = json!({ "min": 0, "max": 1 });
+            api.insert(p);
+        }
+        assert!(
+            api.wait_for(
+                |api| {
+                    api.list(CRD, "SenderPool")
+                        .iter()
+                        .filter(|p| p["status"]["ipCount"] == 1)
+                        .count()
+                        >= WAVE
+                },
+                std::time::Duration::from_secs(30),
+            )
+            .await,
+            "wave {wave}: the pools were not all reconciled"
+        );
+        assert!(ctx.footprint() >= start + WAVE, "{}", ctx.footprint());
+        for name in &names {
+            api.remove(CRD, "SenderPool", NS, name);
+        }
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while ctx.footprint() > start && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(
+            ctx.footprint() <= start,
+            "wave {wave}: after deleting the pools the operator keeps {} entries, {} before",
+            ctx.footprint(),
+            start
+        );
+    }
+    operator.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_status_is_written_only_after_its_service_is_applied() {
+    let api = FakeApi::start().await;
+    seed_fleet(&api, 2);
+    seed_pods(&api, "bulk", &bulk_ips(2));
+    // The first apply of the route's Service fails.
+    api.fail_next("PATCH", "/services/mf-route-microsoft", 500, 1);
+    let operator = start_operator(&api, options()).await;
+    converge(&api, "the route served once its Service applies", |api| {
+        route_mode(api, "microsoft") == "Primary"
+    })
+    .await;
+    let writes = api.writes();
+    let failed = writes
+        .iter()
+        .position(|w| w.path.contains("/services/mf-route-microsoft") && w.status == 500);
+    let service = writes
+        .iter()
+        .position(|w| w.path.contains("/services/mf-route-microsoft") && w.status < 300);
+    let status = writes
+        .iter()
+        .position(|w| w.path.contains("/domainroutes/microsoft/status") && w.status < 300);
+    assert!(failed.is_some(), "the injected failure was not met");
+    assert!(
+        service < status,
+        "route status written (request {status:?}) before its Service (request {service:?})"
+    );
+    operator.shutdown().await.unwrap();
+}

@@ -141,7 +141,7 @@ async fn serve(handle: MockHandle, count: usize) -> Vec<Seen> {
 const APPLY: &str = "?&force=true&fieldManager=mailfleet-operator";
 
 #[tokio::test]
-async fn a_first_route_reconcile_writes_status_then_applies_service_and_slice() {
+async fn a_first_route_reconcile_applies_service_and_slice_then_writes_status() {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let server = tokio::spawn(serve(handle, 3));
     let ctx = context(
@@ -168,11 +168,6 @@ async fn a_first_route_reconcile_writes_status_then_applies_service_and_slice() 
         vec![
             (
                 "PATCH".into(),
-                "/apis/mailfleet.io/v1alpha1/namespaces/mail/domainroutes/microsoft/status?".into(),
-                "application/merge-patch+json".into()
-            ),
-            (
-                "PATCH".into(),
                 format!("/api/v1/namespaces/mail/services/mf-route-microsoft{APPLY}"),
                 "application/apply-patch+yaml".into()
             ),
@@ -181,22 +176,27 @@ async fn a_first_route_reconcile_writes_status_then_applies_service_and_slice() 
                 format!("/apis/discovery.k8s.io/v1/namespaces/mail/endpointslices/mf-route-microsoft-0{APPLY}"),
                 "application/apply-patch+yaml".into()
             ),
+            (
+                "PATCH".into(),
+                "/apis/mailfleet.io/v1alpha1/namespaces/mail/domainroutes/microsoft/status?".into(),
+                "application/merge-patch+json".into()
+            ),
         ]
     );
     // The status patch is guarded by the resourceVersion it was computed from.
-    assert_eq!(seen[0].body["metadata"]["resourceVersion"], "9");
-    assert_eq!(seen[0].body["status"]["mode"], "Primary");
-    assert_eq!(seen[0].body["status"]["targets"][0]["ip"], "203.0.113.10");
+    assert_eq!(seen[2].body["metadata"]["resourceVersion"], "9");
+    assert_eq!(seen[2].body["status"]["mode"], "Primary");
+    assert_eq!(seen[2].body["status"]["targets"][0]["ip"], "203.0.113.10");
     assert!(
-        seen[0].body.get("spec").is_none(),
+        seen[2].body.get("spec").is_none(),
         "a status patch never carries a spec"
     );
     assert_eq!(
-        seen[1].body["metadata"]["ownerReferences"][0]["uid"],
+        seen[0].body["metadata"]["ownerReferences"][0]["uid"],
         "uid-ms"
     );
     assert_eq!(
-        seen[2].body["metadata"]["labels"]["kubernetes.io/service-name"],
+        seen[1].body["metadata"]["labels"]["kubernetes.io/service-name"],
         "mf-route-microsoft"
     );
 }
@@ -288,7 +288,7 @@ async fn a_reconcile_with_nothing_new_sends_no_request() {
 
     // The cluster as those writes left it.
     let mut stored_route = route();
-    stored_route.status = serde_json::from_value(route_writes[0].body["status"].clone()).unwrap();
+    stored_route.status = serde_json::from_value(route_writes[2].body["status"].clone()).unwrap();
     let mut stored_pool = pool();
     stored_pool.status = serde_json::from_value(pool_writes[2].body["status"].clone()).unwrap();
     let cluster = Cluster {
@@ -296,8 +296,8 @@ async fn a_reconcile_with_nothing_new_sends_no_request() {
         routes: vec![stored_route.clone()],
         deployments: vec![serde_json::from_value(pool_writes[1].body.clone()).unwrap()],
         config_maps: vec![serde_json::from_value(pool_writes[0].body.clone()).unwrap()],
-        services: vec![serde_json::from_value(route_writes[1].body.clone()).unwrap()],
-        slices: vec![serde_json::from_value(route_writes[2].body.clone()).unwrap()],
+        services: vec![serde_json::from_value(route_writes[0].body.clone()).unwrap()],
+        slices: vec![serde_json::from_value(route_writes[1].body.clone()).unwrap()],
     };
 
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();

@@ -569,6 +569,13 @@ pub struct SenderPoolStatus {
     /// IPs with at least one ready sender pod.
     #[serde(default)]
     pub ready_ips: i32,
+
+    /// The last report sequence counted per agent run, written in the same
+    /// patch as the counts it produced: a report retried across an operator
+    /// restart or a leader change is acknowledged, not counted twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_object")]
+    pub feedback_ledger: Option<crate::agent::report::SequenceLedger>,
 }
 
 /// The observed state of one source IP.

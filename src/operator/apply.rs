@@ -1,7 +1,13 @@
-//! Writing to the API server: server-side apply of owned objects only when they
-//! differ from what the store holds, deletes for pruning, and status patches
-//! guarded by resourceVersion. Every write is counted, so a steady state can be
-//! shown to write nothing.
+//! Writing to the API server: server-side apply of owned objects whenever the
+//! desired object changed or the stored one drifted from it, deletes for
+//! pruning, and status patches guarded by resourceVersion. Every write is
+//! counted, so a steady state can be shown to write nothing.
+//!
+//! Every applied object carries [`APPLIED_DIGEST_ANNOTATION`], a digest of the
+//! whole desired object. Comparing it (not only "does the stored object hold
+//! every desired field") is what makes a field removed from the desired object
+//! leave the cluster: the digest moves, the full object is applied again, and
+//! server-side apply drops the fields this manager no longer sets.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -18,6 +24,8 @@ use super::metrics::Metrics;
 
 /// The field manager of every server-side apply the operator sends.
 pub const FIELD_MANAGER: &str = "mailfleet-operator";
+/// The annotation holding the digest of the desired object last applied.
+pub const APPLIED_DIGEST_ANNOTATION: &str = "mailfleet.io/applied-digest";
 
 #[derive(Clone)]
 pub struct Writer {
@@ -30,8 +38,9 @@ impl Writer {
         Writer { client, metrics }
     }
 
-    /// Server-side applies `desired` unless `existing` already holds every field
-    /// of it. Returns whether a request was sent.
+    /// Server-side applies `desired` (stamped with its digest) unless
+    /// `existing` carries the same digest and still holds every desired field
+    /// (so a hand edit is put back). Returns whether a request was sent.
     pub async fn apply<K>(&self, desired: &K, existing: Option<&K>) -> Result<bool>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -61,10 +70,11 @@ impl Writer {
         let name = desired.name_any();
         let namespace = desired.namespace().unwrap_or_default();
         let what = format!("{} {namespace}/{name}", K::kind(&()));
-        let wanted = serde_json::to_value(desired).map_err(|source| OperatorError::Encode {
+        let mut wanted = serde_json::to_value(desired).map_err(|source| OperatorError::Encode {
             what: what.clone(),
             source,
         })?;
+        stamp_digest(&mut wanted);
         if let Some(existing) = existing {
             let have = serde_json::to_value(existing).map_err(|source| OperatorError::Encode {
                 what: what.clone(),
@@ -153,6 +163,49 @@ impl Writer {
     }
 }
 
+/// Adds [`APPLIED_DIGEST_ANNOTATION`] to `object`: a digest of the object
+/// as it is without that annotation.
+pub fn stamp_digest(object: &mut Value) {
+    if let Some(annotations) = object
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+    {
+        annotations.remove(APPLIED_DIGEST_ANNOTATION);
+    }
+    let digest = desired_digest(object);
+    let Some(metadata) = object.as_object_mut().map(|o| {
+        o.entry("metadata")
+            .or_insert_with(|| Value::Object(Map::new()))
+    }) else {
+        return;
+    };
+    if let Some(metadata) = metadata.as_object_mut() {
+        let annotations = metadata
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !annotations.is_object() {
+            *annotations = Value::Object(Map::new());
+        }
+        if let Some(a) = annotations.as_object_mut() {
+            a.insert(APPLIED_DIGEST_ANNOTATION.into(), Value::String(digest));
+        }
+    }
+}
+
+/// FNV-1a over the canonical JSON text (serde_json keeps object keys
+/// sorted), so the digest is the same in every build and on every replica:
+/// a std `Hasher` may change between Rust releases and would re-apply the
+/// whole fleet after an upgrade.
+pub fn desired_digest(object: &Value) -> String {
+    let text = object.to_string();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("fnv1a64:{hash:016x}")
+}
+
 /// Whether `have` holds every field of `want` with the same value. Objects may
 /// carry more keys (defaults the API server filled in); lists must have the
 /// same length and hold their counterparts in order.
@@ -229,6 +282,33 @@ mod tests {
             {"name": "postfix"}, {"name": "mailfleet-agent"}
         ]}}}});
         assert!(!contains(&have, &extra_container));
+    }
+
+    #[test]
+    fn the_digest_moves_when_a_field_is_removed_and_is_stamped_once() {
+        let mut with_selector = json!({"metadata": {"name": "d", "annotations": {"a": "1"}},
+            "spec": {"template": {"spec": {"nodeSelector": {"zone": "a"}}}}});
+        let mut without = json!({"metadata": {"name": "d", "annotations": {"a": "1"}},
+            "spec": {"template": {"spec": {}}}});
+        stamp_digest(&mut with_selector);
+        stamp_digest(&mut without);
+        let digest = |v: &Value| v["metadata"]["annotations"][APPLIED_DIGEST_ANNOTATION].clone();
+        assert!(digest(&with_selector).is_string());
+        assert_ne!(digest(&with_selector), digest(&without));
+        // The stored object already carries the stamp: stamping it again
+        // gives the same digest, so an unchanged object compares equal.
+        let mut again = with_selector.clone();
+        stamp_digest(&mut again);
+        assert_eq!(again, with_selector);
+        // The store keeps more than was applied (server defaults), yet the
+        // stamped desired object is contained in it; a removed key is not.
+        let mut stored = with_selector.clone();
+        stored["spec"]["template"]["spec"]["dnsPolicy"] = json!("ClusterFirst");
+        assert!(contains(&stored, &with_selector));
+        assert!(!contains(&stored, &without));
+        let mut no_metadata = json!({"spec": {}});
+        stamp_digest(&mut no_metadata);
+        assert!(digest(&no_metadata).is_string());
     }
 
     #[test]

@@ -19,7 +19,19 @@ use super::stores::Stores;
 use super::triggers::Epochs;
 use crate::api::{DomainRoute, SenderPool};
 use crate::routing::RouteResult;
-use crate::serve::ledger::FeedbackLedger;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `namespace/name` of an object, as the per-object maps are keyed.
+pub fn object_key<K: kube::Resource>(object: &K) -> String {
+    format!(
+        "{}/{}",
+        object.meta().namespace.as_deref().unwrap_or("default"),
+        object.meta().name.as_deref().unwrap_or("")
+    )
+}
 
 /// The name events are reported under (`reportingController`).
 pub const CONTROLLER_NAME: &str = "mailfleet-operator";
@@ -88,9 +100,6 @@ pub struct Context {
     pub memo: Mutex<HashMap<String, (u64, std::time::Instant)>>,
     /// Counters the reflectors move when pods or workloads change.
     pub epochs: Arc<Epochs>,
-    /// Sequences of the feedback reports counted by this replica, per pool
-    /// (`ns/name`). A pool's ledger is only touched under its status lock.
-    pub ledgers: Mutex<HashMap<String, FeedbackLedger>>,
     /// One lock per pool: the pool controller and the feedback receiver both
     /// write a pool's status, and taking turns avoids needless 409s.
     status_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -98,6 +107,8 @@ pub struct Context {
     synced: tokio::sync::watch::Sender<bool>,
     /// The probes' own counters, as of their last round.
     probe_metrics: Mutex<String>,
+    /// Reviewed feedback tokens and the pods they speak for.
+    pub tokens: super::token_cache::TokenCache,
 }
 
 impl Context {
@@ -139,11 +150,11 @@ impl Context {
             last_routes: Mutex::new(HashMap::new()),
             memo: Mutex::new(HashMap::new()),
             epochs,
-            ledgers: Mutex::new(HashMap::new()),
             status_locks: Mutex::new(HashMap::new()),
             leading: AtomicBool::new(false),
             synced: tokio::sync::watch::channel(false).0,
             probe_metrics: Mutex::new(String::new()),
+            tokens: Default::default(),
         }
     }
 
@@ -176,6 +187,60 @@ impl Context {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
+    }
+
+    /// Drops everything kept about a deleted pool (`ns/name`): its memo,
+    /// status lock, epoch and metric series.
+    pub fn forget_pool(&self, pool: &str) {
+        self.forget(&format!("SenderPool/{pool}"));
+        lock(&self.status_locks).remove(pool);
+        self.epochs.forget_pool(pool);
+        self.metrics.forget_pool(pool);
+    }
+
+    /// Drops everything kept about a deleted route (`ns/name`).
+    pub fn forget_route(&self, route: &str) {
+        self.forget(&format!("DomainRoute/{route}"));
+        lock(&self.last_routes).remove(route);
+        self.metrics.forget_route(route);
+    }
+
+    /// Forgets every pool and route the stores no longer hold: a watch that
+    /// re-listed after a gap sees no delete events for what went in between.
+    pub fn sweep(&self) {
+        let pools: std::collections::HashSet<String> = self
+            .stores
+            .pools
+            .all()
+            .iter()
+            .map(|p| object_key(p.as_ref()))
+            .collect();
+        let routes: std::collections::HashSet<String> = self
+            .stores
+            .routes
+            .all()
+            .iter()
+            .map(|r| object_key(r.as_ref()))
+            .collect();
+        lock(&self.memo).retain(|k, _| match k.split_once('/') {
+            Some(("SenderPool", key)) => pools.contains(key),
+            Some(("DomainRoute", key)) => routes.contains(key),
+            _ => true,
+        });
+        lock(&self.status_locks).retain(|k, _| pools.contains(k));
+        lock(&self.last_routes).retain(|k, _| routes.contains(k));
+        self.epochs.retain_pools(&pools);
+    }
+
+    /// How many per-object entries this replica keeps in memory (memos,
+    /// locks, compiled routes, epochs, metric series): it follows
+    /// the number of live pools and routes, never the number ever seen.
+    pub fn footprint(&self) -> usize {
+        lock(&self.memo).len()
+            + lock(&self.status_locks).len()
+            + lock(&self.last_routes).len()
+            + self.epochs.tracked()
+            + self.metrics.tracked()
     }
 
     pub fn set_probe_metrics(&self, text: String) {

@@ -5,28 +5,37 @@
 //! Only the leader counts reports: the other replica answers 503 and the agent
 //! retries, and since the Service spreads connections over both replicas the
 //! retry soon reaches the leader.
+//!
+//! A token must be for the audience `mailfleet` (the agents' projected token,
+//! useless against the API server). An accepted review is remembered until
+//! the token expires (`token_cache`), and the pod comes from the Pods store,
+//! so a steady report costs no API request before its status write.
 
 use std::sync::Arc;
 
 use jiff::Timestamp;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use kube::{Resource, ResourceExt};
 
+use super::build::agent_token::FEEDBACK_AUDIENCE;
 use super::build::events::transition_events;
 use super::build::{IP_LABEL, POOL_LABEL};
 use super::context::Context;
 use super::error::api_status;
+use super::token_cache::{trust_for, TokenIdentity};
 use crate::agent::report::{ConfigHint, FeedbackReport, FeedbackResponse, FEEDBACK_API_VERSION};
 use crate::api::SenderPool;
 use crate::routing::postfix::{self, ip_slug, PostfixOptions};
 use crate::routing::sender_config::sender_config;
 use crate::routing::ObjectKey;
+use crate::serve::ledger::FeedbackLedger;
 use crate::serve::{FeedbackReceiver, FeedbackRefusal, RequestHead};
 
 /// The TokenReview `extra` key that names the pod a bound token belongs to.
 pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+/// The TokenReview `extra` key with that pod's uid.
+pub const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
 /// How often a status write that conflicts (409) is tried again.
 const STATUS_ATTEMPTS: u32 = 5;
 
@@ -40,12 +49,24 @@ impl OperatorFeedback {
         OperatorFeedback { ctx }
     }
 
-    /// The pod a token belongs to, as `(namespace, name)`.
-    async fn authenticate(&self, token: &str) -> Result<(String, String), FeedbackRefusal> {
+    /// The pod a token belongs to: from the cache, else a TokenReview for
+    /// the feedback audience.
+    async fn authenticate(&self, token: &str) -> Result<TokenIdentity, FeedbackRefusal> {
+        let now = std::time::Instant::now();
+        if let Some(identity) = self.ctx.tokens.get(token, now) {
+            return Ok(identity);
+        }
+        let identity = self.review(token).await?;
+        let ttl = trust_for(token, Timestamp::now().as_second());
+        self.ctx.tokens.insert(token, identity.clone(), ttl, now);
+        Ok(identity)
+    }
+
+    async fn review(&self, token: &str) -> Result<TokenIdentity, FeedbackRefusal> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_string()),
-                audiences: None,
+                audiences: Some(vec![FEEDBACK_AUDIENCE.to_string()]),
             },
             ..Default::default()
         };
@@ -61,8 +82,15 @@ impl OperatorFeedback {
         if status.authenticated != Some(true) {
             let why = status.error.unwrap_or_else(|| "token not accepted".into());
             return Err(FeedbackRefusal::Unauthorized(format!(
-                "the bearer token is not valid: {why}"
+                "the bearer token is not valid for audience {FEEDBACK_AUDIENCE}: {why}; agents send the projected token of their pod (volume mailfleet-token)"
             )));
+        }
+        if let Some(audiences) = status.audiences.as_ref().filter(|a| !a.is_empty()) {
+            if !audiences.iter().any(|a| a == FEEDBACK_AUDIENCE) {
+                return Err(FeedbackRefusal::Unauthorized(format!(
+                    "the bearer token is for {audiences:?}, not for {FEEDBACK_AUDIENCE}"
+                )));
+            }
         }
         let user = status.user.unwrap_or_default();
         let username = user.username.unwrap_or_default();
@@ -75,47 +103,54 @@ impl OperatorFeedback {
                     "{username} is not a ServiceAccount; agents report with their pod's ServiceAccount token"
                 ))
             })?;
-        let pod = user
-            .extra
-            .as_ref()
-            .and_then(|extra| extra.get(POD_NAME_EXTRA))
-            .and_then(|names| names.first())
-            .cloned()
+        let extra = |key: &str| {
+            user.extra
+                .as_ref()
+                .and_then(|extra| extra.get(key))
+                .and_then(|values| values.first())
+                .cloned()
+        };
+        let pod_uid = extra(POD_UID_EXTRA);
+        let pod = extra(POD_NAME_EXTRA)
             .ok_or_else(|| {
                 FeedbackRefusal::Forbidden(format!(
                     "the token of {username} is not bound to a pod; mount the projected ServiceAccount token of the sender pod"
                 ))
             })?;
-        Ok((namespace, pod))
+        Ok(TokenIdentity {
+            namespace,
+            pod,
+            pod_uid,
+        })
     }
 
     /// Checks that the pod speaks for the report's pool and IP.
-    async fn authorize(
+    fn authorize(
         &self,
-        namespace: &str,
-        pod_name: &str,
+        identity: &TokenIdentity,
         report: &FeedbackReport,
     ) -> Result<(), FeedbackRefusal> {
+        let namespace = identity.namespace.as_str();
+        let pod_name = identity.pod.as_str();
         if namespace != report.pool.namespace {
             return Err(FeedbackRefusal::Forbidden(format!(
                 "pod {namespace}/{pod_name} may not report for namespace {}",
                 report.pool.namespace
             )));
         }
-        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), namespace);
-        let pod = match api.get(pod_name).await {
-            Ok(pod) => pod,
-            Err(e) if api_status(&e) == Some(404) => {
-                return Err(FeedbackRefusal::Forbidden(format!(
-                    "pod {namespace}/{pod_name} of the token does not exist"
-                )))
-            }
-            Err(e) => {
-                return Err(FeedbackRefusal::Unavailable(format!(
-                    "cannot read pod {namespace}/{pod_name}: {e}"
-                )))
-            }
+        // The Pods store holds every pod labelled with a pool and an IP.
+        let Some(pod) = self.ctx.stores.pods.get(namespace, pod_name) else {
+            return Err(FeedbackRefusal::Forbidden(format!(
+                "pod {namespace}/{pod_name} of the token is not a sender pod (it has no {POOL_LABEL} and {IP_LABEL} labels, or no longer exists)"
+            )));
         };
+        if let (Some(want), Some(have)) = (&identity.pod_uid, &pod.metadata.uid) {
+            if want != have {
+                return Err(FeedbackRefusal::Forbidden(format!(
+                    "the token belongs to an earlier pod named {namespace}/{pod_name}"
+                )));
+            }
+        }
         let labels = pod.labels();
         let want_ip = ip_slug(report.source_ip);
         let pool_ok = labels.get(POOL_LABEL) == Some(&report.pool.name);
@@ -182,11 +217,15 @@ impl OperatorFeedback {
                 pool.metadata = fresh.metadata.clone();
                 pool.status = fresh.status.clone();
             }
-            let pool_key = format!("{ns}/{name}");
-            let mut ledger = lock(&self.ctx.ledgers)
-                .get(&pool_key)
-                .cloned()
-                .unwrap_or_default();
+            // The ledger is part of the status it counted into: read and
+            // written with it, so it survives a restart or a leader change.
+            let mut ledger = FeedbackLedger::from_sequences(
+                fresh
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.feedback_ledger.clone())
+                    .unwrap_or_default(),
+            );
             ledger.expire(now);
             let applied = ledger
                 .apply(&mut fleet, report, now)
@@ -194,12 +233,13 @@ impl OperatorFeedback {
             if applied.duplicate {
                 return Ok(self.response(report, &fleet, &applied.ip, true, now));
             }
-            let new_status = fleet
+            let mut new_status = fleet
                 .pools
                 .iter()
                 .find(|p| p.name_any() == name)
                 .and_then(|p| p.status.clone())
                 .unwrap_or_default();
+            new_status.feedback_ledger = Some(ledger.sequences().clone());
             let old =
                 serde_json::to_value(fresh.status.clone().unwrap_or_default()).unwrap_or_default();
             let new = serde_json::to_value(&new_status).unwrap_or_default();
@@ -210,7 +250,6 @@ impl OperatorFeedback {
                 .await
             {
                 Ok(_) => {
-                    lock(&self.ctx.ledgers).insert(pool_key, ledger);
                     self.ctx.metrics.feedback_report(&format!("{ns}/{name}"));
                     for t in &applied.transitions {
                         tracing::info!(pool = %applied.pool, ip = %t.ip, provider = %t.provider,
@@ -275,15 +314,11 @@ impl OperatorFeedback {
     }
 }
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl FeedbackReceiver for OperatorFeedback {
-    /// The reviewed token's pod, as `(namespace, name)`.
-    type Caller = (String, String);
+    /// Who the reviewed token belongs to (its pod).
+    type Caller = TokenIdentity;
 
-    async fn authenticate(&self, head: &RequestHead) -> Result<(String, String), FeedbackRefusal> {
+    async fn authenticate(&self, head: &RequestHead) -> Result<TokenIdentity, FeedbackRefusal> {
         if !self.ctx.is_leading() {
             return Err(FeedbackRefusal::Unavailable(
                 "this replica is not the leader; retry (the Service reaches the leader soon)"
@@ -301,19 +336,19 @@ impl FeedbackReceiver for OperatorFeedback {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| {
                 FeedbackRefusal::Unauthorized(
-                    "no bearer token; agents send their pod's ServiceAccount token".into(),
+                    "no bearer token; agents send their pod's projected `mailfleet` token".into(),
                 )
             })?;
-        // The inherent TokenReview, not this trait method.
+        // The inherent TokenReview (cached), not this trait method.
         OperatorFeedback::authenticate(self, token).await
     }
 
     async fn receive(
         &self,
-        (namespace, pod): (String, String),
+        identity: TokenIdentity,
         report: FeedbackReport,
     ) -> Result<FeedbackResponse, FeedbackRefusal> {
-        self.authorize(&namespace, &pod, &report).await?;
+        self.authorize(&identity, &report)?;
         self.count(&report).await
     }
 }

@@ -69,6 +69,15 @@ impl Metrics {
 
     pub fn forget_pool(&self, pool: &str) {
         lock(&self.ip_states).remove(pool);
+        lock(&self.feedback_reports).remove(pool);
+    }
+
+    /// Per-object series kept (pools and routes), to show a deleted object
+    /// leaves none behind.
+    pub fn tracked(&self) -> usize {
+        lock(&self.ip_states).len()
+            + lock(&self.feedback_reports).len()
+            + lock(&self.route_targets).len()
     }
 
     pub fn set_route_targets(&self, route: &str, mode: &str, targets: usize) {

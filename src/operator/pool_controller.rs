@@ -48,6 +48,17 @@ pub async fn reconcile(pool: Arc<SenderPool>, ctx: Arc<Context>) -> Result<Actio
     let span = tracing::info_span!("reconcile", controller = CONTROLLER, pool = %key(&pool));
     let result = tracing::Instrument::instrument(reconcile_pool(&pool, &ctx), span).await;
     ctx.metrics.reconciled(CONTROLLER, started.elapsed());
+    // Deleted while this pass ran: the delete event came before the pass
+    // wrote its memo and metrics, so forget them here.
+    let pool_key = key(&pool);
+    if ctx
+        .stores
+        .pools
+        .get(&pool_key.namespace, &pool_key.name)
+        .is_none()
+    {
+        ctx.forget_pool(&pool_key.to_string());
+    }
     result
 }
 
@@ -65,7 +76,7 @@ async fn reconcile_pool(pool: &Arc<SenderPool>, ctx: &Arc<Context>) -> Result<Ac
     let pool_key = key(pool);
     if pool.metadata.deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove the workloads.
-        ctx.metrics.forget_pool(&pool_key.to_string());
+        ctx.forget_pool(&pool_key.to_string());
         return Ok(Action::await_change());
     }
     let ns = pool_key.namespace.clone();

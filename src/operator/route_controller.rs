@@ -40,6 +40,15 @@ pub async fn reconcile(route: Arc<DomainRoute>, ctx: Arc<Context>) -> Result<Act
     let span = tracing::info_span!("reconcile", controller = CONTROLLER, route = %key(&route));
     let result = tracing::Instrument::instrument(reconcile_route(&route, &ctx), span).await;
     ctx.metrics.reconciled(CONTROLLER, started.elapsed());
+    // Deleted while this pass ran: forget what the pass remembered.
+    if ctx
+        .stores
+        .routes
+        .get(&namespace_of(&route.metadata), &route.name_any())
+        .is_none()
+    {
+        ctx.forget_route(&key(&route));
+    }
     result
 }
 
@@ -68,8 +77,7 @@ async fn reconcile_route(route: &Arc<DomainRoute>, ctx: &Arc<Context>) -> Result
     let route_key = ObjectKey::new(ns.clone(), name.clone());
     if route.metadata.deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove the Service and slices.
-        ctx.metrics.forget_route(&route_key.to_string());
-        lock(&ctx.last_routes).remove(&route_key.to_string());
+        ctx.forget_route(&route_key.to_string());
         return Ok(Action::await_change());
     }
     let now = Timestamp::now();
@@ -107,22 +115,13 @@ async fn reconcile_route(route: &Arc<DomainRoute>, ctx: &Arc<Context>) -> Result
     if ctx.unchanged(&memo_key, seen(route.resource_version())) {
         return Ok(Action::requeue(requeue));
     }
-    let written = write_status(ctx, route, result.as_ref(), &problems, now).await?;
-    let rv_after = written.or_else(|| route.resource_version());
     let Some(result) = result else {
+        let written = write_status(ctx, route, None, &problems, now).await?;
+        let rv_after = written.or_else(|| route.resource_version());
         ctx.remember(&memo_key, seen(rv_after));
         tracing::warn!(problems = ?problems, "the route cannot be served until it is fixed");
         return Ok(Action::requeue(INVALID_RETRY));
     };
-    ctx.metrics.set_route_targets(
-        &route_key.to_string(),
-        mode_name(result.mode),
-        result.targets.len(),
-    );
-    let before = lock(&ctx.last_routes).insert(route_key.to_string(), result.clone());
-    if let Some(record) = route_event(before.as_ref(), &result) {
-        ctx.publish(&route.object_ref(&()), &[record]).await;
-    }
 
     let owned = owned_route_objects(ctx, &ns);
     let plan = plan_route(route, Some(&result), &sender_pods(ctx, &ns), &owned).map_err(|e| {
@@ -149,6 +148,18 @@ async fn reconcile_route(route: &Arc<DomainRoute>, ctx: &Arc<Context>) -> Result
         }
         prune(ctx, &ns, &plan.prune).await?;
     }
+    ctx.metrics.set_route_targets(
+        &route_key.to_string(),
+        mode_name(result.mode),
+        result.targets.len(),
+    );
+    let before = lock(&ctx.last_routes).insert(route_key.to_string(), result.clone());
+    if let Some(record) = route_event(before.as_ref(), &result) {
+        ctx.publish(&route.object_ref(&()), &[record]).await;
+    }
+    // Status last: it claims only what the Service and slices now carry.
+    let written = write_status(ctx, route, Some(&result), &problems, now).await?;
+    let rv_after = written.or_else(|| route.resource_version());
     ctx.remember(&memo_key, seen(rv_after));
     Ok(Action::requeue(requeue))
 }

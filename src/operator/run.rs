@@ -17,11 +17,13 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use std::sync::{OnceLock, Weak};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use super::build::{IP_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, POOL_LABEL};
-use super::context::{ClusterStores, Context, Settings};
+use super::context::{object_key, ClusterStores, Context, Settings};
+use super::fanout::Fanout;
 use super::feedback::OperatorFeedback;
 use super::leader::{LeaderError, Leadership, GRACE_SECONDS, LEASE_SECONDS};
 use super::metrics::Metrics;
@@ -174,58 +176,69 @@ pub async fn start(
     let mut services = Vec::new();
     let mut slices = Vec::new();
     let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
+    // The reflectors start before the context exists; a deleted pool or
+    // route is forgotten through this once the context is made.
+    let forget: Arc<OnceLock<Weak<Context>>> = Arc::default();
     for scope in &scopes {
         let pool_trigger = Trigger::new();
         let route_trigger = Trigger::new();
+        let feeds = Feeds::default();
         // A pool's reputation or spec changes every route and every sender
         // config of its namespace; a route's spec changes every sender config;
         // a pod changes the endpoints of the routes.
         let mut pool_changes = ChangeFilter::default();
         let to_routes = route_trigger.clone();
-        let pool_metrics = metrics.clone();
-        pools.push(reflect(
+        let pool_forget = forget.clone();
+        let pool_feed = feeds.pools.clone();
+        let pool_store = reflect(
             &mut reflectors,
             api::<SenderPool>(&client, scope),
             watcher::Config::default(),
             move |event| {
-                if let watcher::Event::Delete(pool) = event {
-                    pool_metrics.forget_pool(&object_key(pool));
-                }
+                pool_feed.send(event);
+                forget_gone(&pool_forget, event, Context::forget_pool);
                 // The routes re-compile; the pools follow when the compiled
                 // table moves (SnapshotCache::notify).
                 if pool_changes.pool_event(event) {
                     to_routes.fire();
                 }
             },
-        ));
+        );
+        pools.push(pool_store.clone());
         let mut route_changes = ChangeFilter::default();
         let to_pools = pool_trigger.clone();
-        let route_metrics = metrics.clone();
-        routes.push(reflect(
+        let route_forget = forget.clone();
+        let route_feed = feeds.routes.clone();
+        let route_store = reflect(
             &mut reflectors,
             api::<DomainRoute>(&client, scope),
             watcher::Config::default(),
             move |event| {
-                if let watcher::Event::Delete(route) = event {
-                    route_metrics.forget_route(&object_key(route));
-                }
+                route_feed.send(event);
+                forget_gone(&route_forget, event, Context::forget_route);
                 if route_changes.route_event(event) {
                     to_pools.fire();
                 }
             },
-        ));
+        );
+        routes.push(route_store.clone());
         let mut pod_changes = ChangeFilter::default();
         let to_routes = route_trigger.clone();
         let pod_epochs = epochs.clone();
+        let pod_feed = feeds.pods.clone();
+        let pod_pools = pool_store.clone();
         pods.push(reflect(
             &mut reflectors,
             api::<Pod>(&client, scope),
             watcher::Config::default().labels(&format!("{POOL_LABEL},{IP_LABEL}")),
             move |event| {
+                pod_feed.send(event);
                 if pod_changes.pod_event(event) {
                     pod_epochs.bump_pods();
                     match event {
-                        watcher::Event::Apply(pod) | watcher::Event::Delete(pod) => {
+                        watcher::Event::Apply(pod) | watcher::Event::Delete(pod)
+                            if owner_alive(&pod_pools, pod) =>
+                        {
                             pod_epochs.bump_owner(pod)
                         }
                         _ => {}
@@ -236,15 +249,22 @@ pub async fn start(
         ));
         let owned = watcher::Config::default().labels(&managed);
         let deployment_epochs = epochs.clone();
+        let deployment_feed = feeds.deployments.clone();
+        let deployment_pools = pool_store.clone();
         deployments.push(reflect(
             &mut reflectors,
             api::<Deployment>(&client, scope),
             owned.clone(),
-            move |event| match event {
-                watcher::Event::Apply(d) | watcher::Event::Delete(d) => {
-                    deployment_epochs.bump_owner(d)
+            move |event| {
+                deployment_feed.send(event);
+                match event {
+                    watcher::Event::Apply(d) | watcher::Event::Delete(d)
+                        if owner_alive(&deployment_pools, d) =>
+                    {
+                        deployment_epochs.bump_owner(d)
+                    }
+                    _ => {}
                 }
-                _ => {}
             },
         ));
         // A ConfigMap is compared by its config-version annotation: its data
@@ -265,19 +285,27 @@ pub async fn start(
                 }
             },
         ));
+        let service_feed = feeds.services.clone();
         services.push(reflect(
             &mut reflectors,
             api::<Service>(&client, scope),
             owned.clone(),
-            |_| {},
+            move |event| service_feed.send(event),
         ));
+        let slice_feed = feeds.slices.clone();
         slices.push(reflect(
             &mut reflectors,
             api::<EndpointSlice>(&client, scope),
             owned,
-            |_| {},
+            move |event| slice_feed.send(event),
         ));
-        wiring.push((scope.clone(), pool_trigger, route_trigger));
+        wiring.push(ScopeWiring {
+            pool_trigger,
+            route_trigger,
+            pool_store,
+            route_store,
+            feeds,
+        });
     }
     let stores = ClusterStores {
         pools: Stores::new(pools),
@@ -295,8 +323,9 @@ pub async fn start(
         metrics,
         epochs,
     ));
-    for (_, pool_trigger, _) in &wiring {
-        ctx.snapshots.notify(pool_trigger.clone());
+    let _ = forget.set(Arc::downgrade(&ctx));
+    for w in &wiring {
+        ctx.snapshots.notify(w.pool_trigger.clone());
     }
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(supervise(
@@ -317,7 +346,58 @@ pub async fn start(
     })
 }
 
-type Wiring = Vec<(Option<String>, Trigger, Trigger)>;
+/// What the reflectors of one watched scope hand the controllers.
+#[derive(Default)]
+struct Feeds {
+    pools: Fanout<SenderPool>,
+    routes: Fanout<DomainRoute>,
+    pods: Fanout<Pod>,
+    deployments: Fanout<Deployment>,
+    services: Fanout<Service>,
+    slices: Fanout<EndpointSlice>,
+}
+
+struct ScopeWiring {
+    pool_trigger: Trigger,
+    route_trigger: Trigger,
+    pool_store: Store<SenderPool>,
+    route_store: Store<DomainRoute>,
+    feeds: Feeds,
+}
+
+type Wiring = Vec<ScopeWiring>;
+
+/// Whether the pool an object is labelled with still exists (the workloads
+/// of a deleted pool go after it, and must not bring its epoch back).
+fn owner_alive<K: Resource>(pools: &Store<SenderPool>, object: &K) -> bool {
+    let meta = object.meta();
+    match (
+        meta.labels.as_ref().and_then(|l| l.get(POOL_LABEL)),
+        &meta.namespace,
+    ) {
+        (Some(pool), Some(ns)) => pools
+            .get(&reflector::ObjectRef::new(pool).within(ns))
+            .is_some(),
+        _ => false,
+    }
+}
+
+/// Forgets what the context keeps about a deleted object; after a re-list
+/// (which sends no deletes for what went while the watch was down), sweeps.
+fn forget_gone<K: Resource>(
+    ctx: &OnceLock<Weak<Context>>,
+    event: &watcher::Event<K>,
+    forget: fn(&Context, &str),
+) {
+    let Some(ctx) = ctx.get().and_then(Weak::upgrade) else {
+        return;
+    };
+    match event {
+        watcher::Event::Delete(object) => forget(&ctx, &object_key(object)),
+        watcher::Event::InitDone => ctx.sweep(),
+        _ => {}
+    }
+}
 
 #[allow(clippy::too_many_arguments)]
 async fn supervise(
@@ -395,60 +475,59 @@ async fn lead_and_run(
     ctx.set_leading(true);
     let mut controllers = JoinSet::new();
     let mut stops = Vec::new();
-    for (scope, pool_trigger, route_trigger) in wiring {
+    let mut wake_all = Vec::new();
+    for ScopeWiring {
+        pool_trigger,
+        route_trigger,
+        pool_store,
+        route_store,
+        feeds,
+    } in wiring
+    {
         let (stop_pools, pools_stopped) = oneshot::channel::<()>();
         let (stop_routes, routes_stopped) = oneshot::channel::<()>();
         stops.push(stop_pools);
         stops.push(stop_routes);
         let config = ControllerConfig::default().concurrency(options.concurrency);
-        let pool_controller = Controller::new(
-            api::<SenderPool>(client, &scope),
-            watcher::Config::default(),
-        )
-        .with_config(config.clone())
-        .owns(
-            api::<Deployment>(client, &scope),
-            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
-        )
-        .watches(
-            api::<Pod>(client, &scope),
-            watcher::Config::default().labels(&format!("{POOL_LABEL},{IP_LABEL}")),
-            |pod: Pod| {
-                let pool = pod.labels().get(POOL_LABEL)?.clone();
-                Some(reflector::ObjectRef::new(&pool).within(&pod.namespace()?))
-            },
-        )
-        .reconcile_all_on(pool_trigger.stream())
-        .graceful_shutdown_on(pools_stopped.map(|_| ()))
-        .run(
-            pool_controller::reconcile,
-            pool_controller::error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| async {});
+        // The controllers read the reflectors' stores and changes: each
+        // kind is watched once. They start after the stores are listed, so
+        // every object is reconciled once at the start (the wake-ups below).
+        let pool_controller =
+            Controller::for_stream(feeds.pools.subscribe(pool_trigger.clone()), pool_store)
+                .with_config(config.clone())
+                .owns_stream(feeds.deployments.subscribe(pool_trigger.clone()))
+                .watches_stream(feeds.pods.subscribe(pool_trigger.clone()), |pod: Pod| {
+                    let pool = pod.labels().get(POOL_LABEL)?.clone();
+                    Some(reflector::ObjectRef::new(&pool).within(&pod.namespace()?))
+                })
+                .reconcile_all_on(pool_trigger.stream())
+                .graceful_shutdown_on(pools_stopped.map(|_| ()))
+                .run(
+                    pool_controller::reconcile,
+                    pool_controller::error_policy,
+                    ctx.clone(),
+                )
+                .for_each(|_| async {});
         controllers.spawn(pool_controller.map(|_| "SenderPool"));
-        let route_controller = Controller::new(
-            api::<DomainRoute>(client, &scope),
-            watcher::Config::default(),
-        )
-        .with_config(config)
-        .owns(
-            api::<Service>(client, &scope),
-            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
-        )
-        .owns(
-            api::<EndpointSlice>(client, &scope),
-            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
-        )
-        .reconcile_all_on(route_trigger.stream())
-        .graceful_shutdown_on(routes_stopped.map(|_| ()))
-        .run(
-            route_controller::reconcile,
-            route_controller::error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| async {});
+        let route_controller =
+            Controller::for_stream(feeds.routes.subscribe(route_trigger.clone()), route_store)
+                .with_config(config)
+                .owns_stream(feeds.services.subscribe(route_trigger.clone()))
+                .owns_stream(feeds.slices.subscribe(route_trigger.clone()))
+                .reconcile_all_on(route_trigger.stream())
+                .graceful_shutdown_on(routes_stopped.map(|_| ()))
+                .run(
+                    route_controller::reconcile,
+                    route_controller::error_policy,
+                    ctx.clone(),
+                )
+                .for_each(|_| async {});
         controllers.spawn(route_controller.map(|_| "DomainRoute"));
+        wake_all.push(pool_trigger);
+        wake_all.push(route_trigger);
+    }
+    for trigger in wake_all {
+        trigger.fire();
     }
     let (stop_probes, probes_stopped) = oneshot::channel::<()>();
     stops.push(stop_probes);
@@ -487,14 +566,6 @@ async fn lead_and_run(
         leadership.release().await;
     }
     outcome
-}
-
-fn object_key<K: Resource>(object: &K) -> String {
-    format!(
-        "{}/{}",
-        object.meta().namespace.as_deref().unwrap_or("default"),
-        object.meta().name.as_deref().unwrap_or("")
-    )
 }
 
 fn api<K>(client: &Client, scope: &Option<String>) -> Api<K>

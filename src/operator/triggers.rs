@@ -91,6 +91,26 @@ impl Epochs {
             .or_default() += 1;
     }
 
+    /// Drops a deleted pool's counter.
+    pub fn forget_pool(&self, pool: &str) {
+        self.pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(pool);
+    }
+
+    /// Keeps only the counters of `live` pools.
+    pub fn retain_pools(&self, live: &std::collections::HashSet<String>) {
+        self.pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| live.contains(k));
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.pools.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Bumps the pool an object labelled `mailfleet.io/pool` belongs to.
     pub fn bump_owner<K: kube::Resource>(&self, object: &K) {
         let meta = object.meta();
@@ -153,7 +173,12 @@ impl ChangeFilter {
 
     fn event<K: kube::Resource>(&mut self, event: &Event<K>, digest: impl Fn(&K) -> u64) -> bool {
         match event {
-            Event::Init => false,
+            // A re-list repeats every live object: forget the ones gone
+            // while the watch was down.
+            Event::Init => {
+                self.seen.clear();
+                false
+            }
             Event::InitApply(obj) => {
                 self.seen.insert(key(obj), digest(obj));
                 false

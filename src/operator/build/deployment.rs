@@ -299,6 +299,13 @@ fn add_agent(
     ]
     .map(String::from)
     .to_vec();
+    let (token_mount, token_args) = super::agent_token::add_feedback_token(spec);
+    mounts.push(token_mount);
+    let at = args
+        .iter()
+        .position(|a| a == "--apply")
+        .unwrap_or(args.len());
+    args.splice(at..at, token_args);
     if apply == "postfix" {
         args.push("--postfix-config-dir".to_string());
         args.push(agent.postfix_config_dir.clone());

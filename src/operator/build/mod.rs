@@ -11,6 +11,7 @@
 //! [`crate::routing::postfix::ip_slug`] (`mf-203-0-113-10`), so the Deployment of
 //! 203.0.113.10 in pool `bulk` is `mf-bulk-203-0-113-10`.
 
+pub mod agent_token;
 pub mod configmap;
 pub mod deployment;
 pub mod events;

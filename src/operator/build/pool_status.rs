@@ -94,6 +94,7 @@ pub fn pool_status(
     let mut status = SenderPoolStatus {
         observed_generation: generation,
         conditions: previous.conditions.clone(),
+        feedback_ledger: previous.feedback_ledger.clone(),
         ..SenderPoolStatus::default()
     };
     for ip in &pool.spec.ips {
