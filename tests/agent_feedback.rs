@@ -68,6 +68,7 @@ fn options(dir: &Path, endpoint: &FakeEndpoint) -> AgentOptions {
         postfix: None,
         zone: jiff::tz::TimeZone::UTC,
         shutdown_timeout: Duration::from_secs(5),
+        pace_window: None,
     }
 }
 

@@ -317,3 +317,73 @@ fn a_rule_violation_is_caught_the_same_way_for_a_typed_object() {
         .iter()
         .any(|v| v.path.contains("replicasPerIp")));
 }
+
+#[test]
+fn caps_connection_limits_and_queue_lifetimes_are_refused_naming_the_field() {
+    let m = mailfleet::manifests::load_dir(&repo("examples/fleet")).unwrap();
+    let schema_of = |kind: &str| {
+        crd_schema(
+            &crd::all()
+                .into_iter()
+                .find(|c| c.spec.names.kind == kind)
+                .unwrap(),
+        )
+    };
+    let pool_schema = schema_of("SenderPool");
+    let route_schema = schema_of("DomainRoute");
+    let refused = |schema: &Value, value: Value, wanted: &str| {
+        let violations = validate(schema, &value);
+        assert!(
+            violations
+                .iter()
+                .any(|v| v.path.contains(wanted) || v.message.contains(wanted)),
+            "expected a refusal naming {wanted}, got {violations:?}"
+        );
+    };
+    let pool = || serde_json::to_value(&m.pools[0]).unwrap();
+
+    let mut v = pool();
+    v["spec"]["rateLimits"]["perHour"] = 0.into();
+    refused(&pool_schema, v, "rateLimits.perHour");
+    let mut v = pool();
+    v["spec"]["rateLimits"]["perProvider"] = serde_json::json!({"microsoft": -5});
+    refused(&pool_schema, v, "rateLimits.perProvider");
+    let mut v = pool();
+    v["spec"]["warmup"] = serde_json::json!({"hourlyCaps": [20, 0, 40]});
+    refused(&pool_schema, v, "warmup.hourlyCaps");
+    let mut v = pool();
+    v["spec"]["connections"] =
+        serde_json::json!({"perProvider": {"orange": {"maxConnections": 5000}}});
+    refused(&pool_schema, v, "maxConnections");
+    let mut v = pool();
+    v["spec"]["connections"] = serde_json::json!({"default": {"maxRecipientsPerMessage": 0}});
+    refused(&pool_schema, v, "maxRecipientsPerMessage");
+    let mut v = pool();
+    v["spec"]["queue"] = serde_json::json!({"maximalLifetimeSeconds": 9_000_000});
+    refused(&pool_schema, v, "queue.maximalLifetimeSeconds");
+    // A lifetime shorter than the longest hold-down: CEL over two fields.
+    let mut v = pool();
+    v["spec"]["reputation"]["maxHoldDownSeconds"] = (4 * 86_400).into();
+    v["spec"]["queue"] = serde_json::json!({"maximalLifetimeSeconds": 3 * 86_400});
+    refused(
+        &pool_schema,
+        v,
+        "shorter than spec.reputation.maxHoldDownSeconds",
+    );
+    let mut v = pool();
+    v["spec"]["queue"] = serde_json::json!({"maximalLifetimeSeconds": 86_400 * 10, "bounceLifetimeSeconds": 86_400 * 11});
+    refused(&pool_schema, v, "bounceLifetimeSeconds must not exceed");
+    // The same pool with sound values passes.
+    let mut v = pool();
+    v["spec"]["queue"] = serde_json::json!({"maximalLifetimeSeconds": 86_400 * 14});
+    v["spec"]["connections"] =
+        serde_json::json!({"perProvider": {"orange": {"maxConnections": 2}}});
+    assert_eq!(validate(&pool_schema, &v), vec![]);
+
+    let mut v = serde_json::to_value(&m.routes[0]).unwrap();
+    v["spec"]["throttle"] = serde_json::json!({"maxPerHour": 0});
+    refused(&route_schema, v, "throttle.maxPerHour");
+    let mut v = serde_json::to_value(&m.routes[0]).unwrap();
+    v["spec"]["connections"] = serde_json::json!({"maxMessagesPerConnection": 200_000});
+    refused(&route_schema, v, "maxMessagesPerConnection");
+}

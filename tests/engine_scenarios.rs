@@ -55,6 +55,8 @@ fn incident_spec() -> SenderPoolSpec {
         rate_limits: Default::default(),
         warmup: Default::default(),
         reputation: Default::default(),
+        connections: Default::default(),
+        queue: Default::default(),
     }
 }
 

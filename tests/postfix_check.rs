@@ -22,8 +22,10 @@ use mailfleet::routing::example::{
     self, incident_fleet, known_domains, match_domains, pair, set_pair,
 };
 use mailfleet::routing::postfix::{
-    render_sender, PostfixFiles, PostfixOptions, Sender, STATUS_FILTER_FILE, TRANSPORT_FILE,
+    render_sender, render_sender_with, PostfixFiles, PostfixOptions, Sender, STATUS_FILTER_FILE,
+    TRANSPORT_FILE,
 };
+use mailfleet::routing::sending::SenderSettings;
 use mailfleet::routing::{compile, RouteTable};
 use support::postfix::{self, run, PrivatePostfix, POSTCONF, POSTFIX, POSTMAP, SENDMAIL};
 
@@ -257,8 +259,69 @@ fn postfix_accepts_the_rendered_configuration() {
                 &format!("{slug}-google_transport_rate_delay"),
             ],
         );
-        assert_eq!(String::from_utf8_lossy(&delay.stdout).trim(), "1s");
+        // 10,000/h is above one message a second: no Postfix delay, the pacer keeps it.
+        assert_eq!(String::from_utf8_lossy(&delay.stdout).trim(), "0s");
     }
+}
+
+#[test]
+fn postfix_accepts_the_rendered_limits_and_lifetimes() {
+    if !postfix_installed() || !running_as_root() {
+        return;
+    }
+    let (mut pools, routes) = incident_fleet(now());
+    pools[0].spec.queue.maximal_lifetime_seconds = Some(20 * 86_400);
+    pools[0].spec.connections.per_provider.insert(
+        "google".to_string(),
+        mailfleet::api::ConnectionLimits {
+            max_connections: Some(1000),
+            max_messages_per_connection: Some(100_000),
+            max_recipients_per_message: Some(10_000),
+        },
+    );
+    pools[0].status.as_mut().unwrap().ips[0].ready_replicas = 3;
+    let table = compile(&pools, &routes, now());
+    let sender = sender("mail", "bulk", "203.0.113.10");
+    let settings = SenderSettings::find(&pools, &sender);
+    let files = render_sender_with(
+        &table,
+        &sender,
+        &known_domains(),
+        &PostfixOptions::default(),
+        &settings,
+    )
+    .unwrap();
+    let postfix = rendered_postfix(&files);
+    postfix.check();
+    let value = |name: &str| {
+        let out = run(POSTCONF, &["-c", postfix.etc(), "-h", name]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(value("maximal_queue_lifetime"), "1728000s");
+    assert_eq!(value("bounce_queue_lifetime"), "432000s");
+    // The largest limits the CRD accepts, shared by three replicas.
+    assert_eq!(
+        value("mf-203-0-113-10-google_destination_concurrency_limit"),
+        "333"
+    );
+    assert_eq!(
+        value("mf-203-0-113-10-google_destination_recipient_limit"),
+        "10000"
+    );
+    let transports = run(POSTCONF, &["-c", postfix.etc(), "-M"]);
+    // postconf -M aligns the columns: compare words.
+    let listed = String::from_utf8_lossy(&transports.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        listed.contains("mf-203-0-113-10-google unix - - n - 333 smtp"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("smtp_connection_reuse_count_limit=100000"),
+        "{listed}"
+    );
 }
 
 /// A local server that answers every RCPT like Microsoft refusing a banned IP,

@@ -102,7 +102,7 @@ pub fn replace_block(text: &str, fragment: &str) -> String {
 }
 
 /// Writes through a temporary file and a rename, so Postfix never reads half a file.
-fn write_atomically(path: &Path, content: &[u8]) -> Result<(), ApplyError> {
+pub(crate) fn write_atomically(path: &Path, content: &[u8]) -> Result<(), ApplyError> {
     let write_error = |source| ApplyError::Write {
         path: path.to_path_buf(),
         source,
@@ -133,7 +133,7 @@ fn run(program: &Path, args: &[&str]) -> Result<std::process::Output, ApplyError
         .map_err(|source| ApplyError::Spawn { command, source })
 }
 
-fn run_ok(program: &Path, args: &[&str]) -> Result<(), ApplyError> {
+pub(crate) fn run_ok(program: &Path, args: &[&str]) -> Result<(), ApplyError> {
     let out = run(program, args)?;
     if out.status.success() {
         return Ok(());

@@ -18,6 +18,7 @@ pub mod follow;
 pub mod http;
 pub mod line;
 pub mod metrics;
+pub mod pacer;
 pub mod replay;
 pub mod report;
 pub mod reporter;

@@ -25,12 +25,14 @@ use crate::agent::follow::{FollowOptions, Follower, Input, Notice};
 use crate::agent::http::{self, Endpoint};
 use crate::agent::line::{classify_line, LineSkip, LogFormat};
 use crate::agent::metrics::{self, Metrics};
+use crate::agent::pacer::{paced_line, PacedLine, Pacer, PostfixHolds};
 use crate::agent::report::{ConfigHint, FeedbackResponse};
 use crate::agent::reporter::{Reporter, ReporterConfig, Sealed};
 use crate::agent::state::{AgentState, StateError, STATE_FORMAT};
 use crate::agent::time::logged_time;
 use crate::reputation::classifier::Classifier;
 use crate::reputation::postfix_log::Skip;
+use crate::routing::sender_config::{parse_document, SENDER_JSON_KEY};
 
 /// Everything `agent run` is told.
 #[derive(Clone, Debug)]
@@ -62,6 +64,8 @@ pub struct AgentOptions {
     pub zone: TimeZone,
     /// On stop, how long the sender may keep trying to deliver the last reports.
     pub shutdown_timeout: Duration,
+    /// The pacer's window (`None`: no pacing; needs `postfix`).
+    pub pace_window: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -314,6 +318,10 @@ fn main_loop(
         seen: None,
         last_error: None,
     };
+    let mut pacer = match (&options.postfix, options.pace_window) {
+        (Some(_), Some(window)) => Some(Pacer::new(window)),
+        _ => None,
+    };
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         let now = Instant::now();
@@ -321,7 +329,12 @@ fn main_loop(
         let notices = {
             let mut core = shared.lock();
             let reporter = &mut core.reporter;
+            let now_ms = unix_ms();
             let mut on_input = |input: Input<'_>| match input {
+                // The pacer's own holds say nothing about the provider.
+                Input::Line(bytes)
+                    if options.format == LogFormat::Postfix
+                        && is_paced(&mut pacer, bytes, now_ms) => {}
                 Input::Line(bytes) => match classify_line(classifier, options.format, bytes) {
                     Ok(line) => {
                         let v = &line.verdict;
@@ -378,7 +391,9 @@ fn main_loop(
                 match read_config_dir(dir) {
                     Ok(snapshot) if config.seen.as_deref() != Some(snapshot.digest.as_str()) => {
                         config.seen = Some(snapshot.digest.clone());
-                        if !apply_config(options, shared, &snapshot, "the config folder") {
+                        if apply_config(options, shared, &snapshot, "the config folder") {
+                            configure_pacer(&mut pacer, &snapshot);
+                        } else {
                             config.seen = None;
                             config.next_poll = now + Duration::from_secs(30);
                         }
@@ -400,12 +415,18 @@ fn main_loop(
             if applied.as_deref() != Some(hint.version.as_str()) {
                 match ConfigSnapshot::from_hint(&hint) {
                     Some(Ok(snapshot)) => {
-                        apply_config(options, shared, &snapshot, "the feedback response");
+                        if apply_config(options, shared, &snapshot, "the feedback response") {
+                            configure_pacer(&mut pacer, &snapshot);
+                        }
                     }
                     Some(Err(e)) => tracing::warn!("the feedback response carries an unusable configuration {}: {e}", hint.version),
                     None => tracing::debug!("the endpoint has configuration {} (applied: {applied:?}); waiting for the ConfigMap", hint.version),
                 }
             }
+        }
+
+        if let (Some(pacer), Some(target)) = (pacer.as_mut(), options.postfix.as_ref()) {
+            pace(pacer, target);
         }
 
         if stopping {
@@ -414,6 +435,76 @@ fn main_loop(
         if !follower.behind() {
             std::thread::sleep(options.poll);
         }
+    }
+}
+
+/// Milliseconds since the Unix epoch: the pacer's windows start at the same
+/// instants on every replica.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Feeds one log line to the pacer; true when the line is a hold's deferral
+/// (not to be classified).
+fn is_paced(pacer: &mut Option<Pacer>, line: &[u8], now_ms: u64) -> bool {
+    match paced_line(line) {
+        PacedLine::Held { queue_id } => {
+            if let Some(pacer) = pacer.as_mut() {
+                pacer.note_held(queue_id);
+            }
+            true
+        }
+        PacedLine::Delivery { transport } => {
+            if let Some(pacer) = pacer.as_mut() {
+                pacer.count(transport, now_ms);
+            }
+            false
+        }
+        PacedLine::Other => false,
+    }
+}
+
+fn configure_pacer(pacer: &mut Option<Pacer>, snapshot: &ConfigSnapshot) {
+    let Some(pacer) = pacer.as_mut() else {
+        return;
+    };
+    let Some(text) = snapshot.files.get(SENDER_JSON_KEY) else {
+        return;
+    };
+    match parse_document(&String::from_utf8_lossy(text)) {
+        Ok(document) => {
+            pacer.configure(&document, unix_ms());
+            for (transport, share) in pacer.shares() {
+                tracing::debug!(
+                    transport,
+                    "pacing to {} per hour over {} replica(s), {} ms windows",
+                    share.per_hour,
+                    share.replicas,
+                    pacer.window_ms()
+                );
+            }
+        }
+        Err(e) => tracing::warn!("cannot pace: {e}"),
+    }
+}
+
+/// Holds or releases transports whose window budget changed.
+fn pace(pacer: &mut Pacer, target: &PostfixTarget) {
+    let Some(change) = pacer.plan(unix_ms()) else {
+        return;
+    };
+    match (PostfixHolds { target }).apply(&change) {
+        Ok(()) => {
+            tracing::debug!(
+                held = ?change.held,
+                released = ?change.released,
+                "pacer holds applied"
+            );
+            pacer.applied(&change);
+        }
+        Err(e) => tracing::warn!("cannot apply the pacer's holds: {e}"),
     }
 }
 

@@ -84,7 +84,13 @@ pub struct DomainRouteSpec {
 
     /// A route-wide cap, spread over the route's IPs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.maxPerHour >= 1 && self.maxPerHour <= 100000000").message("throttle.maxPerHour is messages per hour for the whole route and must be from 1 to 100000000; to stop a route use whenNoHealthyIp: Defer with an override").reason(Reason::FieldValueInvalid))]
     pub throttle: Option<Throttle>,
+
+    /// Connection shaping for this route's provider, over the pool's
+    /// `spec.connections` (unset fields come from the pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<super::sending::ConnectionLimits>,
 
     /// What happens when no IP of the pool may send: `Fallback` tries `fallback`
     /// in order and then defers; `Defer` keeps the mail queued at once. Mail is never

@@ -5,8 +5,10 @@ pub mod crd;
 pub mod domain_route;
 mod schema_util;
 pub mod sender_pool;
+pub mod sending;
 pub mod validate;
 
 pub use conditions::{Condition, ConditionStatus};
 pub use domain_route::*;
 pub use sender_pool::*;
+pub use sending::{ConnectionLimits, ConnectionSettings, QueueLifetimes, QueueSettings};

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::conditions::{conditions_schema, Condition};
 use super::schema_util::preserve_unknown_object;
+use super::sending::{ConnectionSettings, QueueSettings};
 
 /// A fleet of outbound mail senders: one set of pods per source IP.
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,6 +58,7 @@ use super::schema_util::preserve_unknown_object;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.queue) || !has(self.queue.maximalLifetimeSeconds) || self.queue.maximalLifetimeSeconds >= ((has(self.reputation) && has(self.reputation.maxHoldDownSeconds)) ? self.reputation.maxHoldDownSeconds : 172800)").message("spec.queue.maximalLifetimeSeconds is shorter than spec.reputation.maxHoldDownSeconds: mail deferred through a whole hold-down would be returned to its senders; make it at least the longest hold-down plus a day").reason(Reason::FieldValueInvalid))]
 pub struct SenderPoolSpec {
     /// The source IPs of this pool. Each one gets its own sender Deployment and
     /// its own reputation with every mailbox provider. An IP may belong to one pool only.
@@ -85,11 +87,22 @@ pub struct SenderPoolSpec {
 
     /// The warm-up schedule followed by IPs that have a `warmupStart`.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("!has(self.hourlyCaps) || self.hourlyCaps.all(c, c >= 1 && c <= 1000000)").message("warmup.hourlyCaps are messages per hour per provider and must be from 1 to 1000000").reason(Reason::FieldValueInvalid))]
     pub warmup: WarmupSchedule,
 
     /// How delivery results, DNS block lists and feeds move an IP's reputation.
     #[serde(default)]
     pub reputation: ReputationSettings,
+
+    /// Connection shaping per provider: simultaneous connections, messages per
+    /// connection, recipients per message.
+    #[serde(default, skip_serializing_if = "ConnectionSettings::is_empty")]
+    pub connections: ConnectionSettings,
+
+    /// How long mail may wait in a sender's queue (a deferring route's mail waits there).
+    #[serde(default, skip_serializing_if = "QueueSettings::is_empty")]
+    #[x_kube(validation = Rule::new("!has(self.maximalLifetimeSeconds) || self.maximalLifetimeSeconds >= 86400").message("queue.maximalLifetimeSeconds must be at least a day: a blocked route's mail waits in the queue for the whole hold-down").reason(Reason::FieldValueInvalid))]
+    pub queue: QueueSettings,
 }
 
 /// One source IP of the pool.
@@ -194,12 +207,13 @@ impl Default for IpBinding {
 pub struct RateLimits {
     /// Messages per hour one IP may send to one provider when nothing else is configured.
     #[serde(default = "default_per_hour")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1000000))]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 1000000").message("rateLimits.perHour is messages per hour per IP: use 1 to 1000000 (to stop an IP, set an override with allowancePercent 0)").reason(Reason::FieldValueInvalid))]
     pub per_hour: i64,
 
     /// Messages per hour per IP for a named provider, overriding `perHour`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[x_kube(validation = Rule::new("self.all(p, self[p] >= 1)").message("rateLimits.perProvider values are messages per hour and must be at least 1"))]
+    #[x_kube(validation = Rule::new("self.all(p, self[p] >= 1 && self[p] <= 1000000)").message("rateLimits.perProvider values are messages per hour per IP and must be from 1 to 1000000"))]
     pub per_provider: BTreeMap<String, i64>,
 }
 

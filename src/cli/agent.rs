@@ -263,6 +263,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
     pub shutdown_timeout: Duration,
 
+    /// Seconds of one pacing window: each direct transport sends its share of
+    /// the route's hourly cap per window, held with defer_transports once spent.
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    pub pace_window: Duration,
+
+    /// Do not pace deliveries (Postfix's whole-second rate delays only).
+    #[arg(long)]
+    pub no_pace: bool,
+
     #[command(flatten)]
     pub classifier: ClassifierArgs,
 }
@@ -390,6 +399,7 @@ fn run_sidecar(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }),
         zone: jiff::tz::TimeZone::system(),
         shutdown_timeout: args.shutdown_timeout,
+        pace_window: (!args.no_pace).then_some(args.pace_window),
     };
     let stop = Arc::new(AtomicBool::new(false));
     watch_signals(Arc::clone(&stop))?;

@@ -27,7 +27,8 @@ use super::token_cache::{trust_for, TokenIdentity};
 use crate::agent::report::{ConfigHint, FeedbackReport, FeedbackResponse, FEEDBACK_API_VERSION};
 use crate::api::SenderPool;
 use crate::routing::postfix::{self, ip_slug, PostfixOptions};
-use crate::routing::sender_config::sender_config;
+use crate::routing::sender_config::sender_config_with;
+use crate::routing::sending::SenderSettings;
 use crate::routing::ObjectKey;
 use crate::serve::ledger::FeedbackLedger;
 use crate::serve::{FeedbackReceiver, FeedbackRefusal, RequestHead};
@@ -290,11 +291,12 @@ impl OperatorFeedback {
             pool: report.pool.name.clone(),
             ip: ip.to_string(),
         };
-        let config = sender_config(
+        let config = sender_config_with(
             &table,
             &sender,
             &fleet.known_domains(),
             &PostfixOptions::default(),
+            &SenderSettings::find(&fleet.pools, &sender),
         )
         .map_err(|e| tracing::warn!(error = %e, "cannot render the sender config for the reply"))
         .ok()

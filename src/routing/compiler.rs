@@ -433,6 +433,7 @@ pub(crate) fn compile_route(
         excluded: Vec::new(),
         relay: None,
         problems: Vec::new(),
+        connections: route.connections.clone(),
     };
 
     // Every referenced pool is checked, used or not, so a typo shows before it matters.

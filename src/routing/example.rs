@@ -66,6 +66,8 @@ pub fn pool(namespace: &str, name: &str, addresses: &[String]) -> SenderPool {
         rate_limits: RateLimits::default(),
         warmup: WarmupSchedule::default(),
         reputation: ReputationSettings::default(),
+        connections: Default::default(),
+        queue: Default::default(),
     };
     let mut pool = SenderPool::new(name, spec);
     pool.metadata.namespace = Some(namespace.to_string());
@@ -109,6 +111,7 @@ pub fn route(
             pool: pool.to_string(),
             fallback: Vec::new(),
             throttle: None,
+            connections: None,
             when_no_healthy_ip: NoHealthyIpPolicy::Fallback,
         },
     );

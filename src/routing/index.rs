@@ -169,6 +169,8 @@ pub(crate) struct IndexedRoute {
     pub throttle_per_hour: Option<i64>,
     pub policy: NoHealthyIpPolicy,
     pub problems: Vec<Problem>,
+    /// `spec.connections`: the route's own connection limits.
+    pub connections: crate::api::ConnectionLimits,
 }
 
 impl IndexedRoute {
@@ -208,6 +210,7 @@ impl IndexedRoute {
             throttle_per_hour,
             policy: spec.when_no_healthy_ip,
             problems,
+            connections: spec.connections.clone().unwrap_or_default(),
         }
     }
 

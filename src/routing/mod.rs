@@ -5,6 +5,7 @@
 //! after one IP changes; [`status_for`] projects a route onto its status; [`json`]
 //! and [`postfix`] render what senders consume.
 
+pub mod caps;
 pub mod compiler;
 pub mod example;
 mod index;
@@ -14,6 +15,7 @@ pub mod learned;
 pub mod model;
 pub mod postfix;
 pub mod sender_config;
+pub mod sending;
 mod share;
 pub mod status;
 

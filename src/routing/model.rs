@@ -117,6 +117,9 @@ pub struct RouteResult {
     pub relay: Option<RelayTarget>,
     /// Input problems found while compiling this route.
     pub problems: Vec<Problem>,
+    /// `spec.connections`: connection limits of this route over its senders'
+    /// pool settings (unset fields come from the pool, then the built-ins).
+    pub connections: crate::api::ConnectionLimits,
 }
 
 impl RouteResult {

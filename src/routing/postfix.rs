@@ -22,8 +22,10 @@ use std::net::IpAddr;
 
 use crate::api::{RouteMode, SenderPool};
 
+use super::caps::{replica_connections, ReplicaShare};
 use super::index::{is_valid_host, lookup_key, normalise_domain, DomainForm, DEFAULT_NAMESPACE};
 use super::model::{RouteResult, RouteTable};
+use super::sending::{ResolvedLimits, SenderSettings};
 
 /// File name of the transport map, in [`PostfixOptions::map_directory`].
 pub const TRANSPORT_FILE: &str = "mailfleet_transport";
@@ -192,17 +194,13 @@ pub fn transport_name(ip: IpAddr, route: &str) -> String {
     format!("{}-{}", ip_slug(ip), route_slug)
 }
 
-/// Seconds between two deliveries so that a transport stays within `cap`
-/// messages per hour, rounded up (Postfix delays are whole seconds, so one
-/// transport sends at most 3600 per hour); 0 when uncapped.
+/// The Postfix rate delay of a transport that sends alone at most `cap`
+/// messages per hour: the longest whole-second spacing that still reaches the
+/// cap (0 above 3,600/h, or when uncapped). Rounded down, so Postfix never holds
+/// a transport below its cap; the agent's pacer keeps the exact count
+/// ([`super::caps`]).
 pub fn rate_delay_seconds(cap: Option<i64>) -> u64 {
-    match cap {
-        Some(cap) if cap >= 1 => {
-            let cap = cap.unsigned_abs();
-            3600u64.div_ceil(cap)
-        }
-        _ => 0,
-    }
+    ReplicaShare::new(cap, 1).map_or(0, |s| s.rate_delay_seconds())
 }
 
 /// Names from manifests, made safe for one line of a Postfix file: anything but
@@ -258,12 +256,31 @@ struct PodRoute<'a> {
     value: String,
 }
 
-/// Renders the Postfix files of one sender.
+/// Renders the Postfix files of one sender alone on its IP, with the default
+/// pool settings ([`render_sender_with`] takes the pool's).
 pub fn render_sender(
     table: &RouteTable,
     sender: &Sender,
     known_domains: &BTreeMap<String, Vec<String>>,
     options: &PostfixOptions,
+) -> Result<PostfixFiles, PostfixError> {
+    render_sender_with(
+        table,
+        sender,
+        known_domains,
+        options,
+        &SenderSettings::default(),
+    )
+}
+
+/// Renders the Postfix files of one sender, with its pool's connection limits
+/// and queue lifetimes and the number of ready replicas sharing its IP.
+pub fn render_sender_with(
+    table: &RouteTable,
+    sender: &Sender,
+    known_domains: &BTreeMap<String, Vec<String>>,
+    options: &PostfixOptions,
+    settings: &SenderSettings,
 ) -> Result<PostfixFiles, PostfixError> {
     let ip: IpAddr = sender
         .ip
@@ -362,6 +379,7 @@ pub fn render_sender(
     if options.status_filter_global {
         let _ = writeln!(main_cf, "smtp_delivery_status_filter = {filter_table}");
     }
+    write_queue_lifetimes(&mut main_cf, settings);
     let (bind_parameter, protocols) = match ip {
         IpAddr::V4(_) => ("smtp_bind_address", "ipv4"),
         IpAddr::V6(_) => ("smtp_bind_address6", "ipv6"),
@@ -382,7 +400,9 @@ pub fn render_sender(
             printable(&pod_route.route.key.to_string()),
             printable(&pod_route.route.provider)
         );
-        let _ = writeln!(master_cf, "{name} unix - - n - - smtp");
+        let limits = settings.limits_for(&pod_route.route.provider, &pod_route.route.connections);
+        let max_processes = replica_connections(limits.max_connections, settings.ready_replicas);
+        let _ = writeln!(master_cf, "{name} unix - - n - {max_processes} smtp");
         let _ = writeln!(master_cf, "  -o syslog_name=postfix/{name}");
         let _ = writeln!(master_cf, "  -o {bind_parameter}={ip}");
         // Without this an IPv4-bound transport would reach IPv6 MX hosts from
@@ -391,10 +411,13 @@ pub fn render_sender(
         if !options.status_filter_global {
             let _ = writeln!(master_cf, "  -o smtp_delivery_status_filter={filter_table}");
         }
-        let _ = writeln!(
-            main_cf,
-            "{name}_transport_rate_delay = {}s",
-            rate_delay_seconds(*hourly_cap)
+        write_transport_limits(
+            &mut master_cf,
+            &mut main_cf,
+            name,
+            *hourly_cap,
+            &limits,
+            settings,
         );
     }
 
@@ -404,6 +427,57 @@ pub fn render_sender(
         transport,
         status_filter: status_filter(),
     })
+}
+
+/// How long mail waits in the queue: a route that defers keeps its mail here
+/// for the whole of a block, so the lifetime is a decision (`spec.queue`).
+fn write_queue_lifetimes(main_cf: &mut String, settings: &SenderSettings) {
+    let _ = writeln!(
+        main_cf,
+        "maximal_queue_lifetime = {}s",
+        settings.queue.maximal_seconds
+    );
+    let _ = writeln!(
+        main_cf,
+        "bounce_queue_lifetime = {}s",
+        settings.queue.bounce_seconds
+    );
+}
+
+/// The rate and connection limits of one transport. The process limit in
+/// master.cf (the `maxproc` column) bounds the transport's simultaneous
+/// connections; the destination concurrency limit says the same to the queue
+/// manager; the rate delay spaces deliveries when this replica's share is
+/// one a second or slower (the agent's pacer keeps the exact count).
+fn write_transport_limits(
+    master_cf: &mut String,
+    main_cf: &mut String,
+    name: &str,
+    hourly_cap: Option<i64>,
+    limits: &ResolvedLimits,
+    settings: &SenderSettings,
+) {
+    let connections = replica_connections(limits.max_connections, settings.ready_replicas);
+    let _ = writeln!(
+        master_cf,
+        "  -o smtp_connection_reuse_count_limit={}",
+        limits.max_messages_per_connection
+    );
+    let share = ReplicaShare::new(hourly_cap, settings.ready_replicas);
+    let _ = writeln!(
+        main_cf,
+        "{name}_transport_rate_delay = {}s",
+        share.map_or(0, |s| s.rate_delay_seconds())
+    );
+    let _ = writeln!(
+        main_cf,
+        "{name}_destination_concurrency_limit = {connections}"
+    );
+    let _ = writeln!(
+        main_cf,
+        "{name}_destination_recipient_limit = {}",
+        limits.max_recipients_per_message
+    );
 }
 
 fn check_options(options: &PostfixOptions) -> Result<(), PostfixError> {
@@ -823,14 +897,14 @@ mod tests {
             files.master_cf
         );
         assert!(files.master_cf.contains(
-            "mf-203-0-113-13-google unix - - n - - smtp\n  -o syslog_name=postfix/mf-203-0-113-13-google\n  -o smtp_bind_address=203.0.113.13\n  -o inet_protocols=ipv4\n  -o smtp_delivery_status_filter=regexp:${config_directory}/mailfleet_status_filter\n"
+            "mf-203-0-113-13-google unix - - n - 20 smtp\n  -o syslog_name=postfix/mf-203-0-113-13-google\n  -o smtp_bind_address=203.0.113.13\n  -o inet_protocols=ipv4\n  -o smtp_delivery_status_filter=regexp:${config_directory}/mailfleet_status_filter\n  -o smtp_connection_reuse_count_limit=100\n"
         ), "{}", files.master_cf);
         assert!(files
             .main_cf
             .contains("transport_maps = texthash:${config_directory}/mailfleet_transport\n"));
         assert!(files
             .main_cf
-            .contains("mf-203-0-113-13-google_transport_rate_delay = 1s\n"));
+            .contains("mf-203-0-113-13-google_transport_rate_delay = 0s\nmf-203-0-113-13-google_destination_concurrency_limit = 20\nmf-203-0-113-13-google_destination_recipient_limit = 100\n"));
         assert!(!files.main_cf.contains("smtp_delivery_status_filter"));
     }
 
@@ -847,11 +921,12 @@ mod tests {
             entry(&files.transport, "acclaim.jp"),
             Some("mf-203-0-113-10-microsoft-365:")
         );
-        // microsoft-365 shares 2000 per hour over 7 IPs: 286 per hour, one every 13 s.
+        // microsoft-365 shares 2000 per hour over 7 IPs: 286 per hour, one every
+        // 12.6 s: Postfix spaces them 12 s apart and the pacer keeps the count.
         assert!(
             files
                 .main_cf
-                .contains("mf-203-0-113-10-microsoft-365_transport_rate_delay = 13s\n"),
+                .contains("mf-203-0-113-10-microsoft-365_transport_rate_delay = 12s\n"),
             "{}",
             files.main_cf
         );
@@ -897,7 +972,7 @@ mod tests {
         assert!(
             reserve
                 .main_cf
-                .contains("mf-198-51-100-20-microsoft_transport_rate_delay = 93s\n"),
+                .contains("mf-198-51-100-20-microsoft_transport_rate_delay = 92s\n"),
             "{}",
             reserve.main_cf
         );
@@ -993,7 +1068,7 @@ mod tests {
         assert!(
             files
                 .master_cf
-                .contains("mf-2001-db8--10-google unix - - n - - smtp\n"),
+                .contains("mf-2001-db8--10-google unix - - n - 20 smtp\n"),
             "{}",
             files.master_cf
         );
@@ -1114,13 +1189,73 @@ mod tests {
     }
 
     #[test]
-    fn rate_delays_round_up_and_zero_means_uncapped() {
+    fn replicas_share_the_cap_and_the_connections_and_the_queue_lives_long() {
+        let (mut pools, mut routes) = incident_fleet(now());
+        pools[0]
+            .spec
+            .rate_limits
+            .per_provider
+            .insert("google".into(), 600);
+        pools[0].status.as_mut().unwrap().ips[0].ready_replicas = 3;
+        let google = routes
+            .iter_mut()
+            .find(|r| r.spec.provider == "google")
+            .unwrap();
+        google.spec.connections = Some(crate::api::ConnectionLimits {
+            max_connections: Some(2),
+            max_recipients_per_message: Some(25),
+            ..Default::default()
+        });
+        let table = compile(&pools, &routes, now());
+        let sender = sender("bulk", "203.0.113.10");
+        let settings = SenderSettings::find(&pools, &sender);
+        let files = render_sender_with(
+            &table,
+            &sender,
+            &known_domains(),
+            &PostfixOptions::default(),
+            &settings,
+        )
+        .unwrap();
+        // 600/h over three replicas: 200/h each, one every 18 s.
+        let main = &files.main_cf;
+        assert!(
+            main.contains("mf-203-0-113-10-google_transport_rate_delay = 18s\n"),
+            "{main}"
+        );
+        // Two connections cannot be split three ways: each replica keeps one.
+        assert!(
+            main.contains("mf-203-0-113-10-google_destination_concurrency_limit = 1\n"),
+            "{main}"
+        );
+        assert!(
+            main.contains("mf-203-0-113-10-google_destination_recipient_limit = 25\n"),
+            "{main}"
+        );
+        assert!(files
+            .master_cf
+            .contains("mf-203-0-113-10-google unix - - n - 1 smtp\n"));
+        // Microsoft's built-in limits: 10 connections per IP, 20 messages each.
+        assert!(
+            main.contains("mf-203-0-113-10-microsoft_destination_concurrency_limit = 3\n"),
+            "{main}"
+        );
+        assert!(files
+            .master_cf
+            .contains("smtp_connection_reuse_count_limit=20\n"));
+        assert!(
+            main.contains("maximal_queue_lifetime = 1209600s\nbounce_queue_lifetime = 432000s\n")
+        );
+    }
+
+    #[test]
+    fn rate_delays_round_down_and_zero_means_uncapped() {
         assert_eq!(rate_delay_seconds(None), 0);
         assert_eq!(rate_delay_seconds(Some(0)), 0);
         assert_eq!(rate_delay_seconds(Some(1)), 3600);
-        assert_eq!(rate_delay_seconds(Some(39)), 93);
+        assert_eq!(rate_delay_seconds(Some(39)), 92);
         assert_eq!(rate_delay_seconds(Some(3600)), 1);
-        assert_eq!(rate_delay_seconds(Some(10_000)), 1);
+        assert_eq!(rate_delay_seconds(Some(10_000)), 0);
     }
 
     #[test]

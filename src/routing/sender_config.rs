@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::caps::{replica_connections, ReplicaShare};
 use super::model::{mode_name, RouteTable};
-use super::postfix::{
-    self, rate_delay_seconds, sender_routes, PostfixError, PostfixOptions, Sender, SenderAction,
-};
+use super::postfix::{self, sender_routes, PostfixError, PostfixOptions, Sender, SenderAction};
+use super::sending::SenderSettings;
 
 /// The main.cf fragment.
 pub const MAIN_CF_KEY: &str = "main.cf";
@@ -48,6 +48,23 @@ pub struct SenderDocument {
     /// Own pool's routes first, then the routes the pool carries as a fallback,
     /// each group by namespace then name.
     pub routes: Vec<SenderRouteDocument>,
+    /// Ready replicas of this IP sharing each route's hourly cap (at least 1).
+    #[serde(default = "one")]
+    pub ready_replicas: u32,
+    /// How long mail may wait in this sender's queue.
+    #[serde(default)]
+    pub queue: Option<QueueDocument>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The queue lifetimes the sender's Postfix uses, in seconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueDocument {
+    pub maximal_lifetime_seconds: i64,
+    pub bounce_lifetime_seconds: i64,
 }
 
 /// What the sender does with one route's mail.
@@ -66,8 +83,18 @@ pub struct SenderRouteDocument {
     pub transport: Option<String>,
     /// `direct`: messages per hour this IP may send on this route.
     pub hourly_cap: Option<i64>,
-    /// `direct`: seconds between two deliveries (0 when uncapped).
+    /// `direct`: the Postfix rate delay of this replica's share, seconds
+    /// rounded down (0 above one message a second, or uncapped).
     pub rate_delay_seconds: Option<u64>,
+    /// `direct`: simultaneous connections this replica may hold to the provider.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    /// `direct`: messages per SMTP connection.
+    #[serde(default)]
+    pub max_messages_per_connection: Option<u32>,
+    /// `direct`: recipients per delivery.
+    #[serde(default)]
+    pub max_recipients_per_message: Option<u32>,
     /// `route_service` and `relay`: the next hop.
     pub host: Option<String>,
     pub port: Option<u16>,
@@ -87,8 +114,27 @@ pub fn sender_config(
     known_domains: &BTreeMap<String, Vec<String>>,
     options: &postfix::PostfixOptions,
 ) -> Result<SenderConfig, postfix::PostfixError> {
-    let postfix_files = postfix::render_sender(table, sender, known_domains, options)?;
-    let document = sender_document(table, sender, options)?;
+    sender_config_with(
+        table,
+        sender,
+        known_domains,
+        options,
+        &SenderSettings::default(),
+    )
+}
+
+/// [`sender_config`] with the sender's pool settings and ready replicas
+/// ([`SenderSettings::of_pool`]).
+pub fn sender_config_with(
+    table: &RouteTable,
+    sender: &postfix::Sender,
+    known_domains: &BTreeMap<String, Vec<String>>,
+    options: &postfix::PostfixOptions,
+    settings: &SenderSettings,
+) -> Result<SenderConfig, postfix::PostfixError> {
+    let postfix_files =
+        postfix::render_sender_with(table, sender, known_domains, options, settings)?;
+    let document = sender_document_with(table, sender, options, settings)?;
     let mut files = BTreeMap::new();
     files.insert(MAIN_CF_KEY.to_string(), postfix_files.main_cf);
     files.insert(MASTER_CF_KEY.to_string(), postfix_files.master_cf);
@@ -109,6 +155,16 @@ pub fn sender_document(
     sender: &Sender,
     options: &PostfixOptions,
 ) -> Result<SenderDocument, PostfixError> {
+    sender_document_with(table, sender, options, &SenderSettings::default())
+}
+
+/// The content of `sender.json` for one sender with its pool settings.
+pub fn sender_document_with(
+    table: &RouteTable,
+    sender: &Sender,
+    options: &PostfixOptions,
+    settings: &SenderSettings,
+) -> Result<SenderDocument, PostfixError> {
     let routes = sender_routes(table, sender, options)?
         .into_iter()
         .map(|entry| {
@@ -123,6 +179,9 @@ pub fn sender_document(
                 transport: None,
                 hourly_cap: None,
                 rate_delay_seconds: None,
+                max_connections: None,
+                max_messages_per_connection: None,
+                max_recipients_per_message: None,
                 host: None,
                 port: None,
                 credentials_secret: None,
@@ -135,7 +194,17 @@ pub fn sender_document(
                     doc.action = "direct".to_string();
                     doc.transport = Some(transport);
                     doc.hourly_cap = hourly_cap;
-                    doc.rate_delay_seconds = Some(rate_delay_seconds(hourly_cap));
+                    doc.rate_delay_seconds = Some(
+                        ReplicaShare::new(hourly_cap, settings.ready_replicas)
+                            .map_or(0, |s| s.rate_delay_seconds()),
+                    );
+                    let limits = settings.limits_for(&route.provider, &route.connections);
+                    doc.max_connections = Some(replica_connections(
+                        limits.max_connections,
+                        settings.ready_replicas,
+                    ));
+                    doc.max_messages_per_connection = Some(limits.max_messages_per_connection);
+                    doc.max_recipients_per_message = Some(limits.max_recipients_per_message);
                 }
                 SenderAction::RouteService { host, port } => {
                     doc.action = "route_service".to_string();
@@ -163,6 +232,11 @@ pub fn sender_document(
         pool: sender.pool.clone(),
         ip: sender.ip.trim().to_string(),
         routes,
+        ready_replicas: settings.ready_replicas.max(1),
+        queue: Some(QueueDocument {
+            maximal_lifetime_seconds: settings.queue.maximal_seconds,
+            bounce_lifetime_seconds: settings.queue.bounce_seconds,
+        }),
     })
 }
 
@@ -336,12 +410,20 @@ mod tests {
         assert_eq!(google.action, "direct");
         assert_eq!(google.transport.as_deref(), Some("mf-203-0-113-13-google"));
         assert_eq!(google.hourly_cap, Some(10000));
-        assert_eq!(google.rate_delay_seconds, Some(1));
+        // 10,000/h is above one a second: the pacer alone keeps it.
+        assert_eq!(google.rate_delay_seconds, Some(0));
+        assert_eq!(google.max_connections, Some(20));
+        assert_eq!(google.max_recipients_per_message, Some(100));
+        assert_eq!(doc.ready_replicas, 1);
+        assert_eq!(
+            doc.queue.as_ref().map(|q| q.maximal_lifetime_seconds),
+            Some(14 * 86_400)
+        );
         assert_eq!(google.mode, "Primary");
         assert!(c.files[SENDER_JSON_KEY].ends_with("}\n"));
         // Every field is always present.
         let raw: serde_json::Value = serde_json::from_str(&c.files[SENDER_JSON_KEY]).unwrap();
-        assert_eq!(raw["routes"][0].as_object().unwrap().len(), 12);
+        assert_eq!(raw["routes"][0].as_object().unwrap().len(), 15);
     }
 
     #[test]

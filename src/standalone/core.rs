@@ -17,7 +17,8 @@ use crate::probe::dnsbl::{DnsblHealth, DNSBL_HEALTHY};
 use crate::reputation::classifier::ClassifierConfig;
 use crate::reputation::engine::{Signal, Transition};
 use crate::routing::postfix::{ip_slug, senders_of, PostfixOptions, Sender};
-use crate::routing::sender_config::{sender_config, SenderConfig};
+use crate::routing::sender_config::{sender_config_with, SenderConfig};
+use crate::routing::sending::SenderSettings;
 use crate::routing::{self, model::mode_name, RouteTable};
 use crate::serve::ledger::{Check, FeedbackLedger};
 use crate::serve::FeedbackRefusal;
@@ -314,7 +315,8 @@ impl Core {
                 ));
                 continue;
             };
-            match sender_config(&table, &sender, &known_domains, &self.postfix) {
+            let settings = SenderSettings::find(&self.fleet.pools, &sender);
+            match sender_config_with(&table, &sender, &known_domains, &self.postfix, &settings) {
                 Ok(config) => {
                     senders.insert(
                         sender.ip.clone(),

@@ -8,7 +8,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::api::{PoolIp, SenderPool};
 use crate::routing::postfix::{PostfixOptions, Sender};
-use crate::routing::sender_config::{sender_config, SenderConfig};
+use crate::routing::sender_config::{sender_config_with, SenderConfig};
+use crate::routing::sending::SenderSettings;
 use crate::routing::RouteTable;
 
 use super::{
@@ -65,7 +66,8 @@ pub fn render_config_map(
     options: &PostfixOptions,
 ) -> Result<(ConfigMap, SenderConfig), BuildError> {
     let sender = sender_of(pool, ip)?;
-    let config = sender_config(table, &sender, known_domains, options)?;
+    let settings = SenderSettings::of_pool(pool, &ip.address);
+    let config = sender_config_with(table, &sender, known_domains, options, &settings)?;
     Ok((build_config_map(pool, ip, &config)?, config))
 }
 

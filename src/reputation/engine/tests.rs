@@ -45,6 +45,8 @@ fn spec() -> SenderPoolSpec {
         rate_limits: Default::default(),
         warmup: Default::default(),
         reputation: Default::default(),
+        connections: Default::default(),
+        queue: Default::default(),
     }
 }
 
