@@ -258,6 +258,7 @@ fn rendered_config(
         namespace: "lab".into(),
         pool: "senders".into(),
         ip: ip.into(),
+        settings: Default::default(),
     };
     let files = render_sender(&table, &sender, &BTreeMap::new(), &options).unwrap();
     vec![

@@ -82,6 +82,7 @@ fn sender(namespace: &str, pool: &str, ip: &str) -> Sender {
         namespace: namespace.into(),
         pool: pool.into(),
         ip: ip.into(),
+        settings: Default::default(),
     }
 }
 

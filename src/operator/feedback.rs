@@ -246,11 +246,8 @@ impl OperatorFeedback {
         now: Timestamp,
     ) -> FeedbackResponse {
         let table = fleet.compile(now);
-        let sender = postfix::Sender {
-            namespace: report.pool.namespace.clone(),
-            pool: report.pool.name.clone(),
-            ip: ip.to_string(),
-        };
+        let sender =
+            postfix::sender_in(&fleet.pools, &report.pool.namespace, &report.pool.name, ip);
         let config = sender_config(
             &table,
             &sender,

@@ -14,6 +14,7 @@ pub mod learned;
 pub mod model;
 pub mod postfix;
 pub mod sender_config;
+pub mod sender_settings;
 mod share;
 pub mod status;
 

@@ -24,6 +24,7 @@ use crate::api::{RouteMode, SenderPool};
 
 use super::index::{is_valid_host, lookup_key, normalise_domain, DomainForm, DEFAULT_NAMESPACE};
 use super::model::{RouteResult, RouteTable};
+use super::sender_settings::{self, SenderSettings, SettingsError, RELAY_TRANSPORT};
 
 /// File name of the transport map, in [`PostfixOptions::map_directory`].
 pub const TRANSPORT_FILE: &str = "mailfleet_transport";
@@ -86,6 +87,8 @@ pub struct Sender {
     pub namespace: String,
     pub pool: String,
     pub ip: String,
+    /// What the pool says about binding, HELO and intake.
+    pub settings: SenderSettings,
 }
 
 /// The files one sender needs. `main_cf` and `master_cf` are fragments to
@@ -115,6 +118,8 @@ pub enum PostfixError {
         host: String,
         template: String,
     },
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
     #[error("option {option} = {value:?} cannot be written into a Postfix file: {fix}")]
     InvalidOption {
         option: &'static str,
@@ -229,6 +234,7 @@ enum Action {
     Relay {
         host: String,
         port: u16,
+        login: bool,
     },
     Defer,
 }
@@ -246,7 +252,14 @@ impl Action {
             Action::RouteService { host } => {
                 format!("this IP may not send; handed to the route Service {host}")
             }
-            Action::Relay { host, port } => format!("carried by the relay {host}:{port}"),
+            Action::Relay {
+                host,
+                port,
+                login: false,
+            } => format!("carried by the relay {host}:{port}"),
+            Action::Relay { host, port, .. } => {
+                format!("carried by the relay {host}:{port}, logged in over TLS")
+            }
             Action::Defer => "no IP may send; mail stays queued".to_string(),
         }
     }
@@ -275,6 +288,7 @@ pub fn render_sender(
             ip: sender.ip.clone(),
         })?;
     check_options(options)?;
+    sender.settings.check(&sender.ip)?;
     let pod_routes = pod_routes(table, sender, ip, options)?;
 
     let mut transport = String::new();
@@ -358,6 +372,7 @@ pub fn render_sender(
         options.transport_map_type.as_str(),
         options.map_directory
     );
+    main_cf.push_str(&sender.settings.main_cf());
     let filter_table = format!("regexp:{}/{STATUS_FILTER_FILE}", options.map_directory);
     if options.status_filter_global {
         let _ = writeln!(main_cf, "smtp_delivery_status_filter = {filter_table}");
@@ -384,7 +399,9 @@ pub fn render_sender(
         );
         let _ = writeln!(master_cf, "{name} unix - - n - - smtp");
         let _ = writeln!(master_cf, "  -o syslog_name=postfix/{name}");
-        let _ = writeln!(master_cf, "  -o {bind_parameter}={ip}");
+        if sender.settings.binds() {
+            let _ = writeln!(master_cf, "  -o {bind_parameter}={ip}");
+        }
         // Without this an IPv4-bound transport would reach IPv6 MX hosts from
         // another source address, outside this IP's reputation.
         let _ = writeln!(master_cf, "  -o inet_protocols={protocols}");
@@ -396,6 +413,13 @@ pub fn render_sender(
             "{name}_transport_rate_delay = {}s",
             rate_delay_seconds(*hourly_cap)
         );
+    }
+
+    if pod_routes
+        .iter()
+        .any(|r| matches!(r.action, Action::Relay { login: true, .. }))
+    {
+        master_cf.push_str(&sender_settings::relay_transport(&options.map_directory));
     }
 
     Ok(PostfixFiles {
@@ -496,6 +520,7 @@ fn pod_routes<'a>(
                 Some(relay) => Action::Relay {
                     host: relay.host.clone(),
                     port: relay.port,
+                    login: relay.credentials_secret.is_some(),
                 },
                 None => Action::Defer,
             },
@@ -512,7 +537,14 @@ fn pod_routes<'a>(
             Action::RouteService { host } => {
                 format!("smtp:[{host}]:{}", options.route_service_port)
             }
-            Action::Relay { host, port } => format!("relay:{}:{port}", bracket_host(host)),
+            Action::Relay {
+                host,
+                port,
+                login: false,
+            } => format!("relay:{}:{port}", bracket_host(host)),
+            Action::Relay { host, port, .. } => {
+                format!("{RELAY_TRANSPORT}:{}:{port}", bracket_host(host))
+            }
             Action::Defer => format!(
                 "retry:4.7.0 mailfleet route {} defers mail until a source IP may send to {}",
                 printable(&route.key.to_string()),
@@ -590,7 +622,7 @@ pub fn sender_routes<'a>(
                     host,
                     port: options.route_service_port,
                 },
-                Action::Relay { host, port } => SenderAction::Relay {
+                Action::Relay { host, port, .. } => SenderAction::Relay {
                     host,
                     port,
                     credentials_secret: pod_route
@@ -709,10 +741,30 @@ pub fn senders_of(pools: &[SenderPool]) -> Vec<Sender> {
                 namespace: namespace.clone(),
                 pool: name.clone(),
                 ip: ip.address.trim().to_string(),
+                settings: SenderSettings::of(pool, &ip.address),
             });
         }
     }
     senders.into_iter().collect()
+}
+
+/// The sender of `ip` in pool `namespace/pool`, with that pool's settings
+/// (default settings when the pools do not list it).
+pub fn sender_in(pools: &[SenderPool], namespace: &str, pool: &str, ip: &str) -> Sender {
+    let settings = pools
+        .iter()
+        .find(|p| {
+            p.metadata.name.as_deref() == Some(pool)
+                && p.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE) == namespace
+        })
+        .map(|p| SenderSettings::of(p, ip))
+        .unwrap_or_default();
+    Sender {
+        namespace: namespace.to_string(),
+        pool: pool.to_string(),
+        ip: ip.to_string(),
+        settings,
+    }
 }
 
 /// The files of every sender of the fleet as one text, section by section (for
@@ -754,6 +806,12 @@ pub fn render_fleet(
         "##### {STATUS_FILTER_FILE} (every sender)\n{}",
         status_filter()
     );
+    let _ = writeln!(
+        out,
+        "##### {} (every sender)\n{}",
+        sender_settings::RELAY_STATUS_FILTER_FILE,
+        sender_settings::relay_status_filter()
+    );
     Ok(out)
 }
 
@@ -773,6 +831,7 @@ mod tests {
             namespace: "mail".into(),
             pool: pool.into(),
             ip: ip.into(),
+            settings: SenderSettings::default(),
         }
     }
 
@@ -916,13 +975,82 @@ mod tests {
         }
         let table = compile(&pools, &routes, now());
         let files = render(&table, &sender("bulk", "203.0.113.10"));
+        // The relay names a credentialsSecret: the transport that logs in over TLS.
+        assert_eq!(
+            entry(&files.transport, "hotmail.com"),
+            Some("mf-relay:[smtp.relay.example]:587")
+        );
+        assert!(files.master_cf.contains("\nmf-relay unix - - n - - smtp\n  -o syslog_name=postfix/mf-relay\n  -o smtp_sasl_auth_enable=yes\n  -o smtp_sasl_password_maps=hash:${config_directory}/mailfleet_sasl_passwd\n"), "{}", files.master_cf);
+        assert!(files
+            .master_cf
+            .contains("  -o smtp_tls_security_level=encrypt\n"));
+        assert!(files
+            .master_cf
+            .contains("  -o smtp_sasl_auth_soft_bounce=yes\n"));
+        assert!(entry(&files.transport, "acclaim.jp")
+            .unwrap()
+            .starts_with("retry:4.7.0 "));
+        // A relay without credentials is the plain relay transport.
+        let mut anonymous = routes.clone();
+        for route in &mut anonymous {
+            for fallback in &mut route.spec.fallback {
+                if let Some(relay) = &mut fallback.relay {
+                    relay.credentials_secret = None;
+                }
+            }
+        }
+        let table = compile(&pools, &anonymous, now());
+        let files = render(&table, &sender("bulk", "203.0.113.10"));
         assert_eq!(
             entry(&files.transport, "hotmail.com"),
             Some("relay:[smtp.relay.example]:587")
         );
-        assert!(entry(&files.transport, "acclaim.jp")
-            .unwrap()
-            .starts_with("retry:4.7.0 "));
+        assert!(!files.master_cf.contains("mf-relay"));
+    }
+
+    #[test]
+    fn helo_name_bind_mode_and_intake_come_from_the_pool() {
+        let (mut pools, routes) = incident_fleet(now());
+        pools[0].spec.ips[0].helo_name = Some("mta10.mail.example.net".into());
+        pools[0].spec.intake.allowed_cidrs = vec!["10.42.0.0/16".into()];
+        let table = compile(&pools, &routes, now());
+        let bulk = senders_of(&pools);
+        let first = bulk.iter().find(|s| s.ip == "203.0.113.10").unwrap();
+        let files = render(&table, first);
+        assert!(
+            files
+                .main_cf
+                .contains("\nsmtp_helo_name = mta10.mail.example.net\n"),
+            "{}",
+            files.main_cf
+        );
+        assert!(files
+            .main_cf
+            .contains("\nmynetworks = 127.0.0.0/8 [::1]/128 10.42.0.0/16\n"));
+        assert!(files
+            .master_cf
+            .contains("  -o smtp_bind_address=203.0.113.10\n"));
+        // Snat: an egress gateway translates, nothing binds.
+        pools[0].spec.ip_binding.mode = crate::api::BindMode::Snat;
+        let first = sender_in(&pools, "mail", "bulk", "203.0.113.10");
+        assert_eq!(
+            first.settings.helo_name.as_deref(),
+            Some("mta10.mail.example.net")
+        );
+        let files = render(&table, &first);
+        assert!(
+            !files.master_cf.contains("smtp_bind_address"),
+            "{}",
+            files.master_cf
+        );
+        assert!(files.master_cf.contains("  -o inet_protocols=ipv4\n"));
+        // A HELO name that is not a host name is an error naming the field.
+        pools[0].spec.ips[0].helo_name = Some("mta 10".into());
+        let bad = sender_in(&pools, "mail", "bulk", "203.0.113.10");
+        let err = render_sender(&table, &bad, &known_domains(), &PostfixOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("heloName"), "{err}");
     }
 
     #[test]
@@ -977,7 +1105,7 @@ mod tests {
         let blocked = render(&table, &sender("bulk", "203.0.113.11"));
         assert_eq!(
             entry(&blocked.transport, "hotmail.com"),
-            Some("relay:[smtp.relay.example]:587")
+            Some("mf-relay:[smtp.relay.example]:587")
         );
         assert!(entry(&blocked.transport, "acclaim.jp")
             .unwrap()

@@ -97,6 +97,10 @@ pub fn sender_config(
         postfix::STATUS_FILTER_FILE.to_string(),
         postfix_files.status_filter,
     );
+    files.insert(
+        super::sender_settings::RELAY_STATUS_FILTER_FILE.to_string(),
+        super::sender_settings::relay_status_filter(),
+    );
     files.insert(SENDER_JSON_KEY.to_string(), render_document(&document));
     let version = content_digest(&files);
     files.insert(CONFIG_VERSION_KEY.to_string(), version.clone());
@@ -224,6 +228,7 @@ mod tests {
             namespace: "mail".into(),
             pool: pool.into(),
             ip: ip.into(),
+            settings: Default::default(),
         }
     }
 
@@ -241,6 +246,7 @@ mod tests {
             keys,
             [
                 "config-version",
+                "mailfleet_relay_status_filter",
                 "mailfleet_status_filter",
                 "mailfleet_transport",
                 "main.cf",

@@ -22,6 +22,7 @@ pub fn sender_of(pool: &SenderPool, ip: &PoolIp) -> Result<Sender, BuildError> {
         namespace: namespace_of(&pool.metadata),
         pool: pool_name(pool)?.to_string(),
         ip: ip.address.trim().to_string(),
+        settings: crate::routing::sender_settings::SenderSettings::of(pool, &ip.address),
     })
 }
 
