@@ -400,6 +400,7 @@ fn the_agent_counts_what_a_real_postfix_was_answered_and_applies_a_new_route() {
     let target = PostfixTarget {
         config_dir: a.etc.clone(),
         bin_dir: BIN_DIR.into(),
+        relay_secrets_dir: None,
     };
     target
         .apply(&read_config_dir(&config_dir).unwrap())
@@ -415,6 +416,7 @@ fn the_agent_counts_what_a_real_postfix_was_answered_and_applies_a_new_route() {
     PostfixTarget {
         config_dir: b.etc.clone(),
         bin_dir: BIN_DIR.into(),
+        relay_secrets_dir: None,
     }
     .apply(&mailfleet::agent::config::ConfigSnapshot::from_files(files_b).unwrap())
     .unwrap();
