@@ -54,6 +54,11 @@ pub struct OperatorArgs {
     #[arg(long)]
     pub agent_image: Option<String>,
 
+    /// Image of the sender (Postfix and `mailfleet sender run`), run by pools
+    /// whose spec.template has no spec; none leaves such pools without pods.
+    #[arg(long)]
+    pub sender_image: Option<String>,
+
     /// What the sidecars post feedback to
     /// [default: http://mailfleet.<POD_NAMESPACE>.svc:8080/v1/feedback].
     #[arg(long)]
@@ -181,6 +186,7 @@ impl OperatorArgs {
                 lease_timing: OperatorOptions::default().lease_timing,
                 settings: Settings {
                     agent_image: self.agent_image.or_else(|| env("AGENT_IMAGE")),
+                    sender_image: self.sender_image.or_else(|| env("SENDER_IMAGE")),
                     feedback_url: self
                         .feedback_url
                         .or_else(|| env("FEEDBACK_URL"))
