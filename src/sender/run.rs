@@ -161,6 +161,17 @@ pub fn run(
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    // `postfix start-fg` may end while its master still runs (a signal to the
+    // script alone): make sure nothing of Postfix outlives the sender.
+    if postfix_command(target, "status")
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|out| out.status.success())
+    {
+        let _ = postfix_command(target, "stop")
+            .stdin(Stdio::null())
+            .output();
+    }
     // The agent reads the lines Postfix wrote last and sends the last report.
     agent_stop.store(true, Ordering::SeqCst);
     match agent.join() {
