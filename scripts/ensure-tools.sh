@@ -14,6 +14,7 @@ declare -A debs=(
   [/usr/bin/dig]=dnsutils
   [/usr/bin/rblcheck]=rblcheck
   [/usr/sbin/pflogsumm]=pflogsumm
+  [/usr/sbin/ip]=iproute2
 )
 missing=()
 for path in "${!debs[@]}"; do
