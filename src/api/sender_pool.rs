@@ -363,14 +363,6 @@ pub struct ReputationSettings {
     /// Provider feeds polled for this pool's IPs (for example Microsoft SNDS).
     #[serde(default, skip_serializing_if = "FeedSettings::is_empty")]
     pub feeds: FeedSettings,
-
-    /// A ConfigMap (same namespace) whose key `rules.yaml` holds your own
-    /// classifier rules and providers, in the format of `mailfleet --rules`
-    /// (docs/CLASSIFIER.md). Every sender of the pool gets it with its
-    /// configuration and uses it without a restart.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
-    pub rules_config_map: Option<String>,
 }
 
 fn default_hold_down() -> i64 {
@@ -394,7 +386,6 @@ impl Default for ReputationSettings {
             probe: ProbeSettings::default(),
             recovery: RecoverySettings::default(),
             feeds: FeedSettings::default(),
-            rules_config_map: None,
         }
     }
 }
