@@ -15,8 +15,8 @@ COPY benches ./benches
 COPY examples ./examples
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked --bin mailfleet \
-    && install -D -m 0755 target/release/mailfleet /out/mailfleet
+    cargo build --profile dist --locked --bin mailfleet \
+    && install -D -m 0755 target/dist/mailfleet /out/mailfleet
 
 # glibc of Debian 12, like the builder; TLS is rustls, so no OpenSSL is needed.
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -125,6 +125,6 @@ echo "values.schema.json refuses a wrong type, an unknown key and a wrong word; 
 validate "examples/fleet (Namespace, Secret)" "$work/examples-builtin.yaml"
 cargo run -q --locked -- routes --manifests examples/fleet >/dev/null
 echo "examples/fleet: mailfleet routes compiles the example fleet"
-target/venv/bin/hadolint Dockerfile
-echo "Dockerfile: hadolint finds nothing"
+target/venv/bin/hadolint Dockerfile images/sender/Dockerfile
+echo "Dockerfile, images/sender/Dockerfile: hadolint finds nothing"
 echo "chart: ok"

@@ -14,6 +14,9 @@ declare -A debs=(
   [/usr/bin/dig]=dnsutils
   [/usr/bin/rblcheck]=rblcheck
   [/usr/sbin/pflogsumm]=pflogsumm
+  [/usr/sbin/ip]=iproute2
+  # Postfix's SASL client mechanisms (PLAIN, LOGIN) for the relay login test
+  [/usr/lib/$(uname -m)-linux-gnu/sasl2/libplain.so]=libsasl2-modules
 )
 missing=()
 for path in "${!debs[@]}"; do

@@ -13,6 +13,7 @@ pub mod operator;
 pub mod probe;
 pub mod reputation;
 pub mod routing;
+pub mod sender;
 pub mod serve;
 pub mod sim;
 pub mod standalone;

@@ -385,6 +385,7 @@ fn a_configuration_in_the_feedback_response_is_applied_and_reported_back() {
     opts.postfix = Some(PostfixTarget {
         config_dir: etc.clone(),
         bin_dir: bin,
+        relay_secrets_dir: None,
     });
     let agent = Running::start(opts);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);

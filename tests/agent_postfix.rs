@@ -258,6 +258,7 @@ fn rendered_config(
         namespace: "lab".into(),
         pool: "senders".into(),
         ip: ip.into(),
+        settings: Default::default(),
     };
     let files = render_sender(&table, &sender, &BTreeMap::new(), &options).unwrap();
     vec![
@@ -399,6 +400,7 @@ fn the_agent_counts_what_a_real_postfix_was_answered_and_applies_a_new_route() {
     let target = PostfixTarget {
         config_dir: a.etc.clone(),
         bin_dir: BIN_DIR.into(),
+        relay_secrets_dir: None,
     };
     target
         .apply(&read_config_dir(&config_dir).unwrap())
@@ -414,6 +416,7 @@ fn the_agent_counts_what_a_real_postfix_was_answered_and_applies_a_new_route() {
     PostfixTarget {
         config_dir: b.etc.clone(),
         bin_dir: BIN_DIR.into(),
+        relay_secrets_dir: None,
     }
     .apply(&mailfleet::agent::config::ConfigSnapshot::from_files(files_b).unwrap())
     .unwrap();

@@ -204,7 +204,7 @@ async fn a_first_route_reconcile_applies_service_and_slice_then_writes_status() 
 #[tokio::test]
 async fn a_first_pool_reconcile_applies_config_then_deployment_then_status() {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let server = tokio::spawn(serve(handle, 3));
+    let server = tokio::spawn(serve(handle, 4));
     let ctx = context(
         Client::new(service, "default"),
         Cluster {
@@ -237,13 +237,17 @@ async fn a_first_pool_reconcile_applies_config_then_deployment_then_status() {
             ),
             (
                 "PATCH".into(),
+                format!("/api/v1/namespaces/mail/services/mf-pool-bulk{APPLY}")
+            ),
+            (
+                "PATCH".into(),
                 "/apis/mailfleet.io/v1alpha1/namespaces/mail/senderpools/bulk/status?".into()
             ),
         ]
     );
-    assert_eq!(seen[2].body["metadata"]["resourceVersion"], "7");
-    assert_eq!(seen[2].body["status"]["ipCount"], 1);
-    assert_eq!(seen[2].body["status"]["observedGeneration"], 1);
+    assert_eq!(seen[3].body["metadata"]["resourceVersion"], "7");
+    assert_eq!(seen[3].body["status"]["ipCount"], 1);
+    assert_eq!(seen[3].body["status"]["observedGeneration"], 1);
 }
 
 /// Runs one reconcile of each kind against stores that already hold what the
@@ -269,7 +273,7 @@ async fn a_reconcile_with_nothing_new_sends_no_request() {
         .unwrap();
     let route_writes = server.await.unwrap();
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let server = tokio::spawn(serve(handle, 3));
+    let server = tokio::spawn(serve(handle, 4));
     let ctx2 = context(
         Client::new(service, "default"),
         Cluster {
@@ -290,13 +294,16 @@ async fn a_reconcile_with_nothing_new_sends_no_request() {
     let mut stored_route = route();
     stored_route.status = serde_json::from_value(route_writes[2].body["status"].clone()).unwrap();
     let mut stored_pool = pool();
-    stored_pool.status = serde_json::from_value(pool_writes[2].body["status"].clone()).unwrap();
+    stored_pool.status = serde_json::from_value(pool_writes[3].body["status"].clone()).unwrap();
     let cluster = Cluster {
         pools: vec![stored_pool.clone()],
         routes: vec![stored_route.clone()],
         deployments: vec![serde_json::from_value(pool_writes[1].body.clone()).unwrap()],
         config_maps: vec![serde_json::from_value(pool_writes[0].body.clone()).unwrap()],
-        services: vec![serde_json::from_value(route_writes[0].body.clone()).unwrap()],
+        services: vec![
+            serde_json::from_value(route_writes[0].body.clone()).unwrap(),
+            serde_json::from_value(pool_writes[2].body.clone()).unwrap(),
+        ],
         slices: vec![serde_json::from_value(route_writes[1].body.clone()).unwrap()],
     };
 

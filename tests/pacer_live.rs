@@ -29,7 +29,7 @@ use mailfleet::routing::compile;
 use mailfleet::routing::example::{self, match_domains};
 use mailfleet::routing::postfix::{PostfixOptions, Sender};
 use mailfleet::routing::sender_config::sender_config_with;
-use mailfleet::routing::sending::SenderSettings;
+use mailfleet::routing::sending::SendingSettings;
 use support::agent::FakeEndpoint;
 use support::postfix::{self, PrivatePostfix, BIN_DIR, POSTFIX, SENDMAIL};
 
@@ -165,7 +165,7 @@ fn config(cap: i64, replicas: i32, receiver_port: u16) -> BTreeMap<String, Strin
         pool: "senders".into(),
         ip: IP.into(),
     };
-    let settings = SenderSettings::find(std::slice::from_ref(&pool), &sender);
+    let settings = SendingSettings::find(std::slice::from_ref(&pool), &sender);
     sender_config_with(&table, &sender, &BTreeMap::new(), &options, &settings)
         .unwrap()
         .files

@@ -25,7 +25,7 @@ use mailfleet::routing::postfix::{
     render_sender, render_sender_with, PostfixFiles, PostfixOptions, Sender, STATUS_FILTER_FILE,
     TRANSPORT_FILE,
 };
-use mailfleet::routing::sending::SenderSettings;
+use mailfleet::routing::sending::SendingSettings;
 use mailfleet::routing::{compile, RouteTable};
 use support::postfix::{self, run, PrivatePostfix, POSTCONF, POSTFIX, POSTMAP, SENDMAIL};
 
@@ -84,6 +84,7 @@ fn sender(namespace: &str, pool: &str, ip: &str) -> Sender {
         namespace: namespace.into(),
         pool: pool.into(),
         ip: ip.into(),
+        settings: Default::default(),
     }
 }
 
@@ -282,7 +283,7 @@ fn postfix_accepts_the_rendered_limits_and_lifetimes() {
     pools[0].status.as_mut().unwrap().ips[0].ready_replicas = 3;
     let table = compile(&pools, &routes, now());
     let sender = sender("mail", "bulk", "203.0.113.10");
-    let settings = SenderSettings::find(&pools, &sender);
+    let settings = SendingSettings::find(&pools, &sender);
     let files = render_sender_with(
         &table,
         &sender,

@@ -33,6 +33,10 @@ pub struct PostfixTarget {
     pub config_dir: PathBuf,
     /// Folder of `postfix`, `postmap`, `postqueue`.
     pub bin_dir: PathBuf,
+    /// Where the relay Secrets are mounted (`<dir>/<secret>/username`,
+    /// `password`): the relay password map is written from them on every
+    /// apply ([`crate::sender::relay_login`]). `None`: no relay logins.
+    pub relay_secrets_dir: Option<PathBuf>,
 }
 
 /// What an apply did.
@@ -206,6 +210,14 @@ impl PostfixTarget {
                 applied.written.push(name.clone());
             }
         }
+        if let Some(secrets) = &self.relay_secrets_dir {
+            crate::sender::relay_login::write_password_map(
+                snapshot,
+                secrets,
+                &self.config_dir,
+                &self.bin_dir,
+            )?;
+        }
         let config = self.config_arg();
         for (name, kind) in indexed_tables(snapshot) {
             let table = format!("{kind}:{}", self.config_dir.join(name).display());
@@ -288,6 +300,7 @@ mod tests {
         let target = PostfixTarget {
             config_dir: etc.clone(),
             bin_dir: fake_bin(dir.path(), true),
+            relay_secrets_dir: None,
         };
         let config = snapshot(&[
             ("config-version", "v1"),
@@ -332,6 +345,7 @@ mod tests {
         let target = PostfixTarget {
             config_dir: etc.clone(),
             bin_dir: fake_bin(dir.path(), false),
+            relay_secrets_dir: None,
         };
         let applied = target
             .apply(&snapshot(&[("mailfleet_transport", "x y\n")]))
@@ -340,6 +354,7 @@ mod tests {
         let broken = PostfixTarget {
             config_dir: etc,
             bin_dir: dir.path().join("nowhere"),
+            relay_secrets_dir: None,
         };
         let err = broken
             .apply(&snapshot(&[("main.cf", "a = hash:/x/t\n"), ("t", "k v\n")]))

@@ -81,6 +81,10 @@ pub struct SenderPoolSpec {
     #[serde(default)]
     pub ip_binding: IpBinding,
 
+    /// Who may hand mail to the pool's senders through the Service `mf-pool-<pool>`.
+    #[serde(default, skip_serializing_if = "Intake::is_default")]
+    pub intake: Intake,
+
     /// Hourly message limits per IP.
     #[serde(default)]
     pub rate_limits: RateLimits,
@@ -126,6 +130,14 @@ pub struct PoolIp {
     /// Node labels the pods of this IP must run on (for example the nodes that own the address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<BTreeMap<String, String>>,
+
+    /// The name this IP announces in HELO/EHLO (Postfix `smtp_helo_name`):
+    /// the name its reverse DNS (PTR) gives, for example `mta10.mail.example.net`.
+    /// Not set: the pod's host name, which providers do not trust.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?([.][A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$')").message("heloName must be a fully qualified host name such as mta10.mail.example.net (letters, digits, hyphens, at least one dot), the name the IP's PTR record gives").reason(Reason::FieldValueInvalid))]
+    pub helo_name: Option<String>,
 }
 
 /// A person's decision that outranks the reputation engine, with the reason recorded.
@@ -177,6 +189,13 @@ impl Default for ReplicaRange {
 #[derive(JsonSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IpBinding {
+    /// `Bind`: the address is on the pod's own interface (hostNetwork on a
+    /// node that holds it, or a secondary interface) and Postfix binds to it
+    /// (`smtp_bind_address`). `Snat`: an egress gateway translates the pod's
+    /// traffic to the address, so Postfix binds to nothing.
+    #[serde(default)]
+    pub mode: BindMode,
+
     /// Name of the environment variable that carries the IP into every container.
     #[serde(default = "default_ip_env_var")]
     #[schemars(length(min = 1, max = 128))]
@@ -188,6 +207,59 @@ pub struct IpBinding {
     pub annotations: BTreeMap<String, String>,
 }
 
+/// How mail leaves from the pool IP.
+#[derive(
+    JsonSchema,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+)]
+pub enum BindMode {
+    /// The address is on an interface of the pod; Postfix binds to it.
+    #[default]
+    Bind,
+    /// An egress gateway (CNI egress IP, NAT gateway) translates to the address.
+    Snat,
+}
+
+impl BindMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BindMode::Bind => "Bind",
+            BindMode::Snat => "Snat",
+        }
+    }
+}
+
+/// Mail intake: applications and existing relays submit to `mf-pool-<pool>:25`.
+/// Relaying is refused for every other client, so a pool is never an open relay.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Intake {
+    /// Client networks allowed to relay through the senders (Postfix
+    /// `mynetworks`), for example the pod network of the applications and the
+    /// senders themselves (route hand-offs come from sender pods). The pod's
+    /// own loopback is always allowed. Empty: only the pod itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("intake.allowedCidrs entries must be networks such as 10.42.0.0/16 or fd00::/64 (address/prefix length)").reason(Reason::FieldValueInvalid))]
+    pub allowed_cidrs: Vec<String>,
+}
+
+impl Intake {
+    pub fn is_default(&self) -> bool {
+        self == &Intake::default()
+    }
+}
+
 fn default_ip_env_var() -> String {
     "MAILFLEET_SOURCE_IP".to_string()
 }
@@ -195,6 +267,7 @@ fn default_ip_env_var() -> String {
 impl Default for IpBinding {
     fn default() -> Self {
         IpBinding {
+            mode: BindMode::default(),
             env_var: default_ip_env_var(),
             annotations: BTreeMap::new(),
         }

@@ -180,7 +180,7 @@ pub struct RunArgs {
     pub agent_name: Option<String>,
 
     /// The MTA's delivery log (Postfix: its maillog_file).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", default_value = "/var/log/postfix/maillog")]
     pub log: PathBuf,
 
     #[arg(long, value_enum, default_value_t)]
@@ -356,6 +356,15 @@ fn format_replay(s: &ReplaySummary) -> String {
 }
 
 fn run_sidecar(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    init_logs();
+    let (options, classifier) = agent_options(args)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_signals(Arc::clone(&stop))?;
+    run_agent(options, classifier, stop)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -363,6 +372,12 @@ fn run_sidecar(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         )
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// The agent's options and classifier from its arguments (shared with `sender run`).
+pub(super) fn agent_options(
+    args: RunArgs,
+) -> Result<(AgentOptions, Classifier), Box<dyn std::error::Error>> {
     let classifier = args.classifier.classifier()?;
     let agent_name = args
         .agent_name
@@ -396,19 +411,17 @@ fn run_sidecar(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         postfix: (args.apply == ApplyTo::Postfix).then_some(PostfixTarget {
             config_dir: args.postfix_config_dir,
             bin_dir: args.postfix_bin_dir,
+            relay_secrets_dir: None,
         }),
         zone: jiff::tz::TimeZone::system(),
         shutdown_timeout: args.shutdown_timeout,
         pace_window: (!args.no_pace).then_some(args.pace_window),
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    watch_signals(Arc::clone(&stop))?;
-    run_agent(options, classifier, stop)?;
-    Ok(ExitCode::SUCCESS)
+    Ok((options, classifier))
 }
 
 /// SIGTERM (pod deletion) and SIGINT ask the agent to stop cleanly.
-fn watch_signals(stop: Arc<AtomicBool>) -> Result<(), Box<dyn std::error::Error>> {
+pub(super) fn watch_signals(stop: Arc<AtomicBool>) -> Result<(), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

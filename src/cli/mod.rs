@@ -8,6 +8,7 @@ mod operator;
 mod output;
 mod probe;
 mod routes;
+mod sender;
 mod simulate;
 mod standalone;
 
@@ -39,6 +40,8 @@ pub enum Command {
     Probe(probe::ProbeArgs),
     /// The sidecar in each sender pod, and offline replay of delivery logs.
     Agent(agent::AgentArgs),
+    /// The sender image's process: Postfix, its configuration, and the agent, in one container.
+    Sender(sender::SenderArgs),
     /// The in-cluster controller: SenderPool and DomainRoute controllers, the feedback endpoint.
     Operator(operator::OperatorArgs),
     /// The engine without Kubernetes: manifests from a folder, outputs to files, feedback over HTTP.
@@ -54,6 +57,7 @@ pub fn main() -> ExitCode {
         Command::Simulate(args) => simulate::run(args),
         Command::Probe(args) => probe::run(args),
         Command::Agent(args) => agent::run(args),
+        Command::Sender(args) => sender::run(args),
         Command::Operator(args) => operator::run(args),
         Command::Standalone(args) => standalone::run(args),
     };

@@ -60,6 +60,10 @@ pub struct OperatorArgs {
     /// of their namespace to a URL of their choice.
     #[arg(long)]
     pub allow_custom_feed_urls: bool,
+    /// Image of the sender (Postfix and `mailfleet sender run`), run by pools
+    /// whose spec.template has no spec; none leaves such pools without pods.
+    #[arg(long)]
+    pub sender_image: Option<String>,
 
     /// What the sidecars post feedback to
     /// [default: http://mailfleet.<POD_NAMESPACE>.svc:8080/v1/feedback].
@@ -189,6 +193,7 @@ impl OperatorArgs {
                 settings: Settings {
                     agent_image: self.agent_image.or_else(|| env("AGENT_IMAGE")),
                     allow_custom_feed_urls: self.allow_custom_feed_urls,
+                    sender_image: self.sender_image.or_else(|| env("SENDER_IMAGE")),
                     feedback_url: self
                         .feedback_url
                         .or_else(|| env("FEEDBACK_URL"))

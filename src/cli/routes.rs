@@ -141,6 +141,7 @@ fn sender_of(fleet: &Fleet, ip: IpAddr) -> Result<Sender, String> {
                     .unwrap_or_else(|| "default".into()),
                 pool: pool.metadata.name.clone().unwrap_or_default(),
                 ip: own.address.clone(),
+                settings: crate::routing::sender_settings::SenderSettings::of(pool, &own.address),
             });
         }
     }

@@ -41,6 +41,9 @@ pub const CONTROLLER_NAME: &str = "mailfleet-operator";
 pub struct Settings {
     /// Image of the agent sidecar; without it no sidecar is added.
     pub agent_image: Option<String>,
+    /// Image of the sender (`mailfleet sender run` with Postfix), run by
+    /// pools whose template has no `spec`.
+    pub sender_image: Option<String>,
     /// Where the sidecars post their feedback.
     pub feedback_url: String,
     /// This replica's name, for events and the lease.
@@ -54,6 +57,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             agent_image: None,
+            sender_image: None,
             feedback_url: "http://mailfleet.default.svc:8080/v1/feedback".to_string(),
             identity: CONTROLLER_NAME.to_string(),
             allow_custom_feed_urls: false,

@@ -28,7 +28,7 @@ use crate::agent::report::{ConfigHint, FeedbackReport, FeedbackResponse, FEEDBAC
 use crate::api::SenderPool;
 use crate::routing::postfix::{self, ip_slug, PostfixOptions};
 use crate::routing::sender_config::sender_config_with;
-use crate::routing::sending::SenderSettings;
+use crate::routing::sending::SendingSettings;
 use crate::routing::ObjectKey;
 use crate::serve::ledger::FeedbackLedger;
 use crate::serve::{FeedbackReceiver, FeedbackRefusal, RequestHead};
@@ -286,17 +286,14 @@ impl OperatorFeedback {
         now: Timestamp,
     ) -> FeedbackResponse {
         let table = fleet.compile(now);
-        let sender = postfix::Sender {
-            namespace: report.pool.namespace.clone(),
-            pool: report.pool.name.clone(),
-            ip: ip.to_string(),
-        };
+        let sender =
+            postfix::sender_in(&fleet.pools, &report.pool.namespace, &report.pool.name, ip);
         let config = sender_config_with(
             &table,
             &sender,
             &fleet.known_domains(),
             &PostfixOptions::default(),
-            &SenderSettings::find(&fleet.pools, &sender),
+            &SendingSettings::find(&fleet.pools, &sender),
         )
         .map_err(|e| tracing::warn!(error = %e, "cannot render the sender config for the reply"))
         .ok()

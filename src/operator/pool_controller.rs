@@ -220,11 +220,11 @@ async fn manage(
         })?;
     spec_pool.status = Some(status);
 
-    let agent = ctx
-        .settings
-        .agent_image
-        .as_ref()
-        .map(|image| AgentSidecar::new(image.clone(), ctx.settings.feedback_url.clone()));
+    let agent = ctx.settings.agent_image.as_ref().map(|image| AgentSidecar {
+        sender_image: ctx.settings.sender_image.clone(),
+        relay_secrets: relay_secrets(&snapshot.fleet.routes, ns),
+        ..AgentSidecar::new(image.clone(), ctx.settings.feedback_url.clone())
+    });
     let known_domains = snapshot.fleet.known_domains();
     let postfix = PostfixOptions::default();
     let input = PoolPlanInput {
@@ -255,6 +255,10 @@ async fn manage(
     for deployment in &plan.deployments {
         let existing = ctx.stores.deployments.get(ns, &deployment.name_any());
         ctx.writer.apply(deployment, existing.as_deref()).await?;
+    }
+    if let Some(service) = &plan.service {
+        let existing = ctx.stores.services.get(ns, &service.name_any());
+        ctx.writer.apply(service, existing.as_deref()).await?;
     }
     prune(ctx, ns, &plan.prune).await?;
 
@@ -319,6 +323,20 @@ fn pool_view(snapshot: &Snapshot, pool: &ObjectKey) -> u64 {
     format!("{:?}", snapshot.validation.lost_ips.get(pool)).hash(&mut h);
     format!("{:?}", snapshot.fleet.known_providers).hash(&mut h);
     h.finish()
+}
+
+/// The relay Secrets the namespace's routes name, for the sender containers.
+fn relay_secrets(routes: &[crate::api::DomainRoute], ns: &str) -> Vec<String> {
+    let mut names: Vec<String> = routes
+        .iter()
+        .filter(|r| r.metadata.namespace.as_deref() == Some(ns))
+        .flat_map(|r| r.spec.fallback.iter())
+        .filter_map(|f| f.relay.as_ref())
+        .filter_map(|relay| relay.credentials_secret.as_ref().map(|s| s.name.clone()))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// The Deployments and ConfigMaps of a namespace the operator manages.

@@ -58,11 +58,13 @@ pub fn pool(namespace: &str, name: &str, addresses: &[String]) -> SenderPool {
                 warmup_start: None,
                 override_: None,
                 node_selector: None,
+                helo_name: None,
             })
             .collect(),
         replicas_per_ip: ReplicaRange::default(),
         template: PodTemplateSpec::default(),
         ip_binding: IpBinding::default(),
+        intake: Default::default(),
         rate_limits: RateLimits::default(),
         warmup: WarmupSchedule::default(),
         reputation: ReputationSettings::default(),

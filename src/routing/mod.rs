@@ -15,6 +15,7 @@ pub mod learned;
 pub mod model;
 pub mod postfix;
 pub mod sender_config;
+pub mod sender_settings;
 pub mod sending;
 mod share;
 pub mod status;

@@ -25,7 +25,8 @@ use crate::api::{RouteMode, SenderPool};
 use super::caps::{replica_connections, ReplicaShare};
 use super::index::{is_valid_host, lookup_key, normalise_domain, DomainForm, DEFAULT_NAMESPACE};
 use super::model::{RouteResult, RouteTable};
-use super::sending::{ResolvedLimits, SenderSettings};
+use super::sender_settings::{self, SenderSettings, SettingsError, RELAY_TRANSPORT};
+use super::sending::{ResolvedLimits, SendingSettings};
 
 /// File name of the transport map, in [`PostfixOptions::map_directory`].
 pub const TRANSPORT_FILE: &str = "mailfleet_transport";
@@ -88,6 +89,8 @@ pub struct Sender {
     pub namespace: String,
     pub pool: String,
     pub ip: String,
+    /// What the pool says about binding, HELO and intake.
+    pub settings: SenderSettings,
 }
 
 /// The files one sender needs. `main_cf` and `master_cf` are fragments to
@@ -117,6 +120,8 @@ pub enum PostfixError {
         host: String,
         template: String,
     },
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
     #[error("option {option} = {value:?} cannot be written into a Postfix file: {fix}")]
     InvalidOption {
         option: &'static str,
@@ -227,6 +232,7 @@ enum Action {
     Relay {
         host: String,
         port: u16,
+        login: bool,
     },
     Defer,
 }
@@ -244,7 +250,14 @@ impl Action {
             Action::RouteService { host } => {
                 format!("this IP may not send; handed to the route Service {host}")
             }
-            Action::Relay { host, port } => format!("carried by the relay {host}:{port}"),
+            Action::Relay {
+                host,
+                port,
+                login: false,
+            } => format!("carried by the relay {host}:{port}"),
+            Action::Relay { host, port, .. } => {
+                format!("carried by the relay {host}:{port}, logged in over TLS")
+            }
             Action::Defer => "no IP may send; mail stays queued".to_string(),
         }
     }
@@ -269,7 +282,7 @@ pub fn render_sender(
         sender,
         known_domains,
         options,
-        &SenderSettings::default(),
+        &SendingSettings::default(),
     )
 }
 
@@ -280,7 +293,7 @@ pub fn render_sender_with(
     sender: &Sender,
     known_domains: &BTreeMap<String, Vec<String>>,
     options: &PostfixOptions,
-    settings: &SenderSettings,
+    settings: &SendingSettings,
 ) -> Result<PostfixFiles, PostfixError> {
     let ip: IpAddr = sender
         .ip
@@ -292,6 +305,7 @@ pub fn render_sender_with(
             ip: sender.ip.clone(),
         })?;
     check_options(options)?;
+    sender.settings.check(&sender.ip)?;
     let pod_routes = pod_routes(table, sender, ip, options)?;
 
     let mut transport = String::new();
@@ -375,6 +389,7 @@ pub fn render_sender_with(
         options.transport_map_type.as_str(),
         options.map_directory
     );
+    main_cf.push_str(&sender.settings.main_cf());
     let filter_table = format!("regexp:{}/{STATUS_FILTER_FILE}", options.map_directory);
     if options.status_filter_global {
         let _ = writeln!(main_cf, "smtp_delivery_status_filter = {filter_table}");
@@ -404,7 +419,9 @@ pub fn render_sender_with(
         let max_processes = replica_connections(limits.max_connections, settings.ready_replicas);
         let _ = writeln!(master_cf, "{name} unix - - n - {max_processes} smtp");
         let _ = writeln!(master_cf, "  -o syslog_name=postfix/{name}");
-        let _ = writeln!(master_cf, "  -o {bind_parameter}={ip}");
+        if sender.settings.binds() {
+            let _ = writeln!(master_cf, "  -o {bind_parameter}={ip}");
+        }
         // Without this an IPv4-bound transport would reach IPv6 MX hosts from
         // another source address, outside this IP's reputation.
         let _ = writeln!(master_cf, "  -o inet_protocols={protocols}");
@@ -421,6 +438,13 @@ pub fn render_sender_with(
         );
     }
 
+    if pod_routes
+        .iter()
+        .any(|r| matches!(r.action, Action::Relay { login: true, .. }))
+    {
+        master_cf.push_str(&sender_settings::relay_transport(&options.map_directory));
+    }
+
     Ok(PostfixFiles {
         main_cf,
         master_cf,
@@ -431,7 +455,7 @@ pub fn render_sender_with(
 
 /// How long mail waits in the queue: a route that defers keeps its mail here
 /// for the whole of a block, so the lifetime is a decision (`spec.queue`).
-fn write_queue_lifetimes(main_cf: &mut String, settings: &SenderSettings) {
+fn write_queue_lifetimes(main_cf: &mut String, settings: &SendingSettings) {
     let _ = writeln!(
         main_cf,
         "maximal_queue_lifetime = {}s",
@@ -455,7 +479,7 @@ fn write_transport_limits(
     name: &str,
     hourly_cap: Option<i64>,
     limits: &ResolvedLimits,
-    settings: &SenderSettings,
+    settings: &SendingSettings,
 ) {
     let connections = replica_connections(limits.max_connections, settings.ready_replicas);
     let _ = writeln!(
@@ -570,6 +594,7 @@ fn pod_routes<'a>(
                 Some(relay) => Action::Relay {
                     host: relay.host.clone(),
                     port: relay.port,
+                    login: relay.credentials_secret.is_some(),
                 },
                 None => Action::Defer,
             },
@@ -586,7 +611,14 @@ fn pod_routes<'a>(
             Action::RouteService { host } => {
                 format!("smtp:[{host}]:{}", options.route_service_port)
             }
-            Action::Relay { host, port } => format!("relay:{}:{port}", bracket_host(host)),
+            Action::Relay {
+                host,
+                port,
+                login: false,
+            } => format!("relay:{}:{port}", bracket_host(host)),
+            Action::Relay { host, port, .. } => {
+                format!("{RELAY_TRANSPORT}:{}:{port}", bracket_host(host))
+            }
             Action::Defer => format!(
                 "retry:4.7.0 mailfleet route {} defers mail until a source IP may send to {}",
                 printable(&route.key.to_string()),
@@ -664,7 +696,7 @@ pub fn sender_routes<'a>(
                     host,
                     port: options.route_service_port,
                 },
-                Action::Relay { host, port } => SenderAction::Relay {
+                Action::Relay { host, port, .. } => SenderAction::Relay {
                     host,
                     port,
                     credentials_secret: pod_route
@@ -783,10 +815,30 @@ pub fn senders_of(pools: &[SenderPool]) -> Vec<Sender> {
                 namespace: namespace.clone(),
                 pool: name.clone(),
                 ip: ip.address.trim().to_string(),
+                settings: SenderSettings::of(pool, &ip.address),
             });
         }
     }
     senders.into_iter().collect()
+}
+
+/// The sender of `ip` in pool `namespace/pool`, with that pool's settings
+/// (default settings when the pools do not list it).
+pub fn sender_in(pools: &[SenderPool], namespace: &str, pool: &str, ip: &str) -> Sender {
+    let settings = pools
+        .iter()
+        .find(|p| {
+            p.metadata.name.as_deref() == Some(pool)
+                && p.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE) == namespace
+        })
+        .map(|p| SenderSettings::of(p, ip))
+        .unwrap_or_default();
+    Sender {
+        namespace: namespace.to_string(),
+        pool: pool.to_string(),
+        ip: ip.to_string(),
+        settings,
+    }
 }
 
 /// The files of every sender of the fleet as one text, section by section (for
@@ -828,6 +880,12 @@ pub fn render_fleet(
         "##### {STATUS_FILTER_FILE} (every sender)\n{}",
         status_filter()
     );
+    let _ = writeln!(
+        out,
+        "##### {} (every sender)\n{}",
+        sender_settings::RELAY_STATUS_FILTER_FILE,
+        sender_settings::relay_status_filter()
+    );
     Ok(out)
 }
 
@@ -847,6 +905,7 @@ mod tests {
             namespace: "mail".into(),
             pool: pool.into(),
             ip: ip.into(),
+            settings: SenderSettings::default(),
         }
     }
 
@@ -991,13 +1050,82 @@ mod tests {
         }
         let table = compile(&pools, &routes, now());
         let files = render(&table, &sender("bulk", "203.0.113.10"));
+        // The relay names a credentialsSecret: the transport that logs in over TLS.
+        assert_eq!(
+            entry(&files.transport, "hotmail.com"),
+            Some("mf-relay:[smtp.relay.example]:587")
+        );
+        assert!(files.master_cf.contains("\nmf-relay unix - - n - - smtp\n  -o syslog_name=postfix/mf-relay\n  -o smtp_sasl_auth_enable=yes\n  -o smtp_sasl_password_maps=hash:${config_directory}/mailfleet_sasl_passwd\n"), "{}", files.master_cf);
+        assert!(files
+            .master_cf
+            .contains("  -o smtp_tls_security_level=encrypt\n"));
+        assert!(files
+            .master_cf
+            .contains("  -o smtp_sasl_auth_soft_bounce=yes\n"));
+        assert!(entry(&files.transport, "acclaim.jp")
+            .unwrap()
+            .starts_with("retry:4.7.0 "));
+        // A relay without credentials is the plain relay transport.
+        let mut anonymous = routes.clone();
+        for route in &mut anonymous {
+            for fallback in &mut route.spec.fallback {
+                if let Some(relay) = &mut fallback.relay {
+                    relay.credentials_secret = None;
+                }
+            }
+        }
+        let table = compile(&pools, &anonymous, now());
+        let files = render(&table, &sender("bulk", "203.0.113.10"));
         assert_eq!(
             entry(&files.transport, "hotmail.com"),
             Some("relay:[smtp.relay.example]:587")
         );
-        assert!(entry(&files.transport, "acclaim.jp")
-            .unwrap()
-            .starts_with("retry:4.7.0 "));
+        assert!(!files.master_cf.contains("mf-relay"));
+    }
+
+    #[test]
+    fn helo_name_bind_mode_and_intake_come_from_the_pool() {
+        let (mut pools, routes) = incident_fleet(now());
+        pools[0].spec.ips[0].helo_name = Some("mta10.mail.example.net".into());
+        pools[0].spec.intake.allowed_cidrs = vec!["10.42.0.0/16".into()];
+        let table = compile(&pools, &routes, now());
+        let bulk = senders_of(&pools);
+        let first = bulk.iter().find(|s| s.ip == "203.0.113.10").unwrap();
+        let files = render(&table, first);
+        assert!(
+            files
+                .main_cf
+                .contains("\nsmtp_helo_name = mta10.mail.example.net\n"),
+            "{}",
+            files.main_cf
+        );
+        assert!(files
+            .main_cf
+            .contains("\nmynetworks = 127.0.0.0/8 [::1]/128 10.42.0.0/16\n"));
+        assert!(files
+            .master_cf
+            .contains("  -o smtp_bind_address=203.0.113.10\n"));
+        // Snat: an egress gateway translates, nothing binds.
+        pools[0].spec.ip_binding.mode = crate::api::BindMode::Snat;
+        let first = sender_in(&pools, "mail", "bulk", "203.0.113.10");
+        assert_eq!(
+            first.settings.helo_name.as_deref(),
+            Some("mta10.mail.example.net")
+        );
+        let files = render(&table, &first);
+        assert!(
+            !files.master_cf.contains("smtp_bind_address"),
+            "{}",
+            files.master_cf
+        );
+        assert!(files.master_cf.contains("  -o inet_protocols=ipv4\n"));
+        // A HELO name that is not a host name is an error naming the field.
+        pools[0].spec.ips[0].helo_name = Some("mta 10".into());
+        let bad = sender_in(&pools, "mail", "bulk", "203.0.113.10");
+        let err = render_sender(&table, &bad, &known_domains(), &PostfixOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("heloName"), "{err}");
     }
 
     #[test]
@@ -1052,7 +1180,7 @@ mod tests {
         let blocked = render(&table, &sender("bulk", "203.0.113.11"));
         assert_eq!(
             entry(&blocked.transport, "hotmail.com"),
-            Some("relay:[smtp.relay.example]:587")
+            Some("mf-relay:[smtp.relay.example]:587")
         );
         assert!(entry(&blocked.transport, "acclaim.jp")
             .unwrap()
@@ -1208,7 +1336,7 @@ mod tests {
         });
         let table = compile(&pools, &routes, now());
         let sender = sender("bulk", "203.0.113.10");
-        let settings = SenderSettings::find(&pools, &sender);
+        let settings = SendingSettings::find(&pools, &sender);
         let files = render_sender_with(
             &table,
             &sender,

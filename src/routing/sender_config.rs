@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::caps::{replica_connections, ReplicaShare};
 use super::model::{mode_name, RouteTable};
 use super::postfix::{self, sender_routes, PostfixError, PostfixOptions, Sender, SenderAction};
-use super::sending::SenderSettings;
+use super::sending::SendingSettings;
 
 /// The main.cf fragment.
 pub const MAIN_CF_KEY: &str = "main.cf";
@@ -119,18 +119,18 @@ pub fn sender_config(
         sender,
         known_domains,
         options,
-        &SenderSettings::default(),
+        &SendingSettings::default(),
     )
 }
 
 /// [`sender_config`] with the sender's pool settings and ready replicas
-/// ([`SenderSettings::of_pool`]).
+/// ([`SendingSettings::of_pool`]).
 pub fn sender_config_with(
     table: &RouteTable,
     sender: &postfix::Sender,
     known_domains: &BTreeMap<String, Vec<String>>,
     options: &postfix::PostfixOptions,
-    settings: &SenderSettings,
+    settings: &SendingSettings,
 ) -> Result<SenderConfig, postfix::PostfixError> {
     let postfix_files =
         postfix::render_sender_with(table, sender, known_domains, options, settings)?;
@@ -142,6 +142,10 @@ pub fn sender_config_with(
     files.insert(
         postfix::STATUS_FILTER_FILE.to_string(),
         postfix_files.status_filter,
+    );
+    files.insert(
+        super::sender_settings::RELAY_STATUS_FILTER_FILE.to_string(),
+        super::sender_settings::relay_status_filter(),
     );
     files.insert(SENDER_JSON_KEY.to_string(), render_document(&document));
     let version = content_digest(&files);
@@ -155,7 +159,7 @@ pub fn sender_document(
     sender: &Sender,
     options: &PostfixOptions,
 ) -> Result<SenderDocument, PostfixError> {
-    sender_document_with(table, sender, options, &SenderSettings::default())
+    sender_document_with(table, sender, options, &SendingSettings::default())
 }
 
 /// The content of `sender.json` for one sender with its pool settings.
@@ -163,7 +167,7 @@ pub fn sender_document_with(
     table: &RouteTable,
     sender: &Sender,
     options: &PostfixOptions,
-    settings: &SenderSettings,
+    settings: &SendingSettings,
 ) -> Result<SenderDocument, PostfixError> {
     let routes = sender_routes(table, sender, options)?
         .into_iter()
@@ -298,6 +302,7 @@ mod tests {
             namespace: "mail".into(),
             pool: pool.into(),
             ip: ip.into(),
+            settings: Default::default(),
         }
     }
 
@@ -315,6 +320,7 @@ mod tests {
             keys,
             [
                 "config-version",
+                "mailfleet_relay_status_filter",
                 "mailfleet_status_filter",
                 "mailfleet_transport",
                 "main.cf",

@@ -12,7 +12,7 @@ use super::postfix::Sender;
 
 /// The pool- and pod-level settings of one sender.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SenderSettings {
+pub struct SendingSettings {
     /// Ready replicas of the sender's IP (0 and 1 both mean "alone").
     pub ready_replicas: u32,
     /// The pool's `spec.connections`.
@@ -21,9 +21,9 @@ pub struct SenderSettings {
     pub queue: QueueLifetimes,
 }
 
-impl Default for SenderSettings {
+impl Default for SendingSettings {
     fn default() -> Self {
-        SenderSettings {
+        SendingSettings {
             ready_replicas: 1,
             connections: ConnectionSettings::default(),
             queue: QueueLifetimes::resolve(
@@ -34,17 +34,17 @@ impl Default for SenderSettings {
     }
 }
 
-impl SenderSettings {
+impl SendingSettings {
     /// The settings of the sender of `ip` in `pool`: the pool's spec, and the
     /// ready replicas its status counts for that IP.
-    pub fn of_pool(pool: &SenderPool, ip: &str) -> SenderSettings {
+    pub fn of_pool(pool: &SenderPool, ip: &str) -> SendingSettings {
         let key = lookup_key(ip);
         let ready = pool
             .status
             .as_ref()
             .and_then(|s| s.ips.iter().find(|i| lookup_key(&i.address) == key))
             .map_or(0, |i| i.ready_replicas);
-        SenderSettings {
+        SendingSettings {
             ready_replicas: u32::try_from(ready).unwrap_or(0).max(1),
             connections: pool.spec.connections.clone(),
             queue: QueueLifetimes::resolve(
@@ -55,15 +55,15 @@ impl SenderSettings {
     }
 
     /// The settings of `sender`, found among `pools` (defaults when its pool is missing).
-    pub fn find(pools: &[SenderPool], sender: &Sender) -> SenderSettings {
+    pub fn find(pools: &[SenderPool], sender: &Sender) -> SendingSettings {
         pools
             .iter()
             .find(|p| {
                 p.metadata.name.as_deref() == Some(sender.pool.as_str())
                     && p.metadata.namespace.as_deref().unwrap_or("default") == sender.namespace
             })
-            .map_or_else(SenderSettings::default, |p| {
-                SenderSettings::of_pool(p, &sender.ip)
+            .map_or_else(SendingSettings::default, |p| {
+                SendingSettings::of_pool(p, &sender.ip)
             })
     }
 
@@ -137,7 +137,7 @@ mod tests {
 
     #[test]
     fn the_route_outranks_the_pool_which_outranks_the_built_ins() {
-        let mut settings = SenderSettings::default();
+        let mut settings = SendingSettings::default();
         assert_eq!(
             settings.limits_for("orange", &ConnectionLimits::default()),
             ResolvedLimits {
@@ -183,11 +183,11 @@ mod tests {
             pool: "bulk".into(),
             ip: "203.0.113.10".into(),
         };
-        let settings = SenderSettings::find(&[p], &sender);
+        let settings = SendingSettings::find(&[p], &sender);
         assert_eq!(settings.ready_replicas, 3);
         assert_eq!(settings.queue.maximal_seconds, 20 * 86_400);
-        let missing = SenderSettings::find(&[], &sender);
-        assert_eq!(missing, SenderSettings::default());
+        let missing = SendingSettings::find(&[], &sender);
+        assert_eq!(missing, SendingSettings::default());
         assert_eq!(missing.queue.maximal_seconds, 14 * 86_400);
     }
 }

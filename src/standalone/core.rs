@@ -18,7 +18,7 @@ use crate::reputation::classifier::ClassifierConfig;
 use crate::reputation::engine::{Signal, Transition};
 use crate::routing::postfix::{ip_slug, senders_of, PostfixOptions, Sender};
 use crate::routing::sender_config::{sender_config_with, SenderConfig};
-use crate::routing::sending::SenderSettings;
+use crate::routing::sending::SendingSettings;
 use crate::routing::{self, model::mode_name, RouteTable};
 use crate::serve::ledger::{Check, FeedbackLedger};
 use crate::serve::FeedbackRefusal;
@@ -315,7 +315,7 @@ impl Core {
                 ));
                 continue;
             };
-            let settings = SenderSettings::find(&self.fleet.pools, &sender);
+            let settings = SendingSettings::find(&self.fleet.pools, &sender);
             match sender_config_with(&table, &sender, &known_domains, &self.postfix, &settings) {
                 Ok(config) => {
                     senders.insert(

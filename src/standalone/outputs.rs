@@ -359,6 +359,7 @@ mod tests {
                 namespace: "mail".into(),
                 pool: "bulk".into(),
                 ip: "203.0.113.10".into(),
+                settings: Default::default(),
             },
             slug: "mf-203-0-113-10".into(),
             config: SenderConfig {

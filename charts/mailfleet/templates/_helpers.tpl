@@ -58,6 +58,10 @@ app.kubernetes.io/part-of: mailfleet
 {{- end }}
 
 {{/* The sidecar image: the operator's own image unless set (the binary holds the agent too). */}}
+{{- define "mailfleet.senderImage" -}}
+{{- default (printf "%s-sender:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag)) .Values.operator.senderImage }}
+{{- end }}
+
 {{- define "mailfleet.agentImage" -}}
 {{- default (include "mailfleet.image" .) .Values.operator.agentImage }}
 {{- end }}

@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use crate::api::{PoolIp, SenderPool};
 use crate::routing::postfix::{PostfixOptions, Sender};
 use crate::routing::sender_config::{sender_config_with, SenderConfig};
-use crate::routing::sending::SenderSettings;
+use crate::routing::sending::SendingSettings;
 use crate::routing::RouteTable;
 
 use super::{
@@ -23,6 +23,7 @@ pub fn sender_of(pool: &SenderPool, ip: &PoolIp) -> Result<Sender, BuildError> {
         namespace: namespace_of(&pool.metadata),
         pool: pool_name(pool)?.to_string(),
         ip: ip.address.trim().to_string(),
+        settings: crate::routing::sender_settings::SenderSettings::of(pool, &ip.address),
     })
 }
 
@@ -66,7 +67,7 @@ pub fn render_config_map(
     options: &PostfixOptions,
 ) -> Result<(ConfigMap, SenderConfig), BuildError> {
     let sender = sender_of(pool, ip)?;
-    let settings = SenderSettings::of_pool(pool, &ip.address);
+    let settings = SendingSettings::of_pool(pool, &ip.address);
     let config = sender_config_with(table, &sender, known_domains, options, &settings)?;
     Ok((build_config_map(pool, ip, &config)?, config))
 }

@@ -69,6 +69,13 @@ pub struct AgentSidecar {
     /// Postfix's configuration folder in the MTA container.
     pub postfix_config_dir: String,
     pub image_pull_policy: Option<String>,
+    /// The sender image (`--sender-image`): a pool whose template has no
+    /// `spec` runs it (`mailfleet sender run`: Postfix and the agent in one
+    /// container, see [`super::sender_container`]).
+    pub sender_image: Option<String>,
+    /// Relay Secrets the namespace's routes name (`credentialsSecret`),
+    /// mounted into the sender container for its relay logins.
+    pub relay_secrets: Vec<String>,
 }
 
 impl AgentSidecar {
@@ -80,6 +87,8 @@ impl AgentSidecar {
             log_path: "/var/log/postfix/maillog".to_string(),
             postfix_config_dir: "/etc/postfix".to_string(),
             image_pull_policy: None,
+            sender_image: None,
+            relay_secrets: Vec::new(),
         }
     }
 }
@@ -117,12 +126,19 @@ pub fn build_deployment(
     pod_meta.namespace = None;
     template.metadata = Some(pod_meta);
 
-    let mut spec: PodSpec = template
-        .spec
-        .take()
-        .ok_or_else(|| BuildError::NoContainer {
-            pool: format!("{namespace}/{name}"),
-        })?;
+    let sender_image = agent.and_then(|a| a.sender_image.as_deref());
+    let (mut spec, own_sender) = match (template.spec.take(), agent, sender_image) {
+        (Some(spec), _, _) => (spec, false),
+        (None, Some(agent), Some(image)) => (
+            super::sender_container::sender_pod_spec(agent, image, &namespace, name, &address),
+            true,
+        ),
+        (None, _, _) => {
+            return Err(BuildError::NoContainer {
+                pool: format!("{namespace}/{name}"),
+            })
+        }
+    };
     if spec.containers.is_empty() {
         return Err(BuildError::NoContainer {
             pool: format!("{namespace}/{name}"),
@@ -152,8 +168,11 @@ pub fn build_deployment(
     for container in &mut spec.containers {
         mount(container, config_mount.clone());
     }
-    if let Some(agent) = agent {
-        add_agent(&mut spec, agent, &namespace, name, &address, config_mount)?;
+    match agent {
+        Some(agent) if !own_sender => {
+            add_agent(&mut spec, agent, &namespace, name, &address, config_mount)?
+        }
+        _ => {}
     }
     let env_var = pool.spec.ip_binding.env_var.clone();
     for container in spec

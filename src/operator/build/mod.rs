@@ -16,9 +16,11 @@ pub mod configmap;
 pub mod deployment;
 pub mod events;
 pub mod plan;
+pub mod pool_service;
 pub mod pool_status;
 pub mod replicas;
 pub mod route_service;
+pub mod sender_container;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -67,7 +69,7 @@ pub enum BuildError {
     MissingUid { kind: &'static str, name: String },
     #[error("SenderPool {pool}: spec.ips address {address:?} is not an IPv4 or IPv6 address; fix spec.ips")]
     InvalidIp { pool: String, address: String },
-    #[error("SenderPool {pool}: spec.template.spec.containers is empty; add the sender (MTA) container to the pod template")]
+    #[error("SenderPool {pool}: spec.template.spec.containers is empty and the operator has no sender image; set the chart value sender.image (operator flag --sender-image) or add the sender (MTA) container to the pod template")]
     NoContainer { pool: String },
     #[error("SenderPool {pool}: address {address:?} is not in spec.ips")]
     UnknownIp { pool: String, address: String },

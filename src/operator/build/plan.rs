@@ -78,6 +78,8 @@ pub struct IpPlan {
 pub struct PoolPlan {
     pub deployments: Vec<Deployment>,
     pub config_maps: Vec<ConfigMap>,
+    /// The intake Service `mf-pool-<pool>`.
+    pub service: Option<Service>,
     pub ips: Vec<IpPlan>,
     pub prune: Vec<PruneTarget>,
 }
@@ -106,6 +108,7 @@ pub fn plan_pool(
     let mut plan = PoolPlan {
         deployments: Vec::new(),
         config_maps: Vec::new(),
+        service: Some(super::pool_service::build_pool_service(pool)?),
         ips: Vec::new(),
         prune: Vec::new(),
     };

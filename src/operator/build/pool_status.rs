@@ -379,6 +379,7 @@ mod tests {
             warmup_start: None,
             override_: None,
             node_selector: None,
+            helo_name: None,
         });
         let status = pool_status(&pool, &[], &[], false, now());
         let addresses: Vec<&str> = status.ips.iter().map(|i| i.address.as_str()).collect();

@@ -60,17 +60,19 @@ pub fn validate_fleet(pools: &[SenderPool], routes: &[DomainRoute]) -> FleetVali
     for pool in pools {
         let key = key_of(&pool.metadata);
         let mut problems = Vec::new();
+        // A template without `spec` gets the operator's sender image; a
+        // `spec` listing no container is a mistake.
         let containers = pool
             .spec
             .template
             .spec
             .as_ref()
-            .map_or(0, |s| s.containers.len());
+            .map_or(1, |s| s.containers.len());
         if containers == 0 {
             problems.push(ObjectProblem {
                 reason: "TemplateHasNoContainer",
                 field: "spec.template.spec.containers".into(),
-                message: "spec.template.spec.containers is empty, so no sender pod can run; add the sender (MTA) container to spec.template".into(),
+                message: "spec.template.spec.containers is empty, so no sender pod can run; add the sender (MTA) container, or leave out spec.template.spec to run the sender image".into(),
             });
         }
         if !is_dns_label(&key.name) {

@@ -33,6 +33,7 @@ fn pool_ip(address: &str) -> PoolIp {
         warmup_start: None,
         override_: None,
         node_selector: None,
+        helo_name: None,
     }
 }
 
@@ -42,6 +43,7 @@ fn spec() -> SenderPoolSpec {
         replicas_per_ip: Default::default(),
         template: PodTemplateSpec::default(),
         ip_binding: Default::default(),
+        intake: Default::default(),
         rate_limits: Default::default(),
         warmup: Default::default(),
         reputation: Default::default(),
