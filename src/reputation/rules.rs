@@ -243,6 +243,18 @@ pub struct Rule {
     /// Replaces the outcome the reply code implies (not what an MTA log says happened).
     pub outcome: Option<Outcome>,
     pub description: Option<String>,
+    /// The reply only quotes someone else's verdict (a public DNS block list):
+    /// conclusive only when it names an IP, and then only once confirmed
+    /// (docs/CLASSIFIER.md, "Evidence").
+    pub claim: Option<Claim>,
+}
+
+/// What kind of second-hand evidence a rule's replies are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// "blocked using <zone>", "listed in Spamhaus": a DNS block list's listing,
+    /// which the zone itself can confirm.
+    Dnsbl,
 }
 
 impl Rule {
@@ -275,6 +287,12 @@ impl Rule {
             return Err(
                 "`outcome` may be deferred or bounced; a failure reply is never delivered".into(),
             );
+        }
+        if self.claim.is_some() && self.category != Category::IpBlocklisted {
+            return Err(format!(
+                "`claim: dnsbl` only fits ip_blocklisted, not {}",
+                self.category
+            ));
         }
         Ok(())
     }
@@ -339,7 +357,7 @@ pub enum RuleError {
 }
 
 const RULE_FIELDS: &str =
-    "id, description, provider, code, status, text, regex, category, conclusive, outcome";
+    "id, description, provider, code, status, text, regex, category, conclusive, outcome, claim";
 
 /// An ordered list of rules: the first rule that matches decides.
 #[derive(Clone, Debug, Default)]
@@ -522,6 +540,7 @@ fn read_rule_fields(map: &Map<String, Value>) -> FieldResult<Rule> {
         conclusive: false,
         outcome: None,
         description: None,
+        claim: None,
     };
     let mut category = None;
     for (key, value) in map {
@@ -594,6 +613,17 @@ fn read_rule_fields(map: &Map<String, Value>) -> FieldResult<Rule> {
                         format!("expected true or false, found {}", kind_of(value)),
                     )
                 })?;
+            }
+            "claim" => {
+                rule.claim = match string("claim", value)? {
+                    "dnsbl" => Some(Claim::Dnsbl),
+                    other => {
+                        return Err((
+                            "claim",
+                            format!("`{other}` is not a claim kind; the only one is dnsbl"),
+                        ))
+                    }
+                };
             }
             "outcome" => {
                 let text = string("outcome", value)?;
