@@ -14,7 +14,7 @@ use crate::reputation::classifier::{Classifier, ClassifierConfig, ClassifierErro
 use crate::reputation::engine::{self, EngineError, Signal, Transition};
 use crate::reputation::providers::{well_known_domains, ProviderSpec};
 use crate::routing::{self, RouteTable};
-use crate::vocab::{BUILTIN_GATEWAYS, BUILTIN_PROVIDERS, OTHER_PROVIDER};
+use crate::vocab::{BUILTIN_PROVIDERS, OTHER_PROVIDER};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -190,13 +190,12 @@ impl Fleet {
     }
 }
 
-/// Builtin providers, `other`, and every provider a route names; sorted.
+/// Builtin providers, `other`, and every provider a route names; sorted. The
+/// builtin gateways (`proofpoint`, ...) are recognised by the classifier but
+/// not listed here: a pool-wide signal (a DNSBL listing) creates pairs only for
+/// these, and a gateway gets its pair from its first report.
 pub fn known_providers(routes: &[DomainRoute]) -> Vec<String> {
-    let mut out: Vec<String> = BUILTIN_PROVIDERS
-        .iter()
-        .chain(BUILTIN_GATEWAYS.iter())
-        .map(|p| p.to_string())
-        .collect();
+    let mut out: Vec<String> = BUILTIN_PROVIDERS.iter().map(|p| p.to_string()).collect();
     out.push(OTHER_PROVIDER.to_string());
     out.extend(routes.iter().map(|r| r.spec.provider.clone()));
     out.sort();

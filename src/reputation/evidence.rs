@@ -13,8 +13,9 @@
 
 use std::net::IpAddr;
 
-use crate::reputation::classifier::{extract_ip, Verdict};
-use crate::reputation::providers::SharedName;
+use crate::reputation::classifier::{extract_ip, parse_reply, Classifier, Verdict};
+use crate::reputation::providers::{ProviderId, SharedName};
+use crate::reputation::rules::Claim;
 use crate::vocab::{Category, Outcome};
 
 /// Block lists commonly quoted by name instead of by zone, with the zone to ask.
@@ -146,6 +147,60 @@ impl Verdict {
 /// The `rule` of a verdict whose reply named another IP than the sender's.
 pub const ANOTHER_IP_RULE: &str = "names-another-ip";
 
+/// A reply that only quotes a DNS block list: which zone, and who said it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimOf {
+    pub zone: Option<String>,
+    pub receiver: String,
+}
+
+/// Whether a reply received for `provider` is a DNS block list claim (a builtin
+/// rule with `claim: dnsbl` decides it), and if so its zone and receiver. The
+/// receiver is the domain of the host that replied (`mx1.example.net` →
+/// `example.net`), else its address, else `unknown`. Providers the builtin table
+/// does not know are judged as `other`: a declared provider's server quoting a
+/// list is second-hand too.
+pub fn claim_of(reply: &str, provider: &str) -> Option<ClaimOf> {
+    let classifier = Classifier::builtin();
+    let parsed = parse_reply(reply);
+    let id = classifier
+        .providers()
+        .id_of(provider)
+        .unwrap_or(ProviderId::OTHER);
+    let verdict = classifier.classify_for(&parsed, id, None);
+    let rule = verdict.rule.as_deref()?;
+    let is_claim = classifier
+        .rules()
+        .iter()
+        .any(|r| r.id.as_str() == rule && r.claim == Some(Claim::Dnsbl));
+    if !is_claim {
+        return None;
+    }
+    let receiver = parsed
+        .remote_host
+        .map(receiving_domain)
+        .or_else(|| parsed.remote_addr.map(str::to_string))
+        .unwrap_or_else(|| "unknown".to_string());
+    Some(ClaimOf {
+        zone: verdict.dnsbl_zone.map(|z| z.to_string()),
+        receiver,
+    })
+}
+
+/// The domain a receiving host belongs to: its last two labels, or three under
+/// a country's second level (`mx.example.co.jp` → `example.co.jp`).
+fn receiving_domain(host: &str) -> String {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let labels: Vec<&str> = host.split('.').collect();
+    let n = labels.len();
+    let keep = if n >= 3 && labels[n - 1].len() == 2 && labels[n - 2].len() <= 3 {
+        3
+    } else {
+        2
+    };
+    labels[n.saturating_sub(keep)..].join(".")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +232,28 @@ mod tests {
         );
         // An IP after "listed in" is not a zone.
         assert_eq!(z("listed in 203.0.113.10 twice"), None);
+    }
+
+    #[test]
+    fn claims_are_told_from_a_provider_s_own_word() {
+        let forged = "host mx.attacker.example[192.0.2.66] said: 554 5.7.1 Service unavailable; Client host [203.0.113.10] blocked using zen.spamhaus.org (in reply to RCPT TO command)";
+        assert_eq!(
+            claim_of(forged, "other"),
+            Some(ClaimOf {
+                zone: Some("zen.spamhaus.org".into()),
+                receiver: "attacker.example".into()
+            })
+        );
+        // Yahoo's own [BL21] is Yahoo's verdict, not a claim.
+        let yahoo = "553 5.7.1 [BL21] Connections will not be accepted from 203.0.113.10, because the ip is in Spamhaus's list";
+        assert_eq!(claim_of(yahoo, "yahoo"), None);
+        // Proofpoint's own reputation list, answered by Proofpoint.
+        let proofpoint =
+            "550 5.7.1 Service unavailable; client [203.0.113.10] blocked using prs.proofpoint.com";
+        assert_eq!(claim_of(proofpoint, "proofpoint"), None);
+        assert!(claim_of(proofpoint, "other").is_some());
+        assert_eq!(receiving_domain("mx1.mail.example.co.jp"), "example.co.jp");
+        assert_eq!(receiving_domain("mx.example.net."), "example.net");
     }
 
     #[test]
