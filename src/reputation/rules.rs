@@ -277,9 +277,16 @@ impl Rule {
         if self.category == Category::None {
             return Err("category `none` is for delivered mail; rules classify failures".into());
         }
+        if self.conclusive && self.category == Category::IpRateLimited {
+            // The engine throttles on a share of rate-limited replies; one such
+            // reply never blocks, so the flag would be silently ignored.
+            return Err(
+                "`conclusive: true` fits ip_blocklisted only: one rate-limit reply never blocks a pair, the engine throttles on their share over the window; drop `conclusive` or use category ip_blocklisted".into(),
+            );
+        }
         if self.conclusive && !self.category.is_reputation_signal() {
             return Err(format!(
-                "`conclusive: true` only fits ip_blocklisted or ip_rate_limited, not {}",
+                "`conclusive: true` only fits ip_blocklisted, not {}",
                 self.category
             ));
         }
@@ -1041,6 +1048,10 @@ rules:
         let e =
             error_of("rules:\n  - {id: x, code: 550, category: content_spam, conclusive: true}\n");
         assert!(e.contains("conclusive"), "{e}");
+        let e = error_of(
+            "rules:\n  - {id: x, code: 421, category: ip_rate_limited, conclusive: true}\n",
+        );
+        assert!(e.contains("one rate-limit reply never blocks"), "{e}");
         let e = error_of("rules:\n  - {id: x, category: content_spam}\n");
         assert!(e.contains("at least one of"), "{e}");
         let e = error_of("rules:\n  - {id: x, regex: '(', category: content_spam}\n");
