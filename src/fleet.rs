@@ -190,7 +190,10 @@ impl Fleet {
     }
 }
 
-/// Builtin providers, `other`, and every provider a route names; sorted.
+/// Builtin providers, `other`, and every provider a route names; sorted. The
+/// builtin gateways (`proofpoint`, ...) are recognised by the classifier but
+/// not listed here: a pool-wide signal (a DNSBL listing) creates pairs only for
+/// these, and a gateway gets its pair from its first report.
 pub fn known_providers(routes: &[DomainRoute]) -> Vec<String> {
     let mut out: Vec<String> = BUILTIN_PROVIDERS.iter().map(|p| p.to_string()).collect();
     out.push(OTHER_PROVIDER.to_string());

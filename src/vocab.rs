@@ -142,6 +142,17 @@ impl FromStr for Category {
 /// [`is_valid_provider_name`].
 pub const BUILTIN_PROVIDERS: [&str; 4] = ["microsoft", "google", "yahoo", "apple"];
 
+/// Business mail gateways mailfleet knows without configuration: providers too
+/// (a block there holds for every company behind them), found by MX host.
+pub const BUILTIN_GATEWAYS: [&str; 6] = [
+    "proofpoint",
+    "mimecast",
+    "barracuda",
+    "cisco",
+    "trendmicro",
+    "broadcom",
+];
+
 /// The provider every recipient falls into when no rule recognises it.
 pub const OTHER_PROVIDER: &str = "other";
 

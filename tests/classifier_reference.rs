@@ -354,7 +354,12 @@ fn any_postfix_rbl_blocked_using_a_zone_is_conclusive() {
         "554 5.7.1 Service unavailable; Sender address [news@example.com] blocked using dbl.spamhaus.org; https://www.spamhaus.org/query/dbl?domain=example.com",
         "example.org",
         None,
-        plain("other", Outcome::Bounced, Category::OtherPermanent, None),
+        plain(
+            "other",
+            Outcome::Bounced,
+            Category::ContentSpam,
+            Some("spamhaus-dbl"),
+        ),
     );
 }
 
@@ -446,7 +451,12 @@ fn apple_5_7_0_blocked_dnsbl_lookup_and_spamhaus_are_conclusive() {
         "554 5.7.1 Message rejected: a domain in it is listed in Spamhaus DBL",
         "mac.com",
         None,
-        plain("apple", Outcome::Bounced, Category::OtherPermanent, None),
+        plain(
+            "apple",
+            Outcome::Bounced,
+            Category::ContentSpam,
+            Some("spamhaus-dbl"),
+        ),
     );
 }
 

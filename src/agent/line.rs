@@ -197,8 +197,8 @@ fn classify_json<'a>(
             .as_deref()
             .filter(|h| !h.is_empty())
             .or(reply.remote_host);
-        let provider = classifier.provider_of(domain, mx_host);
-        classifier.classify_for(&reply, provider, Some(outcome))
+        let (provider, source) = classifier.find_provider(domain, mx_host, &reply);
+        classifier.classify_found(&reply, provider, source, Some(outcome))
     };
     Ok(ClassifiedLine {
         verdict,

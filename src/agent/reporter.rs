@@ -138,6 +138,12 @@ impl Reporter {
         at: impl FnOnce() -> Timestamp,
     ) {
         self.open_lines.read += 1;
+        // A reply naming only other addresses is no evidence against this IP.
+        if verdict.ip.is_some_and(|ip| ip != self.config.source_ip) {
+            let seen = verdict.clone().for_sender(self.config.source_ip, reply);
+            self.open.add(&seen, cut_reply(reply), at);
+            return;
+        }
         self.open.add(verdict, cut_reply(reply), at);
     }
 
@@ -521,7 +527,7 @@ mod tests {
         ];
         let classifier = Classifier::builtin();
         let mut r = reporter(4);
-        let mut tally = Tally::default();
+        let mut tally = Tally::for_sender("203.0.113.10".parse().unwrap());
         for (i, (reply, domain)) in replies.iter().cycle().take(40).enumerate() {
             let v = classifier.classify_text(reply, Some(domain), None);
             let at = t(i as u32);

@@ -785,6 +785,27 @@ pub struct ProviderReputation {
     /// Recent delivery counts, the sliding window the thresholds are judged on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub window: Vec<WindowBucket>,
+    /// Replies quoting a DNS block list that name this IP, one per receiving
+    /// domain, within the feedback window: not a block until the zone confirms
+    /// the listing or several receivers agree.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dnsbl_claims: Vec<DnsblClaim>,
+}
+
+/// One receiver's reply quoting a DNS block list about this IP.
+#[derive(JsonSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsblClaim {
+    /// The zone the reply names (`zen.spamhaus.org`), if it names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// The receiving domain that sent the reply (from its host name), or its
+    /// address, or `unknown`.
+    pub receiver: String,
+    /// When the reply was received.
+    pub at: Time,
+    /// The reply, cut to 300 characters.
+    pub reply: String,
 }
 
 /// Delivery counts of one slice of the sliding window.

@@ -53,6 +53,10 @@ pub struct LineVerdict {
     pub rule: Option<String>,
     pub recipient_domain: Option<String>,
     pub skipped: Option<String>,
+    /// `relay`, `domain`, `reply`, `given` or `none`: how the provider was found.
+    pub provider_source: Option<&'static str>,
+    /// The DNS block list zone a second-hand block claim names (docs/CLASSIFIER.md).
+    pub dnsbl_zone: Option<String>,
 }
 
 pub fn run(args: ClassifyArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -155,6 +159,8 @@ pub fn classify_line(
         rule: None,
         recipient_domain: None,
         skipped: Some(reason),
+        provider_source: None,
+        dnsbl_zone: None,
     };
     let from = |v: Verdict, recipient_domain: Option<&str>| LineVerdict {
         line,
@@ -166,6 +172,8 @@ pub fn classify_line(
         rule: v.rule.map(|r| r.to_string()),
         recipient_domain: recipient_domain.map(str::to_string),
         skipped: None,
+        provider_source: Some(v.provider_source.as_str()),
+        dnsbl_zone: v.dnsbl_zone.map(|z| z.to_string()),
     };
     match parse_line_bytes(raw) {
         Ok(attempt) => from(
@@ -177,10 +185,19 @@ pub fn classify_line(
                 return skipped(format!("binary: {}", Skip::Binary));
             };
             let text = text.trim();
-            let looks_like_reply = text.len() >= 3
-                && text.as_bytes()[..3].iter().all(u8::is_ascii_digit)
-                && matches!(text.as_bytes()[0], b'2'..=b'5')
-                && text
+            // A DSN's Diagnostic-Code (`smtp; 550 ...`) or Exim's `host H [A] SMTP
+            // error from remote mail server after ...: 550 ...` carry a reply too.
+            let reply_part = match text.get(..5) {
+                Some(head) if head.eq_ignore_ascii_case("smtp;") => text[5..].trim_start(),
+                _ => text
+                    .split_once(" SMTP error from remote mail server after ")
+                    .and_then(|(_, rest)| rest.split_once(": "))
+                    .map_or(text, |(_, reply)| reply),
+            };
+            let looks_like_reply = reply_part.len() >= 3
+                && reply_part.as_bytes()[..3].iter().all(u8::is_ascii_digit)
+                && matches!(reply_part.as_bytes()[0], b'2'..=b'5')
+                && reply_part
                     .as_bytes()
                     .get(3)
                     .is_none_or(|b| *b == b' ' || *b == b'-');

@@ -21,10 +21,12 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::reputation::evidence::dnsbl_zone_of;
+use crate::reputation::fingerprints::provider_from_reply;
 use crate::reputation::providers::{
     ProviderError, ProviderId, ProviderSpec, ProviderTable, SharedName,
 };
-use crate::reputation::rules::{CompiledRules, EnhancedCode, Rule, RuleError, RuleTable};
+use crate::reputation::rules::{Claim, CompiledRules, EnhancedCode, Rule, RuleError, RuleTable};
 use crate::vocab::{Category, Outcome};
 
 /// One SMTP reply, split into its parts.
@@ -86,13 +88,17 @@ const COMMAND_END: &str = " command)";
 /// Splits a reply as Postfix logs it. Never fails: text it cannot read becomes a
 /// reply without codes.
 pub fn parse_reply(input: &str) -> SmtpReply<'_> {
-    let mut text = input.trim();
+    let mut text = strip_dsn_type(input.trim());
     let mut remote_host = None;
     let mut remote_addr = None;
     let mut command = None;
     let mut said = false;
 
-    if let Some(rest) = text.strip_prefix("host ") {
+    if let Some(exim) = split_exim_wrapper(text) {
+        (remote_host, remote_addr, command) = (exim.host, exim.addr, exim.command);
+        said = true;
+        text = exim.reply;
+    } else if let Some(rest) = text.strip_prefix("host ") {
         // The endpoint HOST[ADDR] has no spaces: the wrapper's verb follows the first one.
         if let Some(space) = memchr::memchr(b' ', rest.as_bytes()) {
             let verb = &rest[space..];
@@ -147,6 +153,57 @@ pub fn parse_reply(input: &str) -> SmtpReply<'_> {
         command,
         from_server,
     }
+}
+
+/// A DSN's `Diagnostic-Code: smtp; 550 ...` carries its type in front of the reply.
+fn strip_dsn_type(text: &str) -> &str {
+    match text.get(..5) {
+        Some(head) if head.eq_ignore_ascii_case("smtp;") => text[5..].trim_start(),
+        _ => text,
+    }
+}
+
+struct EximWrapper<'a> {
+    host: Option<&'a str>,
+    addr: Option<&'a str>,
+    command: Option<&'a str>,
+    reply: &'a str,
+}
+
+const EXIM_SAID: &str = " SMTP error from remote mail server after ";
+
+/// Exim's `host HOST [ADDR] SMTP error from remote mail server after COMMAND: <reply>`
+/// (`after initial connection:` for a greeting).
+fn split_exim_wrapper(text: &str) -> Option<EximWrapper<'_>> {
+    let rest = text.strip_prefix("host ")?;
+    let at = rest.find(EXIM_SAID)?;
+    let endpoint = &rest[..at];
+    let after = &rest[at + EXIM_SAID.len()..];
+    // The command may itself hold ": " (`MAIL FROM:<a@b> SIZE=1`): the reply is
+    // after the first ": " that a reply code follows.
+    let mut from = 0;
+    let (command, reply) = loop {
+        let colon = after[from..].find(": ")? + from;
+        let candidate = &after[colon + 2..];
+        if candidate
+            .as_bytes()
+            .first()
+            .is_some_and(|b| matches!(b, b'2' | b'4' | b'5'))
+        {
+            break (&after[..colon], candidate);
+        }
+        from = colon + 2;
+    };
+    let (host, addr) = match endpoint.split_once(" [") {
+        Some((host, addr)) => (host, addr.strip_suffix(']')),
+        None => (endpoint, None),
+    };
+    Some(EximWrapper {
+        host: (!host.is_empty()).then_some(host),
+        addr: addr.filter(|a| !a.is_empty()),
+        command: Some(command),
+        reply,
+    })
 }
 
 /// `HOST[ADDR]` (the port, if any, after it is ignored).
@@ -383,6 +440,44 @@ pub struct Verdict {
     pub ip: Option<IpAddr>,
     /// The id of the rule that decided; `None` when the reply class did.
     pub rule: Option<SharedName>,
+    /// How the provider was found: the relay (MX) host, the recipient domain, or
+    /// the reply's own words; `none` when nothing named one (`other`).
+    #[serde(default)]
+    pub provider_source: ProviderSource,
+    /// For a reply that only quotes a DNS block list (a claim any receiver can
+    /// make): the zone it names, so the claim can be checked; see
+    /// [`crate::reputation::evidence`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dnsbl_zone: Option<SharedName>,
+}
+
+/// How a verdict's provider was found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderSource {
+    /// The MX or relay host that answered is the provider's.
+    Relay,
+    /// The recipient domain is the provider's.
+    Domain,
+    /// Neither was known; the reply's own words name the provider.
+    Reply,
+    /// The caller named the provider.
+    Given,
+    /// Nothing named a provider: `other`.
+    #[default]
+    None,
+}
+
+impl ProviderSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderSource::Relay => "relay",
+            ProviderSource::Domain => "domain",
+            ProviderSource::Reply => "reply",
+            ProviderSource::Given => "given",
+            ProviderSource::None => "none",
+        }
+    }
 }
 
 /// Providers to declare and rules to try first, as a user writes them in YAML:
@@ -585,6 +680,32 @@ impl Classifier {
         self.providers.recognise(recipient_domain, mx_host)
     }
 
+    /// The provider and how it was found: the MX (relay) host, else the recipient
+    /// domain, else, only when neither is known, the reply's own words
+    /// ([`crate::reputation::fingerprints`]). A known but unrecognised relay or
+    /// domain is `other`: a receiving server cannot talk its way into being a
+    /// big provider.
+    pub fn find_provider(
+        &self,
+        recipient_domain: Option<&str>,
+        mx_host: Option<&str>,
+        reply: &SmtpReply<'_>,
+    ) -> (ProviderId, ProviderSource) {
+        if let Some(id) = mx_host.and_then(|host| self.providers.by_mx_host(host)) {
+            return (id, ProviderSource::Relay);
+        }
+        if let Some(id) = recipient_domain.and_then(|d| self.providers.by_domain(d)) {
+            return (id, ProviderSource::Domain);
+        }
+        if mx_host.is_none() && recipient_domain.is_none() {
+            if let Some(id) = provider_from_reply(reply).and_then(|name| self.providers.id_of(name))
+            {
+                return (id, ProviderSource::Reply);
+            }
+        }
+        (ProviderId::OTHER, ProviderSource::None)
+    }
+
     /// Classifies a reply to a recipient; without `mx_host`, the server named in
     /// the reply's `host HOST[ADDR] said:` wrapper serves as the MX host.
     pub fn classify(
@@ -593,8 +714,9 @@ impl Classifier {
         recipient_domain: Option<&str>,
         mx_host: Option<&str>,
     ) -> Verdict {
-        let provider = self.provider_of(recipient_domain, mx_host.or(reply.remote_host));
-        self.classify_for(reply, provider, None)
+        let (provider, source) =
+            self.find_provider(recipient_domain, mx_host.or(reply.remote_host), reply);
+        self.classify_found(reply, provider, source, None)
     }
 
     /// [`parse_reply`] then [`Classifier::classify`].
@@ -615,6 +737,23 @@ impl Classifier {
         provider: ProviderId,
         observed: Option<Outcome>,
     ) -> Verdict {
+        let source = if provider == ProviderId::OTHER {
+            ProviderSource::None
+        } else {
+            ProviderSource::Given
+        };
+        self.classify_found(reply, provider, source, observed)
+    }
+
+    /// [`Classifier::classify_for`] with the way the provider was found
+    /// ([`Classifier::find_provider`]).
+    pub fn classify_found(
+        &self,
+        reply: &SmtpReply<'_>,
+        provider: ProviderId,
+        provider_source: ProviderSource,
+        observed: Option<Outcome>,
+    ) -> Verdict {
         let provider_name = self.providers.name(provider).clone();
         if observed.unwrap_or_else(|| reply.implied_outcome()) == Outcome::Delivered {
             return Verdict {
@@ -624,6 +763,8 @@ impl Classifier {
                 conclusive: false,
                 ip: None,
                 rule: None,
+                provider_source,
+                dnsbl_zone: None,
             };
         }
         let rule = self
@@ -632,21 +773,30 @@ impl Classifier {
         let outcome = observed
             .or(rule.and_then(|r| r.outcome))
             .unwrap_or_else(|| reply.implied_outcome());
-        let (category, conclusive, rule) = match rule {
+        let (category, conclusive, rule_id) = match rule {
             Some(rule) => (rule.category, rule.conclusive, Some(rule.id.clone())),
             None => (fallback_category(reply.code, outcome), false, None),
         };
+        let ip = if reply.from_server {
+            extract_ip(&reply.text)
+        } else {
+            None
+        };
+        let claim = rule.is_some_and(|r| r.claim == Some(Claim::Dnsbl));
         Verdict {
             provider: provider_name,
             outcome,
             category,
-            conclusive,
-            ip: if reply.from_server {
-                extract_ip(&reply.text)
+            // A block list quoted without our address is about nobody in particular.
+            conclusive: conclusive && (!claim || ip.is_some()),
+            ip,
+            rule: rule_id,
+            provider_source,
+            dnsbl_zone: if claim {
+                dnsbl_zone_of(&reply.text).map(SharedName::from)
             } else {
                 None
             },
-            rule,
         }
     }
 }
@@ -869,7 +1019,8 @@ mod tests {
             json,
             serde_json::json!({
                 "provider": "microsoft", "outcome": "bounced", "category": "ip_blocklisted",
-                "conclusive": true, "ip": "203.0.113.10", "rule": "microsoft-banned-sending-ip"
+                "conclusive": true, "ip": "203.0.113.10", "rule": "microsoft-banned-sending-ip",
+                "provider_source": "domain"
             })
         );
         let back: Verdict = serde_json::from_value(json).unwrap();

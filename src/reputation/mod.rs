@@ -4,6 +4,8 @@
 
 pub mod classifier;
 pub mod engine;
+pub mod evidence;
+pub mod fingerprints;
 pub mod postfix_log;
 pub mod providers;
 pub mod rules;

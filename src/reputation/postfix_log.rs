@@ -240,8 +240,8 @@ pub fn classify_attempt(classifier: &Classifier, attempt: &DeliveryAttempt<'_>) 
         reply.status = attempt.dsn;
     }
     let mx_host = attempt.relay_host.or(reply.remote_host);
-    let provider = classifier.provider_of(attempt.recipient_domain, mx_host);
-    classifier.classify_for(&reply, provider, Some(attempt.status))
+    let (provider, source) = classifier.find_provider(attempt.recipient_domain, mx_host, &reply);
+    classifier.classify_found(&reply, provider, source, Some(attempt.status))
 }
 
 /// [`parse_line`] then [`classify_attempt`].

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::vocab::{is_valid_provider_name, BUILTIN_PROVIDERS, OTHER_PROVIDER};
+use crate::vocab::{is_valid_provider_name, BUILTIN_GATEWAYS, BUILTIN_PROVIDERS, OTHER_PROVIDER};
 
 /// An immutable name shared by every verdict that carries it (a provider name or a
 /// rule id): cloning it bumps a reference count instead of copying the text.
@@ -269,6 +269,31 @@ pub fn builtin_provider_specs() -> Vec<ProviderSpec> {
             .mx_host_suffixes([".icloud.com"]),
     ];
     debug_assert!(specs.iter().map(|s| s.name.as_str()).eq(BUILTIN_PROVIDERS));
+    let mut specs = specs;
+    specs.extend(builtin_gateway_specs());
+    specs
+}
+
+/// Business mail gateways: one block there holds for every company domain behind
+/// them, so each is a provider of its own, found by its MX host only (their
+/// customers' domains have no names in common). docs/CLASSIFIER.md gives the
+/// vendor page each suffix comes from.
+pub fn builtin_gateway_specs() -> Vec<ProviderSpec> {
+    let specs: Vec<ProviderSpec> = [
+        ("proofpoint", &[".pphosted.com", ".ppe-hosted.com"][..]),
+        ("mimecast", &[".mimecast.com"][..]),
+        ("barracuda", &[".barracudanetworks.com"][..]),
+        ("cisco", &[".iphmx.com"][..]),
+        (
+            "trendmicro",
+            &[".tmes.trendmicro.com", ".tmes.trendmicro.eu"][..],
+        ),
+        ("broadcom", &[".messagelabs.com"][..]),
+    ]
+    .into_iter()
+    .map(|(name, suffixes)| ProviderSpec::new(name).mx_host_suffixes(suffixes.iter().copied()))
+    .collect();
+    debug_assert!(specs.iter().map(|s| s.name.as_str()).eq(BUILTIN_GATEWAYS));
     specs
 }
 
@@ -805,7 +830,46 @@ mod tests {
     fn builtin_table_builds_and_lists_builtin_names_after_other() {
         let table = ProviderTable::builtin();
         let names: Vec<&str> = table.names().map(|n| n.as_str()).collect();
-        assert_eq!(names, ["other", "microsoft", "google", "yahoo", "apple"]);
+        assert_eq!(
+            names,
+            [
+                "other",
+                "microsoft",
+                "google",
+                "yahoo",
+                "apple",
+                "proofpoint",
+                "mimecast",
+                "barracuda",
+                "cisco",
+                "trendmicro",
+                "broadcom"
+            ]
+        );
+        assert_eq!(
+            name_of(&table, Some("example.com"), Some("mx0a-001.pphosted.com")),
+            "proofpoint"
+        );
+        assert_eq!(
+            name_of(&table, None, Some("eu-smtp-inbound-1.mimecast.com")),
+            "mimecast"
+        );
+        assert_eq!(
+            name_of(&table, None, Some("d123456a.ess.barracudanetworks.com")),
+            "barracuda"
+        );
+        assert_eq!(
+            name_of(&table, None, Some("mx1.hc1234-56.iphmx.com")),
+            "cisco"
+        );
+        assert_eq!(
+            name_of(&table, None, Some("example.in.tmes.trendmicro.com")),
+            "trendmicro"
+        );
+        assert_eq!(
+            name_of(&table, None, Some("cluster1.eu.messagelabs.com")),
+            "broadcom"
+        );
         assert_eq!(table.id_of("other"), Some(ProviderId::OTHER));
         assert_eq!(table.id_of("nope"), None);
     }
@@ -872,7 +936,7 @@ mod tests {
                 .unwrap();
         assert_eq!(name_of(&table, Some("example.jp"), None), "microsoft");
         assert_eq!(name_of(&table, Some("hotmail.com"), None), "microsoft");
-        assert_eq!(table.len(), 5);
+        assert_eq!(table.len(), 11);
     }
 
     #[test]

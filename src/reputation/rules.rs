@@ -243,6 +243,18 @@ pub struct Rule {
     /// Replaces the outcome the reply code implies (not what an MTA log says happened).
     pub outcome: Option<Outcome>,
     pub description: Option<String>,
+    /// The reply only quotes someone else's verdict (a public DNS block list):
+    /// conclusive only when it names an IP, and then only once confirmed
+    /// (docs/CLASSIFIER.md, "Evidence").
+    pub claim: Option<Claim>,
+}
+
+/// What kind of second-hand evidence a rule's replies are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// "blocked using <zone>", "listed in Spamhaus": a DNS block list's listing,
+    /// which the zone itself can confirm.
+    Dnsbl,
 }
 
 impl Rule {
@@ -265,9 +277,16 @@ impl Rule {
         if self.category == Category::None {
             return Err("category `none` is for delivered mail; rules classify failures".into());
         }
+        if self.conclusive && self.category == Category::IpRateLimited {
+            // The engine throttles on a share of rate-limited replies; one such
+            // reply never blocks, so the flag would be silently ignored.
+            return Err(
+                "`conclusive: true` fits ip_blocklisted only: one rate-limit reply never blocks a pair, the engine throttles on their share over the window; drop `conclusive` or use category ip_blocklisted".into(),
+            );
+        }
         if self.conclusive && !self.category.is_reputation_signal() {
             return Err(format!(
-                "`conclusive: true` only fits ip_blocklisted or ip_rate_limited, not {}",
+                "`conclusive: true` only fits ip_blocklisted, not {}",
                 self.category
             ));
         }
@@ -275,6 +294,12 @@ impl Rule {
             return Err(
                 "`outcome` may be deferred or bounced; a failure reply is never delivered".into(),
             );
+        }
+        if self.claim.is_some() && self.category != Category::IpBlocklisted {
+            return Err(format!(
+                "`claim: dnsbl` only fits ip_blocklisted, not {}",
+                self.category
+            ));
         }
         Ok(())
     }
@@ -339,7 +364,7 @@ pub enum RuleError {
 }
 
 const RULE_FIELDS: &str =
-    "id, description, provider, code, status, text, regex, category, conclusive, outcome";
+    "id, description, provider, code, status, text, regex, category, conclusive, outcome, claim";
 
 /// An ordered list of rules: the first rule that matches decides.
 #[derive(Clone, Debug, Default)]
@@ -522,6 +547,7 @@ fn read_rule_fields(map: &Map<String, Value>) -> FieldResult<Rule> {
         conclusive: false,
         outcome: None,
         description: None,
+        claim: None,
     };
     let mut category = None;
     for (key, value) in map {
@@ -594,6 +620,17 @@ fn read_rule_fields(map: &Map<String, Value>) -> FieldResult<Rule> {
                         format!("expected true or false, found {}", kind_of(value)),
                     )
                 })?;
+            }
+            "claim" => {
+                rule.claim = match string("claim", value)? {
+                    "dnsbl" => Some(Claim::Dnsbl),
+                    other => {
+                        return Err((
+                            "claim",
+                            format!("`{other}` is not a claim kind; the only one is dnsbl"),
+                        ))
+                    }
+                };
             }
             "outcome" => {
                 let text = string("outcome", value)?;
@@ -1011,6 +1048,10 @@ rules:
         let e =
             error_of("rules:\n  - {id: x, code: 550, category: content_spam, conclusive: true}\n");
         assert!(e.contains("conclusive"), "{e}");
+        let e = error_of(
+            "rules:\n  - {id: x, code: 421, category: ip_rate_limited, conclusive: true}\n",
+        );
+        assert!(e.contains("one rate-limit reply never blocks"), "{e}");
         let e = error_of("rules:\n  - {id: x, category: content_spam}\n");
         assert!(e.contains("at least one of"), "{e}");
         let e = error_of("rules:\n  - {id: x, regex: '(', category: content_spam}\n");

@@ -5,6 +5,7 @@
 //! whichever driver feeds it.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use jiff::Timestamp;
 
@@ -16,11 +17,29 @@ use crate::vocab::{Category, Outcome};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tally {
     per_provider: BTreeMap<String, Feedback>,
+    sender: Option<IpAddr>,
 }
 
 impl Tally {
+    /// A tally of the attempts of one sending IP: replies naming only other
+    /// addresses count as no evidence against it ([`Verdict::for_sender`]).
+    pub fn for_sender(sender: IpAddr) -> Self {
+        Tally {
+            sender: Some(sender),
+            ..Tally::default()
+        }
+    }
+
     /// Counts one attempt. `reply` is kept as evidence when the verdict is conclusive.
     pub fn add(&mut self, verdict: &Verdict, reply: &str, at: Timestamp) {
+        let seen;
+        let verdict = match self.sender {
+            Some(sender) if verdict.ip.is_some_and(|ip| ip != sender) => {
+                seen = verdict.clone().for_sender(sender, reply);
+                &seen
+            }
+            _ => verdict,
+        };
         let provider = verdict.provider.as_str();
         let entry = self
             .per_provider

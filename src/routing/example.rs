@@ -45,6 +45,7 @@ pub fn pair(
         recovery_step: None,
         probe_successes: 0,
         window: Vec::new(),
+        dnsbl_claims: Vec::new(),
     }
 }
 

@@ -121,6 +121,7 @@ mod tests {
             recovery_step: None,
             probe_successes: 0,
             window: Vec::new(),
+            dnsbl_claims: Vec::new(),
         }
     }
 

@@ -14,13 +14,24 @@ use super::signal::{ConclusiveReply, Feedback};
 use super::transition::{Reason, Transition};
 use super::warmup::{schedule_end, warm_allowance, warmup_day, WarmupDay};
 use super::window::{self, percent_of, share_at_least, Counts};
-use crate::api::{ManualOverride, ProviderReputation, ReputationSettings, ReputationState};
+use crate::api::{
+    DnsblClaim, ManualOverride, ProviderReputation, ReputationSettings, ReputationState,
+};
+use crate::reputation::evidence::{claim_of, names_ip};
 
 use ReputationState::*;
 
 /// Guards the timer loop of [`PairRules::settle`] against a corrupted status;
 /// a real pair needs at most one move per recovery step plus a few.
 const MAX_MOVES_PER_SETTLE: usize = 64;
+
+/// Distinct receiving domains whose replies must quote a block list about this
+/// IP, within the feedback window, before the quote alone blocks the pair.
+pub const DNSBL_CLAIM_RECEIVERS: usize = 3;
+/// Receivers' claims kept per pair (the newest).
+const MAX_DNSBL_CLAIMS: usize = 16;
+/// Characters of a claim's reply kept as evidence.
+const CLAIM_REPLY_CHARS: usize = 300;
 
 /// Collects the transitions of one engine call.
 #[derive(Debug, Default)]
@@ -71,6 +82,7 @@ pub(crate) fn new_pair(provider: &str, now: Timestamp) -> ProviderReputation {
         recovery_step: None,
         probe_successes: 0,
         window: Vec::new(),
+        dnsbl_claims: Vec::new(),
     }
 }
 
@@ -404,17 +416,33 @@ impl PairRules<'_> {
 
     /// Judges one feedback report. Call [`Self::settle`] before (so the report
     /// meets the pair's state at `now`) and after (allowance, override).
+    /// `listed_zones`: the zones whose last answer through the pool's own
+    /// resolver lists this IP; they confirm a claim naming them.
     pub fn on_feedback(
         &self,
         pair: &mut ProviderReputation,
         feedback: &Feedback,
+        listed_zones: &[String],
         now: Timestamp,
         rec: &mut Recorder,
     ) {
+        // A ban naming only another address is no refusal of this IP (an agent
+        // that knows its address already leaves those out).
+        let about_others = feedback
+            .conclusive
+            .iter()
+            .filter(|r| {
+                r.named_ip
+                    .is_some_and(|n| n != self.ip_addr && !names_ip(&r.reply, self.ip_addr))
+            })
+            .count();
         let counts = Counts {
             attempts: feedback.attempts,
             delivered: feedback.delivered,
-            ip_blocklisted: feedback.ip_blocklisted,
+            ip_blocklisted: feedback
+                .ip_blocklisted
+                .saturating_sub(i64::try_from(about_others).unwrap_or(i64::MAX))
+                .max(0),
             ip_rate_limited: feedback.ip_rate_limited,
         };
         let window_seconds = self.settings.feedback.window_seconds;
@@ -425,8 +453,11 @@ impl PairRules<'_> {
             return;
         }
 
-        let about_this_ip =
-            |r: &&ConclusiveReply| r.named_ip.is_none_or(|named| named == self.ip_addr);
+        // The sender counts wherever the reply names it, not only first.
+        let about_this_ip = |r: &&ConclusiveReply| {
+            r.named_ip
+                .is_none_or(|named| named == self.ip_addr || names_ip(&r.reply, self.ip_addr))
+        };
         // While Probing, a ban reply received before probing began speaks of the
         // block already served, not of the probe.
         let probing_since = (pair.state == Probing).then_some(pair.since.0);
@@ -437,12 +468,21 @@ impl PairRules<'_> {
             .filter(about_this_ip)
             .filter(is_stale)
             .count();
+        let mut claims = Vec::new();
         let first_fresh = feedback
             .conclusive
             .iter()
             .filter(about_this_ip)
             .filter(|r| !is_stale(r))
+            .filter(|r| match claim_of(&r.reply, self.provider) {
+                Some(claim) => {
+                    claims.push((claim, *r));
+                    false
+                }
+                None => true,
+            })
             .min_by(|a, b| (a.at, &a.reply).cmp(&(b.at, &b.reply)));
+        self.record_claims(pair, claims, now);
         if let Some(reply) = first_fresh {
             self.block(
                 pair,
@@ -451,6 +491,10 @@ impl PairRules<'_> {
                 now,
                 rec,
             );
+            return;
+        }
+        if let Some(evidence) = self.confirmed_claim(pair, listed_zones) {
+            self.block(pair, Reason::DnsblClaimConfirmed, evidence, now, rec);
             return;
         }
 
@@ -539,6 +583,82 @@ impl PairRules<'_> {
             }
             Healthy | Warming | Throttled | Recovering => {}
         }
+    }
+}
+
+impl PairRules<'_> {
+    /// Keeps one claim per receiving domain (its newest), within the window.
+    fn record_claims(
+        &self,
+        pair: &mut ProviderReputation,
+        claims: Vec<(crate::reputation::evidence::ClaimOf, &ConclusiveReply)>,
+        now: Timestamp,
+    ) {
+        let window_start = add_seconds(now, -self.settings.feedback.window_seconds);
+        pair.dnsbl_claims.retain(|c| c.at.0 >= window_start);
+        for (claim, reply) in claims {
+            let at = Time(super::clock::whole_second(reply.at));
+            if at.0 < window_start {
+                continue;
+            }
+            let entry = DnsblClaim {
+                zone: claim.zone,
+                receiver: claim.receiver,
+                at,
+                reply: reply.reply.chars().take(CLAIM_REPLY_CHARS).collect(),
+            };
+            match pair
+                .dnsbl_claims
+                .iter_mut()
+                .find(|c| c.receiver == entry.receiver)
+            {
+                Some(existing) if existing.at <= entry.at => *existing = entry,
+                Some(_) => {}
+                None => pair.dnsbl_claims.push(entry),
+            }
+        }
+        pair.dnsbl_claims
+            .sort_by(|a, b| (a.at.0, &a.receiver).cmp(&(b.at.0, &b.receiver)));
+        let excess = pair.dnsbl_claims.len().saturating_sub(MAX_DNSBL_CLAIMS);
+        pair.dnsbl_claims.drain(..excess);
+    }
+
+    /// Why the pair's claims now amount to a block, if they do: a claimed zone
+    /// lists the IP through the pool's own resolver, or enough receivers agree.
+    fn confirmed_claim(
+        &self,
+        pair: &ProviderReputation,
+        listed_zones: &[String],
+    ) -> Option<String> {
+        if let Some(claim) = pair
+            .dnsbl_claims
+            .iter()
+            .rev()
+            .find(|c| c.zone.as_ref().is_some_and(|z| listed_zones.contains(z)))
+        {
+            return Some(format!(
+                "{} lists {} (asked through the pool's resolver), as {} said: {}",
+                claim.zone.as_deref().unwrap_or_default(),
+                self.ip,
+                claim.receiver,
+                claim.reply
+            ));
+        }
+        if pair.dnsbl_claims.len() >= DNSBL_CLAIM_RECEIVERS {
+            let receivers: Vec<&str> = pair
+                .dnsbl_claims
+                .iter()
+                .map(|c| c.receiver.as_str())
+                .collect();
+            let last = pair.dnsbl_claims.last().map_or("", |c| c.reply.as_str());
+            return Some(format!(
+                "{} receiving domains quote a block list about {} ({}); last: {last}",
+                receivers.len(),
+                self.ip,
+                receivers.join(", ")
+            ));
+        }
+        None
     }
 }
 

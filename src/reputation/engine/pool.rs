@@ -223,6 +223,12 @@ fn on_feedback(
     now: Timestamp,
     rec: &mut Recorder,
 ) {
+    let listed_zones: Vec<String> = ip_status
+        .dnsbl
+        .iter()
+        .filter(|r| r.listed && r.error.is_none())
+        .map(|r| r.zone.clone())
+        .collect();
     with_pair(
         pool,
         pool_ip,
@@ -234,7 +240,7 @@ fn on_feedback(
         rec,
         |rules, pair, rec| {
             rules.settle(pair, now, rec);
-            rules.on_feedback(pair, feedback, now, rec);
+            rules.on_feedback(pair, feedback, &listed_zones, now, rec);
             rules.settle(pair, now, rec);
         },
     );
@@ -275,10 +281,26 @@ fn on_dnsbl(
     let zone = result.zone.clone();
     let listing = result.listed;
     let providers: Vec<String> = if listing {
-        match pool.zone(&zone) {
+        let mut providers = match pool.zone(&zone) {
             Some(z) if !z.providers.is_empty() => z.providers.clone(),
             _ => every_provider(pool, ip_status),
-        }
+        };
+        // A listing confirms the claims that named this zone, whatever provider
+        // the receivers that quoted it belong to.
+        providers.extend(
+            ip_status
+                .reputation
+                .iter()
+                .filter(|p| {
+                    p.dnsbl_claims
+                        .iter()
+                        .any(|c| c.zone.as_deref() == Some(zone.as_str()))
+                })
+                .map(|p| p.provider.clone()),
+        );
+        providers.sort();
+        providers.dedup();
+        providers
     } else {
         ip_status
             .reputation

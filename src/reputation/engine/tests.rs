@@ -173,13 +173,17 @@ fn a_reply_naming_no_ip_is_conclusive_but_one_naming_another_ip_is_not() {
     assert_eq!(fleet.view("microsoft").state, Blocked);
 
     let mut fleet = Fleet::new(spec());
-    let out = fleet.observe(IP, ban("microsoft", Some(OTHER_IP), t0()), t0());
+    let mut other = ban("microsoft", Some(OTHER_IP), t0());
+    if let Signal::Feedback(f) = &mut other {
+        f.conclusive[0].reply = BAN.replace(IP, OTHER_IP);
+    }
+    let out = fleet.observe(IP, other, t0());
     assert!(out.is_empty(), "{out:?}");
     let pair = fleet.pair("microsoft");
     assert_eq!(pair.state, Healthy);
     assert_eq!(
-        pair.window[0].ip_blocklisted, 1,
-        "still counted as an ambiguous refusal"
+        pair.window[0].ip_blocklisted, 0,
+        "a ban of another IP says nothing about this one"
     );
 }
 
@@ -1106,3 +1110,6 @@ fn signals_serialise_for_the_agent_api() {
     assert_eq!(json["feedback"]["conclusive"][0]["named_ip"], IP);
     assert_eq!(serde_json::from_value::<Signal>(json).unwrap(), signal);
 }
+
+#[path = "claim_tests.rs"]
+mod claim_tests;

@@ -26,6 +26,9 @@ pub enum Reason {
     DnsblListed,
     /// A provider feed (for example Microsoft SNDS) says the IP is blocked.
     FeedBlocked,
+    /// Replies quoting a DNS block list were confirmed: the named zone lists the
+    /// IP through the pool's own resolver, or several distinct receivers said so.
+    DnsblClaimConfirmed,
     /// The hold-down of a Blocked pair is over: probing starts.
     HoldDownElapsed,
     /// Enough clean deliveries while Probing: recovery starts.
@@ -47,7 +50,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::FirstSeen,
         Reason::ConclusiveBlockReply,
         Reason::BlockRateOverThreshold,
@@ -55,6 +58,7 @@ impl Reason {
         Reason::WindowClean,
         Reason::DnsblListed,
         Reason::FeedBlocked,
+        Reason::DnsblClaimConfirmed,
         Reason::HoldDownElapsed,
         Reason::ProbeClean,
         Reason::RecoveryStep,
@@ -75,6 +79,7 @@ impl Reason {
             Reason::WindowClean => "WindowClean",
             Reason::DnsblListed => "DnsblListed",
             Reason::FeedBlocked => "FeedBlocked",
+            Reason::DnsblClaimConfirmed => "DnsblClaimConfirmed",
             Reason::HoldDownElapsed => "HoldDownElapsed",
             Reason::ProbeClean => "ProbeClean",
             Reason::RecoveryStep => "RecoveryStep",
@@ -95,6 +100,7 @@ impl Reason {
                 | Reason::BlockRateOverThreshold
                 | Reason::DnsblListed
                 | Reason::FeedBlocked
+                | Reason::DnsblClaimConfirmed
         )
     }
 }
@@ -164,7 +170,8 @@ fn edge(from: ReputationState, to: ReputationState, reason: Reason) -> bool {
         Reason::ConclusiveBlockReply
         | Reason::BlockRateOverThreshold
         | Reason::DnsblListed
-        | Reason::FeedBlocked => to == Blocked && from != Blocked,
+        | Reason::FeedBlocked
+        | Reason::DnsblClaimConfirmed => to == Blocked && from != Blocked,
         Reason::RateLimited => to == Throttled && matches!(from, Healthy | Warming),
         Reason::WindowClean => from == Throttled && matches!(to, Healthy | Warming),
         Reason::HoldDownElapsed => from == Blocked && to == Probing,
