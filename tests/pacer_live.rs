@@ -164,6 +164,7 @@ fn config(cap: i64, replicas: i32, receiver_port: u16) -> BTreeMap<String, Strin
         namespace: "lab".into(),
         pool: "senders".into(),
         ip: IP.into(),
+        settings: Default::default(),
     };
     let settings = SendingSettings::find(std::slice::from_ref(&pool), &sender);
     sender_config_with(&table, &sender, &BTreeMap::new(), &options, &settings)
@@ -294,6 +295,7 @@ fn an_ip_keeps_its_cap_on_three_replicas_and_on_one() {
             PostfixTarget {
                 config_dir: p.etc.clone(),
                 bin_dir: BIN_DIR.into(),
+                relay_secrets_dir: None,
             }
             .apply(&snapshot)
             .unwrap();

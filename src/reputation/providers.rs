@@ -234,8 +234,8 @@ pub fn well_known_domains() -> std::collections::BTreeMap<String, Vec<String>> {
         .collect()
 }
 
-/// The providers mailfleet knows without configuration (REFERENCE.md, "Provider
-/// recognition").
+/// The providers mailfleet knows without configuration (docs/CLASSIFIER.md
+/// lists them with their domains and MX host suffixes).
 pub fn builtin_provider_specs() -> Vec<ProviderSpec> {
     let specs = vec![
         ProviderSpec::new("microsoft")

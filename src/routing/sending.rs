@@ -182,6 +182,7 @@ mod tests {
             namespace: "mail".into(),
             pool: "bulk".into(),
             ip: "203.0.113.10".into(),
+            settings: Default::default(),
         };
         let settings = SendingSettings::find(&[p], &sender);
         assert_eq!(settings.ready_replicas, 3);

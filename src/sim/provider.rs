@@ -1,5 +1,5 @@
 //! The mailbox providers as the simulated senders meet them: what they answer
-//! (in their own words, as REFERENCE.md records them), when they block an IP,
+//! (in their own words, as docs/SIMULATOR.md lists them), when they block an IP,
 //! and when they delist it by themselves.
 
 /// What a provider answers to one delivery attempt.

@@ -482,6 +482,7 @@ mod tests {
                                 next_step_at: Some(since.clone()),
                                 recovery_step: None,
                                 probe_successes: 0,
+                                dnsbl_claims: Vec::new(),
                             })
                             .collect();
                         ip
