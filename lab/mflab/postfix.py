@@ -75,8 +75,9 @@ alias_database =
 # smtpd is bound to {self.ip} in master.cf instead.
 inet_interfaces = loopback-only
 inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject
+# mynetworks and the relay restrictions come with the rendered fragment (the
+# pool's intake): set here too, every daemon would warn of the override at each
+# start, and with maillog_file those warnings can fill postlogd's own socket.
 # Every connection leaves from this sender's IP, as from a pod bound to it.
 smtp_bind_address = {self.ip}
 smtp_host_lookup = native
