@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::output::{table, Format};
+use crate::sim::svg::thousands;
 use crate::sim::{self, svg, Options, RunReport, ScenarioReport, SCENARIOS};
 
 /// Timeline lines shown per run; the JSON and charts are not limited.
@@ -248,19 +249,6 @@ pub fn duration(seconds: f64) -> String {
     } else {
         parts.join(" ")
     }
-}
-
-/// `32,557,767`.
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[cfg(test)]

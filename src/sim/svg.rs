@@ -94,10 +94,10 @@ pub fn chart(title: &str, run: &RunReport, scale: Scale) -> String {
             format!("run {}: {}", run.name, run.description),
             format!(
                 "submitted {}, delivered {}, bounced {}, delayed {}",
-                group(run.submitted),
-                group(run.delivered),
-                group(run.bounced),
-                group(run.delayed)
+                thousands(run.submitted),
+                thousands(run.delivered),
+                thousands(run.bounced),
+                thousands(run.delayed)
             ),
         ],
     );
@@ -120,8 +120,8 @@ pub fn chart(title: &str, run: &RunReport, scale: Scale) -> String {
         svg,
         r#"<text x="{LEFT}" y="{:.1}" fill="{INK}">one scale for every sender and every run of this scenario: a full bar is {} delivered or {} failed per hour</text>"#,
         legend_y + 18.0,
-        group(scale.delivered_per_hour),
-        group(scale.failed_per_hour)
+        thousands(scale.delivered_per_hour),
+        thousands(scale.failed_per_hour)
     );
 
     day_grid(&mut svg, run, top - 8.0, rows_bottom, x, hours);
@@ -256,8 +256,8 @@ pub fn comparison(title: &str, runs: &[RunReport]) -> String {
             r#"<text x="{:.1}" y="{ly:.1}" fill="{INK}">{}: {} bounced, {} delayed, detected {}</text>"#,
             LEFT + 44.0,
             escape(&run.name),
-            group(run.bounced),
-            group(run.delayed),
+            thousands(run.bounced),
+            thousands(run.delayed),
             run.detection_s
                 .map(duration)
                 .unwrap_or_else(|| "never".to_string())
@@ -277,7 +277,7 @@ pub fn comparison(title: &str, runs: &[RunReport]) -> String {
             r#"<text x="{:.1}" y="{:.1}" text-anchor="end" font-size="10" fill="{INK}">{}</text>"#,
             LEFT - 6.0,
             ty + 3.5,
-            group(value)
+            thousands(value)
         );
         value += step;
     }
@@ -566,7 +566,7 @@ fn nice_axis(peak: u64) -> (u64, u64) {
 }
 
 /// 1,152 and 32,557,767: digits grouped by three.
-fn group(value: u64) -> String {
+pub fn thousands(value: u64) -> String {
     let digits = value.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -581,7 +581,7 @@ fn group(value: u64) -> String {
 /// 950, 1.2k, 120k, 3.4M: short enough for a tick label.
 fn compact(value: u64) -> String {
     match value {
-        0..=9_999 => group(value),
+        0..=9_999 => thousands(value),
         10_000..=999_999 => format!("{}k", (value + 500) / 1_000),
         _ => format!("{:.1}M", value as f64 / 1e6),
     }
@@ -615,9 +615,9 @@ mod tests {
 
     #[test]
     fn numbers_read_as_people_write_them() {
-        assert_eq!(group(0), "0");
-        assert_eq!(group(1_152), "1,152");
-        assert_eq!(group(32_557_767), "32,557,767");
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(1_152), "1,152");
+        assert_eq!(thousands(32_557_767), "32,557,767");
         assert_eq!(compact(950), "950");
         assert_eq!(compact(120_232), "120k");
         assert_eq!(compact(3_400_000), "3.4M");
