@@ -85,7 +85,25 @@ fi
 grep -q -- '--no-leader-election' "$work/no-lease.yaml" || { echo "leader election off does not pass --no-leader-election" >&2; exit 1; }
 # The Prometheus Operator kinds: none by default, a ServiceMonitor and a PrometheusRule with all options.
 "$python" $checks monitoring "$work/default/monitoring.yaml" "$work/default/builtin.yaml" 0
-"$python" $checks monitoring "$work/all-options/monitoring.yaml" "$work/all-options/builtin.yaml" 2
+"$python" $checks monitoring "$work/all-options/monitoring.yaml" "$work/all-options/builtin.yaml" 3
+"$python" $checks dashboard "$work/all-options/builtin.yaml" $chart/dashboards/mailfleet.json
+for want in 'image: "registry.example.net/mail/mailfleet@sha256:' '--sender-image=registry.example.net/mail/mailfleet-sender:' \
+  'mountPath: /etc/ssl/proxy-ca' "name: 'mailfleet-extra'" 'name: mailfleet-extra-text$' 'example.net/owner: mail-team'; do
+  grep -q -- "$want" "$work/all-options.yaml" || { echo "the all-options render lacks $want" >&2; exit 1; }
+done
+echo "all-options: image.registry, volumes, extraObjects (map and string) and commonAnnotations rendered"
+
+# As a subchart of an empty umbrella chart: helm passes `global` down and the
+# schema must take it; global.imageRegistry is used when image.registry is empty.
+umbrella=$work/umbrella
+mkdir -p "$umbrella/charts" "$umbrella/templates"
+printf 'apiVersion: v2\nname: umbrella\nversion: 0.0.1\ndependencies:\n  - name: mailfleet\n    version: "*"\n    repository: "file://%s"\n' "$PWD/$chart" >"$umbrella/Chart.yaml"
+printf 'global:\n  imageRegistry: mirror.example.net\n  storageClass: fast\nmailfleet:\n  fullnameOverride: mailfleet\n' >"$umbrella/values.yaml"
+"$helm" dependency update "$umbrella" >/dev/null
+"$helm" lint --strict "$umbrella" >"$work/lint.txt" || { cat "$work/lint.txt" >&2; exit 1; }
+"$helm" template mailfleet "$umbrella" --namespace mailfleet >"$work/umbrella.yaml"
+grep -q 'image: "mirror.example.net/mailfleet:' "$work/umbrella.yaml" || { echo "as a subchart, global.imageRegistry is not used" >&2; exit 1; }
+echo "as a subchart of an empty umbrella chart: helm lint --strict and helm template pass, global.imageRegistry used"
 
 # The validators have teeth: a field the API does not have fails each of them.
 sed 's/^      serviceAccountName:/      serviceAccountNme:/' "$work/default/builtin.yaml" >"$work/typo.yaml"
