@@ -3,7 +3,7 @@
 # - `helm lint --strict` with the default values and with every option set
 #   (charts/mailfleet/ci/all-options-values.yaml);
 # - both renders: every built-in object validated with `kubernetes-validate
-#   --strict` for Kubernetes 1.30 and 1.37; the ServiceMonitor and
+#   --strict` for Kubernetes 1.31 and 1.37; the ServiceMonitor and
 #   PrometheusRule against the Prometheus Operator's typed models with their
 #   PromQL parsed; RBAC exactly tests/chart/expected-rbac.yaml;
 # - the CRD templates render crds/ byte for byte (plus the keep annotation),
@@ -28,15 +28,15 @@ done
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# The Kubernetes versions to validate for: 1.30 (the chart's kubeVersion floor)
+# The Kubernetes versions to validate for: 1.31 (the chart's kubeVersion floor)
 # and 1.37, or the newest one this kubernetes-validate knows when it does not know 1.37.
 newest=$("$python" -c 'from kubernetes_validate.utils import latest_version; print(latest_version())')
 wanted_newest=1.37.0
 if "$python" -c 'import sys; from packaging.version import Version as V; sys.exit(V(sys.argv[1]) > V(sys.argv[2]))' "$wanted_newest" "$newest"; then
-  versions=(1.30.0 "$wanted_newest")
+  versions=(1.31.0 "$wanted_newest")
 else
-  echo "NOTE: kubernetes-validate knows Kubernetes up to $newest, not $wanted_newest: validating for 1.30.0 and $newest instead"
-  versions=(1.30.0 "$newest")
+  echo "NOTE: kubernetes-validate knows Kubernetes up to $newest, not $wanted_newest: validating for 1.31.0 and $newest instead"
+  versions=(1.31.0 "$newest")
 fi
 
 validate() { # validate LABEL FILE: every object, strict, for each version; an unknown kind is a failure
@@ -66,6 +66,7 @@ for values in default all-options; do
   validate "$values render" "$work/$values/builtin.yaml"
 done
 "$python" $checks crds "$work/default.yaml"
+"$python" $checks cel crds $chart/Chart.yaml
 "$python" $checks deployment "$work/default.yaml"
 if grep -q CustomResourceDefinition "$work/all-options.yaml"; then
   echo "crds.install=false still renders CRDs" >&2

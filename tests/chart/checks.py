@@ -227,6 +227,60 @@ def monitoring(monitoring_path, builtin_path, expected_count):
           f"{alerts} alert expressions parse as PromQL and link their runbook, ServiceMonitor selects the Service's http port")
 
 
+# The Kubernetes version from which an API server accepts each CEL function in
+# a new CRD's x-kubernetes-validations (kubernetes.io/docs/reference/using-api/cel/:
+# a library added in version N is accepted in new expressions from N+1, so
+# that a rollback to N still reads every stored rule).
+CEL_FUNCTIONS_SINCE = {
+    # the CEL standard definitions and macros, with CRD validation rules (1.25)
+    **{f: (1, 25) for f in ("has", "size", "matches", "startsWith", "endsWith", "contains", "all",
+                            "exists", "exists_one", "map", "filter", "int", "uint", "double",
+                            "string", "bytes", "bool", "duration", "timestamp", "type", "dyn")},
+    # Kubernetes list, regex, URL and extended string libraries
+    **{f: (1, 27) for f in ("isSorted", "sum", "min", "max", "indexOf", "lastIndexOf", "find",
+                            "findAll", "url", "isURL", "getScheme", "getHost", "getHostname",
+                            "getPort", "getEscapedPath", "getQuery", "charAt", "lowerAscii",
+                            "upperAscii", "replace", "split", "substring", "trim", "join")},
+    # Kubernetes IP address and CIDR libraries (added in 1.30)
+    **{f: (1, 31) for f in ("ip", "isIP", "cidr", "isCIDR", "containsIP", "containsCIDR", "family",
+                            "isLoopback", "isUnspecified", "isLinkLocalMulticast",
+                            "isLinkLocalUnicast", "isGlobalUnicast", "prefixLength", "masked")},
+}
+
+
+def cel(crds_dir, chart_yaml):
+    """Every CEL function the CRDs' rules call is accepted by the chart's lowest
+    Kubernetes version (Chart.yaml kubeVersion)."""
+    floor = re.search(r'kubeVersion:\s*">=\s*(\d+)\.(\d+)', open(chart_yaml).read())
+    if not floor:
+        fail(f"{chart_yaml} has no kubeVersion floor")
+    floor = (int(floor.group(1)), int(floor.group(2)))
+    used = {}
+    for path in sorted(glob.glob(f"{crds_dir}/*.yaml")):
+        for doc in objects(path):
+            def walk(node):
+                if isinstance(node, dict):
+                    for rule in node.get("x-kubernetes-validations", []):
+                        for name in re.findall(r"(?:\.|(?<![\w.]))([A-Za-z_]\w*)\(", rule["rule"]):
+                            used.setdefault(name, (path, rule["rule"]))
+                    for value in node.values():
+                        walk(value)
+                elif isinstance(node, list):
+                    for value in node:
+                        walk(value)
+            walk(doc)
+    for name, (path, rule) in sorted(used.items()):
+        since = CEL_FUNCTIONS_SINCE.get(name)
+        if since is None:
+            fail(f"{path}: CEL function {name}() in `{rule}` is not in CEL_FUNCTIONS_SINCE "
+                 f"(tests/chart/checks.py): add it with the Kubernetes version that accepts it")
+        if since > floor:
+            fail(f"{path}: CEL function {name}() in `{rule}` needs Kubernetes "
+                 f"{since[0]}.{since[1]}, but {chart_yaml} allows {floor[0]}.{floor[1]}")
+    print(f"the CRDs' CEL rules call {len(used)} functions ({', '.join(sorted(used))}), "
+          f"all accepted from Kubernetes {floor[0]}.{floor[1]}, the chart's floor")
+
+
 def dashboard(rendered_path, dashboard_path):
     """The dashboard ConfigMap holds the chart's dashboard JSON as it is, under the sidecar label."""
     maps = [o for o in objects(rendered_path) if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")]
@@ -365,7 +419,7 @@ def examples(examples_dir, builtin_out):
 
 if __name__ == "__main__":
     commands = {"crds": crds, "split": split, "rbac": rbac, "monitoring": monitoring, "deployment": deployment,
-                "dashboard": dashboard,
+                "dashboard": dashboard, "cel": cel,
                 "readme": readme, "examples": examples}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         sys.exit(f"usage: checks.py {{{'|'.join(commands)}}} ARGS...")
