@@ -49,7 +49,7 @@ grep -m1 'acclaim.jp.*bounced' "$log" | $mf classify
 
 step "2. The sender's delivery log replayed through the reputation engine"
 echo "   ($log: 70 attempts from 203.0.113.12; Microsoft starts refusing it at 08:10 JST)"
-$mf routes --replay-log "$log" --source-ip 203.0.113.12 > target/demo-routes.txt
+$mf routes --example --replay-log "$log" --source-ip 203.0.113.12 > target/demo-routes.txt
 sed -n '1,/^$/p' target/demo-routes.txt
 
 step "3. The routes it produces: 203.0.113.12 leaves the Microsoft route only"
@@ -58,14 +58,14 @@ awk '/^mail\/(microsoft|google) /,/^$/' target/demo-routes.txt
 step "4. The Postfix configuration of the blocked sender"
 echo "   Microsoft domains (and acclaim.jp, learned from its MX host) go to the route Service
    (healthy IPs only); Gmail stays on this IP:"
-$mf routes --replay-log "$log" --source-ip 203.0.113.12 --format postfix --sender 203.0.113.12 2>/dev/null \
+$mf routes --example --replay-log "$log" --source-ip 203.0.113.12 --format postfix --sender 203.0.113.12 2>/dev/null \
   | grep -E '^(hotmail\.co\.jp|outlook\.com|acclaim\.jp|gmail\.com|yahoo\.co\.jp)\s' || true
 echo "   and block replies become temporary failures, so no message bounces on the block:"
-$mf routes --replay-log "$log" --source-ip 203.0.113.12 --format postfix --sender 203.0.113.12 2>/dev/null \
+$mf routes --example --replay-log "$log" --source-ip 203.0.113.12 --format postfix --sender 203.0.113.12 2>/dev/null \
   | grep -m1 -F '/^5(\.7\.(60' || true
 
 step "5. An hour and a half later: the hold-down is over, the IP gets a probe trickle"
-$mf routes --replay-log "$log" --source-ip 203.0.113.12 --at 2026-11-29T00:45:00Z 2>/dev/null \
+$mf routes --example --replay-log "$log" --source-ip 203.0.113.12 --at 2026-11-29T00:45:00Z 2>/dev/null \
   | grep -E 'Probing|203\.0\.113\.12 .*microsoft' || true
 
 printf '\nDone. Try it on your own manifests: mailfleet routes --manifests DIR (see README.md).\n'

@@ -180,9 +180,38 @@ impl ManifestError {
 /// of an object loaded before it. This is how a what-if run combines the
 /// manifests in Git with status read from a cluster (`kubectl get sp -o yaml`).
 pub fn load_overlays(sources: &[PathBuf]) -> Result<Manifests, ManifestError> {
+    let sources: Vec<ManifestSource> = sources.iter().cloned().map(ManifestSource::Path).collect();
+    load_sources(&sources)
+}
+
+/// Where one overlay comes from.
+#[derive(Clone, Debug)]
+pub enum ManifestSource {
+    /// A folder (searched recursively) or a file.
+    Path(PathBuf),
+    /// Text already read, such as standard input; `name` is how errors cite it.
+    Text { name: PathBuf, text: String },
+}
+
+/// [`load_overlays`] over sources some of which were read already.
+pub fn load_sources(sources: &[ManifestSource]) -> Result<Manifests, ManifestError> {
     let mut merged = Manifests::default();
     let mut budget = MAX_TOTAL_BYTES;
     for source in sources {
+        let source = match source {
+            ManifestSource::Path(path) => path,
+            ManifestSource::Text { name, text } => {
+                if text.len() as u64 > MAX_FILE_BYTES.min(budget) {
+                    return Err(ManifestError::Refused {
+                        path: name.clone(),
+                        problem: format!("is larger than {MAX_FILE_BYTES} bytes; split it"),
+                    });
+                }
+                budget -= text.len() as u64;
+                parse_layer(text, name, &mut merged, &mut BTreeSet::new())?;
+                continue;
+            }
+        };
         let mut files = Vec::new();
         collect_files(source, &mut files)?;
         if files.is_empty() {
@@ -486,7 +515,12 @@ fn checked<T: DeserializeOwned>(
             message: "is required".into(),
         }]));
     }
-    let violations = validate(&crd_schema(crd), doc);
+    let mut violations = validate(&crd_schema(crd), doc);
+    if kind == "SenderPool" {
+        if let Some(template) = doc.pointer("/spec/template") {
+            violations.extend(unknown_template_fields(template));
+        }
+    }
     if !violations.is_empty() {
         return Err(invalid(violations));
     }
@@ -498,9 +532,69 @@ fn checked<T: DeserializeOwned>(
     })
 }
 
+/// Fields of a pod template that Kubernetes' `PodTemplateSpec` does not have.
+///
+/// The CRD keeps the template schemaless (the full pod schema would make it
+/// megabytes), so the API server would store `contianers:` and the sender
+/// Deployment would quietly lack it; the typed Kubernetes structs name every
+/// field they do not read.
+fn unknown_template_fields(template: &Value) -> Vec<Violation> {
+    let mut unknown = Vec::new();
+    let read: Result<k8s_openapi::api::core::v1::PodTemplateSpec, _> =
+        serde_ignored::deserialize(template, |path| unknown.push(field_path(&path)));
+    let mut violations: Vec<Violation> = unknown
+        .into_iter()
+        .map(|path| Violation {
+            path: format!("spec.template{path}"),
+            message: "is not a field of a Kubernetes pod template; check its spelling against `kubectl explain pod.spec`".into(),
+        })
+        .collect();
+    if let Err(e) = read {
+        violations.push(Violation {
+            path: "spec.template".into(),
+            message: format!("is not a Kubernetes pod template: {e}"),
+        });
+    }
+    violations
+}
+
+/// `serde_ignored`'s path as a field path: `.spec.containers[0].imagePullPolcy`.
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => format!("{}.{key}", field_path(parent)),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => field_path(parent),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_misspelt_pod_template_field_is_named() {
+        let err = parse(&POOL.replace("containers:", "contianers:"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("spec.template.spec.contianers"), "{err}");
+        assert!(err.contains("kubectl explain"), "{err}");
+        let deep = POOL.replace("image: postfix}", "image: postfix, imagePullPolcy: Always}");
+        let err = parse(&deep).unwrap_err().to_string();
+        assert!(
+            err.contains("spec.template.spec.containers[0].imagePullPolcy"),
+            "{err}"
+        );
+        // Every real field, nested ones too, passes.
+        let full = POOL.replace(
+            "image: postfix}",
+            "image: postfix, imagePullPolicy: Always, resources: {limits: {memory: 256Mi}}, env: [{name: A, valueFrom: {fieldRef: {fieldPath: status.podIP}}}]}], nodeSelector: {pool: mail}, tolerations: [{key: mail, operator: Exists}]",
+        ).replace("]}}\n", "}}\n");
+        parse(&full).unwrap();
+    }
 
     fn parse(text: &str) -> Result<Manifests, ManifestError> {
         let mut m = Manifests::default();

@@ -86,5 +86,6 @@ fn the_gate_fails_a_pull_request_with_a_misspelt_field() {
         .iter()
         .find(|o| !o.status.success())
         .expect("a step fails");
+    assert_eq!(failed.status.code(), Some(1), "a finding, not a crash");
     assert!(String::from_utf8_lossy(&failed.stderr).contains("spec.providr: unknown field"));
 }

@@ -217,19 +217,58 @@ fn crds_carry_names_categories_columns_and_status() {
             .flatten()
             .map(|c| c.name.as_str())
             .collect();
+        let short_names = c.spec.names.short_names.clone().unwrap_or_default();
+        for name in &short_names {
+            assert!(
+                !WELL_KNOWN_SHORT_NAMES.contains(&name.as_str()),
+                "short name {name} of {} is already taken by a well-known resource",
+                c.spec.names.kind
+            );
+        }
         match c.spec.names.kind.as_str() {
             "SenderPool" => {
+                assert_eq!(short_names, ["sp"]);
                 assert_eq!(
-                    c.spec.names.short_names.as_deref(),
-                    Some(&["sp".to_string()][..])
+                    columns,
+                    [
+                        "IPs",
+                        "Healthy",
+                        "Blocked",
+                        "Ready",
+                        "Ready IPs",
+                        "Status",
+                        "Age"
+                    ]
                 );
-                assert_eq!(columns, ["IPs", "Healthy", "Blocked", "Ready", "Age"]);
             }
-            "DomainRoute" => assert_eq!(
-                c.spec.names.short_names.as_deref(),
-                Some(&["dr".to_string()][..])
-            ),
+            "DomainRoute" => {
+                assert_eq!(short_names, ["mfroute"]);
+                assert_eq!(
+                    columns,
+                    ["Provider", "Pool", "Mode", "Targets", "Excluded", "Ready", "Status", "Age"]
+                );
+            }
             other => panic!("unexpected kind {other}"),
+        }
+        // What kubectl prints: the Ready condition's status in the default view,
+        // its message only with -o wide (priority 1).
+        let status = serde_json::json!({"status": {"conditions": [
+            {"type": "Accepted", "status": "True", "message": "accepted"},
+            {"type": "Ready", "status": "False", "message": "IP 203.0.113.10 has no ready pod"},
+        ]}});
+        for column in v.additional_printer_columns.iter().flatten() {
+            let shown = kubectl_column(&column.json_path, &status);
+            match column.name.as_str() {
+                "Ready" => {
+                    assert_eq!(shown, ["False"], "{}", column.json_path);
+                    assert_eq!(column.priority, None, "Ready is in the default view");
+                }
+                "Status" => {
+                    assert_eq!(shown, ["IP 203.0.113.10 has no ready pod"]);
+                    assert_eq!(column.priority, Some(1), "Status only in -o wide");
+                }
+                _ => {}
+            }
         }
         let schema = crd_schema(&c);
         let conditions = &schema["properties"]["status"]["properties"]["conditions"];
@@ -239,6 +278,29 @@ fn crds_carry_names_categories_columns_and_status() {
             serde_json::json!(["type"])
         );
     }
+}
+
+/// Short names of resources found on many clusters (built-in ones and common
+/// CRDs such as Istio's, cert-manager's, Argo's, Flux's, Prometheus's).
+const WELL_KNOWN_SHORT_NAMES: &[&str] = &[
+    "cm", "cs", "csr", "ds", "deploy", "ep", "ev", "hpa", "ing", "limits", "netpol", "no", "ns",
+    "pc", "pdb", "po", "psp", "pv", "pvc", "quota", "rc", "rs", "sa", "sc", "sts", "svc", "crd",
+    "crds", "dr", "vs", "gw", "se", "pa", "ra", "ap", "sidecar", "wle", "we", "cert", "certs",
+    "cr", "crs", "issuer", "ciss", "app", "apps", "appproj", "hr", "ks", "gitrepo", "promrule",
+    "smon", "pmon", "prom", "am",
+];
+
+/// Evaluates a printer column's JSONPath as kubectl does (kubectl's dialect is
+/// RFC 9535 without the leading `$`).
+fn kubectl_column(path: &str, object: &serde_json::Value) -> Vec<String> {
+    let query = serde_json_path::JsonPath::parse(&format!("${path}"))
+        .unwrap_or_else(|e| panic!("printer column path {path}: {e}"));
+    query
+        .query(object)
+        .all()
+        .into_iter()
+        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+        .collect()
 }
 
 fn holds_yaml(dir: &Path) -> bool {

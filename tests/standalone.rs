@@ -22,6 +22,10 @@ struct Standalone {
 
 impl Standalone {
     fn start(manifests: &Path, out: &Path, token: &Path) -> Standalone {
+        Standalone::start_with(manifests, out, token, &[])
+    }
+
+    fn start_with(manifests: &Path, out: &Path, token: &Path, extra: &[&str]) -> Standalone {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mailfleet"))
             .args([
                 "standalone",
@@ -38,6 +42,7 @@ impl Standalone {
             .arg(token)
             // DNSBL questions go to a closed loopback port, never the network.
             .args(["--dnsbl-resolver", "127.0.0.1:9"])
+            .args(extra)
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -68,7 +73,11 @@ impl Standalone {
                     seen.join("\n")
                 )
             });
-            if let Some(rest) = line.split("serving http://").nth(1) {
+            if let Some(rest) = line
+                .split("://")
+                .nth(1)
+                .filter(|_| line.contains("serving http"))
+            {
                 server.address = rest.split('/').next().unwrap_or_default().to_string();
             }
             seen.push(line);
@@ -472,4 +481,107 @@ fn broken_manifests_and_no_last_good_set_refuse_to_start() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("poool"));
+}
+
+/// Agents on other machines report over TLS: standalone serves its port with
+/// a certificate, the agent's own HTTP client (the code `mailfleet agent run`
+/// posts with) trusts it through --ca-file, the report is stored and changes
+/// the routes; plain HTTP and an untrusted certificate get nothing through.
+#[test]
+fn agents_on_other_machines_report_over_tls() {
+    use mailfleet::agent::http::{post, Endpoint, HttpError, TlsTrust};
+    let lab = lab();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+
+    let server = Standalone::start_with(
+        &lab.manifests,
+        &lab.out,
+        &lab.token,
+        &[
+            "--tls-cert",
+            cert_file.to_str().unwrap(),
+            "--tls-key",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    let port = server.address.rsplit(':').next().unwrap().to_string();
+    let url = format!("https://localhost:{port}/v1/feedback");
+    let body = blocked_report(1).to_string();
+    let auth = format!("Bearer {TOKEN}");
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let timeout = Duration::from_secs(10);
+
+    // The public roots do not cover a self-signed certificate.
+    let untrusted: Endpoint = url.parse().unwrap();
+    match post(&untrusted, &headers, body.as_bytes(), timeout) {
+        Err(HttpError::Tls(_)) => {}
+        other => panic!("an untrusted certificate must fail the handshake: {other:?}"),
+    }
+    // Plain HTTP on the TLS port gets no answer.
+    assert!(post(
+        &format!("http://localhost:{port}/v1/feedback")
+            .parse()
+            .unwrap(),
+        &headers,
+        body.as_bytes(),
+        timeout
+    )
+    .is_err());
+    // Nothing of those two was counted.
+    assert!(
+        microsoft_uses(&lab.out, BLOCKED_IP),
+        "a report that did not get through changed the routes"
+    );
+
+    let trusted = untrusted
+        .trusting(TlsTrust::from_pem_file(&cert_file).unwrap())
+        .unwrap();
+    let answer = post(&trusted, &headers, body.as_bytes(), timeout).unwrap();
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    wait_for(
+        "the blocked IP to leave the Microsoft route",
+        Duration::from_secs(20),
+        || !microsoft_uses(&lab.out, BLOCKED_IP),
+    );
+    server.stop_cleanly();
+}
+
+#[test]
+fn a_tls_key_that_does_not_load_refuses_to_start_naming_the_file() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("tls.crt");
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mailfleet"))
+        .args(["standalone", "--http-addr", "127.0.0.1:0"])
+        .arg("--manifests")
+        .arg(&lab.manifests)
+        .arg("--out")
+        .arg(&lab.out)
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(dir.path().join("missing.key"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tls.crt"), "{err}");
+    assert!(err.contains("BEGIN CERTIFICATE"), "{err}");
 }

@@ -1,15 +1,21 @@
 //! Just enough HTTP/1.1 for the agent: one `POST` per connection with a hard
 //! deadline (an endpoint that hangs costs one timeout, never a stuck agent),
-//! and reading one request on the metrics listener. Plain `http://` only:
-//! the feedback endpoint is reached inside the cluster network (see
-//! docs/FEEDBACK-API.md for TLS). URL and response parsing are the shared
-//! [`crate::http1`]; this module is the blocking transport around them.
+//! and reading one request on the metrics listener. `http://` inside a
+//! cluster; `https://` (rustls) where reports cross a network of their own,
+//! such as VMs reporting to `mailfleet standalone` (docs/FEEDBACK-API.md,
+//! Transport). URL and response parsing are the shared [`crate::http1`]; this
+//! module is the blocking transport around them.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::ops::Deref;
+use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 
 use crate::http1::{self, HttpUrl, UrlError};
 
@@ -20,28 +26,181 @@ const MAX_BODY: usize = 1024 * 1024;
 /// Largest response or request head read.
 const MAX_HEAD: usize = 16 * 1024;
 
-/// Where reports go: `http://HOST[:PORT][/PATH]`. Its host, port and path are
-/// those of the [`HttpUrl`] it derefs to; only the refusals speak of the agent.
+/// Where reports go: `http://HOST[:PORT][/PATH]` or `https://...`. Its host,
+/// port and path are those of the [`HttpUrl`] it derefs to; only the refusals
+/// speak of the agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Endpoint(HttpUrl);
+pub struct Endpoint {
+    url: HttpUrl,
+    tls: Option<TlsTrust>,
+}
+
+/// The certificates an `https://` endpoint must chain to.
+#[derive(Clone)]
+pub struct TlsTrust {
+    config: Arc<rustls::ClientConfig>,
+    /// Where the roots came from, for messages and equality.
+    source: String,
+}
+
+impl std::fmt::Debug for TlsTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TlsTrust({})", self.source)
+    }
+}
+
+impl PartialEq for TlsTrust {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for TlsTrust {}
+
+impl TlsTrust {
+    /// The Mozilla roots (webpki-roots) and the machine's own store.
+    fn public() -> TlsTrust {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        TlsTrust::with_roots(roots, "the public and system roots".into())
+    }
+
+    /// Only the certificates of a PEM file: the endpoint's own certificate or
+    /// the private CA that signed it.
+    pub fn from_pem_file(path: &Path) -> Result<TlsTrust, String> {
+        let what = || format!("--ca-file {}", path.display());
+        let mut roots = rustls::RootCertStore::empty();
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("{}: {e}", what()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{}: not PEM certificates: {e}", what()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "{}: holds no PEM certificate (BEGIN CERTIFICATE)",
+                what()
+            ));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: a certificate is not usable as a root: {e}", what()))?;
+        }
+        Ok(TlsTrust::with_roots(roots, path.display().to_string()))
+    }
+
+    fn with_roots(roots: rustls::RootCertStore, source: String) -> TlsTrust {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        TlsTrust {
+            config: Arc::new(config),
+            source,
+        }
+    }
+}
+
+impl Endpoint {
+    /// Whether reports go over TLS.
+    pub fn is_https(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The same endpoint trusting only `trust` (`--ca-file`); refused for http://.
+    pub fn trusting(mut self, trust: TlsTrust) -> Result<Endpoint, String> {
+        if self.tls.is_none() {
+            return Err("--ca-file is for an https:// --endpoint; this one is http://".to_string());
+        }
+        self.tls = Some(trust);
+        Ok(self)
+    }
+}
 
 impl Deref for Endpoint {
     type Target = HttpUrl;
     fn deref(&self) -> &HttpUrl {
-        &self.0
+        &self.url
     }
 }
 
 impl FromStr for Endpoint {
     type Err = String;
     fn from_str(url: &str) -> Result<Self, Self::Err> {
-        HttpUrl::parse(url).map(Endpoint).map_err(|e| match e {
-            UrlError::Https => format!(
-                "`{url}`: https is not built into the agent; use the endpoint's http:// address inside the cluster (docs/FEEDBACK-API.md, Transport)"
-            ),
-            UrlError::NotHttp => format!("`{url}` is not an http:// URL such as http://mailfleet-operator.mailfleet-system.svc:8080/v1/feedback"),
+        let trimmed = url.trim();
+        // The shared URL reader knows http:// only; https:// is the same
+        // shape with another default port.
+        let https = trimmed
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"));
+        let as_http = if https {
+            format!("http://{}", &trimmed[8..])
+        } else {
+            trimmed.to_string()
+        };
+        let mut parsed = HttpUrl::parse(&as_http).map_err(|e| match e {
+            UrlError::NotHttp => format!("`{url}` is not an http:// or https:// URL such as http://mailfleet-operator.mailfleet-system.svc:8080/v1/feedback"),
             other => format!("`{url}`: {other}"),
+        })?;
+        if https && !has_port(&trimmed[8..]) {
+            parsed.port = 443;
+        }
+        Ok(Endpoint {
+            url: parsed,
+            tls: https.then(TlsTrust::public),
         })
+    }
+}
+
+/// Whether the authority of `rest` (after the scheme) names a port.
+fn has_port(rest: &str) -> bool {
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match authority.rfind(']') {
+        Some(close) => authority[close..].contains(':'),
+        None => authority.contains(':'),
+    }
+}
+
+/// A connection to the endpoint, plain or TLS.
+enum Connection {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Connection {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Connection::Plain(s) => s,
+            Connection::Tls(s) => &s.sock,
+        }
+    }
+}
+
+impl Read for Connection {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Connection::Plain(s) => s.read(buf),
+            Connection::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Connection {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Connection::Plain(s) => s.write(buf),
+            Connection::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Connection::Plain(s) => s.flush(),
+            Connection::Tls(s) => s.flush(),
+        }
     }
 }
 
@@ -58,6 +217,8 @@ pub enum HttpError {
     Io(io::Error),
     #[error("not an HTTP answer: {0}")]
     Protocol(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl HttpError {
@@ -69,6 +230,7 @@ impl HttpError {
             HttpError::Timeout(_) => "timeout",
             HttpError::Io(_) => "io",
             HttpError::Protocol(_) => "protocol",
+            HttpError::Tls(_) => "tls",
         }
     }
 }
@@ -116,13 +278,23 @@ pub fn post(
             }
         }
     }
-    let Some(mut stream) = stream else {
+    let Some(stream) = stream else {
         return Err(last_error.unwrap_or_else(|| HttpError::Resolve {
             host: endpoint.host.clone(),
             source: io::Error::new(io::ErrorKind::NotFound, "no address"),
         }));
     };
     let _ = stream.set_nodelay(true);
+    let mut stream = match &endpoint.tls {
+        None => Connection::Plain(stream),
+        Some(trust) => {
+            let name = ServerName::try_from(endpoint.host.clone())
+                .map_err(|e| HttpError::Tls(format!("{}: {e}", endpoint.host)))?;
+            let session = rustls::ClientConnection::new(trust.config.clone(), name)
+                .map_err(|e| HttpError::Tls(e.to_string()))?;
+            Connection::Tls(Box::new(rustls::StreamOwned::new(session, stream)))
+        }
+    };
 
     let length = body.len().to_string();
     let mut request_headers = vec![("Content-Length", length.as_str())];
@@ -131,14 +303,18 @@ pub fn post(
     let io_error = |e: io::Error| {
         if is_timeout(&e) {
             HttpError::Timeout(timeout)
+        } else if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+            // A certificate the trust does not cover, a name that does not match.
+            HttpError::Tls(e.to_string())
         } else {
             HttpError::Io(e)
         }
     };
-    set_deadline(&stream, deadline, timeout)?;
+    set_deadline(stream.socket(), deadline, timeout)?;
     stream.write_all(request.as_bytes()).map_err(io_error)?;
-    set_deadline(&stream, deadline, timeout)?;
+    set_deadline(stream.socket(), deadline, timeout)?;
     stream.write_all(body).map_err(io_error)?;
+    stream.flush().map_err(io_error)?;
 
     let mut received = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -167,8 +343,14 @@ pub fn post(
             }
             _ => {}
         }
-        set_deadline(&stream, deadline, timeout)?;
-        let n = stream.read(&mut chunk).map_err(io_error)?;
+        set_deadline(stream.socket(), deadline, timeout)?;
+        let n = match stream.read(&mut chunk) {
+            Ok(n) => n,
+            // A TLS peer that closes without close_notify after a complete
+            // response is common; an incomplete one is caught by the parser.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(io_error(e)),
+        };
         eof = n == 0;
         received.extend_from_slice(&chunk[..n]);
     }
@@ -239,14 +421,27 @@ mod tests {
             (e.host.as_str(), e.port, e.path.as_str()),
             ("op.mailfleet.svc", 8080, "/v1/feedback")
         );
-        assert!("https://x/v1/feedback"
-            .parse::<Endpoint>()
+        assert!(!e.is_https());
+        let tls: Endpoint = "https://mailfleet.example.net/v1/feedback".parse().unwrap();
+        assert!(tls.is_https());
+        assert_eq!(
+            (tls.host.as_str(), tls.port),
+            ("mailfleet.example.net", 443)
+        );
+        let own_port: Endpoint = "HTTPS://[2001:db8::5]:8443/v1/feedback".parse().unwrap();
+        assert_eq!(
+            (own_port.host.as_str(), own_port.port),
+            ("2001:db8::5", 8443)
+        );
+        assert!(e
+            .clone()
+            .trusting(TlsTrust::public())
             .unwrap_err()
-            .contains("https is not built"));
+            .contains("https://"));
         assert!("ftp://x"
             .parse::<Endpoint>()
             .unwrap_err()
-            .contains("is not an http:// URL such as"));
+            .contains("is not an http:// or https:// URL such as"));
         assert!("http://x:port/"
             .parse::<Endpoint>()
             .unwrap_err()

@@ -21,7 +21,7 @@ use super::sender_pool::ReputationState;
     doc = "Routes one mailbox provider's recipients through a SenderPool with ordered fallbacks; status holds the route in force.",
     namespaced,
     status = "DomainRouteStatus",
-    shortname = "dr",
+    shortname = "mfroute",
     category = "mailfleet",
     cel,
     printcolumn(
@@ -53,6 +53,19 @@ use super::sender_pool::ReputationState;
         type_ = "integer",
         json_path = ".status.excludedCount",
         description = "IPs taken out of this route"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "The Ready condition: the route in force is written to its senders"
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message",
+        description = "Why the route is or is not ready",
+        priority = 1
     ),
     printcolumn(
         name = "Age",
@@ -245,11 +258,11 @@ pub struct DomainRouteStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rewrite_time: Option<Time>,
 
-    /// Number of targets (for `kubectl get dr`).
+    /// Number of targets (for `kubectl get mfroute`).
     #[serde(default)]
     pub target_count: i32,
 
-    /// Number of excluded IPs (for `kubectl get dr`).
+    /// Number of excluded IPs (for `kubectl get mfroute`).
     #[serde(default)]
     pub excluded_count: i32,
 }

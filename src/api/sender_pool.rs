@@ -47,9 +47,23 @@ use super::sending::{ConnectionSettings, QueueSettings};
     ),
     printcolumn(
         name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "The Ready condition: every IP has its ready sender pods"
+    ),
+    printcolumn(
+        name = "Ready IPs",
         type_ = "integer",
         json_path = ".status.readyIps",
-        description = "IPs with at least one ready sender pod"
+        description = "IPs with at least one ready sender pod",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message",
+        description = "Why the pool is or is not ready",
+        priority = 1
     ),
     printcolumn(
         name = "Age",

@@ -77,6 +77,7 @@ impl ClassifierArgs {
     fn classifier(&self) -> Result<Classifier, Box<dyn std::error::Error>> {
         let fleet = FleetArgs {
             manifests: self.manifests.clone(),
+            example: false,
             rules: self.rules.clone(),
         };
         if !self.manifests.is_empty() {
@@ -95,7 +96,7 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "IP")]
     pub source_ip: IpAddr,
 
-    /// The delivery log.
+    /// The delivery log (`-`: standard input).
     #[arg(long, value_name = "FILE")]
     pub log: PathBuf,
 
@@ -195,9 +196,15 @@ pub struct RunArgs {
     )]
     pub state_file: PathBuf,
 
-    /// The feedback endpoint, e.g. http://mailfleet-operator.mailfleet-system.svc:8080/v1/feedback.
+    /// The feedback endpoint, e.g. http://mailfleet-operator.mailfleet-system.svc:8080/v1/feedback,
+    /// or https://... (TLS; the public and system roots unless --ca-file).
     #[arg(long, value_name = "URL", value_parser = |s: &str| s.parse::<Endpoint>())]
     pub endpoint: Endpoint,
+
+    /// With an https:// --endpoint: trust only the PEM certificates of this file
+    /// (the endpoint's own certificate, or the CA that signed it).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
 
     /// Bearer token file, read before every report.
     #[arg(long, value_name = "FILE", default_value = SERVICE_ACCOUNT_TOKEN)]
@@ -290,7 +297,12 @@ fn replay(args: ReplayArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         year: args.year,
         threads: args.threads,
     };
-    let summary = replay_file(&classifier, args.source_ip, &args.log, &options)?;
+    let summary = if args.log.as_os_str() == "-" {
+        let bytes = super::common::read_input_bytes(&args.log, "--log")?;
+        crate::agent::replay::replay_bytes(&classifier, args.source_ip, &bytes, &options)
+    } else {
+        replay_file(&classifier, args.source_ip, &args.log, &options)?
+    };
     let mut out = std::io::stdout().lock();
     match args.format {
         Format::Json => {
@@ -388,7 +400,15 @@ pub(super) fn agent_options(
         log: args.log,
         format: args.log_format.into(),
         state_file: args.state_file,
-        endpoint: args.endpoint,
+        endpoint: match &args.ca_file {
+            None => args.endpoint,
+            Some(_) if !args.endpoint.is_https() => {
+                return Err("--ca-file is for an https:// --endpoint; this one is http://".into())
+            }
+            Some(file) => args
+                .endpoint
+                .trusting(crate::agent::http::TlsTrust::from_pem_file(file)?)?,
+        },
         token_file: (!args.no_token).then_some(args.token_file),
         reporter: ReporterConfig {
             agent_name,
@@ -484,11 +504,16 @@ mod tests {
             "--log",
             "x",
             "--endpoint",
-            "https://op/v1/feedback",
+            "http://op/v1/feedback",
+            "--ca-file",
+            "/nonexistent/ca.pem",
         ])
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("https is not built"), "{err}");
+        .map(|cli| match cli.command {
+            AgentCommand::Run(run) => agent_options(*run).map(|_| ()).unwrap_err().to_string(),
+            AgentCommand::Replay(_) => unreachable!(),
+        })
+        .unwrap();
+        assert!(err.contains("--ca-file is for an https://"), "{err}");
         let ok = Cli::try_parse_from([
             "agent",
             "run",

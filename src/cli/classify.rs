@@ -36,7 +36,8 @@ pub struct ClassifyArgs {
     #[arg(long = "manifests", value_name = "DIR")]
     pub manifests: Vec<PathBuf>,
 
-    /// Your own classifier rules and providers (YAML, see docs/CLASSIFIER.md).
+    /// Your own classifier rules and providers (YAML, see docs/CLASSIFIER.md;
+    /// `-`: standard input, then give the replies as FILE).
     #[arg(long, value_name = "FILE")]
     pub rules: Option<PathBuf>,
 }
@@ -63,6 +64,7 @@ pub fn run(args: ClassifyArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let classifier = if args.manifests.is_empty() {
         let config = FleetArgs {
             manifests: Vec::new(),
+            example: false,
             rules: args.rules.clone(),
         }
         .classifier_config()?;
@@ -73,14 +75,21 @@ pub fn run(args: ClassifyArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     } else {
         FleetArgs {
             manifests: args.manifests.clone(),
+            example: false,
             rules: args.rules.clone(),
         }
         .load()?
         .classifier
     };
     let reader: Box<dyn BufRead> = match &args.input {
-        None => Box::new(std::io::stdin().lock()),
-        Some(p) if p.as_os_str() == "-" => Box::new(std::io::stdin().lock()),
+        None => {
+            super::common::take_stdin("FILE")?;
+            Box::new(std::io::stdin().lock())
+        }
+        Some(p) if p.as_os_str() == "-" => {
+            super::common::take_stdin("FILE")?;
+            Box::new(std::io::stdin().lock())
+        }
         Some(p) => Box::new(std::io::BufReader::new(
             std::fs::File::open(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?,
         )),

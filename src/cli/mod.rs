@@ -53,6 +53,9 @@ pub enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.command.prints_and_exits() {
+        quiet_on_closed_pipe();
+    }
     let result = match cli.command {
         Command::Crd(args) => crd::run(args),
         Command::Routes(args) => routes::run(args),
@@ -79,5 +82,34 @@ pub fn main() -> ExitCode {
             eprintln!("error: {err}");
             ExitCode::from(2)
         }
+    }
+}
+
+impl Command {
+    /// Commands that print a result and end, read through pipes (`| head`);
+    /// the long-running ones keep SIGPIPE ignored, so a closed socket is an
+    /// error they handle, never their death.
+    fn prints_and_exits(&self) -> bool {
+        match self {
+            Command::Agent(args) => matches!(args.command, agent::AgentCommand::Replay(_)),
+            Command::Sender(_) | Command::Operator(_) | Command::Standalone(_) => false,
+            Command::Crd(_)
+            | Command::Routes(_)
+            | Command::Classify(_)
+            | Command::Simulate(_)
+            | Command::Probe(_)
+            | Command::Completion(_) => true,
+        }
+    }
+}
+
+/// Ends the process quietly when the reader of its output goes away, as `cat`
+/// and `grep` do. Rust ignores SIGPIPE, which turns every later print into a
+/// "Broken pipe" error or a panic deep inside a formatter.
+fn quiet_on_closed_pipe() {
+    // SAFETY: setting a signal's disposition to the default is async-signal-safe
+    // and happens before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -26,9 +26,10 @@ pub enum ProbeCommand {
 
 #[derive(Debug, Args)]
 pub struct DnsblArgs {
-    /// The resolver to ask, as HOST:PORT (your own recursive resolver, or a
-    /// list's server directly). The system resolver configuration is not read.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// The resolver to ask, as HOST or HOST:PORT (port 53 when left out): your own
+    /// recursive resolver, or a list's server directly. The system resolver
+    /// configuration is not read.
+    #[arg(long, value_name = "HOST[:PORT]")]
     pub nameserver: String,
 
     /// A zone to ask (repeat for several). zen.spamhaus.org uses the Spamhaus
@@ -91,10 +92,29 @@ fn run_dnsbl(args: DnsblArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             println!("{}", summary(&outcomes, elapsed));
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(exit_code(&outcomes))
 }
 
-/// `HOST:PORT` with an IP, or a host name looked up once (for example `localhost:5353`).
+/// 0 when every question got an answer (listings included: finding them is the
+/// job), 1 when any zone could not be asked, so a script never reads a dead
+/// resolver as a clean bill.
+fn exit_code(outcomes: &[ProbeOutcome]) -> ExitCode {
+    let failed: std::collections::BTreeSet<&str> = outcomes
+        .iter()
+        .filter(|o| o.result.error.is_some())
+        .map(|o| o.result.zone.as_str())
+        .collect();
+    if failed.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "mailfleet probe dnsbl: no answer from {} for some IPs (see the errors above); exit status 1",
+        failed.into_iter().collect::<Vec<_>>().join(", ")
+    );
+    ExitCode::from(1)
+}
+
+/// `HOST[:PORT]` with an IP, or a host name looked up once (for example `localhost:5353`).
 fn resolve_nameserver(text: &str) -> Result<SocketAddr, String> {
     let nameserver =
         parse_nameserver(text).map_err(|problem| format!("--nameserver `{text}`: {problem}"))?;
@@ -257,8 +277,12 @@ mod tests {
             .unwrap()
             .ip()
             .is_loopback());
-        let err = resolve_nameserver("127.0.0.1").unwrap_err();
-        assert!(err.starts_with("--nameserver `127.0.0.1`"), "{err}");
+        assert_eq!(
+            resolve_nameserver("127.0.0.1").unwrap(),
+            "127.0.0.1:53".parse().unwrap()
+        );
+        let err = resolve_nameserver("127.0.0.1:99999").unwrap_err();
+        assert!(err.starts_with("--nameserver `127.0.0.1:99999`"), "{err}");
     }
 
     #[test]

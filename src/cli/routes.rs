@@ -4,15 +4,17 @@
 
 use std::io::Write;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 use jiff::Timestamp;
 
-use super::common::{parse_time, FleetArgs};
+use super::common::{parse_time, read_input_bytes, FleetArgs};
 use super::output::table;
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, FleetError};
+use crate::manifests::ManifestError;
+use crate::operator::build::validate::{validate_fleet, FleetValidation, ObjectProblem};
 use crate::reputation::engine::{Signal, Transition};
 use crate::reputation::postfix_log::{classify_attempt, parse_line};
 use crate::reputation::tally::Tally;
@@ -43,7 +45,8 @@ pub struct RoutesArgs {
     pub at: Option<Timestamp>,
 
     /// A Postfix delivery log of one sender to replay through the reputation engine
-    /// before compiling (ISO timestamps as written by `maillog_file`, or syslog ones with --year).
+    /// before compiling (ISO timestamps as written by `maillog_file`, or syslog ones
+    /// with --year; `-`: standard input).
     #[arg(long, value_name = "FILE", requires = "source_ip")]
     pub replay_log: Option<PathBuf>,
 
@@ -61,7 +64,16 @@ pub struct RoutesArgs {
 }
 
 pub fn run(args: RoutesArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let mut fleet = args.fleet.load()?;
+    let mut fleet = match args.fleet.load() {
+        Ok(fleet) => fleet,
+        // A manifest the API server or the operator would refuse is a finding
+        // of the gate (exit 1), like a route problem; 2 stays for "cannot run".
+        Err(e) if e.is::<ManifestError>() || e.is::<FleetError>() => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e),
+    };
     let mut timeline = Vec::new();
     let mut now = args.at.or(fleet.snapshot_time());
     if let (Some(log), Some(ip)) = (&args.replay_log, args.source_ip) {
@@ -118,11 +130,51 @@ pub fn run(args: RoutesArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
         }
     }
-    Ok(if table.problems.is_empty() {
+    // What the operator would refuse (each object's Accepted condition): an IP
+    // two pools claim, a template without a container, a name that cannot be a label.
+    let refused = refusals(&validate_fleet(&fleet.pools, &fleet.routes));
+    if !refused.is_empty() {
+        let text = format!(
+            "\nRefused by the operator (Accepted=False on a cluster):\n{}",
+            refused.join("\n")
+        );
+        match args.format {
+            RoutesFormat::Table => writeln!(out, "{text}")?,
+            _ => eprintln!("{text}"),
+        }
+    }
+    let route_problems = table.routes.iter().map(|r| r.problems.len()).sum::<usize>();
+    let problems = table.problems.len() + route_problems + refused.len();
+    if problems > 0 {
+        eprintln!("mailfleet routes: {problems} problem(s) found; exit status 1");
+    }
+    Ok(if problems == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// One line per problem of [`validate_fleet`], pools first, as
+/// `Kind namespace/name field: message`.
+fn refusals(validation: &FleetValidation) -> Vec<String> {
+    let lines = |kind: &str, map: &std::collections::BTreeMap<_, Vec<ObjectProblem>>| {
+        map.iter()
+            .flat_map(
+                |(key, problems): (&crate::routing::ObjectKey, &Vec<ObjectProblem>)| {
+                    problems.iter().map(move |p| {
+                        format!(
+                            "  {kind} {}/{} {}: {} ({})",
+                            key.namespace, key.name, p.field, p.message, p.reason
+                        )
+                    })
+                },
+            )
+            .collect::<Vec<_>>()
+    };
+    let mut out = lines("SenderPool", &validation.pool_problems);
+    out.extend(lines("DomainRoute", &validation.route_problems));
+    out
 }
 
 fn sender_of(fleet: &Fleet, ip: IpAddr) -> Result<Sender, String> {
@@ -154,12 +206,11 @@ fn sender_of(fleet: &Fleet, ip: IpAddr) -> Result<Sender, String> {
 /// Returns the transitions and the time of the last line.
 fn replay(
     fleet: &mut Fleet,
-    log: &PathBuf,
+    log: &Path,
     ip: IpAddr,
     year: Option<i16>,
 ) -> Result<(Vec<Transition>, Timestamp), Box<dyn std::error::Error>> {
-    let bytes = std::fs::read(log)
-        .map_err(|e| format!("cannot read --replay-log {}: {e}", log.display()))?;
+    let bytes = read_input_bytes(log, "--replay-log")?;
     let ip_text = ip.to_string();
     let mut transitions = Vec::new();
     let mut last = None;

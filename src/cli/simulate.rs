@@ -49,11 +49,22 @@ pub struct SimulateArgs {
 
 pub fn run(args: SimulateArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     if args.list {
-        let rows: Vec<Vec<String>> = SCENARIOS
-            .iter()
-            .map(|(n, what)| vec![n.to_string(), what.to_string()])
-            .collect();
-        print!("{}", table(&["SCENARIO", "WHAT IT SHOWS"], &rows));
+        match args.format {
+            Format::Table => {
+                let rows: Vec<Vec<String>> = SCENARIOS
+                    .iter()
+                    .map(|(n, what)| vec![n.to_string(), what.to_string()])
+                    .collect();
+                print!("{}", table(&["SCENARIO", "WHAT IT SHOWS"], &rows));
+            }
+            Format::Json => {
+                let list: Vec<serde_json::Value> = SCENARIOS
+                    .iter()
+                    .map(|(name, shows)| serde_json::json!({"name": name, "shows": shows}))
+                    .collect();
+                println!("{}", serde_json::json!({ "scenarios": list }));
+            }
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let Some(name) = args.scenario.as_deref() else {

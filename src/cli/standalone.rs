@@ -49,6 +49,15 @@ pub struct StandaloneArgs {
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
 
+    /// Serve the port over TLS with this PEM certificate (then its
+    /// intermediates); agents on other machines use an https:// --endpoint.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Secrets (the SNDS key) as files DIR/<secret name>/<key>.
     #[arg(long, value_name = "DIR")]
     pub secrets_dir: Option<PathBuf>,
@@ -94,6 +103,7 @@ pub struct StandaloneArgs {
 pub fn run(args: StandaloneArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let rules = FleetArgs {
         manifests: Vec::new(),
+        example: false,
         rules: args.rules.clone(),
     }
     .classifier_config()?;
@@ -131,6 +141,10 @@ pub fn run(args: StandaloneArgs) -> Result<ExitCode, Box<dyn std::error::Error>>
             ..PostfixOptions::default()
         },
         rules,
+        tls: args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(|(cert, key)| standalone::TlsFiles { cert, key }),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

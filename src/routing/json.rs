@@ -2,7 +2,7 @@
 //! field in docs/ROUTE-TABLE.md.
 //!
 //! Field names are snake_case; mode and state values are the API's own words
-//! (`Primary`, `Blocked`), so they read the same as `kubectl get dr -o yaml`.
+//! (`Primary`, `Blocked`), so they read the same as `kubectl get mfroute -o yaml`.
 //! Every field is always present (empty lists, `null`), and every list is sorted
 //! by the compiler, so the same fleet always gives the same bytes. The document
 //! carries no timestamp: an unchanged fleet renders an unchanged file, and a

@@ -169,7 +169,7 @@ impl RouteTable {
     }
 }
 
-/// The API's mode words, as `kubectl get dr` shows them.
+/// The API's mode words, as `kubectl get mfroute` shows them.
 pub fn mode_name(mode: RouteMode) -> &'static str {
     match mode {
         RouteMode::Primary => "Primary",

@@ -168,6 +168,42 @@ pub async fn serve_with<R: FeedbackReceiver, O: Observability>(
     limits: ServeLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_port(listener, None, receiver, obs, log_level, limits, shutdown).await
+}
+
+/// [`serve_with`] over TLS: each connection's handshake must end within the
+/// header read timeout, or the connection is closed (a slow handshake is the
+/// TLS form of a slow request head).
+pub async fn serve_tls<R: FeedbackReceiver, O: Observability>(
+    listener: TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+    receiver: Arc<R>,
+    obs: Arc<O>,
+    log_level: Option<LogLevelHandle>,
+    limits: ServeLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_port(
+        listener,
+        Some(tls),
+        receiver,
+        obs,
+        log_level,
+        limits,
+        shutdown,
+    )
+    .await
+}
+
+async fn serve_port<R: FeedbackReceiver, O: Observability>(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    receiver: Arc<R>,
+    obs: Arc<O>,
+    log_level: Option<LogLevelHandle>,
+    limits: ServeLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let state = HttpState::with_limits(receiver, obs, log_level, limits.clone());
     let slots = ConnectionSlots::new(limits.max_connections);
     let (stop, stopping) = watch::channel(false);
@@ -188,6 +224,7 @@ pub async fn serve_with<R: FeedbackReceiver, O: Observability>(
                     };
                     connections.spawn(connection(
                         stream,
+                        tls.clone(),
                         peer,
                         state.clone(),
                         limits.clone(),
@@ -221,12 +258,38 @@ pub async fn serve_with<R: FeedbackReceiver, O: Observability>(
 
 async fn connection(
     stream: tokio::net::TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    peer: SocketAddr,
+    state: HttpState,
+    limits: ServeLimits,
+    slot: limits::Slot,
+    stopping: watch::Receiver<bool>,
+) {
+    let Some(tls) = tls else {
+        return exchange(TokioIo::new(stream), peer, state, limits, slot, stopping).await;
+    };
+    let handshake = tokio::select! {
+        done = tokio::time::timeout(limits.header_read_timeout, tls.accept(stream)) => done,
+        () = slot.evicted() => return,
+    };
+    match handshake {
+        Ok(Ok(stream)) => exchange(TokioIo::new(stream), peer, state, limits, slot, stopping).await,
+        Ok(Err(err)) => tracing::debug!(%peer, error = %err, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake not finished in time"),
+    }
+}
+
+/// The HTTP exchanges of one connection, plain or TLS.
+async fn exchange<I>(
+    io: TokioIo<I>,
     peer: SocketAddr,
     state: HttpState,
     limits: ServeLimits,
     slot: limits::Slot,
     mut stopping: watch::Receiver<bool>,
-) {
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let in_request = slot.in_request();
     let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
         let state = state.clone();
@@ -244,7 +307,7 @@ async fn connection(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits::READ_BUFFER_BYTES);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let conn = builder.serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => {

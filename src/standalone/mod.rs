@@ -70,10 +70,65 @@ pub struct Options {
     pub postfix: PostfixOptions,
     /// The user's own classifier rules and providers.
     pub rules: Option<ClassifierConfig>,
+    /// Serve the port over TLS with this certificate chain and key (PEM).
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of the port's TLS certificate.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The certificate, then any intermediates.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The acceptor the port serves with; errors name the file and the fix.
+    pub fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, StandaloneError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let refused = |path: &Path, problem: String| StandaloneError::Tls {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let chain = CertificateDer::pem_file_iter(&self.cert)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| refused(&self.cert, format!("not a PEM certificate file: {e}")))?;
+        if chain.is_empty() {
+            return Err(refused(
+                &self.cert,
+                "holds no certificate (-----BEGIN CERTIFICATE-----)".into(),
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| {
+            refused(
+                &self.key,
+                format!("not a PEM private key (PKCS#8, PKCS#1 or SEC1): {e}"),
+            )
+        })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| refused(&self.cert, e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| {
+                refused(
+                    &self.key,
+                    format!(
+                        "does not go with the certificate {}: {e}",
+                        self.cert.display()
+                    ),
+                )
+            })?;
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StandaloneError {
+    #[error("--tls-cert/--tls-key {path}: {problem}")]
+    Tls { path: PathBuf, problem: String },
     #[error(transparent)]
     Manifests(#[from] ManifestError),
     #[error(transparent)]
@@ -176,6 +231,8 @@ pub async fn run(
         ),
         _ => {}
     }
+    // Refused before the port opens: a typo in a key path is not a plain-HTTP port.
+    let tls = options.tls.as_ref().map(TlsFiles::acceptor).transpose()?;
     let listener = tokio::net::TcpListener::bind(options.http_addr)
         .await
         .map_err(|source| StandaloneError::Bind {
@@ -192,19 +249,31 @@ pub async fn run(
         manifests = %options.manifests.display(),
         out = %options.out.display(),
         restored_state = restored,
-        "standalone mode serving http://{address}/v1/feedback"
+        "standalone mode serving {}://{address}/v1/feedback",
+        if tls.is_some() { "https" } else { "http" }
     );
 
     let (stop, stopping) = channel::channel(false);
     let (commits, committer) = service::start_committer(Arc::clone(&shared));
     let receiver = Arc::new(Receiver::new(Arc::clone(&shared), commits));
-    let server = tokio::spawn(serve::serve(
-        listener,
-        Arc::clone(&receiver),
-        receiver,
-        log_level,
-        stopped(stopping.clone()),
-    ));
+    let server = match tls {
+        None => tokio::spawn(serve::serve(
+            listener,
+            Arc::clone(&receiver),
+            receiver,
+            log_level,
+            stopped(stopping.clone()),
+        )),
+        Some(acceptor) => tokio::spawn(serve::serve_tls(
+            listener,
+            acceptor,
+            Arc::clone(&receiver),
+            receiver,
+            log_level,
+            serve::ServeLimits::default(),
+            stopped(stopping.clone()),
+        )),
+    };
     let probe_options = ProbeOptions {
         resolver: options.dnsbl_resolver.clone(),
         ..ProbeOptions::default()

@@ -49,17 +49,37 @@ impl std::fmt::Display for Nameserver {
     }
 }
 
-/// Reads `HOST:PORT`: an IP address (`10.0.0.53:53`, `[2001:db8::53]:53`) or
-/// a host name (`unbound.dns.svc.cluster.local:53`).
+/// The port a resolver is asked on when `--nameserver` names none.
+pub const DNS_PORT: u16 = 53;
+
+/// Reads `HOST[:PORT]`: an IP address (`10.0.0.53`, `10.0.0.53:5353`,
+/// `[2001:db8::53]`, `[2001:db8::53]:53`) or a host name
+/// (`unbound.dns.svc.cluster.local`, with `:PORT` or not); the port defaults to 53.
 pub fn parse_nameserver(text: &str) -> Result<Nameserver, String> {
     let text = text.trim();
     let problem = || {
-        "expected HOST:PORT, such as 10.0.0.53:53, [2001:db8::53]:53 or unbound.dns.svc.cluster.local:53".to_string()
+        "expected HOST or HOST:PORT, such as 10.0.0.53, 10.0.0.53:5353, [2001:db8::53]:53 or unbound.dns.svc.cluster.local".to_string()
     };
     if let Ok(address) = text.parse::<SocketAddr>() {
         return Ok(Nameserver::Addr(address));
     }
-    let (host, port) = text.rsplit_once(':').ok_or_else(problem)?;
+    if let Ok(ip) = text.parse::<std::net::Ipv4Addr>() {
+        return Ok(Nameserver::Addr(SocketAddr::new(ip.into(), DNS_PORT)));
+    }
+    if let Some(inner) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+        let ip: std::net::Ipv6Addr = inner.parse().map_err(|_| problem())?;
+        return Ok(Nameserver::Addr(SocketAddr::new(ip.into(), DNS_PORT)));
+    }
+    if text.parse::<std::net::Ipv6Addr>().is_ok() {
+        // `2001:db8::1:53` could be an address or an address and a port.
+        return Err(format!(
+            "write an IPv6 resolver in brackets, [{text}] or [{text}]:53, so its last group is not read as a port"
+        ));
+    }
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) => (host, port),
+        None => (text, "53"),
+    };
     let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(problem)?;
     let host = host.strip_suffix('.').unwrap_or(host);
     if host.contains(':') || host.starts_with('[') {
@@ -188,13 +208,28 @@ mod tests {
                 port: 53
             }
         );
+        // Without a port, the DNS port.
+        assert_eq!(
+            parse_nameserver("10.0.0.53").unwrap(),
+            Nameserver::Addr("10.0.0.53:53".parse().unwrap())
+        );
+        assert_eq!(
+            parse_nameserver("[2001:db8::53]").unwrap(),
+            Nameserver::Addr("[2001:db8::53]:53".parse().unwrap())
+        );
+        assert_eq!(
+            parse_nameserver("localhost").unwrap(),
+            Nameserver::Host {
+                host: "localhost".into(),
+                port: 53
+            }
+        );
+        assert!(parse_nameserver("::1:53").unwrap_err().contains("[::1:53]"));
         for bad in [
-            "127.0.0.1",
-            "localhost",
             "127.0.0.1:99999",
             "host:0",
             "",
-            "::1:53",
+            "[::1",
             "a b:53",
             "300.1.1.1:53",
         ] {

@@ -470,11 +470,15 @@ mod tests {
             plan.resolver.unwrap().to_string(),
             "unbound.dns.svc.cluster.local:53"
         );
+        // Without a port, the DNS port.
         settings.resolver = Some("resolver.internal".into());
+        let plan = plan_from_settings(&settings).unwrap();
+        assert_eq!(plan.resolver.unwrap().to_string(), "resolver.internal:53");
+        settings.resolver = Some("resolver.internal:dns".into());
         let err = plan_from_settings(&settings).unwrap_err();
         assert!(
             err.to_string()
-                .starts_with("spec.reputation.dnsbl.resolver is resolver.internal"),
+                .starts_with("spec.reputation.dnsbl.resolver is resolver.internal:dns"),
             "{err}"
         );
         settings.resolver = None;
