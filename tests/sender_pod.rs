@@ -328,17 +328,17 @@ fn pod_root(root: &Path, ip: &str, helo: &str) {
     write_config(&root.join("config"), ip, "1", helo);
 }
 
-/// `mailfleet sender run` as the image runs it, inside `ns`, with the host
-/// name of its pod (a pod has a UTS namespace of its own: two senders with
-/// the same name would see a hand-off to the other as a mail loop).
+/// `mailfleet sender run` as the image runs it, inside `ns`. Both senders
+/// share this machine's host name, as `hostNetwork` pods on one node share
+/// the node's: Postfix's own name is the pod's, given as the operator gives
+/// it (`--postconf=myhostname=$(MAILFLEET_POD_NAME)`), or the hand-off
+/// between them would look like a mail loop.
 fn start_sender(root: &Path, ns: &str, ip: &str, pod: &str) -> Killed {
     let path = |p: &str| root.join(p).display().to_string();
     let stderr = fs::File::create(root.join("sender.stderr")).unwrap();
     Killed(
         Command::new("ip")
-            .args(["netns", "exec", ns, "unshare", "--uts", "--"])
-            .args(["sh", "-c", r#"hostname "$0" && exec "$@""#, pod])
-            .arg(env!("CARGO_BIN_EXE_mailfleet"))
+            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_mailfleet")])
             .args(["sender", "run", "--source-ip", ip, "--pool", "mail/bulk"])
             .args([
                 "--endpoint",
@@ -362,6 +362,7 @@ fn start_sender(root: &Path, ns: &str, ip: &str, pod: &str) -> Killed {
             .args(["--shutdown-timeout", "1", "--interval", "1"])
             .arg(format!("--postconf=queue_directory={}", path("spool")))
             .arg(format!("--postconf=data_directory={}", path("data")))
+            .arg(format!("--postconf=myhostname={pod}"))
             .stderr(stderr)
             .spawn()
             .unwrap(),
