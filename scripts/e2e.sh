@@ -13,8 +13,9 @@
 #   E2E_IMAGE=mailfleet:e2e          image to build and load
 #   E2E_SKIP_BUILD=1                 use E2E_IMAGE as it is (already built or pushed)
 #   E2E_SENDER_IMAGE=registry.k8s.io/pause:3.10
-#                                    stands in for the example's Postfix image (never pulled from
-#                                    registry.example.net); the story needs the pods, not mail
+#                                    the chart's operator.senderImage, which the example pools run
+#                                    (their templates name no container); the story needs the pods,
+#                                    not mail, so a pause image stands in for images/sender
 #   E2E_ALLOW_ANY_CONTEXT=1          run on a context not named kind-* or k3d-* (it deletes and
 #                                    recreates namespace `mail`: use a disposable cluster)
 #   E2E_TIMEOUT=120                  seconds to wait for each step
@@ -91,6 +92,7 @@ tag=${image##*:}
 [ "$repository" != "$image" ] || tag=latest
 "$helm" upgrade --install "$release" charts/mailfleet --namespace "$operator_ns" --create-namespace \
   --set image.repository="$repository" --set image.tag="$tag" --set image.pullPolicy=IfNotPresent \
+  --set operator.senderImage="$sender_image" \
   --set operator.logFormat=text --wait --timeout "${timeout}s" || die "helm install failed"
 
 step "applying examples/fleet (sender image $sender_image)"
@@ -102,7 +104,7 @@ cleanup() {
 }
 trap cleanup EXIT
 for f in examples/fleet/*.yaml; do
-  sed "s#registry.example.net/mail/postfix-sender:3.7#$sender_image#" "$f" >"$fleet/$(basename "$f")"
+  cp "$f" "$fleet/$(basename "$f")"
 done
 kubectl apply -f "$fleet/namespace.yaml" >/dev/null
 kubectl apply -f "$fleet" >/dev/null || die "kubectl apply of examples/fleet failed"

@@ -59,6 +59,7 @@ fn incident_spec() -> SenderPoolSpec {
         reputation: Default::default(),
         connections: Default::default(),
         queue: Default::default(),
+        classifier_rules: None,
     }
 }
 

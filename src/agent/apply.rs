@@ -193,6 +193,10 @@ impl PostfixTarget {
     pub fn apply(&self, snapshot: &ConfigSnapshot) -> Result<Applied, ApplyError> {
         let mut applied = Applied::default();
         for (name, content) in &snapshot.files {
+            // The classifier's files are the agent's, not Postfix's.
+            if crate::routing::classifier_files::is_classifier_key(name) {
+                continue;
+            }
             let path = self.config_dir.join(name);
             if FRAGMENTS.contains(&name.as_str()) {
                 let current = match fs::read_to_string(&path) {

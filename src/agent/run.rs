@@ -273,7 +273,7 @@ pub fn run(
             .map_err(AgentError::Thread)?
     };
 
-    main_loop(&options, &classifier, &shared, follow_state, &stop);
+    main_loop(&options, classifier, &shared, follow_state, &stop);
 
     shared
         .give_up_at
@@ -302,7 +302,7 @@ pub fn run(
 
 fn main_loop(
     options: &AgentOptions,
-    classifier: &Classifier,
+    classifier: Classifier,
     shared: &Shared,
     follow_state: Option<crate::agent::follow::FollowState>,
     stop: &AtomicBool,
@@ -318,6 +318,12 @@ fn main_loop(
         seen: None,
         last_error: None,
     };
+    let mut classifier = ConfiguredClassifier::new(classifier);
+    // Lines logged before this start are judged with the configuration's
+    // classifier too, not only those read after its first apply.
+    if let Some(Ok(snapshot)) = options.config_dir.as_deref().map(read_config_dir) {
+        classifier.configure(&snapshot);
+    }
     let mut pacer = match (&options.postfix, options.pace_window) {
         (Some(_), Some(window)) => Some(Pacer::new(window)),
         _ => None,
@@ -335,29 +341,31 @@ fn main_loop(
                 Input::Line(bytes)
                     if options.format == LogFormat::Postfix
                         && is_paced(&mut pacer, bytes, now_ms) => {}
-                Input::Line(bytes) => match classify_line(classifier, options.format, bytes) {
-                    Ok(line) => {
-                        let v = &line.verdict;
-                        metrics.attempt(v.provider.as_str(), v.outcome, v.category);
-                        if v.conclusive {
-                            tracing::info!(
-                                provider = v.provider.as_str(),
-                                "conclusive block reply: {}",
-                                line.reply
-                            );
+                Input::Line(bytes) => {
+                    match classify_line(&classifier.current, options.format, bytes) {
+                        Ok(line) => {
+                            let v = &line.verdict;
+                            metrics.attempt(v.provider.as_str(), v.outcome, v.category);
+                            if v.conclusive {
+                                tracing::info!(
+                                    provider = v.provider.as_str(),
+                                    "conclusive block reply: {}",
+                                    line.reply
+                                );
+                            }
+                            let time = line.time.as_deref();
+                            reporter.record_attempt(v, &line.reply, || {
+                                time.and_then(|t| logged_time(t, now_ts, &options.zone))
+                                    .unwrap_or(now_ts)
+                            });
                         }
-                        let time = line.time.as_deref();
-                        reporter.record_attempt(v, &line.reply, || {
-                            time.and_then(|t| logged_time(t, now_ts, &options.zone))
-                                .unwrap_or(now_ts)
-                        });
+                        Err(skip) => {
+                            metrics.skipped(skip);
+                            reporter.record_skip(skip.as_str());
+                            warnings.note(skip, bytes, now);
+                        }
                     }
-                    Err(skip) => {
-                        metrics.skipped(skip);
-                        reporter.record_skip(skip.as_str());
-                        warnings.note(skip, bytes, now);
-                    }
-                },
+                }
                 Input::TooLong => {
                     metrics.skipped(LineSkip::TooLong);
                     reporter.record_skip(LineSkip::TooLong.as_str());
@@ -393,6 +401,7 @@ fn main_loop(
                         config.seen = Some(snapshot.digest.clone());
                         if apply_config(options, shared, &snapshot, "the config folder") {
                             configure_pacer(&mut pacer, &snapshot);
+                            classifier.configure(&snapshot);
                         } else {
                             config.seen = None;
                             config.next_poll = now + Duration::from_secs(30);
@@ -417,6 +426,7 @@ fn main_loop(
                     Some(Ok(snapshot)) => {
                         if apply_config(options, shared, &snapshot, "the feedback response") {
                             configure_pacer(&mut pacer, &snapshot);
+                            classifier.configure(&snapshot);
                         }
                     }
                     Some(Err(e)) => tracing::warn!("the feedback response carries an unusable configuration {}: {e}", hint.version),
@@ -505,6 +515,67 @@ fn pace(pacer: &mut Pacer, target: &PostfixTarget) {
             pacer.applied(&change);
         }
         Err(e) => tracing::warn!("cannot apply the pacer's holds: {e}"),
+    }
+}
+
+/// The classifier the agent judges lines with: the one its flags gave, or
+/// the one the sender configuration carries (declared providers and the
+/// user's rules, [`crate::routing::classifier_files`]), rebuilt whenever those
+/// files change. Files that do not build a classifier leave the last good one
+/// in use.
+struct ConfiguredClassifier {
+    current: Classifier,
+    from_flags: Classifier,
+    /// The classifier files last seen (`None`: none, the flags' classifier).
+    seen: Option<Vec<(String, Vec<u8>)>>,
+}
+
+impl ConfiguredClassifier {
+    fn new(from_flags: Classifier) -> Self {
+        ConfiguredClassifier {
+            current: from_flags.clone(),
+            from_flags,
+            seen: None,
+        }
+    }
+
+    fn configure(&mut self, snapshot: &ConfigSnapshot) {
+        let files: Vec<(String, Vec<u8>)> = snapshot
+            .files
+            .iter()
+            .filter(|(k, _)| crate::routing::classifier_files::is_classifier_key(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let files = (!files.is_empty()).then_some(files);
+        if files == self.seen {
+            return;
+        }
+        match crate::routing::classifier_files::classifier_config_of(&snapshot.files) {
+            None => {
+                self.current = self.from_flags.clone();
+                tracing::info!("the sender configuration carries no classifier files; classifying with the builtin rules and --rules/--manifests");
+            }
+            Some(Ok(config)) => match Classifier::with_config(config) {
+                Ok(classifier) => {
+                    tracing::info!(
+                        version = snapshot.version.as_str(),
+                        providers = classifier.providers().len(),
+                        rules = classifier.rules().len(),
+                        "classifier reloaded from the sender configuration"
+                    );
+                    self.current = classifier;
+                }
+                Err(e) => {
+                    tracing::error!(version = snapshot.version.as_str(), "the classifier files of the sender configuration do not build a classifier ({e}); the last good classifier stays in use");
+                    return;
+                }
+            },
+            Some(Err(e)) => {
+                tracing::error!(version = snapshot.version.as_str(), "the classifier files of the sender configuration do not parse ({e}); the last good classifier stays in use");
+                return;
+            }
+        }
+        self.seen = files;
     }
 }
 

@@ -121,6 +121,33 @@ pub struct SenderPoolSpec {
     #[serde(default, skip_serializing_if = "QueueSettings::is_empty")]
     #[x_kube(validation = Rule::new("!has(self.maximalLifetimeSeconds) || self.maximalLifetimeSeconds >= 86400").message("queue.maximalLifetimeSeconds must be at least a day: a blocked route's mail waits in the queue for the whole hold-down").reason(Reason::FieldValueInvalid))]
     pub queue: QueueSettings,
+
+    /// Your own classifier rules and providers: a ConfigMap in the pool's
+    /// namespace holding a document in the format of `mailfleet --rules`
+    /// (docs/CLASSIFIER.md). The operator checks it and copies it, with the
+    /// providers the DomainRoutes declare, into every sender's configuration;
+    /// a change reaches running senders without a restart. Rules that do not
+    /// parse set the condition `ClassifierRulesValid=False` and the senders
+    /// keep the last good ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier_rules: Option<ClassifierRulesRef>,
+}
+
+/// Where a pool's classifier rules are: a key of a ConfigMap.
+#[derive(JsonSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClassifierRulesRef {
+    /// Name of the ConfigMap (same namespace as the pool).
+    #[schemars(length(min = 1, max = 253))]
+    pub config_map: String,
+    /// The key holding the rules document.
+    #[serde(default = "default_rules_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_rules_key() -> String {
+    crate::routing::classifier_files::DEFAULT_RULES_CONFIG_MAP_KEY.to_string()
 }
 
 /// One source IP of the pool.
@@ -701,6 +728,11 @@ pub struct IpStatus {
     /// The latest provider feed verdict for this IP.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub feeds: Vec<FeedVerdict>,
+    /// Checks of this IP: `ReverseDnsConfirmed` (its PTR name resolves back
+    /// to it, docs/PROBES.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
 }
 
 impl IpStatus {
@@ -712,6 +744,7 @@ impl IpStatus {
             reputation: Vec::new(),
             dnsbl: Vec::new(),
             feeds: Vec::new(),
+            conditions: Vec::new(),
         }
     }
 

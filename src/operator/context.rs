@@ -113,6 +113,10 @@ pub struct Context {
     probe_metrics: Mutex<String>,
     /// Reviewed feedback tokens and the pods they speak for.
     pub tokens: super::token_cache::TokenCache,
+    /// The classifier rules last handed to each pool's senders.
+    pub classifier_rules: super::sender_checks::RulesMemory,
+    /// The reverse DNS verdicts, for `/metrics`.
+    pub reverse_dns: super::reverse_dns::ReverseDnsGauges,
 }
 
 impl Context {
@@ -159,6 +163,8 @@ impl Context {
             synced: tokio::sync::watch::channel(false).0,
             probe_metrics: Mutex::new(String::new()),
             tokens: Default::default(),
+            classifier_rules: Default::default(),
+            reverse_dns: Default::default(),
         }
     }
 
@@ -200,6 +206,7 @@ impl Context {
         lock(&self.status_locks).remove(pool);
         self.epochs.forget_pool(pool);
         self.metrics.forget_pool(pool);
+        self.classifier_rules.forget(pool);
     }
 
     /// Drops everything kept about a deleted route (`ns/name`).
@@ -255,6 +262,7 @@ impl Context {
     pub fn render_metrics(&self) -> String {
         let mut text = self.metrics.render();
         text.push_str(&self.probe_metrics.lock().unwrap_or_else(|e| e.into_inner()));
+        text.push_str(&self.reverse_dns.render());
         text
     }
 

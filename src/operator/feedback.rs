@@ -297,6 +297,7 @@ impl OperatorFeedback {
         )
         .map_err(|e| tracing::warn!(error = %e, "cannot render the sender config for the reply"))
         .ok()
+        .and_then(|c| self.with_classifier(c, fleet, &report.pool.namespace, &report.pool.name))
         .map(|c| {
             let current = report.config_version.as_deref() == Some(c.version.as_str());
             ConfigHint {
@@ -310,6 +311,44 @@ impl OperatorFeedback {
             duplicate,
             config,
         }
+    }
+}
+
+impl OperatorFeedback {
+    /// The configuration with the classifier files the pool's ConfigMaps
+    /// carry; `None` until the pool's rules were read since the operator
+    /// started (the agent then waits for its ConfigMap).
+    fn with_classifier(
+        &self,
+        config: crate::routing::sender_config::SenderConfig,
+        fleet: &crate::fleet::Fleet,
+        namespace: &str,
+        pool: &str,
+    ) -> Option<crate::routing::sender_config::SenderConfig> {
+        use crate::routing::classifier_files::{declared_providers_yaml, with_classifier};
+        let names_rules = fleet
+            .pools
+            .iter()
+            .find(|p| p.name_any() == pool && p.metadata.namespace.as_deref() == Some(namespace))
+            .is_some_and(|p| p.spec.classifier_rules.is_some());
+        let rules = if names_rules {
+            self.ctx
+                .classifier_rules
+                .get(&format!("{namespace}/{pool}"))?
+        } else {
+            None
+        };
+        let routes: Vec<crate::api::DomainRoute> = fleet
+            .routes
+            .iter()
+            .filter(|r| r.metadata.namespace.as_deref() == Some(namespace))
+            .cloned()
+            .collect();
+        Some(with_classifier(
+            config,
+            &declared_providers_yaml(&routes),
+            rules.as_deref(),
+        ))
     }
 }
 

@@ -19,6 +19,7 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
+use super::build::configmap::build_config_map;
 use super::build::deployment::AgentSidecar;
 use super::build::events::{problem_events, transition_events};
 use super::build::plan::{plan_pool, OwnedKind, OwnedObject, PoolPlanInput};
@@ -28,9 +29,11 @@ use super::build::{namespace_of, IP_LABEL, POOL_LABEL};
 use super::context::Context;
 use super::error::{api_status, OperatorError, Result};
 use super::route_controller::{prune, retry_after, sender_pod};
+use super::sender_checks;
 use super::snapshot::Snapshot;
 use crate::api::{ConditionStatus, SenderPool, SenderPoolStatus};
 use crate::reputation::engine::{self, Transition};
+use crate::routing::classifier_files::{declared_providers_yaml, with_classifier};
 use crate::routing::postfix::{ip_slug, PostfixOptions};
 use crate::routing::ObjectKey;
 
@@ -173,6 +176,8 @@ struct Outcome {
     transitions: Vec<Transition>,
     /// The spec the engine followed (the pool without the IPs it lost).
     spec_pool: SenderPool,
+    /// What the operator checked of the senders' other inputs.
+    checks: Vec<sender_checks::Check>,
 }
 
 impl Outcome {
@@ -190,6 +195,7 @@ impl Outcome {
             status,
             transitions: Vec::new(),
             spec_pool: pool.clone(),
+            checks: Vec::new(),
         }
     }
 }
@@ -235,10 +241,20 @@ async fn manage(
         agent: agent.as_ref(),
     };
     let owned = owned_pool_objects(ctx, ns);
-    let plan = plan_pool(&spec_pool, &input, &owned).map_err(|e| OperatorError::Build {
+    let mut plan = plan_pool(&spec_pool, &input, &owned).map_err(|e| OperatorError::Build {
         what: format!("the workloads of SenderPool {pool_key}"),
         message: e.to_string(),
     })?;
+    let mut checks: Vec<sender_checks::Check> =
+        classifier_into_plan(ctx, &spec_pool, &snapshot.fleet.routes, &mut plan)
+            .await
+            .map_err(|e| OperatorError::Build {
+                what: format!("the sender configurations of SenderPool {pool_key}"),
+                message: e.to_string(),
+            })?
+            .into_iter()
+            .collect();
+    checks.extend(sender_checks::check_relay_secrets(ctx, ns, &snapshot.fleet.routes).await);
     for config_map in &plan.config_maps {
         let existing = ctx.stores.config_maps.get(ns, &config_map.name_any());
         // The store keeps no data: the config-version annotation (a digest
@@ -284,11 +300,44 @@ async fn manage(
         spec_pool.metadata.generation,
         now,
     );
+    for check in &checks {
+        check.set(&mut status.conditions, spec_pool.metadata.generation, now);
+    }
     Ok(Outcome {
         status,
         transitions,
         spec_pool,
+        checks,
     })
+}
+
+/// Adds the classifier files (the namespace's declared providers and the
+/// pool's rules) to every sender configuration of `plan`; returns the check
+/// of the rules ConfigMap, if the pool names one.
+async fn classifier_into_plan(
+    ctx: &Context,
+    pool: &SenderPool,
+    routes: &[crate::api::DomainRoute],
+    plan: &mut super::build::plan::PoolPlan,
+) -> std::result::Result<Option<sender_checks::Check>, super::build::BuildError> {
+    let pool_key = key(pool);
+    let providers = declared_providers_yaml(routes);
+    let (rules, check) = sender_checks::resolve_rules(
+        ctx,
+        pool,
+        &pool_key.to_string(),
+        &pool_key.namespace,
+        &providers,
+        plan.ips.first().map(|ip| ip.config_map.as_str()),
+    )
+    .await;
+    for (ip_plan, config_map) in plan.ips.iter_mut().zip(plan.config_maps.iter_mut()) {
+        ip_plan.config = with_classifier(ip_plan.config.clone(), &providers, rules.as_deref());
+        if let Some(ip) = pool.spec.ips.iter().find(|i| i.address == ip_plan.address) {
+            *config_map = build_config_map(pool, ip, &ip_plan.config)?;
+        }
+    }
+    Ok(check)
 }
 
 /// A digest of what the pool's sender configs and status read from the
@@ -417,6 +466,17 @@ async fn announce(
     };
     if !problems.is_empty() && accepted(old) != accepted(new) {
         records.extend(problem_events("SenderPool", &pool_key, problems));
+    }
+    let condition = |v: &serde_json::Value, type_: &str| {
+        v["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == type_).cloned())
+            .map(|c| (c["status"].clone(), c["message"].clone()))
+    };
+    for check in outcome.checks.iter().filter(|c| !c.problems.is_empty()) {
+        if condition(old, check.condition) != condition(new, check.condition) {
+            records.extend(problem_events("SenderPool", &pool_key, &check.problems));
+        }
     }
     for t in &outcome.transitions {
         tracing::info!(ip = %t.ip, provider = %t.provider, from = ?t.from, to = %t.to,

@@ -268,19 +268,35 @@ pub async fn start(
             },
         ));
         // A ConfigMap is compared by its config-version annotation: its data
-        // (the largest objects by far) is not kept. A deleted one wakes the pools.
+        // (the largest objects by far) is not kept. The one ConfigMap watch
+        // sees every ConfigMap of the scope, not only ours: the classifier
+        // rules a pool names (`spec.classifierRules`) are the user's own, with
+        // no label of ours. A deleted ConfigMap of ours wakes the pools; a
+        // change of one a pool names wakes that pool, which reads it.
         let to_pools = pool_trigger.clone();
+        let rules_epochs = epochs.clone();
+        let rules_pools = pool_store.clone();
         config_maps.push(reflect_with(
             &mut reflectors,
             api::<ConfigMap>(&client, scope),
-            owned.clone(),
+            watcher::Config::default(),
             |cm: &mut ConfigMap| {
                 cm.managed_fields_mut().clear();
                 cm.data = None;
                 cm.binary_data = None;
             },
             move |event| {
-                if matches!(event, watcher::Event::Delete(_)) {
+                let changed = match event {
+                    watcher::Event::Apply(cm) | watcher::Event::Delete(cm) => cm,
+                    _ => return,
+                };
+                let ours = changed.labels().get(MANAGED_BY_LABEL).map(String::as_str)
+                    == Some(MANAGED_BY_VALUE);
+                let named = super::sender_checks::pools_naming(&rules_pools.state(), changed);
+                for pool in &named {
+                    rules_epochs.bump_pool(pool);
+                }
+                if !named.is_empty() || (ours && matches!(event, watcher::Event::Delete(_))) {
                     to_pools.fire();
                 }
             },
@@ -532,6 +548,12 @@ async fn lead_and_run(
     let (stop_probes, probes_stopped) = oneshot::channel::<()>();
     stops.push(stop_probes);
     let probe_task = tokio::spawn(probes::run(ctx.clone(), probes_stopped.map(|_| ())));
+    let (stop_reverse_dns, reverse_dns_stopped) = oneshot::channel::<()>();
+    stops.push(stop_reverse_dns);
+    tokio::spawn(super::reverse_dns::run(
+        ctx.clone(),
+        reverse_dns_stopped.map(|_| ()),
+    ));
     let outcome = tokio::select! {
         _ = &mut *stopped => Ok(()),
         lost = async {

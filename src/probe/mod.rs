@@ -5,6 +5,7 @@
 //! health and counters are pure; only the network exchanges are async.
 
 pub mod dnsbl;
+pub mod reverse_dns;
 pub mod runner;
 pub mod snds;
 

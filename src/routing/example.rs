@@ -71,6 +71,7 @@ pub fn pool(namespace: &str, name: &str, addresses: &[String]) -> SenderPool {
         reputation: ReputationSettings::default(),
         connections: Default::default(),
         queue: Default::default(),
+        classifier_rules: None,
     };
     let mut pool = SenderPool::new(name, spec);
     pool.metadata.namespace = Some(namespace.to_string());

@@ -6,6 +6,7 @@
 //! and [`postfix`] render what senders consume.
 
 pub mod caps;
+pub mod classifier_files;
 pub mod compiler;
 pub mod example;
 mod index;

@@ -272,7 +272,7 @@ pub enum SenderDocumentError {
 
 /// FNV-1a (64 bit) over every key and content, each followed by a NUL: stable
 /// across builds and platforms, unlike the standard library's hasher.
-fn content_digest(files: &BTreeMap<String, String>) -> String {
+pub(crate) fn content_digest(files: &BTreeMap<String, String>) -> String {
     let mut hash = 0xcbf2_9ce4_8422_2325u64;
     for (key, content) in files {
         for byte in key.bytes().chain([0]).chain(content.bytes()).chain([0]) {

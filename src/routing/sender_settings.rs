@@ -77,6 +77,17 @@ impl SenderSettings {
     }
 
     /// main.cf lines: the HELO name and the intake restrictions.
+    /// The main.cf parameters of the intake part of [`Self::main_cf`]: the
+    /// sender image removes them from its own main.cf before the fragment is
+    /// written ([`crate::sender::base::write_base`]), since Debian's main.cf
+    /// sets `mynetworks` and `smtpd_relay_restrictions` too.
+    pub const INTAKE_PARAMETERS: [&'static str; 4] = [
+        "mynetworks",
+        "smtpd_relay_restrictions",
+        "smtpd_recipient_restrictions",
+        "relay_domains",
+    ];
+
     pub fn main_cf(&self) -> String {
         let mut out = String::new();
         if let Some(name) = &self.helo_name {

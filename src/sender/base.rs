@@ -79,12 +79,24 @@ fn postconf(bin_dir: &Path, config_dir: &Path, args: &[String]) -> Result<(), Ap
 
 /// Writes the base settings: main.cf parameters, the `postlog` service that
 /// writes `maillog_file`, and no chroot (the chroot would need copies of
-/// /etc files that nothing in the container keeps up to date).
+/// /etc files that nothing in the container keeps up to date). The intake
+/// parameters the rendered fragment sets are removed from the image's own
+/// main.cf first: set twice, every Postfix daemon warns of the override at
+/// each start, and with `maillog_file` those warnings can fill the `postlog`
+/// socket until Postfix hangs. The sender configuration is applied right
+/// after; until then Postfix's defaults relay for no one.
 pub fn write_base(
     bin_dir: &Path,
     config_dir: &Path,
     settings: &[(String, String)],
 ) -> Result<(), ApplyError> {
+    let mut remove = vec!["-X".to_string()];
+    remove.extend(
+        crate::routing::sender_settings::SenderSettings::INTAKE_PARAMETERS
+            .iter()
+            .map(|p| p.to_string()),
+    );
+    postconf(bin_dir, config_dir, &remove)?;
     let mut args = vec!["-e".to_string()];
     args.extend(settings.iter().map(|(k, v)| format!("{k}={v}")));
     postconf(bin_dir, config_dir, &args)?;

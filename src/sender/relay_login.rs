@@ -110,6 +110,29 @@ pub fn password_map(
     (text, problems)
 }
 
+/// `text` with, for each relay whose Secret has a problem now, its line of
+/// the `previous` map: a Secret deleted or half rewritten leaves the last
+/// good login in use (the pool condition `RelayCredentialsValid` says what
+/// to fix) instead of failing that relay's mail from then on.
+pub fn keep_last_good(mut text: String, problems: &[CredentialsProblem], previous: &str) -> String {
+    let mut kept = std::collections::BTreeSet::new();
+    for problem in problems {
+        let relay = match problem {
+            CredentialsProblem::Missing { relay, .. }
+            | CredentialsProblem::Malformed { relay, .. } => relay,
+        };
+        if !kept.insert(relay.clone()) {
+            continue;
+        }
+        let prefix = format!("{relay}\t");
+        if let Some(line) = previous.lines().find(|l| l.starts_with(&prefix)) {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    text
+}
+
 /// Writes the map into `config_dir` (mode 0600) when it changed and indexes it
 /// with `postmap`. Returns the problems found (each already logged).
 pub fn write_password_map(
@@ -121,9 +144,11 @@ pub fn write_password_map(
     let read = |secret: &str, key: &str| fs::read_to_string(secrets_dir.join(secret).join(key));
     let (text, problems) = password_map(snapshot, read, secrets_dir);
     for problem in &problems {
-        tracing::error!("{problem}");
+        tracing::error!("{problem}; the last good login for this relay stays in use");
     }
     let path = config_dir.join(SASL_PASSWORD_FILE);
+    let previous = fs::read_to_string(&path).unwrap_or_default();
+    let text = keep_last_good(text, &problems, &previous);
     let indexed = config_dir.join(format!("{SASL_PASSWORD_FILE}.db"));
     if fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) && indexed.exists() {
         return Ok(problems);
@@ -224,6 +249,32 @@ mod tests {
                 "Secret half has no readable key `password` under /etc/mailfleet/relay/half"
             ),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn a_relay_whose_secret_broke_keeps_its_last_good_login() {
+        let problem = CredentialsProblem::Missing {
+            relay: "[relay.example.net]:587".into(),
+            secret: "relay-credentials".into(),
+            key: "password",
+            dir: "/etc/mailfleet/relay/relay-credentials".into(),
+            reason: "No such file or directory".into(),
+        };
+        let previous =
+            "# relay logins\n[relay.example.net]:587\tmailer:s3cret\n[other.example.net]:25\tx:y\n";
+        let text = keep_last_good(
+            "# relay logins\n".into(),
+            &[problem.clone(), problem],
+            previous,
+        );
+        assert_eq!(
+            text,
+            "# relay logins\n[relay.example.net]:587\tmailer:s3cret\n"
+        );
+        assert_eq!(
+            keep_last_good("# relay logins\n".into(), &[], previous),
+            "# relay logins\n"
         );
     }
 }

@@ -9,9 +9,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, PodSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, TCPSocketAction,
-    Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    ObjectFieldSelector, PodSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -22,6 +22,11 @@ use super::deployment::{
 
 /// Name of the sender container.
 pub const SENDER_CONTAINER: &str = "sender";
+/// The pod's own name (downward API), Postfix's `myhostname`: unique per
+/// sender even when pods share a node's host name (`hostNetwork`), where two
+/// senders with one name would take a hand-off between them for a mail loop
+/// and bounce it (5.4.6).
+pub const POD_NAME_ENV: &str = "MAILFLEET_POD_NAME";
 /// Postfix's queue: an emptyDir, so queued mail survives a container restart.
 pub const QUEUE_VOLUME: &str = "mailfleet-queue";
 pub const QUEUE_DIR: &str = "/var/spool/postfix";
@@ -85,6 +90,7 @@ pub fn sender_pod_spec(
         &format!("{AGENT_STATE_DIR}/state.json"),
         "--relay-secrets-dir",
         RELAY_SECRETS_DIR,
+        &format!("--postconf=myhostname=$({POD_NAME_ENV})"),
     ]
     .map(String::from)
     .to_vec();
@@ -129,6 +135,17 @@ pub fn sender_pod_spec(
             image: Some(image.to_string()),
             image_pull_policy: agent.image_pull_policy.clone(),
             args: Some(args),
+            env: Some(vec![EnvVar {
+                name: POD_NAME_ENV.to_string(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.name".to_string(),
+                        api_version: None,
+                    }),
+                    ..Default::default()
+                }),
+            }]),
             ports: Some(vec![
                 port("smtp", 25),
                 port("agent-metrics", AGENT_METRICS_PORT),
@@ -198,6 +215,22 @@ mod tests {
         let sender = &spec.containers[0];
         let args = sender.args.clone().unwrap().join(" ");
         assert!(args.starts_with("sender run --source-ip 203.0.113.10 --pool mail/bulk --endpoint http://mailfleet.mf.svc:8080/v1/feedback --config-dir /etc/mailfleet/sender"), "{args}");
+        // Postfix's own name is the pod's, which the kubelet puts in the
+        // argument from the downward API.
+        assert!(
+            args.contains("--postconf=myhostname=$(MAILFLEET_POD_NAME)"),
+            "{args}"
+        );
+        let env = sender.env.clone().unwrap();
+        let pod_name = env.iter().find(|e| e.name == POD_NAME_ENV).unwrap();
+        assert_eq!(
+            pod_name
+                .value_from
+                .as_ref()
+                .and_then(|v| v.field_ref.as_ref())
+                .map(|f| f.field_path.as_str()),
+            Some("metadata.name")
+        );
         let mounts: Vec<&str> = sender
             .volume_mounts
             .iter()

@@ -1,6 +1,6 @@
 //! DNS messages on the wire: one question out, the answer read back. Pure.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
@@ -12,6 +12,10 @@ pub enum QueryType {
     A,
     /// The reason of a listing.
     Txt,
+    /// The name of an address (reverse DNS, [`crate::probe::reverse_dns`]).
+    Ptr,
+    /// The IPv6 addresses of a name (forward confirmation of a PTR name).
+    Aaaa,
 }
 
 impl QueryType {
@@ -19,6 +23,8 @@ impl QueryType {
         match self {
             QueryType::A => RecordType::A,
             QueryType::Txt => RecordType::TXT,
+            QueryType::Ptr => RecordType::PTR,
+            QueryType::Aaaa => RecordType::AAAA,
         }
     }
 }
@@ -41,6 +47,10 @@ pub struct Reply {
     pub addresses: Vec<Ipv4Addr>,
     /// TXT records of the answer section, each record's strings joined.
     pub texts: Vec<String>,
+    /// PTR records of the answer section (names with their final dot).
+    pub names: Vec<String>,
+    /// AAAA records of the answer section.
+    pub addresses6: Vec<Ipv6Addr>,
     pub truncated: bool,
 }
 
@@ -98,6 +108,8 @@ pub fn decode_reply(
     };
     let mut addresses = Vec::new();
     let mut texts = Vec::new();
+    let mut names = Vec::new();
+    let mut addresses6 = Vec::new();
     for record in &message.answers {
         match &record.data {
             RData::A(a) if qtype == QueryType::A => addresses.push(a.0),
@@ -109,6 +121,8 @@ pub fn decode_reply(
                     .collect();
                 texts.push(text);
             }
+            RData::PTR(ptr) if qtype == QueryType::Ptr => names.push(ptr.0.to_ascii()),
+            RData::AAAA(aaaa) if qtype == QueryType::Aaaa => addresses6.push(aaaa.0),
             _ => {}
         }
     }
@@ -116,6 +130,8 @@ pub fn decode_reply(
         rcode,
         addresses,
         texts,
+        names,
+        addresses6,
         truncated: meta.truncation,
     }))
 }

@@ -49,6 +49,7 @@ fn spec() -> SenderPoolSpec {
         reputation: Default::default(),
         connections: Default::default(),
         queue: Default::default(),
+        classifier_rules: None,
     }
 }
 
