@@ -2,6 +2,7 @@
 //! Postfix log lines, and the per-(IP, provider) state machine.
 //! No I/O, no wall clock, no randomness: callers pass `now`.
 
+pub mod arf;
 pub mod classifier;
 pub mod engine;
 pub mod evidence;
