@@ -4,6 +4,7 @@
 
 pub mod arf;
 pub mod classifier;
+pub mod complaints;
 pub mod engine;
 pub mod evidence;
 pub mod fingerprints;
