@@ -87,6 +87,7 @@ fn ms_ban(at: Timestamp) -> Signal {
             reply: MS_BAN.into(),
             named_ip: Some(BAD_IP.parse().unwrap()),
             at,
+            pause_seconds: None,
         }],
     })
 }
@@ -412,7 +413,7 @@ fn overrides_cap_but_never_raise() {
             hourly_cap: None
         }
     );
-    spec.reputation.throttled_allowance_percent = 5;
+    spec.reputation.throttle.step_percents = vec![5];
     tick(&spec, &mut status, &providers(), plus(now, 120)).unwrap();
     assert_eq!(
         pair_view(&status, "203.0.113.11", "microsoft").allowance_percent,
@@ -629,6 +630,7 @@ fn signal(op: &Op, now: Timestamp) -> Option<(&'static str, Signal)> {
                     reply: format!("550 5.7.606 banned [{i}]"),
                     named_ip,
                     at: plus(now, -reply_age),
+                    pause_seconds: None,
                 })
                 .collect();
             let feedback = Feedback {

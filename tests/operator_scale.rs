@@ -178,6 +178,7 @@ fn ban_report(pool: &str, ip: &str, pod: &str) -> FeedbackReport {
             reply: format!("550 5.7.606 Access denied, banned sending IP [{ip}]"),
             at: now,
             named_ip: ip.parse().ok(),
+            pause_seconds: None,
         }],
         lines: Default::default(),
         dropped: Default::default(),

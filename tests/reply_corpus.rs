@@ -58,7 +58,7 @@ fn fixtures() -> Vec<(String, usize, Fixture)> {
             let fixture: Fixture =
                 serde_json::from_str(line).unwrap_or_else(|e| panic!("{name}:{}: {e}", i + 1));
             assert!(
-                fixture.source.starts_with("https://"),
+                is_public_address(&fixture.source),
                 "{name}:{}: every fixture names its public source",
                 i + 1
             );
@@ -66,6 +66,11 @@ fn fixtures() -> Vec<(String, usize, Fixture)> {
         }
     }
     out
+}
+
+/// A web address (some public pages are still served over plain HTTP).
+fn is_public_address(source: &str) -> bool {
+    source.starts_with("https://") || source.starts_with("http://")
 }
 
 fn text_of(f: &Fixture) -> String {
@@ -89,7 +94,7 @@ fn every_fixture_names_a_public_source() {
     assert!(!all.is_empty(), "the corpus is empty");
     for (file, line, fixture) in &all {
         assert!(
-            fixture.source.starts_with("https://"),
+            is_public_address(&fixture.source),
             "{file}:{line}: the source must be a public address, not {:?}",
             fixture.source
         );
@@ -170,4 +175,42 @@ fn bare_replies_name_their_provider_and_never_invent_a_block() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Every big provider and gateway is found bare, from its own words, in at
+/// least one reply of the corpus (the fingerprint unit tests cover the rest).
+#[test]
+fn the_big_providers_and_gateways_are_each_found_bare_in_the_corpus() {
+    let classifier = Classifier::builtin();
+    let all = fixtures();
+    assert!(all.len() >= 150, "the corpus holds {} replies", all.len());
+    let mut missing = Vec::new();
+    for provider in [
+        "microsoft",
+        "google",
+        "yahoo",
+        "apple",
+        "proofpoint",
+        "mimecast",
+        "barracuda",
+        "trendmicro",
+    ] {
+        let found = all.iter().any(|(_, _, f)| {
+            f.bare_provider == provider && {
+                let bare = classifier.classify_text(&text_of(f), None, None);
+                bare.provider == provider
+                    && matches!(
+                        bare.provider_source,
+                        ProviderSource::Reply | ProviderSource::Relay
+                    )
+            }
+        });
+        if !found {
+            missing.push(provider);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not found bare in the corpus: {missing:?}"
+    );
 }

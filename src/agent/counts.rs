@@ -27,6 +27,8 @@ pub struct Conclusive<At> {
     pub reply: String,
     pub at: At,
     pub named_ip: Option<IpAddr>,
+    /// A rate-limit reply whose rule asks for a pause of this many seconds.
+    pub pause_seconds: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,12 +97,16 @@ impl<At> AttemptCounts<At> {
     /// Counts one attempt. `at` is only asked for when the verdict is conclusive.
     pub fn add(&mut self, verdict: &Verdict, reply: &str, at: impl FnOnce() -> At) {
         self.add_count(&verdict.provider, verdict.outcome, verdict.category, 1);
-        if verdict.conclusive && verdict.category == Category::IpBlocklisted {
+        let pause = verdict
+            .pause_seconds
+            .filter(|_| verdict.category == Category::IpRateLimited);
+        if (verdict.conclusive && verdict.category == Category::IpBlocklisted) || pause.is_some() {
             self.push_conclusive(Conclusive {
                 provider: verdict.provider.clone(),
                 reply: reply.to_string(),
                 at: at(),
                 named_ip: verdict.ip,
+                pause_seconds: pause,
             });
         }
     }

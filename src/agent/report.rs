@@ -115,6 +115,10 @@ pub struct ConclusiveEvidence {
     /// The IP the reply names; a reply naming another IP is no evidence against this one.
     #[serde(default)]
     pub named_ip: Option<IpAddr>,
+    /// Set for a rate-limit reply whose rule asks for a pause (Yahoo `[TSS04]`):
+    /// one of the `ip_rate_limited` attempts, not of the `ip_blocklisted` ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_seconds: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -265,15 +269,49 @@ impl FeedbackReport {
             let entry = blocklisted.entry(row.provider.as_str()).or_default();
             *entry = entry.saturating_add(row.count);
         }
+        let mut rate_limited: HashMap<&str, u64> = HashMap::new();
+        for row in self
+            .totals
+            .iter()
+            .filter(|r| r.category == Category::IpRateLimited)
+        {
+            let entry = rate_limited.entry(row.provider.as_str()).or_default();
+            *entry = entry.saturating_add(row.count);
+        }
         let mut conclusive: HashMap<&str, u64> = HashMap::new();
+        let mut pauses: HashMap<&str, u64> = HashMap::new();
         for (i, reply) in self.conclusive.iter().enumerate() {
+            if let Some(seconds) = reply.pause_seconds {
+                if !crate::reputation::rules::PAUSE_SECONDS_RANGE.contains(&seconds) {
+                    return Err(field_error(
+                        format!("conclusive[{i}].pause_seconds"),
+                        format!(
+                            "{seconds} is out of range; a pause lasts from 60 to 604800 seconds"
+                        ),
+                    ));
+                }
+            }
             if reply.reply.chars().count() > MAX_REPLY_CHARS {
                 return Err(field_error(
                     format!("conclusive[{i}].reply"),
                     format!("longer than {MAX_REPLY_CHARS} characters"),
                 ));
             }
-            *conclusive.entry(reply.provider.as_str()).or_default() += 1;
+            let counter = if reply.pause_seconds.is_some() {
+                &mut pauses
+            } else {
+                &mut conclusive
+            };
+            *counter.entry(reply.provider.as_str()).or_default() += 1;
+        }
+        for (provider, n) in pauses {
+            let counted = rate_limited.get(provider).copied().unwrap_or(0);
+            if n > counted {
+                return Err(field_error(
+                    "conclusive",
+                    format!("{n} pause replies for {provider} but totals count {counted} ip_rate_limited attempts; each pause reply is one of them"),
+                ));
+            }
         }
         for (provider, n) in conclusive {
             let counted = blocklisted.get(provider).copied().unwrap_or(0);
@@ -329,6 +367,7 @@ impl FeedbackReport {
                 reply: reply.reply.clone(),
                 named_ip: reply.named_ip,
                 at: reply.at,
+                pause_seconds: reply.pause_seconds,
             });
         }
         per_provider
@@ -440,6 +479,7 @@ mod tests {
                 reply: "host x[192.0.2.1] said: 550 5.7.606 Access denied, banned sending IP [203.0.113.10]".into(),
                 at: at("2021-11-05T08:10:01Z"),
                 named_ip: Some("203.0.113.10".parse().unwrap()),
+                pause_seconds: None,
             }],
             lines: LineCounts { read: 120, skipped: BTreeMap::from([("not_delivery".to_string(), 69)]) },
             dropped: Dropped::default(),

@@ -325,6 +325,7 @@ fn evidence(counts: AttemptCounts<Timestamp>) -> Vec<ConclusiveEvidence> {
             reply: c.reply,
             at: c.at,
             named_ip: c.named_ip,
+            pause_seconds: c.pause_seconds,
         })
         .collect()
 }
@@ -354,6 +355,7 @@ fn merge_into(
             reply: c.reply,
             at: c.at,
             named_ip: c.named_ip,
+            pause_seconds: c.pause_seconds,
         });
     }
     merged.merge(counts);

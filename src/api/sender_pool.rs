@@ -402,10 +402,9 @@ pub struct ReputationSettings {
     #[schemars(range(min = 10))]
     pub max_hold_down_seconds: i64,
 
-    /// Allowance (percent) of a pair whose provider rate-limits it.
-    #[serde(default = "default_throttled_allowance")]
-    #[schemars(range(min = 0, max = 100))]
-    pub throttled_allowance_percent: i32,
+    /// How a pair whose provider rate-limits it steps down, and climbs back.
+    #[serde(default)]
+    pub throttle: ThrottleSettings,
 
     /// The small trickle a blocked pair gets after its hold-down, so the provider can see clean traffic.
     #[serde(default)]
@@ -426,9 +425,6 @@ fn default_hold_down() -> i64 {
 fn default_max_hold_down() -> i64 {
     48 * 3600
 }
-fn default_throttled_allowance() -> i32 {
-    50
-}
 
 impl Default for ReputationSettings {
     fn default() -> Self {
@@ -437,7 +433,7 @@ impl Default for ReputationSettings {
             feedback: FeedbackSettings::default(),
             hold_down_seconds: default_hold_down(),
             max_hold_down_seconds: default_max_hold_down(),
-            throttled_allowance_percent: default_throttled_allowance(),
+            throttle: ThrottleSettings::default(),
             probe: ProbeSettings::default(),
             recovery: RecoverySettings::default(),
             feeds: FeedSettings::default(),
@@ -653,6 +649,43 @@ pub struct RecoverySettings {
 fn default_steps() -> Vec<i32> {
     vec![10, 25, 50, 75]
 }
+
+/// The graduated throttle of a rate-limited pair: it enters at the first step,
+/// moves one step down each time a window at the current step is still over
+/// `feedback.throttlePercent`, and climbs one step back (then to full volume)
+/// each time a window at the current step is clean and it has held that step
+/// for `stepSeconds`.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThrottleSettings {
+    /// Allowance (percent) of each Throttled step, falling: `[50]` is a fixed
+    /// half rate that returns to full volume after one clean window.
+    #[serde(default = "default_throttle_steps")]
+    #[schemars(length(min = 1, max = 20))]
+    #[x_kube(validation = Rule::new("self.all(s, s >= 0 && s <= 100)").message("throttle.stepPercents are percentages from 0 to 100"))]
+    pub step_percents: Vec<i32>,
+
+    /// The shortest time a Throttled pair holds a step before climbing out of it.
+    #[serde(default = "default_throttle_step_seconds")]
+    #[schemars(range(min = 10))]
+    pub step_seconds: i64,
+}
+
+fn default_throttle_steps() -> Vec<i32> {
+    vec![50, 25, 10]
+}
+fn default_throttle_step_seconds() -> i64 {
+    900
+}
+
+impl Default for ThrottleSettings {
+    fn default() -> Self {
+        ThrottleSettings {
+            step_percents: default_throttle_steps(),
+            step_seconds: default_throttle_step_seconds(),
+        }
+    }
+}
 fn default_step_seconds() -> i64 {
     1800
 }
@@ -826,6 +859,13 @@ pub struct ProviderReputation {
     /// Index into `recovery.stepPercents` while Recovering.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_step: Option<i32>,
+    /// Index into `throttle.stepPercents` while Throttled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle_step: Option<i32>,
+    /// While Throttled by a reply that asks for a pause (Yahoo `[TSS04]`): the
+    /// pair sends nothing until then, and probes afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_until: Option<Time>,
     /// Clean deliveries counted while Probing.
     #[serde(default)]
     pub probe_successes: i64,

@@ -58,6 +58,9 @@ pub struct LineVerdict {
     pub provider_source: Option<&'static str>,
     /// The DNS block list zone a second-hand block claim names (docs/CLASSIFIER.md).
     pub dnsbl_zone: Option<String>,
+    /// Seconds a rule's `pause` stops the pair after this reply (docs/REPUTATION.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause_seconds: Option<i64>,
 }
 
 pub fn run(args: ClassifyArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -170,6 +173,7 @@ pub fn classify_line(
         skipped: Some(reason),
         provider_source: None,
         dnsbl_zone: None,
+        pause_seconds: None,
     };
     let from = |v: Verdict, recipient_domain: Option<&str>| LineVerdict {
         line,
@@ -183,6 +187,7 @@ pub fn classify_line(
         skipped: None,
         provider_source: Some(v.provider_source.as_str()),
         dnsbl_zone: v.dnsbl_zone.map(|z| z.to_string()),
+        pause_seconds: v.pause_seconds,
     };
     match parse_line_bytes(raw) {
         Ok(attempt) => from(

@@ -3,6 +3,7 @@
 mod agent;
 mod classify;
 mod common;
+mod complaints;
 mod completion;
 mod crd;
 mod operator;
@@ -35,6 +36,8 @@ pub enum Command {
     Routes(routes::RoutesArgs),
     /// Classify SMTP replies or Postfix log lines, one verdict per line.
     Classify(classify::ClassifyArgs),
+    /// Count abuse feedback reports (ARF) per sending IP and provider.
+    Complaints(complaints::ComplaintsArgs),
     /// Run a deterministic fleet simulation (seed-2021-11 replays the incident).
     Simulate(simulate::SimulateArgs),
     /// One round of reputation probes (DNS block lists).
@@ -60,6 +63,7 @@ pub fn main() -> ExitCode {
         Command::Crd(args) => crd::run(args),
         Command::Routes(args) => routes::run(args),
         Command::Classify(args) => classify::run(args),
+        Command::Complaints(args) => complaints::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Probe(args) => probe::run(args),
         Command::Agent(args) => agent::run(args),

@@ -111,6 +111,10 @@ pub fn parse_reply(input: &str) -> SmtpReply<'_> {
                 text = body.trim_start();
             }
         }
+    } else if let Some((endpoint, body)) = quoted_said(text) {
+        (remote_host, remote_addr) = endpoint.map_or((None, None), split_endpoint);
+        said = true;
+        text = body;
     } else {
         remote_host = connection_error_host(text);
     }
@@ -153,6 +157,25 @@ pub fn parse_reply(input: &str) -> SmtpReply<'_> {
         command,
         from_server,
     }
+}
+
+/// The wrapper as bounce notices and web pages quote it, without Postfix's
+/// `host ` in front: `mx.example.com[192.0.2.1] said: 550 ...`, `host[] said:`,
+/// or qmail's `Remote host said: 554 ...`. The endpoint has no spaces.
+fn quoted_said(text: &str) -> Option<(Option<&str>, &str)> {
+    let (head, body) = text.split_once(WRAPPER_SAID)?;
+    let body = body.trim_start();
+    if !body.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    if head.eq_ignore_ascii_case("remote host") {
+        return Some((None, body));
+    }
+    let endpoint_like = !head.is_empty()
+        && head.len() <= 300
+        && !head.contains(char::is_whitespace)
+        && (head.contains('[') || head.contains('.'));
+    endpoint_like.then_some((Some(head), body))
 }
 
 /// A DSN's `Diagnostic-Code: smtp; 550 ...` carries its type in front of the reply.
@@ -449,6 +472,9 @@ pub struct Verdict {
     /// [`crate::reputation::evidence`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dnsbl_zone: Option<SharedName>,
+    /// Seconds the pair should send nothing after this reply (a rule's `pause`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_seconds: Option<i64>,
 }
 
 /// How a verdict's provider was found.
@@ -765,6 +791,7 @@ impl Classifier {
                 rule: None,
                 provider_source,
                 dnsbl_zone: None,
+                pause_seconds: None,
             };
         }
         let rule = self
@@ -797,6 +824,7 @@ impl Classifier {
             } else {
                 None
             },
+            pause_seconds: rule.and_then(|r| r.pause_seconds),
         }
     }
 }

@@ -138,6 +138,7 @@ impl Verdict {
             };
             self.conclusive = false;
             self.dnsbl_zone = None;
+            self.pause_seconds = None;
             self.rule = Some(SharedName::new(ANOTHER_IP_RULE));
         }
         self

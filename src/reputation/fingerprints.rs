@@ -52,6 +52,9 @@ const MARKERS: &[(&str, &[&str])] = &[
             "support.google.com/mail",
             "mail.google.com/support",
             "google.com/mail",
+            // Gmail's own words (managedserver.eu, cloudmailin.com quotes).
+            "gmail has detected",
+            "google's message size limits",
         ],
     ),
     (
@@ -67,6 +70,10 @@ const MARKERS: &[(&str, &[&str])] = &[
             "yahoodns.net",
             "postmaster.yahoo",
             ".yahoo.com",
+            // help.yahoo.com SLN3444 / abuse-57, and AOL's own MX (Yahoo runs AOL mail).
+            "yahoo.com account",
+            "@yahoo.com)",
+            ".mx.aol.com",
         ],
     ),
     ("mimecast", &["mimecast"]),
@@ -76,7 +83,7 @@ const MARKERS: &[(&str, &[&str])] = &[
     ),
     ("barracuda", &["cuda_nsu", "barracudanetworks.com"]),
     ("cisco", &["iphmx.com"]),
-    ("trendmicro", &["tmes.trendmicro"]),
+    ("trendmicro", &["tmes.trendmicro", "mx.trendmicro.com"]),
     (
         "broadcom",
         &[

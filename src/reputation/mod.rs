@@ -2,7 +2,9 @@
 //! Postfix log lines, and the per-(IP, provider) state machine.
 //! No I/O, no wall clock, no randomness: callers pass `now`.
 
+pub mod arf;
 pub mod classifier;
+pub mod complaints;
 pub mod engine;
 pub mod evidence;
 pub mod fingerprints;

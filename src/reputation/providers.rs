@@ -263,7 +263,10 @@ pub fn builtin_provider_specs() -> Vec<ProviderSpec> {
                 "aim.com",
             ])
             .exclude_domains(["yahoo.co.jp"])
-            .mx_host_suffixes([".yahoodns.net"]),
+            // `.mx.aol.com`: AOL's own MX names (`mailin-03.mx.aol.com`), still
+            // quoted in bounces; AOL mail is Yahoo's (its MX today is
+            // `mx-aol.mail.gm0.yahoodns.net`).
+            .mx_host_suffixes([".yahoodns.net", ".mx.aol.com"]),
         ProviderSpec::new("apple")
             .domains(["icloud.com", "me.com", "mac.com"])
             .mx_host_suffixes([".icloud.com"]),
@@ -286,7 +289,13 @@ pub fn builtin_gateway_specs() -> Vec<ProviderSpec> {
         ("cisco", &[".iphmx.com"][..]),
         (
             "trendmicro",
-            &[".tmes.trendmicro.com", ".tmes.trendmicro.eu"][..],
+            // `.mx.trendmicro.com`: the hosted ERS front end a public bounce
+            // names (bbs.iredmail.org/post13489.html).
+            &[
+                ".tmes.trendmicro.com",
+                ".tmes.trendmicro.eu",
+                ".mx.trendmicro.com",
+            ][..],
         ),
         ("broadcom", &[".messagelabs.com"][..]),
     ]

@@ -247,6 +247,42 @@ pub struct Rule {
     /// conclusive only when it names an IP, and then only once confirmed
     /// (docs/CLASSIFIER.md, "Evidence").
     pub claim: Option<Claim>,
+    /// Seconds the (IP, provider) pair sends nothing after one such reply, then
+    /// probes (Yahoo `[TSS04]`): a pause, not a block. Rate-limit rules only.
+    pub pause_seconds: Option<i64>,
+}
+
+/// The shortest and longest pause a rule may ask for.
+pub const PAUSE_SECONDS_RANGE: std::ops::RangeInclusive<i64> = 60..=7 * 24 * 3600;
+
+/// Reads a pause: whole seconds (`3600`) or a duration such as `1h`, `30m`,
+/// `1h30m` or ISO 8601 `PT1H` (jiff's reader, the one the engine's clock uses).
+pub fn parse_pause(value: &Value) -> Result<i64, String> {
+    let seconds = match value {
+        Value::Number(n) => n
+            .as_i64()
+            .ok_or_else(|| format!("`{n}` is not a whole number of seconds"))?,
+        Value::String(text) => text
+            .trim()
+            .parse::<jiff::SignedDuration>()
+            .map_err(|_| {
+                format!("`{text}` is not a duration; write it like 1h, 30m, 1h30m or 3600")
+            })?
+            .as_secs(),
+        other => {
+            return Err(format!(
+                "expected a duration like 1h or 3600, found {}",
+                kind_of(other)
+            ))
+        }
+    };
+    if PAUSE_SECONDS_RANGE.contains(&seconds) {
+        Ok(seconds)
+    } else {
+        Err(format!(
+            "a pause of {seconds} s is out of range; use 1m to 7d (60 to 604800 seconds)"
+        ))
+    }
 }
 
 /// What kind of second-hand evidence a rule's replies are.
@@ -281,7 +317,7 @@ impl Rule {
             // The engine throttles on a share of rate-limited replies; one such
             // reply never blocks, so the flag would be silently ignored.
             return Err(
-                "`conclusive: true` fits ip_blocklisted only: one rate-limit reply never blocks a pair, the engine throttles on their share over the window; drop `conclusive` or use category ip_blocklisted".into(),
+                "`conclusive: true` fits ip_blocklisted only: one rate-limit reply never blocks a pair, the engine throttles on their share over the window; drop `conclusive`, add `pause: 1h` to stop the pair for a while after one such reply, or use category ip_blocklisted".into(),
             );
         }
         if self.conclusive && !self.category.is_reputation_signal() {
@@ -294,6 +330,18 @@ impl Rule {
             return Err(
                 "`outcome` may be deferred or bounced; a failure reply is never delivered".into(),
             );
+        }
+        if self.pause_seconds.is_some() && self.category != Category::IpRateLimited {
+            return Err(format!(
+                "`pause` fits ip_rate_limited only (a reply that asks the sender to stop for a while), not {}",
+                self.category
+            ));
+        }
+        if self
+            .pause_seconds
+            .is_some_and(|s| !PAUSE_SECONDS_RANGE.contains(&s))
+        {
+            return Err("`pause` must be from 1m to 7d".into());
         }
         if self.claim.is_some() && self.category != Category::IpBlocklisted {
             return Err(format!(
@@ -364,7 +412,7 @@ pub enum RuleError {
 }
 
 const RULE_FIELDS: &str =
-    "id, description, provider, code, status, text, regex, category, conclusive, outcome, claim";
+    "id, description, provider, code, status, text, regex, category, conclusive, outcome, claim, pause";
 
 /// An ordered list of rules: the first rule that matches decides.
 #[derive(Clone, Debug, Default)]
@@ -548,6 +596,7 @@ fn read_rule_fields(map: &Map<String, Value>) -> FieldResult<Rule> {
         outcome: None,
         description: None,
         claim: None,
+        pause_seconds: None,
     };
     let mut category = None;
     for (key, value) in map {
@@ -632,6 +681,7 @@ fn read_rule_fields(map: &Map<String, Value>) -> FieldResult<Rule> {
                     }
                 };
             }
+            "pause" => rule.pause_seconds = Some(parse_pause(value).map_err(|e| ("pause", e))?),
             "outcome" => {
                 let text = string("outcome", value)?;
                 rule.outcome =
@@ -1052,6 +1102,20 @@ rules:
             "rules:\n  - {id: x, code: 421, category: ip_rate_limited, conclusive: true}\n",
         );
         assert!(e.contains("one rate-limit reply never blocks"), "{e}");
+        assert!(e.contains("pause: 1h"), "{e}");
+        let e = error_of("rules:\n  - {id: x, code: 550, category: ip_blocklisted, pause: 1h}\n");
+        assert!(e.contains("`pause` fits ip_rate_limited only"), "{e}");
+        let e = error_of("rules:\n  - {id: x, code: 421, category: ip_rate_limited, pause: 10s}\n");
+        assert!(
+            e.contains("field `pause`") && e.contains("out of range"),
+            "{e}"
+        );
+        let e =
+            error_of("rules:\n  - {id: x, code: 421, category: ip_rate_limited, pause: soon}\n");
+        assert!(
+            e.contains("field `pause`") && e.contains("not a duration"),
+            "{e}"
+        );
         let e = error_of("rules:\n  - {id: x, category: content_spam}\n");
         assert!(e.contains("at least one of"), "{e}");
         let e = error_of("rules:\n  - {id: x, regex: '(', category: content_spam}\n");
@@ -1099,5 +1163,26 @@ rules:
             1
         );
         assert_eq!(merged.len(), RuleTable::builtin().len());
+    }
+
+    #[test]
+    fn a_pause_is_read_as_seconds_or_a_duration() {
+        for (written, seconds) in [
+            ("3600", 3600),
+            ("4h", 14_400),
+            ("1h30m", 5400),
+            ("PT2H", 7200),
+        ] {
+            let yaml = format!(
+                "rules:\n  - {{id: x, code: 421, category: ip_rate_limited, pause: {written}}}\n"
+            );
+            let table = RuleTable::from_yaml(&yaml).unwrap();
+            assert_eq!(table.rules()[0].pause_seconds, Some(seconds), "{written}");
+        }
+        let builtin = RuleTable::builtin();
+        assert_eq!(
+            builtin.get("yahoo-tss04").unwrap().pause_seconds,
+            Some(14_400)
+        );
     }
 }

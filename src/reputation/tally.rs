@@ -60,10 +60,21 @@ impl Tally {
                         reply: reply.to_string(),
                         named_ip: verdict.ip,
                         at,
+                        pause_seconds: None,
                     });
                 }
             }
-            Category::IpRateLimited => entry.ip_rate_limited += 1,
+            Category::IpRateLimited => {
+                entry.ip_rate_limited += 1;
+                if let Some(seconds) = verdict.pause_seconds {
+                    entry.conclusive.push(ConclusiveReply {
+                        reply: reply.to_string(),
+                        named_ip: verdict.ip,
+                        at,
+                        pause_seconds: Some(seconds),
+                    });
+                }
+            }
             _ => {}
         }
     }
@@ -139,5 +150,25 @@ mod tests {
             microsoft.conclusive[0].named_ip,
             Some("203.0.113.12".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn a_pause_reply_is_kept_among_the_rate_limited_attempts() {
+        let classifier = Classifier::builtin();
+        let at: Timestamp = "2021-11-05T08:10:00Z".parse().unwrap();
+        let reply = "421 4.7.0 [TSS04] Messages from 203.0.113.12 temporarily deferred due to unexpected volume or user complaints - 4.16.55.1";
+        let mut tally = Tally::default();
+        tally.add(
+            &classifier.classify_text(reply, Some("yahoo.com"), None),
+            reply,
+            at,
+        );
+        assert!(tally.has_conclusive(), "reported at once");
+        let feedback = tally.drain();
+        assert_eq!(
+            (feedback[0].ip_rate_limited, feedback[0].ip_blocklisted),
+            (1, 0)
+        );
+        assert_eq!(feedback[0].conclusive[0].pause_seconds, Some(4 * 3600));
     }
 }

@@ -43,6 +43,8 @@ pub fn pair(
         block_count: i32::from(state == ReputationState::Blocked),
         next_step_at: None,
         recovery_step: None,
+        throttle_step: None,
+        paused_until: None,
         probe_successes: 0,
         window: Vec::new(),
         dnsbl_claims: Vec::new(),

@@ -300,6 +300,7 @@ mod tests {
                 reply,
                 at: now(),
                 named_ip: ip.parse().ok(),
+                pause_seconds: None,
             }],
             lines: Default::default(),
             dropped: Default::default(),

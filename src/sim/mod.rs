@@ -167,6 +167,9 @@ pub struct RunSetup {
     pub pods: Vec<(String, u32)>,
     /// Baseline runs: what people do.
     pub people: Vec<HumanAction>,
+    /// Mailfleet runs: the user's own classifier rules (YAML `rules:`), put in
+    /// front of the builtin ones; `None` for the builtin rules alone.
+    pub rules: Option<String>,
 }
 
 /// A complete scenario: traffic, recipients, providers, events and runs.

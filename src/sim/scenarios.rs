@@ -18,7 +18,7 @@ use super::{
 };
 
 /// Every scenario, with one line on what it shows.
-pub const SCENARIOS: [(&str, &str); 6] = [
+pub const SCENARIOS: [(&str, &str); 7] = [
     (
         "seed-2021-11",
         "the incident of INCIDENT.md: one IP on 2 of 8 senders blocked by Microsoft for 14 days",
@@ -42,6 +42,10 @@ pub const SCENARIOS: [(&str, &str); 6] = [
     (
         "dnsbl-listing",
         "Spamhaus lists one IP for six hours: every provider's route avoids it",
+    ),
+    (
+        "yahoo-tss04",
+        "Yahoo defers IPs that send too fast ([TSS04]) and holds them back for hours",
     ),
 ];
 
@@ -85,6 +89,7 @@ pub fn scenario(name: &str) -> Result<Scenario, SimError> {
         "new-ip-warmup" => Ok(new_ip_warmup()),
         "gmail-rate-limit" => Ok(gmail_rate_limit()),
         "dnsbl-listing" => Ok(dnsbl_listing()),
+        "yahoo-tss04" => Ok(yahoo_tss04()),
         _ => Err(SimError::UnknownScenario {
             name: name.to_string(),
             known: SCENARIOS
@@ -111,6 +116,9 @@ struct FleetOptions {
     new_ip: Option<i64>,
     dnsbl: bool,
     google_per_hour: Option<i64>,
+    yahoo_per_hour: Option<i64>,
+    /// `reputation.throttle.stepPercents` of the bulk pool, when not the default.
+    throttle_steps: Option<Vec<i32>>,
 }
 
 impl Default for FleetOptions {
@@ -120,6 +128,8 @@ impl Default for FleetOptions {
             new_ip: None,
             dnsbl: false,
             google_per_hour: None,
+            yahoo_per_hour: None,
+            throttle_steps: None,
         }
     }
 }
@@ -144,6 +154,15 @@ fn fleet(options: &FleetOptions) -> (Vec<SenderPool>, Vec<DomainRoute>) {
             .rate_limits
             .per_provider
             .insert("google".to_string(), limit);
+    }
+    if let Some(limit) = options.yahoo_per_hour {
+        bulk.spec
+            .rate_limits
+            .per_provider
+            .insert("yahoo".to_string(), limit);
+    }
+    if let Some(steps) = &options.throttle_steps {
+        bulk.spec.reputation.throttle.step_percents = steps.clone();
     }
     if let Some(start) = options.new_ip {
         if let Some(ip) = bulk.spec.ips.iter_mut().find(|ip| ip.address == NEW_IP) {
@@ -236,6 +255,7 @@ fn baseline(
         routes,
         pods,
         people,
+        rules: None,
     }
 }
 
@@ -249,6 +269,7 @@ fn mailfleet(name: &str, description: &str, options: &FleetOptions) -> RunSetup 
         routes,
         pods: Vec::new(),
         people: Vec::new(),
+        rules: None,
     }
 }
 
@@ -535,9 +556,81 @@ fn gmail_rate_limit() -> Scenario {
         ),
         mailfleet(
             "mailfleet",
-            "rate-limited IPs go Throttled (half their Google allowance) and come back when clean",
+            "rate-limited IPs step down (50, 25, 10 % of their Google allowance) while the limit holds, and climb back a step per clean 15 minutes",
             &options,
         ),
+        mailfleet(
+            "fixed-half",
+            "the throttle of earlier versions: a fixed 50 % that returns to full volume after one clean window",
+            &FleetOptions {
+                throttle_steps: Some(vec![50]),
+                ..options.clone()
+            },
+        ),
+    ];
+    s
+}
+
+/// Yahoo's `[TSS04]`: an IP over its hourly limit is deferred, and then held
+/// to a trickle for four hours whatever it sends. The builtin rule pauses the
+/// (IP, yahoo) pair for four hours; the `throttle-only` run replaces that rule
+/// by one without `pause`, which is what a rate limit got before.
+fn yahoo_tss04() -> Scenario {
+    let mut s = short_scenario(
+        "yahoo-tss04",
+        "Yahoo accepts 2,500 messages per hour per IP; an IP that goes over gets 421 4.7.0 [TSS04] and is held to 2 % of that for 4 hours",
+        2,
+        1_000_000,
+        1.0,
+    );
+    s.destinations = super::recipients::press_release_mix(1.0, INCIDENT_TENANT_SHARE);
+    for group in &mut s.destinations {
+        if group.label == "yahoo" {
+            group.share_percent += 24.4;
+        } else if group.label.starts_with("other") {
+            group.share_percent -= 24.4;
+        }
+    }
+    let mut yahoo = ProviderModel::standard("yahoo");
+    yahoo.per_ip_hourly_limit = Some(2_500.0);
+    yahoo.rate_limit_penalty = Some(Penalty {
+        seconds: 4 * 3600,
+        factor: 0.02,
+    });
+    s.providers = vec![yahoo];
+    s.incident = Some(Incident {
+        at: None,
+        pairs: BULK_IPS
+            .iter()
+            .map(|ip| (ip.to_string(), "yahoo".to_string()))
+            .collect(),
+    });
+    let options = FleetOptions {
+        yahoo_per_hour: Some(4_000),
+        ..FleetOptions::default()
+    };
+    let mut throttle_only = mailfleet(
+        "throttle-only",
+        "[TSS04] read as a plain rate limit: the pairs step down to 10 %, still over Yahoo's hold, and keep being deferred",
+        &options,
+    );
+    throttle_only.rules = Some(
+        "rules:\n  - id: yahoo-tss04\n    provider: yahoo\n    text: [\"[tss04]\"]\n    category: ip_rate_limited\n"
+            .to_string(),
+    );
+    s.runs = vec![
+        baseline(
+            "random spread: deferred mail is retried on Postfix's schedule",
+            incident_pods(false),
+            Vec::new(),
+            &options,
+        ),
+        mailfleet(
+            "mailfleet",
+            "[TSS04] pauses the (IP, yahoo) pair for 4 hours, then it probes and recovers in steps",
+            &options,
+        ),
+        throttle_only,
     ];
     s
 }

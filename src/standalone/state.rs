@@ -316,6 +316,7 @@ mod tests {
                 reply: reply.into(),
                 named_ip: "203.0.113.12".parse().ok(),
                 at: now,
+                pause_seconds: None,
             }],
             ..Feedback::default()
         };
@@ -481,6 +482,8 @@ mod tests {
                                 block_count: 3,
                                 next_step_at: Some(since.clone()),
                                 recovery_step: None,
+                                throttle_step: None,
+                                paused_until: None,
                                 probe_successes: 0,
                                 dnsbl_claims: Vec::new(),
                             })

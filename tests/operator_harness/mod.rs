@@ -263,6 +263,7 @@ pub fn ban_report(pool: &str, ip: &str, sequence: u64) -> FeedbackReport {
             reply,
             at: now,
             named_ip: ip.parse().ok(),
+            pause_seconds: None,
         }],
         lines: Default::default(),
         dropped: Default::default(),

@@ -97,6 +97,14 @@ pub fn transition_events(pool: &ObjectKey, transitions: &[Transition]) -> Vec<Ev
                         t.ip, t.allowance_percent, t.provider
                     ),
                 ),
+                (ReputationState::Throttled, Reason::PauseReply) => (
+                    EventType::Warning,
+                    "IpPaused",
+                    format!(
+                        "{} asked {} to pause: it sends {} nothing, then probes",
+                        t.provider, t.ip, t.provider
+                    ),
+                ),
                 (ReputationState::Throttled, _) => (
                     EventType::Warning,
                     "IpThrottled",
@@ -358,6 +366,14 @@ mod tests {
             (
                 transition(ReputationState::Healthy, Reason::WindowClean),
                 "IpUnthrottled",
+            ),
+            (
+                transition(ReputationState::Throttled, Reason::PauseReply),
+                "IpPaused",
+            ),
+            (
+                transition(ReputationState::Throttled, Reason::ThrottleStepDown),
+                "IpThrottled",
             ),
             (
                 transition(ReputationState::Healthy, Reason::ManualOverride),

@@ -136,6 +136,7 @@ fn the_sender_named_second_is_still_found() {
             reply,
             named_ip: Some("198.51.100.9".parse().unwrap()),
             at: t0(),
+            pause_seconds: None,
         }],
         ..Feedback::default()
     });

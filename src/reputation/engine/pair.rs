@@ -80,6 +80,8 @@ pub(crate) fn new_pair(provider: &str, now: Timestamp) -> ProviderReputation {
         block_count: 0,
         next_step_at: None,
         recovery_step: None,
+        throttle_step: None,
+        paused_until: None,
         probe_successes: 0,
         window: Vec::new(),
         dnsbl_claims: Vec::new(),
@@ -121,17 +123,22 @@ impl PairRules<'_> {
 
     /// Allowance and hourly cap of a pair in `state` at `t`. The warm-up cap and
     /// the manual override only ever lower the state's own allowance.
-    fn allowance(
-        &self,
-        state: ReputationState,
-        recovery_step: Option<i32>,
-        t: Timestamp,
-    ) -> (i32, Option<i64>) {
+    fn allowance(&self, pair: &ProviderReputation, t: Timestamp) -> (i32, Option<i64>) {
+        let (state, recovery_step) = (pair.state, pair.recovery_step);
         let warm = self.warmup_at(t);
         let steps = &self.settings.recovery.step_percents;
         let own = match state {
             Healthy | Warming => 100,
-            Throttled => self.settings.throttled_allowance_percent,
+            Throttled if pair.paused_until.is_some() => 0,
+            Throttled => {
+                let throttle = &self.settings.throttle.step_percents;
+                let index = usize::try_from(pair.throttle_step.unwrap_or(0)).unwrap_or(0);
+                throttle
+                    .get(index)
+                    .or(throttle.last())
+                    .copied()
+                    .unwrap_or(0)
+            }
             Blocked => 0,
             Probing => self.settings.probe.allowance_percent,
             Recovering => {
@@ -150,7 +157,7 @@ impl PairRules<'_> {
     }
 
     fn refresh_allowance(&self, pair: &mut ProviderReputation, t: Timestamp) {
-        let (allowance, cap) = self.allowance(pair.state, pair.recovery_step, t);
+        let (allowance, cap) = self.allowance(pair, t);
         pair.allowance_percent = allowance;
         pair.hourly_cap = cap;
     }
@@ -188,6 +195,21 @@ impl PairRules<'_> {
         at: Timestamp,
         rec: &mut Recorder,
     ) {
+        self.enter_paused(pair, to, reason, evidence, at, None, rec);
+    }
+
+    /// [`Self::enter`], Throttled with a pause until `paused_until` when it is set.
+    #[allow(clippy::too_many_arguments)]
+    fn enter_paused(
+        &self,
+        pair: &mut ProviderReputation,
+        to: ReputationState,
+        reason: Reason,
+        evidence: String,
+        at: Timestamp,
+        paused_until: Option<Timestamp>,
+        rec: &mut Recorder,
+    ) {
         let from = pair.state;
         let at = at.max(pair.since.0);
         pair.state = to;
@@ -197,7 +219,15 @@ impl PairRules<'_> {
         pair.window.clear();
         pair.probe_successes = 0;
         pair.recovery_step = (to == Recovering).then_some(0);
+        pair.paused_until = paused_until.filter(|_| to == Throttled).map(Time);
+        pair.throttle_step = (to == Throttled && pair.paused_until.is_none()).then_some(0);
         pair.next_step_at = match to {
+            // Paused: when probing starts. Else the earliest time it may climb.
+            Throttled => {
+                Some(Time(paused_until.unwrap_or_else(|| {
+                    add_seconds(at, self.settings.throttle.step_seconds)
+                })))
+            }
             Blocked => Some(Time(add_seconds(
                 at,
                 pair.hold_down_seconds
@@ -205,7 +235,7 @@ impl PairRules<'_> {
             ))),
             Recovering => Some(Time(add_seconds(at, self.settings.recovery.step_seconds))),
             Warming => self.warmup_at(at).map(|day| Time(day.next_change)),
-            Healthy | Throttled | Probing => None,
+            Healthy | Probing => None,
         };
         self.refresh_allowance(pair, at);
         self.record(pair, from, reason, evidence, at, rec);
@@ -247,7 +277,8 @@ impl PairRules<'_> {
         let base = self.settings.hold_down_seconds;
         let max = self.settings.max_hold_down_seconds;
         let repeat = match pair.state {
-            Probing | Recovering => true,
+            // A pair that only ever paused has served no block to repeat.
+            Probing | Recovering => pair.block_count > 0,
             Healthy | Warming | Throttled | Blocked => {
                 pair.block_count > 0 && seconds_between(pair.since.0, now) < max
             }
@@ -386,8 +417,64 @@ impl PairRules<'_> {
                 }
                 None => false,
             },
-            Throttled | Probing => false,
+            Throttled => match pair.paused_until.as_ref().map(|t| t.0) {
+                Some(end) if end <= now => {
+                    let evidence = format!(
+                        "pause of {} s ended",
+                        seconds_between(pair.since.0, end).max(0)
+                    );
+                    self.enter(pair, Probing, Reason::PauseElapsed, evidence, end, rec);
+                    true
+                }
+                _ => false,
+            },
+            Probing => false,
         }
+    }
+
+    /// Stops the pair for `seconds` after a reply that asks for a pause, unless
+    /// it is Blocked or already paused (a later pause reply neither extends nor
+    /// restarts the pause, as with a block's hold-down).
+    fn pause(
+        &self,
+        pair: &mut ProviderReputation,
+        reply: &ConclusiveReply,
+        seconds: i64,
+        now: Timestamp,
+        rec: &mut Recorder,
+    ) {
+        if pair.state == Blocked || pair.paused_until.is_some() {
+            return;
+        }
+        let until = add_seconds(now.max(pair.since.0), seconds);
+        let evidence = format!("paused {seconds} s: {}", reply.reply);
+        self.enter_paused(
+            pair,
+            Throttled,
+            Reason::PauseReply,
+            evidence,
+            now,
+            Some(until),
+            rec,
+        );
+    }
+
+    /// Moves a Throttled pair to step `index` of `throttle.stepPercents` (a
+    /// higher index is a smaller allowance). The window starts afresh so the
+    /// next judgement sees only traffic sent at the new step.
+    fn throttle_step(
+        &self,
+        pair: &mut ProviderReputation,
+        index: i32,
+        reason: Reason,
+        evidence: String,
+        now: Timestamp,
+        rec: &mut Recorder,
+    ) {
+        pair.throttle_step = Some(index);
+        pair.window.clear();
+        pair.next_step_at = Some(Time(add_seconds(now, self.settings.throttle.step_seconds)));
+        self.step(pair, reason, evidence, now, rec);
     }
 
     /// Records the override in force in `overridden_by`, announcing a change.
@@ -431,6 +518,7 @@ impl PairRules<'_> {
         let about_others = feedback
             .conclusive
             .iter()
+            .filter(|r| r.pause_seconds.is_none())
             .filter(|r| {
                 r.named_ip
                     .is_some_and(|n| n != self.ip_addr && !names_ip(&r.reply, self.ip_addr))
@@ -462,9 +550,11 @@ impl PairRules<'_> {
         // block already served, not of the probe.
         let probing_since = (pair.state == Probing).then_some(pair.since.0);
         let is_stale = |r: &&ConclusiveReply| probing_since.is_some_and(|since| r.at < since);
+        let is_ban = |r: &&ConclusiveReply| r.pause_seconds.is_none();
         let stale = feedback
             .conclusive
             .iter()
+            .filter(is_ban)
             .filter(about_this_ip)
             .filter(is_stale)
             .count();
@@ -472,6 +562,7 @@ impl PairRules<'_> {
         let first_fresh = feedback
             .conclusive
             .iter()
+            .filter(is_ban)
             .filter(about_this_ip)
             .filter(|r| !is_stale(r))
             .filter(|r| match claim_of(&r.reply, self.provider) {
@@ -495,6 +586,24 @@ impl PairRules<'_> {
         }
         if let Some(evidence) = self.confirmed_claim(pair, listed_zones) {
             self.block(pair, Reason::DnsblClaimConfirmed, evidence, now, rec);
+            return;
+        }
+        let first_pause = feedback
+            .conclusive
+            .iter()
+            .filter(|r| r.pause_seconds.is_some())
+            .filter(about_this_ip)
+            .filter(|r| !is_stale(r))
+            .min_by(|a, b| (a.at, &a.reply).cmp(&(b.at, &b.reply)));
+        if let Some(reply) = first_pause {
+            if pair.paused_until.is_none() {
+                let seconds = reply.pause_seconds.unwrap_or_default();
+                self.pause(pair, reply, seconds, now, rec);
+                return;
+            }
+        }
+        if pair.paused_until.is_some() {
+            // Replies to mail sent before the pause: the pause already serves them.
             return;
         }
 
@@ -544,17 +653,55 @@ impl PairRules<'_> {
                 );
                 self.enter(pair, Throttled, Reason::RateLimited, evidence, now, rec);
             }
-            Throttled if clean => {
+            Throttled if over_throttle => {
+                let steps = &self.settings.throttle.step_percents;
+                let index = pair.throttle_step.unwrap_or(0).max(0);
+                let next = index.saturating_add(1);
+                if let Some(percent) = usize::try_from(next).ok().and_then(|i| steps.get(i)) {
+                    let threshold = format!(
+                        "threshold {} %; step {} of {}: {percent} %",
+                        f.throttle_percent,
+                        next + 1,
+                        steps.len()
+                    );
+                    let evidence = describe(totals.ip_rate_limited, "rate-limited", threshold);
+                    self.throttle_step(pair, next, Reason::ThrottleStepDown, evidence, now, rec);
+                } else {
+                    // Already at the lowest step: it holds; climbing waits for
+                    // a clean window that began after this one.
+                    pair.window.clear();
+                    pair.next_step_at =
+                        Some(Time(add_seconds(now, self.settings.throttle.step_seconds)));
+                }
+            }
+            Throttled if clean && pair.next_step_at.as_ref().is_none_or(|t| t.0 <= now) => {
+                let index = pair.throttle_step.unwrap_or(0).max(0);
                 let threshold = format!("below half the {} % threshold", f.throttle_percent);
                 let evidence = describe(totals.ip_rate_limited, "rate-limited", threshold);
-                self.enter(
-                    pair,
-                    self.resting_state(now),
-                    Reason::WindowClean,
-                    evidence,
-                    now,
-                    rec,
-                );
+                let steps = &self.settings.throttle.step_percents;
+                let up = usize::try_from(index - 1).ok().and_then(|i| steps.get(i));
+                match up {
+                    Some(percent) => {
+                        let evidence =
+                            format!("{evidence}; step {} of {}: {percent} %", index, steps.len());
+                        self.throttle_step(
+                            pair,
+                            index - 1,
+                            Reason::ThrottleStepUp,
+                            evidence,
+                            now,
+                            rec,
+                        );
+                    }
+                    None => self.enter(
+                        pair,
+                        self.resting_state(now),
+                        Reason::WindowClean,
+                        evidence,
+                        now,
+                        rec,
+                    ),
+                }
             }
             Probing => {
                 let failures = feedback

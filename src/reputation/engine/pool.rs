@@ -129,6 +129,11 @@ pub fn next_wakeup(
                     consider(t.0);
                 }
             }
+            // A Throttled pair's own timer is only a pause's end; climbing
+            // back waits for a clean window, which a signal brings.
+            if let Some(t) = &pair.paused_until {
+                consider(t.0);
+            }
         }
     }
     earliest
@@ -204,7 +209,29 @@ fn check_feedback(ip: &str, f: &Feedback) -> Result<(), EngineError> {
             f.attempts
         )));
     }
-    let conclusive = i64::try_from(f.conclusive.len()).unwrap_or(i64::MAX);
+    let pauses = f
+        .conclusive
+        .iter()
+        .filter(|r| r.pause_seconds.is_some())
+        .count();
+    let conclusive = i64::try_from(f.conclusive.len() - pauses).unwrap_or(i64::MAX);
+    let pauses = i64::try_from(pauses).unwrap_or(i64::MAX);
+    if pauses > f.ip_rate_limited {
+        return Err(problem(format!(
+            "{pauses} pause replies but ip_rate_limited = {}; a pause reply is an ip_rate_limited attempt, count it there too",
+            f.ip_rate_limited
+        )));
+    }
+    if let Some(bad) = f
+        .conclusive
+        .iter()
+        .filter_map(|r| r.pause_seconds)
+        .find(|s| !crate::reputation::rules::PAUSE_SECONDS_RANGE.contains(s))
+    {
+        return Err(problem(format!(
+            "pause_seconds is {bad}; a pause lasts from 60 to 604800 seconds"
+        )));
+    }
     if conclusive > f.ip_blocklisted {
         return Err(problem(format!(
             "{conclusive} conclusive replies but ip_blocklisted = {}; a conclusive reply is an ip_blocklisted attempt, count it there too",

@@ -276,10 +276,32 @@ fn check_settings(spec: &SenderPoolSpec) -> Result<(), EngineError> {
             ),
         ));
     }
-    percent(
-        "spec.reputation.throttledAllowancePercent",
-        r.throttled_allowance_percent,
-        0,
+    let throttle = &r.throttle.step_percents;
+    if throttle.is_empty() {
+        return Err(invalid(
+            "spec.reputation.throttle.stepPercents",
+            "[]",
+            "list at least one step, for example [50, 25, 10]",
+        ));
+    }
+    for (i, step) in throttle.iter().enumerate() {
+        percent(
+            || format!("spec.reputation.throttle.stepPercents[{i}]"),
+            *step,
+            0,
+        )?;
+        if i > 0 && *step > throttle[i - 1] {
+            return Err(invalid(
+                &format!("spec.reputation.throttle.stepPercents[{i}]"),
+                step,
+                "throttle steps go down: each step at most the one before, for example [50, 25, 10]",
+            ));
+        }
+    }
+    at_least(
+        "spec.reputation.throttle.stepSeconds",
+        r.throttle.step_seconds,
+        1,
     )?;
     percent(
         "spec.reputation.probe.allowancePercent",

@@ -26,7 +26,8 @@ pub enum Signal {
 /// The counts are categories of the same attempts: `delivered + ip_blocklisted
 /// + ip_rate_limited <= attempts` (the rest failed for reasons that say nothing
 /// about the IP). `conclusive` lists the explicit IP-ban replies among the
-/// `ip_blocklisted` attempts, so `conclusive.len() <= ip_blocklisted`.
+/// `ip_blocklisted` attempts, and the replies asking for a pause (those with
+/// `pause_seconds`) among the `ip_rate_limited` attempts.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub struct Feedback {
@@ -54,4 +55,8 @@ pub struct ConclusiveReply {
     pub named_ip: Option<IpAddr>,
     /// When the reply was received.
     pub at: Timestamp,
+    /// Set for a rate-limit reply whose rule asks for a pause (Yahoo `[TSS04]`):
+    /// the pair sends nothing for this many seconds, then probes. Not a block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_seconds: Option<i64>,
 }

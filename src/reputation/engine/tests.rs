@@ -85,6 +85,7 @@ fn ban(provider: &str, named: Option<&str>, when: Timestamp) -> Signal {
             reply: BAN.to_string(),
             named_ip: named.map(|n| n.parse().unwrap()),
             at: when,
+            pause_seconds: None,
         }],
     })
 }
@@ -959,6 +960,7 @@ fn bad_input_is_refused_with_a_clear_message_and_no_change() {
         reply: BAN.into(),
         named_ip: None,
         at: t0(),
+        pause_seconds: None,
     }];
     let err = observe(
         &fleet.spec,
@@ -1064,7 +1066,11 @@ fn a_throttled_warming_pair_clears_back_into_warming() {
             hourly_cap: Some(20)
         }
     );
-    let out = fleet.observe(IP, feedback("microsoft", 60, 60, 0, 0), at(120));
+    // Clean, but a throttle step is held for throttle.stepSeconds first.
+    assert!(fleet
+        .observe(IP, feedback("microsoft", 60, 60, 0, 0), at(120))
+        .is_empty());
+    let out = fleet.observe(IP, feedback("microsoft", 60, 60, 0, 0), at(960));
     assert_eq!(
         reasons(&out),
         vec![(Some(Throttled), Warming, Reason::WindowClean)]
@@ -1114,3 +1120,184 @@ fn signals_serialise_for_the_agent_api() {
 
 #[path = "claim_tests.rs"]
 mod claim_tests;
+
+fn pause_reply(provider: &str, seconds: i64, when: Timestamp) -> Signal {
+    Signal::Feedback(Feedback {
+        provider: provider.to_string(),
+        attempts: 1,
+        delivered: 0,
+        ip_blocklisted: 0,
+        ip_rate_limited: 1,
+        conclusive: vec![ConclusiveReply {
+            reply: "421 4.7.0 [TSS04] Messages from 203.0.113.10 temporarily deferred".into(),
+            named_ip: Some(IP.parse().unwrap()),
+            at: when,
+            pause_seconds: Some(seconds),
+        }],
+    })
+}
+
+#[test]
+fn the_throttle_steps_down_while_rate_limits_go_on_and_climbs_back_in_steps() {
+    let mut fleet = Fleet::new(spec());
+    let limited = || feedback("google", 100, 80, 0, 20);
+    let clean = || feedback("google", 100, 100, 0, 0);
+    let out = fleet.observe(IP, limited(), t0());
+    assert_eq!(reasons(&out), vec![(None, Throttled, Reason::RateLimited)]);
+    assert_eq!(fleet.view("google").allowance_percent, 50);
+    let out = fleet.observe(IP, limited(), at(60));
+    assert_eq!(
+        reasons(&out),
+        vec![(Some(Throttled), Throttled, Reason::ThrottleStepDown)]
+    );
+    assert_eq!(fleet.view("google").allowance_percent, 25);
+    fleet.observe(IP, limited(), at(120));
+    assert_eq!(fleet.view("google").allowance_percent, 10);
+    // The lowest step holds, and restarts the time it must stay clean.
+    assert!(fleet.observe(IP, limited(), at(180)).is_empty());
+    assert_eq!(fleet.view("google").allowance_percent, 10);
+    // Clean, but not yet for stepSeconds (900 s) at this step: it holds.
+    assert!(fleet.observe(IP, clean(), at(600)).is_empty());
+    let out = fleet.observe(IP, clean(), at(1080));
+    assert_eq!(
+        reasons(&out),
+        vec![(Some(Throttled), Throttled, Reason::ThrottleStepUp)]
+    );
+    assert_eq!(fleet.view("google").allowance_percent, 25);
+    assert!(fleet.observe(IP, clean(), at(1500)).is_empty());
+    fleet.observe(IP, clean(), at(1980));
+    assert_eq!(fleet.view("google").allowance_percent, 50);
+    let out = fleet.observe(IP, clean(), at(2880));
+    assert_eq!(
+        reasons(&out),
+        vec![(Some(Throttled), Healthy, Reason::WindowClean)]
+    );
+    assert_eq!(fleet.view("google").allowance_percent, 100);
+    let pair = fleet.pair("google");
+    assert_eq!(
+        (pair.throttle_step, pair.next_step_at.clone()),
+        (None, None)
+    );
+}
+
+#[test]
+fn a_single_step_throttle_is_the_fixed_half_rate() {
+    let mut spec = spec();
+    spec.reputation.throttle.step_percents = vec![50];
+    let mut fleet = Fleet::new(spec);
+    fleet.observe(IP, feedback("google", 100, 80, 0, 20), t0());
+    assert!(fleet
+        .observe(IP, feedback("google", 100, 80, 0, 20), at(60))
+        .is_empty());
+    assert_eq!(fleet.view("google").allowance_percent, 50);
+    let out = fleet.observe(IP, feedback("google", 100, 100, 0, 0), at(960));
+    assert_eq!(
+        reasons(&out),
+        vec![(Some(Throttled), Healthy, Reason::WindowClean)]
+    );
+}
+
+#[test]
+fn a_pause_reply_stops_the_pair_for_its_time_then_probes_without_a_block() {
+    let mut fleet = Fleet::new(spec());
+    let out = fleet.observe(IP, pause_reply("google", 3600, t0()), t0());
+    assert_eq!(reasons(&out), vec![(None, Throttled, Reason::PauseReply)]);
+    assert_eq!(out[0].allowance_percent, 0);
+    assert_eq!(fleet.view("google").allowance_percent, 0);
+    let pair = fleet.pair("google");
+    assert_eq!(pair.paused_until.clone().unwrap().0, at(3600));
+    assert_eq!(pair.block_count, 0);
+    assert_eq!(
+        next_wakeup(&fleet.spec, &fleet.status, at(10)),
+        Some(at(3600))
+    );
+    // Later pause replies and rate limits neither extend nor step the pause.
+    assert!(fleet
+        .observe(IP, pause_reply("google", 3600, at(600)), at(600))
+        .is_empty());
+    assert!(fleet
+        .observe(IP, feedback("google", 100, 0, 0, 100), at(700))
+        .is_empty());
+    assert_eq!(
+        fleet.pair("google").paused_until.clone().unwrap().0,
+        at(3600)
+    );
+    // The state survives a restart: the status alone carries the pause.
+    let json = serde_json::to_string(&fleet.status).unwrap();
+    fleet.status = serde_json::from_str(&json).unwrap();
+    assert!(fleet.tick(at(3599)).is_empty());
+    let out = fleet.tick(at(4000));
+    assert_eq!(
+        reasons(&out),
+        vec![(Some(Throttled), Probing, Reason::PauseElapsed)]
+    );
+    assert_eq!(out[0].at, at(3600), "moves at the instant it was due");
+    assert_eq!(
+        fleet.view("google").allowance_percent,
+        fleet.spec.reputation.probe.allowance_percent
+    );
+    assert_eq!(fleet.pair("google").paused_until, None);
+    // A pause reply received before probing began is about the paused traffic.
+    assert!(fleet
+        .observe(IP, pause_reply("google", 3600, at(3500)), at(4010))
+        .is_empty());
+    // A fresh one pauses the probing pair again.
+    let out = fleet.observe(IP, pause_reply("google", 3600, at(4020)), at(4020));
+    assert_eq!(
+        reasons(&out),
+        vec![(Some(Probing), Throttled, Reason::PauseReply)]
+    );
+}
+
+#[test]
+fn a_ban_still_blocks_a_paused_pair_with_the_first_hold_down() {
+    let mut fleet = Fleet::new(spec());
+    fleet.observe(IP, pause_reply("microsoft", 3600, t0()), t0());
+    let out = fleet.observe(IP, ban("microsoft", Some(IP), at(60)), at(60));
+    assert_eq!(
+        reasons(&out),
+        vec![(Some(Throttled), Blocked, Reason::ConclusiveBlockReply)]
+    );
+    let pair = fleet.pair("microsoft");
+    assert_eq!(pair.paused_until, None);
+    assert_eq!(pair.hold_down_seconds, Some(3600));
+}
+
+#[test]
+fn a_pause_reply_naming_another_ip_pauses_nothing() {
+    let mut fleet = Fleet::new(spec());
+    let out = fleet.observe(OTHER_IP, pause_reply("google", 3600, t0()), t0());
+    assert!(out.is_empty(), "{out:?}");
+}
+
+#[test]
+fn throttle_steps_must_go_down_and_pauses_be_counted() {
+    let mut rising = spec();
+    rising.reputation.throttle.step_percents = vec![25, 50];
+    let err = tick(&rising, &mut SenderPoolStatus::default(), &known(), t0())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("throttle.stepPercents[1]"), "{err}");
+    let mut empty = spec();
+    empty.reputation.throttle.step_percents.clear();
+    let err = tick(&empty, &mut SenderPoolStatus::default(), &known(), t0())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("throttle.stepPercents"), "{err}");
+    let mut fleet = Fleet::new(spec());
+    let Signal::Feedback(mut uncounted) = pause_reply("google", 3600, t0()) else {
+        unreachable!()
+    };
+    uncounted.ip_rate_limited = 0;
+    let err = observe(
+        &fleet.spec,
+        &mut fleet.status,
+        IP,
+        Signal::Feedback(uncounted),
+        &known(),
+        t0(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("pause replies"), "{err}");
+}

@@ -20,8 +20,18 @@ pub enum Reason {
     BlockRateOverThreshold,
     /// The share of rate-limited attempts reached `feedback.throttlePercent`.
     RateLimited,
-    /// A Throttled pair's window fell below half the throttle threshold.
+    /// A Throttled pair's window at its first step fell below half the
+    /// throttle threshold: back to full volume (or the warm-up schedule).
     WindowClean,
+    /// A reply whose rule asks for a pause (Yahoo `[TSS04]`): the pair sends
+    /// nothing until `pausedUntil`. Not a block.
+    PauseReply,
+    /// The pause is over: probing starts.
+    PauseElapsed,
+    /// A Throttled pair still rate-limited at its step: one step lower.
+    ThrottleStepDown,
+    /// A Throttled pair clean at its step for `throttle.stepSeconds`: one step higher.
+    ThrottleStepUp,
     /// A DNS block list lists the IP.
     DnsblListed,
     /// A provider feed (for example Microsoft SNDS) says the IP is blocked.
@@ -50,12 +60,16 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 21] = [
         Reason::FirstSeen,
         Reason::ConclusiveBlockReply,
         Reason::BlockRateOverThreshold,
         Reason::RateLimited,
         Reason::WindowClean,
+        Reason::PauseReply,
+        Reason::PauseElapsed,
+        Reason::ThrottleStepDown,
+        Reason::ThrottleStepUp,
         Reason::DnsblListed,
         Reason::FeedBlocked,
         Reason::DnsblClaimConfirmed,
@@ -77,6 +91,10 @@ impl Reason {
             Reason::BlockRateOverThreshold => "BlockRateOverThreshold",
             Reason::RateLimited => "RateLimited",
             Reason::WindowClean => "WindowClean",
+            Reason::PauseReply => "PauseReply",
+            Reason::PauseElapsed => "PauseElapsed",
+            Reason::ThrottleStepDown => "ThrottleStepDown",
+            Reason::ThrottleStepUp => "ThrottleStepUp",
             Reason::DnsblListed => "DnsblListed",
             Reason::FeedBlocked => "FeedBlocked",
             Reason::DnsblClaimConfirmed => "DnsblClaimConfirmed",
@@ -174,6 +192,9 @@ fn edge(from: ReputationState, to: ReputationState, reason: Reason) -> bool {
         | Reason::DnsblClaimConfirmed => to == Blocked && from != Blocked,
         Reason::RateLimited => to == Throttled && matches!(from, Healthy | Warming),
         Reason::WindowClean => from == Throttled && matches!(to, Healthy | Warming),
+        Reason::PauseReply => to == Throttled && !matches!(from, Blocked),
+        Reason::PauseElapsed => from == Throttled && to == Probing,
+        Reason::ThrottleStepDown | Reason::ThrottleStepUp => from == Throttled && to == Throttled,
         Reason::HoldDownElapsed => from == Blocked && to == Probing,
         Reason::ProbeClean => from == Probing && to == Recovering,
         Reason::RecoveryStep => from == Recovering && to == Recovering,

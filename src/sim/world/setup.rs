@@ -50,7 +50,14 @@ impl<'a> World<'a> {
             routes: setup.routes.clone(),
             skipped: Vec::new(),
         };
-        let fleet = Fleet::new(manifests, None)?;
+        let extra = match &setup.rules {
+            Some(yaml) => Some(
+                crate::reputation::classifier::ClassifierConfig::from_yaml(yaml)
+                    .map_err(|e| problem(format!("run {}: rules: {e}", setup.name)))?,
+            ),
+            None => None,
+        };
+        let fleet = Fleet::new(manifests, extra)?;
         let classifier = fleet.classifier.clone();
         let senders = senders_of(&fleet);
         let destinations = destinations_of(scenario, &classifier);

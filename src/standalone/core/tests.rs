@@ -67,6 +67,7 @@ fn report(ip: &str, sequence: u64, conclusive: bool) -> FeedbackReport {
                 reply,
                 at: now(),
                 named_ip: ip.parse().ok(),
+                pause_seconds: None,
             }]
         } else {
             Vec::new()
