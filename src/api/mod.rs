@@ -6,6 +6,7 @@ pub mod domain_route;
 mod schema_util;
 pub mod sender_pool;
 pub mod sending;
+pub mod unreadable;
 pub mod validate;
 
 pub use conditions::{Condition, ConditionStatus};

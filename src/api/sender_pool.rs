@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::conditions::{conditions_schema, Condition};
 use super::schema_util::preserve_unknown_object;
 use super::sending::{ConnectionSettings, QueueSettings};
+use super::unreadable::{read_leniently, UnreadableStatus};
 
 /// A fleet of outbound mail senders: one set of pods per source IP.
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -626,8 +627,11 @@ impl Default for RecoverySettings {
 }
 
 /// What the operator observed and decided for this pool.
+// `remote = "Self"`: the derived (de)serialisers become inherent functions,
+// wrapped below so that a status this version cannot read is cut down to
+// what it can read instead of failing the whole watch (`unreadable`).
 #[derive(JsonSchema, Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", remote = "Self")]
 pub struct SenderPoolStatus {
     /// The `metadata.generation` this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -663,6 +667,27 @@ pub struct SenderPoolStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown_object")]
     pub feedback_ledger: Option<crate::agent::report::SequenceLedger>,
+
+    /// What could not be read from the stored status (never written).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub unreadable: Option<Box<UnreadableStatus>>,
+}
+
+impl Serialize for SenderPoolStatus {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        SenderPoolStatus::serialize(self, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for SenderPoolStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let stored = serde_json::Value::deserialize(deserializer)?;
+        let (mut status, unreadable) =
+            read_leniently(stored, |de| SenderPoolStatus::deserialize(de));
+        status.unreadable = unreadable.map(Box::new);
+        Ok(status)
+    }
 }
 
 /// The observed state of one source IP.

@@ -25,6 +25,8 @@ pub struct Metrics {
     route_targets: Mutex<BTreeMap<String, (String, usize)>>,
     feedback_reports: Mutex<BTreeMap<String, u64>>,
     api_writes: Mutex<BTreeMap<&'static str, u64>>,
+    /// kind → stored statuses read only in part and rewritten.
+    unreadable_statuses: Mutex<BTreeMap<&'static str, u64>>,
     leader: Mutex<bool>,
 }
 
@@ -97,6 +99,11 @@ impl Metrics {
     /// One create, patch or delete sent to the API server (`verb`).
     pub fn api_write(&self, verb: &'static str) {
         *lock(&self.api_writes).entry(verb).or_default() += 1;
+    }
+
+    /// A stored status of `kind` could not be read in full and was rewritten.
+    pub fn unreadable_status(&self, kind: &'static str) {
+        *lock(&self.unreadable_statuses).entry(kind).or_default() += 1;
     }
 
     pub fn api_writes_total(&self) -> u64 {
@@ -215,6 +222,18 @@ impl Metrics {
         );
         for (verb, n) in lock(&self.api_writes).iter() {
             let _ = writeln!(out, "mailfleet_api_writes_total{{verb=\"{verb}\"}} {n}");
+        }
+        header(
+            &mut out,
+            "mailfleet_unreadable_status_total",
+            "counter",
+            "Stored statuses that could not be read in full and were rewritten, by kind (the object's UnreadableStatus event names the fields).",
+        );
+        for (kind, n) in lock(&self.unreadable_statuses).iter() {
+            let _ = writeln!(
+                out,
+                "mailfleet_unreadable_status_total{{kind=\"{kind}\"}} {n}"
+            );
         }
         header(
             &mut out,

@@ -20,7 +20,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
 use super::build::deployment::AgentSidecar;
-use super::build::events::{problem_events, transition_events};
+use super::build::events::{problem_events, transition_events, unreadable_status_event};
 use super::build::plan::{plan_pool, OwnedKind, OwnedObject, PoolPlanInput};
 use super::build::pool_status::{pool_status, IpWorkload};
 use super::build::validate::{set_accepted, ObjectProblem, ACCEPTED};
@@ -29,6 +29,7 @@ use super::context::Context;
 use super::error::{api_status, OperatorError, Result};
 use super::route_controller::{prune, retry_after, sender_pod};
 use super::snapshot::Snapshot;
+use crate::api::unreadable::UnreadableStatus;
 use crate::api::{ConditionStatus, SenderPool, SenderPoolStatus};
 use crate::reputation::engine::{self, Transition};
 use crate::routing::postfix::{ip_slug, PostfixOptions};
@@ -108,7 +109,10 @@ async fn reconcile_pool(pool: &Arc<SenderPool>, ctx: &Arc<Context>) -> Result<Ac
     let memo_key = format!("SenderPool/{pool_key}");
     let status = pool.status.clone().unwrap_or_default();
     let wakeup = engine::next_wakeup(&pool.spec, &status, now);
-    if wakeup.is_none_or(|at| at > now) && ctx.unchanged(&memo_key, seen(pool.resource_version())) {
+    if wakeup.is_none_or(|at| at > now)
+        && status.unreadable.is_none()
+        && ctx.unchanged(&memo_key, seen(pool.resource_version()))
+    {
         return Ok(requeue_at(wakeup, usable, &status, now));
     }
 
@@ -121,7 +125,17 @@ async fn reconcile_pool(pool: &Arc<SenderPool>, ctx: &Arc<Context>) -> Result<Ac
         } else {
             Outcome::unusable(&current, &problems, now)
         };
-        let old = encode(&pool_key, current.status.clone().unwrap_or_default())?;
+        // A status read only in part is compared with what is stored, so
+        // the write replaces exactly the parts that could not be read.
+        let unreadable = current
+            .status
+            .as_ref()
+            .and_then(|s| s.unreadable.as_deref())
+            .cloned();
+        let old = match &unreadable {
+            Some(unreadable) => unreadable.raw.clone(),
+            None => encode(&pool_key, current.status.clone().unwrap_or_default())?,
+        };
         let new = encode(&pool_key, outcome.status.clone())?;
         record_states(ctx, &pool_key, &outcome.status);
         match ctx
@@ -137,6 +151,9 @@ async fn reconcile_pool(pool: &Arc<SenderPool>, ctx: &Arc<Context>) -> Result<Ac
                         "pool status written"
                     );
                     announce(ctx, &current, &problems, &outcome, &old, &new).await;
+                }
+                if let Some(unreadable) = &unreadable {
+                    report_repair(ctx, &current, unreadable).await;
                 }
                 let rv_after = written
                     .and_then(|w| w.resource_version())
@@ -423,6 +440,16 @@ async fn announce(
             reason = %t.reason, "reputation moved");
     }
     ctx.publish(&pool.object_ref(&()), &records).await;
+}
+
+/// Says on the pool that its stored status could not be read in full and
+/// was rewritten: a warning event naming each field, a log line, a metric.
+async fn report_repair(ctx: &Context, pool: &SenderPool, unreadable: &UnreadableStatus) {
+    let pool_key = key(pool);
+    tracing::warn!(pool = %pool_key, problems = ?unreadable.problems, "unreadable status repaired");
+    ctx.metrics.unreadable_status("SenderPool");
+    let record = unreadable_status_event("SenderPool", &pool_key, unreadable);
+    ctx.publish(&pool.object_ref(&()), &[record]).await;
 }
 
 fn record_states(ctx: &Context, pool: &ObjectKey, status: &SenderPoolStatus) {
