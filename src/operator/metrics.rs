@@ -24,6 +24,8 @@ pub struct Metrics {
     /// route key (`ns/name`) → (mode word, target count).
     route_targets: Mutex<BTreeMap<String, (String, usize)>>,
     feedback_reports: Mutex<BTreeMap<String, u64>>,
+    /// Status writes of counted feedback, and the reports they carried.
+    feedback_batches: Mutex<(u64, u64)>,
     api_writes: Mutex<BTreeMap<&'static str, u64>>,
     /// kind → stored statuses read only in part and rewritten.
     unreadable_statuses: Mutex<BTreeMap<&'static str, u64>>,
@@ -94,6 +96,13 @@ impl Metrics {
         *lock(&self.feedback_reports)
             .entry(pool.to_string())
             .or_default() += 1;
+    }
+
+    /// One status write that counted `reports` feedback reports.
+    pub fn feedback_batch(&self, reports: usize) {
+        let mut batches = lock(&self.feedback_batches);
+        batches.0 += 1;
+        batches.1 += reports as u64;
     }
 
     /// One create, patch or delete sent to the API server (`verb`).
@@ -223,6 +232,21 @@ impl Metrics {
         for (verb, n) in lock(&self.api_writes).iter() {
             let _ = writeln!(out, "mailfleet_api_writes_total{{verb=\"{verb}\"}} {n}");
         }
+        let (batches, batched) = *lock(&self.feedback_batches);
+        header(
+            &mut out,
+            "mailfleet_feedback_batches_total",
+            "counter",
+            "Status writes of counted feedback (reports of one pool within the batch delay share one write).",
+        );
+        let _ = writeln!(out, "mailfleet_feedback_batches_total {batches}");
+        header(
+            &mut out,
+            "mailfleet_feedback_batched_reports_total",
+            "counter",
+            "Reports counted by those writes.",
+        );
+        let _ = writeln!(out, "mailfleet_feedback_batched_reports_total {batched}");
         header(
             &mut out,
             "mailfleet_unreadable_status_total",
