@@ -412,3 +412,77 @@ async fn a_status_that_does_not_parse_is_reported_and_repaired_and_the_rest_reco
     settle(&api, std::time::Duration::from_millis(300)).await;
     operator.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_replaced_or_restored_without_status_keeps_its_ips_blocked() {
+    let api = FakeApi::start().await;
+    seed_fleet(&api, 2);
+    let ips = bulk_ips(2);
+    let operator = start_operator(&api, options()).await;
+    converge(&api, "bulk reconciled", |api| {
+        pool_status(api, "bulk")["ipCount"] == 2
+    })
+    .await;
+    let token = "token-bulk-0";
+    seed_pods(&api, "bulk", &ips);
+    api.allow_pod_token(token, NS, &pod_name("bulk", &ips[0]));
+    let (code, body) = post_feedback(
+        operator.local_addr(),
+        Some(token),
+        &ban_report("bulk", &ips[0], 1),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    converge(&api, "the IP's block kept outside the pool", |api| {
+        api.get("v1", "ConfigMap", NS, "mf-reputation-bulk")
+            .is_some_and(|cm| {
+                let pairs = cm["data"]["pairs.json"].as_str().unwrap_or("");
+                pairs.contains(&ips[0]) && pairs.contains("Blocked")
+            })
+    })
+    .await;
+
+    // GitOps replaces the pool: deleted, created again without status.
+    api.remove(CRD, "SenderPool", NS, "bulk");
+    converge(&api, "bulk's workloads collected", |api| {
+        deployments(api, "bulk").is_empty()
+    })
+    .await;
+    assert!(api
+        .get("v1", "ConfigMap", NS, "mf-reputation-bulk")
+        .is_some());
+    api.insert(pool("bulk", &ips));
+    converge(&api, "the re-created pool keeps the block", |api| {
+        pool_status(api, "bulk")["ipCount"] == 2
+            && pair_state(api, "bulk", &ips[0], "microsoft").as_deref() == Some("Blocked")
+    })
+    .await;
+    converge(&api, "a ReputationRestored event", |api| {
+        api.list("events.k8s.io/v1", "Event")
+            .iter()
+            .any(|e| e["reason"] == "ReputationRestored" && e["regarding"]["name"] == "bulk")
+    })
+    .await;
+    converge(&api, "microsoft's route without the blocked IP", |api| {
+        let targets = target_ips(api, "microsoft");
+        targets.contains(&ips[1]) && !targets.contains(&ips[0])
+    })
+    .await;
+
+    // Restored from a backup that drops status.
+    api.modify(CRD, "SenderPool", NS, "bulk", |p| {
+        p["status"] = json!({});
+    });
+    converge(
+        &api,
+        "the block back after a restore without status",
+        |api| pair_state(api, "bulk", &ips[0], "microsoft").as_deref() == Some("Blocked"),
+    )
+    .await;
+    assert_ne!(
+        pair_state(&api, "bulk", &ips[1], "microsoft").as_deref(),
+        Some("Blocked")
+    );
+    settle(&api, std::time::Duration::from_millis(300)).await;
+    operator.shutdown().await.unwrap();
+}

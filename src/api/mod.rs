@@ -1,5 +1,6 @@
 //! The custom resources: `SenderPool` and `DomainRoute` (group `mailfleet.io`, `v1alpha1`).
 
+pub mod compact;
 pub mod conditions;
 pub mod crd;
 pub mod domain_route;

@@ -691,8 +691,10 @@ impl<'de> Deserialize<'de> for SenderPoolStatus {
 }
 
 /// The observed state of one source IP.
-#[derive(JsonSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+///
+/// Written as [`IpStatusWire`]: plain pairs packed (see `super::compact`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "IpStatusWire", into = "IpStatusWire")]
 pub struct IpStatus {
     /// The source IP.
     pub address: String,
@@ -704,7 +706,6 @@ pub struct IpStatus {
     pub desired_replicas: i32,
     /// Reputation of this IP with each provider it has sent to.
     #[serde(default)]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["provider"]))]
     pub reputation: Vec<ProviderReputation>,
     /// The latest DNS block list answers for this IP.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -712,6 +713,88 @@ pub struct IpStatus {
     /// The latest provider feed verdict for this IP.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub feeds: Vec<FeedVerdict>,
+}
+
+/// The observed state of one source IP. Pairs healthy since first seen are
+/// packed into `healthyPairs`; every other pair is listed in `reputation`.
+#[derive(JsonSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpStatusWire {
+    /// The source IP.
+    pub address: String,
+    /// Sender pods of this IP that are ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Sender pods of this IP the operator asked for.
+    #[serde(default)]
+    pub desired_replicas: i32,
+    /// Reputation of this IP with each provider it has sent to, except the
+    /// pairs healthy since first seen (those are in `healthyPairs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["provider"]))]
+    pub reputation: Vec<ProviderReputation>,
+    /// The providers this IP is healthy with since it first sent to them,
+    /// with when that was and their delivery counts, packed to keep the
+    /// status bounded (base64url; docs/ARCHITECTURE.md, "Bounded status").
+    /// Their states are also in the metric `mailfleet_ip_state`.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "super::compact::plain_pairs_field"
+    )]
+    #[schemars(with = "String")]
+    pub healthy_pairs: Vec<ProviderReputation>,
+    /// The latest DNS block list answers for this IP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dnsbl: Vec<DnsblResult>,
+    /// The latest provider feed verdict for this IP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feeds: Vec<FeedVerdict>,
+}
+
+impl From<IpStatus> for IpStatusWire {
+    fn from(ip: IpStatus) -> Self {
+        let (healthy_pairs, reputation) = ip
+            .reputation
+            .into_iter()
+            .partition(super::compact::is_plain);
+        IpStatusWire {
+            address: ip.address,
+            ready_replicas: ip.ready_replicas,
+            desired_replicas: ip.desired_replicas,
+            reputation,
+            healthy_pairs,
+            dnsbl: ip.dnsbl,
+            feeds: ip.feeds,
+        }
+    }
+}
+
+impl From<IpStatusWire> for IpStatus {
+    fn from(wire: IpStatusWire) -> Self {
+        let mut reputation = wire.reputation;
+        reputation.extend(wire.healthy_pairs);
+        // The engine keeps pairs sorted by provider.
+        reputation.sort_by(|a, b| a.provider.cmp(&b.provider));
+        IpStatus {
+            address: wire.address,
+            ready_replicas: wire.ready_replicas,
+            desired_replicas: wire.desired_replicas,
+            reputation,
+            dnsbl: wire.dnsbl,
+            feeds: wire.feeds,
+        }
+    }
+}
+
+impl JsonSchema for IpStatus {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "IpStatus".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        IpStatusWire::json_schema(generator)
+    }
 }
 
 impl IpStatus {
@@ -807,8 +890,16 @@ pub struct ProviderReputation {
     /// Clean deliveries counted while Probing.
     #[serde(default)]
     pub probe_successes: i64,
-    /// Recent delivery counts, the sliding window the thresholds are judged on.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Recent delivery counts, the sliding window the thresholds are judged
+    /// on, packed (base64url of varints: bucket starts, then attempts, not
+    /// delivered, IP-blocklisted and rate-limited per bucket). A list of
+    /// bucket objects, as older versions wrote it, is read too.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "super::compact::window_field"
+    )]
+    #[schemars(with = "String")]
     pub window: Vec<WindowBucket>,
     /// Replies quoting a DNS block list that name this IP, one per receiving
     /// domain, within the feedback window: not a block until the zone confirms

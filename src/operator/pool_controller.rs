@@ -15,14 +15,20 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
 use super::build::deployment::AgentSidecar;
-use super::build::events::{problem_events, transition_events, unreadable_status_event};
+use super::build::events::{
+    problem_events, transition_events, unreadable_status_event, EventRecord, EventType,
+};
 use super::build::plan::{plan_pool, OwnedKind, OwnedObject, PoolPlanInput};
 use super::build::pool_status::{pool_status, IpWorkload};
+use super::build::reputation_memory::{
+    memory_config_map, memory_name, read_memory, remembered, restore,
+};
 use super::build::validate::{set_accepted, ObjectProblem, ACCEPTED};
 use super::build::{namespace_of, IP_LABEL, POOL_LABEL};
 use super::context::Context;
@@ -228,6 +234,16 @@ async fn manage(
     }
     let known_providers = &snapshot.fleet.known_providers;
     let mut status = spec_pool.status.clone().unwrap_or_default();
+    let memory_name = memory_name(&pool_key.name);
+    let memory = ctx.stores.config_maps.get(ns, &memory_name);
+    recall(
+        ctx,
+        &spec_pool,
+        memory.as_deref(),
+        &mut status,
+        known_providers,
+    )
+    .await;
     let transitions =
         engine::tick(&spec_pool.spec, &mut status, known_providers, now).map_err(|source| {
             crate::fleet::FleetError::Engine {
@@ -301,11 +317,60 @@ async fn manage(
         spec_pool.metadata.generation,
         now,
     );
+    // The IPs' reputation outside the pool, for a pool deleted and created
+    // again or restored without its status.
+    if let Some(config_map) = memory_config_map(&spec_pool, &remembered(&status), memory.is_some())
+    {
+        ctx.writer
+            .apply_unless(&config_map, memory.as_deref(), |v| {
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("data");
+                }
+            })
+            .await?;
+    }
     Ok(Outcome {
         status,
         transitions,
         spec_pool,
     })
+}
+
+/// Puts back the remembered pairs the status lacks (see
+/// `build::reputation_memory`), and says so on the pool.
+async fn recall(
+    ctx: &Context,
+    pool: &SenderPool,
+    memory: Option<&ConfigMap>,
+    status: &mut SenderPoolStatus,
+    known_providers: &[String],
+) {
+    let Some(memory) = memory else { return };
+    let pool_key = key(pool);
+    let remembered = match read_memory(memory) {
+        Ok(remembered) => remembered,
+        Err(why) => {
+            tracing::warn!(pool = %pool_key, error = %why, "the reputation memory cannot be read; it is rewritten from the status");
+            return;
+        }
+    };
+    let restored = restore(status, pool, &remembered, known_providers);
+    if restored == 0 {
+        return;
+    }
+    tracing::info!(pool = %pool_key, pairs = restored, "reputation restored from the IPs' memory");
+    let record = EventRecord {
+        kind: "SenderPool",
+        regarding: pool_key.clone(),
+        type_: EventType::Normal,
+        reason: "ReputationRestored".into(),
+        action: "Reputation",
+        note: format!(
+            "{restored} (IP, provider) pair(s) that were not healthy were restored from ConfigMap {} (the status had lost them: the pool was re-created or restored without its status)",
+            memory_name(&pool_key.name)
+        ),
+    };
+    ctx.publish(&pool.object_ref(&()), &[record]).await;
 }
 
 /// A digest of what the pool's sender configs and status read from the
