@@ -318,16 +318,18 @@ async fn manage(
         now,
     );
     // The IPs' reputation outside the pool, for a pool deleted and created
-    // again or restored without its status.
-    if let Some(config_map) = memory_config_map(&spec_pool, &remembered(&status), memory.is_some())
-    {
-        ctx.writer
-            .apply_unless(&config_map, memory.as_deref(), |v| {
-                if let Some(o) = v.as_object_mut() {
-                    o.remove("data");
-                }
-            })
-            .await?;
+    // again or restored without its status. A failed write is reported and
+    // tried again next time: it must not keep the status from being written.
+    let memory_now = remembered(&status);
+    if memory_now.left_out > 0 {
+        tracing::warn!(pool = %pool_key, left_out = memory_now.left_out,
+            "the reputation memory is full: the least severe pairs are not kept outside the pool");
+    }
+    if let Some(config_map) = memory_config_map(&spec_pool, &memory_now.ips, memory.is_some()) {
+        if let Err(e) = ctx.writer.apply(&config_map, memory.as_deref()).await {
+            tracing::warn!(pool = %pool_key, error = %e,
+                "cannot write the reputation memory {memory_name}; the status is written all the same");
+        }
     }
     Ok(Outcome {
         status,
@@ -366,7 +368,7 @@ async fn recall(
         reason: "ReputationRestored".into(),
         action: "Reputation",
         note: format!(
-            "{restored} (IP, provider) pair(s) that were not healthy were restored from ConfigMap {} (the status had lost them: the pool was re-created or restored without its status)",
+            "{restored} (IP, provider) pair(s) were restored with their state, timers and block counts from ConfigMap {} (the status had lost them: the pool was re-created or restored without its status)",
             memory_name(&pool_key.name)
         ),
     };
