@@ -357,9 +357,14 @@ fn a_dnsbl_error_answer_never_blocks() {
         assert_eq!(pair_view(&status, BAD_IP, &provider), PairView::HEALTHY);
     }
     assert_eq!(status.blocked_pairs, 0);
+    let after = serde_json::to_value(&status).unwrap();
     assert_eq!(
         before["ips"][0]["reputation"],
-        serde_json::to_value(&status).unwrap()["ips"][0]["reputation"]
+        after["ips"][0]["reputation"]
+    );
+    assert_eq!(
+        before["ips"][0]["healthyPairs"],
+        after["ips"][0]["healthyPairs"]
     );
     assert!(!status.ips[0].dnsbl[0].listed);
 }

@@ -374,3 +374,95 @@ async fn a_token_is_reviewed_once_and_the_pod_read_from_the_store() {
     assert_eq!(pod_reads, 0, "the pod comes from the store");
     operator.shutdown().await.unwrap();
 }
+
+/// A report of `count` messages delivered to Google from `ip`.
+fn delivered_report(
+    pool: &str,
+    ip: &str,
+    sequence: u64,
+    count: u64,
+) -> mailfleet::agent::report::FeedbackReport {
+    let mut report = ban_report(pool, ip, sequence);
+    report.conclusive.clear();
+    report.totals = vec![mailfleet::agent::report::TotalCount {
+        provider: "google".into(),
+        outcome: mailfleet::vocab::Outcome::Delivered,
+        category: mailfleet::vocab::Category::None,
+        count,
+    }];
+    report
+}
+
+fn pool_status_writes(api: &FakeApi, pool: &str) -> usize {
+    let path = format!("/senderpools/{pool}/status");
+    api.writes()
+        .iter()
+        .filter(|w| w.method == "PATCH" && w.path.ends_with(&path))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_of_one_pool_share_a_status_write_and_are_answered_after_it() {
+    let (api, operator) = fleet_with_pods().await;
+    let addr = operator.local_addr();
+    let ips = bulk_ips(8);
+    let before = pool_status_writes(&api, "bulk");
+    let posts = ips.iter().map(|ip| {
+        let token = token_for(&api, "bulk", ip);
+        let report = delivered_report("bulk", ip, 1, 25);
+        async move { post_feedback(addr, Some(&token), &report).await }
+    });
+    let answers = futures::future::join_all(posts).await;
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert!(body.contains("\"duplicate\":false"), "{body}");
+    }
+    let writes = pool_status_writes(&api, "bulk") - before;
+    assert!(
+        (1..=2).contains(&writes),
+        "eight reports took {writes} status writes"
+    );
+    // Answered after the write: every count is stored.
+    let stored: mailfleet::api::SenderPool =
+        serde_json::from_value(api.get(CRD, "SenderPool", NS, "bulk").unwrap()).unwrap();
+    let status = stored.status.unwrap();
+    for ip in &ips {
+        let pair = status
+            .ips
+            .iter()
+            .find(|s| &s.address == ip)
+            .and_then(|s| s.pair("google"))
+            .unwrap_or_else(|| panic!("no google pair for {ip}"));
+        let delivered: i64 = pair.window.iter().map(|b| b.delivered).sum();
+        assert_eq!(delivered, 25, "{ip}");
+    }
+    let (_, metrics) = get(addr, "/metrics").await;
+    assert!(
+        metrics.contains("mailfleet_feedback_reports_total{pool=\"mail/bulk\"} 8"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("mailfleet_feedback_batched_reports_total 8"));
+
+    // A heartbeat (nothing counted) is answered without any write.
+    let quiet = api.write_count();
+    let token = token_for(&api, "bulk", &ips[0]);
+    let mut heartbeat = delivered_report("bulk", &ips[0], 2, 0);
+    heartbeat.totals.clear();
+    let (status, body) = post_feedback(addr, Some(&token), &heartbeat).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"duplicate\":false"), "{body}");
+    assert!(body.contains("\"config\""), "{body}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(api.write_count(), quiet, "a heartbeat wrote");
+    // A retried report is a duplicate, without a write either.
+    let (status, body) = post_feedback(
+        addr,
+        Some(&token),
+        &delivered_report("bulk", &ips[0], 1, 25),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"duplicate\":true"), "{body}");
+    assert_eq!(api.write_count(), quiet);
+    operator.shutdown().await.unwrap();
+}

@@ -330,3 +330,159 @@ async fn a_route_status_is_written_only_after_its_service_is_applied() {
     );
     operator.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_that_does_not_parse_is_reported_and_repaired_and_the_rest_reconciles() {
+    let api = FakeApi::start().await;
+    seed_fleet(&api, 2);
+    let ips = bulk_ips(2);
+    let now = jiff::Timestamp::now();
+    let hold_down_ends = now + jiff::SignedDuration::from_secs(3600);
+    // As another operator version (or a hand edit) might leave it: a state
+    // this version does not know, and a ledger of the wrong type, beside a
+    // block that must survive the repair.
+    api.modify(CRD, "SenderPool", NS, "bulk", |p| {
+        p["status"] = json!({
+            "ipCount": 2,
+            "ips": [{
+                "address": ips[0],
+                "reputation": [
+                    {
+                        "provider": "microsoft", "state": "Blocked",
+                        "since": now.to_string(), "reason": "ConclusiveBlockReply",
+                        "allowancePercent": 0, "holdDownSeconds": 3600, "blockCount": 1,
+                        "nextStepAt": hold_down_ends.to_string()
+                    },
+                    {
+                        "provider": "google", "state": "Quarantined",
+                        "since": now.to_string(), "reason": "NewerVersion",
+                        "allowancePercent": 0
+                    }
+                ]
+            }],
+            "feedbackLedger": "not a ledger"
+        });
+    });
+    let operator = start_operator(&api, options()).await;
+    // The other pool, and one created later, are reconciled as usual.
+    api.insert(pool("late", &["198.51.100.40".to_string()]));
+    converge(&api, "the other pools reconciled", |api| {
+        deployments(api, "reserve").len() == 2
+            && deployments(api, "late").len() == 1
+            && pool_status(api, "late")["ipCount"] == 1
+    })
+    .await;
+    converge(&api, "bulk's status repaired", |api| {
+        let status = pool_status(api, "bulk");
+        status["feedbackLedger"] != "not a ledger"
+            && !status.to_string().contains("Quarantined")
+            && status["ipCount"] == 2
+    })
+    .await;
+    assert_eq!(deployments(&api, "bulk").len(), 2);
+    // What could be read is kept: the block is still there.
+    assert_eq!(
+        pair_state(&api, "bulk", &ips[0], "microsoft").as_deref(),
+        Some("Blocked")
+    );
+    // The stored status now reads in full.
+    let stored: mailfleet::api::SenderPool =
+        serde_json::from_value(api.get(CRD, "SenderPool", NS, "bulk").unwrap()).unwrap();
+    assert_eq!(stored.status.unwrap().unreadable, None);
+    // Reported on the object, naming each field, and counted.
+    converge(&api, "an UnreadableStatus event on bulk", |api| {
+        api.list("events.k8s.io/v1", "Event").iter().any(|e| {
+            let note = e["note"].as_str().unwrap_or("");
+            e["reason"] == "UnreadableStatus"
+                && e["type"] == "Warning"
+                && e["regarding"]["name"] == "bulk"
+                && note.contains("status.ips[0].reputation[1].state")
+                && note.contains("Quarantined")
+                && note.contains("status.feedbackLedger")
+        })
+    })
+    .await;
+    let (code, metrics) = get(operator.local_addr(), "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("mailfleet_unreadable_status_total{kind=\"SenderPool\"} 1"),
+        "{metrics}"
+    );
+    // Repaired once: no write loop.
+    settle(&api, std::time::Duration::from_millis(300)).await;
+    operator.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_replaced_or_restored_without_status_keeps_its_ips_blocked() {
+    let api = FakeApi::start().await;
+    seed_fleet(&api, 2);
+    let ips = bulk_ips(2);
+    let operator = start_operator(&api, options()).await;
+    converge(&api, "bulk reconciled", |api| {
+        pool_status(api, "bulk")["ipCount"] == 2
+    })
+    .await;
+    let token = "token-bulk-0";
+    seed_pods(&api, "bulk", &ips);
+    api.allow_pod_token(token, NS, &pod_name("bulk", &ips[0]));
+    let (code, body) = post_feedback(
+        operator.local_addr(),
+        Some(token),
+        &ban_report("bulk", &ips[0], 1),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    converge(&api, "the IP's block kept outside the pool", |api| {
+        api.get("v1", "ConfigMap", NS, "mf-reputation-bulk")
+            .is_some_and(|cm| {
+                let pairs = cm["data"]["pairs.json"].as_str().unwrap_or("");
+                pairs.contains(&ips[0]) && pairs.contains("Blocked")
+            })
+    })
+    .await;
+
+    // GitOps replaces the pool: deleted, created again without status.
+    api.remove(CRD, "SenderPool", NS, "bulk");
+    converge(&api, "bulk's workloads collected", |api| {
+        deployments(api, "bulk").is_empty()
+    })
+    .await;
+    assert!(api
+        .get("v1", "ConfigMap", NS, "mf-reputation-bulk")
+        .is_some());
+    api.insert(pool("bulk", &ips));
+    converge(&api, "the re-created pool keeps the block", |api| {
+        pool_status(api, "bulk")["ipCount"] == 2
+            && pair_state(api, "bulk", &ips[0], "microsoft").as_deref() == Some("Blocked")
+    })
+    .await;
+    converge(&api, "a ReputationRestored event", |api| {
+        api.list("events.k8s.io/v1", "Event")
+            .iter()
+            .any(|e| e["reason"] == "ReputationRestored" && e["regarding"]["name"] == "bulk")
+    })
+    .await;
+    converge(&api, "microsoft's route without the blocked IP", |api| {
+        let targets = target_ips(api, "microsoft");
+        targets.contains(&ips[1]) && !targets.contains(&ips[0])
+    })
+    .await;
+
+    // Restored from a backup that drops status.
+    api.modify(CRD, "SenderPool", NS, "bulk", |p| {
+        p["status"] = json!({});
+    });
+    converge(
+        &api,
+        "the block back after a restore without status",
+        |api| pair_state(api, "bulk", &ips[0], "microsoft").as_deref() == Some("Blocked"),
+    )
+    .await;
+    assert_ne!(
+        pair_state(&api, "bulk", &ips[1], "microsoft").as_deref(),
+        Some("Blocked")
+    );
+    settle(&api, std::time::Duration::from_millis(300)).await;
+    operator.shutdown().await.unwrap();
+}

@@ -1,11 +1,13 @@
 //! The custom resources: `SenderPool` and `DomainRoute` (group `mailfleet.io`, `v1alpha1`).
 
+pub mod compact;
 pub mod conditions;
 pub mod crd;
 pub mod domain_route;
 mod schema_util;
 pub mod sender_pool;
 pub mod sending;
+pub mod unreadable;
 pub mod validate;
 
 pub use conditions::{Condition, ConditionStatus};

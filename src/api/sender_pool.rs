@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::conditions::{conditions_schema, Condition};
 use super::schema_util::preserve_unknown_object;
 use super::sending::{ConnectionSettings, QueueSettings};
+use super::unreadable::{read_leniently, UnreadableStatus};
 
 /// A fleet of outbound mail senders: one set of pods per source IP.
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -700,8 +701,11 @@ impl Default for RecoverySettings {
 }
 
 /// What the operator observed and decided for this pool.
+// `remote = "Self"`: the derived (de)serialisers become inherent functions,
+// wrapped below so that a status this version cannot read is cut down to
+// what it can read instead of failing the whole watch (`unreadable`).
 #[derive(JsonSchema, Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", remote = "Self")]
 pub struct SenderPoolStatus {
     /// The `metadata.generation` this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -737,11 +741,34 @@ pub struct SenderPoolStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown_object")]
     pub feedback_ledger: Option<crate::agent::report::SequenceLedger>,
+
+    /// What could not be read from the stored status (never written).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub unreadable: Option<Box<UnreadableStatus>>,
+}
+
+impl Serialize for SenderPoolStatus {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        SenderPoolStatus::serialize(self, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for SenderPoolStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let stored = serde_json::Value::deserialize(deserializer)?;
+        let (mut status, unreadable) =
+            read_leniently(stored, |de| SenderPoolStatus::deserialize(de));
+        status.unreadable = unreadable.map(Box::new);
+        Ok(status)
+    }
 }
 
 /// The observed state of one source IP.
-#[derive(JsonSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+///
+/// Written as [`IpStatusWire`]: plain pairs packed (see `super::compact`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "IpStatusWire", into = "IpStatusWire")]
 pub struct IpStatus {
     /// The source IP.
     pub address: String,
@@ -753,8 +780,47 @@ pub struct IpStatus {
     pub desired_replicas: i32,
     /// Reputation of this IP with each provider it has sent to.
     #[serde(default)]
+    pub reputation: Vec<ProviderReputation>,
+    /// The latest DNS block list answers for this IP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dnsbl: Vec<DnsblResult>,
+    /// The latest provider feed verdict for this IP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feeds: Vec<FeedVerdict>,
+    /// Checks of this IP: `ReverseDnsConfirmed` (its PTR name resolves back
+    /// to it, docs/PROBES.md).
+    pub conditions: Vec<Condition>,
+}
+
+/// The observed state of one source IP. Pairs healthy since first seen are
+/// packed into `healthyPairs`; every other pair is listed in `reputation`.
+#[derive(JsonSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpStatusWire {
+    /// The source IP.
+    pub address: String,
+    /// Sender pods of this IP that are ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Sender pods of this IP the operator asked for.
+    #[serde(default)]
+    pub desired_replicas: i32,
+    /// Reputation of this IP with each provider it has sent to, except the
+    /// pairs healthy since first seen (those are in `healthyPairs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["provider"]))]
     pub reputation: Vec<ProviderReputation>,
+    /// The providers this IP is healthy with since it first sent to them,
+    /// with when that was and their delivery counts, packed to keep the
+    /// status bounded (base64url; docs/ARCHITECTURE.md, "Bounded status").
+    /// Their states are also in the metric `mailfleet_ip_state`.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "super::compact::plain_pairs_field"
+    )]
+    #[schemars(with = "String")]
+    pub healthy_pairs: Vec<ProviderReputation>,
     /// The latest DNS block list answers for this IP.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dnsbl: Vec<DnsblResult>,
@@ -766,6 +832,53 @@ pub struct IpStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+}
+
+impl From<IpStatus> for IpStatusWire {
+    fn from(ip: IpStatus) -> Self {
+        let (healthy_pairs, reputation) = ip
+            .reputation
+            .into_iter()
+            .partition(super::compact::is_plain);
+        IpStatusWire {
+            address: ip.address,
+            ready_replicas: ip.ready_replicas,
+            desired_replicas: ip.desired_replicas,
+            reputation,
+            healthy_pairs,
+            dnsbl: ip.dnsbl,
+            feeds: ip.feeds,
+            conditions: ip.conditions,
+        }
+    }
+}
+
+impl From<IpStatusWire> for IpStatus {
+    fn from(wire: IpStatusWire) -> Self {
+        let mut reputation = wire.reputation;
+        reputation.extend(wire.healthy_pairs);
+        // The engine keeps pairs sorted by provider.
+        reputation.sort_by(|a, b| a.provider.cmp(&b.provider));
+        IpStatus {
+            address: wire.address,
+            ready_replicas: wire.ready_replicas,
+            desired_replicas: wire.desired_replicas,
+            reputation,
+            dnsbl: wire.dnsbl,
+            feeds: wire.feeds,
+            conditions: wire.conditions,
+        }
+    }
+}
+
+impl JsonSchema for IpStatus {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "IpStatus".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        IpStatusWire::json_schema(generator)
+    }
 }
 
 impl IpStatus {
@@ -869,8 +982,16 @@ pub struct ProviderReputation {
     /// Clean deliveries counted while Probing.
     #[serde(default)]
     pub probe_successes: i64,
-    /// Recent delivery counts, the sliding window the thresholds are judged on.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Recent delivery counts, the sliding window the thresholds are judged
+    /// on, packed (base64url of varints: bucket starts, then attempts, not
+    /// delivered, IP-blocklisted and rate-limited per bucket). A list of
+    /// bucket objects, as older versions wrote it, is read too.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "super::compact::window_field"
+    )]
+    #[schemars(with = "String")]
     pub window: Vec<WindowBucket>,
     /// Replies quoting a DNS block list that name this IP, one per receiving
     /// domain, within the feedback window: not a block until the zone confirms

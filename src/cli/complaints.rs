@@ -53,6 +53,7 @@ struct PairRow<'a> {
 pub fn run(args: ComplaintsArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let classifier = match (FleetArgs {
         manifests: Vec::new(),
+        example: false,
         rules: args.rules.clone(),
     })
     .classifier_config()?

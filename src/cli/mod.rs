@@ -100,6 +100,7 @@ impl Command {
             Command::Crd(_)
             | Command::Routes(_)
             | Command::Classify(_)
+            | Command::Complaints(_)
             | Command::Simulate(_)
             | Command::Probe(_)
             | Command::Completion(_) => true,

@@ -11,7 +11,12 @@
 //! the token expires (`token_cache`), and the pod comes from the Pods store,
 //! so a steady report costs no API request before its status write.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::channel::oneshot;
+use tokio::sync::Notify;
 
 use jiff::Timestamp;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
@@ -32,6 +37,7 @@ use crate::routing::sending::SendingSettings;
 use crate::routing::ObjectKey;
 use crate::serve::ledger::FeedbackLedger;
 use crate::serve::{FeedbackReceiver, FeedbackRefusal, RequestHead};
+use crate::vocab::Category;
 
 /// The TokenReview `extra` key that names the pod a bound token belongs to.
 pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
@@ -43,11 +49,15 @@ const STATUS_ATTEMPTS: u32 = 5;
 /// Receives agent reports for the operator.
 pub struct OperatorFeedback {
     ctx: Arc<Context>,
+    batches: Batches,
 }
 
 impl OperatorFeedback {
     pub fn new(ctx: Arc<Context>) -> Self {
-        OperatorFeedback { ctx }
+        OperatorFeedback {
+            ctx,
+            batches: Batches::default(),
+        }
     }
 
     /// The pod a token belongs to: from the cache, else a TokenReview for
@@ -168,188 +178,384 @@ impl OperatorFeedback {
         Ok(())
     }
 
-    /// Counts the report into the pool's status; retries when another writer
-    /// changed the pool in between.
-    async fn count(&self, report: &FeedbackReport) -> Result<FeedbackResponse, FeedbackRefusal> {
-        let ns = report.pool.namespace.as_str();
-        let name = report.pool.name.as_str();
-        let status_lock = self.ctx.status_lock(ns, name);
-        let _turn = status_lock.lock().await;
-        let api: Api<SenderPool> = Api::namespaced(self.ctx.client.clone(), ns);
-        for attempt in 1..=STATUS_ATTEMPTS {
-            let fresh = match api.get(name).await {
-                Ok(pool) => Arc::new(pool),
-                Err(e) if api_status(&e) == Some(404) => {
-                    return Err(FeedbackRefusal::Invalid(format!(
-                        "SenderPool {ns}/{name} does not exist; fix the agent's --pool"
-                    )))
-                }
-                Err(e) => {
-                    return Err(FeedbackRefusal::Unavailable(format!(
-                        "cannot read SenderPool {ns}/{name}: {e}"
-                    )))
-                }
-            };
-            let mut pools: Vec<Arc<SenderPool>> = self
-                .ctx
-                .stores
-                .pools
-                .all()
-                .into_iter()
-                .filter(|p| !(p.name_any() == name && p.namespace().as_deref() == Some(ns)))
-                .collect();
-            pools.push(fresh.clone());
-            let routes = self.ctx.stores.routes.in_namespace(ns);
-            let now = Timestamp::now();
-            // The cached snapshot of these very inputs (the route controller
-            // has usually compiled it already): rebuilding the fleet, above
-            // all its classifier, is most of what a report costs.
-            let snapshot = self
-                .ctx
-                .snapshots
-                .get(ns, &pools, &routes, now)
-                .await
-                .map_err(|e| FeedbackRefusal::Unavailable(e.to_string()))?;
-            let mut fleet = snapshot.fleet.clone();
-            drop(snapshot);
-            // The cache matches on spec and reputation only: count into the
-            // fresh status so the write does not carry stale replica counts.
-            if let Some(pool) = fleet.pools.iter_mut().find(|p| p.name_any() == name) {
-                pool.metadata = fresh.metadata.clone();
-                pool.status = fresh.status.clone();
-            }
-            // The ledger is part of the status it counted into: read and
-            // written with it, so it survives a restart or a leader change.
-            let mut ledger = FeedbackLedger::from_sequences(
-                fresh
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.feedback_ledger.clone())
-                    .unwrap_or_default(),
-            );
-            ledger.expire(now);
-            let applied = ledger
-                .apply(&mut fleet, report, now)
-                .map_err(|e| e.refusal())?;
-            if applied.duplicate {
-                return Ok(self.response(report, &fleet, &applied.ip, true, now));
-            }
-            let mut new_status = fleet
-                .pools
-                .iter()
-                .find(|p| p.name_any() == name)
-                .and_then(|p| p.status.clone())
-                .unwrap_or_default();
-            new_status.feedback_ledger = Some(ledger.sequences().clone());
-            let old =
-                serde_json::to_value(fresh.status.clone().unwrap_or_default()).unwrap_or_default();
-            let new = serde_json::to_value(&new_status).unwrap_or_default();
-            match self
-                .ctx
-                .writer
-                .patch_status::<SenderPool>(ns, name, fresh.resource_version(), &old, &new)
-                .await
-            {
-                Ok(_) => {
-                    self.ctx.metrics.feedback_report(&format!("{ns}/{name}"));
-                    for t in &applied.transitions {
-                        tracing::info!(pool = %applied.pool, ip = %t.ip, provider = %t.provider,
-                            from = ?t.from, to = %t.to, reason = %t.reason, "reputation moved");
-                    }
-                    let records =
-                        transition_events(&ObjectKey::new(ns, name), &applied.transitions);
-                    self.ctx.publish(&fresh.object_ref(&()), &records).await;
-                    return Ok(self.response(report, &fleet, &applied.ip, false, now));
-                }
-                Err(e) if api_status(&e) == Some(409) => {
-                    tracing::debug!(attempt, pool = %applied.pool, "status conflict; reading the pool again");
-                    continue;
-                }
-                Err(e) => {
-                    return Err(FeedbackRefusal::Unavailable(format!(
-                        "cannot write SenderPool {ns}/{name} status: {e}"
-                    )))
-                }
-            }
+    /// Counts the report into the pool's status with the other reports of
+    /// its pool that arrive within [`BATCH_DELAY`] (at once when it may move
+    /// a pair), in one guarded status write, and answers after that write.
+    /// A report that carries no counts (a heartbeat) is answered without a
+    /// write: counting it again would change nothing.
+    async fn count(&self, report: FeedbackReport) -> Result<FeedbackResponse, FeedbackRefusal> {
+        if carries_nothing(&report) {
+            return self.answer_without_write(&report).await;
         }
-        Err(FeedbackRefusal::Unavailable(format!(
-            "SenderPool {ns}/{name} status kept changing; retry"
-        )))
+        let key = format!("{}/{}", report.pool.namespace, report.pool.name);
+        let urgent = may_move_a_pair(&report);
+        let (answer, answered) = oneshot::channel();
+        let (batch, start_flusher) = {
+            let mut batches = lock(&self.batches);
+            let batch = batches.entry(key.clone()).or_default().clone();
+            let mut queue = lock(&batch.queue);
+            queue.pending.push(Pending { report, answer });
+            let start = !queue.flushing;
+            queue.flushing = true;
+            drop(queue);
+            (batch, start)
+        };
+        if urgent {
+            batch.wake.notify_one();
+        }
+        if start_flusher {
+            tokio::spawn(flush(self.ctx.clone(), self.batches.clone(), key, batch));
+        }
+        answered.await.unwrap_or_else(|_| {
+            Err(FeedbackRefusal::Unavailable(
+                "the operator is stopping; retry".into(),
+            ))
+        })
     }
 
-    fn response(
+    /// A heartbeat: checked against the pool's stored ledger, answered with
+    /// the sender config, nothing written.
+    async fn answer_without_write(
         &self,
         report: &FeedbackReport,
-        fleet: &crate::fleet::Fleet,
-        ip: &str,
-        duplicate: bool,
-        now: Timestamp,
-    ) -> FeedbackResponse {
+    ) -> Result<FeedbackResponse, FeedbackRefusal> {
+        let ns = report.pool.namespace.as_str();
+        let now = Timestamp::now();
+        let pools = self.ctx.stores.pools.all();
+        let routes = self.ctx.stores.routes.in_namespace(ns);
+        let snapshot = self
+            .ctx
+            .snapshots
+            .get(ns, &pools, &routes, now)
+            .await
+            .map_err(|e| FeedbackRefusal::Unavailable(e.to_string()))?;
+        let fleet = &snapshot.fleet;
+        let stored = self
+            .ctx
+            .stores
+            .pools
+            .get(ns, &report.pool.name)
+            .and_then(|p| p.status.clone())
+            .and_then(|s| s.feedback_ledger)
+            .unwrap_or_default();
+        let ledger = FeedbackLedger::from_sequences(stored);
+        let check = ledger.check(fleet, report).map_err(|e| e.refusal())?;
+        let ip = spec_ip(fleet, report).unwrap_or_else(|| report.source_ip.to_string());
         let table = fleet.compile(now);
-        let sender =
-            postfix::sender_in(&fleet.pools, &report.pool.namespace, &report.pool.name, ip);
-        let config = sender_config_with(
+        Ok(respond(
+            report,
+            fleet,
             &table,
-            &sender,
-            &fleet.known_domains(),
-            &PostfixOptions::default(),
-            &SendingSettings::find(&fleet.pools, &sender),
-        )
-        .map_err(|e| tracing::warn!(error = %e, "cannot render the sender config for the reply"))
-        .ok()
-        .and_then(|c| self.with_classifier(c, fleet, &report.pool.namespace, &report.pool.name))
-        .map(|c| {
-            let current = report.config_version.as_deref() == Some(c.version.as_str());
-            ConfigHint {
-                version: c.version,
-                files: (!current).then_some(c.files),
+            &ip,
+            check == crate::serve::ledger::Check::Duplicate,
+            &self.ctx.classifier_rules,
+        ))
+    }
+}
+
+/// The answer to one report: its sequence, whether it was a duplicate, and
+/// the reporting IP's sender config when the agent's is not current.
+fn respond(
+    report: &FeedbackReport,
+    fleet: &crate::fleet::Fleet,
+    table: &crate::routing::RouteTable,
+    ip: &str,
+    duplicate: bool,
+    rules: &super::sender_checks::RulesMemory,
+) -> FeedbackResponse {
+    let sender = postfix::sender_in(&fleet.pools, &report.pool.namespace, &report.pool.name, ip);
+    let config = sender_config_with(
+        table,
+        &sender,
+        &fleet.known_domains(),
+        &PostfixOptions::default(),
+        &SendingSettings::find(&fleet.pools, &sender),
+    )
+    .map_err(|e| tracing::warn!(error = %e, "cannot render the sender config for the reply"))
+    .ok()
+    .and_then(|c| {
+        with_classifier_files(c, fleet, &report.pool.namespace, &report.pool.name, rules)
+    })
+    .map(|c| {
+        let current = report.config_version.as_deref() == Some(c.version.as_str());
+        ConfigHint {
+            version: c.version,
+            files: (!current).then_some(c.files),
+        }
+    });
+    FeedbackResponse {
+        api_version: FEEDBACK_API_VERSION.to_string(),
+        sequence: report.sequence,
+        duplicate,
+        config,
+    }
+}
+
+/// The report's IP as the pool's spec writes it.
+fn spec_ip(fleet: &crate::fleet::Fleet, report: &FeedbackReport) -> Option<String> {
+    fleet
+        .pools
+        .iter()
+        .flat_map(|p| p.spec.ips.iter())
+        .find(|ip| ip.address.trim().parse().ok() == Some(report.source_ip))
+        .map(|ip| ip.address.clone())
+}
+
+/// Whether a report counts nothing (an agent's heartbeat).
+fn carries_nothing(report: &FeedbackReport) -> bool {
+    report.conclusive.is_empty() && report.totals.iter().all(|t| t.count == 0)
+}
+
+/// Whether a report may move a pair (a block or rate-limit signal): its
+/// batch is written at once, so a block reaches the routes without waiting.
+fn may_move_a_pair(report: &FeedbackReport) -> bool {
+    !report.conclusive.is_empty()
+        || report.totals.iter().any(|t| {
+            t.count > 0
+                && matches!(
+                    t.category,
+                    Category::IpBlocklisted | Category::IpRateLimited
+                )
+        })
+}
+
+/// How long the first report of a batch waits for others of its pool.
+pub const BATCH_DELAY: Duration = Duration::from_secs(2);
+
+/// Reports waiting for their pool's next status write, per pool.
+pub type Batches = Arc<Mutex<HashMap<String, Arc<PoolBatch>>>>;
+
+#[derive(Default)]
+pub struct PoolBatch {
+    queue: Mutex<Queue>,
+    /// Woken by a report that may move a pair.
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Pending>,
+    /// A flusher task runs for this pool.
+    flushing: bool,
+}
+
+struct Pending {
+    report: FeedbackReport,
+    answer: oneshot::Sender<Result<FeedbackResponse, FeedbackRefusal>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes a pool's waiting reports, batch after batch, until none is left.
+async fn flush(ctx: Arc<Context>, batches: Batches, key: String, batch: Arc<PoolBatch>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(BATCH_DELAY) => {}
+            () = batch.wake.notified() => {}
+        }
+        let pending = std::mem::take(&mut lock(&batch.queue).pending);
+        if !pending.is_empty() {
+            write_batch(&ctx, pending).await;
+        }
+        let mut batches_guard = lock(&batches);
+        let mut queue = lock(&batch.queue);
+        if queue.pending.is_empty() {
+            queue.flushing = false;
+            drop(queue);
+            if batches_guard
+                .get(&key)
+                .is_some_and(|b| Arc::ptr_eq(b, &batch))
+            {
+                batches_guard.remove(&key);
             }
-        });
-        FeedbackResponse {
-            api_version: FEEDBACK_API_VERSION.to_string(),
-            sequence: report.sequence,
-            duplicate,
-            config,
+            return;
         }
     }
 }
 
-impl OperatorFeedback {
-    /// The configuration with the classifier files the pool's ConfigMaps
-    /// carry; `None` until the pool's rules were read since the operator
-    /// started (the agent then waits for its ConfigMap).
-    fn with_classifier(
-        &self,
-        config: crate::routing::sender_config::SenderConfig,
-        fleet: &crate::fleet::Fleet,
-        namespace: &str,
-        pool: &str,
-    ) -> Option<crate::routing::sender_config::SenderConfig> {
-        use crate::routing::classifier_files::{declared_providers_yaml, with_classifier};
-        let names_rules = fleet
+/// Counts `pending` (reports of one pool) into a fresh copy of the pool and
+/// writes the status once, guarded by its resourceVersion; then answers
+/// each report. Nothing is acknowledged that the write did not store.
+async fn write_batch(ctx: &Context, pending: Vec<Pending>) {
+    let Some(first) = pending.first() else { return };
+    let ns = first.report.pool.namespace.clone();
+    let name = first.report.pool.name.clone();
+    let answers = count_batch(ctx, &ns, &name, &pending).await;
+    for (p, answer) in pending.into_iter().zip(answers) {
+        let _ = p.answer.send(answer);
+    }
+}
+
+async fn count_batch(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    pending: &[Pending],
+) -> Vec<Result<FeedbackResponse, FeedbackRefusal>> {
+    let all = |refusal: FeedbackRefusal| -> Vec<Result<FeedbackResponse, FeedbackRefusal>> {
+        pending.iter().map(|_| Err(refusal.clone())).collect()
+    };
+    let status_lock = ctx.status_lock(ns, name);
+    let _turn = status_lock.lock().await;
+    let api: Api<SenderPool> = Api::namespaced(ctx.client.clone(), ns);
+    for attempt in 1..=STATUS_ATTEMPTS {
+        let fresh = match api.get(name).await {
+            Ok(pool) => Arc::new(pool),
+            Err(e) if api_status(&e) == Some(404) => {
+                return all(FeedbackRefusal::Invalid(format!(
+                    "SenderPool {ns}/{name} does not exist; fix the agent's --pool"
+                )))
+            }
+            Err(e) => {
+                return all(FeedbackRefusal::Unavailable(format!(
+                    "cannot read SenderPool {ns}/{name}: {e}"
+                )))
+            }
+        };
+        let mut pools: Vec<Arc<SenderPool>> = ctx
+            .stores
+            .pools
+            .all()
+            .into_iter()
+            .filter(|p| !(p.name_any() == name && p.namespace().as_deref() == Some(ns)))
+            .collect();
+        pools.push(fresh.clone());
+        let routes = ctx.stores.routes.in_namespace(ns);
+        let now = Timestamp::now();
+        // The cached snapshot of these very inputs (the route controller
+        // has usually compiled it already): rebuilding the fleet, above
+        // all its classifier, is most of what a batch costs.
+        let snapshot = match ctx.snapshots.get(ns, &pools, &routes, now).await {
+            Ok(snapshot) => snapshot,
+            Err(e) => return all(FeedbackRefusal::Unavailable(e.to_string())),
+        };
+        let mut fleet = snapshot.fleet.clone();
+        drop(snapshot);
+        // The cache matches on spec and reputation only: count into the
+        // fresh status so the write does not carry stale replica counts.
+        if let Some(pool) = fleet.pools.iter_mut().find(|p| p.name_any() == name) {
+            pool.metadata = fresh.metadata.clone();
+            pool.status = fresh.status.clone();
+        }
+        // The ledger is part of the status it counted into: read and
+        // written with it, so it survives a restart or a leader change.
+        let mut ledger = FeedbackLedger::from_sequences(
+            fresh
+                .status
+                .as_ref()
+                .and_then(|s| s.feedback_ledger.clone())
+                .unwrap_or_default(),
+        );
+        ledger.expire(now);
+        let outcomes: Vec<_> = pending
+            .iter()
+            .map(|p| ledger.apply(&mut fleet, &p.report, now))
+            .collect();
+        let counted = outcomes
+            .iter()
+            .filter(|o| o.as_ref().is_ok_and(|a| !a.duplicate))
+            .count();
+        let table = fleet.compile(now);
+        let answers = |fleet: &crate::fleet::Fleet| {
+            pending
+                .iter()
+                .zip(&outcomes)
+                .map(|(p, outcome)| match outcome {
+                    Ok(applied) => Ok(respond(
+                        &p.report,
+                        fleet,
+                        &table,
+                        &applied.ip,
+                        applied.duplicate,
+                        &ctx.classifier_rules,
+                    )),
+                    Err(e) => Err(e.refusal()),
+                })
+                .collect()
+        };
+        if counted == 0 {
+            return answers(&fleet);
+        }
+        let mut new_status = fleet
             .pools
             .iter()
-            .find(|p| p.name_any() == pool && p.metadata.namespace.as_deref() == Some(namespace))
-            .is_some_and(|p| p.spec.classifier_rules.is_some());
-        let rules = if names_rules {
-            self.ctx
-                .classifier_rules
-                .get(&format!("{namespace}/{pool}"))?
-        } else {
-            None
-        };
-        let routes: Vec<crate::api::DomainRoute> = fleet
-            .routes
-            .iter()
-            .filter(|r| r.metadata.namespace.as_deref() == Some(namespace))
-            .cloned()
-            .collect();
-        Some(with_classifier(
-            config,
-            &declared_providers_yaml(&routes),
-            rules.as_deref(),
-        ))
+            .find(|p| p.name_any() == name)
+            .and_then(|p| p.status.clone())
+            .unwrap_or_default();
+        new_status.feedback_ledger = Some(ledger.sequences().clone());
+        let old =
+            serde_json::to_value(fresh.status.clone().unwrap_or_default()).unwrap_or_default();
+        let new = serde_json::to_value(&new_status).unwrap_or_default();
+        match ctx
+            .writer
+            .patch_status::<SenderPool>(ns, name, fresh.resource_version(), &old, &new)
+            .await
+        {
+            Ok(_) => {
+                let mut transitions = Vec::new();
+                for applied in outcomes.iter().flatten().filter(|a| !a.duplicate) {
+                    ctx.metrics.feedback_report(&format!("{ns}/{name}"));
+                    for t in &applied.transitions {
+                        tracing::info!(pool = %applied.pool, ip = %t.ip, provider = %t.provider,
+                            from = ?t.from, to = %t.to, reason = %t.reason, "reputation moved");
+                    }
+                    transitions.extend(applied.transitions.iter().cloned());
+                }
+                ctx.metrics.feedback_batch(counted);
+                let records = transition_events(&ObjectKey::new(ns, name), &transitions);
+                ctx.publish(&fresh.object_ref(&()), &records).await;
+                return answers(&fleet);
+            }
+            Err(e) if api_status(&e) == Some(409) => {
+                tracing::debug!(attempt, pool = %format!("{ns}/{name}"), "status conflict; reading the pool again");
+                continue;
+            }
+            Err(e) => {
+                return all(FeedbackRefusal::Unavailable(format!(
+                    "cannot write SenderPool {ns}/{name} status: {e}"
+                )))
+            }
+        }
     }
+    all(FeedbackRefusal::Unavailable(format!(
+        "SenderPool {ns}/{name} status kept changing; retry"
+    )))
+}
+
+/// The configuration with the classifier files the pool's ConfigMaps carry;
+/// `None` until the pool's rules were read since the operator started (the
+/// agent then waits for its ConfigMap).
+fn with_classifier_files(
+    config: crate::routing::sender_config::SenderConfig,
+    fleet: &crate::fleet::Fleet,
+    namespace: &str,
+    pool: &str,
+    memory: &super::sender_checks::RulesMemory,
+) -> Option<crate::routing::sender_config::SenderConfig> {
+    use crate::routing::classifier_files::{declared_providers_yaml, with_classifier};
+    let names_rules = fleet
+        .pools
+        .iter()
+        .find(|p| p.name_any() == pool && p.metadata.namespace.as_deref() == Some(namespace))
+        .is_some_and(|p| p.spec.classifier_rules.is_some());
+    let rules = if names_rules {
+        memory.get(&format!("{namespace}/{pool}"))?
+    } else {
+        None
+    };
+    let routes: Vec<crate::api::DomainRoute> = fleet
+        .routes
+        .iter()
+        .filter(|r| r.metadata.namespace.as_deref() == Some(namespace))
+        .cloned()
+        .collect();
+    Some(with_classifier(
+        config,
+        &declared_providers_yaml(&routes),
+        rules.as_deref(),
+    ))
 }
 
 impl FeedbackReceiver for OperatorFeedback {
@@ -387,6 +593,6 @@ impl FeedbackReceiver for OperatorFeedback {
         report: FeedbackReport,
     ) -> Result<FeedbackResponse, FeedbackRefusal> {
         self.authorize(&identity, &report)?;
-        self.count(&report).await
+        self.count(report).await
     }
 }

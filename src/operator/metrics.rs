@@ -24,7 +24,11 @@ pub struct Metrics {
     /// route key (`ns/name`) → (mode word, target count).
     route_targets: Mutex<BTreeMap<String, (String, usize)>>,
     feedback_reports: Mutex<BTreeMap<String, u64>>,
+    /// Status writes of counted feedback, and the reports they carried.
+    feedback_batches: Mutex<(u64, u64)>,
     api_writes: Mutex<BTreeMap<&'static str, u64>>,
+    /// kind → stored statuses read only in part and rewritten.
+    unreadable_statuses: Mutex<BTreeMap<&'static str, u64>>,
     leader: Mutex<bool>,
 }
 
@@ -94,9 +98,21 @@ impl Metrics {
             .or_default() += 1;
     }
 
+    /// One status write that counted `reports` feedback reports.
+    pub fn feedback_batch(&self, reports: usize) {
+        let mut batches = lock(&self.feedback_batches);
+        batches.0 += 1;
+        batches.1 += reports as u64;
+    }
+
     /// One create, patch or delete sent to the API server (`verb`).
     pub fn api_write(&self, verb: &'static str) {
         *lock(&self.api_writes).entry(verb).or_default() += 1;
+    }
+
+    /// A stored status of `kind` could not be read in full and was rewritten.
+    pub fn unreadable_status(&self, kind: &'static str) {
+        *lock(&self.unreadable_statuses).entry(kind).or_default() += 1;
     }
 
     pub fn api_writes_total(&self) -> u64 {
@@ -215,6 +231,33 @@ impl Metrics {
         );
         for (verb, n) in lock(&self.api_writes).iter() {
             let _ = writeln!(out, "mailfleet_api_writes_total{{verb=\"{verb}\"}} {n}");
+        }
+        let (batches, batched) = *lock(&self.feedback_batches);
+        header(
+            &mut out,
+            "mailfleet_feedback_batches_total",
+            "counter",
+            "Status writes of counted feedback (reports of one pool within the batch delay share one write).",
+        );
+        let _ = writeln!(out, "mailfleet_feedback_batches_total {batches}");
+        header(
+            &mut out,
+            "mailfleet_feedback_batched_reports_total",
+            "counter",
+            "Reports counted by those writes.",
+        );
+        let _ = writeln!(out, "mailfleet_feedback_batched_reports_total {batched}");
+        header(
+            &mut out,
+            "mailfleet_unreadable_status_total",
+            "counter",
+            "Stored statuses that could not be read in full and were rewritten, by kind (the object's UnreadableStatus event names the fields).",
+        );
+        for (kind, n) in lock(&self.unreadable_statuses).iter() {
+            let _ = writeln!(
+                out,
+                "mailfleet_unreadable_status_total{{kind=\"{kind}\"}} {n}"
+            );
         }
         header(
             &mut out,

@@ -15,15 +15,21 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
 use super::build::configmap::build_config_map;
 use super::build::deployment::AgentSidecar;
-use super::build::events::{problem_events, transition_events};
+use super::build::events::{
+    problem_events, transition_events, unreadable_status_event, EventRecord, EventType,
+};
 use super::build::plan::{plan_pool, OwnedKind, OwnedObject, PoolPlanInput};
 use super::build::pool_status::{pool_status, IpWorkload};
+use super::build::reputation_memory::{
+    memory_config_map, memory_name, read_memory, remembered, restore,
+};
 use super::build::validate::{set_accepted, ObjectProblem, ACCEPTED};
 use super::build::{namespace_of, IP_LABEL, POOL_LABEL};
 use super::context::Context;
@@ -31,6 +37,7 @@ use super::error::{api_status, OperatorError, Result};
 use super::route_controller::{prune, retry_after, sender_pod};
 use super::sender_checks;
 use super::snapshot::Snapshot;
+use crate::api::unreadable::UnreadableStatus;
 use crate::api::{ConditionStatus, SenderPool, SenderPoolStatus};
 use crate::reputation::engine::{self, Transition};
 use crate::routing::classifier_files::{declared_providers_yaml, with_classifier};
@@ -111,7 +118,10 @@ async fn reconcile_pool(pool: &Arc<SenderPool>, ctx: &Arc<Context>) -> Result<Ac
     let memo_key = format!("SenderPool/{pool_key}");
     let status = pool.status.clone().unwrap_or_default();
     let wakeup = engine::next_wakeup(&pool.spec, &status, now);
-    if wakeup.is_none_or(|at| at > now) && ctx.unchanged(&memo_key, seen(pool.resource_version())) {
+    if wakeup.is_none_or(|at| at > now)
+        && status.unreadable.is_none()
+        && ctx.unchanged(&memo_key, seen(pool.resource_version()))
+    {
         return Ok(requeue_at(wakeup, usable, &status, now));
     }
 
@@ -124,7 +134,17 @@ async fn reconcile_pool(pool: &Arc<SenderPool>, ctx: &Arc<Context>) -> Result<Ac
         } else {
             Outcome::unusable(&current, &problems, now)
         };
-        let old = encode(&pool_key, current.status.clone().unwrap_or_default())?;
+        // A status read only in part is compared with what is stored, so
+        // the write replaces exactly the parts that could not be read.
+        let unreadable = current
+            .status
+            .as_ref()
+            .and_then(|s| s.unreadable.as_deref())
+            .cloned();
+        let old = match &unreadable {
+            Some(unreadable) => unreadable.raw.clone(),
+            None => encode(&pool_key, current.status.clone().unwrap_or_default())?,
+        };
         let new = encode(&pool_key, outcome.status.clone())?;
         record_states(ctx, &pool_key, &outcome.status);
         match ctx
@@ -140,6 +160,9 @@ async fn reconcile_pool(pool: &Arc<SenderPool>, ctx: &Arc<Context>) -> Result<Ac
                         "pool status written"
                     );
                     announce(ctx, &current, &problems, &outcome, &old, &new).await;
+                }
+                if let Some(unreadable) = &unreadable {
+                    report_repair(ctx, &current, unreadable).await;
                 }
                 let rv_after = written
                     .and_then(|w| w.resource_version())
@@ -217,6 +240,16 @@ async fn manage(
     }
     let known_providers = &snapshot.fleet.known_providers;
     let mut status = spec_pool.status.clone().unwrap_or_default();
+    let memory_name = memory_name(&pool_key.name);
+    let memory = ctx.stores.config_maps.get(ns, &memory_name);
+    recall(
+        ctx,
+        &spec_pool,
+        memory.as_deref(),
+        &mut status,
+        known_providers,
+    )
+    .await;
     let transitions =
         engine::tick(&spec_pool.spec, &mut status, known_providers, now).map_err(|source| {
             crate::fleet::FleetError::Engine {
@@ -303,6 +336,20 @@ async fn manage(
     for check in &checks {
         check.set(&mut status.conditions, spec_pool.metadata.generation, now);
     }
+    // The IPs' reputation outside the pool, for a pool deleted and created
+    // again or restored without its status. A failed write is reported and
+    // tried again next time: it must not keep the status from being written.
+    let memory_now = remembered(&status);
+    if memory_now.left_out > 0 {
+        tracing::warn!(pool = %pool_key, left_out = memory_now.left_out,
+            "the reputation memory is full: the least severe pairs are not kept outside the pool");
+    }
+    if let Some(config_map) = memory_config_map(&spec_pool, &memory_now.ips, memory.is_some()) {
+        if let Err(e) = ctx.writer.apply(&config_map, memory.as_deref()).await {
+            tracing::warn!(pool = %pool_key, error = %e,
+                "cannot write the reputation memory {memory_name}; the status is written all the same");
+        }
+    }
     Ok(Outcome {
         status,
         transitions,
@@ -338,6 +385,43 @@ async fn classifier_into_plan(
         }
     }
     Ok(check)
+}
+
+/// Puts back the remembered pairs the status lacks (see
+/// `build::reputation_memory`), and says so on the pool.
+async fn recall(
+    ctx: &Context,
+    pool: &SenderPool,
+    memory: Option<&ConfigMap>,
+    status: &mut SenderPoolStatus,
+    known_providers: &[String],
+) {
+    let Some(memory) = memory else { return };
+    let pool_key = key(pool);
+    let remembered = match read_memory(memory) {
+        Ok(remembered) => remembered,
+        Err(why) => {
+            tracing::warn!(pool = %pool_key, error = %why, "the reputation memory cannot be read; it is rewritten from the status");
+            return;
+        }
+    };
+    let restored = restore(status, pool, &remembered, known_providers);
+    if restored == 0 {
+        return;
+    }
+    tracing::info!(pool = %pool_key, pairs = restored, "reputation restored from the IPs' memory");
+    let record = EventRecord {
+        kind: "SenderPool",
+        regarding: pool_key.clone(),
+        type_: EventType::Normal,
+        reason: "ReputationRestored".into(),
+        action: "Reputation",
+        note: format!(
+            "{restored} (IP, provider) pair(s) were restored with their state, timers and block counts from ConfigMap {} (the status had lost them: the pool was re-created or restored without its status)",
+            memory_name(&pool_key.name)
+        ),
+    };
+    ctx.publish(&pool.object_ref(&()), &[record]).await;
 }
 
 /// A digest of what the pool's sender configs and status read from the
@@ -483,6 +567,16 @@ async fn announce(
             reason = %t.reason, "reputation moved");
     }
     ctx.publish(&pool.object_ref(&()), &records).await;
+}
+
+/// Says on the pool that its stored status could not be read in full and
+/// was rewritten: a warning event naming each field, a log line, a metric.
+async fn report_repair(ctx: &Context, pool: &SenderPool, unreadable: &UnreadableStatus) {
+    let pool_key = key(pool);
+    tracing::warn!(pool = %pool_key, problems = ?unreadable.problems, "unreadable status repaired");
+    ctx.metrics.unreadable_status("SenderPool");
+    let record = unreadable_status_event("SenderPool", &pool_key, unreadable);
+    ctx.publish(&pool.object_ref(&()), &[record]).await;
 }
 
 fn record_states(ctx: &Context, pool: &ObjectKey, status: &SenderPoolStatus) {

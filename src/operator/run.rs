@@ -21,6 +21,7 @@ use std::sync::{OnceLock, Weak};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use super::build::reputation_memory::MEMORY_OF_LABEL;
 use super::build::{IP_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, POOL_LABEL};
 use super::context::{object_key, ClusterStores, Context, Settings};
 use super::fanout::Fanout;
@@ -282,7 +283,10 @@ pub async fn start(
             watcher::Config::default(),
             |cm: &mut ConfigMap| {
                 cm.managed_fields_mut().clear();
-                cm.data = None;
+                // The pools' reputation memories are small and read back.
+                if !cm.labels().contains_key(MEMORY_OF_LABEL) {
+                    cm.data = None;
+                }
                 cm.binary_data = None;
             },
             move |event| {

@@ -175,7 +175,23 @@ fn parse_documents(
                     )
                 };
                 if kind == "SenderPool" {
-                    let status = serde_path_to_error::deserialize(status).map_err(problem)?;
+                    let status: SenderPoolStatus =
+                        serde_path_to_error::deserialize(status).map_err(problem)?;
+                    // The pool status reads leniently (for the operator's
+                    // watch); a state file with a part cut out is refused
+                    // instead, so it is moved aside and its Blocked pairs
+                    // reported, never silently thinned.
+                    if let Some(unreadable) = &status.unreadable {
+                        return Err(error(
+                            number,
+                            format!(
+                                "{kind} {}/{}: {}",
+                                key.0,
+                                key.1,
+                                unreadable.problems.join("; ")
+                            ),
+                        ));
+                    }
                     saved.pools.insert(key, status);
                 } else {
                     let status = serde_path_to_error::deserialize(status).map_err(problem)?;
@@ -496,7 +512,8 @@ mod tests {
             })
             .collect();
         let text = render(&fleet, &ledger);
-        assert!(text.len() > 2_500_000, "{} bytes", text.len());
+        // Windows are packed (api::compact): well over a mebibyte still.
+        assert!(text.len() > 1_000_000, "{} bytes", text.len());
         let saved = parse(&text, Path::new("state.json")).unwrap();
         assert_eq!(saved.pools.len(), 2);
         let blocked: usize = saved

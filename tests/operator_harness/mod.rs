@@ -219,17 +219,20 @@ pub fn slice_pods(api: &FakeApi, route: &str) -> Vec<String> {
     pods
 }
 
-/// The state of (ip, provider) in a pool's status.
+/// The state of (ip, provider) in a pool's status, read as the operator
+/// reads it (plain pairs are packed in `healthyPairs`, not listed).
 pub fn pair_state(api: &FakeApi, pool: &str, ip: &str, provider: &str) -> Option<String> {
-    pool_status(api, pool)["ips"]
-        .as_array()?
+    let status: mailfleet::api::SenderPoolStatus =
+        serde_json::from_value(pool_status(api, pool)).ok()?;
+    let pair = status
+        .ips
         .iter()
-        .find(|i| i["address"] == ip)?["reputation"]
-        .as_array()?
-        .iter()
-        .find(|r| r["provider"] == provider)
-        .and_then(|r| r["state"].as_str())
-        .map(str::to_string)
+        .find(|i| i.address == ip)?
+        .pair(provider)?;
+    match serde_json::to_value(pair.state).ok()? {
+        Value::String(state) => Some(state),
+        _ => None,
+    }
 }
 
 /// An agent report of one `550 5.7.606` reply from Microsoft naming `ip`.

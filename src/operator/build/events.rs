@@ -16,6 +16,7 @@
 //! | `RouteDeferred` | Warning | a route defers its mail |
 //! | `RouteRestored` | Normal | a route is back on its own pool |
 //! | `RouteRewritten` | Normal | same mode, other targets |
+//! | `UnreadableStatus` | Warning | a stored status could not be read in full and was rewritten (note: each field and why) |
 //! | validation reasons | Warning | see [`super::validate`] |
 
 use crate::api::{ReputationState, RouteMode};
@@ -59,6 +60,25 @@ fn truncate(mut note: String) -> String {
         note.push_str("...");
     }
     note
+}
+
+/// The warning that a stored status was read in part and rewritten.
+pub fn unreadable_status_event(
+    kind: &'static str,
+    regarding: &ObjectKey,
+    unreadable: &crate::api::unreadable::UnreadableStatus,
+) -> EventRecord {
+    EventRecord {
+        kind,
+        regarding: regarding.clone(),
+        type_: EventType::Warning,
+        reason: "UnreadableStatus".to_string(),
+        action: "Repair",
+        note: truncate(format!(
+            "{kind} {regarding}: {}; written by another operator version or by hand? The operator keeps what it could read and rewrites the status.",
+            unreadable.summary()
+        )),
+    }
 }
 
 /// Events for the transitions of one pool's pairs.

@@ -19,6 +19,7 @@ pub mod plan;
 pub mod pool_service;
 pub mod pool_status;
 pub mod replicas;
+pub mod reputation_memory;
 pub mod route_service;
 pub mod sender_container;
 pub mod validate;
