@@ -11,10 +11,12 @@
 //!   (a presence bitmap of the bucket slots, then per bucket the attempts,
 //!   the attempts not delivered, and only when some were not delivered the
 //!   IP-blocklisted and rate-limited counts), in unpadded base64url;
-//! - the pairs that are plain (Healthy since first seen, full allowance,
-//!   never blocked, nothing else set) are not listed in `reputation` but
-//!   packed together into the IP's `healthyPairs` string (provider name,
-//!   since, window each).
+//! - the pairs that are plain (Healthy at full allowance with no step ahead:
+//!   first seen, warmed up, or recovered) are not listed in `reputation` but
+//!   packed together into the IP's `healthyPairs` string: a table of the
+//!   IP's reason and evidence texts (a warmed-up IP's pairs share theirs),
+//!   then per pair the provider name, since, reason and evidence (as table
+//!   entries), block count, last hold-down and window.
 //!
 //! Everything an older version wrote still reads: a `window` given as a list
 //! of bucket objects, and plain pairs listed in `reputation`.
@@ -31,10 +33,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::sender_pool::{ProviderReputation, ReputationState, WindowBucket};
 
-/// The reason the engine gives a pair it sees for the first time.
-const FIRST_SEEN: &str = "FirstSeen";
-/// Version byte of the packed forms.
+/// Version byte of a packed window.
 const PACKED_VERSION: u8 = 1;
+/// Version byte of packed healthy pairs.
+const PAIRS_VERSION: u8 = 2;
+/// More texts than one IP's pairs can hold (one reason and one evidence each).
+const MAX_TEXTS: u64 = 4096;
 /// More buckets than any window holds (16), with room for a changed window.
 const MAX_BUCKETS: u64 = 1024;
 
@@ -46,16 +50,14 @@ fn bad(what: impl Into<String>) -> PackError {
     PackError(what.into())
 }
 
-/// Whether a pair is nothing but Healthy since first seen, with its window.
+/// Whether a pair is Healthy at full allowance with nothing ahead of it
+/// (no cap, override, next step, recovery or probe progress, or claims):
+/// what most pairs are, first seen, warmed up or recovered.
 pub fn is_plain(pair: &ProviderReputation) -> bool {
     pair.state == ReputationState::Healthy
-        && pair.reason == FIRST_SEEN
-        && pair.last_evidence.is_none()
         && pair.allowance_percent == 100
         && pair.hourly_cap.is_none()
         && pair.overridden_by.is_none()
-        && pair.hold_down_seconds.is_none()
-        && pair.block_count == 0
         && pair.next_step_at.is_none()
         && pair.recovery_step.is_none()
         && pair.throttle_step.is_none()
@@ -118,7 +120,10 @@ fn gcd(a: i64, b: i64) -> i64 {
 /// Appends a window: bucket count, then the slot size (the largest step
 /// every bucket start is a multiple of), the first slot, a bitmap of the
 /// slots that hold a bucket, and the counts of each bucket.
-fn pack_window(window: &[WindowBucket], out: &mut Vec<u8>) {
+///
+/// The first slot is written relative to `base` (the previous pair's, so
+/// the pairs of one IP, whose windows start together, cost one byte there).
+fn pack_window(window: &[WindowBucket], base: &mut i64, out: &mut Vec<u8>) {
     put(out, window.len() as i64);
     if window.is_empty() {
         return;
@@ -130,7 +135,8 @@ fn pack_window(window: &[WindowBucket], out: &mut Vec<u8>) {
         unit = 1;
     }
     put(out, unit);
-    put(out, first);
+    put(out, first - *base);
+    *base = first;
     let last_slot = (starts[starts.len() - 1] - first) / unit;
     // Buckets are kept in order; a window out of order (never written by
     // the engine) is packed as listed, slot by slot.
@@ -172,7 +178,7 @@ fn at_second(seconds: i64) -> Result<Time, PackError> {
         .map_err(|e| bad(format!("a packed time is out of range: {e}")))
 }
 
-fn unpack_window(input: &mut &[u8]) -> Result<Vec<WindowBucket>, PackError> {
+fn unpack_window(input: &mut &[u8], base: &mut i64) -> Result<Vec<WindowBucket>, PackError> {
     let count = take(input)?;
     if !(0..=MAX_BUCKETS as i64).contains(&count) {
         return Err(bad(format!("a packed window claims {count} buckets")));
@@ -181,7 +187,10 @@ fn unpack_window(input: &mut &[u8]) -> Result<Vec<WindowBucket>, PackError> {
         return Ok(Vec::new());
     }
     let unit = take(input)?;
-    let first = take(input)?;
+    let first = take(input)?
+        .checked_add(*base)
+        .ok_or_else(|| bad("a packed window start overflows"))?;
+    *base = first;
     let slots_len = take(input)?;
     let mut slots = Vec::with_capacity(count as usize);
     if slots_len >= 0 {
@@ -234,75 +243,146 @@ fn unpack_window(input: &mut &[u8]) -> Result<Vec<WindowBucket>, PackError> {
 /// Packs a window into its status string.
 pub fn window_text(window: &[WindowBucket]) -> String {
     let mut out = vec![PACKED_VERSION];
-    pack_window(window, &mut out);
+    pack_window(window, &mut 0, &mut out);
     URL_SAFE_NO_PAD.encode(out)
 }
 
 /// Reads a window's status string.
 pub fn read_window_text(text: &str) -> Result<Vec<WindowBucket>, PackError> {
-    let bytes = unpacked(text)?;
+    let bytes = unpacked(text, PACKED_VERSION)?;
     let mut input = bytes.as_slice();
-    let window = unpack_window(&mut input)?;
+    let window = unpack_window(&mut input, &mut 0)?;
     if !input.is_empty() {
         return Err(bad("the packed window has bytes left over"));
     }
     Ok(window)
 }
 
-fn unpacked(text: &str) -> Result<Vec<u8>, PackError> {
+fn unpacked(text: &str, version: u8) -> Result<Vec<u8>, PackError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(text.trim_end_matches('='))
         .map_err(|e| bad(format!("not base64url: {e}")))?;
     match bytes.split_first() {
-        Some((&PACKED_VERSION, _)) => Ok(bytes[1..].to_vec()),
+        Some((&v, _)) if v == version => Ok(bytes[1..].to_vec()),
         Some((v, _)) => Err(bad(format!(
-            "packed by a newer version (format {v}, this one reads {PACKED_VERSION})"
+            "packed in format {v}; this version reads format {version}"
         ))),
         None => Err(bad("empty")),
     }
 }
 
-/// Packs plain pairs (see [`is_plain`]): name, since, window each.
+fn put_text(out: &mut Vec<u8>, text: &str) {
+    put_u(out, text.len() as u64);
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn take_text(input: &mut &[u8], what: &str) -> Result<String, PackError> {
+    let len = take_u(input)?;
+    if len > 4096 || input.len() < len as usize {
+        return Err(bad(format!("a packed {what} is cut or too long")));
+    }
+    let (text, rest) = input.split_at(len as usize);
+    *input = rest;
+    String::from_utf8(text.to_vec()).map_err(|_| bad(format!("a packed {what} is not UTF-8")))
+}
+
+/// An optional number: 0 for none, else the value plus one.
+fn put_optional(out: &mut Vec<u8>, value: Option<i64>) {
+    put_u(out, value.map_or(0, |v| zigzag(v) + 1));
+}
+
+fn take_optional(input: &mut &[u8]) -> Result<Option<i64>, PackError> {
+    Ok(match take_u(input)? {
+        0 => None,
+        v => Some(unzigzag(v - 1)),
+    })
+}
+
+/// Packs plain pairs (see [`is_plain`]): the table of their reason and
+/// evidence texts, then per pair name, since, reason, evidence, block count,
+/// last hold-down and window.
 pub fn plain_pairs_text(pairs: &[&ProviderReputation]) -> String {
-    let mut out = vec![PACKED_VERSION];
+    let mut texts: Vec<&str> = Vec::new();
     for pair in pairs {
-        let name = pair.provider.as_bytes();
-        put(&mut out, name.len() as i64);
-        out.extend_from_slice(name);
-        put(&mut out, pair.since.0.as_second());
-        pack_window(&pair.window, &mut out);
+        for text in std::iter::once(pair.reason.as_str()).chain(pair.last_evidence.as_deref()) {
+            if !texts.contains(&text) {
+                texts.push(text);
+            }
+        }
+    }
+    let position = |text: &str| texts.iter().position(|t| *t == text).unwrap_or(0) as u64;
+    let mut out = vec![PAIRS_VERSION];
+    put_u(&mut out, texts.len() as u64);
+    for text in &texts {
+        put_text(&mut out, text);
+    }
+    // Times relative to the previous pair's: one IP's pairs were mostly
+    // seen, warmed up and counted at the same moments.
+    let (mut since, mut window_base) = (0i64, 0i64);
+    for pair in pairs {
+        put_text(&mut out, &pair.provider);
+        put(&mut out, pair.since.0.as_second() - since);
+        since = pair.since.0.as_second();
+        put_u(&mut out, position(&pair.reason));
+        put_u(
+            &mut out,
+            pair.last_evidence.as_deref().map_or(0, |e| position(e) + 1),
+        );
+        put(&mut out, i64::from(pair.block_count));
+        put_optional(&mut out, pair.hold_down_seconds);
+        pack_window(&pair.window, &mut window_base, &mut out);
     }
     URL_SAFE_NO_PAD.encode(out)
 }
 
 /// Reads the plain pairs of an IP.
 pub fn read_plain_pairs_text(text: &str) -> Result<Vec<ProviderReputation>, PackError> {
-    let bytes = unpacked(text)?;
+    let bytes = unpacked(text, PAIRS_VERSION)?;
     let mut input = bytes.as_slice();
+    let count = take_u(&mut input)?;
+    if count > MAX_TEXTS {
+        return Err(bad(format!("packed healthy pairs claim {count} texts")));
+    }
+    let mut texts = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        texts.push(take_text(&mut input, "reason or evidence")?);
+    }
+    let text_at = |i: u64| {
+        texts
+            .get(i as usize)
+            .cloned()
+            .ok_or_else(|| bad(format!("a packed pair names text {i} of {}", texts.len())))
+    };
     let mut pairs = Vec::new();
+    let (mut since, mut window_base) = (0i64, 0i64);
     while !input.is_empty() {
-        let len = take(&mut input)?;
-        if !(1..=253).contains(&len) || input.len() < len as usize {
-            return Err(bad("a packed provider name is cut or too long"));
+        let provider = take_text(&mut input, "provider name")?;
+        if provider.is_empty() || provider.len() > 253 {
+            return Err(bad("a packed provider name is empty or too long"));
         }
-        let (name, rest) = input.split_at(len as usize);
-        input = rest;
-        let provider = std::str::from_utf8(name)
-            .map_err(|_| bad("a packed provider name is not UTF-8"))?
-            .to_string();
-        let since = at_second(take(&mut input)?)?;
-        let window = unpack_window(&mut input)?;
+        since = take(&mut input)?
+            .checked_add(since)
+            .ok_or_else(|| bad("a packed time overflows"))?;
+        let reason = text_at(take_u(&mut input)?)?;
+        let last_evidence = match take_u(&mut input)? {
+            0 => None,
+            i => Some(text_at(i - 1)?),
+        };
+        let block_count = i32::try_from(take(&mut input)?)
+            .map_err(|_| bad("a packed block count is out of range"))?;
+        let hold_down_seconds = take_optional(&mut input)?;
+        let window = unpack_window(&mut input, &mut window_base)?;
         pairs.push(ProviderReputation {
             provider,
             state: ReputationState::Healthy,
-            since,
-            reason: FIRST_SEEN.to_string(),
-            last_evidence: None,
+            since: at_second(since)?,
+            reason,
+            last_evidence,
             allowance_percent: 100,
             hourly_cap: None,
             overridden_by: None,
-            hold_down_seconds: None,
-            block_count: 0,
+            hold_down_seconds,
+            block_count,
             next_step_at: None,
             recovery_step: None,
             throttle_step: None,
@@ -391,7 +471,7 @@ mod tests {
             provider: provider.to_string(),
             state: ReputationState::Healthy,
             since: ts(1_765_000_000),
-            reason: FIRST_SEEN.into(),
+            reason: "FirstSeen".into(),
             last_evidence: None,
             allowance_percent: 100,
             hourly_cap: None,
@@ -414,8 +494,19 @@ mod tests {
         gappy.remove(9);
         for window in [Vec::new(), full_window(1, end), gappy] {
             assert_eq!(read_window_text(&window_text(&window)).unwrap(), window);
+            let mut recovered = pair("yahoo", window.clone());
+            recovered.reason = "Recovered".into();
+            recovered.last_evidence = Some("20 clean deliveries".into());
+            recovered.block_count = 3;
+            recovered.hold_down_seconds = Some(14_400);
+            let mut warmed = pair("google", window.clone());
+            warmed.reason = "WarmupComplete".into();
+            warmed.last_evidence = Some("20 clean deliveries".into());
+            assert!(is_plain(&recovered) && is_plain(&warmed));
             let pairs = [
                 pair("microsoft", window.clone()),
+                recovered,
+                warmed,
                 pair("example-isp", window),
             ];
             let refs: Vec<&ProviderReputation> = pairs.iter().collect();
@@ -437,7 +528,13 @@ mod tests {
             assert!(read_window_text(&text[..cut]).is_err(), "cut at {cut}");
         }
         assert!(read_window_text("not packed!").is_err());
-        assert!(read_plain_pairs_text("AgAA").is_err(), "a newer format");
+        assert!(read_plain_pairs_text("AwAA").is_err(), "a newer format");
+        let pairs = [pair("google", full_window(1, 1_765_090_020))];
+        let refs: Vec<&ProviderReputation> = pairs.iter().collect();
+        let text = plain_pairs_text(&refs);
+        for cut in [1, 5, text.len() / 2, text.len() - 1] {
+            assert!(read_plain_pairs_text(&text[..cut]).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]
@@ -471,8 +568,10 @@ mod tests {
     /// The CRD's largest pool: 256 IPs, each with a pair for every builtin
     /// provider and gateway, `other` and 16 declared providers, every
     /// window full; one pair in sixteen blocked with its evidence, a quarter
-    /// of those with two DNSBL claims.
-    fn largest_pool() -> SenderPool {
+    /// of those with two DNSBL claims. `warmed`: every healthy pair has been
+    /// through a warm-up (reason and evidence), one in four recovered from a
+    /// past block (block count, hold-down), as a pool running for months is.
+    fn largest_pool(warmed: bool) -> SenderPool {
         let end = 1_765_090_020;
         let mut providers: Vec<String> = BUILTIN_PROVIDERS
             .iter()
@@ -518,6 +617,17 @@ mod tests {
             status.desired_replicas = 2;
             for (k, provider) in providers.iter().enumerate() {
                 let mut p = pair(provider, full_window(n * 31 + k as i64, end));
+                if warmed {
+                    p.reason = "WarmupComplete".into();
+                    p.last_evidence = Some("warm-up schedule of 14 days ended".into());
+                    if k % 4 == 0 {
+                        p.reason = "Recovered".into();
+                        p.last_evidence =
+                            Some("20 clean deliveries at the last recovery step".into());
+                        p.block_count = 1;
+                        p.hold_down_seconds = Some(3600);
+                    }
+                }
                 if (n as usize + k).is_multiple_of(16) {
                     p.state = ReputationState::Blocked;
                     p.reason = "ConclusiveBlockReply".into();
@@ -565,8 +675,13 @@ mod tests {
     }
 
     #[test]
-    fn the_largest_pool_serialises_well_under_one_mebibyte_and_loses_nothing() {
-        let pool = largest_pool();
+    fn the_largest_pool_serialises_under_one_mebibyte_and_loses_nothing() {
+        for warmed in [false, true] {
+            largest_pool_fits(largest_pool(warmed), warmed);
+        }
+    }
+
+    fn largest_pool_fits(pool: SenderPool, warmed: bool) {
         let pairs: usize = pool
             .status
             .as_ref()
@@ -578,7 +693,7 @@ mod tests {
         assert_eq!(pairs, 256 * 27);
         let bytes = serde_json::to_vec(&pool).unwrap();
         println!(
-            "largest pool: {} bytes ({:.0} KiB) for {pairs} pairs",
+            "largest pool (warmed: {warmed}): {} bytes ({:.0} KiB) for {pairs} pairs",
             bytes.len(),
             bytes.len() as f64 / 1024.0
         );

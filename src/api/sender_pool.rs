@@ -792,8 +792,9 @@ pub struct IpStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// The observed state of one source IP. Pairs healthy since first seen are
-/// packed into `healthyPairs`; every other pair is listed in `reputation`.
+/// The observed state of one source IP. Pairs Healthy at full allowance
+/// with no step ahead are packed into `healthyPairs`; every other pair is
+/// listed in `reputation`.
 #[derive(JsonSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IpStatusWire {
@@ -806,13 +807,15 @@ pub struct IpStatusWire {
     #[serde(default)]
     pub desired_replicas: i32,
     /// Reputation of this IP with each provider it has sent to, except the
-    /// pairs healthy since first seen (those are in `healthyPairs`).
+    /// plain healthy pairs (those are in `healthyPairs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["provider"]))]
     pub reputation: Vec<ProviderReputation>,
-    /// The providers this IP is healthy with since it first sent to them,
-    /// with when that was and their delivery counts, packed to keep the
-    /// status bounded (base64url; docs/ARCHITECTURE.md, "Bounded status").
+    /// The providers this IP is Healthy with at full allowance and no step
+    /// ahead (first seen, warmed up, recovered), with since, reason,
+    /// evidence, block count, last hold-down and delivery counts, packed to
+    /// keep the status bounded (base64url; docs/ARCHITECTURE.md, "Bounded
+    /// status").
     /// Their states are also in the metric `mailfleet_ip_state`.
     #[serde(
         default,
