@@ -199,14 +199,21 @@ pub fn classify_line(
                 return skipped(format!("binary: {}", Skip::Binary));
             };
             let text = text.trim();
-            // A DSN's Diagnostic-Code (`smtp; 550 ...`) or Exim's `host H [A] SMTP
-            // error from remote mail server after ...: 550 ...` carry a reply too.
+            // A DSN's Diagnostic-Code (`smtp; 550 ...`), Exim's `host H [A] SMTP
+            // error from remote mail server after ...: 550 ...` and Postfix's
+            // bounce text `host H[A] said: 550 ...` carry a reply too.
             let reply_part = match text.get(..5) {
                 Some(head) if head.eq_ignore_ascii_case("smtp;") => text[5..].trim_start(),
                 _ => text
                     .split_once(" SMTP error from remote mail server after ")
                     .and_then(|(_, rest)| rest.split_once(": "))
-                    .map_or(text, |(_, reply)| reply),
+                    .or_else(|| {
+                        text.split_once(" said: ").filter(|(head, _)| {
+                            let endpoint = head.strip_prefix("host ").unwrap_or(head);
+                            !endpoint.contains(' ') || head.eq_ignore_ascii_case("remote host")
+                        })
+                    })
+                    .map_or(text, |(_, reply)| reply.trim_start()),
             };
             let looks_like_reply = reply_part.len() >= 3
                 && reply_part.as_bytes()[..3].iter().all(u8::is_ascii_digit)
@@ -232,6 +239,32 @@ pub fn classify_line(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pasted_postfix_bounce_names_its_relay() {
+        let c = Classifier::builtin();
+        let v = classify_line(
+            &c,
+            b"host mx1.hc1234-56.iphmx.com[192.0.2.1] said: 554 5.7.1 ACCESS DENIED (in reply to RCPT TO command)",
+            1,
+            None,
+            None,
+        );
+        assert_eq!(v.skipped, None);
+        assert_eq!(v.provider.as_deref(), Some("cisco"));
+        assert_eq!(v.provider_source, Some("relay"));
+        assert_eq!(v.outcome, Some(Outcome::Bounced));
+        let v = classify_line(
+            &c,
+            b"Remote host said: 550 5.1.1 no such user",
+            2,
+            None,
+            None,
+        );
+        assert_eq!(v.category, Some(Category::RecipientUnknown));
+        let v = classify_line(&c, b"the boss said: 550 is fine", 3, None, None);
+        assert!(v.skipped.is_some(), "prose, not a server's reply");
+    }
 
     #[test]
     fn replies_and_log_lines_get_verdicts_and_garbage_is_skipped() {
