@@ -106,7 +106,13 @@ fn replay_prints_the_documented_json_and_a_table() {
     assert_eq!(microsoft_blocked["count"], 10);
     assert_eq!(microsoft_blocked["outcome"], "deferred");
     let conclusive = json["conclusive"].as_array().unwrap();
-    assert_eq!(conclusive.len(), 10);
+    // The ban replies, and Yahoo's [TSS04] replies, whose rule asks for a pause.
+    let of = |provider: &str| conclusive.iter().filter(|c| c["provider"] == provider).count();
+    assert_eq!((of("microsoft"), of("yahoo"), conclusive.len()), (10, 10, 20));
+    assert!(conclusive
+        .iter()
+        .filter(|c| c["provider"] == "yahoo")
+        .all(|c| c["pause_seconds"] == 4 * 3600));
     assert_eq!(conclusive[0]["provider"], "microsoft");
     assert_eq!(conclusive[0]["at"], "2021-11-04T23:00:00Z");
     assert!(conclusive[0]["reply"].as_str().unwrap().contains("5.7.606"));

@@ -273,9 +273,7 @@ fn respond(
     )
     .map_err(|e| tracing::warn!(error = %e, "cannot render the sender config for the reply"))
     .ok()
-    .and_then(|c| {
-        with_classifier_files(c, fleet, &report.pool.namespace, &report.pool.name, rules)
-    })
+    .and_then(|c| with_classifier_files(c, fleet, &report.pool.namespace, &report.pool.name, rules))
     .map(|c| {
         let current = report.config_version.as_deref() == Some(c.version.as_str());
         ConfigHint {

@@ -82,6 +82,12 @@ pub struct RememberedPair {
     pub recovery_step: Option<i32>,
     #[serde(rename = "q", default, skip_serializing_if = "is_zero")]
     pub probe_successes: i64,
+    /// The graduated throttle's step of a Throttled pair.
+    #[serde(rename = "g", default, skip_serializing_if = "Option::is_none")]
+    pub throttle_step: Option<i32>,
+    /// The end of a pause, Unix seconds.
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    pub paused_until: Option<i64>,
 }
 
 fn is_zero(n: &i64) -> bool {
@@ -110,6 +116,8 @@ impl RememberedPair {
             next_step_at: pair.next_step_at.as_ref().map(|t| t.0.as_second()),
             recovery_step: pair.recovery_step,
             probe_successes: pair.probe_successes,
+            throttle_step: pair.throttle_step,
+            paused_until: pair.paused_until.as_ref().map(|t| t.0.as_second()),
         }
     }
 
@@ -132,9 +140,11 @@ impl RememberedPair {
             block_count: self.block_count,
             next_step_at,
             recovery_step: self.recovery_step,
-            // Only Blocked and Probing pairs are remembered: never throttled.
-            throttle_step: None,
-            paused_until: None,
+            throttle_step: self.throttle_step,
+            paused_until: match self.paused_until {
+                Some(seconds) => Some(time(seconds)?),
+                None => None,
+            },
             probe_successes: self.probe_successes,
             window: Vec::new(),
             dnsbl_claims: Vec::new(),
@@ -365,6 +375,8 @@ mod tests {
             block_count: i32::from(!healthy),
             next_step_at: (!healthy).then(|| Time(Timestamp::from_second(1_765_007_200).unwrap())),
             recovery_step: None,
+            throttle_step: None,
+            paused_until: None,
             probe_successes: 0,
             window: Vec::new(),
             dnsbl_claims: Vec::new(),
