@@ -303,9 +303,13 @@ pub struct Shared {
     journal: Mutex<Journal>,
     /// Wakes the engine loop to write what a report changed.
     pub wake: Notify,
+    /// Wakes the claim checker: a counted report quoted block lists.
+    pub claims: Notify,
     auth: Auth,
     /// Extra metrics text (the probes'), replaced after every round.
     pub probe_metrics: Mutex<String>,
+    /// The claim checker's counters, replaced after every pass.
+    pub claim_metrics: Mutex<String>,
     /// Why the last write of the outputs failed, while it fails.
     pub write_error: Mutex<Option<String>>,
     /// Why the last report could not be stored, while it cannot.
@@ -320,8 +324,10 @@ impl Shared {
             core: Mutex::new(core),
             journal: Mutex::new(journal),
             wake: Notify::new(),
+            claims: Notify::new(),
             auth,
             probe_metrics: Mutex::new(String::new()),
+            claim_metrics: Mutex::new(String::new()),
             write_error: Mutex::new(None),
             journal_error: Mutex::new(None),
             ready: AtomicBool::new(false),
@@ -425,6 +431,7 @@ impl Receiver {
         if let Some(answer) = self.shared.core().check(&report, now)? {
             return Ok(answer);
         }
+        let conclusive = !report.conclusive.is_empty();
         let (answer, answered) = oneshot::channel();
         let pending = Pending {
             entry: Entry { at: now, report },
@@ -435,6 +442,9 @@ impl Receiver {
         let answer = answered.await.map_err(|_| closed())?;
         if matches!(&answer, Ok(response) if !response.duplicate) {
             self.shared.wake.notify_one();
+            if conclusive {
+                self.shared.claims.notify_one();
+            }
         }
         answer
     }
@@ -476,6 +486,13 @@ impl Observability for Receiver {
             &self
                 .shared
                 .probe_metrics
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        out.push_str(
+            &self
+                .shared
+                .claim_metrics
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
         );
