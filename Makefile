@@ -25,6 +25,7 @@ test: tools
 	$(CARGO) test --all-targets --locked
 	$(CARGO) test --doc --locked
 	scripts/chart-test.sh
+	scripts/deb-test.sh
 
 tools:
 	scripts/ensure-tools.sh

@@ -3,7 +3,7 @@
 # - `helm lint --strict` with the default values and with every option set
 #   (charts/mailfleet/ci/all-options-values.yaml);
 # - both renders: every built-in object validated with `kubernetes-validate
-#   --strict` for Kubernetes 1.30 and 1.37; the ServiceMonitor and
+#   --strict` for Kubernetes 1.31 and 1.37; the ServiceMonitor and
 #   PrometheusRule against the Prometheus Operator's typed models with their
 #   PromQL parsed; RBAC exactly tests/chart/expected-rbac.yaml;
 # - the CRD templates render crds/ byte for byte (plus the keep annotation),
@@ -28,15 +28,15 @@ done
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# The Kubernetes versions to validate for: 1.30 (the chart's kubeVersion floor)
+# The Kubernetes versions to validate for: 1.31 (the chart's kubeVersion floor)
 # and 1.37, or the newest one this kubernetes-validate knows when it does not know 1.37.
 newest=$("$python" -c 'from kubernetes_validate.utils import latest_version; print(latest_version())')
 wanted_newest=1.37.0
 if "$python" -c 'import sys; from packaging.version import Version as V; sys.exit(V(sys.argv[1]) > V(sys.argv[2]))' "$wanted_newest" "$newest"; then
-  versions=(1.30.0 "$wanted_newest")
+  versions=(1.31.0 "$wanted_newest")
 else
-  echo "NOTE: kubernetes-validate knows Kubernetes up to $newest, not $wanted_newest: validating for 1.30.0 and $newest instead"
-  versions=(1.30.0 "$newest")
+  echo "NOTE: kubernetes-validate knows Kubernetes up to $newest, not $wanted_newest: validating for 1.31.0 and $newest instead"
+  versions=(1.31.0 "$newest")
 fi
 
 validate() { # validate LABEL FILE: every object, strict, for each version; an unknown kind is a failure
@@ -66,6 +66,7 @@ for values in default all-options; do
   validate "$values render" "$work/$values/builtin.yaml"
 done
 "$python" $checks crds "$work/default.yaml"
+"$python" $checks cel crds $chart/Chart.yaml
 "$python" $checks deployment "$work/default.yaml"
 if grep -q CustomResourceDefinition "$work/all-options.yaml"; then
   echo "crds.install=false still renders CRDs" >&2
@@ -85,7 +86,25 @@ fi
 grep -q -- '--no-leader-election' "$work/no-lease.yaml" || { echo "leader election off does not pass --no-leader-election" >&2; exit 1; }
 # The Prometheus Operator kinds: none by default, a ServiceMonitor and a PrometheusRule with all options.
 "$python" $checks monitoring "$work/default/monitoring.yaml" "$work/default/builtin.yaml" 0
-"$python" $checks monitoring "$work/all-options/monitoring.yaml" "$work/all-options/builtin.yaml" 2
+"$python" $checks monitoring "$work/all-options/monitoring.yaml" "$work/all-options/builtin.yaml" 3
+"$python" $checks dashboard "$work/all-options/builtin.yaml" $chart/dashboards/mailfleet.json
+for want in 'image: "registry.example.net/mail/mailfleet@sha256:' '--sender-image=registry.example.net/mail/mailfleet-sender:' \
+  'mountPath: /etc/ssl/proxy-ca' "name: 'mailfleet-extra'" 'name: mailfleet-extra-text$' 'example.net/owner: mail-team'; do
+  grep -q -- "$want" "$work/all-options.yaml" || { echo "the all-options render lacks $want" >&2; exit 1; }
+done
+echo "all-options: image.registry, volumes, extraObjects (map and string) and commonAnnotations rendered"
+
+# As a subchart of an empty umbrella chart: helm passes `global` down and the
+# schema must take it; global.imageRegistry is used when image.registry is empty.
+umbrella=$work/umbrella
+mkdir -p "$umbrella/charts" "$umbrella/templates"
+printf 'apiVersion: v2\nname: umbrella\nversion: 0.0.1\ndependencies:\n  - name: mailfleet\n    version: "*"\n    repository: "file://%s"\n' "$PWD/$chart" >"$umbrella/Chart.yaml"
+printf 'global:\n  imageRegistry: mirror.example.net\n  storageClass: fast\nmailfleet:\n  fullnameOverride: mailfleet\n' >"$umbrella/values.yaml"
+"$helm" dependency update "$umbrella" >/dev/null
+"$helm" lint --strict "$umbrella" >"$work/lint.txt" || { cat "$work/lint.txt" >&2; exit 1; }
+"$helm" template mailfleet "$umbrella" --namespace mailfleet >"$work/umbrella.yaml"
+grep -q 'image: "mirror.example.net/mailfleet:' "$work/umbrella.yaml" || { echo "as a subchart, global.imageRegistry is not used" >&2; exit 1; }
+echo "as a subchart of an empty umbrella chart: helm lint --strict and helm template pass, global.imageRegistry used"
 
 # The validators have teeth: a field the API does not have fails each of them.
 sed 's/^      serviceAccountName:/      serviceAccountNme:/' "$work/default/builtin.yaml" >"$work/typo.yaml"

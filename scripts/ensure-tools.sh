@@ -15,6 +15,11 @@ declare -A debs=(
   [/usr/bin/rblcheck]=rblcheck
   [/usr/sbin/pflogsumm]=pflogsumm
   [/usr/sbin/ip]=iproute2
+  # the Debian package test (scripts/deb-test.sh): unit checks, the package's
+  # postinst, and the HTTP checks of the started units
+  [/usr/bin/systemd-analyze]=systemd
+  [/usr/sbin/adduser]=adduser
+  [/usr/bin/curl]=curl
   # Postfix's SASL client mechanisms (PLAIN, LOGIN) for the relay login test
   [/usr/lib/$(uname -m)-linux-gnu/sasl2/libplain.so]=libsasl2-modules
 )
@@ -74,6 +79,14 @@ with open(out, "wb") as f:
 os.chmod(out, 0o755)
 PY
   rm -rf target/tools/wheel
+fi
+
+# cargo-deb builds the Debian package for VM fleets (scripts/deb-test.sh).
+cargo_deb_version=3.8.0
+if [ ! -x target/tools/bin/cargo-deb ] || [ "$(target/tools/bin/cargo-deb --version 2>/dev/null)" != "cargo-deb $cargo_deb_version" ]; then
+  echo "installing cargo-deb $cargo_deb_version into target/tools (once)"
+  cargo install -q --locked cargo-deb --version "$cargo_deb_version" --root target/tools \
+    || { echo "cannot install cargo-deb; run: cargo install --locked cargo-deb --version $cargo_deb_version --root target/tools" >&2; exit 1; }
 fi
 
 for tool in rustfmt cargo-clippy; do

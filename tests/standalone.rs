@@ -409,3 +409,67 @@ fn broken_manifests_keep_the_last_good_routes_and_show_on_healthz() {
     );
     server.stop_cleanly();
 }
+
+#[test]
+fn a_restart_with_broken_manifests_starts_from_the_last_good_set_and_says_so() {
+    let lab = lab();
+    let server = Standalone::start(&lab.manifests, &lab.out, &lab.token);
+    let (status, _) = server.post(Some(TOKEN), &blocked_report(1));
+    assert_eq!(status, 200);
+    wait_for("the block is routed", Duration::from_secs(3), || {
+        !microsoft_uses(&lab.out, BLOCKED_IP)
+    });
+    server.stop_cleanly();
+
+    // A broken push, then a reboot.
+    let google = lab.manifests.join("route-google.yaml");
+    let good = read(&google);
+    std::fs::write(
+        &google,
+        good.replace("  pool: bulk", "  pool: bulk\n  poool: typo"),
+    )
+    .unwrap();
+    let server = Standalone::start(&lab.manifests, &lab.out, &lab.token);
+    let (status, health) = server.request("GET", "/healthz", None, "");
+    assert_eq!(status, 503, "{health}");
+    assert!(
+        health.contains("poool") && health.contains("started from the last good manifests"),
+        "{health}"
+    );
+    assert!(
+        !microsoft_uses(&lab.out, BLOCKED_IP),
+        "the restart on the last good set forgot the block"
+    );
+    let (status, answer) = server.post(Some(TOKEN), &blocked_report(2));
+    assert_eq!((status, &answer["duplicate"]), (200, &json!(false)));
+
+    // The fix is picked up as any change is.
+    std::fs::write(&google, &good).unwrap();
+    wait_for("/healthz recovers", Duration::from_secs(5), || {
+        server.request("GET", "/healthz", None, "").0 == 200
+    });
+    server.stop_cleanly();
+}
+
+#[test]
+fn broken_manifests_and_no_last_good_set_refuse_to_start() {
+    let lab = lab();
+    let google = lab.manifests.join("route-google.yaml");
+    let good = read(&google);
+    std::fs::write(
+        &google,
+        good.replace("  pool: bulk", "  pool: bulk\n  poool: typo"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mailfleet"))
+        .arg("standalone")
+        .arg("--manifests")
+        .arg(&lab.manifests)
+        .arg("--out")
+        .arg(&lab.out)
+        .args(["--http-addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("poool"));
+}

@@ -71,8 +71,23 @@ class SvgTest(unittest.TestCase):
         self.assertIn("127.0.0.14 (blocked)", svg)
         for ip in SENDERS:
             self.assertIn(f">{ip}", svg)
-        self.assertIn("#c0392b", svg)  # the refusal
+        self.assertIn(report.REFUSED, svg)  # the refusal
         self.assertIn(">Blocked<", svg)
+
+    def test_milestone_labels_close_together_never_overlap(self):
+        marks = [(100.0 + t, label) for t, label in
+                 [(1, "Blocked"), (1.5, "delisted"), (2, "Probing"), (2.2, "Recovering"), (9, "Healthy")]]
+        placed = report.label_lanes([(150 + t, label) for t, label in marks], 150, 1000)
+        for a in placed:
+            for b in placed:
+                if a is not b and a[2] == b[2]:
+                    a_end = a[1] + report.text_width(a[3])
+                    b_end = b[1] + report.text_width(b[3])
+                    self.assertTrue(a_end <= b[1] or b_end <= a[1], f"{a} overlaps {b}")
+        self.assertGreater(max(lane for _, _, lane, _ in placed), 0)
+        # a label at the right edge stays inside the picture
+        [(_, text_x, _, label)] = report.label_lanes([(999, "Recovering")], 150, 1000)
+        self.assertLessEqual(text_x + report.text_width(label), 1000)
 
 
 class PortsTest(unittest.TestCase):

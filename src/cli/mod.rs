@@ -3,6 +3,7 @@
 mod agent;
 mod classify;
 mod common;
+mod completion;
 mod crd;
 mod operator;
 mod output;
@@ -46,6 +47,8 @@ pub enum Command {
     Operator(operator::OperatorArgs),
     /// The engine without Kubernetes: manifests from a folder, outputs to files, feedback over HTTP.
     Standalone(standalone::StandaloneArgs),
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(completion::CompletionArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -60,6 +63,7 @@ pub fn main() -> ExitCode {
         Command::Sender(args) => sender::run(args),
         Command::Operator(args) => operator::run(args),
         Command::Standalone(args) => standalone::run(args),
+        Command::Completion(args) => completion::run(args),
     };
     match result {
         Ok(code) => code,

@@ -574,7 +574,8 @@ impl PoolIps {
     }
 }
 
-fn render_metrics(zones: &ZoneErrorCounters, snds: &SndsCounters) -> String {
+/// The probes' families for these counters (what [`SignalProbes::metrics`] serves).
+pub fn render_metrics(zones: &ZoneErrorCounters, snds: &SndsCounters) -> String {
     let mut out = String::new();
     let mut family = |name: &str, help: &str, lines: Vec<String>| {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));

@@ -123,6 +123,14 @@ impl Core {
         &self.table
     }
 
+    /// Records that the manifests were refused while the running ones (or,
+    /// at start, the last good set) stay in force: `/healthz` and the
+    /// metrics say so until a reload succeeds.
+    pub fn refuse_manifests(&mut self, category: &'static str, message: String) {
+        *self.counters.reload_errors.entry(category).or_default() += 1;
+        self.manifest_error = Some(message);
+    }
+
     /// Takes new manifests (keeping every pool's and route's status) or,
     /// when they are refused, keeps the running ones and remembers why.
     pub fn reload(&mut self, loaded: Result<Manifests, ManifestError>, now: Timestamp) {

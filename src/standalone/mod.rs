@@ -14,6 +14,7 @@
 
 pub mod core;
 pub mod journal;
+pub mod last_good;
 pub mod outputs;
 pub mod service;
 pub mod state;
@@ -113,10 +114,11 @@ pub async fn run(
 ) -> Result<(), StandaloneError> {
     // Taken before loading: a change made while loading shows at the first tick.
     let mut engine = EngineLoop {
+        out: options.out.clone(),
         fingerprint: Some(Fingerprint::of(&options.manifests)),
         ..EngineLoop::default()
     };
-    let loaded = manifests::load_dir(&options.manifests)?;
+    let loaded = manifests::load_dir(&options.manifests);
     std::fs::create_dir_all(&options.out).map_err(|source| WriteError {
         path: options.out.clone(),
         source,
@@ -125,13 +127,7 @@ pub async fn run(
     let (saved, discarded) = read_state(&options.out)?;
     let restored = saved.is_some();
     let (journal, replay) = Journal::open(&options.out)?;
-    let (mut core, gone) = Core::start(
-        loaded,
-        saved,
-        options.rules.clone(),
-        options.postfix.clone(),
-        Timestamp::now(),
-    )?;
+    let (mut core, gone) = start_core(&options, loaded, saved)?;
     for object in gone {
         tracing::warn!(
             "{object} is in {} but no longer in the manifests; its state is dropped",
@@ -251,6 +247,49 @@ pub async fn run(
     }
 }
 
+/// Starts the engine from the manifests and keeps them as the last good set;
+/// when they do not load or compile, from the last good set kept in `--out`
+/// (a reboot after a broken push still has an engine), saying so in the log
+/// and on `/healthz`. Without a kept set, a broken start is refused.
+fn start_core(
+    options: &Options,
+    loaded: Result<manifests::Manifests, ManifestError>,
+    saved: Option<SavedState>,
+) -> Result<(Core, Vec<String>), StandaloneError> {
+    let start = |manifests, saved| {
+        Core::start(
+            manifests,
+            saved,
+            options.rules.clone(),
+            options.postfix.clone(),
+            Timestamp::now(),
+        )
+    };
+    let refused = match loaded {
+        Ok(manifests) => match start(manifests.clone(), saved.clone()) {
+            Ok(started) => {
+                last_good::save(&options.out, &manifests)?;
+                return Ok(started);
+            }
+            Err(err) => (err.category(), StandaloneError::from(err)),
+        },
+        Err(err) => (err.category(), StandaloneError::from(err)),
+    };
+    let (category, err) = refused;
+    let kept = last_good::path(&options.out);
+    let Some(Ok(manifests)) = last_good::load(&options.out) else {
+        return Err(err);
+    };
+    let (mut core, gone) = start(manifests, saved)?;
+    let message = format!(
+        "{err}; started from the last good manifests, kept in {}",
+        kept.display()
+    );
+    tracing::error!("manifests refused at start: {message}");
+    core.refuse_manifests(category, message);
+    Ok((core, gone))
+}
+
 async fn stopped(mut stopping: channel::Receiver<bool>) {
     let _ = stopping.wait_for(|stop| *stop).await.map(|_| ());
 }
@@ -260,6 +299,8 @@ async fn stopped(mut stopping: channel::Receiver<bool>) {
 /// logged once, not at every tick.
 #[derive(Default)]
 struct EngineLoop {
+    /// `--out`, where the last good manifests are kept.
+    out: PathBuf,
     fingerprint: Option<Fingerprint>,
     /// Events taken from the core and not yet written.
     pending_events: Vec<String>,
@@ -285,16 +326,24 @@ impl EngineLoop {
         {
             let mut core = shared.core();
             if let Some(loaded) = reload {
+                let candidate = loaded.as_ref().ok().cloned();
                 core.reload(loaded, now);
                 match core.problems().first() {
                     Some(problem) if problem.starts_with("manifests refused") => {
                         tracing::error!("{problem}");
                     }
-                    _ => tracing::info!(
-                        pools = core.fleet().pools.len(),
-                        routes = core.fleet().routes.len(),
-                        "manifests reloaded"
-                    ),
+                    _ => {
+                        tracing::info!(
+                            pools = core.fleet().pools.len(),
+                            routes = core.fleet().routes.len(),
+                            "manifests reloaded"
+                        );
+                        if let Some(Err(err)) = candidate.map(|m| last_good::save(&self.out, &m)) {
+                            tracing::error!(
+                                "cannot keep the manifests as the last good set: {err}"
+                            );
+                        }
+                    }
                 }
             }
             match core.tick(now) {

@@ -146,9 +146,11 @@ def monitoring(monitoring_path, builtin_path, expected_count):
     models (unknown fields rejected), PromQL parsed, selector and port matched
     to the rendered Service."""
     import promql_parser
-    from cloudcoil.models.prometheus_operator.v1 import PrometheusRule, ServiceMonitor
+    from cloudcoil.models.prometheus_operator.v1 import PodMonitor, PrometheusRule, ServiceMonitor
 
-    models = {"ServiceMonitor": ServiceMonitor, "PrometheusRule": PrometheusRule}
+    models = {"ServiceMonitor": ServiceMonitor, "PrometheusRule": PrometheusRule, "PodMonitor": PodMonitor}
+    runbooks = {re.sub(r"[^a-z0-9 -]", "", line[3:].strip().lower()).replace(" ", "-")
+                for line in open("docs/RUNBOOKS.md") if line.startswith("## ")}
     found = objects(monitoring_path)
     if len(found) != int(expected_count):
         fail(f"expected {expected_count} Prometheus Operator objects, rendered {len(found)}")
@@ -166,7 +168,20 @@ def monitoring(monitoring_path, builtin_path, expected_count):
         extra = list(unknown_keys(obj, dumped, ""))
         if extra:
             fail(f"{name_of(obj)}: fields the CRD does not have: {extra}")
-        if obj["kind"] == "ServiceMonitor":
+        if obj["kind"] == "PodMonitor":
+            # The agents' pods as the operator labels them (src/operator/build/mod.rs, ip_labels)
+            # and their metrics port (src/operator/build/deployment.rs, AGENT_METRICS_PORT).
+            spec = obj["spec"]
+            pod_labels = {"app.kubernetes.io/managed-by": "mailfleet-operator", "mailfleet.io/pool": "bulk",
+                          "mailfleet.io/ip": "mf-203-0-113-10"}
+            if not spec["selector"]["matchLabels"].items() <= pod_labels.items():
+                fail(f"{name_of(obj)} selects {spec['selector']['matchLabels']}, not the sender pods")
+            for expression in spec["selector"].get("matchExpressions", []):
+                if expression["operator"] != "Exists" or expression["key"] not in pod_labels:
+                    fail(f"{name_of(obj)}: selector expression {expression} does not match the sender pods")
+            if [e["port"] for e in spec["podMetricsEndpoints"]] != ["agent-metrics"]:
+                fail(f"{name_of(obj)}: scrapes {spec['podMetricsEndpoints']}, not the agent-metrics port")
+        elif obj["kind"] == "ServiceMonitor":
             selector = obj["spec"]["selector"]["matchLabels"]
             matching = [s for s in services
                         if selector.items() <= s["metadata"].get("labels", {}).items()
@@ -181,6 +196,11 @@ def monitoring(monitoring_path, builtin_path, expected_count):
             for group in obj["spec"]["groups"]:
                 for rule in group["rules"]:
                     expr = rule["expr"]
+                    url = rule.get("annotations", {}).get("runbook_url", "")
+                    anchor = url.partition("#")[2]
+                    if not url.startswith("http") or anchor not in runbooks:
+                        fail(f"alert {rule.get('alert')}: runbook_url {url!r} is not a section of docs/RUNBOOKS.md "
+                             f"(sections: {sorted(runbooks)})")
                     try:
                         promql_parser.parse(expr)
                     except Exception as error:
@@ -204,7 +224,75 @@ def monitoring(monitoring_path, builtin_path, expected_count):
         print("no Prometheus Operator objects rendered, as expected")
         return
     print(f"{len(found)} Prometheus Operator objects match the typed models (prometheus-operator v0.80), "
-          f"{alerts} alert expressions parse as PromQL, ServiceMonitor selects the Service's http port")
+          f"{alerts} alert expressions parse as PromQL and link their runbook, ServiceMonitor selects the Service's http port")
+
+
+# The Kubernetes version from which an API server accepts each CEL function in
+# a new CRD's x-kubernetes-validations (kubernetes.io/docs/reference/using-api/cel/:
+# a library added in version N is accepted in new expressions from N+1, so
+# that a rollback to N still reads every stored rule).
+CEL_FUNCTIONS_SINCE = {
+    # the CEL standard definitions and macros, with CRD validation rules (1.25)
+    **{f: (1, 25) for f in ("has", "size", "matches", "startsWith", "endsWith", "contains", "all",
+                            "exists", "exists_one", "map", "filter", "int", "uint", "double",
+                            "string", "bytes", "bool", "duration", "timestamp", "type", "dyn")},
+    # Kubernetes list, regex, URL and extended string libraries
+    **{f: (1, 27) for f in ("isSorted", "sum", "min", "max", "indexOf", "lastIndexOf", "find",
+                            "findAll", "url", "isURL", "getScheme", "getHost", "getHostname",
+                            "getPort", "getEscapedPath", "getQuery", "charAt", "lowerAscii",
+                            "upperAscii", "replace", "split", "substring", "trim", "join")},
+    # Kubernetes IP address and CIDR libraries (added in 1.30)
+    **{f: (1, 31) for f in ("ip", "isIP", "cidr", "isCIDR", "containsIP", "containsCIDR", "family",
+                            "isLoopback", "isUnspecified", "isLinkLocalMulticast",
+                            "isLinkLocalUnicast", "isGlobalUnicast", "prefixLength", "masked")},
+}
+
+
+def cel(crds_dir, chart_yaml):
+    """Every CEL function the CRDs' rules call is accepted by the chart's lowest
+    Kubernetes version (Chart.yaml kubeVersion)."""
+    floor = re.search(r'kubeVersion:\s*">=\s*(\d+)\.(\d+)', open(chart_yaml).read())
+    if not floor:
+        fail(f"{chart_yaml} has no kubeVersion floor")
+    floor = (int(floor.group(1)), int(floor.group(2)))
+    used = {}
+    for path in sorted(glob.glob(f"{crds_dir}/*.yaml")):
+        for doc in objects(path):
+            def walk(node):
+                if isinstance(node, dict):
+                    for rule in node.get("x-kubernetes-validations", []):
+                        for name in re.findall(r"(?:\.|(?<![\w.]))([A-Za-z_]\w*)\(", rule["rule"]):
+                            used.setdefault(name, (path, rule["rule"]))
+                    for value in node.values():
+                        walk(value)
+                elif isinstance(node, list):
+                    for value in node:
+                        walk(value)
+            walk(doc)
+    for name, (path, rule) in sorted(used.items()):
+        since = CEL_FUNCTIONS_SINCE.get(name)
+        if since is None:
+            fail(f"{path}: CEL function {name}() in `{rule}` is not in CEL_FUNCTIONS_SINCE "
+                 f"(tests/chart/checks.py): add it with the Kubernetes version that accepts it")
+        if since > floor:
+            fail(f"{path}: CEL function {name}() in `{rule}` needs Kubernetes "
+                 f"{since[0]}.{since[1]}, but {chart_yaml} allows {floor[0]}.{floor[1]}")
+    print(f"the CRDs' CEL rules call {len(used)} functions ({', '.join(sorted(used))}), "
+          f"all accepted from Kubernetes {floor[0]}.{floor[1]}, the chart's floor")
+
+
+def dashboard(rendered_path, dashboard_path):
+    """The dashboard ConfigMap holds the chart's dashboard JSON as it is, under the sidecar label."""
+    maps = [o for o in objects(rendered_path) if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")]
+    if len(maps) != 1:
+        fail(f"expected one dashboard ConfigMap, rendered {len(maps)}")
+    [cm] = maps
+    if cm["metadata"]["labels"].get("grafana_dashboard") != "1":
+        fail(f"{name_of(cm)} lacks the sidecar label grafana_dashboard=1")
+    shipped = json.loads(cm["data"]["mailfleet.json"])
+    if shipped != json.load(open(dashboard_path)):
+        fail(f"{name_of(cm)} does not hold {dashboard_path} as it is")
+    print(f"{name_of(cm)}: {dashboard_path} ({len(shipped['panels'])} panels) under grafana_dashboard=1")
 
 
 def deployment(rendered_path):
@@ -331,6 +419,7 @@ def examples(examples_dir, builtin_out):
 
 if __name__ == "__main__":
     commands = {"crds": crds, "split": split, "rbac": rbac, "monitoring": monitoring, "deployment": deployment,
+                "dashboard": dashboard, "cel": cel,
                 "readme": readme, "examples": examples}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         sys.exit(f"usage: checks.py {{{'|'.join(commands)}}} ARGS...")

@@ -47,19 +47,39 @@ app.kubernetes.io/part-of: mailfleet
 {{- end }}
 {{- end }}
 
-{{/* repository[:tag][@digest]; the tag defaults to the chart's appVersion. */}}
-{{- define "mailfleet.image" -}}
-{{- $tag := default .Chart.AppVersion .Values.image.tag }}
-{{- if .Values.image.digest }}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
-{{- else }}
-{{- printf "%s:%s" .Values.image.repository $tag }}
+{{/* Annotations of every object (commonAnnotations), as a YAML map or nothing. */}}
+{{- define "mailfleet.commonAnnotations" -}}
+{{- with .Values.commonAnnotations }}
+{{- toYaml . }}
 {{- end }}
 {{- end }}
 
-{{/* The sidecar image: the operator's own image unless set (the binary holds the agent too). */}}
+{{/* [registry/]repository: image.registry, else global.imageRegistry, else none. */}}
+{{- define "mailfleet.repository" -}}
+{{- $registry := .Values.image.registry }}
+{{- if and (not $registry) .Values.global }}
+{{- $registry = .Values.global.imageRegistry | default "" }}
+{{- end }}
+{{- if $registry }}
+{{- printf "%s/%s" (trimSuffix "/" $registry) .Values.image.repository }}
+{{- else }}
+{{- .Values.image.repository }}
+{{- end }}
+{{- end }}
+
+{{/* [registry/]repository[:tag][@digest]; the tag defaults to the chart's appVersion. */}}
+{{- define "mailfleet.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" (include "mailfleet.repository" .) .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" (include "mailfleet.repository" .) $tag }}
+{{- end }}
+{{- end }}
+
+{{/* The sender image: <registry/repository>-sender with the operator's tag unless set. */}}
 {{- define "mailfleet.senderImage" -}}
-{{- default (printf "%s-sender:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag)) .Values.operator.senderImage }}
+{{- default (printf "%s-sender:%s" (include "mailfleet.repository" .) (default .Chart.AppVersion .Values.image.tag)) .Values.operator.senderImage }}
 {{- end }}
 
 {{- define "mailfleet.agentImage" -}}
@@ -69,4 +89,15 @@ app.kubernetes.io/part-of: mailfleet
 {{/* Where sender sidecars post their reports: this release's Service. */}}
 {{- define "mailfleet.feedbackUrl" -}}
 {{- default (printf "http://%s.%s.svc:%d/v1/feedback" (include "mailfleet.fullname" .) .Release.Namespace (int .Values.service.port)) .Values.operator.feedbackUrl }}
+{{- end }}
+
+{{/*
+An object's annotations: commonAnnotations merged with the object's own
+(.extra wins), as a YAML map, or nothing.
+*/}}
+{{- define "mailfleet.annotations" -}}
+{{- $all := merge (deepCopy (default (dict) .extra)) (deepCopy (default (dict) .ctx.Values.commonAnnotations)) }}
+{{- with $all }}
+{{- toYaml . }}
+{{- end }}
 {{- end }}
