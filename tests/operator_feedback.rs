@@ -374,3 +374,99 @@ async fn a_token_is_reviewed_once_and_the_pod_read_from_the_store() {
     assert_eq!(pod_reads, 0, "the pod comes from the store");
     operator.shutdown().await.unwrap();
 }
+
+/// A request head announcing a body that never comes.
+const HEAD_WITHOUT_TOKEN: &[u8] = b"POST /v1/feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 65536\r\n\r\n{";
+
+/// The operator serves the same bounded port as standalone mode
+/// (`src/serve`): a report without a token is refused from its head, before
+/// any body byte is waited for; past the cap of 1024 connections the oldest
+/// idle ones are closed, and `/healthz` and a real agent's report are still
+/// answered. (Memory under 10,000 hostile connections:
+/// `bench/feedback_port.sh --operator`, docs/BENCHMARKS.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_port_refuses_from_the_head_and_holds_its_connection_cap() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (api, operator) = fleet_with_pods().await;
+    let addr = operator.local_addr();
+
+    let mut drip = tokio::net::TcpStream::connect(addr).await.unwrap();
+    drip.write_all(HEAD_WITHOUT_TOKEN).await.unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(5), drip.read_exact(&mut head))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 401");
+
+    const IDLE: usize = 1200;
+    let mut idle = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let (status, body) = get(addr, "/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    block(&api, addr, "bulk", "203.0.113.12", 1).await;
+    // Closed by the port: the read ends at once with nothing.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let closed = loop {
+        let mut closed = 0;
+        for stream in &mut idle {
+            let mut byte = [0u8; 1];
+            if let Ok(Ok(0) | Err(_)) =
+                tokio::time::timeout(Duration::from_millis(1), stream.read(&mut byte)).await
+            {
+                closed += 1;
+            }
+        }
+        if closed >= IDLE + 2 - 1024 || Instant::now() > deadline {
+            break closed;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // The cap counts every connection: the idle ones, /healthz, the report.
+    assert!(
+        IDLE - closed <= 1024,
+        "{} of {IDLE} idle connections still open past the cap",
+        IDLE - closed
+    );
+    let (_, metrics) = get(addr, "/metrics").await;
+    assert!(
+        metrics.contains("mailfleet_http_connections_refused_total"),
+        "{metrics}"
+    );
+    drop(idle);
+    operator.shutdown().await.unwrap();
+}
+
+/// Not part of `make test`: `bench/feedback_port.sh --operator [N]` runs the
+/// attacks of bench/feedback_port.py against the operator's port (this
+/// process) and prints the rows for docs/BENCHMARKS.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn operator_port_memory_under_hostile_connections() {
+    let (api, operator) = fleet_with_pods().await;
+    let addr = operator.local_addr();
+    let ip = "203.0.113.10";
+    let token = token_for(&api, "bulk", ip);
+    let connections =
+        std::env::var("MAILFLEET_BENCH_CONNECTIONS").unwrap_or_else(|_| "10000".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/feedback_port.py");
+    let mut attack = std::process::Command::new("python3");
+    attack
+        .arg(script)
+        .arg("--attach")
+        .arg(std::process::id().to_string())
+        .arg(addr.to_string())
+        .arg(&token)
+        .arg("bulk")
+        .arg(ip)
+        .arg(pod_name("bulk", ip))
+        .arg(&connections);
+    let status = tokio::task::spawn_blocking(move || attack.status())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    operator.shutdown().await.unwrap();
+}
