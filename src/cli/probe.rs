@@ -26,9 +26,10 @@ pub enum ProbeCommand {
 
 #[derive(Debug, Args)]
 pub struct DnsblArgs {
-    /// The resolver to ask, as HOST:PORT (your own recursive resolver, or a
-    /// list's server directly). The system resolver configuration is not read.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// The resolver to ask, as HOST[:PORT], port 53 when left out (your own
+    /// recursive resolver, or a list's server directly). The system resolver
+    /// configuration is not read.
+    #[arg(long, value_name = "HOST[:PORT]")]
     pub nameserver: String,
 
     /// A zone to ask (repeat for several). zen.spamhaus.org uses the Spamhaus
@@ -91,14 +92,38 @@ fn run_dnsbl(args: DnsblArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             println!("{}", summary(&outcomes, elapsed));
         }
     }
+    if every_question_failed(&outcomes) {
+        eprintln!(
+            "every question failed: no answer says anything about these IPs; check --nameserver {} (is it a recursive resolver you may query?)",
+            args.nameserver
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// `HOST:PORT` with an IP, or a host name looked up once (for example `localhost:5353`).
+/// A round in which no question got an answer tells nothing: a script must
+/// not read it as "not listed".
+fn every_question_failed(outcomes: &[ProbeOutcome]) -> bool {
+    !outcomes.is_empty() && outcomes.iter().all(|o| o.result.error.is_some())
+}
+
+/// `HOST:PORT` with an IP, or a host name looked up once (for example
+/// `localhost:5353`); without a port, DNS's port 53.
 fn resolve_nameserver(text: &str) -> Result<SocketAddr, String> {
-    let nameserver =
-        parse_nameserver(text).map_err(|problem| format!("--nameserver `{text}`: {problem}"))?;
+    let trimmed = text.trim();
+    let with_port = match trimmed.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => format!("[{v6}]:53"),
+        Ok(IpAddr::V4(v4)) => format!("{v4}:53"),
+        Err(_) if !trimmed.contains(':') => format!("{trimmed}:53"),
+        Err(_) => trimmed.to_string(),
+    };
+    let nameserver = parse_nameserver(&with_port)
+        .map_err(|problem| format!("--nameserver `{text}`: {problem}"))?;
     match nameserver {
+        Nameserver::Addr(address) if address.port() == 0 => Err(format!(
+            "--nameserver `{text}`: port 0 reaches no resolver; leave the port out for DNS's 53"
+        )),
         Nameserver::Addr(address) => Ok(address),
         Nameserver::Host { host, port } => (host.as_str(), port)
             .to_socket_addrs()
@@ -188,8 +213,31 @@ fn summary(outcomes: &[ProbeOutcome], elapsed: Duration) -> String {
 mod tests {
     use super::*;
     use crate::api::DnsblResult;
+
     use clap::Parser;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    #[test]
+    fn a_nameserver_without_a_port_means_port_53() {
+        for (given, meant) in [
+            ("127.0.0.1", "127.0.0.1:53"),
+            ("::1", "[::1]:53"),
+            ("127.0.0.1:5353", "127.0.0.1:5353"),
+        ] {
+            assert_eq!(resolve_nameserver(given).unwrap().to_string(), meant);
+        }
+        assert_eq!(resolve_nameserver("localhost").unwrap().port(), 53);
+        assert!(resolve_nameserver("127.0.0.1:0").is_err());
+    }
+
+    #[test]
+    fn a_round_where_every_question_failed_is_a_failure() {
+        let failed = outcome(false, &[], None, Some("timeout"));
+        let clean = outcome(false, &[], None, None);
+        assert!(every_question_failed(&[failed.clone(), failed.clone()]));
+        assert!(!every_question_failed(&[failed, clean]));
+        assert!(!every_question_failed(&[]));
+    }
 
     fn outcome(
         listed: bool,
@@ -257,8 +305,10 @@ mod tests {
             .unwrap()
             .ip()
             .is_loopback());
-        let err = resolve_nameserver("127.0.0.1").unwrap_err();
-        assert!(err.starts_with("--nameserver `127.0.0.1`"), "{err}");
+        for bad in ["127.0.0.1:0", "127.0.0.1:dns", "[::1]:99999"] {
+            let err = resolve_nameserver(bad).unwrap_err();
+            assert!(err.starts_with(&format!("--nameserver `{bad}`")), "{err}");
+        }
     }
 
     #[test]
