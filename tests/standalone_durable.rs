@@ -465,6 +465,11 @@ fn a_full_disk_or_read_only_folder_answers_503_and_the_retry_is_kept() {
     tmpfs.remount(0);
     let (status, body) = post(&address, None, &report).unwrap();
     assert_eq!((status, &body["duplicate"]), (200, &json!(false)), "{body}");
+    let (_, metrics) = request(&address, "GET", "/metrics", None, "").unwrap();
+    assert!(
+        metrics.contains("mailfleet_feedback_log_reports_total 2\n"),
+        "the two answered 200 are the reports stored, the refused ones are not: {metrics}"
+    );
     server.kill();
     let core = recovered(&manifests, &out);
     assert_eq!(
