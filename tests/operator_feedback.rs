@@ -14,6 +14,11 @@ use support::fake_api::FakeApi;
 async fn fleet_with_pods() -> (FakeApi, mailfleet::operator::run::Operator) {
     let api = FakeApi::start().await;
     seed_fleet(&api, 8);
+    pods_and_operator(api).await
+}
+
+/// The pods of `seed_fleet`'s pools, the operator started and converged.
+async fn pods_and_operator(api: FakeApi) -> (FakeApi, mailfleet::operator::run::Operator) {
     seed_pods(&api, "bulk", &bulk_ips(8));
     let reserve: Vec<String> = RESERVE_IPS.iter().map(|s| s.to_string()).collect();
     seed_pods(&api, "reserve", &reserve);
@@ -468,5 +473,82 @@ async fn operator_port_memory_under_hostile_connections() {
         .unwrap()
         .unwrap();
     assert!(status.success());
+    operator.shutdown().await.unwrap();
+}
+
+/// A bounce quoting a block list (a claim) from one receiving server: the
+/// operator asks the named zone at once through the pool's
+/// `spec.reputation.dnsbl.resolver` (rbldnsd on loopback), a zone the pool
+/// does not probe. It lists the IP, so the pair is Blocked without waiting
+/// for two more receiving domains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_naming_a_zone_is_checked_at_once_through_the_pools_resolver() {
+    const ZONE: &str = "bl.claims-operator.example";
+    let ips = bulk_ips(8);
+    let listed = ips[2].clone();
+    let reversed: Vec<&str> = listed.split('.').rev().collect();
+    let Some(dns) = support::rbldnsd::start(
+        "a_claim_naming_a_zone_is_checked_at_once_through_the_pools_resolver",
+        &[("listed", &format!(":127.0.0.2:Listed\n{listed}\n"))],
+        &[&format!("{ZONE}:ip4set:listed")],
+        &format!("{}.{ZONE}.", reversed.join(".")),
+    ) else {
+        return;
+    };
+    let api = FakeApi::start().await;
+    let mut bulk = pool("bulk", &ips);
+    bulk["spec"]["reputation"] =
+        serde_json::json!({"dnsbl": {"resolver": dns.address.to_string()}});
+    api.insert(bulk);
+    let reserve: Vec<String> = RESERVE_IPS.iter().map(|s| s.to_string()).collect();
+    api.insert(pool("reserve", &reserve));
+    for (provider, suffix) in [
+        ("microsoft", ".mail.protection.outlook.com"),
+        ("google", ".google.com"),
+    ] {
+        api.insert(route(
+            provider,
+            provider,
+            serde_json::json!({ "mxHostSuffixes": [suffix] }),
+            serde_json::json!([{ "pool": "reserve" }]),
+        ));
+    }
+    let (api, operator) = pods_and_operator(api).await;
+    let addr = operator.local_addr();
+
+    let mut report = ban_report("bulk", &listed, 1);
+    report.totals[0].provider = "other".into();
+    report.conclusive[0].provider = "other".into();
+    report.conclusive[0].reply = format!(
+        "host mx.one.example[192.0.2.66] said: 554 5.7.1 Service unavailable; Client host [{listed}] blocked using {ZONE} (in reply to RCPT TO command)"
+    );
+    let token = token_for(&api, "bulk", &listed);
+    let (status, body) = post_feedback(addr, Some(&token), &report).await;
+    assert_eq!(status, 200, "{body}");
+    converge(
+        &api,
+        "the claimed pair Blocked once the zone answered",
+        |api| {
+            pool_status(api, "bulk")["ips"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|ip| ip["address"] == listed.as_str())
+                .flat_map(|ip| ip["reputation"].as_array().into_iter().flatten())
+                .any(|pair| pair["provider"] == "other" && pair["state"] == "Blocked")
+        },
+    )
+    .await;
+    // The counters are published just after the answer is recorded.
+    let counted = "mailfleet_dnsbl_claim_checks_total{result=\"listed\"} 1";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let (_, metrics) = get(addr, "/metrics").await;
+        if metrics.contains(counted) || Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(metrics.contains(counted), "{metrics}");
     operator.shutdown().await.unwrap();
 }

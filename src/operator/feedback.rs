@@ -252,6 +252,9 @@ impl OperatorFeedback {
             {
                 Ok(_) => {
                     self.ctx.metrics.feedback_report(&format!("{ns}/{name}"));
+                    if !report.conclusive.is_empty() {
+                        self.ctx.claims.notify_one();
+                    }
                     for t in &applied.transitions {
                         tracing::info!(pool = %applied.pool, ip = %t.ip, provider = %t.provider,
                             from = ?t.from, to = %t.to, reason = %t.reason, "reputation moved");
