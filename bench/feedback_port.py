@@ -16,6 +16,11 @@ GET /healthz and POST /v1/feedback as an agent would, timing the answers.
 Prints one Markdown table row per attack (docs/BENCHMARKS.md).
 
 Usage: bench/feedback_port.py BINARY [CONNECTIONS ...]   (default 10000 20000)
+       bench/feedback_port.py --attach PID HOST:PORT TOKEN POOL IP AGENT [CONNECTIONS ...]
+The second form attacks a port already served by process PID (the operator,
+run in-process against the fake API server by `tests/operator_feedback.rs`,
+`operator_port_memory_under_hostile_connections`), posting reports for IP of
+POOL as AGENT with TOKEN.
 """
 import json
 import os
@@ -56,17 +61,22 @@ def exchange(address, request, timeout=10):
     return status, time.monotonic() - started
 
 
+# Who the reports come from; --attach changes it.
+AGENT = {"token": None, "pool": "bulk", "ip": "203.0.113.10", "name": "bench"}
+
+
 def report(sequence):
     body = json.dumps({
         "api_version": "feedback.mailfleet.io/v1",
-        "agent": {"name": "bench", "instance": "bench-1"},
+        "agent": {"name": AGENT["name"], "instance": "bench-1"},
         "sequence": sequence,
-        "source_ip": "203.0.113.10",
-        "pool": {"namespace": "mail", "name": "bulk"},
+        "source_ip": AGENT["ip"],
+        "pool": {"namespace": "mail", "name": AGENT["pool"]},
         "period": {"start": "2026-11-29T08:10:00Z", "end": "2026-11-29T08:10:05Z"},
         "totals": [{"provider": "google", "outcome": "delivered", "category": "none", "count": 1}],
     }).encode()
-    return (b"POST /v1/feedback HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+    auth = b"Authorization: Bearer %s\r\n" % AGENT["token"].encode() if AGENT["token"] else b""
+    return (b"POST /v1/feedback HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n" + auth +
             b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)) + body
 
 
@@ -148,7 +158,32 @@ def summary(samples):
     return f"{len(ok)}/{len(samples)} answered 200{rest}, slowest {worst * 1000:.0f} ms"
 
 
+def attach():
+    """The --attach form: the port of a process someone else started."""
+    pid, hostport, token, pool, ip, name = sys.argv[2:8]
+    AGENT.update(token=token, pool=pool, ip=ip, name=name)
+    host, port = hostport.rsplit(":", 1)
+    counts = [int(n) for n in sys.argv[8:]] or [10000]
+    run(int(pid), (host, int(port)), counts)
+
+
+def run(pid, address, counts):
+    time.sleep(1.0)
+    baseline = rss_kib(pid)
+    print(f"baseline RSS {baseline / 1024:.1f} MiB")
+    print("| attack | connections | extra RSS at peak | /healthz during the attack | POST /v1/feedback during the attack |")
+    print("|---|---|---|---|---|")
+    sequence = 0
+    for count in counts:
+        for kind in ("idle", "drip", "slow-body"):
+            opened, peak, health, feedback, sequence = attack(kind, address, pid, count, sequence)
+            print(f"| {kind} | {opened} | {(peak - baseline) / 1024:.1f} MiB | {summary(health)} | {summary(feedback)} |",
+                  flush=True)
+
+
 def main():
+    if sys.argv[1] == "--attach":
+        return attach()
     binary = sys.argv[1]
     counts = [int(n) for n in sys.argv[2:]] or [10000, 20000]
     work = Path(tempfile.mkdtemp(prefix="mf16-bench-"))
@@ -164,18 +199,8 @@ def main():
             break
     if address is None:
         sys.exit("mailfleet standalone did not start")
-    time.sleep(1.0)
-    baseline = rss_kib(process.pid)
-    print(f"baseline RSS {baseline / 1024:.1f} MiB")
-    print("| attack | connections | extra RSS at peak | /healthz during the attack | POST /v1/feedback during the attack |")
-    print("|---|---|---|---|---|")
-    sequence = 0
     try:
-        for count in counts:
-            for kind in ("idle", "drip", "slow-body"):
-                opened, peak, health, feedback, sequence = attack(kind, address, process.pid, count, sequence)
-                print(f"| {kind} | {opened} | {(peak - baseline) / 1024:.1f} MiB | {summary(health)} | {summary(feedback)} |",
-                      flush=True)
+        run(process.pid, address, counts)
     finally:
         process.terminate()
         process.wait(timeout=20)

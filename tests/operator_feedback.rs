@@ -14,6 +14,11 @@ use support::fake_api::FakeApi;
 async fn fleet_with_pods() -> (FakeApi, mailfleet::operator::run::Operator) {
     let api = FakeApi::start().await;
     seed_fleet(&api, 8);
+    pods_and_operator(api).await
+}
+
+/// The pods of `seed_fleet`'s pools, the operator started and converged.
+async fn pods_and_operator(api: FakeApi) -> (FakeApi, mailfleet::operator::run::Operator) {
     seed_pods(&api, "bulk", &bulk_ips(8));
     let reserve: Vec<String> = RESERVE_IPS.iter().map(|s| s.to_string()).collect();
     seed_pods(&api, "reserve", &reserve);
@@ -464,5 +469,176 @@ async fn reports_of_one_pool_share_a_status_write_and_are_answered_after_it() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"duplicate\":true"), "{body}");
     assert_eq!(api.write_count(), quiet);
+
+/// A request head announcing a body that never comes.
+const HEAD_WITHOUT_TOKEN: &[u8] = b"POST /v1/feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 65536\r\n\r\n{";
+
+/// The operator serves the same bounded port as standalone mode
+/// (`src/serve`): a report without a token is refused from its head, before
+/// any body byte is waited for; past the cap of 1024 connections the oldest
+/// idle ones are closed, and `/healthz` and a real agent's report are still
+/// answered. (Memory under 10,000 hostile connections:
+/// `bench/feedback_port.sh --operator`, docs/BENCHMARKS.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_port_refuses_from_the_head_and_holds_its_connection_cap() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (api, operator) = fleet_with_pods().await;
+    let addr = operator.local_addr();
+
+    let mut drip = tokio::net::TcpStream::connect(addr).await.unwrap();
+    drip.write_all(HEAD_WITHOUT_TOKEN).await.unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(5), drip.read_exact(&mut head))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 401");
+
+    const IDLE: usize = 1200;
+    let mut idle = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let (status, body) = get(addr, "/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    block(&api, addr, "bulk", "203.0.113.12", 1).await;
+    // Closed by the port: the read ends at once with nothing.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let closed = loop {
+        let mut closed = 0;
+        for stream in &mut idle {
+            let mut byte = [0u8; 1];
+            if let Ok(Ok(0) | Err(_)) =
+                tokio::time::timeout(Duration::from_millis(1), stream.read(&mut byte)).await
+            {
+                closed += 1;
+            }
+        }
+        if closed >= IDLE + 2 - 1024 || Instant::now() > deadline {
+            break closed;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // The cap counts every connection: the idle ones, /healthz, the report.
+    assert!(
+        IDLE - closed <= 1024,
+        "{} of {IDLE} idle connections still open past the cap",
+        IDLE - closed
+    );
+    let (_, metrics) = get(addr, "/metrics").await;
+    assert!(
+        metrics.contains("mailfleet_http_connections_refused_total"),
+        "{metrics}"
+    );
+    drop(idle);
+    operator.shutdown().await.unwrap();
+}
+
+/// Not part of `make test`: `bench/feedback_port.sh --operator [N]` runs the
+/// attacks of bench/feedback_port.py against the operator's port (this
+/// process) and prints the rows for docs/BENCHMARKS.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn operator_port_memory_under_hostile_connections() {
+    let (api, operator) = fleet_with_pods().await;
+    let addr = operator.local_addr();
+    let ip = "203.0.113.10";
+    let token = token_for(&api, "bulk", ip);
+    let connections =
+        std::env::var("MAILFLEET_BENCH_CONNECTIONS").unwrap_or_else(|_| "10000".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/feedback_port.py");
+    let mut attack = std::process::Command::new("python3");
+    attack
+        .arg(script)
+        .arg("--attach")
+        .arg(std::process::id().to_string())
+        .arg(addr.to_string())
+        .arg(&token)
+        .arg("bulk")
+        .arg(ip)
+        .arg(pod_name("bulk", ip))
+        .arg(&connections);
+    let status = tokio::task::spawn_blocking(move || attack.status())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    operator.shutdown().await.unwrap();
+}
+
+/// A bounce quoting a block list (a claim) from one receiving server: the
+/// operator asks the named zone at once through the pool's
+/// `spec.reputation.dnsbl.resolver` (rbldnsd on loopback), a zone the pool
+/// does not probe. It lists the IP, so the pair is Blocked without waiting
+/// for two more receiving domains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_naming_a_zone_is_checked_at_once_through_the_pools_resolver() {
+    const ZONE: &str = "bl.claims-operator.example";
+    let ips = bulk_ips(8);
+    let listed = ips[2].clone();
+    let reversed: Vec<&str> = listed.split('.').rev().collect();
+    let Some(dns) = support::rbldnsd::start(
+        "a_claim_naming_a_zone_is_checked_at_once_through_the_pools_resolver",
+        &[("listed", &format!(":127.0.0.2:Listed\n{listed}\n"))],
+        &[&format!("{ZONE}:ip4set:listed")],
+        &format!("{}.{ZONE}.", reversed.join(".")),
+    ) else {
+        return;
+    };
+    let api = FakeApi::start().await;
+    let mut bulk = pool("bulk", &ips);
+    bulk["spec"]["reputation"] =
+        serde_json::json!({"dnsbl": {"resolver": dns.address.to_string()}});
+    api.insert(bulk);
+    let reserve: Vec<String> = RESERVE_IPS.iter().map(|s| s.to_string()).collect();
+    api.insert(pool("reserve", &reserve));
+    for (provider, suffix) in [
+        ("microsoft", ".mail.protection.outlook.com"),
+        ("google", ".google.com"),
+    ] {
+        api.insert(route(
+            provider,
+            provider,
+            serde_json::json!({ "mxHostSuffixes": [suffix] }),
+            serde_json::json!([{ "pool": "reserve" }]),
+        ));
+    }
+    let (api, operator) = pods_and_operator(api).await;
+    let addr = operator.local_addr();
+
+    let mut report = ban_report("bulk", &listed, 1);
+    report.totals[0].provider = "other".into();
+    report.conclusive[0].provider = "other".into();
+    report.conclusive[0].reply = format!(
+        "host mx.one.example[192.0.2.66] said: 554 5.7.1 Service unavailable; Client host [{listed}] blocked using {ZONE} (in reply to RCPT TO command)"
+    );
+    let token = token_for(&api, "bulk", &listed);
+    let (status, body) = post_feedback(addr, Some(&token), &report).await;
+    assert_eq!(status, 200, "{body}");
+    converge(
+        &api,
+        "the claimed pair Blocked once the zone answered",
+        |api| {
+            pool_status(api, "bulk")["ips"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|ip| ip["address"] == listed.as_str())
+                .flat_map(|ip| ip["reputation"].as_array().into_iter().flatten())
+                .any(|pair| pair["provider"] == "other" && pair["state"] == "Blocked")
+        },
+    )
+    .await;
+    // The counters are published just after the answer is recorded.
+    let counted = "mailfleet_dnsbl_claim_checks_total{result=\"listed\"} 1";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let (_, metrics) = get(addr, "/metrics").await;
+        if metrics.contains(counted) || Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(metrics.contains(counted), "{metrics}");
     operator.shutdown().await.unwrap();
 }

@@ -332,11 +332,11 @@ fn simulate_lists_scenarios_in_json_when_asked() {
     let out = mailfleet(&["simulate", "--list", "--format", "json"]);
     assert_eq!(out.status.code(), Some(0));
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let names: Vec<&str> = list["scenarios"]
+    let names: Vec<&str> = list
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| s["name"].as_str().unwrap())
+        .map(|s| s["scenario"].as_str().unwrap())
         .collect();
     assert!(names.contains(&"seed-2021-11"), "{names:?}");
 }

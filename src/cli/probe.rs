@@ -114,11 +114,22 @@ fn exit_code(outcomes: &[ProbeOutcome]) -> ExitCode {
     ExitCode::from(1)
 }
 
-/// `HOST[:PORT]` with an IP, or a host name looked up once (for example `localhost:5353`).
+/// `HOST[:PORT]` with an IP, or a host name looked up once (for example
+/// `localhost:5353`); without a port, DNS's port 53.
 fn resolve_nameserver(text: &str) -> Result<SocketAddr, String> {
-    let nameserver =
-        parse_nameserver(text).map_err(|problem| format!("--nameserver `{text}`: {problem}"))?;
+    let trimmed = text.trim();
+    let with_port = match trimmed.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => format!("[{v6}]:53"),
+        Ok(IpAddr::V4(v4)) => format!("{v4}:53"),
+        Err(_) if !trimmed.contains(':') => format!("{trimmed}:53"),
+        Err(_) => trimmed.to_string(),
+    };
+    let nameserver = parse_nameserver(&with_port)
+        .map_err(|problem| format!("--nameserver `{text}`: {problem}"))?;
     match nameserver {
+        Nameserver::Addr(address) if address.port() == 0 => Err(format!(
+            "--nameserver `{text}`: port 0 reaches no resolver; leave the port out for DNS's 53"
+        )),
         Nameserver::Addr(address) => Ok(address),
         Nameserver::Host { host, port } => (host.as_str(), port)
             .to_socket_addrs()
@@ -208,8 +219,33 @@ fn summary(outcomes: &[ProbeOutcome], elapsed: Duration) -> String {
 mod tests {
     use super::*;
     use crate::api::DnsblResult;
+
     use clap::Parser;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    #[test]
+    fn a_nameserver_without_a_port_means_port_53() {
+        for (given, meant) in [
+            ("127.0.0.1", "127.0.0.1:53"),
+            ("::1", "[::1]:53"),
+            ("127.0.0.1:5353", "127.0.0.1:5353"),
+        ] {
+            assert_eq!(resolve_nameserver(given).unwrap().to_string(), meant);
+        }
+        assert_eq!(resolve_nameserver("localhost").unwrap().port(), 53);
+        assert!(resolve_nameserver("127.0.0.1:0").is_err());
+    }
+
+    #[test]
+    fn a_round_where_any_zone_could_not_be_asked_is_a_failure() {
+        let failed = outcome(false, &[], None, Some("timeout"));
+        let clean = outcome(false, &[], None, None);
+        let listed = outcome(true, &["127.0.0.2"], Some("listed"), None);
+        assert_eq!(exit_code(&[failed.clone(), failed.clone()]), ExitCode::from(1));
+        assert_eq!(exit_code(&[failed, clean.clone()]), ExitCode::from(1));
+        assert_eq!(exit_code(&[clean, listed]), ExitCode::SUCCESS);
+        assert_eq!(exit_code(&[]), ExitCode::SUCCESS);
+    }
 
     fn outcome(
         listed: bool,
@@ -283,6 +319,10 @@ mod tests {
         );
         let err = resolve_nameserver("127.0.0.1:99999").unwrap_err();
         assert!(err.starts_with("--nameserver `127.0.0.1:99999`"), "{err}");
+        for bad in ["127.0.0.1:0", "127.0.0.1:dns", "[::1]:99999"] {
+            let err = resolve_nameserver(bad).unwrap_err();
+            assert!(err.starts_with(&format!("--nameserver `{bad}`")), "{err}");
+        }
     }
 
     #[test]

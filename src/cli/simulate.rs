@@ -47,24 +47,29 @@ pub struct SimulateArgs {
     pub list: bool,
 }
 
+/// `simulate --list` in the format asked for.
+fn scenario_list(format: Format) -> String {
+    match format {
+        Format::Json => {
+            let list: Vec<serde_json::Value> = SCENARIOS
+                .iter()
+                .map(|(name, what)| serde_json::json!({"scenario": name, "shows": what}))
+                .collect();
+            format!("{}\n", serde_json::Value::Array(list))
+        }
+        Format::Table => {
+            let rows: Vec<Vec<String>> = SCENARIOS
+                .iter()
+                .map(|(n, what)| vec![n.to_string(), what.to_string()])
+                .collect();
+            table(&["SCENARIO", "WHAT IT SHOWS"], &rows)
+        }
+    }
+}
+
 pub fn run(args: SimulateArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     if args.list {
-        match args.format {
-            Format::Table => {
-                let rows: Vec<Vec<String>> = SCENARIOS
-                    .iter()
-                    .map(|(n, what)| vec![n.to_string(), what.to_string()])
-                    .collect();
-                print!("{}", table(&["SCENARIO", "WHAT IT SHOWS"], &rows));
-            }
-            Format::Json => {
-                let list: Vec<serde_json::Value> = SCENARIOS
-                    .iter()
-                    .map(|(name, shows)| serde_json::json!({"name": name, "shows": shows}))
-                    .collect();
-                println!("{}", serde_json::json!({ "scenarios": list }));
-            }
-        }
+        print!("{}", scenario_list(args.format));
         return Ok(ExitCode::SUCCESS);
     }
     let Some(name) = args.scenario.as_deref() else {
@@ -265,6 +270,18 @@ pub fn duration(seconds: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_scenario_list_honours_format_json() {
+        let list: serde_json::Value =
+            serde_json::from_str(&scenario_list(Format::Json)).expect("JSON");
+        let list = list.as_array().unwrap();
+        assert_eq!(list.len(), SCENARIOS.len());
+        assert!(list
+            .iter()
+            .all(|s| s["scenario"].is_string() && s["shows"].is_string()));
+        assert!(scenario_list(Format::Table).starts_with("SCENARIO"));
+    }
 
     #[test]
     fn numbers_and_durations_read_well() {

@@ -111,6 +111,11 @@ pub struct Context {
     synced: tokio::sync::watch::Sender<bool>,
     /// The probes' own counters, as of their last round.
     probe_metrics: Mutex<String>,
+    /// The claim checks' counters, as of their last pass.
+    claim_metrics: Mutex<String>,
+    /// Wakes the claim checks: the feedback port counted a report with
+    /// conclusive replies, which may quote block lists.
+    pub claims: tokio::sync::Notify,
     /// Reviewed feedback tokens and the pods they speak for.
     pub tokens: super::token_cache::TokenCache,
     /// The classifier rules last handed to each pool's senders.
@@ -162,6 +167,8 @@ impl Context {
             leading: AtomicBool::new(false),
             synced: tokio::sync::watch::channel(false).0,
             probe_metrics: Mutex::new(String::new()),
+            claim_metrics: Mutex::new(String::new()),
+            claims: tokio::sync::Notify::new(),
             tokens: Default::default(),
             classifier_rules: Default::default(),
             reverse_dns: Default::default(),
@@ -258,11 +265,16 @@ impl Context {
         *self.probe_metrics.lock().unwrap_or_else(|e| e.into_inner()) = text;
     }
 
+    pub fn set_claim_metrics(&self, text: String) {
+        *self.claim_metrics.lock().unwrap_or_else(|e| e.into_inner()) = text;
+    }
+
     /// Everything `/metrics` shows (the port appends its request counters).
     pub fn render_metrics(&self) -> String {
         let mut text = self.metrics.render();
         text.push_str(&self.probe_metrics.lock().unwrap_or_else(|e| e.into_inner()));
         text.push_str(&self.reverse_dns.render());
+        text.push_str(&self.claim_metrics.lock().unwrap_or_else(|e| e.into_inner()));
         text
     }
 

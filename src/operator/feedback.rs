@@ -502,6 +502,10 @@ async fn count_batch(
                     transitions.extend(applied.transitions.iter().cloned());
                 }
                 ctx.metrics.feedback_batch(counted);
+                // Replies quoting a block list are checked with that zone at once.
+                if pending.iter().any(|p| !p.report.conclusive.is_empty()) {
+                    ctx.claims.notify_one();
+                }
                 let records = transition_events(&ObjectKey::new(ns, name), &transitions);
                 ctx.publish(&fresh.object_ref(&()), &records).await;
                 return answers(&fleet);

@@ -19,6 +19,7 @@ use super::context::Context;
 use super::error::api_status;
 use super::snapshot;
 use crate::api::SenderPool;
+use crate::probe::claim_check::{ClaimCheckLimits, ClaimChecks};
 use crate::probe::dnsbl::{DnsblHealth, DNSBL_HEALTHY};
 use crate::probe::runner::{ProbeOptions, ProbeRound, SecretSource, SignalProbes};
 use crate::reputation::engine::Signal;
@@ -138,6 +139,62 @@ pub async fn run(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()>)
             .clamp(Duration::from_secs(1), MAX_IDLE);
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
+            () = &mut stop => return,
+        }
+    }
+}
+
+/// How often claims already in status are looked at without a wake.
+const CLAIM_RECHECK: Duration = Duration::from_secs(30);
+/// The pool store follows a status write a moment later: after a wake, the
+/// claims are looked for this many times, this far apart.
+const CLAIM_LOOKS: u32 = 10;
+const CLAIM_LOOK_GAP: Duration = Duration::from_millis(200);
+
+/// Asks the zones that receivers' replies name (the claims in the pools'
+/// status) through each pool's `spec.reputation.dnsbl.resolver`, as soon as
+/// the feedback port counts a report with conclusive replies, and every
+/// [`CLAIM_RECHECK`] for claims already there. Answers are counted into the
+/// pools' status like the probes' (`probe::claim_check` bounds the names
+/// and the questions).
+pub async fn run_claim_checks(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()>) {
+    let mut stop = std::pin::pin!(stop);
+    let mut checks = ClaimChecks::new(ProbeOptions::default(), ClaimCheckLimits::default());
+    loop {
+        for _ in 0..CLAIM_LOOKS {
+            let pools: Vec<SenderPool> = ctx
+                .stores
+                .pools
+                .all()
+                .iter()
+                .map(|p| (**p).clone())
+                .collect();
+            let (queries, problems) = checks.due(&pools, Timestamp::now());
+            for problem in &problems {
+                tracing::warn!(problem = %problem, "claim check");
+            }
+            if !queries.is_empty() {
+                let clock = Timestamp::now;
+                let signals = tokio::select! {
+                    signals = checks.ask(queries, &clock) => signals,
+                    () = &mut stop => return,
+                };
+                let round = ProbeRound {
+                    signals,
+                    ..ProbeRound::default()
+                };
+                apply_round(&ctx, round, Timestamp::now()).await;
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(CLAIM_LOOK_GAP) => {}
+                () = &mut stop => return,
+            }
+        }
+        ctx.set_claim_metrics(checks.metrics());
+        tokio::select! {
+            () = ctx.claims.notified() => {}
+            () = tokio::time::sleep(CLAIM_RECHECK) => {}
             () = &mut stop => return,
         }
     }

@@ -558,6 +558,12 @@ async fn lead_and_run(
         ctx.clone(),
         reverse_dns_stopped.map(|_| ()),
     ));
+    let (stop_claims, claims_stopped) = oneshot::channel::<()>();
+    stops.push(stop_claims);
+    let claim_task = tokio::spawn(probes::run_claim_checks(
+        ctx.clone(),
+        claims_stopped.map(|_| ()),
+    ));
     let outcome = tokio::select! {
         _ = &mut *stopped => Ok(()),
         lost = async {
@@ -587,6 +593,12 @@ async fn lead_and_run(
         .is_err()
     {
         tracing::warn!("the probes did not stop in time");
+    }
+    if tokio::time::timeout(CONTROLLER_GRACE, claim_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the claim checks did not stop in time");
     }
     if let (Ok(()), Some(leadership)) = (&outcome, leadership) {
         leadership.release().await;

@@ -4,6 +4,7 @@
 //! engine's signals (`Signal::Dnsbl`, `Signal::Feed`). Reading answers, caching,
 //! health and counters are pure; only the network exchanges are async.
 
+pub mod claim_check;
 pub mod dnsbl;
 pub mod reverse_dns;
 pub mod runner;

@@ -32,6 +32,7 @@ use tokio::sync::watch as channel;
 
 use crate::fleet::FleetError;
 use crate::manifests::{self, ManifestError};
+use crate::probe::claim_check::{ClaimCheckLimits, ClaimChecks};
 use crate::probe::dnsbl::Nameserver;
 use crate::probe::{ProbeOptions, SecretSource, SecretsDir, SignalProbes};
 use crate::reputation::classifier::ClassifierConfig;
@@ -278,6 +279,11 @@ pub async fn run(
         resolver: options.dnsbl_resolver.clone(),
         ..ProbeOptions::default()
     };
+    let claims = tokio::spawn(claim_loop(
+        Arc::clone(&shared),
+        ClaimChecks::new(probe_options.clone(), ClaimCheckLimits::default()),
+        stopping.clone(),
+    ));
     let probes = tokio::spawn(probe_loop(
         Arc::clone(&shared),
         SignalProbes::new(probe_options),
@@ -298,6 +304,7 @@ pub async fn run(
     let _ = stop.send(true);
     let served = server.await;
     let _ = probes.await;
+    let _ = claims.await;
     // The port is closed and its receiver dropped: the committer ends.
     let _ = tokio::task::spawn_blocking(move || committer.join()).await;
     engine.step(&shared, &mut writer, &options.manifests);
@@ -549,6 +556,46 @@ impl SecretSource for Secrets {
             None => Err(format!(
                 "no --secrets-dir given; start standalone mode with --secrets-dir DIR holding {name}/{key}"
             )),
+        }
+    }
+}
+
+/// Asks the zones that receivers' replies name, as soon as a report quoting
+/// one is counted (and at every probe recheck, for claims restored at start).
+async fn claim_loop(
+    shared: Arc<Shared>,
+    mut checks: ClaimChecks,
+    stopping: channel::Receiver<bool>,
+) {
+    loop {
+        let (queries, problems) = {
+            let core = shared.core();
+            checks.due(&core.fleet().pools, Timestamp::now())
+        };
+        for problem in problems {
+            tracing::warn!("claim check: {problem}");
+        }
+        if !queries.is_empty() {
+            let clock = Timestamp::now;
+            let asked = tokio::select! {
+                signals = checks.ask(queries, &clock) => signals,
+                () = stopped(stopping.clone()) => return,
+            };
+            let problems = shared.core().apply_probes(asked, &[], Timestamp::now());
+            shared.wake.notify_one();
+            for problem in problems {
+                tracing::warn!("claim check: {problem}");
+            }
+        }
+        shared
+            .claim_metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone_from(&checks.metrics());
+        tokio::select! {
+            () = shared.claims.notified() => {}
+            () = tokio::time::sleep(PROBE_RECHECK) => {}
+            () = stopped(stopping.clone()) => return,
         }
     }
 }

@@ -70,11 +70,24 @@ impl OutputWriter {
     pub fn write(&mut self, outputs: &Outputs) -> Result<Vec<PathBuf>, WriteError> {
         let mut written = Vec::new();
         let mut slugs = BTreeSet::new();
+        let mut staged = Vec::new();
         for sender in outputs.senders.values() {
             slugs.insert(sender.slug.clone());
-            if self.write_sender(sender)? {
+            if let Some(stage) = self.stage_sender(sender)? {
+                staged.push((stage, sender));
+            }
+        }
+        if !staged.is_empty() {
+            // One flush of the file system for every staged file, not one
+            // fsync per file: a first start of 256-IP pools writes thousands.
+            sync_file_system(&self.out)?;
+            for (stage, sender) in staged {
+                switch(&stage)?;
+                self.senders
+                    .insert(sender.slug.clone(), sender.config.version.clone());
                 written.push(self.out.join(SENDERS_DIR).join(&sender.slug));
             }
+            sync_file_system(&self.out)?;
         }
         self.remove_stale_senders(&slugs)?;
         for (name, content) in [(ROUTES_FILE, &outputs.routes), (STATE_FILE, &outputs.state)] {
@@ -129,10 +142,12 @@ impl OutputWriter {
         Ok(on_disk.as_deref() != Some(content))
     }
 
-    fn write_sender(&mut self, sender: &SenderOutput) -> Result<bool, WriteError> {
+    /// Writes the files of a sender whose configuration changed into a
+    /// staging folder (not yet synced, not yet in force).
+    fn stage_sender(&mut self, sender: &SenderOutput) -> Result<Option<Staged>, WriteError> {
         let version = &sender.config.version;
         if self.senders.get(&sender.slug) == Some(version) {
-            return Ok(false);
+            return Ok(None);
         }
         let dir = self.out.join(SENDERS_DIR).join(&sender.slug);
         let stamp = format!("..{}", sanitize(version));
@@ -141,10 +156,10 @@ impl OutputWriter {
         let changed = in_force.as_deref() != Some(Path::new(&stamp))
             || !keys_match(&dir, &sender.config.files);
         if changed {
-            publish(&dir, &stamp, &sender.config.files)?;
+            return stage(&dir, &stamp, &sender.config.files).map(Some);
         }
         self.senders.insert(sender.slug.clone(), version.clone());
-        Ok(changed)
+        Ok(None)
     }
 
     fn remove_stale_senders(&mut self, keep: &BTreeSet<String>) -> Result<(), WriteError> {
@@ -281,9 +296,32 @@ fn keys_match(dir: &Path, files: &BTreeMap<String, String>) -> bool {
     seen.len() == files.len()
 }
 
-/// Writes the files into `dir/<stamp>/`, swaps `..data` to it, adds the key
-/// links, and removes what the previous configuration had and this one has not.
-fn publish(dir: &Path, stamp: &str, files: &BTreeMap<String, String>) -> Result<(), WriteError> {
+/// A sender's files written into a staging folder, to be put in force by [`switch`].
+struct Staged {
+    dir: PathBuf,
+    stamp: String,
+    staging: PathBuf,
+    keys: Vec<String>,
+}
+
+/// Flushes the file system holding `path` (`syncfs`): everything written
+/// there so far is on disk when it returns.
+fn sync_file_system(path: &Path) -> Result<(), WriteError> {
+    use std::os::fd::AsRawFd;
+    let dir = fs::File::open(path).map_err(at(path))?;
+    // SAFETY: a descriptor this function owns for the duration of the call.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(WriteError {
+            path: path.to_path_buf(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// Writes the files into a staging folder next to `dir/<stamp>/`; the caller
+/// syncs them, then [`switch`] puts them in force.
+fn stage(dir: &Path, stamp: &str, files: &BTreeMap<String, String>) -> Result<Staged, WriteError> {
     let data = dir.join(stamp);
     if data.exists() {
         fs::remove_dir_all(&data).map_err(at(&data))?;
@@ -304,15 +342,33 @@ fn publish(dir: &Path, stamp: &str, files: &BTreeMap<String, String>) -> Result<
         let path = staging.join(key);
         let mut file = fs::File::create(&path).map_err(at(&path))?;
         file.write_all(content.as_bytes()).map_err(at(&path))?;
-        file.sync_all().map_err(at(&path))?;
     }
-    fs::rename(&staging, &data).map_err(at(&data))?;
+    Ok(Staged {
+        dir: dir.to_path_buf(),
+        stamp: stamp.to_string(),
+        staging,
+        keys: files.keys().cloned().collect(),
+    })
+}
+
+/// Moves a staged folder to `dir/<stamp>/`, swaps `..data` to it, adds the key
+/// links, and removes what the previous configuration had and this one has not.
+fn switch(staged: &Staged) -> Result<(), WriteError> {
+    let Staged {
+        dir,
+        stamp,
+        staging,
+        keys,
+    } = staged;
+    let (dir, stamp) = (dir.as_path(), stamp.as_str());
+    let data = dir.join(stamp);
+    fs::rename(staging, &data).map_err(at(&data))?;
     let link = dir.join(DATA_LINK);
     let link_temp = dir.join(format!("..data.tmp-{}", std::process::id()));
     let _ = fs::remove_file(&link_temp);
     symlink(stamp, &link_temp).map_err(at(&link_temp))?;
     fs::rename(&link_temp, &link).map_err(at(&link))?;
-    for key in files.keys() {
+    for key in keys {
         let path = dir.join(key);
         let target = Path::new(DATA_LINK).join(key);
         if fs::read_link(&path).ok().as_deref() == Some(target.as_path()) {
@@ -333,7 +389,7 @@ fn publish(dir: &Path, stamp: &str, files: &BTreeMap<String, String>) -> Result<
         }
         if name.starts_with("..") && path.is_dir() && !path.is_symlink() {
             fs::remove_dir_all(&path).map_err(at(&path))?;
-        } else if !name.starts_with('.') && !files.contains_key(&name) {
+        } else if !name.starts_with('.') && !keys.contains(&name) {
             fs::remove_file(&path).map_err(at(&path))?;
         }
     }

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -303,15 +303,23 @@ pub struct Shared {
     journal: Mutex<Journal>,
     /// Wakes the engine loop to write what a report changed.
     pub wake: Notify,
+    /// Wakes the claim checker: a counted report quoted block lists.
+    pub claims: Notify,
     auth: Auth,
     /// Extra metrics text (the probes'), replaced after every round.
     pub probe_metrics: Mutex<String>,
+    /// The claim checker's counters, replaced after every pass.
+    pub claim_metrics: Mutex<String>,
     /// Why the last write of the outputs failed, while it fails.
     pub write_error: Mutex<Option<String>>,
     /// Why the last report could not be stored, while it cannot.
     pub journal_error: Mutex<Option<String>>,
     /// Set once the outputs were written the first time.
     pub ready: AtomicBool,
+    /// Syncs of `feedback.wal` that stored reports, and the reports they
+    /// stored: reports per sync is what group commit buys.
+    log_syncs: AtomicU64,
+    log_reports: AtomicU64,
 }
 
 impl Shared {
@@ -320,11 +328,15 @@ impl Shared {
             core: Mutex::new(core),
             journal: Mutex::new(journal),
             wake: Notify::new(),
+            claims: Notify::new(),
             auth,
             probe_metrics: Mutex::new(String::new()),
+            claim_metrics: Mutex::new(String::new()),
             write_error: Mutex::new(None),
             journal_error: Mutex::new(None),
             ready: AtomicBool::new(false),
+            log_syncs: AtomicU64::new(0),
+            log_reports: AtomicU64::new(0),
         }
     }
 
@@ -360,18 +372,24 @@ pub fn start_committer(
         .name("feedback-wal".into())
         .spawn(move || {
             while let Ok(first) = receive.recv() {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match receive.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
-                    }
-                }
-                commit(&shared, batch);
+                commit(&shared, take_waiting(first, &receive, MAX_BATCH));
             }
         })
         .expect("a thread starts");
     (send, thread)
+}
+
+/// `first` and whatever else is already waiting, up to `most`: the group
+/// that shares one sync.
+fn take_waiting<T>(first: T, receive: &mpsc::Receiver<T>, most: usize) -> Vec<T> {
+    let mut batch = vec![first];
+    while batch.len() < most {
+        match receive.try_recv() {
+            Ok(next) => batch.push(next),
+            Err(_) => break,
+        }
+    }
+    batch
 }
 
 fn commit(shared: &Shared, batch: Vec<Pending>) {
@@ -400,6 +418,10 @@ fn commit(shared: &Shared, batch: Vec<Pending>) {
         Ok(()) => {
             *failure = None;
             drop(failure);
+            shared.log_syncs.fetch_add(1, Ordering::Relaxed);
+            shared
+                .log_reports
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
             let mut core = shared.core();
             for pending in batch {
                 let answer = core.receive(&pending.entry.report, pending.entry.at);
@@ -425,6 +447,7 @@ impl Receiver {
         if let Some(answer) = self.shared.core().check(&report, now)? {
             return Ok(answer);
         }
+        let conclusive = !report.conclusive.is_empty();
         let (answer, answered) = oneshot::channel();
         let pending = Pending {
             entry: Entry { at: now, report },
@@ -435,6 +458,9 @@ impl Receiver {
         let answer = answered.await.map_err(|_| closed())?;
         if matches!(&answer, Ok(response) if !response.duplicate) {
             self.shared.wake.notify_one();
+            if conclusive {
+                self.shared.claims.notify_one();
+            }
         }
         answer
     }
@@ -479,6 +505,23 @@ impl Observability for Receiver {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
         );
+        out.push_str(
+            &self
+                .shared
+                .claim_metrics
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        out.push_str(&format!(
+            "# HELP mailfleet_feedback_log_syncs_total Syncs of feedback.wal that stored reports (reports arriving together share one).\n\
+             # TYPE mailfleet_feedback_log_syncs_total counter\n\
+             mailfleet_feedback_log_syncs_total {}\n\
+             # HELP mailfleet_feedback_log_reports_total Reports stored in feedback.wal before their answer.\n\
+             # TYPE mailfleet_feedback_log_reports_total counter\n\
+             mailfleet_feedback_log_reports_total {}\n",
+            self.shared.log_syncs.load(Ordering::Relaxed),
+            self.shared.log_reports.load(Ordering::Relaxed),
+        ));
         out
     }
 
@@ -508,6 +551,26 @@ impl Observability for Receiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reports_waiting_together_form_one_group_up_to_the_most() {
+        let (send, receive) = mpsc::channel();
+        for n in 1..=600 {
+            send.send(n).unwrap();
+        }
+        let first = receive.recv().unwrap();
+        let group = take_waiting(first, &receive, MAX_BATCH);
+        assert_eq!(group, (1..=512).collect::<Vec<_>>());
+        let first = receive.recv().unwrap();
+        assert_eq!(take_waiting(first, &receive, MAX_BATCH).len(), 88);
+        send.send(601).unwrap();
+        let first = receive.recv().unwrap();
+        assert_eq!(
+            take_waiting(first, &receive, MAX_BATCH),
+            [601],
+            "nothing waiting: a group of one"
+        );
+    }
 
     #[test]
     fn tokens_compare_whole() {

@@ -86,7 +86,7 @@ pub struct RememberedPair {
     #[serde(rename = "g", default, skip_serializing_if = "Option::is_none")]
     pub throttle_step: Option<i32>,
     /// The end of a pause, Unix seconds.
-    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
     pub paused_until: Option<i64>,
 }
 

@@ -104,6 +104,54 @@ fn the_named_zone_listing_the_ip_confirms_a_claim() {
     );
 }
 
+/// A bounce from a receiving server quoting a list the pool does not probe.
+fn quoting(host: &str, zone: &str) -> String {
+    format!("host {host}[192.0.2.66] said: 554 5.7.1 Service unavailable; Client host [{IP}] blocked using {zone} (in reply to RCPT TO command)")
+}
+
+#[test]
+fn the_answer_of_a_claimed_zone_the_pool_does_not_probe_confirms_the_claim() {
+    // The pool probes no zone at all: the driver asked the claimed one at once.
+    let mut fleet = Fleet::new(spec());
+    let zone = "bl.claimed.example";
+    fleet.observe(IP, reported(&[quoting("mx.one.example", zone)], t0()), t0());
+    assert_eq!(fleet.pair("other").state, Healthy);
+    // Not listed, or the question failed: the claim waits for more receivers.
+    assert!(fleet
+        .observe(IP, dnsbl(zone, false, None, at(1)), at(1))
+        .is_empty());
+    assert!(fleet
+        .observe(IP, dnsbl(zone, false, Some("timeout"), at(2)), at(2))
+        .is_empty());
+    let moves = fleet.observe(IP, dnsbl(zone, true, None, at(3)), at(3));
+    assert_eq!(
+        reasons(&moves),
+        [(Some(Healthy), Blocked, Reason::DnsblClaimConfirmed)],
+        "only the pair whose receiver quoted the zone"
+    );
+    let evidence = fleet.pair("other").last_evidence.clone().unwrap();
+    assert!(
+        evidence.contains(&format!("bl.claimed.example lists {IP}"))
+            && evidence.contains("asked at once")
+            && evidence.contains("one.example"),
+        "{evidence}"
+    );
+    // Kept out of status.ips[].dnsbl, which lists the zones the pool probes.
+    let ip = fleet.status.ips.iter().find(|s| s.address == IP).unwrap();
+    assert!(ip.dnsbl.is_empty(), "{:?}", ip.dnsbl);
+    // A zone no claim names is still refused: nobody may add lists by answering.
+    let err = observe(
+        &fleet.spec,
+        &mut fleet.status,
+        IP,
+        dnsbl("other.example", true, None, at(4)),
+        &known(),
+        at(4),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("other.example"), "{err}");
+}
+
 #[test]
 fn a_reply_naming_another_ip_is_counted_as_other() {
     let mut fleet = Fleet::new(spec());

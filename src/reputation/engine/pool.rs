@@ -39,7 +39,11 @@ pub fn observe(
         ip: ip.to_string(),
         known: pool.known_ips(),
     })?;
-    check_signal(&pool, pool_ip, &signal)?;
+    let claimed = match &signal {
+        Signal::Dnsbl(result) => zone_claimed(status, addr, &result.zone),
+        _ => false,
+    };
+    check_signal(&pool, pool_ip, &signal, claimed)?;
 
     let index = ensure_ip(status, addr, pool_ip);
     let ip_status = &mut status.ips[index];
@@ -139,15 +143,30 @@ pub fn next_wakeup(
     earliest
 }
 
+/// Whether a receiver's reply kept on one of `addr`'s pairs names `zone`: an
+/// answer from that zone is then welcome even when the pool does not probe it
+/// (the driver asked it at once to confirm or dismiss the claim).
+fn zone_claimed(status: &SenderPoolStatus, addr: IpAddr, zone: &str) -> bool {
+    status
+        .ips
+        .iter()
+        .filter(|s| same_ip(&s.address, addr))
+        .flat_map(|s| s.reputation.iter())
+        .flat_map(|p| p.dnsbl_claims.iter())
+        .any(|c| c.zone.as_deref() == Some(zone))
+}
+
 fn check_signal(
     pool: &PoolRules<'_>,
     pool_ip: &PoolIp,
     signal: &Signal,
+    claimed: bool,
 ) -> Result<(), EngineError> {
     match signal {
         Signal::Feedback(feedback) => check_feedback(&pool_ip.address, feedback),
         Signal::Dnsbl(result) => match pool.zone(&result.zone) {
             Some(_) => Ok(()),
+            None if claimed => Ok(()),
             None => {
                 let known: Vec<&str> = pool
                     .spec
@@ -300,6 +319,10 @@ fn on_dnsbl(
             return;
         }
     }
+    if pool.zone(&result.zone).is_none() {
+        on_claimed_zone(pool, pool_ip, addr, ip_status, &result, now, rec);
+        return;
+    }
     if result.error.is_some() {
         store_dnsbl(ip_status, result);
         return;
@@ -435,6 +458,66 @@ fn on_feed(
             rules.settle(pair, now, rec);
         },
     );
+}
+
+/// The answer of a zone the pool does not probe, asked because a receiver's
+/// reply named it: a listing confirms the claims naming that zone (and only
+/// their pairs: the pool never chose this list for the other providers); no
+/// listing or an error leaves the claims waiting for more receivers. Not kept
+/// in `status.ips[].dnsbl`, which holds the zones the pool probes.
+fn on_claimed_zone(
+    pool: &PoolRules<'_>,
+    pool_ip: &PoolIp,
+    addr: IpAddr,
+    ip_status: &mut IpStatus,
+    result: &DnsblResult,
+    now: Timestamp,
+    rec: &mut Recorder,
+) {
+    if !result.listed || result.error.is_some() {
+        return;
+    }
+    let claimants: Vec<(String, String)> = ip_status
+        .reputation
+        .iter()
+        .filter_map(|p| {
+            let claim = p
+                .dnsbl_claims
+                .iter()
+                .rev()
+                .find(|c| c.zone.as_deref() == Some(result.zone.as_str()))?;
+            let evidence = format!(
+                "{} (asked at once through the pool's resolver), as {} said: {}",
+                dnsbl_evidence(result, &ip_status.address),
+                claim.receiver,
+                claim.reply
+            );
+            Some((p.provider.clone(), evidence))
+        })
+        .collect();
+    for (provider, evidence) in claimants {
+        with_pair(
+            pool,
+            pool_ip,
+            addr,
+            ip_status,
+            &provider,
+            now,
+            false,
+            rec,
+            |rules, pair, rec| {
+                rules.settle(pair, now, rec);
+                rules.block(
+                    pair,
+                    Reason::DnsblClaimConfirmed,
+                    evidence.clone(),
+                    now,
+                    rec,
+                );
+                rules.settle(pair, now, rec);
+            },
+        );
+    }
 }
 
 fn store_dnsbl(ip_status: &mut IpStatus, result: DnsblResult) {
