@@ -19,14 +19,17 @@ use kube::api::{Api, PostParams};
 use kube::{Resource, ResourceExt};
 
 use super::build::agent_token::FEEDBACK_AUDIENCE;
-use super::build::events::transition_events;
+use super::build::events::{drain_event, transition_events, EventRecord, EventType};
 use super::build::{IP_LABEL, POOL_LABEL};
 use super::context::Context;
 use super::error::api_status;
 use super::token_cache::{trust_for, TokenIdentity};
-use crate::agent::report::{ConfigHint, FeedbackReport, FeedbackResponse, FEEDBACK_API_VERSION};
-use crate::api::SenderPool;
+use crate::agent::report::{
+    ConfigHint, FeedbackReport, FeedbackResponse, QueueReport, FEEDBACK_API_VERSION,
+};
+use crate::api::{DomainRoute, SenderPool};
 use crate::routing::postfix::{self, ip_slug, PostfixOptions};
+use crate::routing::queues::{aging_note, record_report, route_queue};
 use crate::routing::sender_config::sender_config_with;
 use crate::routing::sending::SendingSettings;
 use crate::routing::ObjectKey;
@@ -170,7 +173,11 @@ impl OperatorFeedback {
 
     /// Counts the report into the pool's status; retries when another writer
     /// changed the pool in between.
-    async fn count(&self, report: &FeedbackReport) -> Result<FeedbackResponse, FeedbackRefusal> {
+    async fn count(
+        &self,
+        report: &FeedbackReport,
+        pod: &str,
+    ) -> Result<FeedbackResponse, FeedbackRefusal> {
         let ns = report.pool.namespace.as_str();
         let name = report.pool.name.as_str();
         let status_lock = self.ctx.status_lock(ns, name);
@@ -241,6 +248,19 @@ impl OperatorFeedback {
                 .and_then(|p| p.status.clone())
                 .unwrap_or_default();
             new_status.feedback_ledger = Some(ledger.sequences().clone());
+            // A drained pod's queue went with it (to its siblings, or lost
+            // as the drain says): its figures leave the pool's status.
+            let gone = report.drain.as_ref().map(|_| QueueReport::empty(now));
+            let queue_routes = match gone.as_ref().or(report.queue.as_ref()) {
+                Some(queue) => record_report(
+                    &mut new_status.queues,
+                    pod,
+                    &report.source_ip.to_string(),
+                    queue,
+                    now,
+                ),
+                None => Vec::new(),
+            };
             let old =
                 serde_json::to_value(fresh.status.clone().unwrap_or_default()).unwrap_or_default();
             let new = serde_json::to_value(&new_status).unwrap_or_default();
@@ -259,6 +279,25 @@ impl OperatorFeedback {
                     let records =
                         transition_events(&ObjectKey::new(ns, name), &applied.transitions);
                     self.ctx.publish(&fresh.object_ref(&()), &records).await;
+                    if let Some(drain) = &report.drain {
+                        let record = drain_event(
+                            &ObjectKey::new(ns, name),
+                            pod,
+                            &report.source_ip.to_string(),
+                            drain,
+                        );
+                        if drain.left > 0 {
+                            tracing::warn!(pool = %applied.pool, pod, "{}", record.note);
+                        }
+                        self.ctx.metrics.drain(&format!("{ns}/{name}"), drain.left);
+                        self.ctx.publish(&fresh.object_ref(&()), &[record]).await;
+                    }
+                    if !queue_routes.is_empty() {
+                        let mut written = (*fresh).clone();
+                        written.status = Some(new_status.clone());
+                        self.write_route_queues(ns, &written, &queue_routes, now)
+                            .await;
+                    }
                     return Ok(self.response(report, &fleet, &applied.ip, false, now));
                 }
                 Err(e) if api_status(&e) == Some(409) => {
@@ -275,6 +314,78 @@ impl OperatorFeedback {
         Err(FeedbackRefusal::Unavailable(format!(
             "SenderPool {ns}/{name} status kept changing; retry"
         )))
+    }
+
+    /// Writes `status.queue` of the routes whose waiting mail a report
+    /// changed, summed over the namespace's pools (`pool` as just written),
+    /// with a Warning when the oldest message has used half its lifetime. A
+    /// conflict is left to the next report: the figures are re-sent each time.
+    async fn write_route_queues(
+        &self,
+        ns: &str,
+        pool: &SenderPool,
+        routes: &[String],
+        now: Timestamp,
+    ) {
+        let others = self.ctx.stores.pools.all();
+        let pools: Vec<&SenderPool> = others
+            .iter()
+            .map(|p| p.as_ref())
+            .filter(|p| !(p.name_any() == pool.name_any() && p.namespace() == pool.namespace()))
+            .chain(std::iter::once(pool))
+            .collect();
+        for name in routes {
+            let Some(route) = self.ctx.stores.routes.get(ns, name) else {
+                continue;
+            };
+            let key = format!("{ns}/{name}");
+            let queue = route_queue(pools.iter().copied(), ns, name, now);
+            self.ctx.metrics.set_route_queue(
+                &key,
+                queue.as_ref().map(|q| {
+                    let lifetime = q
+                        .expires_time
+                        .as_ref()
+                        .map(|e| e.0.as_second() - q.oldest_arrival_time.0.as_second());
+                    (q.messages, q.oldest_arrival_time.0.as_second(), lifetime)
+                }),
+            );
+            let before = route.status.clone().unwrap_or_default();
+            if before.queue == queue {
+                continue;
+            }
+            let was_aging = before.queue.as_ref().is_some_and(|q| q.aging);
+            let mut after = before.clone();
+            after.queue = queue.clone();
+            let (Ok(old), Ok(new)) = (serde_json::to_value(&before), serde_json::to_value(&after))
+            else {
+                continue;
+            };
+            match self
+                .ctx
+                .writer
+                .patch_status::<DomainRoute>(ns, name, route.resource_version(), &old, &new)
+                .await
+            {
+                Ok(_) => {
+                    if let Some(q) = queue.as_ref().filter(|q| q.aging && !was_aging) {
+                        let record = EventRecord {
+                            kind: "DomainRoute",
+                            regarding: ObjectKey::new(ns, name.as_str()),
+                            type_: EventType::Warning,
+                            reason: "QueueAging".into(),
+                            action: "Queue",
+                            note: aging_note(&key, q, now),
+                        };
+                        tracing::warn!(route = %key, "{}", record.note);
+                        self.ctx.publish(&route.object_ref(&()), &[record]).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(route = %key, error = %e, "route queue figures not written; the next report retries")
+                }
+            }
+        }
     }
 
     fn response(
@@ -348,6 +459,6 @@ impl FeedbackReceiver for OperatorFeedback {
         report: FeedbackReport,
     ) -> Result<FeedbackResponse, FeedbackRefusal> {
         self.authorize(&identity, &report)?;
-        self.count(&report).await
+        self.count(&report, &identity.pod).await
     }
 }

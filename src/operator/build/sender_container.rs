@@ -27,6 +27,9 @@ pub const QUEUE_VOLUME: &str = "mailfleet-queue";
 pub const QUEUE_DIR: &str = "/var/spool/postfix";
 pub const LOG_VOLUME: &str = "mailfleet-maillog";
 pub const LOG_DIR: &str = "/var/log/postfix";
+/// The longest a stopping sender spends handing its queue to the pool's
+/// other senders (`sender run --drain-timeout`).
+pub const DRAIN_TIMEOUT_SECONDS: i64 = 45;
 /// Where relay Secrets are mounted, one folder per Secret.
 pub const RELAY_SECRETS_DIR: &str = "/etc/mailfleet/relay";
 /// Capabilities Postfix needs as root: own its queue, switch to its users,
@@ -85,6 +88,13 @@ pub fn sender_pod_spec(
         &format!("{AGENT_STATE_DIR}/state.json"),
         "--relay-secrets-dir",
         RELAY_SECRETS_DIR,
+        "--drain-to",
+        &format!(
+            "{}.{namespace}.svc:25",
+            super::pool_service::pool_service_name(pool)
+        ),
+        "--drain-timeout",
+        &DRAIN_TIMEOUT_SECONDS.to_string(),
     ]
     .map(String::from)
     .to_vec();
@@ -166,8 +176,10 @@ pub fn sender_pod_spec(
             ..Default::default()
         }],
         volumes: Some(volumes),
-        // The sender stops Postfix and sends its last report on SIGTERM.
-        termination_grace_period_seconds: Some(60),
+        // On SIGTERM the sender hands its queue to the pool's other senders
+        // (at most DRAIN_TIMEOUT_SECONDS), stops Postfix (20 s) and sends its
+        // last report (10 s).
+        termination_grace_period_seconds: Some(DRAIN_TIMEOUT_SECONDS + 20 + 10 + 5),
         ..Default::default()
     }
 }
@@ -198,6 +210,12 @@ mod tests {
         let sender = &spec.containers[0];
         let args = sender.args.clone().unwrap().join(" ");
         assert!(args.starts_with("sender run --source-ip 203.0.113.10 --pool mail/bulk --endpoint http://mailfleet.mf.svc:8080/v1/feedback --config-dir /etc/mailfleet/sender"), "{args}");
+        // A stopping sender hands its queue to the pool's intake Service, inside its grace period.
+        assert!(
+            args.contains("--drain-to mf-pool-bulk.mail.svc:25 --drain-timeout 45"),
+            "{args}"
+        );
+        assert!(spec.termination_grace_period_seconds.unwrap() > DRAIN_TIMEOUT_SECONDS + 20);
         let mounts: Vec<&str> = sender
             .volume_mounts
             .iter()
