@@ -20,6 +20,8 @@ OPERATOR_METRICS = {
     "mailfleet_route_queue_messages": {"route"},
     "mailfleet_route_queue_oldest_arrival_timestamp_seconds": {"route"},
     "mailfleet_route_queue_lifetime_seconds": {"route"},
+    "mailfleet_drains_total": {"pool", "result"},
+    "mailfleet_drain_left_messages_total": {"pool"},
     "mailfleet_feedback_reports_total": {"pool"},
     "mailfleet_feedback_requests_total": {"code"},
     "mailfleet_leader": set(),
