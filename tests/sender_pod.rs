@@ -5,8 +5,9 @@
 //! shows that the bind is real (the receiver sees 198.18.10.2), that HELO is
 //! the configured name, that a client outside `spec.intake.allowedCidrs` is
 //! refused relaying, that a new configuration is applied by the same process
-//! (a new HELO name), and that SIGTERM stops it cleanly with the deferred
-//! mail still queued.
+//! (a new HELO name), and that SIGTERM stops it cleanly: the drain tries to
+//! hand the deferred mail on (`--drain-to`), cannot within its time, says so
+//! in the termination message and leaves the mail queued.
 //!
 //! Needs root, `ip netns`, Postfix and target/venv (aiosmtpd): skips with the
 //! reason otherwise. Run it alone: `flock /tmp/mailfleet-live.lock cargo test
@@ -316,6 +317,16 @@ fn a_sender_pod_binds_announces_refuses_outsiders_applies_and_stops_cleanly() {
                 &path("relay"),
             ])
             .args(["--shutdown-timeout", "1", "--interval", "1"])
+            // On SIGTERM the queue is handed on; here to the receiver, which
+            // keeps deferring what it deferred, so the drain cannot finish.
+            .args([
+                "--drain-to",
+                &format!("{RECEIVER_IP}:{RECEIVER_PORT}"),
+                "--drain-timeout",
+                "3",
+                "--termination-log",
+                &path("termination-log"),
+            ])
             .arg(format!("--postconf=queue_directory={}", path("spool")))
             .arg(format!("--postconf=data_directory={}", path("data")))
             .stderr(sender_log)
@@ -401,6 +412,14 @@ fn a_sender_pod_binds_announces_refuses_outsiders_applies_and_stops_cleanly() {
         1,
         "the deferred message is still queued"
     );
+    // The drain tried to hand it on, could not, and said so.
+    let said = fs::read_to_string(path("termination-log")).unwrap_or_default();
+    assert!(
+        said.starts_with("drain incomplete: 1 of 1 queued message(s) could not be handed to"),
+        "termination message: {said:?}\n{}",
+        stderr()
+    );
+    assert!(stderr().contains("drain incomplete"), "{}", stderr());
     // The agent counted the deliveries it read from the log Postfix wrote.
     let state = fs::read_to_string(path("state/state.json")).unwrap();
     assert!(state.contains("\"applied_config\""), "{state}");
