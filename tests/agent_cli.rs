@@ -107,8 +107,16 @@ fn replay_prints_the_documented_json_and_a_table() {
     assert_eq!(microsoft_blocked["outcome"], "deferred");
     let conclusive = json["conclusive"].as_array().unwrap();
     // The ban replies, and Yahoo's [TSS04] replies, whose rule asks for a pause.
-    let of = |provider: &str| conclusive.iter().filter(|c| c["provider"] == provider).count();
-    assert_eq!((of("microsoft"), of("yahoo"), conclusive.len()), (10, 10, 20));
+    let of = |provider: &str| {
+        conclusive
+            .iter()
+            .filter(|c| c["provider"] == provider)
+            .count()
+    };
+    assert_eq!(
+        (of("microsoft"), of("yahoo"), conclusive.len()),
+        (10, 10, 20)
+    );
     assert!(conclusive
         .iter()
         .filter(|c| c["provider"] == "yahoo")

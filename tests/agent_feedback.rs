@@ -69,6 +69,9 @@ fn options(dir: &Path, endpoint: &FakeEndpoint) -> AgentOptions {
         zone: jiff::tz::TimeZone::UTC,
         shutdown_timeout: Duration::from_secs(5),
         pace_window: None,
+        queue_interval: None,
+        hold_config: Default::default(),
+        drained: Default::default(),
     }
 }
 

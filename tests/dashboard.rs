@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use mailfleet::agent::line::LineSkip;
 use mailfleet::agent::metrics::Metrics as AgentMetrics;
-use mailfleet::agent::report::{FeedbackReport, FeedbackResponse};
+use mailfleet::agent::report::{FeedbackReport, FeedbackResponse, QueueReport, RouteQueueReport};
 use mailfleet::api::domain_route::RouteMode;
 use mailfleet::api::sender_pool::ReputationState;
 use mailfleet::api::DnsblResult;
@@ -64,6 +64,11 @@ fn operator_metrics() -> String {
     );
     metrics.set_pool_states("mail/bulk", states);
     metrics.set_route_targets("mail/microsoft", "FallbackPool", 2);
+    metrics.set_route_queue(
+        "mail/microsoft",
+        Some((1840, 1_636_000_000, Some(1_209_600))),
+    );
+    metrics.drain("mail/bulk", 3);
     metrics.feedback_report("mail/bulk");
     metrics.api_write("patch");
     metrics.set_leader(true);
@@ -102,6 +107,24 @@ fn agent_metrics() -> String {
     metrics.set_buffered(1);
     metrics.log_event("rotated");
     metrics.config_apply("applied", Some("v1"));
+    let arrival = Timestamp::from_second(1_636_000_000).unwrap();
+    metrics.set_queue(
+        &QueueReport {
+            read_at: Timestamp::now(),
+            messages: 1840,
+            oldest_arrival: Some(arrival),
+            maximal_lifetime_seconds: Some(1_209_600),
+            complete: true,
+            routes: vec![RouteQueueReport {
+                namespace: "mail".into(),
+                route: "microsoft".into(),
+                provider: "microsoft".into(),
+                messages: 1822,
+                oldest_arrival: arrival,
+            }],
+        },
+        0.25,
+    );
     metrics.render()
 }
 

@@ -640,5 +640,105 @@ async fn a_claim_naming_a_zone_is_checked_at_once_through_the_pools_resolver() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(metrics.contains(counted), "{metrics}");
+
+/// A pod's queue report reaches the pool's `status.queues`, the route's
+/// `status.queue` (with the Warning at half the lifetime) and the metrics; its
+/// drain report then takes the pod out of them and says what it left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_mail_shows_on_the_route_and_a_drain_says_what_it_left() {
+    use jiff::{SignedDuration, Timestamp};
+    use mailfleet::agent::report::{DrainReport, QueueReport, RouteQueueReport};
+
+    let (api, operator) = fleet_with_pods().await;
+    let addr = operator.local_addr();
+    let ip = "203.0.113.12";
+    let pod = pod_name("bulk", ip);
+    let token = token_for(&api, "bulk", ip);
+    let now = Timestamp::now();
+    // Eight days of a 14-day lifetime used: more than half.
+    let oldest = now - SignedDuration::from_hours(8 * 24);
+    let mut report = ban_report("bulk", ip, 1);
+    report.totals.clear();
+    report.conclusive.clear();
+    report.queue = Some(QueueReport {
+        read_at: now,
+        messages: 41,
+        oldest_arrival: Some(oldest),
+        maximal_lifetime_seconds: Some(14 * 86_400),
+        complete: true,
+        routes: vec![RouteQueueReport {
+            namespace: NS.into(),
+            route: "microsoft".into(),
+            provider: "microsoft".into(),
+            messages: 40,
+            oldest_arrival: oldest,
+        }],
+    });
+    let (status, body) = post_feedback(addr, Some(&token), &report).await;
+    assert_eq!(status, 200, "{body}");
+
+    let queues = pool_status(&api, "bulk")["queues"].clone();
+    assert_eq!(queues[0]["pod"], pod.as_str(), "{queues}");
+    assert_eq!(queues[0]["messages"], 41, "{queues}");
+    converge(&api, "the route's status.queue", |api| {
+        route_status(api, "microsoft")["queue"]["messages"] == 40
+    })
+    .await;
+    let queue = route_status(&api, "microsoft")["queue"].clone();
+    assert_eq!(queue["senders"], 1, "{queue}");
+    assert_eq!(queue["aging"], true, "{queue}");
+    assert!(queue["expiresTime"].is_string(), "{queue}");
+    let events = api.list("events.k8s.io/v1", "Event");
+    let aging = events
+        .iter()
+        .find(|e| e["reason"] == "QueueAging" && e["regarding"]["name"] == "microsoft")
+        .expect("a QueueAging event on the route");
+    assert_eq!(aging["type"], "Warning");
+    assert!(aging["note"].as_str().unwrap().contains("8d00h"), "{aging}");
+    let (_, metrics) = get(addr, "/metrics").await;
+    assert!(
+        metrics.contains("mailfleet_route_queue_messages{route=\"mail/microsoft\"} 40"),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!(
+        "mailfleet_route_queue_oldest_arrival_timestamp_seconds{{route=\"mail/microsoft\"}} {}",
+        oldest.as_second()
+    )));
+
+    // The pod is deleted: its drain hands 38 on and leaves 3.
+    let mut last = ban_report("bulk", ip, 2);
+    last.totals.clear();
+    last.conclusive.clear();
+    last.queue = report.queue.clone();
+    last.drain = Some(DrainReport {
+        to: "mf-pool-bulk.mail.svc:25".into(),
+        queued_at_start: 41,
+        left: 3,
+        took_ms: 45_000,
+    });
+    let (status, body) = post_feedback(addr, Some(&token), &last).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        pool_status(&api, "bulk")["queues"].is_null(),
+        "the drained pod's queue left the status"
+    );
+    converge(&api, "the route's queue gone", |api| {
+        route_status(api, "microsoft")["queue"].is_null()
+    })
+    .await;
+    let events = api.list("events.k8s.io/v1", "Event");
+    let drain = events
+        .iter()
+        .find(|e| e["reason"] == "DrainIncomplete" && e["regarding"]["name"] == "bulk")
+        .expect("a DrainIncomplete event on the pool");
+    assert_eq!(drain["type"], "Warning");
+    let note = drain["note"].as_str().unwrap();
+    assert!(note.contains(&pod) && note.contains("3 of 41"), "{note}");
+    let (_, metrics) = get(addr, "/metrics").await;
+    assert!(
+        metrics.contains("mailfleet_drain_left_messages_total{pool=\"mail/bulk\"} 3"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("mailfleet_route_queue_messages{route=\"mail/microsoft\"}"));
     operator.shutdown().await.unwrap();
 }

@@ -183,6 +183,8 @@ fn ban_report(pool: &str, ip: &str, pod: &str) -> FeedbackReport {
         lines: Default::default(),
         dropped: Default::default(),
         config_version: None,
+        queue: None,
+        drain: None,
     }
 }
 

@@ -437,6 +437,37 @@ fn when_every_ip_is_blocked_the_fallback_carries_the_mail_or_it_waits() {
 }
 
 #[test]
+fn a_ten_day_defer_expires_nothing_with_the_rendered_lifetime() {
+    let report = run(
+        "ten-day-defer",
+        &["mailfleet", "mailfleet-postfix-lifetime"],
+        |_| {},
+    );
+    let kept = report.run("mailfleet").unwrap();
+    assert_every_message_accounted_for(kept);
+    assert_eq!(kept.expired, 0, "the rendered lifetime outlasts the block");
+    assert_eq!(kept.bounced, 0);
+    assert_eq!(
+        kept.delivered, kept.submitted,
+        "all delivered after the block"
+    );
+    assert_eq!(kept.queue_lifetime_s, 14.0 * DAY as f64);
+    assert!(
+        kept.oldest_wait_s > 9.0 * DAY as f64 && kept.oldest_wait_s < kept.queue_lifetime_s,
+        "the oldest message waited most of the block: {} s",
+        kept.oldest_wait_s
+    );
+    let postfix = report.run("mailfleet-postfix-lifetime").unwrap();
+    assert_every_message_accounted_for(postfix);
+    assert_eq!(postfix.queue_lifetime_s, 5.0 * DAY as f64);
+    assert!(
+        postfix.expired > 1000 && postfix.expired == postfix.bounced,
+        "Postfix's 5 days bounce what waited longer: {} expired",
+        postfix.expired
+    );
+}
+
+#[test]
 fn a_new_ip_follows_the_warmup_schedule_and_warm_ips_take_the_rest() {
     let report = run("new-ip-warmup", &["baseline", "mailfleet"], |_| {});
     let caps = mailfleet::api::default_warmup_caps();

@@ -12,7 +12,7 @@ use jiff::Timestamp;
 
 use crate::agent::http::{read_request_line, write_response};
 use crate::agent::line::LineSkip;
-use crate::agent::report::Dropped;
+use crate::agent::report::{Dropped, QueueReport};
 use crate::vocab::{Category, Outcome};
 
 type Cells = [[u64; Category::ALL.len()]; Outcome::ALL.len()];
@@ -31,6 +31,7 @@ struct Inner {
     config_applies: BTreeMap<&'static str, u64>,
     config_version: Option<String>,
     last_report_success: Option<Timestamp>,
+    queue: Option<(QueueReport, f64)>,
 }
 
 /// Shared by the agent's threads.
@@ -82,6 +83,11 @@ impl Metrics {
 
     pub fn set_buffered(&self, reports: usize) {
         self.lock().reports_buffered = reports as u64;
+    }
+
+    /// The latest queue read and how long it took, seconds.
+    pub fn set_queue(&self, queue: &QueueReport, read_seconds: f64) {
+        self.lock().queue = Some((queue.clone(), read_seconds));
     }
 
     pub fn set_dropped(&self, dropped: &Dropped) {
@@ -256,8 +262,84 @@ impl Metrics {
                 at.as_second()
             );
         }
+        if let Some((queue, seconds)) = &inner.queue {
+            render_queue(&mut out, queue, *seconds);
+        }
         out
     }
+}
+
+/// Ages are taken from the arrival times at scrape time, so a queue read a
+/// minute ago still shows today's age.
+fn render_queue(out: &mut String, queue: &QueueReport, read_seconds: f64) {
+    let now = Timestamp::now().as_second();
+    family(
+        out,
+        "mailfleet_agent_queue_messages",
+        "gauge",
+        "Messages in the sender's queue (postqueue -j), in total and per route with waiting mail.",
+    );
+    let _ = writeln!(out, "mailfleet_agent_queue_messages {}", queue.messages);
+    for r in &queue.routes {
+        let _ = writeln!(
+            out,
+            "mailfleet_agent_queue_messages{{route=\"{}/{}\",provider=\"{}\"}} {}",
+            escape(&r.namespace),
+            escape(&r.route),
+            escape(&r.provider),
+            r.messages
+        );
+    }
+    family(
+        out,
+        "mailfleet_agent_queue_oldest_age_seconds",
+        "gauge",
+        "Age of the oldest queued message, in total and per route.",
+    );
+    if let Some(oldest) = queue.oldest_arrival {
+        let _ = writeln!(
+            out,
+            "mailfleet_agent_queue_oldest_age_seconds {}",
+            (now - oldest.as_second()).max(0)
+        );
+    }
+    for r in &queue.routes {
+        let _ = writeln!(
+            out,
+            "mailfleet_agent_queue_oldest_age_seconds{{route=\"{}/{}\",provider=\"{}\"}} {}",
+            escape(&r.namespace),
+            escape(&r.route),
+            escape(&r.provider),
+            (now - r.oldest_arrival.as_second()).max(0)
+        );
+    }
+    if let Some(lifetime) = queue.maximal_lifetime_seconds {
+        family(
+            out,
+            "mailfleet_agent_queue_lifetime_seconds",
+            "gauge",
+            "The sender's maximal_queue_lifetime: queued mail older than this is returned to its sender.",
+        );
+        let _ = writeln!(out, "mailfleet_agent_queue_lifetime_seconds {lifetime}");
+    }
+    family(
+        out,
+        "mailfleet_agent_queue_read_seconds",
+        "gauge",
+        "How long the last queue read took.",
+    );
+    let _ = writeln!(out, "mailfleet_agent_queue_read_seconds {read_seconds:.3}");
+    family(
+        out,
+        "mailfleet_agent_queue_read_complete",
+        "gauge",
+        "1 when the last queue read listed the whole queue.",
+    );
+    let _ = writeln!(
+        out,
+        "mailfleet_agent_queue_read_complete {}",
+        u8::from(queue.complete)
+    );
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

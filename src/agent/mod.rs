@@ -19,6 +19,7 @@ pub mod http;
 pub mod line;
 pub mod metrics;
 pub mod pacer;
+pub mod queue;
 pub mod replay;
 pub mod report;
 pub mod reporter;

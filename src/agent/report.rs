@@ -72,6 +72,80 @@ pub struct FeedbackReport {
     /// The sender configuration the agent has applied (`None` before the first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_version: Option<String>,
+    /// What waits in the sender's queue, per route (the latest read; `None`
+    /// when the agent does not read a queue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueReport>,
+    /// The sender handed its queue on before stopping (docs/OPERATING.md,
+    /// "Scale-down and pod deletion"): sent with the agent's last reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainReport>,
+}
+
+/// How a stopping sender's drain ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainReport {
+    /// Where the queue went (`host:port`, the pool's intake Service).
+    pub to: String,
+    /// Messages queued when the drain began.
+    pub queued_at_start: u64,
+    /// Messages still queued when it ended: they leave with the pod.
+    pub left: u64,
+    /// How long it took, milliseconds.
+    pub took_ms: u64,
+}
+
+/// Receivers refuse reports with more queue rows than this.
+pub const MAX_QUEUE_ROUTES: usize = 512;
+
+/// The sender's queue as `postqueue -j` listed it (docs/FEEDBACK-API.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueReport {
+    /// When the listing was read.
+    pub read_at: Timestamp,
+    /// Every queued message (incoming, active, deferred and hold).
+    pub messages: u64,
+    /// The oldest queued message's arrival.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_arrival: Option<Timestamp>,
+    /// The sender's `maximal_queue_lifetime`, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maximal_lifetime_seconds: Option<i64>,
+    /// False when the read stopped at its deadline (the figures count part of the queue).
+    #[serde(default = "yes")]
+    pub complete: bool,
+    /// Per route with waiting mail.
+    #[serde(default)]
+    pub routes: Vec<RouteQueueReport>,
+}
+
+impl QueueReport {
+    /// No queue at all (a pod whose queue is gone).
+    pub fn empty(at: Timestamp) -> QueueReport {
+        QueueReport {
+            read_at: at,
+            messages: 0,
+            oldest_arrival: None,
+            maximal_lifetime_seconds: None,
+            complete: true,
+            routes: Vec::new(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Mail waiting for one route on one sender.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteQueueReport {
+    pub namespace: String,
+    pub route: String,
+    pub provider: String,
+    /// Messages with a recipient on the route.
+    pub messages: u64,
+    pub oldest_arrival: Timestamp,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,6 +304,22 @@ impl FeedbackReport {
         }
         if self.period.end < self.period.start {
             return Err(field_error("period", "end is before start"));
+        }
+        if let Some(drain) = &self.drain {
+            if drain.to.is_empty() || drain.to.len() > 255 {
+                return Err(field_error("drain.to", "must be 1 to 255 characters"));
+            }
+            if drain.left > drain.queued_at_start {
+                return Err(field_error("drain.left", "more than drain.queued_at_start"));
+            }
+        }
+        if let Some(queue) = &self.queue {
+            if queue.routes.len() > MAX_QUEUE_ROUTES {
+                return Err(field_error(
+                    "queue.routes",
+                    format!("{} rows; at most {MAX_QUEUE_ROUTES}", queue.routes.len()),
+                ));
+            }
         }
         if self.totals.len() > MAX_TOTALS {
             return Err(field_error(
@@ -484,6 +574,8 @@ mod tests {
             lines: LineCounts { read: 120, skipped: BTreeMap::from([("not_delivery".to_string(), 69)]) },
             dropped: Dropped::default(),
             config_version: Some("v42".into()),
+            queue: None,
+            drain: None,
         }
     }
 

@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use crate::agent::counts::{AttemptCounts, Conclusive};
 use crate::agent::follow::FollowState;
 use crate::agent::report::{
-    AgentIdentity, ConclusiveEvidence, Dropped, FeedbackReport, LineCounts, Period, PoolRef,
-    FEEDBACK_API_VERSION, MAX_CONCLUSIVE_PER_PROVIDER, MAX_REPLY_CHARS,
+    AgentIdentity, ConclusiveEvidence, DrainReport, Dropped, FeedbackReport, LineCounts, Period,
+    PoolRef, QueueReport, FEEDBACK_API_VERSION, MAX_CONCLUSIVE_PER_PROVIDER, MAX_REPLY_CHARS,
 };
 use crate::reputation::classifier::Verdict;
 use crate::reputation::providers::SharedName;
@@ -72,6 +72,10 @@ pub struct Reporter {
     outbox: VecDeque<FeedbackReport>,
     committed: FollowState,
     config_version: Option<String>,
+    /// The latest read of the sender's queue, sent with every report.
+    queue: Option<QueueReport>,
+    /// How the sender's drain ended, until a report carries it (exactly one does).
+    drain: Option<DrainReport>,
     /// Everything dropped since this reporter started (for metrics).
     dropped_so_far: Dropped,
 }
@@ -117,6 +121,8 @@ impl Reporter {
             outbox: saved.outbox.into(),
             committed: saved.committed,
             config_version: None,
+            queue: None,
+            drain: None,
             dropped_so_far: Dropped::default(),
         }
     }
@@ -168,6 +174,17 @@ impl Reporter {
         &self.dropped_so_far
     }
 
+    /// The queue figures the next report sent carries (the newest read wins).
+    pub fn set_queue(&mut self, queue: Option<QueueReport>) {
+        self.queue = queue;
+    }
+
+    /// The drain's outcome: the next report sealed carries it (one is sealed
+    /// for it even when nothing else is new).
+    pub fn set_drain(&mut self, drain: DrainReport) {
+        self.drain = Some(drain);
+    }
+
     /// The sender configuration now applied, reported from the next report on.
     pub fn set_config_version(&mut self, version: Option<String>) {
         self.config_version = version;
@@ -185,7 +202,11 @@ impl Reporter {
     /// after its last line. An empty period still makes a report (a heartbeat
     /// that carries the config version) when nothing else waits.
     pub fn seal(&mut self, now: Timestamp, position: FollowState) -> Option<Sealed> {
-        if self.open_is_empty() && self.pending_dropped.is_empty() && !self.outbox.is_empty() {
+        if self.open_is_empty()
+            && self.pending_dropped.is_empty()
+            && self.drain.is_none()
+            && !self.outbox.is_empty()
+        {
             self.committed = position;
             return None;
         }
@@ -202,7 +223,8 @@ impl Reporter {
             self.dropped_so_far.conclusive_replies += counts.dropped_conclusive();
             let sequence = self.next_sequence;
             self.next_sequence += 1;
-            let report = self.report(sequence, period, counts, lines, dropped);
+            let mut report = self.report(sequence, period, counts, lines, dropped);
+            report.drain = self.drain.take();
             self.outbox.push_back(report);
             self.open_since = now;
             self.committed = position;
@@ -216,6 +238,9 @@ impl Reporter {
             let overflow = merge_into(last, counts, lines, &dropped, now);
             self.dropped_so_far.conclusive_replies += own + overflow;
             let sequence = last.sequence;
+            if let Some(drain) = self.drain.take() {
+                last.drain = Some(drain);
+            }
             self.open_since = now;
             self.committed = position;
             return Some(Sealed::Merged(sequence));
@@ -251,6 +276,8 @@ impl Reporter {
             lines,
             dropped,
             config_version: self.config_version.clone(),
+            queue: self.queue.clone(),
+            drain: None,
         }
     }
 
@@ -258,6 +285,7 @@ impl Reporter {
     pub fn next_to_send(&self) -> Option<FeedbackReport> {
         let mut report = self.outbox.front()?.clone();
         report.config_version = self.config_version.clone().or(report.config_version);
+        report.queue = self.queue.clone().or(report.queue);
         Some(report)
     }
 
@@ -441,6 +469,27 @@ mod tests {
         assert_eq!(r.next_to_send().unwrap().attempts(), 0);
         // ... but not while a report waits.
         assert_eq!(r.seal(t(15), position(100)), None);
+    }
+
+    #[test]
+    fn a_drain_is_sealed_into_exactly_one_report_even_while_one_waits() {
+        let mut r = reporter(8);
+        assert_eq!(r.seal(t(5), position(0)), Some(Sealed::New(1)));
+        let drain = DrainReport {
+            to: "mf-pool-bulk.mail.svc:25".into(),
+            queued_at_start: 1000,
+            left: 3,
+            took_ms: 45_000,
+        };
+        r.set_drain(drain.clone());
+        // Report 1 waits and nothing else is new: the drain still gets a report.
+        assert_eq!(r.seal(t(10), position(0)), Some(Sealed::New(2)));
+        assert_eq!(r.next_to_send().unwrap().drain, None);
+        assert!(r.acknowledge(1));
+        assert_eq!(r.next_to_send().unwrap().drain, Some(drain));
+        assert!(r.acknowledge(2));
+        assert_eq!(r.seal(t(15), position(0)), Some(Sealed::New(3)));
+        assert_eq!(r.next_to_send().unwrap().drain, None, "sent once");
     }
 
     #[test]

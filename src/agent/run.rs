@@ -26,6 +26,7 @@ use crate::agent::http::{self, Endpoint};
 use crate::agent::line::{classify_line, LineSkip, LogFormat};
 use crate::agent::metrics::{self, Metrics};
 use crate::agent::pacer::{paced_line, PacedLine, Pacer, PostfixHolds};
+use crate::agent::queue::{queue_report, read_postfix_queue, RouteLookup};
 use crate::agent::report::{ConfigHint, FeedbackResponse};
 use crate::agent::reporter::{Reporter, ReporterConfig, Sealed};
 use crate::agent::state::{AgentState, StateError, STATE_FORMAT};
@@ -66,6 +67,13 @@ pub struct AgentOptions {
     pub shutdown_timeout: Duration,
     /// The pacer's window (`None`: no pacing; needs `postfix`).
     pub pace_window: Option<Duration>,
+    /// How often the queue is read with `postqueue -j` (`None`: never; needs `postfix`).
+    pub queue_interval: Option<Duration>,
+    /// Set while the sender drains its queue: no configuration is applied and
+    /// the pacer holds nothing, so the hand-off settings stay.
+    pub hold_config: Arc<AtomicBool>,
+    /// Set by the sender when its drain has ended; the reports from then on carry it.
+    pub drained: Arc<Mutex<Option<crate::agent::report::DrainReport>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -273,7 +281,23 @@ pub fn run(
             .map_err(AgentError::Thread)?
     };
 
+    let queue_thread = match (&options.postfix, options.queue_interval) {
+        (Some(target), Some(every)) => {
+            let (shared, target, stop) = (Arc::clone(&shared), target.clone(), Arc::clone(&stop));
+            Some(
+                std::thread::Builder::new()
+                    .name("agent-queue".into())
+                    .spawn(move || queue_loop(&shared, &target, every, &stop))
+                    .map_err(AgentError::Thread)?,
+            )
+        }
+        _ => None,
+    };
+
     main_loop(&options, classifier, &shared, follow_state, &stop);
+    if let Some(t) = queue_thread {
+        let _ = t.join();
+    }
 
     shared
         .give_up_at
@@ -376,6 +400,14 @@ fn main_loop(
         };
         handle_notices(shared, notices);
 
+        let drained = options
+            .drained
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(drained) = drained {
+            shared.lock().reporter.set_drain(drained);
+        }
         let conclusive_waiting = shared.lock().reporter.open_has_conclusive();
         if now >= next_seal || conclusive_waiting || stopping {
             let mut core = shared.lock();
@@ -393,7 +425,8 @@ fn main_loop(
             next_seal = now + options.interval;
         }
 
-        if let Some(dir) = &options.config_dir {
+        let holding = options.hold_config.load(Ordering::SeqCst);
+        if let Some(dir) = options.config_dir.as_ref().filter(|_| !holding) {
             if now >= config.next_poll {
                 config.next_poll = now + options.config_poll;
                 match read_config_dir(dir) {
@@ -419,7 +452,7 @@ fn main_loop(
             }
         }
         let hint = shared.hint.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(hint) = hint {
+        if let Some(hint) = hint.filter(|_| !holding) {
             let applied = shared.lock().applied_config.clone();
             if applied.as_deref() != Some(hint.version.as_str()) {
                 match ConfigSnapshot::from_hint(&hint) {
@@ -435,7 +468,9 @@ fn main_loop(
             }
         }
 
-        if let (Some(pacer), Some(target)) = (pacer.as_mut(), options.postfix.as_ref()) {
+        if let (Some(pacer), Some(target), false) =
+            (pacer.as_mut(), options.postfix.as_ref(), holding)
+        {
             pace(pacer, target);
         }
 
@@ -446,6 +481,58 @@ fn main_loop(
             std::thread::sleep(options.poll);
         }
     }
+}
+
+/// Reads the queue every `every` until `stop`, and hands the figures to the
+/// reporter (the next report carries them) and the metrics.
+fn queue_loop(shared: &Shared, target: &PostfixTarget, every: Duration, stop: &AtomicBool) {
+    let mut last_error: Option<String> = None;
+    let mut next = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        if Instant::now() < next {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        next = Instant::now() + every;
+        let started = Instant::now();
+        match read_queue_report(target, every.min(Duration::from_secs(60))) {
+            Ok(report) => {
+                if !report.complete {
+                    tracing::warn!(messages = report.messages, "the queue listing took longer than its deadline; the figures count part of the queue");
+                }
+                shared
+                    .metrics
+                    .set_queue(&report, started.elapsed().as_secs_f64());
+                shared.lock().reporter.set_queue(Some(report));
+                last_error = None;
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if last_error.as_deref() != Some(text.as_str()) {
+                    tracing::warn!("cannot read the queue: {text}");
+                    last_error = Some(text);
+                }
+            }
+        }
+    }
+}
+
+/// The queue summed per route of the applied transport map.
+fn read_queue_report(
+    target: &PostfixTarget,
+    timeout: Duration,
+) -> Result<crate::agent::report::QueueReport, crate::agent::queue::QueueReadError> {
+    let dir = &target.config_dir;
+    let map = std::fs::read_to_string(dir.join(crate::routing::postfix::TRANSPORT_FILE))
+        .unwrap_or_default();
+    let lookup = RouteLookup::from_transport_map(&map);
+    let lifetime = std::fs::read_to_string(dir.join(SENDER_JSON_KEY))
+        .ok()
+        .and_then(|text| parse_document(&text).ok())
+        .and_then(|d| d.queue)
+        .map(|q| q.maximal_lifetime_seconds);
+    let tally = read_postfix_queue(target, &lookup, timeout)?;
+    Ok(queue_report(&tally, &lookup, Timestamp::now(), lifetime))
 }
 
 /// Milliseconds since the Unix epoch: the pacer's windows start at the same

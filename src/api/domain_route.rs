@@ -265,6 +265,11 @@ pub struct DomainRouteStatus {
     /// Number of excluded IPs (for `kubectl get mfroute`).
     #[serde(default)]
     pub excluded_count: i32,
+
+    /// Mail waiting for this route in the senders' queues, as their agents
+    /// last reported it; absent when none waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<super::queue_status::RouteQueueStatus>,
 }
 
 /// One IP that sends for a route.

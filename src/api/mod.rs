@@ -4,6 +4,7 @@ pub mod compact;
 pub mod conditions;
 pub mod crd;
 pub mod domain_route;
+pub mod queue_status;
 mod schema_util;
 pub mod sender_pool;
 pub mod sending;
@@ -12,5 +13,6 @@ pub mod validate;
 
 pub use conditions::{Condition, ConditionStatus};
 pub use domain_route::*;
+pub use queue_status::{RouteQueueStatus, SenderQueue, SenderRouteQueue};
 pub use sender_pool::*;
 pub use sending::{ConnectionLimits, ConnectionSettings, QueueLifetimes, QueueSettings};

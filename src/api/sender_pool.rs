@@ -742,6 +742,12 @@ pub struct SenderPoolStatus {
     #[schemars(schema_with = "preserve_unknown_object")]
     pub feedback_ledger: Option<crate::agent::report::SequenceLedger>,
 
+    /// The queue of each sender pod, as its agent last reported it (pods that
+    /// stopped reporting leave after 15 minutes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["pod"]))]
+    pub queues: Vec<super::queue_status::SenderQueue>,
+
     /// What could not be read from the stored status (never written).
     #[serde(skip)]
     #[schemars(skip)]

@@ -41,6 +41,35 @@ pub enum AgentCommand {
     /// Classify every delivery attempt of a finished log: counts per provider,
     /// outcome and category, and the conclusive replies.
     Replay(ReplayArgs),
+    /// Sum the sender's queue (`postqueue -j`) per route of its transport map:
+    /// messages waiting and the oldest's age, as the sidecar reports them.
+    Queue(QueueArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    /// Read a saved `postqueue -j` listing (`-`: standard input) instead of
+    /// running postqueue.
+    #[arg(long, value_name = "FILE")]
+    pub listing: Option<PathBuf>,
+
+    /// The transport map the routes are read from (default: the
+    /// mailfleet_transport of --postfix-config-dir).
+    #[arg(long, value_name = "FILE")]
+    pub transport_map: Option<PathBuf>,
+
+    #[arg(long, value_name = "DIR", default_value = "/etc/postfix")]
+    pub postfix_config_dir: PathBuf,
+
+    #[arg(long, value_name = "DIR", default_value = "/usr/sbin")]
+    pub postfix_bin_dir: PathBuf,
+
+    /// Stop reading after this many seconds (the figures are then partial).
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
+    pub timeout: Duration,
+
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
 }
 
 /// The log's format: Postfix's delivery log, or one JSON object per line
@@ -279,6 +308,15 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_pace: bool,
 
+    /// Seconds between reads of the queue (`postqueue -j`): messages waiting
+    /// per route and the oldest's age go into the reports and the metrics.
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
+    pub queue_interval: Duration,
+
+    /// Do not read the queue.
+    #[arg(long)]
+    pub no_queue: bool,
+
     #[command(flatten)]
     pub classifier: ClassifierArgs,
 }
@@ -287,7 +325,96 @@ pub fn run(args: AgentArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match args.command {
         AgentCommand::Replay(args) => replay(args),
         AgentCommand::Run(args) => run_sidecar(*args),
+        AgentCommand::Queue(args) => queue(args),
     }
+}
+
+fn queue(args: QueueArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    use crate::agent::queue::{queue_report, read_postfix_queue, tally_listing, RouteLookup};
+    let map_path = args.transport_map.clone().unwrap_or_else(|| {
+        args.postfix_config_dir
+            .join(crate::routing::postfix::TRANSPORT_FILE)
+    });
+    let map = std::fs::read_to_string(&map_path).map_err(|e| {
+        format!(
+            "cannot read the transport map {}: {e}; name it with --transport-map",
+            map_path.display()
+        )
+    })?;
+    let lookup = RouteLookup::from_transport_map(&map);
+    let deadline = std::time::Instant::now() + args.timeout;
+    let tally = match &args.listing {
+        Some(path) if path.as_os_str() == "-" => {
+            tally_listing(&mut std::io::stdin().lock(), &lookup, Some(deadline))?
+        }
+        Some(path) => {
+            let file = std::fs::File::open(path)
+                .map_err(|e| format!("cannot read the listing {}: {e}", path.display()))?;
+            tally_listing(
+                &mut std::io::BufReader::with_capacity(64 * 1024, file),
+                &lookup,
+                Some(deadline),
+            )?
+        }
+        None => read_postfix_queue(
+            &PostfixTarget {
+                config_dir: args.postfix_config_dir.clone(),
+                bin_dir: args.postfix_bin_dir.clone(),
+                relay_secrets_dir: None,
+            },
+            &lookup,
+            args.timeout,
+        )?,
+    };
+    let now = jiff::Timestamp::now();
+    let report = queue_report(&tally, &lookup, now, None);
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        Format::Json => {
+            serde_json::to_writer(&mut out, &report)?;
+            out.write_all(b"\n")?;
+        }
+        Format::Table => {
+            let age = |t: jiff::Timestamp| format!("{}s", now.as_second() - t.as_second());
+            let mut rows: Vec<Vec<String>> = report
+                .routes
+                .iter()
+                .map(|r| {
+                    vec![
+                        format!("{}/{}", r.namespace, r.route),
+                        r.provider.clone(),
+                        r.messages.to_string(),
+                        age(r.oldest_arrival),
+                    ]
+                })
+                .collect();
+            if tally.unrouted.messages > 0 {
+                rows.push(vec![
+                    "(no route)".into(),
+                    "-".into(),
+                    tally.unrouted.messages.to_string(),
+                    tally
+                        .unrouted
+                        .oldest_arrival
+                        .map_or("-".into(), |s| format!("{}s", now.as_second() - s)),
+                ]);
+            }
+            out.write_all(table(&["ROUTE", "PROVIDER", "MESSAGES", "OLDEST"], &rows).as_bytes())?;
+            writeln!(
+                out,
+                "{} message(s) queued, {} on hold, {} unreadable line(s){}",
+                tally.messages,
+                tally.held,
+                tally.unreadable,
+                if tally.partial {
+                    "; stopped at the deadline: partial"
+                } else {
+                    ""
+                }
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn replay(args: ReplayArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -436,6 +563,9 @@ pub(super) fn agent_options(
         zone: jiff::tz::TimeZone::system(),
         shutdown_timeout: args.shutdown_timeout,
         pace_window: (!args.no_pace).then_some(args.pace_window),
+        queue_interval: (!args.no_queue).then_some(args.queue_interval),
+        hold_config: Arc::new(AtomicBool::new(false)),
+        drained: Arc::default(),
     };
     Ok((options, classifier))
 }

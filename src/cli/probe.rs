@@ -241,7 +241,10 @@ mod tests {
         let failed = outcome(false, &[], None, Some("timeout"));
         let clean = outcome(false, &[], None, None);
         let listed = outcome(true, &["127.0.0.2"], Some("listed"), None);
-        assert_eq!(exit_code(&[failed.clone(), failed.clone()]), ExitCode::from(1));
+        assert_eq!(
+            exit_code(&[failed.clone(), failed.clone()]),
+            ExitCode::from(1)
+        );
         assert_eq!(exit_code(&[failed, clean.clone()]), ExitCode::from(1));
         assert_eq!(exit_code(&[clean, listed]), ExitCode::SUCCESS);
         assert_eq!(exit_code(&[]), ExitCode::SUCCESS);

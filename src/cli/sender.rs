@@ -13,6 +13,7 @@ use clap::{Args, Subcommand};
 use super::agent::{agent_options, init_logs, watch_signals, ApplyTo, RunArgs};
 use crate::agent::apply::PostfixTarget;
 use crate::sender::base::{main_cf_settings, parse_setting};
+use crate::sender::drain::DrainOptions;
 use crate::sender::run::{default_relay_secrets_dir, run as run_sender, Ended, SenderOptions};
 
 #[derive(Debug, Args)]
@@ -27,6 +28,27 @@ pub enum SenderCommand {
     /// `postfix start-fg`, follow its log, report, apply new configurations,
     /// stop cleanly on SIGTERM and exit when Postfix dies.
     Run(Box<SenderRunArgs>),
+    /// Hand a running Postfix's queue to another sender (what `sender run
+    /// --drain-to` does on SIGTERM): stop intake, route everything to
+    /// HOST:PORT, flush until the queue is empty or the timeout passes.
+    /// Exits 1 when mail is left.
+    Drain(DrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// Where the queue goes (`host:port`).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub to: String,
+
+    #[arg(long, value_name = "SECONDS", default_value_t = 45)]
+    pub timeout: u64,
+
+    #[arg(long, value_name = "DIR", default_value = "/etc/postfix")]
+    pub postfix_config_dir: PathBuf,
+
+    #[arg(long, value_name = "DIR", default_value = "/usr/sbin")]
+    pub postfix_bin_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -47,12 +69,58 @@ pub struct SenderRunArgs {
     /// Seconds Postfix may take to stop on SIGTERM before it is killed.
     #[arg(long, value_name = "SECONDS", default_value_t = 20)]
     pub postfix_stop_timeout: u64,
+
+    /// On SIGTERM, hand every queued message to this `host:port` (the pool's
+    /// intake Service, e.g. mf-pool-bulk.mail.svc:25) before Postfix stops:
+    /// the queue is on an emptyDir and leaves with the pod.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub drain_to: Option<String>,
+
+    /// Seconds the drain may take; what is still queued then is said in the
+    /// log and the termination message. Keep it inside the pod's
+    /// terminationGracePeriodSeconds with room for the Postfix stop.
+    #[arg(long, value_name = "SECONDS", default_value_t = 45)]
+    pub drain_timeout: u64,
+
+    /// Where the drain's outcome is written for `kubectl describe pod`.
+    #[arg(long, value_name = "FILE", default_value = "/dev/termination-log")]
+    pub termination_log: PathBuf,
 }
 
 pub fn run(args: SenderArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match args.command {
         SenderCommand::Run(args) => run_pod(*args),
+        SenderCommand::Drain(args) => drain(args),
     }
+}
+
+fn drain(args: DrainArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    init_logs();
+    let target = PostfixTarget {
+        config_dir: args.postfix_config_dir,
+        bin_dir: args.postfix_bin_dir,
+        relay_secrets_dir: None,
+    };
+    let drained = crate::sender::drain::drain(
+        &target,
+        &DrainOptions {
+            to: args.to,
+            timeout: Duration::from_secs(args.timeout),
+            flush_every: Duration::from_secs(5),
+            termination_log: None,
+        },
+    )?;
+    println!(
+        "{} queued at the start, {} left after {:.1}s",
+        drained.queued_at_start,
+        drained.left,
+        drained.took.as_secs_f64()
+    );
+    Ok(if drained.left == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn run_pod(args: SenderRunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -68,6 +136,14 @@ fn run_pod(args: SenderRunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
         relay_secrets_dir: Some(args.relay_secrets_dir.clone()),
     };
     let base_settings = main_cf_settings(&args.agent.log, &args.postconf);
+    if let Some(to) = &args.drain_to {
+        crate::sender::drain::drain_settings(to)?;
+    }
+    let (drain_to, drain_timeout, termination_log) = (
+        args.drain_to.clone(),
+        args.drain_timeout,
+        args.termination_log.clone(),
+    );
     let (mut agent, classifier) = agent_options(args.agent)?;
     agent.postfix = Some(postfix.clone());
     let options = SenderOptions {
@@ -75,6 +151,12 @@ fn run_pod(args: SenderRunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
         postfix,
         base_settings,
         stop_timeout: Duration::from_secs(args.postfix_stop_timeout),
+        drain: drain_to.map(|to| DrainOptions {
+            to,
+            timeout: Duration::from_secs(drain_timeout),
+            flush_every: Duration::from_secs(5),
+            termination_log: Some(termination_log),
+        }),
     };
     let stop = Arc::new(AtomicBool::new(false));
     watch_signals(Arc::clone(&stop))?;

@@ -24,14 +24,17 @@ use kube::api::{Api, PostParams};
 use kube::{Resource, ResourceExt};
 
 use super::build::agent_token::FEEDBACK_AUDIENCE;
-use super::build::events::transition_events;
+use super::build::events::{drain_event, transition_events, EventRecord, EventType};
 use super::build::{IP_LABEL, POOL_LABEL};
 use super::context::Context;
 use super::error::api_status;
 use super::token_cache::{trust_for, TokenIdentity};
-use crate::agent::report::{ConfigHint, FeedbackReport, FeedbackResponse, FEEDBACK_API_VERSION};
-use crate::api::SenderPool;
+use crate::agent::report::{
+    ConfigHint, FeedbackReport, FeedbackResponse, QueueReport, FEEDBACK_API_VERSION,
+};
+use crate::api::{DomainRoute, SenderPool};
 use crate::routing::postfix::{self, ip_slug, PostfixOptions};
+use crate::routing::queues::{aging_note, record_report, route_queue};
 use crate::routing::sender_config::sender_config_with;
 use crate::routing::sending::SendingSettings;
 use crate::routing::ObjectKey;
@@ -183,7 +186,11 @@ impl OperatorFeedback {
     /// a pair), in one guarded status write, and answers after that write.
     /// A report that carries no counts (a heartbeat) is answered without a
     /// write: counting it again would change nothing.
-    async fn count(&self, report: FeedbackReport) -> Result<FeedbackResponse, FeedbackRefusal> {
+    async fn count(
+        &self,
+        report: FeedbackReport,
+        pod: String,
+    ) -> Result<FeedbackResponse, FeedbackRefusal> {
         if carries_nothing(&report) {
             return self.answer_without_write(&report).await;
         }
@@ -194,7 +201,11 @@ impl OperatorFeedback {
             let mut batches = lock(&self.batches);
             let batch = batches.entry(key.clone()).or_default().clone();
             let mut queue = lock(&batch.queue);
-            queue.pending.push(Pending { report, answer });
+            queue.pending.push(Pending {
+                report,
+                pod,
+                answer,
+            });
             let start = !queue.flushing;
             queue.flushing = true;
             drop(queue);
@@ -301,7 +312,10 @@ fn spec_ip(fleet: &crate::fleet::Fleet, report: &FeedbackReport) -> Option<Strin
 
 /// Whether a report counts nothing (an agent's heartbeat).
 fn carries_nothing(report: &FeedbackReport) -> bool {
-    report.conclusive.is_empty() && report.totals.iter().all(|t| t.count == 0)
+    report.conclusive.is_empty()
+        && report.totals.iter().all(|t| t.count == 0)
+        && report.queue.is_none()
+        && report.drain.is_none()
 }
 
 /// Whether a report may move a pair (a block or rate-limit signal): its
@@ -339,6 +353,8 @@ struct Queue {
 
 struct Pending {
     report: FeedbackReport,
+    /// The reporting pod, whose queue figures the report carries.
+    pod: String,
     answer: oneshot::Sender<Result<FeedbackResponse, FeedbackRefusal>>,
 }
 
@@ -483,6 +499,25 @@ async fn count_batch(
             .and_then(|p| p.status.clone())
             .unwrap_or_default();
         new_status.feedback_ledger = Some(ledger.sequences().clone());
+        // Each pod's queue figures; a drained pod's queue went with it (to its
+        // siblings, or lost as the drain says), so its figures leave.
+        let mut queue_routes = std::collections::BTreeSet::new();
+        for (p, outcome) in pending.iter().zip(&outcomes) {
+            let Ok(applied) = outcome else { continue };
+            if applied.duplicate {
+                continue;
+            }
+            let gone = p.report.drain.as_ref().map(|_| QueueReport::empty(now));
+            if let Some(queue) = gone.as_ref().or(p.report.queue.as_ref()) {
+                queue_routes.extend(record_report(
+                    &mut new_status.queues,
+                    &p.pod,
+                    &p.report.source_ip.to_string(),
+                    queue,
+                    now,
+                ));
+            }
+        }
         let old =
             serde_json::to_value(fresh.status.clone().unwrap_or_default()).unwrap_or_default();
         let new = serde_json::to_value(&new_status).unwrap_or_default();
@@ -502,6 +537,31 @@ async fn count_batch(
                     transitions.extend(applied.transitions.iter().cloned());
                 }
                 ctx.metrics.feedback_batch(counted);
+                for (p, outcome) in pending.iter().zip(&outcomes) {
+                    let (Ok(applied), Some(drain)) = (outcome, &p.report.drain) else {
+                        continue;
+                    };
+                    if applied.duplicate {
+                        continue;
+                    }
+                    let record = drain_event(
+                        &ObjectKey::new(ns, name),
+                        &p.pod,
+                        &p.report.source_ip.to_string(),
+                        drain,
+                    );
+                    if drain.left > 0 {
+                        tracing::warn!(pool = %applied.pool, pod = %p.pod, "{}", record.note);
+                    }
+                    ctx.metrics.drain(&format!("{ns}/{name}"), drain.left);
+                    ctx.publish(&fresh.object_ref(&()), &[record]).await;
+                }
+                if !queue_routes.is_empty() {
+                    let mut written = (*fresh).clone();
+                    written.status = Some(new_status.clone());
+                    let routes: Vec<String> = queue_routes.into_iter().collect();
+                    write_route_queues(ctx, ns, &written, &routes, now).await;
+                }
                 // Replies quoting a block list are checked with that zone at once.
                 if pending.iter().any(|p| !p.report.conclusive.is_empty()) {
                     ctx.claims.notify_one();
@@ -595,6 +655,77 @@ impl FeedbackReceiver for OperatorFeedback {
         report: FeedbackReport,
     ) -> Result<FeedbackResponse, FeedbackRefusal> {
         self.authorize(&identity, &report)?;
-        self.count(report).await
+        self.count(report, identity.pod).await
+    }
+}
+
+/// Writes `status.queue` of the routes whose waiting mail a report changed,
+/// summed over the namespace's pools (`pool` as just written), with a Warning
+/// when the oldest message has used half its lifetime. A conflict is left to
+/// the next report: the figures are re-sent each time.
+async fn write_route_queues(
+    ctx: &Context,
+    ns: &str,
+    pool: &SenderPool,
+    routes: &[String],
+    now: Timestamp,
+) {
+    let others = ctx.stores.pools.all();
+    let pools: Vec<&SenderPool> = others
+        .iter()
+        .map(|p| p.as_ref())
+        .filter(|p| !(p.name_any() == pool.name_any() && p.namespace() == pool.namespace()))
+        .chain(std::iter::once(pool))
+        .collect();
+    for name in routes {
+        let Some(route) = ctx.stores.routes.get(ns, name) else {
+            continue;
+        };
+        let key = format!("{ns}/{name}");
+        let queue = route_queue(pools.iter().copied(), ns, name, now);
+        ctx.metrics.set_route_queue(
+            &key,
+            queue.as_ref().map(|q| {
+                let lifetime = q
+                    .expires_time
+                    .as_ref()
+                    .map(|e| e.0.as_second() - q.oldest_arrival_time.0.as_second());
+                (q.messages, q.oldest_arrival_time.0.as_second(), lifetime)
+            }),
+        );
+        let before = route.status.clone().unwrap_or_default();
+        if before.queue == queue {
+            continue;
+        }
+        let was_aging = before.queue.as_ref().is_some_and(|q| q.aging);
+        let mut after = before.clone();
+        after.queue = queue.clone();
+        let (Ok(old), Ok(new)) = (serde_json::to_value(&before), serde_json::to_value(&after))
+        else {
+            continue;
+        };
+        match ctx
+            .writer
+            .patch_status::<DomainRoute>(ns, name, route.resource_version(), &old, &new)
+            .await
+        {
+            Ok(_) => {
+                if let Some(q) = queue.as_ref().filter(|q| q.aging && !was_aging) {
+                    let record = EventRecord {
+                        kind: "DomainRoute",
+                        regarding: ObjectKey::new(ns, name.as_str()),
+                        type_: EventType::Warning,
+                        reason: "QueueAging".into(),
+                        action: "Queue",
+                        note: aging_note(&key, q, now),
+                    };
+                    tracing::warn!(route = %key, "{}", record.note);
+                    ctx.publish(&route.object_ref(&()), &[record]).await;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(route = %key, error = %e, "route queue figures not written; the next report retries")
+            }
+        }
     }
 }

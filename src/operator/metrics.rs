@@ -13,6 +13,8 @@ const DURATION_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 
 /// (ip, provider) → state word, for one pool.
 pub type PairStates = BTreeMap<(String, String), String>;
+/// A route's waiting mail: (messages, oldest arrival in Unix seconds, lifetime seconds).
+pub type RouteQueueFigures = (i64, i64, Option<i64>);
 
 #[derive(Default)]
 pub struct Metrics {
@@ -23,9 +25,13 @@ pub struct Metrics {
     ip_states: Mutex<BTreeMap<String, PairStates>>,
     /// route key (`ns/name`) → (mode word, target count).
     route_targets: Mutex<BTreeMap<String, (String, usize)>>,
+    /// route key → (messages waiting, oldest arrival, lifetime seconds).
+    route_queues: Mutex<BTreeMap<String, RouteQueueFigures>>,
     feedback_reports: Mutex<BTreeMap<String, u64>>,
     /// Status writes of counted feedback, and the reports they carried.
     feedback_batches: Mutex<(u64, u64)>,
+    /// pool → (drains complete, drains incomplete, messages left by the incomplete).
+    drains: Mutex<BTreeMap<String, (u64, u64, u64)>>,
     api_writes: Mutex<BTreeMap<&'static str, u64>>,
     /// kind → stored statuses read only in part and rewritten.
     unreadable_statuses: Mutex<BTreeMap<&'static str, u64>>,
@@ -82,6 +88,7 @@ impl Metrics {
         lock(&self.ip_states).len()
             + lock(&self.feedback_reports).len()
             + lock(&self.route_targets).len()
+            + lock(&self.route_queues).len()
     }
 
     pub fn set_route_targets(&self, route: &str, mode: &str, targets: usize) {
@@ -90,6 +97,15 @@ impl Metrics {
 
     pub fn forget_route(&self, route: &str) {
         lock(&self.route_targets).remove(route);
+        lock(&self.route_queues).remove(route);
+    }
+
+    /// The mail waiting for a route (`None`: none).
+    pub fn set_route_queue(&self, route: &str, queue: Option<RouteQueueFigures>) {
+        match queue {
+            Some(q) => lock(&self.route_queues).insert(route.to_string(), q),
+            None => lock(&self.route_queues).remove(route),
+        };
     }
 
     pub fn feedback_report(&self, pool: &str) {
@@ -103,6 +119,19 @@ impl Metrics {
         let mut batches = lock(&self.feedback_batches);
         batches.0 += 1;
         batches.1 += reports as u64;
+    }
+
+    /// A stopping sender of `pool` reported its drain: `left` messages could
+    /// not be handed on and went with the pod.
+    pub fn drain(&self, pool: &str, left: u64) {
+        let mut drains = lock(&self.drains);
+        let entry = drains.entry(pool.to_string()).or_default();
+        if left == 0 {
+            entry.0 += 1;
+        } else {
+            entry.1 += 1;
+            entry.2 = entry.2.saturating_add(left);
+        }
     }
 
     /// One create, patch or delete sent to the API server (`verb`).
@@ -210,6 +239,49 @@ impl Metrics {
                 escape(mode)
             );
         }
+        let queues = lock(&self.route_queues);
+        header(
+            &mut out,
+            "mailfleet_route_queue_messages",
+            "gauge",
+            "Messages waiting for each route in the senders' queues, as their agents last reported.",
+        );
+        for (route, (messages, _, _)) in queues.iter() {
+            let _ = writeln!(
+                out,
+                "mailfleet_route_queue_messages{{route=\"{}\"}} {messages}",
+                escape(route)
+            );
+        }
+        header(
+            &mut out,
+            "mailfleet_route_queue_oldest_arrival_timestamp_seconds",
+            "gauge",
+            "When the oldest message waiting for each route arrived.",
+        );
+        for (route, (_, oldest, _)) in queues.iter() {
+            let _ = writeln!(
+                out,
+                "mailfleet_route_queue_oldest_arrival_timestamp_seconds{{route=\"{}\"}} {oldest}",
+                escape(route)
+            );
+        }
+        header(
+            &mut out,
+            "mailfleet_route_queue_lifetime_seconds",
+            "gauge",
+            "The shortest maximal_queue_lifetime of the senders holding each route's mail.",
+        );
+        for (route, (_, _, lifetime)) in queues.iter() {
+            if let Some(lifetime) = lifetime {
+                let _ = writeln!(
+                    out,
+                    "mailfleet_route_queue_lifetime_seconds{{route=\"{}\"}} {lifetime}",
+                    escape(route)
+                );
+            }
+        }
+        drop(queues);
         header(
             &mut out,
             "mailfleet_feedback_reports_total",
@@ -223,6 +295,36 @@ impl Metrics {
                 escape(pool)
             );
         }
+        let drains = lock(&self.drains);
+        header(
+            &mut out,
+            "mailfleet_drains_total",
+            "counter",
+            "Sender pods that handed their queue on as they stopped, by pool and result (complete, incomplete).",
+        );
+        for (pool, (complete, incomplete, _)) in drains.iter() {
+            for (result, n) in [("complete", complete), ("incomplete", incomplete)] {
+                let _ = writeln!(
+                    out,
+                    "mailfleet_drains_total{{pool=\"{}\",result=\"{result}\"}} {n}",
+                    escape(pool)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "mailfleet_drain_left_messages_total",
+            "counter",
+            "Queued messages stopping sender pods could not hand on in time (they went with the pod), by pool.",
+        );
+        for (pool, (_, _, left)) in drains.iter() {
+            let _ = writeln!(
+                out,
+                "mailfleet_drain_left_messages_total{{pool=\"{}\"}} {left}",
+                escape(pool)
+            );
+        }
+        drop(drains);
         header(
             &mut out,
             "mailfleet_api_writes_total",
@@ -307,7 +409,13 @@ mod tests {
         m.set_route_targets("mail/microsoft", "Primary", 7);
         m.feedback_report("mail/bulk");
         m.api_write("patch");
+        m.drain("mail/bulk", 0);
+        m.drain("mail/bulk", 7);
+        m.drain("mail/bulk", 5);
         let text = m.render();
+        assert!(text.contains("mailfleet_drains_total{pool=\"mail/bulk\",result=\"complete\"} 1"));
+        assert!(text.contains("mailfleet_drains_total{pool=\"mail/bulk\",result=\"incomplete\"} 2"));
+        assert!(text.contains("mailfleet_drain_left_messages_total{pool=\"mail/bulk\"} 12"));
         assert!(text.contains("mailfleet_reconciles_total{controller=\"senderpool\"} 2"));
         assert!(text.contains(
             "mailfleet_reconcile_failures_total{controller=\"domainroute\",category=\"config\"} 1"

@@ -15,6 +15,7 @@ mod judge;
 pub mod learned;
 pub mod model;
 pub mod postfix;
+pub mod queues;
 pub mod sender_config;
 pub mod sender_settings;
 pub mod sending;

@@ -40,6 +40,7 @@ pub fn status_for(
         last_rewrite_time,
         target_count: i32::try_from(route.targets.len()).unwrap_or(i32::MAX),
         excluded_count: i32::try_from(route.excluded.len()).unwrap_or(i32::MAX),
+        queue: previous.and_then(|p| p.queue.clone()),
     }
 }
 

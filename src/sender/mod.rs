@@ -13,12 +13,14 @@
 //!    ([`crate::agent::run`]) beside it: following the log Postfix writes,
 //!    reporting, and applying new configurations (postmap + reload) in this
 //!    container;
-//! 4. on SIGTERM stops Postfix (`postfix stop`: the queue stays on disk), lets
+//! 4. on SIGTERM hands its queue to the pool's other senders ([`drain`],
+//!    with `--drain-to`), stops Postfix (`postfix stop`), lets
 //!    the agent read the last lines and send its last report, and exits; when
 //!    Postfix dies on its own, it stops the agent and exits non-zero so the
 //!    kubelet restarts the container.
 
 pub mod base;
 pub mod bind;
+pub mod drain;
 pub mod relay_login;
 pub mod run;

@@ -24,6 +24,9 @@ pub struct SenderOptions {
     pub base_settings: Vec<(String, String)>,
     /// How long Postfix may take to stop after SIGTERM before it is killed.
     pub stop_timeout: Duration,
+    /// Hand the queue to the pool's other senders before stopping
+    /// ([`super::drain`]); `None`: the queue stays on disk.
+    pub drain: Option<super::drain::DrainOptions>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +157,25 @@ pub fn run(
             break Ended::Stopped;
         }
         if stop.load(Ordering::SeqCst) {
+            if let Some(drain) = &options.drain {
+                // No configuration or pacing hold may undo the hand-off.
+                options.agent.hold_config.store(true, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(500));
+                match super::drain::drain(target, drain) {
+                    Ok(drained) => {
+                        *options
+                            .agent
+                            .drained
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner()) = Some(drained.report(&drain.to));
+                        // The agent's loop picks it up before its last report.
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                    Err(e) => {
+                        tracing::error!("cannot drain the queue: {e}; queued mail stays in it")
+                    }
+                }
+            }
             tracing::info!("stopping Postfix; queued mail stays in its queue");
             let status = stop_postfix(target, &mut postfix, options.stop_timeout);
             tracing::info!("Postfix stopped ({status:?})");

@@ -305,6 +305,8 @@ mod tests {
             lines: Default::default(),
             dropped: Default::default(),
             config_version: None,
+            queue: None,
+            drain: None,
         }
     }
 

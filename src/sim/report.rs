@@ -64,8 +64,15 @@ pub struct RunReport {
     pub description: String,
     /// Bounced on a block or block-list reply (the incident's "failed").
     pub bounced_by_block: u64,
-    /// Bounced because they outlived the 5-day queue lifetime.
+    /// Bounced because they outlived the queue lifetime (`queue_lifetime_s`).
     pub expired: u64,
+    /// The longest any message waited in a queue, delivered or not.
+    #[serde(default)]
+    pub oldest_wait_s: f64,
+    /// The senders' `maximal_queue_lifetime` in this run: Postfix's 5 days in a
+    /// baseline, the pools' rendered lifetime with mailfleet.
+    #[serde(default)]
+    pub queue_lifetime_s: f64,
     /// Neither delivered nor bounced when the run ended.
     pub queued_at_end: u64,
     /// Delivery attempts the providers refused (any reason).

@@ -18,7 +18,7 @@ use super::{
 };
 
 /// Every scenario, with one line on what it shows.
-pub const SCENARIOS: [(&str, &str); 7] = [
+pub const SCENARIOS: [(&str, &str); 8] = [
     (
         "seed-2021-11",
         "the incident of INCIDENT.md: one IP on 2 of 8 senders blocked by Microsoft for 14 days",
@@ -46,6 +46,10 @@ pub const SCENARIOS: [(&str, &str); 7] = [
     (
         "yahoo-tss04",
         "Yahoo defers IPs that send too fast ([TSS04]) and holds them back for hours",
+    ),
+    (
+        "ten-day-defer",
+        "Microsoft blocks every IP of the pool for 10 days and the route defers: the queue lifetime decides what bounces",
     ),
 ];
 
@@ -90,6 +94,7 @@ pub fn scenario(name: &str) -> Result<Scenario, SimError> {
         "gmail-rate-limit" => Ok(gmail_rate_limit()),
         "dnsbl-listing" => Ok(dnsbl_listing()),
         "yahoo-tss04" => Ok(yahoo_tss04()),
+        "ten-day-defer" => Ok(ten_day_defer()),
         _ => Err(SimError::UnknownScenario {
             name: name.to_string(),
             known: SCENARIOS
@@ -447,6 +452,66 @@ fn all_ips_blocked() -> Scenario {
             "the Microsoft route defers (whenNoHealthyIp: Defer) until an IP may send",
             &with(MicrosoftFallback::Defer),
         ),
+    ];
+    s
+}
+
+/// Postfix's own `maximal_queue_lifetime`.
+const POSTFIX_DEFAULT_LIFETIME_SECONDS: i64 = 5 * 86_400;
+
+fn ten_day_defer() -> Scenario {
+    let mut s = short_scenario(
+        "ten-day-defer",
+        "Microsoft blocks all 7 IPs of the bulk pool at 10:00 on day 1 and keeps them listed for 10 days; the Microsoft route has no fallback and defers",
+        12,
+        600_000,
+        10.0,
+    );
+    s.slice_seconds = 300;
+    s.drain_seconds = 3 * 86_400;
+    let mut microsoft = ProviderModel::standard("microsoft");
+    // Listed for 10 days whatever the IPs do (probes included).
+    microsoft.delisting = Delisting {
+        low_share: 1.0,
+        quiet_seconds: 10 * 86_400,
+        relist: None,
+    };
+    s.providers = vec![microsoft];
+    let block_at = local(0, 10, 0);
+    s.events = BULK_IPS
+        .iter()
+        .map(|ip| WorldEvent::ListIp {
+            at: block_at,
+            ip: ip.to_string(),
+            provider: "microsoft".to_string(),
+        })
+        .collect();
+    s.incident = Some(Incident {
+        at: Some(block_at),
+        pairs: BULK_IPS
+            .iter()
+            .map(|ip| (ip.to_string(), "microsoft".to_string()))
+            .collect(),
+    });
+    let defer = FleetOptions {
+        microsoft: MicrosoftFallback::Defer,
+        ..FleetOptions::default()
+    };
+    let mut postfix_lifetime = mailfleet(
+        "mailfleet-postfix-lifetime",
+        "the same routes with Postfix's default maximal_queue_lifetime (5 days) instead of the rendered one: what default Postfix bounces",
+        &defer,
+    );
+    for pool in &mut postfix_lifetime.pools {
+        pool.spec.queue.maximal_lifetime_seconds = Some(POSTFIX_DEFAULT_LIFETIME_SECONDS);
+    }
+    s.runs = vec![
+        mailfleet(
+            "mailfleet",
+            "the Microsoft route defers for 10 days; the senders keep the mail for the rendered lifetime (14 days by default)",
+            &defer,
+        ),
+        postfix_lifetime,
     ];
     s
 }

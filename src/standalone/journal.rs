@@ -188,6 +188,8 @@ mod tests {
                 lines: Default::default(),
                 dropped: Default::default(),
                 config_version: None,
+                queue: None,
+                drain: None,
             },
         }
     }

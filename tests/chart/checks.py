@@ -17,6 +17,11 @@ MONITORING_GROUP = "monitoring.coreos.com/"
 OPERATOR_METRICS = {
     "mailfleet_ip_state": {"pool", "ip", "provider", "state"},
     "mailfleet_route_targets": {"route", "mode"},
+    "mailfleet_route_queue_messages": {"route"},
+    "mailfleet_route_queue_oldest_arrival_timestamp_seconds": {"route"},
+    "mailfleet_route_queue_lifetime_seconds": {"route"},
+    "mailfleet_drains_total": {"pool", "result"},
+    "mailfleet_drain_left_messages_total": {"pool"},
     "mailfleet_feedback_reports_total": {"pool"},
     "mailfleet_feedback_requests_total": {"code"},
     "mailfleet_leader": set(),

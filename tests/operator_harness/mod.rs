@@ -271,6 +271,8 @@ pub fn ban_report(pool: &str, ip: &str, sequence: u64) -> FeedbackReport {
         lines: Default::default(),
         dropped: Default::default(),
         config_version: None,
+        queue: None,
+        drain: None,
     }
 }
 

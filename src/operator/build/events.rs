@@ -17,6 +17,8 @@
 //! | `RouteRestored` | Normal | a route is back on its own pool |
 //! | `RouteRewritten` | Normal | same mode, other targets |
 //! | `UnreadableStatus` | Warning | a stored status could not be read in full and was rewritten (note: each field and why) |
+//! | `QueueAging` | Warning | a route's oldest queued message has used half of its lifetime |
+//! | `Drained` / `DrainIncomplete` | Normal / Warning | a stopping sender handed on all / not all of its queue |
 //! | validation reasons | Warning | see [`super::validate`] |
 
 use crate::api::{ReputationState, RouteMode};
@@ -183,6 +185,45 @@ pub fn transition_events(pool: &ObjectKey, transitions: &[Transition]) -> Vec<Ev
         .collect()
 }
 
+/// The event a stopping sender's drain gets on its pool: what it handed on,
+/// and, when mail was left, how much goes with the pod.
+pub fn drain_event(
+    pool: &ObjectKey,
+    pod: &str,
+    ip: &str,
+    drain: &crate::agent::report::DrainReport,
+) -> EventRecord {
+    let seconds = drain.took_ms as f64 / 1000.0;
+    let handed = drain.queued_at_start.saturating_sub(drain.left);
+    let (type_, reason, note) = if drain.left == 0 {
+        (
+            EventType::Normal,
+            "Drained",
+            format!(
+                "sender pod {pod} ({ip}) stopped and handed its {} queued message(s) to {} in {seconds:.1}s",
+                drain.queued_at_start, drain.to
+            ),
+        )
+    } else {
+        (
+            EventType::Warning,
+            "DrainIncomplete",
+            format!(
+                "sender pod {pod} ({ip}) stopped with {} of {} queued message(s) still in its queue: they could not be handed to {} within {seconds:.0}s ({handed} were) and went with the pod. Check that the pool's other senders were up and reachable on its intake Service",
+                drain.left, drain.queued_at_start, drain.to
+            ),
+        )
+    };
+    EventRecord {
+        kind: "SenderPool",
+        regarding: pool.clone(),
+        type_,
+        reason: reason.to_string(),
+        action: "Drain",
+        note: truncate(note),
+    }
+}
+
 fn targets_text(route: &RouteResult) -> String {
     if route.targets.is_empty() {
         return "no IP".to_string();
@@ -340,6 +381,35 @@ mod tests {
             allowance_percent: 0,
             at: now(),
         }
+    }
+
+    #[test]
+    fn a_drain_that_left_mail_is_a_warning_with_the_count() {
+        let mut drain = crate::agent::report::DrainReport {
+            to: "mf-pool-bulk.mail.svc:25".into(),
+            queued_at_start: 1000,
+            left: 0,
+            took_ms: 3_400,
+        };
+        let pool = ObjectKey::new("mail", "bulk");
+        let done = drain_event(&pool, "bulk-0", "203.0.113.10", &drain);
+        assert_eq!(
+            (done.type_, done.reason.as_str()),
+            (EventType::Normal, "Drained")
+        );
+        assert!(
+            done.note
+                .contains("1000 queued message(s) to mf-pool-bulk.mail.svc:25 in 3.4s"),
+            "{}",
+            done.note
+        );
+        drain.left = 7;
+        let left = drain_event(&pool, "bulk-0", "203.0.113.10", &drain);
+        assert_eq!(
+            (left.type_, left.reason.as_str()),
+            (EventType::Warning, "DrainIncomplete")
+        );
+        assert!(left.note.contains("7 of 1000"), "{}", left.note);
     }
 
     #[test]

@@ -95,6 +95,7 @@ pub fn pool_status(
         observed_generation: generation,
         conditions: previous.conditions.clone(),
         feedback_ledger: previous.feedback_ledger.clone(),
+        queues: previous.queues.clone(),
         ..SenderPoolStatus::default()
     };
     for ip in &pool.spec.ips {

@@ -32,6 +32,9 @@ pub const QUEUE_VOLUME: &str = "mailfleet-queue";
 pub const QUEUE_DIR: &str = "/var/spool/postfix";
 pub const LOG_VOLUME: &str = "mailfleet-maillog";
 pub const LOG_DIR: &str = "/var/log/postfix";
+/// The longest a stopping sender spends handing its queue to the pool's
+/// other senders (`sender run --drain-timeout`).
+pub const DRAIN_TIMEOUT_SECONDS: i64 = 45;
 /// Where relay Secrets are mounted, one folder per Secret.
 pub const RELAY_SECRETS_DIR: &str = "/etc/mailfleet/relay";
 /// Capabilities Postfix needs as root: own its queue, switch to its users,
@@ -91,6 +94,13 @@ pub fn sender_pod_spec(
         "--relay-secrets-dir",
         RELAY_SECRETS_DIR,
         &format!("--postconf=myhostname=$({POD_NAME_ENV})"),
+        "--drain-to",
+        &format!(
+            "{}.{namespace}.svc:25",
+            super::pool_service::pool_service_name(pool)
+        ),
+        "--drain-timeout",
+        &DRAIN_TIMEOUT_SECONDS.to_string(),
     ]
     .map(String::from)
     .to_vec();
@@ -183,8 +193,10 @@ pub fn sender_pod_spec(
             ..Default::default()
         }],
         volumes: Some(volumes),
-        // The sender stops Postfix and sends its last report on SIGTERM.
-        termination_grace_period_seconds: Some(60),
+        // On SIGTERM the sender hands its queue to the pool's other senders
+        // (at most DRAIN_TIMEOUT_SECONDS), stops Postfix (20 s) and sends its
+        // last report (10 s).
+        termination_grace_period_seconds: Some(DRAIN_TIMEOUT_SECONDS + 20 + 10 + 5),
         ..Default::default()
     }
 }
@@ -231,6 +243,12 @@ mod tests {
                 .map(|f| f.field_path.as_str()),
             Some("metadata.name")
         );
+        // A stopping sender hands its queue to the pool's intake Service, inside its grace period.
+        assert!(
+            args.contains("--drain-to mf-pool-bulk.mail.svc:25 --drain-timeout 45"),
+            "{args}"
+        );
+        assert!(spec.termination_grace_period_seconds.unwrap() > DRAIN_TIMEOUT_SECONDS + 20);
         let mounts: Vec<&str> = sender
             .volume_mounts
             .iter()

@@ -3,9 +3,7 @@
 
 use crate::api::RouteMode;
 
-use super::super::queue::{
-    backoff_seconds, split_off, Held, Holder, Piece, QUEUE_LIFETIME_SECONDS,
-};
+use super::super::queue::{backoff_seconds, split_off, Held, Holder, Piece};
 use super::super::rng::apportion;
 use super::super::routes::{fill, Plan};
 use super::World;
@@ -193,7 +191,8 @@ impl World<'_> {
     pub(super) fn defer(&mut self, holder: Holder, p: usize, piece: Piece, t: usize, end: i64) {
         self.totals.deferrals += piece.count;
         let submitted_at = self.scenario.start + i64::from(piece.submitted) * self.slice;
-        if end - submitted_at >= QUEUE_LIFETIME_SECONDS {
+        self.oldest_wait = self.oldest_wait.max(end - submitted_at);
+        if end - submitted_at >= self.queue_lifetime {
             self.totals.expired += piece.count;
             self.totals.bounced += piece.count;
             return;

@@ -128,6 +128,11 @@ struct World<'a> {
     /// The incident's `(sender, provider)` pairs, and their names.
     watched: Vec<(usize, usize)>,
     watched_names: Vec<(String, String)>,
+    /// How long deferred mail may wait before it bounces: Postfix's default
+    /// in a baseline, the pools' rendered `maximal_queue_lifetime` with mailfleet.
+    queue_lifetime: i64,
+    /// The longest any message waited in a queue (delivered, bounced or still queued).
+    oldest_wait: i64,
 }
 
 impl World<'_> {

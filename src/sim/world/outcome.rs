@@ -104,6 +104,11 @@ impl World<'_> {
             delayed_p50_s: percentile(&delayed, 0.5).map(|d| d as f64),
             delayed_p99_s: percentile(&delayed, 0.99).map(|d| d as f64),
             delay_max_s: delays.keys().next_back().copied().unwrap_or(0) as f64,
+            oldest_wait_s: self
+                .oldest_wait
+                .max(delays.keys().next_back().copied().unwrap_or(0) as i64)
+                as f64,
+            queue_lifetime_s: self.queue_lifetime as f64,
             delisted_s: delisted_at.and_then(since),
             engine_transitions: transitions.len() as u64,
             blocks: transitions

@@ -180,6 +180,22 @@ impl<'a> World<'a> {
             first_refusal: None,
             watched,
             watched_names,
+            queue_lifetime: match setup.mode {
+                Mode::Baseline => super::super::queue::QUEUE_LIFETIME_SECONDS,
+                Mode::Mailfleet => setup
+                    .pools
+                    .iter()
+                    .map(|p| {
+                        crate::api::QueueLifetimes::resolve(
+                            &p.spec.queue,
+                            p.spec.reputation.max_hold_down_seconds,
+                        )
+                        .maximal_seconds
+                    })
+                    .min()
+                    .unwrap_or(super::super::queue::QUEUE_LIFETIME_SECONDS),
+            },
+            oldest_wait: 0,
         };
         world.plans = world.current_plans();
         world.initial_shares = world.describe_plans(scenario.start);

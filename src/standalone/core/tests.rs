@@ -75,6 +75,8 @@ fn report(ip: &str, sequence: u64, conclusive: bool) -> FeedbackReport {
         lines: Default::default(),
         dropped: Default::default(),
         config_version: None,
+        queue: None,
+        drain: None,
     }
 }
 
