@@ -469,6 +469,8 @@ async fn reports_of_one_pool_share_a_status_write_and_are_answered_after_it() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"duplicate\":true"), "{body}");
     assert_eq!(api.write_count(), quiet);
+    operator.shutdown().await.unwrap();
+}
 
 /// A request head announcing a body that never comes.
 const HEAD_WITHOUT_TOKEN: &[u8] = b"POST /v1/feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 65536\r\n\r\n{";
@@ -640,6 +642,8 @@ async fn a_claim_naming_a_zone_is_checked_at_once_through_the_pools_resolver() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(metrics.contains(counted), "{metrics}");
+    operator.shutdown().await.unwrap();
+}
 
 /// A pod's queue report reaches the pool's `status.queues`, the route's
 /// `status.queue` (with the Warning at half the lifetime) and the metrics; its
