@@ -767,6 +767,8 @@ fn largest_fleet(root: &Path, out: &Path, pools: usize) -> (PathBuf, PathBuf, Ve
                             block_count: i32::from(blocked),
                             next_step_at: blocked.then(|| time(3000)),
                             recovery_step: None,
+                            throttle_step: None,
+                            paused_until: None,
                             probe_successes: 0,
                             window: (0..16)
                                 .rev()

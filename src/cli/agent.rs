@@ -640,7 +640,7 @@ mod tests {
         ])
         .map(|cli| match cli.command {
             AgentCommand::Run(run) => agent_options(*run).map(|_| ()).unwrap_err().to_string(),
-            AgentCommand::Replay(_) => unreachable!(),
+            AgentCommand::Replay(_) | AgentCommand::Queue(_) => unreachable!(),
         })
         .unwrap();
         assert!(err.contains("--ca-file is for an https://"), "{err}");

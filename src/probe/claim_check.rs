@@ -359,6 +359,8 @@ mod tests {
                 block_count: 0,
                 next_step_at: None,
                 recovery_step: None,
+                throttle_step: None,
+                paused_until: None,
                 probe_successes: 0,
                 window: Vec::new(),
             }];
