@@ -117,10 +117,6 @@ fn replay_prints_the_documented_json_and_a_table() {
         (of("microsoft"), of("yahoo"), conclusive.len()),
         (10, 10, 20)
     );
-    assert!(conclusive
-        .iter()
-        .filter(|c| c["provider"] == "yahoo")
-        .all(|c| c["pause_seconds"] == 4 * 3600));
     assert_eq!(conclusive[0]["provider"], "microsoft");
     assert_eq!(conclusive[0]["at"], "2021-11-04T23:00:00Z");
     assert!(conclusive[0]["reply"].as_str().unwrap().contains("5.7.606"));
