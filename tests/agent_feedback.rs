@@ -484,7 +484,13 @@ fn json_lines_from_another_mta_are_counted_like_postfix_lines() {
     assert!(expected
         .keys()
         .any(|(p, _, c)| p == "microsoft" && c.as_str() == "ip_blocklisted"));
-    assert_eq!(s.conclusive(), 6, "the ban replies are evidence");
+    // The ban replies are evidence, and so are Yahoo's [TSS04] replies, whose
+    // rule asks for a pause.
+    assert_eq!(
+        s.conclusive(),
+        12,
+        "the ban and the pause replies are evidence"
+    );
     assert_eq!(
         s.counted
             .iter()
