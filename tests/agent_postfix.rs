@@ -86,7 +86,8 @@ fn expected_for(kind: &str) -> (&'static str, &'static str, bool) {
         "ms_banned" => ("deferred", "ip_blocklisted", true),
         "ms_rate_limited" => ("deferred", "ip_rate_limited", false),
         "google_low_reputation" => ("bounced", "ip_blocklisted", false),
-        "yahoo_tss04" => ("deferred", "ip_rate_limited", false),
+        // A rate limit, but its rule asks for a pause: reported as evidence.
+        "yahoo_tss04" => ("deferred", "ip_rate_limited", true),
         "yahoo_tss09" => ("deferred", "ip_blocklisted", true),
         "unknown_user" => ("bounced", "recipient_unknown", false),
         "mailbox_full" => ("bounced", "mailbox_full", false),
