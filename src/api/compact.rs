@@ -373,23 +373,12 @@ pub fn read_plain_pairs_text(text: &str) -> Result<Vec<ProviderReputation>, Pack
         let hold_down_seconds = take_optional(&mut input)?;
         let window = unpack_window(&mut input, &mut window_base)?;
         pairs.push(ProviderReputation {
-            provider,
-            state: ReputationState::Healthy,
-            since: at_second(since)?,
             reason,
             last_evidence,
-            allowance_percent: 100,
-            hourly_cap: None,
-            overridden_by: None,
             hold_down_seconds,
             block_count,
-            next_step_at: None,
-            recovery_step: None,
-            throttle_step: None,
-            paused_until: None,
-            probe_successes: 0,
             window,
-            dnsbl_claims: Vec::new(),
+            ..ProviderReputation::first_seen(provider, at_second(since)?)
         });
     }
     Ok(pairs)
@@ -468,23 +457,8 @@ mod tests {
 
     fn pair(provider: &str, window: Vec<WindowBucket>) -> ProviderReputation {
         ProviderReputation {
-            provider: provider.to_string(),
-            state: ReputationState::Healthy,
-            since: ts(1_765_000_000),
-            reason: "FirstSeen".into(),
-            last_evidence: None,
-            allowance_percent: 100,
-            hourly_cap: None,
-            overridden_by: None,
-            hold_down_seconds: None,
-            block_count: 0,
-            next_step_at: None,
-            recovery_step: None,
-            throttle_step: None,
-            paused_until: None,
-            probe_successes: 0,
             window,
-            dnsbl_claims: Vec::new(),
+            ..ProviderReputation::first_seen(provider, ts(1_765_000_000))
         }
     }
 

@@ -1009,6 +1009,36 @@ pub struct ProviderReputation {
     pub dnsbl_claims: Vec<DnsblClaim>,
 }
 
+impl ProviderReputation {
+    /// The reason word of a pair seen for the first time.
+    pub const FIRST_SEEN: &'static str = "FirstSeen";
+
+    /// A pair seen for the first time: Healthy at full allowance, no cap,
+    /// override, timer, progress, window or claims. Every other pair is this
+    /// one with some fields set, so a new field gets its default in one place.
+    pub fn first_seen(provider: impl Into<String>, since: Time) -> Self {
+        ProviderReputation {
+            provider: provider.into(),
+            state: ReputationState::Healthy,
+            since,
+            reason: Self::FIRST_SEEN.to_string(),
+            last_evidence: None,
+            allowance_percent: 100,
+            hourly_cap: None,
+            overridden_by: None,
+            hold_down_seconds: None,
+            block_count: 0,
+            next_step_at: None,
+            recovery_step: None,
+            throttle_step: None,
+            paused_until: None,
+            probe_successes: 0,
+            window: Vec::new(),
+            dnsbl_claims: Vec::new(),
+        }
+    }
+}
+
 /// One receiver's reply quoting a DNS block list about this IP.
 #[derive(JsonSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -348,21 +348,7 @@ mod tests {
                     })
                     .collect(),
                 state,
-                provider: "other".into(),
-                since: Time(now()),
-                reason: "FirstSeen".into(),
-                last_evidence: None,
-                allowance_percent: 100,
-                hourly_cap: None,
-                overridden_by: None,
-                hold_down_seconds: None,
-                block_count: 0,
-                next_step_at: None,
-                recovery_step: None,
-                throttle_step: None,
-                paused_until: None,
-                probe_successes: 0,
-                window: Vec::new(),
+                ..ProviderReputation::first_seen("other", Time(now()))
             }];
             status.ips.push(ip_status);
         }

@@ -128,14 +128,11 @@ impl RememberedPair {
             None => None,
         };
         Some(ProviderReputation {
-            provider: self.provider.clone(),
             state: self.state,
-            since: time(self.since)?,
             reason: self.reason.clone(),
             last_evidence: self.evidence.clone(),
             allowance_percent: self.allowance_percent,
             hourly_cap: self.hourly_cap,
-            overridden_by: None,
             hold_down_seconds: self.hold_down_seconds,
             block_count: self.block_count,
             next_step_at,
@@ -146,8 +143,7 @@ impl RememberedPair {
                 None => None,
             },
             probe_successes: self.probe_successes,
-            window: Vec::new(),
-            dnsbl_claims: Vec::new(),
+            ..ProviderReputation::first_seen(self.provider.clone(), time(self.since)?)
         })
     }
 
@@ -358,28 +354,22 @@ mod tests {
 
     fn pair(provider: &str, state: ReputationState) -> ProviderReputation {
         let healthy = matches!(state, ReputationState::Healthy | ReputationState::Warming);
+        let first = ProviderReputation::first_seen(
+            provider,
+            Time(Timestamp::from_second(1_765_000_000).unwrap()),
+        );
+        if healthy {
+            return ProviderReputation { state, ..first };
+        }
         ProviderReputation {
-            provider: provider.into(),
             state,
-            since: Time(Timestamp::from_second(1_765_000_000).unwrap()),
-            reason: if healthy {
-                "FirstSeen".into()
-            } else {
-                "ConclusiveBlockReply".into()
-            },
-            last_evidence: (!healthy).then(|| "5".repeat(400)),
-            allowance_percent: if healthy { 100 } else { 0 },
-            hourly_cap: None,
-            overridden_by: None,
-            hold_down_seconds: (!healthy).then_some(7200),
-            block_count: i32::from(!healthy),
-            next_step_at: (!healthy).then(|| Time(Timestamp::from_second(1_765_007_200).unwrap())),
-            recovery_step: None,
-            throttle_step: None,
-            paused_until: None,
-            probe_successes: 0,
-            window: Vec::new(),
-            dnsbl_claims: Vec::new(),
+            reason: "ConclusiveBlockReply".into(),
+            last_evidence: Some("5".repeat(400)),
+            allowance_percent: 0,
+            hold_down_seconds: Some(7200),
+            block_count: 1,
+            next_step_at: Some(Time(Timestamp::from_second(1_765_007_200).unwrap())),
+            ..first
         }
     }
 

@@ -67,25 +67,8 @@ impl Recorder {
 /// A pair that has no record yet: Healthy, full allowance. [`PairRules::settle`]
 /// moves it on (to Warming, for instance) in the same call.
 pub(crate) fn new_pair(provider: &str, now: Timestamp) -> ProviderReputation {
-    ProviderReputation {
-        provider: provider.to_string(),
-        state: Healthy,
-        since: Time(now),
-        reason: Reason::FirstSeen.as_str().to_string(),
-        last_evidence: None,
-        allowance_percent: 100,
-        hourly_cap: None,
-        overridden_by: None,
-        hold_down_seconds: None,
-        block_count: 0,
-        next_step_at: None,
-        recovery_step: None,
-        throttle_step: None,
-        paused_until: None,
-        probe_successes: 0,
-        window: Vec::new(),
-        dnsbl_claims: Vec::new(),
-    }
+    debug_assert_eq!(Reason::FirstSeen.as_str(), ProviderReputation::FIRST_SEEN);
+    ProviderReputation::first_seen(provider, Time(now))
 }
 
 /// The rules one pair runs on, resolved from the pool spec for its IP and provider.
