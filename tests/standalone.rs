@@ -529,7 +529,8 @@ fn logs_are_json_lines_when_asked_and_never_coloured_on_a_pipe() {
 /// the routes; plain HTTP and an untrusted certificate get nothing through.
 #[test]
 fn agents_on_other_machines_report_over_tls() {
-    use mailfleet::agent::http::{post, Endpoint, HttpError, TlsTrust};
+    use mailfleet::agent::http::{post, Endpoint, TlsTrust};
+    use mailfleet::http_client::FetchError;
     let lab = lab();
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
@@ -565,7 +566,7 @@ fn agents_on_other_machines_report_over_tls() {
     // The public roots do not cover a self-signed certificate.
     let untrusted: Endpoint = url.parse().unwrap();
     match post(&untrusted, &headers, body.as_bytes(), timeout) {
-        Err(HttpError::Tls(_)) => {}
+        Err(FetchError::Tls { .. }) => {}
         other => panic!("an untrusted certificate must fail the handshake: {other:?}"),
     }
     // Plain HTTP on the TLS port gets no answer.

@@ -76,7 +76,7 @@ impl Metrics {
         inner.last_report_success = Some(at);
     }
 
-    /// `reason`: resolve, connect, timeout, io, protocol, http_4xx, http_5xx, unauthorized, rejected.
+    /// `reason`: connect, timeout, io, bad_response, too_large, tls, token, http_4xx, http_5xx, unauthorized, rejected.
     pub fn report_failed(&self, reason: &'static str) {
         *self.lock().reports_failed.entry(reason).or_default() += 1;
     }
