@@ -5,8 +5,6 @@
 //! client ([`crate::http_client`]), so an endpoint that hangs costs one
 //! timeout, never a stuck agent.
 
-use std::io::{self, Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::OnceLock;
@@ -16,8 +14,6 @@ use crate::http_client::{FetchError, HttpClient, HttpResponse, HttpUrl, TrustRoo
 
 /// Largest answer body read: the endpoint's answer is a small JSON object.
 const MAX_BODY: usize = 1024 * 1024;
-/// Largest request head read on the metrics listener.
-const MAX_HEAD: usize = 16 * 1024;
 
 /// Where reports go, and the client that reaches it.
 #[derive(Clone, Debug)]
@@ -124,7 +120,7 @@ impl FromStr for Endpoint {
 
 /// The agent is synchronous; its requests run on one small runtime of their
 /// own, kept for the process so pooled connections stay usable.
-fn runtime() -> &'static tokio::runtime::Runtime {
+pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -149,53 +145,10 @@ pub fn post(
     runtime().block_on(client.post(&endpoint.url, headers, body.to_vec()))
 }
 
-/// Reads a request head (method and path) from a client of the metrics listener.
-pub fn read_request_line(
-    stream: &mut TcpStream,
-    timeout: Duration,
-) -> io::Result<(String, String)> {
-    stream.set_read_timeout(Some(timeout))?;
-    let mut received = Vec::new();
-    let mut chunk = [0u8; 2048];
-    while !received.windows(4).any(|w| w == b"\r\n\r\n") {
-        if received.len() > MAX_HEAD {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "request head too large",
-            ));
-        }
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            break;
-        }
-        received.extend_from_slice(&chunk[..n]);
-    }
-    let text = String::from_utf8_lossy(&received);
-    let mut words = text.lines().next().unwrap_or("").split_whitespace();
-    let method = words.next().unwrap_or("").to_string();
-    let path = words.next().unwrap_or("").to_string();
-    Ok((method, path))
-}
-
-/// Writes a complete response and closes.
-pub fn write_response(
-    stream: &mut TcpStream,
-    status: &str,
-    content_type: &str,
-    body: &[u8],
-) -> io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
-    stream.flush()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
     use std::net::TcpListener;
     use std::time::Instant;
 

@@ -257,19 +257,15 @@ pub fn run(
         shared.state(&core).save(&options.state_file)?;
     }
 
-    let metrics_stop = Arc::new(AtomicBool::new(false));
-    let metrics_thread = match options.listen {
+    let metrics_server = match options.listen {
         Some(address) => {
             let listener = TcpListener::bind(address)
                 .map_err(|source| AgentError::Listen { address, source })?;
             let bound = listener.local_addr().unwrap_or(address);
             tracing::info!("metrics on http://{bound}/metrics");
-            let (m, s) = (Arc::clone(&metrics), Arc::clone(&metrics_stop));
             Some(
-                std::thread::Builder::new()
-                    .name("agent-metrics".into())
-                    .spawn(move || metrics::serve(listener, m, s))
-                    .map_err(AgentError::Thread)?,
+                metrics::MetricsServer::start(listener, Arc::clone(&metrics))
+                    .map_err(|source| AgentError::Listen { address, source })?,
             )
         }
         None => None,
@@ -311,9 +307,8 @@ pub fn run(
     if sender.join().is_err() {
         tracing::error!("the report sender stopped with a panic");
     }
-    metrics_stop.store(true, Ordering::SeqCst);
-    if let Some(t) = metrics_thread {
-        let _ = t.join();
+    if let Some(server) = metrics_server {
+        server.stop();
     }
     let core = shared.lock();
     shared.persist(&core);
