@@ -7,7 +7,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod fleet;
-pub mod http1;
+pub mod http_client;
 pub mod manifests;
 pub mod operator;
 pub mod probe;

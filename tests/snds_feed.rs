@@ -16,9 +16,7 @@ use jiff::Timestamp;
 use mailfleet::api::ReputationState;
 use mailfleet::fleet::Fleet;
 use mailfleet::manifests;
-use mailfleet::probe::snds::{
-    FeedClient, PlainHttp, RetryPolicy, SndsFeed, SndsKey, SndsPoller, TrustRoots,
-};
+use mailfleet::probe::snds::{FeedClient, RetryPolicy, SndsFeed, SndsKey, SndsPoller, TrustRoots};
 use mailfleet::reputation::engine::Reason;
 
 const KEY: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
@@ -258,15 +256,20 @@ fn quick_retry() -> RetryPolicy {
     }
 }
 
+/// The project's client against the plain-HTTP test server.
+fn plain_http(timeout: Duration, max_bytes: usize) -> FeedClient {
+    let mut client = FeedClient::new(&TrustRoots::system()).unwrap();
+    client.timeout = timeout;
+    client.max_bytes = max_bytes;
+    client
+}
+
 fn poller(feed: SndsFeed) -> SndsPoller {
     SndsPoller::new(
         feed,
         SndsKey::new(&format!("{KEY}\n")).unwrap(),
         quick_retry(),
-        PlainHttp {
-            timeout: Duration::from_millis(400),
-            max_bytes: 1 << 20,
-        },
+        plain_http(Duration::from_millis(400), 1 << 20),
     )
 }
 
@@ -432,10 +435,7 @@ async fn a_hanging_server_times_out_within_the_retry_budget() {
             attempts: 2,
             backoff: Duration::from_millis(10),
         },
-        PlainHttp {
-            timeout: Duration::from_millis(200),
-            max_bytes: 1 << 20,
-        },
+        plain_http(Duration::from_millis(200), 1 << 20),
     );
     let started = Instant::now();
     let err = snds.poll(&pool_ips(), now()).await.unwrap_err();
@@ -455,7 +455,7 @@ async fn a_refused_key_is_not_retried_and_the_key_never_shows() {
         server.feed("good"),
         SndsKey::new("wrong-key").unwrap(),
         quick_retry(),
-        PlainHttp::default(),
+        plain_http(Duration::from_secs(30), 16 << 20),
     );
     let err = snds.poll(&pool_ips(), now()).await.unwrap_err();
     assert_eq!(err.kind(), "http_status");
@@ -622,11 +622,20 @@ async fn serve_tls(
             Ok(n) => request.extend_from_slice(&buf[..n]),
         }
     }
-    if String::from_utf8_lossy(&request).contains("/no-close-notify/") {
-        // A body that ends with the connection, closed without TLS
-        // close_notify, as some servers do.
+    let text = String::from_utf8_lossy(&request).to_string();
+    if text.contains("/no-close-notify/") || text.contains("/unframed-no-close-notify/") {
+        // The connection is dropped without TLS close_notify, as some
+        // servers do: after a body whose length was given, or after one that
+        // only the end of the connection delimits.
         let _ = answer_for(&request, hits);
-        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/csv\r\nConnection: close\r\n\r\n";
+        let framing = if text.contains("/unframed-") {
+            String::new()
+        } else {
+            format!("Content-Length: {}\r\n", STATUS.len())
+        };
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/csv\r\n{framing}Connection: close\r\n\r\n"
+        );
         let _ = tls.write_all(head.as_bytes()).await;
         let _ = tls.write_all(STATUS.as_bytes()).await;
         let _ = tls.flush().await;
@@ -710,7 +719,7 @@ async fn https_feed_blocks_the_covered_ips_with_the_filter_results() {
     assert_eq!(server.hits("good", "ipStatus.aspx"), 1);
     assert_eq!(server.hits("good", "data.aspx"), 1);
 
-    // Chunked over TLS, and a body that ends with the connection, closed
+    // Chunked over TLS, and a framed body whose connection is then closed
     // without close_notify.
     for scenario in ["chunked", "no-close-notify"] {
         let mut snds = tls_poller(
@@ -723,6 +732,22 @@ async fn https_feed_blocks_the_covered_ips_with_the_filter_results() {
         let poll = snds.poll(&pool_ips(), now()).await.unwrap();
         assert_eq!(poll.status.ranges.len(), 2, "{scenario}");
     }
+
+    // A body only the end of the connection delimits, ended without
+    // close_notify, could have been cut anywhere: a failed poll (retried),
+    // never a file read as whole.
+    let mut snds = tls_poller(
+        &server,
+        SndsFeed {
+            data_url: None,
+            ..server.feed("unframed-no-close-notify")
+        },
+    );
+    let err = snds.poll(&pool_ips(), now()).await.unwrap_err();
+    assert!(
+        err.to_string().contains("close_notify"),
+        "a possibly cut body must be refused: {err}"
+    );
 }
 
 #[tokio::test]

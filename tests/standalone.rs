@@ -483,13 +483,54 @@ fn broken_manifests_and_no_last_good_set_refuse_to_start() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("poool"));
 }
 
+/// `--log-format json` (what a log collector wants): every line standalone
+/// writes is one JSON object with its level and message; text on a pipe never
+/// carries colour codes.
+#[test]
+fn logs_are_json_lines_when_asked_and_never_coloured_on_a_pipe() {
+    let json = lab();
+    let server = Standalone::start_with(
+        &json.manifests,
+        &json.out,
+        &json.token,
+        &["--log-format", "json"],
+    );
+    let (status, _) = server.post(Some(TOKEN), &blocked_report(1));
+    assert_eq!(status, 200);
+    let mut server = server;
+    assert!(server.terminate().success());
+    std::thread::sleep(Duration::from_millis(100));
+    let lines = server.log_so_far();
+    assert!(
+        !lines.is_empty(),
+        "standalone logged nothing after it started"
+    );
+    for line in &lines {
+        let object: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(object["level"].is_string(), "{line}");
+        assert!(object["message"].is_string(), "{line}");
+    }
+
+    let plain = lab();
+    let server = Standalone::start(&plain.manifests, &plain.out, &plain.token);
+    let (status, _) = server.post(Some(TOKEN), &blocked_report(1));
+    assert_eq!(status, 200);
+    let mut server = server;
+    assert!(server.terminate().success());
+    std::thread::sleep(Duration::from_millis(100));
+    let text = server.log_so_far().join("\n");
+    assert!(!text.contains('\u{1b}'), "colour codes on a pipe:\n{text}");
+}
+
 /// Agents on other machines report over TLS: standalone serves its port with
 /// a certificate, the agent's own HTTP client (the code `mailfleet agent run`
 /// posts with) trusts it through --ca-file, the report is stored and changes
 /// the routes; plain HTTP and an untrusted certificate get nothing through.
 #[test]
 fn agents_on_other_machines_report_over_tls() {
-    use mailfleet::agent::http::{post, Endpoint, HttpError, TlsTrust};
+    use mailfleet::agent::http::{post, Endpoint, TlsTrust};
+    use mailfleet::http_client::FetchError;
     let lab = lab();
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
@@ -525,7 +566,7 @@ fn agents_on_other_machines_report_over_tls() {
     // The public roots do not cover a self-signed certificate.
     let untrusted: Endpoint = url.parse().unwrap();
     match post(&untrusted, &headers, body.as_bytes(), timeout) {
-        Err(HttpError::Tls(_)) => {}
+        Err(FetchError::Tls { .. }) => {}
         other => panic!("an untrusted certificate must fail the handshake: {other:?}"),
     }
     // Plain HTTP on the TLS port gets no answer.

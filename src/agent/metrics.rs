@@ -3,14 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::agent::http::{read_request_line, write_response};
 use crate::agent::line::LineSkip;
 use crate::agent::report::{Dropped, QueueReport};
 use crate::vocab::{Category, Outcome};
@@ -76,7 +73,7 @@ impl Metrics {
         inner.last_report_success = Some(at);
     }
 
-    /// `reason`: resolve, connect, timeout, io, protocol, http_4xx, http_5xx, unauthorized, rejected.
+    /// `reason`: connect, timeout, io, bad_response, too_large, tls, token, http_4xx, http_5xx, unauthorized, rejected.
     pub fn report_failed(&self, reason: &'static str) {
         *self.lock().reports_failed.entry(reason).or_default() += 1;
     }
@@ -353,53 +350,145 @@ fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Serves `/metrics` and `/healthz` until `stop` is set.
-pub fn serve(listener: TcpListener, metrics: Arc<Metrics>, stop: Arc<AtomicBool>) {
-    if listener.set_nonblocking(true).is_err() {
-        tracing::error!("metrics listener cannot be polled; /metrics is not served");
-        return;
+/// The `/metrics` and `/healthz` server of the agent, on hyper like every
+/// other port of mailfleet; it runs on the agent's HTTP runtime until dropped
+/// or [`stop`](MetricsServer::stop)ped.
+pub struct MetricsServer {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A client that sends no head within this long is dropped.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Requests are one line and a few headers.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+impl MetricsServer {
+    /// Serves `listener` (already bound, so the caller reports a busy port).
+    pub fn start(listener: std::net::TcpListener, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        let runtime = crate::agent::http::runtime();
+        let listener = {
+            let _entered = runtime.enter();
+            tokio::net::TcpListener::from_std(listener)?
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = runtime.spawn(accept_until(listener, metrics, stopped));
+        Ok(MetricsServer { stop, task })
     }
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((mut stream, _)) => {
-                let _ = stream.set_nonblocking(false);
-                let answer = match read_request_line(&mut stream, Duration::from_secs(2)) {
-                    Ok((method, path)) if method == "GET" && path == "/metrics" => write_response(
-                        &mut stream,
-                        "200 OK",
-                        "text/plain; version=0.0.4; charset=utf-8",
-                        metrics.render().as_bytes(),
-                    ),
-                    Ok((method, path)) if method == "GET" && path == "/healthz" => {
-                        write_response(&mut stream, "200 OK", "text/plain", b"ok\n")
-                    }
-                    Ok(_) => write_response(
-                        &mut stream,
-                        "404 Not Found",
-                        "text/plain",
-                        b"GET /metrics or /healthz\n",
-                    ),
-                    Err(_) => Ok(()),
-                };
-                if let Err(e) = answer {
-                    tracing::debug!("metrics client went away: {e}");
+
+    /// Stops accepting and waits for the accept loop to end.
+    pub fn stop(self) {
+        let MetricsServer { stop, task } = self;
+        let _ = stop.send(());
+        let _ = crate::agent::http::runtime().block_on(task);
+    }
+}
+
+async fn accept_until(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    loop {
+        let stream = tokio::select! {
+            _ = &mut stopped => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("metrics listener: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
                 }
+            },
+        };
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let answer = answer(&metrics, &request);
+                async move { Ok::<_, std::convert::Infallible>(answer) }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .keep_alive(false);
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = builder.serve_connection(io, service).await {
+                tracing::debug!("metrics client: {e}");
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(50))
-            }
-            Err(e) => {
-                tracing::warn!("metrics listener: {e}");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
+        });
     }
+}
+
+fn answer<B>(
+    metrics: &Metrics,
+    request: &http::Request<B>,
+) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    let (status, content_type, body) = match (request.method(), request.uri().path()) {
+        (&http::Method::GET, "/metrics") => (
+            http::StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render().into_bytes(),
+        ),
+        (&http::Method::GET, "/healthz") => (http::StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+        _ => (
+            http::StatusCode::NOT_FOUND,
+            "text/plain",
+            b"GET /metrics or /healthz\n".to_vec(),
+        ),
+    };
+    let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    response
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::reputation::postfix_log::Skip;
+
+    fn get(address: std::net::SocketAddr, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: agent\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    }
+
+    #[test]
+    fn serves_metrics_and_health_until_stopped() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        metrics.report_failed("timeout");
+        let server = MetricsServer::start(listener, Arc::clone(&metrics)).unwrap();
+
+        let answer = get(address, "/metrics");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("text/plain; version=0.0.4"), "{answer}");
+        assert!(
+            answer.contains("mailfleet_agent_reports_failed_total{reason=\"timeout\"} 1"),
+            "{answer}"
+        );
+        assert!(get(address, "/healthz").ends_with("ok\n"));
+        assert!(get(address, "/other").starts_with("HTTP/1.1 404"));
+
+        server.stop();
+        assert!(
+            std::net::TcpStream::connect(address).is_err(),
+            "the port is closed once stopped"
+        );
+    }
 
     #[test]
     fn renders_every_family_in_text_format() {

@@ -216,15 +216,17 @@ pub fn run(
     reporter.set_config_version(applied_config.clone());
     tracing::info!(
         instance = reporter.instance(),
-        "mailfleet agent for {} (pool {}/{}): following {} ({}), reporting to http://{}:{}{} every {:?}",
+        "mailfleet agent for {} (pool {}/{}): following {} ({}), reporting to {} every {:?}",
         options.reporter.source_ip,
         options.reporter.pool.namespace,
         options.reporter.pool.name,
         options.log.display(),
-        if resumed { "resuming at the saved position" } else { "from the start" },
-        options.endpoint.host,
-        options.endpoint.port,
-        options.endpoint.path,
+        if resumed {
+            "resuming at the saved position"
+        } else {
+            "from the start"
+        },
+        options.endpoint.url(),
         options.interval
     );
     let metrics = Arc::new(Metrics::default());
@@ -255,19 +257,15 @@ pub fn run(
         shared.state(&core).save(&options.state_file)?;
     }
 
-    let metrics_stop = Arc::new(AtomicBool::new(false));
-    let metrics_thread = match options.listen {
+    let metrics_server = match options.listen {
         Some(address) => {
             let listener = TcpListener::bind(address)
                 .map_err(|source| AgentError::Listen { address, source })?;
             let bound = listener.local_addr().unwrap_or(address);
             tracing::info!("metrics on http://{bound}/metrics");
-            let (m, s) = (Arc::clone(&metrics), Arc::clone(&metrics_stop));
             Some(
-                std::thread::Builder::new()
-                    .name("agent-metrics".into())
-                    .spawn(move || metrics::serve(listener, m, s))
-                    .map_err(AgentError::Thread)?,
+                metrics::MetricsServer::start(listener, Arc::clone(&metrics))
+                    .map_err(|source| AgentError::Listen { address, source })?,
             )
         }
         None => None,
@@ -309,9 +307,8 @@ pub fn run(
     if sender.join().is_err() {
         tracing::error!("the report sender stopped with a panic");
     }
-    metrics_stop.store(true, Ordering::SeqCst);
-    if let Some(t) = metrics_thread {
-        let _ = t.join();
+    if let Some(server) = metrics_server {
+        server.stop();
     }
     let core = shared.lock();
     shared.persist(&core);
@@ -847,10 +844,8 @@ fn send_loop(shared: &Shared, options: &AgentOptions) {
                 let waiting = shared.lock().reporter.buffered();
                 tracing::warn!(
                     sequence,
-                    "feedback endpoint http://{}:{}{}: {}; retrying report {sequence} in {:.1} s ({waiting} report(s) waiting, counts kept)",
-                    options.endpoint.host,
-                    options.endpoint.port,
-                    options.endpoint.path,
+                    "feedback endpoint {}: {}; retrying report {sequence} in {:.1} s ({waiting} report(s) waiting, counts kept)",
+                    options.endpoint.url(),
                     failure.message,
                     delay.as_secs_f64()
                 );
@@ -921,10 +916,7 @@ fn post_report(options: &AgentOptions, body: &[u8], sequence: u64) -> Result<Ans
             body: text(),
         }),
         status => {
-            let retry_after = response
-                .header("retry-after")
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let retry_after = response.retry_after.map(Duration::from_secs);
             let reason = match status {
                 401 | 403 => "unauthorized",
                 500..=599 => "http_5xx",

@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::common::FleetArgs;
+use super::logs::{LogArgs, LogFormat as OwnLogFormat};
 use super::output::{table, Format};
 use crate::agent::apply::PostfixTarget;
 use crate::agent::backoff::Backoff;
@@ -133,8 +134,9 @@ pub struct ReplayArgs {
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
 
+    /// The delivery log's format.
     #[arg(long, value_enum, default_value_t)]
-    pub log_format: LogFormatArg,
+    pub maillog_format: LogFormatArg,
 
     /// Year of syslog timestamps (`Nov  5 08:10:01`), read as UTC; without it
     /// they are printed as logged.
@@ -205,16 +207,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_pool)]
     pub pool: PoolRef,
 
-    /// The name reports carry (default: $HOSTNAME, the pod name).
-    #[arg(long, value_name = "NAME")]
+    /// The name reports carry (in a pod, HOSTNAME is the pod's name)
+    /// [default: mailfleet-agent].
+    #[arg(long, value_name = "NAME", env = "HOSTNAME")]
     pub agent_name: Option<String>,
 
     /// The MTA's delivery log (Postfix: its maillog_file).
     #[arg(long, value_name = "FILE", default_value = "/var/log/postfix/maillog")]
     pub log: PathBuf,
 
+    /// The delivery log's format.
     #[arg(long, value_enum, default_value_t)]
-    pub log_format: LogFormatArg,
+    pub maillog_format: LogFormatArg,
 
     /// Where the position, the unacknowledged reports and the applied config
     /// version are kept (a volume that survives container restarts).
@@ -319,6 +323,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub classifier: ClassifierArgs,
+
+    #[command(flatten)]
+    pub logs: LogArgs,
 }
 
 pub fn run(args: AgentArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -420,7 +427,7 @@ fn queue(args: QueueArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
 fn replay(args: ReplayArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let classifier = args.classifier.classifier()?;
     let options = ReplayOptions {
-        format: args.log_format.into(),
+        format: args.maillog_format.into(),
         year: args.year,
         threads: args.threads,
     };
@@ -495,22 +502,12 @@ fn format_replay(s: &ReplaySummary) -> String {
 }
 
 fn run_sidecar(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    init_logs();
+    args.logs.init(OwnLogFormat::Text)?;
     let (options, classifier) = agent_options(args)?;
     let stop = Arc::new(AtomicBool::new(false));
     watch_signals(Arc::clone(&stop))?;
     run_agent(options, classifier, stop)?;
     Ok(ExitCode::SUCCESS)
-}
-
-pub(super) fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 /// The agent's options and classifier from its arguments (shared with `sender run`).
@@ -521,11 +518,10 @@ pub(super) fn agent_options(
     let agent_name = args
         .agent_name
         .clone()
-        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
         .unwrap_or_else(|| "mailfleet-agent".to_string());
     let options = AgentOptions {
         log: args.log,
-        format: args.log_format.into(),
+        format: args.maillog_format.into(),
         state_file: args.state_file,
         endpoint: match &args.ca_file {
             None => args.endpoint,

@@ -6,6 +6,7 @@ mod common;
 mod complaints;
 mod completion;
 mod crd;
+mod logs;
 mod operator;
 mod output;
 mod probe;

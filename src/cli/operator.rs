@@ -3,218 +3,147 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 
+use super::logs::{LogArgs, LogFormat};
 use crate::operator::context::Settings;
-use crate::operator::logging::{self, LogFormat};
 use crate::operator::run::{start, OperatorOptions};
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum LogFormatArg {
-    #[default]
-    Json,
-    Text,
-}
-
-/// Every flag can also come from the environment as `MAILFLEET_<FLAG>` (for
-/// example `MAILFLEET_HTTP_ADDR`); a flag on the command line wins.
+/// Every setting can come from the environment too (`--help` names each
+/// variable); a flag on the command line wins.
 #[derive(Debug, Args)]
 pub struct OperatorArgs {
     /// One port for POST /v1/feedback, GET /metrics, /healthz, /readyz and
-    /// PUT /log-level [default: 0.0.0.0:8080].
-    #[arg(long)]
-    pub http_addr: Option<SocketAddr>,
+    /// PUT /log-level.
+    #[arg(long, env = "MAILFLEET_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
 
-    /// A namespace to watch (repeat for several; env: comma-separated); none
-    /// means every namespace.
-    #[arg(long = "namespace")]
+    /// A namespace to watch (repeat, or comma-separated); none means every
+    /// namespace.
+    #[arg(
+        long = "namespace",
+        env = "MAILFLEET_NAMESPACE",
+        value_delimiter = ',',
+        value_parser = non_blank
+    )]
     pub namespaces: Vec<String>,
 
-    /// Run only while holding the leader lease: two replicas, one active (the default).
-    #[arg(long, overrides_with = "no_leader_election")]
+    /// Run only while holding the leader lease: two replicas, one active.
+    /// `--leader-election=false` (or --no-leader-election) runs a single replica.
+    #[arg(
+        long,
+        env = "MAILFLEET_LEADER_ELECTION",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_value_t = true,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
     pub leader_election: bool,
 
     /// Run without leader election (a single replica).
-    #[arg(long, overrides_with = "leader_election")]
+    #[arg(long)]
     pub no_leader_election: bool,
 
-    /// Name of the coordination.k8s.io Lease [default: mailfleet-operator].
-    #[arg(long)]
-    pub lease_name: Option<String>,
+    /// Name of the coordination.k8s.io Lease.
+    #[arg(
+        long,
+        env = "MAILFLEET_LEASE_NAME",
+        default_value = "mailfleet-operator"
+    )]
+    pub lease_name: String,
 
-    /// Namespace of the Lease [default: env POD_NAMESPACE, else `default`].
-    #[arg(long)]
+    /// Namespace of the Lease [default: --pod-namespace].
+    #[arg(long, env = "MAILFLEET_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
 
-    /// This replica's name in the Lease and in events [default: env POD_NAME].
-    #[arg(long)]
+    /// The operator's own namespace (the chart sets it from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub pod_namespace: String,
+
+    /// The operator pod's name (the chart sets it from the downward API).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// This replica's name in the Lease and in events [default: --pod-name,
+    /// else mailfleet-operator-<pid>].
+    #[arg(long, env = "MAILFLEET_IDENTITY")]
     pub identity: Option<String>,
 
     /// Image of the agent sidecar added to every sender pod; none adds no sidecar.
-    #[arg(long)]
+    #[arg(long, env = "MAILFLEET_AGENT_IMAGE")]
     pub agent_image: Option<String>,
 
     /// Let SenderPools send their feed key (feeds.snds.keySecretRef) to a
     /// URL other than Microsoft's SNDS, for example an in-cluster proxy.
     /// Off: anyone who may create a SenderPool could send a labelled Secret
     /// of their namespace to a URL of their choice.
-    #[arg(long)]
+    #[arg(long, env = "MAILFLEET_ALLOW_CUSTOM_FEED_URLS")]
     pub allow_custom_feed_urls: bool,
+
     /// Image of the sender (Postfix and `mailfleet sender run`), run by pools
     /// whose spec.template has no spec; none leaves such pools without pods.
-    #[arg(long)]
+    #[arg(long, env = "MAILFLEET_SENDER_IMAGE")]
     pub sender_image: Option<String>,
 
     /// What the sidecars post feedback to
-    /// [default: http://mailfleet.<POD_NAMESPACE>.svc:8080/v1/feedback].
-    #[arg(long)]
+    /// [default: http://mailfleet.<pod namespace>.svc:8080/v1/feedback].
+    #[arg(long, env = "MAILFLEET_FEEDBACK_URL")]
     pub feedback_url: Option<String>,
 
-    /// Reconciles running at once per controller and watched namespace [default: 4].
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub concurrency: Option<u16>,
+    /// Reconciles running at once per controller and watched namespace.
+    #[arg(
+        long,
+        env = "MAILFLEET_CONCURRENCY",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u16).range(1..=256)
+    )]
+    pub concurrency: u16,
 
-    /// Log lines as JSON objects or as text [default: json].
-    #[arg(long, value_enum)]
-    pub log_format: Option<LogFormatArg>,
-
-    /// Log filter (`info`, `debug`, `info,mailfleet::operator=debug`); PUT
-    /// /log-level changes it at runtime [default: info].
-    #[arg(long)]
-    pub log_level: Option<String>,
+    #[command(flatten)]
+    pub logs: LogArgs,
 }
 
-/// The value of `MAILFLEET_<name>`, when set and not empty.
-fn env(name: &str) -> Option<String> {
-    std::env::var(format!("MAILFLEET_{name}"))
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-}
-
-fn env_parsed<T: std::str::FromStr>(name: &str) -> Result<Option<T>, String>
-where
-    T::Err: std::fmt::Display,
-{
-    env(name)
-        .map(|v| {
-            v.trim()
-                .parse()
-                .map_err(|e| format!("MAILFLEET_{name}={v:?} is not valid: {e}"))
-        })
-        .transpose()
-}
-
-/// The settings after flags, environment and defaults.
-#[derive(Debug)]
-struct Resolved {
-    http_addr: SocketAddr,
-    log_format: LogFormat,
-    log_level: String,
-    options: OperatorOptions,
+fn non_blank(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err("a namespace name cannot be empty".into());
+    }
+    Ok(value.to_string())
 }
 
 impl OperatorArgs {
-    fn resolve(self) -> Result<Resolved, String> {
-        let pod_namespace = std::env::var("POD_NAMESPACE")
-            .ok()
-            .filter(|s| !s.is_empty());
-        let namespace = pod_namespace.unwrap_or_else(|| "default".to_string());
-        let http_addr = match self.http_addr {
-            Some(a) => a,
-            None => env_parsed("HTTP_ADDR")?.unwrap_or_else(|| ([0, 0, 0, 0], 8080).into()),
-        };
-        let namespaces = if self.namespaces.is_empty() {
-            env("NAMESPACE")
-                .map(|v| {
-                    v.split(',')
-                        .map(|s| s.trim().to_string())
-                        .filter(|s| !s.is_empty())
-                        .collect()
-                })
-                .unwrap_or_default()
-        } else {
-            self.namespaces
-        };
-        let leader_election = if self.no_leader_election {
-            false
-        } else if self.leader_election {
-            true
-        } else {
-            env_parsed::<bool>("LEADER_ELECTION")?.unwrap_or(true)
-        };
+    fn options(self) -> OperatorOptions {
+        let namespace = self.pod_namespace;
         let identity = self
             .identity
-            .or_else(|| env("IDENTITY"))
-            .or_else(|| std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()))
+            .or(self.pod_name)
+            .filter(|s| !s.is_empty())
             .unwrap_or_else(|| format!("mailfleet-operator-{}", std::process::id()));
-        let concurrency = match self.concurrency {
-            Some(c) => c,
-            None => match env_parsed::<u16>("CONCURRENCY")? {
-                Some(0) => return Err("MAILFLEET_CONCURRENCY must be at least 1".into()),
-                Some(c) => c,
-                None => 4,
+        OperatorOptions {
+            namespaces: self.namespaces,
+            leader_election: self.leader_election && !self.no_leader_election,
+            lease_name: self.lease_name,
+            lease_namespace: self.lease_namespace.unwrap_or_else(|| namespace.clone()),
+            concurrency: self.concurrency,
+            lease_timing: OperatorOptions::default().lease_timing,
+            settings: Settings {
+                agent_image: self.agent_image,
+                allow_custom_feed_urls: self.allow_custom_feed_urls,
+                sender_image: self.sender_image,
+                feedback_url: self.feedback_url.unwrap_or_else(|| {
+                    format!("http://mailfleet.{namespace}.svc:8080/v1/feedback")
+                }),
+                identity,
             },
-        };
-        let log_format = match self.log_format {
-            Some(f) => f,
-            None => match env("LOG_FORMAT").as_deref() {
-                None | Some("json") => LogFormatArg::Json,
-                Some("text") => LogFormatArg::Text,
-                Some(other) => {
-                    return Err(format!(
-                        "MAILFLEET_LOG_FORMAT={other:?} is not valid: use json or text"
-                    ))
-                }
-            },
-        };
-        Ok(Resolved {
-            http_addr,
-            log_format: match log_format {
-                LogFormatArg::Json => LogFormat::Json,
-                LogFormatArg::Text => LogFormat::Text,
-            },
-            log_level: self
-                .log_level
-                .or_else(|| env("LOG_LEVEL"))
-                .unwrap_or_else(|| "info".to_string()),
-            options: OperatorOptions {
-                namespaces,
-                leader_election,
-                lease_name: self
-                    .lease_name
-                    .or_else(|| env("LEASE_NAME"))
-                    .unwrap_or_else(|| "mailfleet-operator".to_string()),
-                lease_namespace: self
-                    .lease_namespace
-                    .or_else(|| env("LEASE_NAMESPACE"))
-                    .unwrap_or_else(|| namespace.clone()),
-                concurrency,
-                lease_timing: OperatorOptions::default().lease_timing,
-                settings: Settings {
-                    agent_image: self.agent_image.or_else(|| env("AGENT_IMAGE")),
-                    allow_custom_feed_urls: self.allow_custom_feed_urls,
-                    sender_image: self.sender_image.or_else(|| env("SENDER_IMAGE")),
-                    feedback_url: self
-                        .feedback_url
-                        .or_else(|| env("FEEDBACK_URL"))
-                        .unwrap_or_else(|| {
-                            format!("http://mailfleet.{namespace}.svc:8080/v1/feedback")
-                        }),
-                    identity,
-                },
-            },
-        })
+        }
     }
 }
 
 pub fn run(args: OperatorArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let Resolved {
-        http_addr,
-        log_format,
-        log_level,
-        options,
-    } = args.resolve()?;
-    let log_level = logging::init(log_format, &log_level)?;
+    let log_level = args.logs.init(LogFormat::Json)?;
+    let http_addr = args.http_addr;
+    let options = args.options();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -264,5 +193,70 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        operator: OperatorArgs,
+    }
+
+    /// The environment is the process'; this is the only test that sets
+    /// these variables, and it sets them all in one place.
+    #[test]
+    fn settings_come_from_the_environment_and_flags_win() {
+        let vars = [
+            ("MAILFLEET_NAMESPACE", "mail, bulk"),
+            ("MAILFLEET_LEADER_ELECTION", "false"),
+            ("POD_NAMESPACE", "mailfleet-system"),
+            ("POD_NAME", "mailfleet-7d9f-abcde"),
+        ];
+        for (name, value) in vars {
+            std::env::set_var(name, value);
+        }
+        let from_env = Cmd::try_parse_from(["x"]).map(|c| c.operator.options());
+        let flags_win = Cmd::try_parse_from([
+            "x",
+            "--namespace=ops",
+            "--leader-election",
+            "--concurrency=8",
+            "--identity=replica-b",
+        ])
+        .map(|c| c.operator.options());
+        std::env::set_var("MAILFLEET_CONCURRENCY", "0");
+        let zero = Cmd::try_parse_from(["x"]).err().map(|e| e.to_string());
+        for (name, _) in vars {
+            std::env::remove_var(name);
+        }
+        std::env::remove_var("MAILFLEET_CONCURRENCY");
+
+        let options = from_env.expect("the environment parses");
+        assert_eq!(options.namespaces, ["mail", "bulk"]);
+        assert!(!options.leader_election);
+        assert_eq!(options.concurrency, 4);
+        assert_eq!(options.lease_namespace, "mailfleet-system");
+        assert_eq!(options.settings.identity, "mailfleet-7d9f-abcde");
+        assert_eq!(
+            options.settings.feedback_url,
+            "http://mailfleet.mailfleet-system.svc:8080/v1/feedback"
+        );
+
+        let options = flags_win.expect("the flags parse");
+        assert_eq!(options.namespaces, ["ops"]);
+        assert!(options.leader_election);
+        assert_eq!(options.concurrency, 8);
+        assert_eq!(options.settings.identity, "replica-b");
+
+        let zero = zero.expect("a concurrency of 0 is refused");
+        assert!(
+            zero.contains("MAILFLEET_CONCURRENCY") || zero.contains("--concurrency"),
+            "{zero}"
+        );
     }
 }

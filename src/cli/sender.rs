@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::agent::{agent_options, init_logs, watch_signals, ApplyTo, RunArgs};
+use super::agent::{agent_options, watch_signals, ApplyTo, RunArgs};
+use super::logs::{LogArgs, LogFormat};
 use crate::agent::apply::PostfixTarget;
 use crate::sender::base::{main_cf_settings, parse_setting};
 use crate::sender::drain::DrainOptions;
@@ -49,6 +50,9 @@ pub struct DrainArgs {
 
     #[arg(long, value_name = "DIR", default_value = "/usr/sbin")]
     pub postfix_bin_dir: PathBuf,
+
+    #[command(flatten)]
+    pub logs: LogArgs,
 }
 
 #[derive(Debug, Args)]
@@ -95,7 +99,7 @@ pub fn run(args: SenderArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
 }
 
 fn drain(args: DrainArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    init_logs();
+    args.logs.init(LogFormat::Text)?;
     let target = PostfixTarget {
         config_dir: args.postfix_config_dir,
         bin_dir: args.postfix_bin_dir,
@@ -124,7 +128,7 @@ fn drain(args: DrainArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
 }
 
 fn run_pod(args: SenderRunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    init_logs();
+    args.agent.logs.init(LogFormat::Text)?;
     if args.agent.apply != ApplyTo::Postfix {
         return Err(
             "sender run owns Postfix: --apply none is for `agent run` beside another MTA".into(),

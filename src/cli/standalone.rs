@@ -1,19 +1,16 @@
 //! `mailfleet standalone`: the engine on files, for fleets without Kubernetes.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use tracing_subscriber::prelude::*;
-use tracing_subscriber::{reload, EnvFilter};
 
 use super::common::FleetArgs;
+use super::logs::{LogArgs, LogFormat};
 use crate::probe::dnsbl::{parse_nameserver, Nameserver};
 use crate::routing::postfix::PostfixOptions;
-use crate::serve::LogLevelHandle;
 use crate::standalone::{self, Options};
 
 #[derive(Debug, Args)]
@@ -94,10 +91,8 @@ pub struct StandaloneArgs {
     #[arg(long, value_name = "FILE")]
     pub rules: Option<PathBuf>,
 
-    /// Log filter (`info`, `debug`, `info,mailfleet::serve=debug`); RUST_LOG
-    /// wins when set. Changeable while running with PUT /log-level.
-    #[arg(long, value_name = "FILTER", default_value = "info")]
-    pub log_level: String,
+    #[command(flatten)]
+    pub logs: LogArgs,
 }
 
 pub fn run(args: StandaloneArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -107,23 +102,7 @@ pub fn run(args: StandaloneArgs) -> Result<ExitCode, Box<dyn std::error::Error>>
         rules: args.rules.clone(),
     }
     .classifier_config()?;
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|f| !f.trim().is_empty())
-        .unwrap_or_else(|| args.log_level.clone());
-    let env_filter = EnvFilter::try_new(&filter)
-        .map_err(|e| format!("--log-level `{filter}` is not a log filter: {e}"))?;
-    let (layer, handle) = reload::Layer::new(env_filter);
-    let installed = tracing_subscriber::registry()
-        .with(layer)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_writer(std::io::stderr),
-        )
-        .try_init()
-        .is_ok();
-    let log_level = installed.then(|| LogLevelHandle::new(handle, &filter));
+    let log_level = Some(args.logs.init(LogFormat::Text)?);
     let options = Options {
         manifests: args.manifests,
         out: args.out,

@@ -12,7 +12,6 @@ pub mod error;
 pub mod fanout;
 pub mod feedback;
 pub mod leader;
-pub mod logging;
 pub mod metrics;
 pub mod pool_controller;
 pub mod probes;

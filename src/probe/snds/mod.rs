@@ -6,14 +6,13 @@
 //! Blocked verdict. See docs/PROBES.md.
 
 mod csv;
-mod http;
-mod https;
 mod poller;
 mod report;
 mod verdict;
 
-pub use http::{parse_http_url, parse_response, FetchError, HttpResponse, HttpUrl, PlainHttp};
-pub use https::{FeedClient, TlsSetupError, TrustRoots};
+pub use crate::http_client::{
+    FetchError, HttpClient as FeedClient, HttpResponse, TlsSetupError, TrustRoots,
+};
 pub use poller::{
     FeedFetch, RetryPolicy, SndsCounters, SndsError, SndsFeed, SndsKey, SndsPoll, SndsPoller,
     DEFAULT_DATA_URL, DEFAULT_IP_STATUS_URL,

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::http::{FetchError, HttpResponse, PlainHttp};
 use super::report::{
     parse_data, parse_ip_status, DataReport, FeedFormatError, IpStatusReport, SkippedRow,
 };
 use super::verdict::{snds_verdicts, SndsVerdicts};
+use crate::http_client::{FetchError, HttpClient, HttpResponse};
 
-/// Microsoft's ip-status endpoint (HTTPS only: use [`FeedClient`](super::FeedClient)).
+/// Microsoft's ip-status endpoint (HTTPS only).
 pub const DEFAULT_IP_STATUS_URL: &str =
     "https://sendersupport.olc.protection.outlook.com/snds/ipStatus.aspx";
 /// Microsoft's data endpoint.
@@ -25,15 +25,14 @@ pub const DEFAULT_DATA_URL: &str =
 /// Skipped rows logged one by one per poll; the rest are only counted.
 const LOGGED_SKIPS: usize = 5;
 
-/// Something that GETs a URL: [`FeedClient`](super::FeedClient) (HTTPS and
-/// HTTP, what the runner uses), [`PlainHttp`] (plain HTTP only), or a fake.
+/// Something that GETs a URL: the project's [`HttpClient`], or a fake.
 pub trait FeedFetch {
     fn get(&self, url: &str) -> impl Future<Output = Result<HttpResponse, FetchError>> + Send;
 }
 
-impl FeedFetch for PlainHttp {
+impl FeedFetch for HttpClient {
     fn get(&self, url: &str) -> impl Future<Output = Result<HttpResponse, FetchError>> + Send {
-        PlainHttp::get(self, url)
+        HttpClient::get(self, url)
     }
 }
 
@@ -200,7 +199,7 @@ pub struct SndsPoll {
 
 /// Polls one SNDS account.
 #[derive(Debug)]
-pub struct SndsPoller<F = PlainHttp> {
+pub struct SndsPoller<F = HttpClient> {
     feed: SndsFeed,
     key: SndsKey,
     retry: RetryPolicy,
@@ -466,6 +465,7 @@ mod tests {
             HttpResponse {
                 status: 200,
                 content_type: Some("text/html; charset=utf-8".into()),
+                retry_after: None,
                 body: b"1.2.3.4,1.2.3.4,Yes,x".to_vec(),
             },
         )
