@@ -51,6 +51,7 @@ bench:
 	bench/agent_replay.sh
 	bench/dnsbl.sh
 	bench/operator_scale.sh
+	bench/image_sizes.sh
 
 ## e2e: the block -> re-route story on a kind or k3d cluster (skips when none is reachable)
 .PHONY: e2e

@@ -72,6 +72,7 @@ fn options(dir: &Path, endpoint: &FakeEndpoint) -> AgentOptions {
         queue_interval: None,
         hold_config: Default::default(),
         drained: Default::default(),
+        bind_check: None,
     }
 }
 

@@ -746,3 +746,103 @@ async fn queued_mail_shows_on_the_route_and_a_drain_says_what_it_left() {
     assert!(!metrics.contains("mailfleet_route_queue_messages{route=\"mail/microsoft\"}"));
     operator.shutdown().await.unwrap();
 }
+
+/// The condition `type_` of one IP in a pool's status (Null when absent).
+fn ip_condition(api: &FakeApi, pool: &str, ip: &str, type_: &str) -> serde_json::Value {
+    pool_status(api, pool)["ips"]
+        .as_array()
+        .and_then(|ips| ips.iter().find(|s| s["address"] == ip))
+        .and_then(|s| s["conditions"].as_array())
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// A sender whose `Bind` address is on none of its interfaces says so in a
+/// heartbeat: the IP's `IpBound` condition turns False (stored before the
+/// answer) with a Warning event naming the field and the fix, its routes
+/// leave the IP for the pool's other IPs, and a later report of a bound
+/// address brings them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_the_sender_cannot_bind_is_a_condition_an_event_and_leaves_the_routes() {
+    use mailfleet::agent::report::IpBindingReport;
+
+    let (api, operator) = fleet_with_pods().await;
+    let addr = operator.local_addr();
+    let ip = "203.0.113.12";
+    let token = token_for(&api, "bulk", ip);
+    let heartbeat = |sequence: u64, bound: bool| {
+        let mut report = ban_report("bulk", ip, sequence);
+        report.totals.clear();
+        report.conclusive.clear();
+        report.ip_binding = Some(IpBindingReport {
+            address: ip.parse().unwrap(),
+            bound,
+            detail: (!bound).then(|| "Cannot assign requested address (os error 99)".to_string()),
+        });
+        report
+    };
+
+    let (status, body) = post_feedback(addr, Some(&token), &heartbeat(1, false)).await;
+    assert_eq!(status, 200, "{body}");
+    let condition = ip_condition(&api, "bulk", ip, "IpBound");
+    assert_eq!(condition["status"], "False", "{condition}");
+    assert_eq!(condition["reason"], "AddressNotOnInterface");
+    let message = condition["message"].as_str().unwrap();
+    assert!(
+        message.contains("spec.ips[2].address")
+            && message.contains("spec.ipBinding.mode: Snat")
+            && message.contains(&pod_name("bulk", ip)),
+        "{message}"
+    );
+    converge(&api, "both routes without the unbound IP", |api| {
+        !target_ips(api, "microsoft").contains(&ip.to_string())
+            && !target_ips(api, "google").contains(&ip.to_string())
+    })
+    .await;
+    assert_eq!(
+        target_ips(&api, "microsoft").len(),
+        7,
+        "the pool's other IPs carry its share"
+    );
+    let excluded = &route_status(&api, "google")["excluded"];
+    assert!(
+        excluded
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["ip"] == ip && e["reason"].as_str().unwrap_or("").contains("IpBound")),
+        "{excluded}"
+    );
+    let events = api.list("events.k8s.io/v1", "Event");
+    let warning = events
+        .iter()
+        .find(|e| e["reason"] == "IpNotBound" && e["regarding"]["name"] == "bulk")
+        .expect("an IpNotBound event on the pool");
+    assert_eq!(warning["type"], "Warning");
+    assert!(
+        warning["note"]
+            .as_str()
+            .unwrap()
+            .contains("spec.ips[2].address"),
+        "{warning}"
+    );
+
+    // The address came up (a secondary interface): the routes come back.
+    let (status, body) = post_feedback(addr, Some(&token), &heartbeat(2, true)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ip_condition(&api, "bulk", ip, "IpBound")["status"], "True");
+    converge(&api, "the routes back on the IP", |api| {
+        target_ips(api, "microsoft").contains(&ip.to_string())
+            && target_ips(api, "google").contains(&ip.to_string())
+    })
+    .await;
+    let events = api.list("events.k8s.io/v1", "Event");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["reason"] == "IpBound" && e["type"] == "Normal"),
+        "no IpBound event"
+    );
+    operator.shutdown().await.unwrap();
+}

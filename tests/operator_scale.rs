@@ -185,6 +185,7 @@ fn ban_report(pool: &str, ip: &str, pod: &str) -> FeedbackReport {
         config_version: None,
         queue: None,
         drain: None,
+        ip_binding: None,
     }
 }
 

@@ -526,6 +526,11 @@ fn a_sender_pod_binds_announces_hands_off_refuses_outsiders_applies_and_stops_cl
         maillog()
     );
 
+    // The sender checked its Bind address the way Postfix will bind it: on
+    // the pod's interface (IpBound True in its reports).
+    let on_interface = format!("{SENDER_IP} is on an interface of this pod");
+    assert!(stderr().contains(&on_interface), "{}", stderr());
+
     // An application inside the pod network hands over mail; it leaves from the bound IP.
     let mut tries = 0;
     while let Err(e) = submit(SENDER_NS, SENDER_IP, "taro@example.net") {

@@ -80,6 +80,26 @@ pub struct FeedbackReport {
     /// "Scale-down and pod deletion"): sent with the agent's last reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<DrainReport>,
+    /// Whether the address the sender's transports bind to is on one of its
+    /// interfaces (`spec.ipBinding.mode: Bind`), as last checked; sent with
+    /// every report. Absent from agents that do not check, and from older ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_binding: Option<IpBindingReport>,
+}
+
+/// Longest `ip_binding.detail` a receiver accepts; agents cut longer ones.
+pub const MAX_BINDING_DETAIL_CHARS: usize = 256;
+
+/// What the sender found when it checked its bind address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpBindingReport {
+    /// The address checked: the report's `source_ip`.
+    pub address: IpAddr,
+    /// True when `address` is on an interface of the sender (can be bound).
+    pub bound: bool,
+    /// The kernel's reason when it cannot (typically "Cannot assign requested address").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// How a stopping sender's drain ended.
@@ -311,6 +331,30 @@ impl FeedbackReport {
             }
             if drain.left > drain.queued_at_start {
                 return Err(field_error("drain.left", "more than drain.queued_at_start"));
+            }
+        }
+        if let Some(binding) = &self.ip_binding {
+            if binding
+                .detail
+                .as_ref()
+                .is_some_and(|d| d.chars().count() > MAX_BINDING_DETAIL_CHARS)
+            {
+                return Err(field_error(
+                    "ip_binding.detail",
+                    format!("longer than {MAX_BINDING_DETAIL_CHARS} characters"),
+                ));
+            }
+            if binding.address != self.source_ip {
+                return Err(field_error(
+                    "ip_binding.address",
+                    format!("{} is not source_ip {}", binding.address, self.source_ip),
+                ));
+            }
+            if binding.bound == binding.detail.is_some() {
+                return Err(field_error(
+                    "ip_binding",
+                    "bound is true exactly when there is no detail",
+                ));
             }
         }
         if let Some(queue) = &self.queue {
@@ -576,6 +620,11 @@ mod tests {
             config_version: Some("v42".into()),
             queue: None,
             drain: None,
+            ip_binding: Some(IpBindingReport {
+                address: "203.0.113.10".parse().unwrap(),
+                bound: false,
+                detail: Some("Cannot assign requested address (os error 99)".into()),
+            }),
         }
     }
 
@@ -615,7 +664,7 @@ mod tests {
         assert_eq!(json["api_version"], FEEDBACK_API_VERSION);
         assert_eq!(json["totals"][1]["category"], "ip_blocklisted");
         assert_eq!(json["source_ip"], "203.0.113.10");
-        let back: FeedbackReport = serde_json::from_value(json).unwrap();
+        let back: FeedbackReport = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(back, report);
         let minimal: FeedbackReport = serde_json::from_str(
             r#"{"api_version":"feedback.mailfleet.io/v1","agent":{"name":"p","instance":"i"},"sequence":1,
@@ -627,7 +676,11 @@ mod tests {
             minimal.totals.is_empty()
                 && minimal.dropped.is_empty()
                 && minimal.config_version.is_none()
+                && minimal.ip_binding.is_none(),
+            "a report of an agent that does not check its binding is read as before"
         );
+        assert_eq!(json["ip_binding"]["bound"], false);
+        assert_eq!(json["ip_binding"]["address"], "203.0.113.10");
         minimal.validate().unwrap();
     }
 
@@ -656,6 +709,27 @@ mod tests {
         let mut r = sample();
         r.sequence = 0;
         assert!(r.validate().is_err());
+        let mut r = sample();
+        r.ip_binding.as_mut().unwrap().detail = Some("x".repeat(MAX_BINDING_DETAIL_CHARS + 1));
+        assert!(r
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("ip_binding.detail"));
+        let mut r = sample();
+        r.ip_binding.as_mut().unwrap().address = "203.0.113.11".parse().unwrap();
+        assert!(r
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("ip_binding.address"));
+        let mut r = sample();
+        r.ip_binding.as_mut().unwrap().bound = true;
+        assert!(r
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("ip_binding"));
         sample().validate().unwrap();
     }
 

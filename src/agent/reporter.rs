@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 use crate::agent::counts::{AttemptCounts, Conclusive};
 use crate::agent::follow::FollowState;
 use crate::agent::report::{
-    AgentIdentity, ConclusiveEvidence, DrainReport, Dropped, FeedbackReport, LineCounts, Period,
-    PoolRef, QueueReport, FEEDBACK_API_VERSION, MAX_CONCLUSIVE_PER_PROVIDER, MAX_REPLY_CHARS,
+    AgentIdentity, ConclusiveEvidence, DrainReport, Dropped, FeedbackReport, IpBindingReport,
+    LineCounts, Period, PoolRef, QueueReport, FEEDBACK_API_VERSION, MAX_CONCLUSIVE_PER_PROVIDER,
+    MAX_REPLY_CHARS,
 };
 use crate::reputation::classifier::Verdict;
 use crate::reputation::providers::SharedName;
@@ -76,6 +77,8 @@ pub struct Reporter {
     queue: Option<QueueReport>,
     /// How the sender's drain ended, until a report carries it (exactly one does).
     drain: Option<DrainReport>,
+    /// The latest check of the bind address, sent with every report.
+    ip_binding: Option<IpBindingReport>,
     /// Everything dropped since this reporter started (for metrics).
     dropped_so_far: Dropped,
 }
@@ -123,6 +126,7 @@ impl Reporter {
             config_version: None,
             queue: None,
             drain: None,
+            ip_binding: None,
             dropped_so_far: Dropped::default(),
         }
     }
@@ -183,6 +187,12 @@ impl Reporter {
     /// for it even when nothing else is new).
     pub fn set_drain(&mut self, drain: DrainReport) {
         self.drain = Some(drain);
+    }
+
+    /// The latest check of the bind address: every report sent from now on
+    /// carries it (the newest check wins, like the queue figures).
+    pub fn set_ip_binding(&mut self, binding: Option<IpBindingReport>) {
+        self.ip_binding = binding;
     }
 
     /// The sender configuration now applied, reported from the next report on.
@@ -278,6 +288,7 @@ impl Reporter {
             config_version: self.config_version.clone(),
             queue: self.queue.clone(),
             drain: None,
+            ip_binding: self.ip_binding.clone(),
         }
     }
 
@@ -286,6 +297,7 @@ impl Reporter {
         let mut report = self.outbox.front()?.clone();
         report.config_version = self.config_version.clone().or(report.config_version);
         report.queue = self.queue.clone().or(report.queue);
+        report.ip_binding = self.ip_binding.clone().or(report.ip_binding);
         Some(report)
     }
 
@@ -469,6 +481,30 @@ mod tests {
         assert_eq!(r.next_to_send().unwrap().attempts(), 0);
         // ... but not while a report waits.
         assert_eq!(r.seal(t(15), position(100)), None);
+    }
+
+    #[test]
+    fn every_report_sent_carries_the_latest_bind_check() {
+        let mut r = reporter(8);
+        assert_eq!(r.seal(t(5), position(0)), Some(Sealed::New(1)));
+        assert_eq!(r.next_to_send().unwrap().ip_binding, None);
+        let unbound = IpBindingReport {
+            address: "203.0.113.10".parse().unwrap(),
+            bound: false,
+            detail: Some("Cannot assign requested address".into()),
+        };
+        r.set_ip_binding(Some(unbound.clone()));
+        // Sealed before the check, sent after it: it carries the check.
+        assert_eq!(r.next_to_send().unwrap().ip_binding, Some(unbound));
+        let bound = IpBindingReport {
+            address: "203.0.113.10".parse().unwrap(),
+            bound: true,
+            detail: None,
+        };
+        r.set_ip_binding(Some(bound.clone()));
+        assert!(r.acknowledge(1));
+        assert_eq!(r.seal(t(10), position(0)), Some(Sealed::New(2)));
+        assert_eq!(r.next_to_send().unwrap().ip_binding, Some(bound));
     }
 
     #[test]

@@ -34,6 +34,7 @@ use crate::agent::time::logged_time;
 use crate::reputation::classifier::Classifier;
 use crate::reputation::postfix_log::Skip;
 use crate::routing::sender_config::{parse_document, SENDER_JSON_KEY};
+use crate::sender::bind::BindWatch;
 
 /// Everything `agent run` is told.
 #[derive(Clone, Debug)]
@@ -74,6 +75,9 @@ pub struct AgentOptions {
     pub hold_config: Arc<AtomicBool>,
     /// Set by the sender when its drain has ended; the reports from then on carry it.
     pub drained: Arc<Mutex<Option<crate::agent::report::DrainReport>>>,
+    /// How often the bind address of the applied configuration is checked
+    /// and reported (`None`: never; [`crate::sender::bind`]).
+    pub bind_check: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -342,8 +346,10 @@ fn main_loop(
     let mut classifier = ConfiguredClassifier::new(classifier);
     // Lines logged before this start are judged with the configuration's
     // classifier too, not only those read after its first apply.
+    let mut bind = BindWatch::new(options.bind_check, options.reporter.source_ip);
     if let Some(Ok(snapshot)) = options.config_dir.as_deref().map(read_config_dir) {
         classifier.configure(&snapshot);
+        bind.configure(&snapshot);
     }
     let mut pacer = match (&options.postfix, options.pace_window) {
         (Some(_), Some(window)) => Some(Pacer::new(window)),
@@ -405,6 +411,9 @@ fn main_loop(
         if let Some(drained) = drained {
             shared.lock().reporter.set_drain(drained);
         }
+        if let Some(binding) = bind.poll(now) {
+            shared.lock().reporter.set_ip_binding(Some(binding));
+        }
         let conclusive_waiting = shared.lock().reporter.open_has_conclusive();
         if now >= next_seal || conclusive_waiting || stopping {
             let mut core = shared.lock();
@@ -432,6 +441,7 @@ fn main_loop(
                         if apply_config(options, shared, &snapshot, "the config folder") {
                             configure_pacer(&mut pacer, &snapshot);
                             classifier.configure(&snapshot);
+                            bind.configure(&snapshot);
                         } else {
                             config.seen = None;
                             config.next_poll = now + Duration::from_secs(30);
@@ -457,6 +467,7 @@ fn main_loop(
                         if apply_config(options, shared, &snapshot, "the feedback response") {
                             configure_pacer(&mut pacer, &snapshot);
                             classifier.configure(&snapshot);
+                            bind.configure(&snapshot);
                         }
                     }
                     Some(Err(e)) => tracing::warn!("the feedback response carries an unusable configuration {}: {e}", hint.version),

@@ -794,7 +794,9 @@ pub struct IpStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub feeds: Vec<FeedVerdict>,
     /// Checks of this IP: `ReverseDnsConfirmed` (its PTR name resolves back
-    /// to it, docs/PROBES.md).
+    /// to it, docs/PROBES.md) and `IpBound` (its sender pods hold the `Bind`
+    /// address on an interface; while False no route sends from the IP,
+    /// docs/OPERATING.md).
     pub conditions: Vec<Condition>,
 }
 
@@ -837,7 +839,9 @@ pub struct IpStatusWire {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub feeds: Vec<FeedVerdict>,
     /// Checks of this IP: `ReverseDnsConfirmed` (its PTR name resolves back
-    /// to it, docs/PROBES.md).
+    /// to it, docs/PROBES.md) and `IpBound` (its sender pods hold the `Bind`
+    /// address on an interface; while False no route sends from the IP,
+    /// docs/OPERATING.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

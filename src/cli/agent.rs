@@ -321,6 +321,14 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_queue: bool,
 
+    /// Check that the address the configuration binds to
+    /// (`spec.ipBinding.mode: Bind`) is on an interface of this network
+    /// namespace, after each configuration and every minute, and report it
+    /// (the IP's `IpBound` condition). For an agent beside its MTA in the same
+    /// pod or host; `sender run` always checks.
+    #[arg(long)]
+    pub check_bind: bool,
+
     #[command(flatten)]
     pub classifier: ClassifierArgs,
 
@@ -562,6 +570,7 @@ pub(super) fn agent_options(
         queue_interval: (!args.no_queue).then_some(args.queue_interval),
         hold_config: Arc::new(AtomicBool::new(false)),
         drained: Arc::default(),
+        bind_check: args.check_bind.then_some(crate::sender::bind::CHECK_EVERY),
     };
     Ok((options, classifier))
 }

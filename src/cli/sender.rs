@@ -150,6 +150,7 @@ fn run_pod(args: SenderRunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
     );
     let (mut agent, classifier) = agent_options(args.agent)?;
     agent.postfix = Some(postfix.clone());
+    agent.bind_check = Some(crate::sender::bind::CHECK_EVERY);
     let options = SenderOptions {
         agent,
         postfix,

@@ -24,7 +24,9 @@ use kube::api::{Api, PostParams};
 use kube::{Resource, ResourceExt};
 
 use super::build::agent_token::FEEDBACK_AUDIENCE;
-use super::build::events::{drain_event, transition_events, EventRecord, EventType};
+use super::build::events::{
+    drain_event, ip_bound_event, transition_events, EventRecord, EventType,
+};
 use super::build::{IP_LABEL, POOL_LABEL};
 use super::context::Context;
 use super::error::api_status;
@@ -191,7 +193,7 @@ impl OperatorFeedback {
         report: FeedbackReport,
         pod: String,
     ) -> Result<FeedbackResponse, FeedbackRefusal> {
-        if carries_nothing(&report) {
+        if carries_nothing(&report) && !self.binding_news(&report) {
             return self.answer_without_write(&report).await;
         }
         let key = format!("{}/{}", report.pool.namespace, report.pool.name);
@@ -222,6 +224,28 @@ impl OperatorFeedback {
                 "the operator is stopping; retry".into(),
             ))
         })
+    }
+
+    /// Whether the report's bind check would change the IP's `IpBound`
+    /// condition as stored: a heartbeat that would is written like a count.
+    fn binding_news(&self, report: &FeedbackReport) -> bool {
+        let Some(check) = &report.ip_binding else {
+            return false;
+        };
+        let Some(pool) = self
+            .ctx
+            .stores
+            .pools
+            .get(&report.pool.namespace, &report.pool.name)
+        else {
+            return false;
+        };
+        crate::routing::ip_bound::would_change(
+            &pool,
+            &report.source_ip.to_string(),
+            &report.agent.name,
+            check,
+        )
     }
 
     /// A heartbeat: checked against the pool's stored ledger, answered with
@@ -566,7 +590,16 @@ async fn count_batch(
                 if pending.iter().any(|p| !p.report.conclusive.is_empty()) {
                     ctx.claims.notify_one();
                 }
-                let records = transition_events(&ObjectKey::new(ns, name), &transitions);
+                let mut records = transition_events(&ObjectKey::new(ns, name), &transitions);
+                for applied in outcomes.iter().flatten().filter(|a| !a.duplicate) {
+                    let Some(change) = &applied.ip_bound else {
+                        continue;
+                    };
+                    if change.bound == Some(false) {
+                        tracing::warn!(pool = %applied.pool, ip = %change.ip, "{}", change.message);
+                    }
+                    records.extend(ip_bound_event(&ObjectKey::new(ns, name), change));
+                }
                 ctx.publish(&fresh.object_ref(&()), &records).await;
                 return answers(&fleet);
             }

@@ -232,8 +232,9 @@ fn fleet_reusing(
     Ok((validation, fleet))
 }
 
-/// What of a pool reaches the table. Of its status only the reputation does:
-/// replica counts and conditions change nothing compiled.
+/// What of a pool reaches the table. Of its status only the reputation and
+/// the IPs whose `IpBound` is False do: replica counts and the other
+/// conditions change nothing compiled.
 /// The providers `Fleet::new` adds to the classifier, in its order.
 fn declared_providers(routes: &[DomainRoute]) -> Vec<ProviderSpec> {
     routes.iter().filter_map(declared_provider).collect()
@@ -247,6 +248,9 @@ fn pool_key(p: &SenderPool) -> PoolKey {
             serde_json::to_string(&ip.reputation)
                 .unwrap_or_default()
                 .hash(&mut h);
+        }
+        if crate::routing::ip_bound::not_bound(ip).is_some() {
+            ("not bound", &ip.address).hash(&mut h);
         }
     }
     (

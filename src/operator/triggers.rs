@@ -128,7 +128,8 @@ pub struct ChangeFilter {
 }
 
 impl ChangeFilter {
-    /// A pool matters through its spec and its reputation, not its replica counts.
+    /// A pool matters through its spec, its reputation and the IPs its
+    /// senders cannot bind (`IpBound` False), not its replica counts.
     pub fn pool_event(&mut self, event: &Event<SenderPool>) -> bool {
         self.event(event, |pool| {
             let reputation: Vec<_> = pool
@@ -144,7 +145,14 @@ impl ChangeFilter {
                     )
                 })
                 .collect();
-            hash(&(pool.metadata.generation, reputation))
+            let not_bound: Vec<&str> = pool
+                .status
+                .iter()
+                .flat_map(|s| s.ips.iter())
+                .filter(|ip| crate::routing::ip_bound::not_bound(ip).is_some())
+                .map(|ip| ip.address.as_str())
+                .collect();
+            hash(&(pool.metadata.generation, reputation, not_bound))
         })
     }
 

@@ -7,6 +7,7 @@
 pub mod claim_check;
 pub mod dnsbl;
 pub mod reverse_dns;
+pub mod reverse_dns_checks;
 pub mod runner;
 pub mod snds;
 

@@ -149,9 +149,11 @@ impl RouteCompiler {
             .into_iter()
             .flatten()
             .filter(|route| {
-                self.routes
-                    .get(*route)
-                    .is_some_and(|r| changed_providers.contains(&r.provider))
+                self.routes.get(*route).is_some_and(|r| {
+                    changed_providers
+                        .as_ref()
+                        .is_none_or(|changed| changed.contains(&r.provider))
+                })
             })
             .cloned()
             .collect();
@@ -880,6 +882,47 @@ mod tests {
             .set_ip_status(&ObjectKey::new("mail", "nope"), &status, now())
             .unwrap_err();
         assert!(err.to_string().contains("mail/nope"), "{err}");
+    }
+
+    #[test]
+    fn an_ip_its_senders_cannot_bind_leaves_every_route_and_comes_back() {
+        let (pools, routes) = incident_fleet(now());
+        let mut compiler = RouteCompiler::new(&pools, &routes, now());
+        let bulk = ObjectKey::new("mail", "bulk");
+        let mut status = pools[0].status.as_ref().unwrap().ips[0].clone();
+        let ip = status.address.clone();
+        let carried = |table: &RouteTable| {
+            table
+                .routes
+                .iter()
+                .filter(|r| r.target("bulk", &ip).is_some())
+                .count()
+        };
+        let before = carried(&compiler.table());
+        assert!(before >= 2, "the IP carries several routes");
+        crate::api::conditions::set_condition(
+            &mut status.conditions,
+            crate::routing::ip_bound::IP_BOUND,
+            crate::api::ConditionStatus::False,
+            "AddressNotOnInterface",
+            "not on an interface",
+            None,
+            now(),
+        );
+        let changed = compiler.set_ip_status(&bulk, &status, now()).unwrap();
+        assert!(
+            changed.len() >= before,
+            "every route it carried is recompiled"
+        );
+        assert_eq!(carried(&compiler.table()), 0);
+        // The whole compile agrees with the incremental one.
+        let mut pools_now = pools.clone();
+        pools_now[0].status.as_mut().unwrap().ips[0] = status.clone();
+        assert_eq!(compiler.table(), compile(&pools_now, &routes, now()));
+        // Bound again: the routes come back.
+        status.conditions.clear();
+        compiler.set_ip_status(&bulk, &status, now()).unwrap();
+        assert_eq!(carried(&compiler.table()), before);
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub(crate) struct IndexedIp {
     pub parsed: Option<IpAddr>,
     pub override_: Option<ManualOverride>,
     pub reputation: Vec<ProviderReputation>,
+    /// Set while the IP's `IpBound` condition is `False` (its message): the
+    /// sender pods cannot bind the address, so no route sends from it.
+    pub not_bound: Option<String>,
 }
 
 impl IndexedIp {
@@ -105,6 +108,10 @@ impl IndexedPool {
                     .get(&key)
                     .map(|s| s.reputation.clone())
                     .unwrap_or_default(),
+                not_bound: statuses
+                    .get(&key)
+                    .and_then(|s| super::ip_bound::not_bound(s))
+                    .map(str::to_string),
             });
         }
         ips.sort_by(|a, b| ip_order(a).cmp(&ip_order(b)));
@@ -117,10 +124,18 @@ impl IndexedPool {
     }
 
     /// Replaces the reputation of one IP and returns the providers whose pair
-    /// changed, or `None` when the pool has no such IP.
-    pub fn set_ip_status(&mut self, status: &IpStatus) -> Option<Vec<String>> {
+    /// changed, or `None` when the pool has no such IP. `Some(None)`: every
+    /// provider (the IP's `IpBound` condition changed).
+    pub fn set_ip_status(&mut self, status: &IpStatus) -> Option<Option<Vec<String>>> {
         let key = lookup_key(&status.address);
         let ip = self.ips.iter_mut().find(|ip| ip.lookup_key() == key)?;
+        let not_bound = super::ip_bound::not_bound(status).map(str::to_string);
+        if ip.not_bound.is_some() != not_bound.is_some() {
+            ip.not_bound = not_bound;
+            ip.reputation = status.reputation.clone();
+            return Some(None);
+        }
+        ip.not_bound = not_bound;
         let mut changed: Vec<String> = Vec::new();
         for pair in ip.reputation.iter().chain(status.reputation.iter()) {
             let before = ip.reputation.iter().find(|r| r.provider == pair.provider);
@@ -135,7 +150,7 @@ impl IndexedPool {
         changed.sort();
         changed.dedup();
         ip.reputation = status.reputation.clone();
-        Some(changed)
+        Some(Some(changed))
     }
 }
 

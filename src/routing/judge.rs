@@ -33,6 +33,12 @@ pub(crate) fn judge(ip: &IndexedIp, provider: &str, rate_limits: &RateLimits) ->
             reason: "the spec address is not an IP address".to_string(),
         };
     }
+    if ip.not_bound.is_some() {
+        return Verdict::Excluded {
+            state,
+            reason: "its sender pods cannot bind the address (condition IpBound is False; spec.ips[].address, spec.ipBinding.mode)".to_string(),
+        };
+    }
     if state == ReputationState::Blocked {
         let reason = match engine_reason {
             Some(r) => format!("{provider} blocks this IP ({r})"),
@@ -133,6 +139,7 @@ mod tests {
             parsed: "203.0.113.10".parse().ok(),
             override_,
             reputation,
+            not_bound: None,
         }
     }
 
@@ -279,5 +286,17 @@ mod tests {
             judge(&bad, "google", &RateLimits::default()),
             Verdict::Excluded { .. }
         ));
+    }
+
+    #[test]
+    fn an_ip_its_senders_cannot_bind_sends_to_no_provider() {
+        let mut unbound = ip(vec![], None);
+        unbound.not_bound = Some("not on an interface".into());
+        for provider in ["google", "microsoft"] {
+            assert!(matches!(
+                judge(&unbound, provider, &RateLimits::default()),
+                Verdict::Excluded { ref reason, .. } if reason.contains("IpBound")
+            ));
+        }
     }
 }

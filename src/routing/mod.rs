@@ -10,6 +10,7 @@ pub mod classifier_files;
 pub mod compiler;
 pub mod example;
 mod index;
+pub mod ip_bound;
 pub mod json;
 mod judge;
 pub mod learned;

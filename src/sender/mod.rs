@@ -8,7 +8,9 @@
 //!    configuration, and the relay password map from the mounted Secrets
 //!    ([`relay_login`]);
 //! 2. checks that a `Bind` address is on one of the pod's interfaces
-//!    ([`bind`]), and says so when it is not, instead of failing every delivery;
+//!    ([`bind`]), after each configuration and every minute, and reports it
+//!    to the feedback endpoint (the IP's `IpBound` condition; its routes
+//!    leave the IP while it is `False`) instead of failing every delivery;
 //! 3. runs `postfix start-fg` as its child, and the agent's loop
 //!    ([`crate::agent::run`]) beside it: following the log Postfix writes,
 //!    reporting, and applying new configurations (postmap + reload) in this

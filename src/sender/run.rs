@@ -11,9 +11,8 @@ use crate::agent::apply::{ApplyError, PostfixTarget};
 use crate::agent::config::read_config_dir;
 use crate::agent::run::{run as run_agent, AgentError, AgentOptions};
 use crate::reputation::classifier::Classifier;
-use crate::routing::sender_config::MASTER_CF_KEY;
 
-use super::{base, bind};
+use super::base;
 
 /// Everything `sender run` is told: the agent's options (their `postfix`
 /// target is the Postfix this process owns) and the base main.cf settings.
@@ -71,8 +70,8 @@ fn postfix_command(target: &PostfixTarget, verb: &str) -> Command {
 }
 
 /// Applies what the config folder holds before Postfix starts, so it starts
-/// with its routes; and checks a `Bind` address. Failures are logged: the
-/// agent loop tries again.
+/// with its routes. Failures are logged: the agent loop tries again (and
+/// checks a `Bind` address, [`super::bind::BindWatch`]).
 fn prepare(options: &SenderOptions) {
     let Some(dir) = &options.agent.config_dir else {
         return;
@@ -91,21 +90,6 @@ fn prepare(options: &SenderOptions) {
             applied.written
         ),
         Err(e) => tracing::error!("cannot apply the sender configuration before start: {e}"),
-    }
-    let master_cf = snapshot
-        .files
-        .get(MASTER_CF_KEY)
-        .map(|raw| String::from_utf8_lossy(raw).into_owned())
-        .unwrap_or_default();
-    if let Some(ip) = bind::bound_address(&master_cf) {
-        match bind::check_address(ip) {
-            Ok(()) => tracing::info!(condition = "IpBound", status = "True", "{ip} is on an interface of this pod; transports bind to it"),
-            Err(e) => tracing::error!(
-                condition = "IpBound",
-                status = "False",
-                "spec.ipBinding.mode is Bind but {ip} is not on an interface of this pod ({e}): deliveries are deferred until it is. Run the pod on a node that holds the address (hostNetwork and spec.ips[].nodeSelector), or use mode: Snat behind an egress gateway"
-            ),
-        }
     }
 }
 

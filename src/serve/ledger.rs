@@ -20,6 +20,7 @@ use super::FeedbackRefusal;
 use crate::agent::report::{Admission, FeedbackReport, SequenceLedger};
 use crate::fleet::{Fleet, FleetError};
 use crate::reputation::engine::{Signal, Transition};
+use crate::routing::ip_bound::{self, BoundChange};
 use crate::vocab::OTHER_PROVIDER;
 
 /// Agent instances silent for this long are forgotten (a day, as documented).
@@ -50,6 +51,9 @@ pub struct Applied {
     pub ip: String,
     /// The reputation moves the report caused.
     pub transitions: Vec<Transition>,
+    /// The IP's `IpBound` condition changed status with this report's
+    /// binding check ([`crate::routing::ip_bound`]).
+    pub ip_bound: Option<BoundChange>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +165,7 @@ impl FeedbackLedger {
                 pool: owner,
                 ip,
                 transitions: Vec::new(),
+                ip_bound: None,
             });
         }
         let status_before = fleet.pools[index].status.clone();
@@ -175,11 +180,15 @@ impl FeedbackLedger {
                 }
             }
         }
+        let ip_bound = report.ip_binding.as_ref().and_then(|check| {
+            ip_bound::record(&mut fleet.pools[index], &ip, &report.agent.name, check, now)
+        });
         Ok(Applied {
             duplicate: false,
             pool: owner,
             ip,
             transitions,
+            ip_bound,
         })
     }
 
@@ -307,6 +316,7 @@ mod tests {
             config_version: None,
             queue: None,
             drain: None,
+            ip_binding: None,
         }
     }
 
@@ -353,6 +363,68 @@ mod tests {
                 .unwrap()
                 .duplicate
         );
+    }
+
+    #[test]
+    fn a_bind_check_sets_ip_bound_and_an_unbound_ip_carries_no_route() {
+        let mut fleet = fleet();
+        let set_mode = |fleet: &mut Fleet, mode: crate::api::BindMode| {
+            for pool in &mut fleet.pools {
+                if pool.metadata.name.as_deref() == Some("bulk") {
+                    pool.spec.ip_binding.mode = mode;
+                }
+            }
+        };
+        set_mode(&mut fleet, crate::api::BindMode::Bind);
+        let mut ledger = FeedbackLedger::new();
+        let ip = "203.0.113.10";
+        let carries = |fleet: &Fleet| {
+            fleet
+                .compile(now())
+                .routes
+                .iter()
+                .any(|r| r.target("bulk", ip).is_some())
+        };
+        assert!(carries(&fleet));
+        let check = |bound: bool| crate::agent::report::IpBindingReport {
+            address: ip.parse().unwrap(),
+            bound,
+            detail: (!bound).then(|| "Cannot assign requested address (os error 99)".into()),
+        };
+        let mut report = blocked_report(ip, 1);
+        report.totals.clear();
+        report.conclusive.clear();
+        report.ip_binding = Some(check(false));
+        let applied = ledger.apply(&mut fleet, &report, now()).unwrap();
+        let change = applied.ip_bound.expect("the condition is new");
+        assert_eq!(change.bound, Some(false));
+        assert!(
+            change.message.contains("spec.ips[0].address"),
+            "{}",
+            change.message
+        );
+        assert!(
+            !carries(&fleet),
+            "an IP its senders cannot bind sends nothing"
+        );
+        // The agent's next report says the same: no change.
+        report.sequence = 2;
+        assert_eq!(
+            ledger.apply(&mut fleet, &report, now()).unwrap().ip_bound,
+            None
+        );
+        report.sequence = 3;
+        report.ip_binding = Some(check(true));
+        let applied = ledger.apply(&mut fleet, &report, now()).unwrap();
+        assert_eq!(applied.ip_bound.unwrap().bound, Some(true));
+        assert!(carries(&fleet));
+        // Under Snat the address is on the gateway: the condition goes.
+        set_mode(&mut fleet, crate::api::BindMode::Snat);
+        report.sequence = 4;
+        report.ip_binding = Some(check(false));
+        let applied = ledger.apply(&mut fleet, &report, now()).unwrap();
+        assert_eq!(applied.ip_bound.unwrap().bound, None);
+        assert!(carries(&fleet));
     }
 
     #[test]

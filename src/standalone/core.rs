@@ -220,7 +220,21 @@ impl Core {
             "counted"
         };
         *self.counters.reports.entry(result).or_default() += 1;
-        if !applied.transitions.is_empty() {
+        if let Some(change) = &applied.ip_bound {
+            self.events.push(json!({
+                "at": now.to_string(),
+                "event": "ip_bound",
+                "pool": applied.pool,
+                "ip": change.ip,
+                "status": match change.bound {
+                    Some(true) => "True",
+                    Some(false) => "False",
+                    None => "removed",
+                },
+                "message": change.message,
+            }));
+        }
+        if !applied.transitions.is_empty() || applied.ip_bound.is_some() {
             self.record_transitions(&applied.transitions);
             // At once, not at the next tick: the reporting agent gets the
             // rewritten configuration in this very answer.
@@ -280,6 +294,28 @@ impl Core {
             self.refresh(now);
         }
         problems
+    }
+
+    /// Records a round of reverse DNS checks as the IPs'
+    /// `ReverseDnsConfirmed` conditions (the operator's own,
+    /// [`crate::probe::reverse_dns_checks`]).
+    pub fn apply_reverse_dns(
+        &mut self,
+        rounds: &[crate::probe::reverse_dns_checks::PoolVerdicts],
+        now: Timestamp,
+    ) {
+        let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
+        for round in rounds {
+            let Some(pool) = self.fleet.pools.iter_mut().find(|p| {
+                p.metadata.namespace.as_deref().unwrap_or("default") == round.namespace
+                    && p.metadata.name.as_deref() == Some(round.name.as_str())
+            }) else {
+                continue;
+            };
+            let generation = pool.metadata.generation;
+            let status = pool.status.get_or_insert_with(SenderPoolStatus::default);
+            crate::probe::reverse_dns_checks::set_conditions(status, &round.ips, generation, now);
+        }
     }
 
     /// Recompiles the routes, projects them on the route status (an event per

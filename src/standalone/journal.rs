@@ -190,6 +190,7 @@ mod tests {
                 config_version: None,
                 queue: None,
                 drain: None,
+                ip_binding: None,
             },
         }
     }

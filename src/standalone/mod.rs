@@ -34,6 +34,7 @@ use crate::fleet::FleetError;
 use crate::manifests::{self, ManifestError};
 use crate::probe::claim_check::{ClaimCheckLimits, ClaimChecks};
 use crate::probe::dnsbl::Nameserver;
+use crate::probe::reverse_dns_checks::ReverseDnsChecks;
 use crate::probe::{ProbeOptions, SecretSource, SecretsDir, SignalProbes};
 use crate::reputation::classifier::ClassifierConfig;
 use crate::routing::postfix::PostfixOptions;
@@ -49,6 +50,10 @@ use self::watch::Fingerprint;
 /// How often the probe task looks again when no probe is scheduled sooner
 /// (a manifest change may have added one).
 const PROBE_RECHECK: Duration = Duration::from_secs(5);
+
+/// How often the reverse DNS task looks for IPs that are due (each IP is
+/// checked hourly; a manifest change may have added one).
+const REVERSE_DNS_RECHECK: Duration = Duration::from_secs(5);
 
 /// Everything `mailfleet standalone` is told.
 #[derive(Clone, Debug)]
@@ -284,6 +289,11 @@ pub async fn run(
         ClaimChecks::new(probe_options.clone(), ClaimCheckLimits::default()),
         stopping.clone(),
     ));
+    let reverse_dns = tokio::spawn(reverse_dns_loop(
+        Arc::clone(&shared),
+        ReverseDnsChecks::new(options.dnsbl_resolver.clone()),
+        stopping.clone(),
+    ));
     let probes = tokio::spawn(probe_loop(
         Arc::clone(&shared),
         SignalProbes::new(probe_options),
@@ -305,6 +315,7 @@ pub async fn run(
     let served = server.await;
     let _ = probes.await;
     let _ = claims.await;
+    let _ = reverse_dns.await;
     // The port is closed and its receiver dropped: the committer ends.
     let _ = tokio::task::spawn_blocking(move || committer.join()).await;
     engine.step(&shared, &mut writer, &options.manifests);
@@ -595,6 +606,30 @@ async fn claim_loop(
         tokio::select! {
             () = shared.claims.notified() => {}
             () = tokio::time::sleep(PROBE_RECHECK) => {}
+            () = stopped(stopping.clone()) => return,
+        }
+    }
+}
+
+/// The forward-confirmed reverse DNS of every IP, as the operator's leader
+/// checks it: through `--dnsbl-resolver`, else each pool's resolver.
+async fn reverse_dns_loop(
+    shared: Arc<Shared>,
+    mut checks: ReverseDnsChecks,
+    stopping: channel::Receiver<bool>,
+) {
+    loop {
+        let pools = shared.core().fleet().pools.clone();
+        let rounds = tokio::select! {
+            rounds = checks.round(&pools, &shared.reverse_dns, std::time::Instant::now()) => rounds,
+            () = stopped(stopping.clone()) => return,
+        };
+        if !rounds.is_empty() {
+            shared.core().apply_reverse_dns(&rounds, Timestamp::now());
+            shared.wake.notify_one();
+        }
+        tokio::select! {
+            () = tokio::time::sleep(REVERSE_DNS_RECHECK) => {}
             () = stopped(stopping.clone()) => return,
         }
     }

@@ -310,6 +310,8 @@ pub struct Shared {
     pub probe_metrics: Mutex<String>,
     /// The claim checker's counters, replaced after every pass.
     pub claim_metrics: Mutex<String>,
+    /// The last reverse DNS verdict per IP (`mailfleet_reverse_dns_confirmed`).
+    pub reverse_dns: crate::probe::reverse_dns_checks::ReverseDnsGauges,
     /// Why the last write of the outputs failed, while it fails.
     pub write_error: Mutex<Option<String>>,
     /// Why the last report could not be stored, while it cannot.
@@ -332,6 +334,7 @@ impl Shared {
             auth,
             probe_metrics: Mutex::new(String::new()),
             claim_metrics: Mutex::new(String::new()),
+            reverse_dns: Default::default(),
             write_error: Mutex::new(None),
             journal_error: Mutex::new(None),
             ready: AtomicBool::new(false),
@@ -512,6 +515,7 @@ impl Observability for Receiver {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
         );
+        out.push_str(&self.shared.reverse_dns.render());
         out.push_str(&format!(
             "# HELP mailfleet_feedback_log_syncs_total Syncs of feedback.wal that stored reports (reports arriving together share one).\n\
              # TYPE mailfleet_feedback_log_syncs_total counter\n\

@@ -273,6 +273,7 @@ pub fn ban_report(pool: &str, ip: &str, sequence: u64) -> FeedbackReport {
         config_version: None,
         queue: None,
         drain: None,
+        ip_binding: None,
     }
 }
 

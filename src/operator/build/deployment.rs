@@ -313,6 +313,8 @@ fn add_agent(
         &agent.log_path,
         "--state-file",
         &format!("{AGENT_STATE_DIR}/state.json"),
+        // The sidecar shares the pod's network: its answer is the MTA's.
+        "--check-bind",
         "--apply",
         apply,
     ]
@@ -502,6 +504,7 @@ mod tests {
         assert!(args.starts_with("agent run --source-ip 203.0.113.10 --pool mail/bulk --endpoint http://mailfleet.mailfleet-system.svc:8080/v1/feedback --config-dir /etc/mailfleet/sender --log /var/log/postfix/maillog"), "{args}");
         // No Postfix config volume in the template: the agent only reports.
         assert!(args.ends_with("--apply none"), "{args}");
+        assert!(args.contains(" --check-bind "), "{args}");
         assert_eq!(
             env_of(agent_container, "MAILFLEET_SOURCE_IP"),
             Some("203.0.113.10")

@@ -19,6 +19,7 @@
 //! | `UnreadableStatus` | Warning | a stored status could not be read in full and was rewritten (note: each field and why) |
 //! | `QueueAging` | Warning | a route's oldest queued message has used half of its lifetime |
 //! | `Drained` / `DrainIncomplete` | Normal / Warning | a stopping sender handed on all / not all of its queue |
+//! | `IpNotBound` / `IpBound` | Warning / Normal | a sender reports that its `Bind` address is not / is again on an interface (note: the field and the fix) |
 //! | validation reasons | Warning | see [`super::validate`] |
 
 use crate::api::{ReputationState, RouteMode};
@@ -222,6 +223,26 @@ pub fn drain_event(
         action: "Drain",
         note: truncate(note),
     }
+}
+
+/// The event of an IP whose `IpBound` condition changed status; `None` when
+/// the condition was removed (the pool moved to `Snat`).
+pub fn ip_bound_event(
+    pool: &ObjectKey,
+    change: &crate::routing::ip_bound::BoundChange,
+) -> Option<EventRecord> {
+    let (type_, reason) = match change.bound? {
+        false => (EventType::Warning, "IpNotBound"),
+        true => (EventType::Normal, "IpBound"),
+    };
+    Some(EventRecord {
+        kind: "SenderPool",
+        regarding: pool.clone(),
+        type_,
+        reason: reason.to_string(),
+        action: "Bind",
+        note: truncate(change.message.clone()),
+    })
 }
 
 fn targets_text(route: &RouteResult) -> String {

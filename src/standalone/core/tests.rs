@@ -77,6 +77,7 @@ fn report(ip: &str, sequence: u64, conclusive: bool) -> FeedbackReport {
         config_version: None,
         queue: None,
         drain: None,
+        ip_binding: None,
     }
 }
 
@@ -291,4 +292,56 @@ fn probe_results_set_the_pool_condition_and_feed_the_engine() {
 #[test]
 fn labels_are_escaped() {
     assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+}
+
+#[test]
+fn a_sender_that_cannot_bind_its_address_shows_in_the_state_and_the_events() {
+    let mut core = start();
+    events(&mut core);
+    let ip = "198.51.100.20";
+    let mut unbound = report(ip, 1, false);
+    unbound.pool.name = "reserve".into();
+    unbound.agent.name = "reserve-198-51-100-20-0".into();
+    unbound.ip_binding = Some(crate::agent::report::IpBindingReport {
+        address: ip.parse().unwrap(),
+        bound: false,
+        detail: Some("Cannot assign requested address (os error 99)".into()),
+    });
+    core.receive(&unbound, now()).unwrap();
+    let state: Value = {
+        let text = core.outputs().state;
+        serde_json::from_str(&text).unwrap()
+    };
+    let reserve = state["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["kind"] == "SenderPool" && i["metadata"]["name"] == "reserve")
+        .unwrap();
+    let ip_status = reserve["status"]["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["address"] == ip)
+        .unwrap();
+    let condition = ip_status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "IpBound")
+        .expect("the state file shows IpBound");
+    assert_eq!(condition["status"], "False");
+    let message = condition["message"].as_str().unwrap();
+    assert!(
+        message.contains("spec.ips[0].address") && message.contains("spec.ipBinding.mode: Snat"),
+        "{message}"
+    );
+    let said = events(&mut core);
+    assert!(
+        said.iter()
+            .any(|e| e["event"] == "ip_bound" && e["ip"] == ip && e["status"] == "False"),
+        "{said:?}"
+    );
+    // Its sender keeps a configuration: mail handed to it goes on.
+    assert!(core.outputs().senders.contains_key(ip));
 }
