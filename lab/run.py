@@ -667,14 +667,19 @@ class Lab:
                                          "Healthy"), order))
                     + ("" if "dnsbl_seen" in m else
                        "; no block-list round saw the listing before it was lifted"))},
-            "routes_rewritten_under_2s": {
-                "ok": m["rewrite_s"] < 2.0,
-                "detail": f"{m['rewrite_s']:.3f} s from the first conclusive reply to the new "
-                          f"configuration written for every changed sender (their Postfix had "
-                          f"it applied after {m['apply_s']:.3f} s, measured, not checked: "
-                          f"docs/BENCHMARKS.md)"},
         }
         return rows, checks, rerouted
+
+    def speed_summary(self):
+        m = self.milestones
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        return (f"  first conclusive reply -> mailfleet's new configuration written for every "
+                f"changed sender: {m['rewrite_s']:.3f} s (target < 2 s: "
+                f"{'met' if m['rewrite_s'] < 2.0 else 'missed'})\n"
+                f"  first conclusive reply -> applied by their Postfix (postmap, reload, flush): "
+                f"{m['apply_s']:.3f} s\n"
+                f"  load average {load} on {os.cpu_count()} CPUs (docs/BENCHMARKS.md, "
+                f"\"Block to rewrite in the live lab\")")
 
     def write_report(self, rows, checks, rerouted):
         m = self.milestones
@@ -691,6 +696,7 @@ class Lab:
             "steady_rate_per_s": self.args.steady_rate,
             "speed": {
                 "first_conclusive_to_rewritten_everywhere_s": round(m["rewrite_s"], 3),
+                "rewrite_target_met": m["rewrite_s"] < 2.0,
                 "first_conclusive_to_applied_everywhere_s": round(m["apply_s"], 3),
                 "target_s": 2.0,
                 "load_average": list(os.getloadavg()),
@@ -748,6 +754,8 @@ async def main_async(args):
         lab.step("Checks")
         for name, c in checks.items():
             print(f"  {'ok  ' if c['ok'] else 'FAIL'} {name}: {c['detail']}")
+        lab.step("Speed (measured, not a check: it follows the machine's load)")
+        print(lab.speed_summary())
         print(f"\nreport: {path}\npicture: {os.path.join(lab.out, 'delivery.svg')}")
         status = 0 if all(c["ok"] for c in checks.values()) else 1
     except LabError as e:

@@ -166,7 +166,7 @@ fn the_lab_stops_the_incident_and_the_blocked_ip_recovers_on_its_own() {
 
     // The speed is measured and reported, never asserted (it depends on the
     // machine's load): from the first conclusive reply, mailfleet's rewrite
-    // (2 s is the target the lab checks) and then Postfix's apply.
+    // (target 2 s) and then Postfix's apply.
     let rewritten = report["speed"]["first_conclusive_to_rewritten_everywhere_s"]
         .as_f64()
         .unwrap();
@@ -217,13 +217,9 @@ fn the_lab_stops_the_incident_and_the_blocked_ip_recovers_on_its_own() {
             "{endpoint} still accepts connections after the lab ended"
         );
     }
-    // Exit 1 means a check failed: the only one left is the 2 s target.
-    let speed_met = check(&report, "routes_rewritten_under_2s").0;
-    assert_eq!(
-        status.code(),
-        Some(if speed_met { 0 } else { 1 }),
-        "{transcript}"
-    );
+    // Every check passed (asserted above), so the lab exits 0: the speed is
+    // reported, not a check.
+    assert_eq!(status.code(), Some(0), "{transcript}");
 }
 
 /// The lab's pieces that need neither root nor Postfix (the load generator's
