@@ -459,8 +459,11 @@ impl EngineLoop {
             core.outputs()
         };
         let events = std::mem::take(&mut self.pending_events);
-        let result = writer.append_events(&events);
-        match &result {
+        // The sender folders first: a block's rewrite must not wait for the
+        // sync of the events that tell about it.
+        let result = writer.write(&outputs);
+        let appended = writer.append_events(&events);
+        match &appended {
             Ok(()) => {
                 for line in &events {
                     tracing::info!(target: "mailfleet::events", "{line}");
@@ -469,7 +472,7 @@ impl EngineLoop {
             // Kept for the next write: events are written whole or not at all.
             Err(_) => self.pending_events = events,
         }
-        let result = result.and_then(|()| writer.write(&outputs));
+        let result = result.and_then(|written| appended.map(|()| written));
         let cleared = match &result {
             Ok(_) => journal.clear().map_err(|e| WriteError {
                 path: e.path,

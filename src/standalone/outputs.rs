@@ -78,16 +78,40 @@ impl OutputWriter {
             }
         }
         if !staged.is_empty() {
-            // One flush of the file system for every staged file, not one
-            // fsync per file: a first start of 256-IP pools writes thousands.
-            sync_file_system(&self.out)?;
+            // A few senders (a block's rewrite): an fsync per file, so the
+            // rewrite waits for its own files only. Many (a first start of
+            // 256-IP pools writes thousands): one flush of the file system,
+            // which also waits for everything else written there (queues,
+            // builds) and made a block's rewrite as slow as the busiest
+            // writer on the machine.
+            let files: usize = staged.iter().map(|(stage, _)| stage.keys.len()).sum();
+            let one_by_one = files <= MAX_FILES_SYNCED_ONE_BY_ONE;
+            if one_by_one {
+                for (stage, _) in &staged {
+                    sync_staged(stage)?;
+                }
+            } else {
+                sync_file_system(&self.out)?;
+            }
+            let mut switched = Vec::with_capacity(staged.len());
             for (stage, sender) in staged {
                 switch(&stage)?;
                 self.senders
                     .insert(sender.slug.clone(), sender.config.version.clone());
                 written.push(self.out.join(SENDERS_DIR).join(&sender.slug));
+                switched.push(stage.dir);
             }
-            sync_file_system(&self.out)?;
+            if one_by_one {
+                // The renames and links live in each sender's folder; a new
+                // sender's folder in the senders folder.
+                for dir in &switched {
+                    super::journal::sync_dir(dir).map_err(at(dir))?;
+                }
+                let root = self.out.join(SENDERS_DIR);
+                super::journal::sync_dir(&root).map_err(at(&root))?;
+            } else {
+                sync_file_system(&self.out)?;
+            }
         }
         self.remove_stale_senders(&slugs)?;
         for (name, content) in [(ROUTES_FILE, &outputs.routes), (STATE_FILE, &outputs.state)] {
@@ -302,6 +326,20 @@ struct Staged {
     stamp: String,
     staging: PathBuf,
     keys: Vec<String>,
+}
+
+/// Up to this many staged files are synced one by one; more take one `syncfs`.
+const MAX_FILES_SYNCED_ONE_BY_ONE: usize = 64;
+
+/// Syncs every file of a staging folder and the folder itself.
+fn sync_staged(staged: &Staged) -> Result<(), WriteError> {
+    for key in &staged.keys {
+        let path = staged.staging.join(key);
+        fs::File::open(&path)
+            .and_then(|file| file.sync_all())
+            .map_err(at(&path))?;
+    }
+    super::journal::sync_dir(&staged.staging).map_err(at(&staged.staging))
 }
 
 /// Flushes the file system holding `path` (`syncfs`): everything written

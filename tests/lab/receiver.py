@@ -95,7 +95,8 @@ DATA_OK = "250 2.0.0 OK 1636099801 x12si1234567pjq.126 - gsmtp"
 
 
 class Receiver:
-    def __init__(self, policy, record):
+    def __init__(self, policy, record, data_latency=0.0):
+        self.data_latency = data_latency
         self.domains = policy.get("domains", {})
         self.clients = policy.get("clients", {})
         self.local_parts = policy.get("local_parts", {})
@@ -140,6 +141,9 @@ class Receiver:
         return reply
 
     async def handle_DATA(self, server, session, envelope):
+        if self.data_latency > 0:
+            # A remote server's work before it answers (scanning, storing).
+            await asyncio.sleep(self.data_latency)
         for recipient in envelope.rcpt_tos:
             self.record(session.peer[0], recipient, "data", "ok", DATA_OK)
         return DATA_OK
@@ -158,6 +162,8 @@ def main():
     parser.add_argument("--port-file", required=True, help="file to write the listening port to")
     parser.add_argument("--port", type=int, default=0, help="port to listen on (0: a free one)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--data-latency-ms", type=float, default=0.0,
+                        help="wait this long before answering DATA, as a remote server does")
     args = parser.parse_args()
 
     policy = json.loads(args.policy)
@@ -167,7 +173,7 @@ def main():
         sys.exit(f"unknown answer kinds {sorted(unknown)}; known: {sorted(ANSWERS)}")
 
     port = args.port or free_port(args.host)
-    receiver = Receiver(policy, args.record)
+    receiver = Receiver(policy, args.record, args.data_latency_ms / 1000.0)
     controller = Controller(receiver, hostname=args.host, port=port,
                             server_hostname="mx.lab.mailfleet.test")
     controller.start()
