@@ -71,24 +71,29 @@ impl TlsTrust {
     /// Only the certificates of a PEM file: the endpoint's own certificate or
     /// the private CA that signed it.
     pub fn from_pem_file(path: &Path) -> Result<TlsTrust, String> {
-        let what = || format!("--ca-file {}", path.display());
+        let what = format!("--ca-file {}", path.display());
+        let pem = std::fs::read(path).map_err(|e| format!("{what}: {e}"))?;
+        TlsTrust::from_pem(&pem, &what, path.display().to_string())
+    }
+
+    /// Only the certificates of PEM text; `what` names where it came from in
+    /// a refusal, `source` in messages about the endpoint.
+    pub fn from_pem(pem: &[u8], what: &str, source: String) -> Result<TlsTrust, String> {
         let mut roots = rustls::RootCertStore::empty();
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("{}: {e}", what()))?
+        let certs = CertificateDer::pem_slice_iter(pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("{}: not PEM certificates: {e}", what()))?;
+            .map_err(|e| format!("{what}: not PEM certificates: {e}"))?;
         if certs.is_empty() {
             return Err(format!(
-                "{}: holds no PEM certificate (BEGIN CERTIFICATE)",
-                what()
+                "{what}: holds no PEM certificate (BEGIN CERTIFICATE)"
             ));
         }
         for cert in certs {
             roots
                 .add(cert)
-                .map_err(|e| format!("{}: a certificate is not usable as a root: {e}", what()))?;
+                .map_err(|e| format!("{what}: a certificate is not usable as a root: {e}"))?;
         }
-        Ok(TlsTrust::with_roots(roots, path.display().to_string()))
+        Ok(TlsTrust::with_roots(roots, source))
     }
 
     fn with_roots(roots: rustls::RootCertStore, source: String) -> TlsTrust {

@@ -1,13 +1,16 @@
 //! `mailfleet operator`: the in-cluster controller (docs/ARCHITECTURE.md, Operator).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 
 use crate::operator::context::Settings;
+use crate::operator::leader_route::OwnPod;
 use crate::operator::logging::{self, LogFormat};
 use crate::operator::run::{start, OperatorOptions};
+use crate::serve::TlsFiles;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormatArg {
@@ -69,6 +72,23 @@ pub struct OperatorArgs {
     /// [default: http://mailfleet.<POD_NAMESPACE>.svc:8080/v1/feedback].
     #[arg(long)]
     pub feedback_url: Option<String>,
+
+    /// Serve the port over TLS with this PEM certificate (then its
+    /// intermediates), for example a mounted kubernetes.io/tls Secret's
+    /// tls.crt; the default --feedback-url is then https://.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The PEM CA that signed --tls-cert (a cert-manager Secret's ca.crt, or
+    /// the certificate itself when self-signed): put into every agent's
+    /// environment so it trusts only that CA for an https:// --feedback-url.
+    /// Read at start: a new CA takes a restart (and rolls the sender pods).
+    #[arg(long, value_name = "FILE")]
+    pub feedback_ca_file: Option<PathBuf>,
 
     /// Reconciles running at once per controller and watched namespace [default: 4].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -155,6 +175,33 @@ impl OperatorArgs {
                 None => 4,
             },
         };
+        let tls = match (
+            self.tls_cert.or_else(|| env("TLS_CERT").map(PathBuf::from)),
+            self.tls_key.or_else(|| env("TLS_KEY").map(PathBuf::from)),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(
+                    "--tls-cert needs --tls-key (MAILFLEET_TLS_KEY), its private key".into(),
+                )
+            }
+            (None, Some(_)) => {
+                return Err(
+                    "--tls-key needs --tls-cert (MAILFLEET_TLS_CERT), its certificate".into(),
+                )
+            }
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let feedback_url = self
+            .feedback_url
+            .or_else(|| env("FEEDBACK_URL"))
+            .unwrap_or_else(|| format!("{scheme}://mailfleet.{namespace}.svc:8080/v1/feedback"));
+        let feedback_ca = self
+            .feedback_ca_file
+            .or_else(|| env("FEEDBACK_CA_FILE").map(PathBuf::from))
+            .map(|path| read_feedback_ca(&path, &feedback_url))
+            .transpose()?;
         let log_format = match self.log_format {
             Some(f) => f,
             None => match env("LOG_FORMAT").as_deref() {
@@ -190,21 +237,40 @@ impl OperatorArgs {
                     .unwrap_or_else(|| namespace.clone()),
                 concurrency,
                 lease_timing: OperatorOptions::default().lease_timing,
+                tls,
+                own_pod: match (
+                    std::env::var("POD_NAMESPACE")
+                        .ok()
+                        .filter(|s| !s.is_empty()),
+                    std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()),
+                ) {
+                    (Some(namespace), Some(name)) => Some(OwnPod { namespace, name }),
+                    _ => None,
+                },
                 settings: Settings {
                     agent_image: self.agent_image.or_else(|| env("AGENT_IMAGE")),
                     allow_custom_feed_urls: self.allow_custom_feed_urls,
                     sender_image: self.sender_image.or_else(|| env("SENDER_IMAGE")),
-                    feedback_url: self
-                        .feedback_url
-                        .or_else(|| env("FEEDBACK_URL"))
-                        .unwrap_or_else(|| {
-                            format!("http://mailfleet.{namespace}.svc:8080/v1/feedback")
-                        }),
+                    feedback_url,
+                    feedback_ca,
                     identity,
                 },
             },
         })
     }
+}
+
+/// The CA the agents are to trust, checked the way they will read it.
+fn read_feedback_ca(path: &std::path::Path, feedback_url: &str) -> Result<String, String> {
+    let what = format!("--feedback-ca-file {}", path.display());
+    if !feedback_url.trim_start().starts_with("https://") {
+        return Err(format!(
+            "{what} is for an https:// --feedback-url; {feedback_url} is not (serve TLS with --tls-cert/--tls-key)"
+        ));
+    }
+    let pem = std::fs::read_to_string(path).map_err(|e| format!("{what}: {e}"))?;
+    crate::agent::http::TlsTrust::from_pem(pem.as_bytes(), &what, what.clone())?;
+    Ok(pem)
 }
 
 pub fn run(args: OperatorArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -225,7 +291,7 @@ pub fn run(args: OperatorArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         let listener = tokio::net::TcpListener::bind(http_addr)
             .await
             .map_err(|e| format!("cannot listen on --http-addr {}: {e}", http_addr))?;
-        tracing::info!(http_addr = %http_addr, namespaces = ?options.namespaces,
+        tracing::info!(http_addr = %http_addr, tls = options.tls.is_some(), namespaces = ?options.namespaces,
             leader_election = options.leader_election, identity = %options.settings.identity,
             "starting mailfleet operator");
         let operator = start(client, options, listener, Some(log_level)).await?;
