@@ -255,6 +255,22 @@ fn delivery_report(pool: &str, ip: &str, pod: &str, sequence: u64, count: u64) -
     }
 }
 
+/// A token shaped like a pod's projected token: a JWT whose `exp` is an
+/// hour away (the operator trusts a review until then; the fake API server
+/// reviews it by its whole text).
+fn projected_token(pod: &str) -> String {
+    use base64::Engine;
+    let enc = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let exp = jiff::Timestamp::now().as_second() + 3600;
+    format!(
+        "{}.{}.bench",
+        enc(br#"{"alg":"RS256"}"#),
+        enc(json!({ "sub": pod, "aud": ["mailfleet"], "exp": exp })
+            .to_string()
+            .as_bytes())
+    )
+}
+
 /// What the simulated agents saw.
 #[derive(Default)]
 struct AgentLog {
@@ -345,6 +361,9 @@ async fn operator_scale() {
         .port();
     let addr = format!("127.0.0.1:{port}");
     let log_level = std::env::var("SCALE_LOG").unwrap_or_else(|_| "warn".into());
+    // Each report waits up to 2 s for its pool's status write: room for
+    // half the agents at once (a quarter wait at any time).
+    let max_connections = env_usize("SCALE_MAX_CONNECTIONS", (pools * ips / 2).max(1024));
     let child = Command::new(env!("CARGO_BIN_EXE_mailfleet"))
         .args([
             "operator",
@@ -357,6 +376,8 @@ async fn operator_scale() {
             &log_level,
             "--log-format",
             "text",
+            "--max-connections",
+            &max_connections.to_string(),
         ])
         .env("KUBECONFIG", &config)
         .env("POD_NAMESPACE", NS)
@@ -450,7 +471,7 @@ async fn operator_scale() {
             if (p, i) == (0, 0) {
                 continue;
             }
-            let token = format!("agent-{p}-{i}");
+            let token = projected_token(&pod_of(p, i));
             api.allow_pod_token(&token, NS, &pod_of(p, i));
             agents.push((pool_name(p), ip_of(p, i), pod_of(p, i), token));
         }

@@ -10,7 +10,7 @@ use crate::operator::context::Settings;
 use crate::operator::leader_route::OwnPod;
 use crate::operator::logging::{self, LogFormat};
 use crate::operator::run::{start, OperatorOptions};
-use crate::serve::TlsFiles;
+use crate::serve::{ServeLimits, TlsFiles};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormatArg {
@@ -89,6 +89,13 @@ pub struct OperatorArgs {
     /// Read at start: a new CA takes a restart (and rolls the sender pods).
     #[arg(long, value_name = "FILE")]
     pub feedback_ca_file: Option<PathBuf>,
+
+    /// Connections the port keeps open at once [default: 1024]. Each report
+    /// of a sending agent waits for its pool's next status write (up to
+    /// 2 s), so a fleet needs about reports per second x 1.2 of them:
+    /// 20,000 sender pods reporting every 5 s, about 5,000.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(16..=1_000_000))]
+    pub max_connections: Option<u32>,
 
     /// Reconciles running at once per controller and watched namespace [default: 4].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -193,6 +200,16 @@ impl OperatorArgs {
             }
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut serve_limits = ServeLimits::default();
+        if let Some(max) = match self.max_connections {
+            Some(max) => Some(max),
+            None => env_parsed::<u32>("MAX_CONNECTIONS")?,
+        } {
+            if max < 16 {
+                return Err("MAILFLEET_MAX_CONNECTIONS must be at least 16".into());
+            }
+            serve_limits.max_connections = max as usize;
+        }
         let feedback_url = self
             .feedback_url
             .or_else(|| env("FEEDBACK_URL"))
@@ -238,6 +255,7 @@ impl OperatorArgs {
                 concurrency,
                 lease_timing: OperatorOptions::default().lease_timing,
                 tls,
+                serve_limits,
                 own_pod: match (
                     std::env::var("POD_NAMESPACE")
                         .ok()

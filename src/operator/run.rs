@@ -53,6 +53,8 @@ pub struct OperatorOptions {
     pub settings: Settings,
     /// Serve the port over TLS with this certificate (`--tls-cert`/`--tls-key`).
     pub tls: Option<TlsFiles>,
+    /// The port's bounds (`--max-connections`).
+    pub serve_limits: ServeLimits,
     /// This replica's pod, labelled while it leads so the Service sends
     /// feedback to it only ([`leader_route`](super::leader_route)); `None`
     /// outside a pod or without leader election.
@@ -70,6 +72,7 @@ impl Default for OperatorOptions {
             concurrency: 4,
             settings: Settings::default(),
             tls: None,
+            serve_limits: ServeLimits::default(),
             own_pod: None,
         }
     }
@@ -451,11 +454,12 @@ async fn supervise(
     let obs = Arc::new(Obs(ctx.clone()));
     let http_stopped = http_stopped.map(|_| ());
     let http = match tls {
-        None => tokio::spawn(serve::serve(
+        None => tokio::spawn(serve::serve_with(
             listener,
             receiver,
             obs,
             log_level,
+            options.serve_limits.clone(),
             http_stopped,
         )),
         Some(acceptor) => tokio::spawn(serve::serve_tls(
@@ -464,7 +468,7 @@ async fn supervise(
             receiver,
             obs,
             log_level,
-            ServeLimits::default(),
+            options.serve_limits.clone(),
             http_stopped,
         )),
     };
