@@ -377,6 +377,20 @@ async fn a_token_is_reviewed_once_and_the_pod_read_from_the_store() {
         .count();
     assert_eq!(reviews, 1, "one TokenReview for five reports");
     assert_eq!(pod_reads, 0, "the pod comes from the store");
+    // The pool too: the server is read only after a write met a conflict
+    // (the watch had not brought the previous write back yet).
+    let pool_reads = requests
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with("/senderpools/bulk"))
+        .count();
+    let conflicts = requests
+        .iter()
+        .filter(|r| r.status == 409 && r.path.ends_with("/senderpools/bulk/status"))
+        .count();
+    assert!(
+        pool_reads <= conflicts,
+        "{pool_reads} reads of the pool for {conflicts} conflicts"
+    );
     operator.shutdown().await.unwrap();
 }
 
@@ -844,5 +858,118 @@ async fn an_address_the_sender_cannot_bind_is_a_condition_an_event_and_leaves_th
             .any(|e| e["reason"] == "IpBound" && e["type"] == "Normal"),
         "no IpBound event"
     );
+    operator.shutdown().await.unwrap();
+}
+
+/// The operator's port over TLS, as the chart runs it with `tls.enabled`:
+/// the agent posts to https:// trusting only the CA the operator hands the
+/// sender pods (`--ca-env`, the code `mailfleet agent run` posts with). The
+/// report is counted; plain HTTP and a client trusting other roots get
+/// nothing through and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_over_tls_is_counted_and_plain_http_is_not() {
+    use mailfleet::agent::http::{post, Endpoint, TlsTrust};
+    use mailfleet::http_client::FetchError;
+    use mailfleet::serve::TlsFiles;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tls = TlsFiles {
+        cert: dir.path().join("tls.crt"),
+        key: dir.path().join("tls.key"),
+    };
+    std::fs::write(&tls.cert, cert.pem()).unwrap();
+    std::fs::write(&tls.key, key.serialize_pem()).unwrap();
+
+    let api = FakeApi::start().await;
+    seed_fleet(&api, 8);
+    seed_pods(&api, "bulk", &bulk_ips(8));
+    let reserve: Vec<String> = RESERVE_IPS.iter().map(|s| s.to_string()).collect();
+    seed_pods(&api, "reserve", &reserve);
+    let mut options = options();
+    options.tls = Some(tls);
+    options.settings.agent_image = Some("registry.example.net/mailfleet:1".into());
+    options.settings.feedback_url = "https://localhost:8080/v1/feedback".into();
+    options.settings.feedback_ca = Some(cert.pem());
+    let operator = start_operator(&api, options).await;
+    converge(&api, "the routes on the eight bulk pods", |api| {
+        target_ips(api, "microsoft").len() == 8 && deployments(api, "bulk").len() == 8
+    })
+    .await;
+    // Every agent is told to trust that CA only.
+    let deployment = api
+        .get("apps/v1", "Deployment", NS, "mf-bulk-203-0-113-12")
+        .unwrap();
+    let agent = deployment["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "mailfleet-agent")
+        .cloned()
+        .expect("an agent sidecar");
+    let args: Vec<String> = serde_json::from_value(agent["args"].clone()).unwrap();
+    let at = args.iter().position(|a| a == "--ca-env").expect("--ca-env");
+    assert_eq!(args[at + 1], "MAILFLEET_FEEDBACK_CA");
+    assert!(args.contains(&"https://localhost:8080/v1/feedback".to_string()));
+    assert_eq!(agent["env"][0]["name"], "MAILFLEET_FEEDBACK_CA");
+    assert_eq!(agent["env"][0]["value"], cert.pem());
+
+    let ip = "203.0.113.12";
+    let token = token_for(&api, "bulk", ip);
+    let port = operator.local_addr().port();
+    let url = format!("https://localhost:{port}/v1/feedback");
+    let report = serde_json::to_vec(&ban_report("bulk", ip, 1)).unwrap();
+    let ca = cert.pem();
+    let (untrusted, plain, trusted) = tokio::task::spawn_blocking(move || {
+        let auth = format!("Bearer {token}");
+        let headers = [
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        let timeout = Duration::from_secs(10);
+        let endpoint: Endpoint = url.parse().unwrap();
+        let untrusted = post(&endpoint, &headers, &report, timeout);
+        let plain = post(
+            &format!("http://localhost:{port}/v1/feedback")
+                .parse()
+                .unwrap(),
+            &headers,
+            &report,
+            timeout,
+        );
+        let before_trusted = plain.is_err() && matches!(untrusted, Err(FetchError::Tls { .. }));
+        let trust =
+            TlsTrust::from_pem(ca.as_bytes(), "MAILFLEET_FEEDBACK_CA", "the test CA".into())
+                .unwrap();
+        let trusted = endpoint
+            .trusting(trust)
+            .map(|e| post(&e, &headers, &report, timeout));
+        (untrusted, before_trusted, trusted)
+    })
+    .await
+    .unwrap();
+    assert!(
+        matches!(untrusted, Err(FetchError::Tls { .. })),
+        "a client trusting other roots must fail the handshake: {untrusted:?}"
+    );
+    assert!(plain, "plain HTTP on the TLS port must get no answer");
+    let answer = trusted.unwrap().unwrap();
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(
+        pair_state(&api, "bulk", ip, "microsoft").as_deref(),
+        Some("Blocked")
+    );
+    converge(&api, "the microsoft route without the blocked IP", |api| {
+        !target_ips(api, "microsoft").contains(&ip.to_string())
+    })
+    .await;
     operator.shutdown().await.unwrap();
 }

@@ -1,10 +1,13 @@
-//! The operator at scale (docs/BENCHMARKS.md, "Operator"): 200 SenderPools x
-//! 8 IPs (one ready pod each) and 500 DomainRoutes in the fake API server,
+//! The operator at scale (docs/BENCHMARKS.md, "Operator"): SenderPools of
+//! many IPs (one ready pod each) and DomainRoutes in the fake API server,
 //! `mailfleet operator` as its own process. Measures the initial convergence,
-//! the time from a Blocked transition to the last affected route status and
-//! EndpointSlice, the operator's resident memory, and the API writes during
-//! a steady state. Ignored by `cargo test`; `bench/operator_scale.sh` runs it
-//! in release mode.
+//! the operator's resident memory and the API writes of a steady fleet; then
+//! every pod's agent is simulated over HTTP (its own bound token, a report
+//! with delivery counts every interval) and it measures the API requests per
+//! second by verb, the feedback answer time, and the time from a Blocked
+//! transition to the last affected route status and EndpointSlice while
+//! every agent reports. Ignored by `cargo test`; `bench/operator_scale.sh`
+//! runs it in release mode.
 
 mod support;
 
@@ -45,6 +48,10 @@ fn pod_of(p: usize, i: usize) -> String {
     format!("sender-{p:03}-{i}")
 }
 
+/// Declared providers of the routes: the status is designed for every
+/// builtin and 16 declared providers at most (api::compact).
+const DECLARED_PROVIDERS: usize = 16;
+
 fn seed(api: &FakeApi, pools: usize, ips: usize, routes: usize) {
     for p in 0..pools {
         let addresses: Vec<Value> = (0..ips)
@@ -79,7 +86,7 @@ fn seed(api: &FakeApi, pools: usize, ips: usize, routes: usize) {
         let provider = if r % 5 < 4 {
             PROVIDERS[r % 5].to_string()
         } else {
-            format!("prov-{r:03}")
+            format!("prov-{:02}", (r / 5) % DECLARED_PROVIDERS)
         };
         api.insert(json!({
             "apiVersion": CRD, "kind": "DomainRoute",
@@ -195,15 +202,140 @@ async fn post(addr: &str, token: &str, report: &FeedbackReport) -> u16 {
         "POST /v1/feedback HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
+    // A refused or reset connection is status 0: an agent keeps the report.
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return 0;
+    };
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return 0;
+    }
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
+    if stream.read_to_end(&mut response).await.is_err() {
+        return 0;
+    }
     String::from_utf8_lossy(&response)
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
+}
+
+/// A report of `count` deliveries to microsoft and google: what a sending
+/// agent posts every interval.
+fn delivery_report(pool: &str, ip: &str, pod: &str, sequence: u64, count: u64) -> FeedbackReport {
+    let now = jiff::Timestamp::now();
+    let row = |provider: &str| TotalCount {
+        provider: provider.into(),
+        outcome: Outcome::Delivered,
+        category: Category::None,
+        count,
+    };
+    FeedbackReport {
+        api_version: FEEDBACK_API_VERSION.into(),
+        agent: AgentIdentity {
+            name: pod.into(),
+            instance: "bench".into(),
+        },
+        sequence,
+        source_ip: ip.parse().unwrap(),
+        pool: PoolRef {
+            namespace: NS.into(),
+            name: pool.into(),
+        },
+        period: Period {
+            start: now,
+            end: now,
+        },
+        totals: vec![row("microsoft"), row("google")],
+        conclusive: Vec::new(),
+        lines: Default::default(),
+        dropped: Default::default(),
+        config_version: None,
+        queue: None,
+        drain: None,
+        ip_binding: None,
+    }
+}
+
+/// A token shaped like a pod's projected token: a JWT whose `exp` is an
+/// hour away (the operator trusts a review until then; the fake API server
+/// reviews it by its whole text).
+fn projected_token(pod: &str) -> String {
+    use base64::Engine;
+    let enc = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let exp = jiff::Timestamp::now().as_second() + 3600;
+    format!(
+        "{}.{}.bench",
+        enc(br#"{"alg":"RS256"}"#),
+        enc(json!({ "sub": pod, "aud": ["mailfleet"], "exp": exp })
+            .to_string()
+            .as_bytes())
+    )
+}
+
+/// What the simulated agents saw.
+#[derive(Default)]
+struct AgentLog {
+    /// Answer time of every post in the window, microseconds.
+    answers: Vec<u64>,
+    /// Posts answered otherwise than 200, or not at all.
+    failed: usize,
+    /// Every status other than 200, with a count.
+    codes: std::collections::BTreeMap<u16, usize>,
+}
+
+/// Every pod's agent: a post every `interval`, spread evenly over it,
+/// each with its own token, until `stop`; answers are logged while `measure`.
+fn start_agents(
+    addr: &str,
+    agents: Vec<(String, String, String, String)>,
+    interval: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    measure: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    log: std::sync::Arc<std::sync::Mutex<AgentLog>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use std::sync::atomic::Ordering;
+    let n = agents.len().max(1) as u32;
+    agents
+        .into_iter()
+        .enumerate()
+        .map(|(index, (pool, ip, pod, token))| {
+            let (addr, stop, measure, log) =
+                (addr.to_string(), stop.clone(), measure.clone(), log.clone());
+            tokio::spawn(async move {
+                let start = tokio::time::Instant::now() + interval * index as u32 / n;
+                let mut ticks = tokio::time::interval_at(start, interval);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut sequence = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    ticks.tick().await;
+                    sequence += 1;
+                    let report = delivery_report(&pool, &ip, &pod, sequence, 3);
+                    let sent = Instant::now();
+                    let code =
+                        tokio::time::timeout(Duration::from_secs(30), post(&addr, &token, &report))
+                            .await
+                            .unwrap_or(0);
+                    if measure.load(Ordering::Relaxed) {
+                        let mut log = log.lock().unwrap();
+                        log.answers.push(sent.elapsed().as_micros() as u64);
+                        if code != 200 {
+                            log.failed += 1;
+                            *log.codes.entry(code).or_default() += 1;
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let at = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[at] as f64 / 1000.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,6 +363,9 @@ async fn operator_scale() {
         .port();
     let addr = format!("127.0.0.1:{port}");
     let log_level = std::env::var("SCALE_LOG").unwrap_or_else(|_| "warn".into());
+    // Each report waits up to 2 s for its pool's status write: room for
+    // half the agents at once (a quarter wait at any time).
+    let max_connections = env_usize("SCALE_MAX_CONNECTIONS", (pools * ips / 2).max(1024));
     let child = Command::new(env!("CARGO_BIN_EXE_mailfleet"))
         .args([
             "operator",
@@ -243,6 +378,8 @@ async fn operator_scale() {
             &log_level,
             "--log-format",
             "text",
+            "--max-connections",
+            &max_connections.to_string(),
         ])
         .env("KUBECONFIG", &config)
         .env("POD_NAMESPACE", NS)
@@ -324,8 +461,45 @@ async fn operator_scale() {
             .collect::<Vec<_>>()
     );
 
-    // A Blocked transition: (10.0.0.1, microsoft) of pool-000. The routes of
-    // microsoft on pool-000 must drop it from status and slices.
+    // Every agent reports at its interval, each with its own bound token,
+    // every report counting deliveries (the busiest steady state: no
+    // heartbeat that costs nothing). Pod 0 of pool-000 is left out: it
+    // posts the ban below.
+    let interval = Duration::from_millis(env_usize("SCALE_INTERVAL_MS", 5000) as u64);
+    let agent_secs = env_usize("SCALE_AGENT_SECS", 60) as u64;
+    let mut agents = Vec::new();
+    for p in 0..pools {
+        for i in 0..ips {
+            if (p, i) == (0, 0) {
+                continue;
+            }
+            let token = projected_token(&pod_of(p, i));
+            api.allow_pod_token(&token, NS, &pod_of(p, i));
+            agents.push((pool_name(p), ip_of(p, i), pod_of(p, i), token));
+        }
+    }
+    let agent_count = agents.len();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let measure = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let log = std::sync::Arc::new(std::sync::Mutex::new(AgentLog::default()));
+    let tasks = start_agents(
+        &addr,
+        agents,
+        interval,
+        stop.clone(),
+        measure.clone(),
+        log.clone(),
+    );
+    // Warm-up: every token reviewed once, every pool's first batch written.
+    tokio::time::sleep(interval * 3).await;
+    api.clear_requests();
+    measure.store(true, std::sync::atomic::Ordering::Relaxed);
+    let window_start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(agent_secs / 2)).await;
+
+    // A Blocked transition while every agent reports: (10.0.0.1, microsoft)
+    // of pool-000. The routes of microsoft on pool-000 must drop it from
+    // status and slices.
     let (pool, ip, pod) = (pool_name(0), ip_of(0, 0), pod_of(0, 0));
     api.allow_pod_token("bench-token", NS, &pod);
     let affected: Vec<String> = (0..routes)
@@ -351,15 +525,86 @@ async fn operator_scale() {
         .await;
     assert!(rerouted, "the affected routes were not rewritten");
     let took = blocked_at.elapsed();
+
+    let rest = Duration::from_secs(agent_secs).saturating_sub(window_start.elapsed());
+    tokio::time::sleep(rest).await;
+    measure.store(false, std::sync::atomic::Ordering::Relaxed);
+    let window = window_start.elapsed().as_secs_f64();
+    let requests = api.requests();
+    let (rss, hwm) = rss_kib(&child.0);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in tasks {
+        task.abort();
+    }
+
+    let mut by_verb: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in &requests {
+        let verb = if r.is_token_review() {
+            "POST tokenreviews".to_string()
+        } else if r.query.contains("watch=true") || r.query.contains("watch=1") {
+            "WATCH".to_string()
+        } else {
+            let kind = r
+                .path
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .find(|s| {
+                    [
+                        "senderpools",
+                        "domainroutes",
+                        "deployments",
+                        "configmaps",
+                        "services",
+                        "endpointslices",
+                        "pods",
+                        "events",
+                        "leases",
+                    ]
+                    .contains(s)
+                })
+                .unwrap_or("other");
+            let sub = if r.path.ends_with("/status") {
+                "/status"
+            } else {
+                ""
+            };
+            format!("{} {kind}{sub}", r.method)
+        };
+        *by_verb.entry(verb).or_default() += 1;
+    }
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    let mut answers = log.answers;
+    answers.sort_unstable();
     println!(
-        "Blocked transition -> last of {} affected routes' status and EndpointSlice updated: {} ms (feedback answered in {} ms)",
+        "{agent_count} agents, one report of deliveries every {} ms each ({:.0} reports/s), measured over {window:.0} s:",
+        interval.as_millis(),
+        agent_count as f64 / interval.as_secs_f64()
+    );
+    println!(
+        "  API requests: {:.1}/s ({} in all)",
+        requests.len() as f64 / window,
+        requests.len()
+    );
+    for (verb, n) in &by_verb {
+        println!("    {verb}: {:.2}/s ({n})", *n as f64 / window);
+    }
+    println!(
+        "  feedback answers: {} posts, p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; not answered 200: {} {:?}",
+        answers.len(),
+        percentile(&answers, 0.5),
+        percentile(&answers, 0.99),
+        percentile(&answers, 1.0),
+        log.failed,
+        log.codes
+    );
+    println!(
+        "  Blocked transition -> last of {} affected routes' status and EndpointSlice updated: {} ms (feedback answered in {} ms)",
         affected.len(),
         took.as_millis(),
         answered.as_millis()
     );
-    let (rss, hwm) = rss_kib(&child.0);
     println!(
-        "operator RSS after the block: {} MiB (peak {} MiB)",
+        "  operator RSS while every agent reports: {} MiB (peak {} MiB)",
         rss / 1024,
         hwm / 1024
     );

@@ -68,13 +68,16 @@ impl TlsTrust {
     pub fn from_pem_file(path: &Path) -> Result<TlsTrust, String> {
         let what = format!("--ca-file {}", path.display());
         let pem = std::fs::read(path).map_err(|e| format!("{what}: {e}"))?;
+        TlsTrust::from_pem(&pem, &what, path.display().to_string())
+    }
+
+    /// Only the certificates of PEM text; `what` names where it came from in
+    /// a refusal, `source` in messages about the endpoint.
+    pub fn from_pem(pem: &[u8], what: &str, source: String) -> Result<TlsTrust, String> {
         let roots = TrustRoots::none()
-            .with_pem(&pem)
+            .with_pem(pem)
             .map_err(|e| format!("{what}: {e}"))?;
-        Ok(TlsTrust {
-            roots,
-            source: path.display().to_string(),
-        })
+        Ok(TlsTrust { roots, source })
     }
 }
 

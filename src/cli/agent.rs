@@ -239,6 +239,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
 
+    /// Like --ca-file, with the PEM certificates in this environment
+    /// variable: the operator hands its CA to sender pods this way (a pod
+    /// cannot mount a Secret of the operator's namespace).
+    #[arg(long, value_name = "NAME", conflicts_with = "ca_file")]
+    pub ca_env: Option<String>,
+
     /// Bearer token file, read before every report.
     #[arg(long, value_name = "FILE", default_value = SERVICE_ACCOUNT_TOKEN)]
     pub token_file: PathBuf,
@@ -531,14 +537,32 @@ pub(super) fn agent_options(
         log: args.log,
         format: args.maillog_format.into(),
         state_file: args.state_file,
-        endpoint: match &args.ca_file {
-            None => args.endpoint,
-            Some(_) if !args.endpoint.is_https() => {
-                return Err("--ca-file is for an https:// --endpoint; this one is http://".into())
+        endpoint: match (&args.ca_file, &args.ca_env) {
+            (None, None) => args.endpoint,
+            (file, _) if !args.endpoint.is_https() => {
+                let flag = if file.is_some() {
+                    "--ca-file"
+                } else {
+                    "--ca-env"
+                };
+                return Err(
+                    format!("{flag} is for an https:// --endpoint; this one is http://").into(),
+                );
             }
-            Some(file) => args
+            (Some(file), _) => args
                 .endpoint
                 .trusting(crate::agent::http::TlsTrust::from_pem_file(file)?)?,
+            (None, Some(name)) => {
+                let what = format!("--ca-env {name}");
+                let pem = std::env::var(name)
+                    .map_err(|_| format!("{what}: the environment variable is not set"))?;
+                args.endpoint
+                    .trusting(crate::agent::http::TlsTrust::from_pem(
+                        pem.as_bytes(),
+                        &what,
+                        format!("${name}"),
+                    )?)?
+            }
         },
         token_file: (!args.no_token).then_some(args.token_file),
         reporter: ReporterConfig {

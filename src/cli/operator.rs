@@ -1,13 +1,16 @@
 //! `mailfleet operator`: the in-cluster controller (docs/ARCHITECTURE.md, Operator).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
 
 use super::logs::{LogArgs, LogFormat};
 use crate::operator::context::Settings;
+use crate::operator::leader_route::OwnPod;
 use crate::operator::run::{start, OperatorOptions};
+use crate::serve::{ServeLimits, TlsFiles};
 
 /// Every setting can come from the environment too (`--help` names each
 /// variable); a flag on the command line wins.
@@ -91,6 +94,44 @@ pub struct OperatorArgs {
     #[arg(long, env = "MAILFLEET_FEEDBACK_URL")]
     pub feedback_url: Option<String>,
 
+    /// Serve the port over TLS with this PEM certificate (then its
+    /// intermediates), for example a mounted kubernetes.io/tls Secret's
+    /// tls.crt; the default --feedback-url is then https://.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "MAILFLEET_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "MAILFLEET_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// The PEM CA that signed --tls-cert (a cert-manager Secret's ca.crt, or
+    /// the certificate itself when self-signed): put into every agent's
+    /// environment so it trusts only that CA for an https:// --feedback-url.
+    /// Read at start: a new CA takes a restart (and rolls the sender pods).
+    #[arg(long, value_name = "FILE", env = "MAILFLEET_FEEDBACK_CA_FILE")]
+    pub feedback_ca_file: Option<PathBuf>,
+
+    /// Connections the port keeps open at once [default: 1024]. Each report
+    /// of a sending agent waits for its pool's next status write (up to
+    /// 2 s), so a fleet needs about reports per second x 1.2 of them:
+    /// 20,000 sender pods reporting every 5 s, about 5,000.
+    #[arg(
+        long,
+        env = "MAILFLEET_MAX_CONNECTIONS",
+        value_parser = clap::value_parser!(u32).range(16..=1_000_000)
+    )]
+    pub max_connections: Option<u32>,
+
     /// Reconciles running at once per controller and watched namespace.
     #[arg(
         long,
@@ -113,37 +154,76 @@ fn non_blank(value: &str) -> Result<String, String> {
 }
 
 impl OperatorArgs {
-    fn options(self) -> OperatorOptions {
+    fn options(self) -> Result<OperatorOptions, String> {
         let namespace = self.pod_namespace;
         let identity = self
             .identity
-            .or(self.pod_name)
+            .or(self.pod_name.clone())
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| format!("mailfleet-operator-{}", std::process::id()));
-        OperatorOptions {
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            // clap's `requires` refuses one without the other.
+            _ => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut serve_limits = ServeLimits::default();
+        if let Some(max) = self.max_connections {
+            serve_limits.max_connections = max as usize;
+        }
+        let feedback_url = self
+            .feedback_url
+            .unwrap_or_else(|| format!("{scheme}://mailfleet.{namespace}.svc:8080/v1/feedback"));
+        let feedback_ca = self
+            .feedback_ca_file
+            .map(|path| read_feedback_ca(&path, &feedback_url))
+            .transpose()?;
+        let own_pod = self
+            .pod_name
+            .filter(|name| !name.is_empty())
+            .map(|name| OwnPod {
+                namespace: namespace.clone(),
+                name,
+            });
+        Ok(OperatorOptions {
             namespaces: self.namespaces,
             leader_election: self.leader_election && !self.no_leader_election,
             lease_name: self.lease_name,
             lease_namespace: self.lease_namespace.unwrap_or_else(|| namespace.clone()),
             concurrency: self.concurrency,
             lease_timing: OperatorOptions::default().lease_timing,
+            tls,
+            serve_limits,
+            own_pod,
             settings: Settings {
                 agent_image: self.agent_image,
                 allow_custom_feed_urls: self.allow_custom_feed_urls,
                 sender_image: self.sender_image,
-                feedback_url: self.feedback_url.unwrap_or_else(|| {
-                    format!("http://mailfleet.{namespace}.svc:8080/v1/feedback")
-                }),
+                feedback_url,
+                feedback_ca,
                 identity,
             },
-        }
+        })
     }
+}
+
+/// The CA the agents are to trust, checked the way they will read it.
+fn read_feedback_ca(path: &std::path::Path, feedback_url: &str) -> Result<String, String> {
+    let what = format!("--feedback-ca-file {}", path.display());
+    if !feedback_url.trim_start().starts_with("https://") {
+        return Err(format!(
+            "{what} is for an https:// --feedback-url; {feedback_url} is not (serve TLS with --tls-cert/--tls-key)"
+        ));
+    }
+    let pem = std::fs::read_to_string(path).map_err(|e| format!("{what}: {e}"))?;
+    crate::agent::http::TlsTrust::from_pem(pem.as_bytes(), &what, what.clone())?;
+    Ok(pem)
 }
 
 pub fn run(args: OperatorArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let log_level = args.logs.init(LogFormat::Json)?;
     let http_addr = args.http_addr;
-    let options = args.options();
+    let options = args.options()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -154,7 +234,7 @@ pub fn run(args: OperatorArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         let listener = tokio::net::TcpListener::bind(http_addr)
             .await
             .map_err(|e| format!("cannot listen on --http-addr {}: {e}", http_addr))?;
-        tracing::info!(http_addr = %http_addr, namespaces = ?options.namespaces,
+        tracing::info!(http_addr = %http_addr, tls = options.tls.is_some(), namespaces = ?options.namespaces,
             leader_election = options.leader_election, identity = %options.settings.identity,
             "starting mailfleet operator");
         let operator = start(client, options, listener, Some(log_level)).await?;
@@ -220,7 +300,7 @@ mod tests {
         for (name, value) in vars {
             std::env::set_var(name, value);
         }
-        let from_env = Cmd::try_parse_from(["x"]).map(|c| c.operator.options());
+        let from_env = Cmd::try_parse_from(["x"]).map(|c| c.operator.options().unwrap());
         let flags_win = Cmd::try_parse_from([
             "x",
             "--namespace=ops",
@@ -228,7 +308,7 @@ mod tests {
             "--concurrency=8",
             "--identity=replica-b",
         ])
-        .map(|c| c.operator.options());
+        .map(|c| c.operator.options().unwrap());
         std::env::set_var("MAILFLEET_CONCURRENCY", "0");
         let zero = Cmd::try_parse_from(["x"]).err().map(|e| e.to_string());
         for (name, _) in vars {

@@ -46,6 +46,8 @@ pub struct Settings {
     pub sender_image: Option<String>,
     /// Where the sidecars post their feedback.
     pub feedback_url: String,
+    /// The PEM CA of the feedback port's certificate, handed to the agents.
+    pub feedback_ca: Option<String>,
     /// This replica's name, for events and the lease.
     pub identity: String,
     /// Send feed keys to URLs other than the provider's own
@@ -59,6 +61,7 @@ impl Default for Settings {
             agent_image: None,
             sender_image: None,
             feedback_url: "http://mailfleet.default.svc:8080/v1/feedback".to_string(),
+            feedback_ca: None,
             identity: CONTROLLER_NAME.to_string(),
             allow_custom_feed_urls: false,
         }

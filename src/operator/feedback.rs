@@ -439,8 +439,19 @@ async fn count_batch(
     let _turn = status_lock.lock().await;
     let api: Api<SenderPool> = Api::namespaced(ctx.client.clone(), ns);
     for attempt in 1..=STATUS_ATTEMPTS {
-        let fresh = match api.get(name).await {
-            Ok(pool) => Arc::new(pool),
+        // The watched copy first: the write is guarded by its
+        // resourceVersion, so a copy the watch has not brought up to date
+        // yet only costs a 409, and then the pool is read from the server.
+        // A steady batch costs one request, its write.
+        let watched = (attempt == 1)
+            .then(|| ctx.stores.pools.get(ns, name))
+            .flatten();
+        let read = match watched {
+            Some(pool) => Ok(pool),
+            None => api.get(name).await.map(Arc::new),
+        };
+        let fresh = match read {
+            Ok(pool) => pool,
             Err(e) if api_status(&e) == Some(404) => {
                 return all(FeedbackRefusal::Invalid(format!(
                     "SenderPool {ns}/{name} does not exist; fix the agent's --pool"

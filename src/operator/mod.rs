@@ -12,6 +12,7 @@ pub mod error;
 pub mod fanout;
 pub mod feedback;
 pub mod leader;
+pub mod leader_route;
 pub mod metrics;
 pub mod pool_controller;
 pub mod probes;

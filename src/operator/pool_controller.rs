@@ -262,6 +262,7 @@ async fn manage(
     let agent = ctx.settings.agent_image.as_ref().map(|image| AgentSidecar {
         sender_image: ctx.settings.sender_image.clone(),
         relay_secrets: relay_secrets(&snapshot.fleet.routes, ns),
+        feedback_ca: ctx.settings.feedback_ca.clone(),
         ..AgentSidecar::new(image.clone(), ctx.settings.feedback_url.clone())
     });
     let known_domains = snapshot.fleet.known_domains();

@@ -27,12 +27,13 @@ use super::context::{object_key, ClusterStores, Context, Settings};
 use super::fanout::Fanout;
 use super::feedback::OperatorFeedback;
 use super::leader::{LeaderError, Leadership, GRACE_SECONDS, LEASE_SECONDS};
+use super::leader_route::{self, OwnPod};
 use super::metrics::Metrics;
 use super::stores::Stores;
 use super::triggers::{ChangeFilter, Epochs, Trigger};
 use super::{pool_controller, probes, route_controller};
 use crate::api::{DomainRoute, SenderPool};
-use crate::serve::{self, LogLevelHandle, Observability};
+use crate::serve::{self, LogLevelHandle, Observability, ServeLimits, TlsError, TlsFiles};
 
 /// How long controllers get to finish their reconciles after shutdown is asked.
 const CONTROLLER_GRACE: Duration = Duration::from_secs(10);
@@ -50,6 +51,14 @@ pub struct OperatorOptions {
     /// Reconciles running at once, per controller and watched namespace.
     pub concurrency: u16,
     pub settings: Settings,
+    /// Serve the port over TLS with this certificate (`--tls-cert`/`--tls-key`).
+    pub tls: Option<TlsFiles>,
+    /// The port's bounds (`--max-connections`).
+    pub serve_limits: ServeLimits,
+    /// This replica's pod, labelled while it leads so the Service sends
+    /// feedback to it only ([`leader_route`](super::leader_route)); `None`
+    /// outside a pod or without leader election.
+    pub own_pod: Option<OwnPod>,
 }
 
 impl Default for OperatorOptions {
@@ -62,6 +71,9 @@ impl Default for OperatorOptions {
             lease_timing: (LEASE_SECONDS, GRACE_SECONDS),
             concurrency: 4,
             settings: Settings::default(),
+            tls: None,
+            serve_limits: ServeLimits::default(),
+            own_pod: None,
         }
     }
 }
@@ -72,6 +84,8 @@ pub enum RunError {
     Leader(#[from] LeaderError),
     #[error("the HTTP port failed: {0}")]
     Http(#[source] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("the {0} controller stopped unexpectedly")]
     ControllerEnded(&'static str),
 }
@@ -160,6 +174,9 @@ pub async fn start(
     log_level: Option<LogLevelHandle>,
 ) -> Result<Operator, RunError> {
     let addr = listener.local_addr().map_err(RunError::Http)?;
+    // Refused before anything runs: a key that does not load must not
+    // leave a plain-HTTP port behind.
+    let tls = options.tls.as_ref().map(TlsFiles::acceptor).transpose()?;
     let scopes: Vec<Option<String>> = if options.namespaces.is_empty() {
         vec![None]
     } else {
@@ -353,6 +370,7 @@ pub async fn start(
         options,
         ctx.clone(),
         listener,
+        tls,
         log_level,
         reflectors,
         wiring,
@@ -425,19 +443,35 @@ async fn supervise(
     options: OperatorOptions,
     ctx: Arc<Context>,
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     log_level: Option<LogLevelHandle>,
     mut reflectors: JoinSet<()>,
     wiring: Wiring,
     stopped: oneshot::Receiver<()>,
 ) -> Result<(), RunError> {
     let (http_stop, http_stopped) = oneshot::channel::<()>();
-    let http = tokio::spawn(serve::serve(
-        listener,
-        Arc::new(OperatorFeedback::new(ctx.clone())),
-        Arc::new(Obs(ctx.clone())),
-        log_level,
-        http_stopped.map(|_| ()),
-    ));
+    let receiver = Arc::new(OperatorFeedback::new(ctx.clone()));
+    let obs = Arc::new(Obs(ctx.clone()));
+    let http_stopped = http_stopped.map(|_| ());
+    let http = match tls {
+        None => tokio::spawn(serve::serve_with(
+            listener,
+            receiver,
+            obs,
+            log_level,
+            options.serve_limits.clone(),
+            http_stopped,
+        )),
+        Some(acceptor) => tokio::spawn(serve::serve_tls(
+            listener,
+            acceptor,
+            receiver,
+            obs,
+            log_level,
+            options.serve_limits.clone(),
+            http_stopped,
+        )),
+    };
     {
         let ctx = ctx.clone();
         tokio::spawn(async move {
@@ -465,6 +499,12 @@ async fn lead_and_run(
     wiring: Wiring,
     stopped: &mut futures::future::Fuse<oneshot::Receiver<()>>,
 ) -> Result<(), RunError> {
+    // Only with leader election: a single replica needs no routing.
+    let own_pod = options.own_pod.clone().filter(|_| options.leader_election);
+    if let Some(pod) = &own_pod {
+        // A container restarted in a former leader's pod is not the leader.
+        leader_route::unmark(client, pod).await;
+    }
     let mut leadership = if options.leader_election {
         let mut leadership = Leadership::start(
             client.clone(),
@@ -493,6 +533,9 @@ async fn lead_and_run(
     }
     tracing::info!("leading: starting the controllers");
     ctx.set_leading(true);
+    let route_here = own_pod
+        .clone()
+        .map(|pod| tokio::spawn(leader_route::mark_leading(client.clone(), pod)));
     let mut controllers = JoinSet::new();
     let mut stops = Vec::new();
     let mut wake_all = Vec::new();
@@ -577,6 +620,12 @@ async fn lead_and_run(
         }
     };
     ctx.set_leading(false);
+    if let Some(task) = route_here {
+        task.abort();
+    }
+    if let Some(pod) = &own_pod {
+        leader_route::unmark(client, pod).await;
+    }
     for stop in stops {
         let _ = stop.send(());
     }

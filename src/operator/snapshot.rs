@@ -232,27 +232,39 @@ fn fleet_reusing(
     Ok((validation, fleet))
 }
 
-/// What of a pool reaches the table. Of its status only the reputation and
-/// the IPs whose `IpBound` is False do: replica counts and the other
-/// conditions change nothing compiled.
 /// The providers `Fleet::new` adds to the classifier, in its order.
 fn declared_providers(routes: &[DomainRoute]) -> Vec<ProviderSpec> {
     routes.iter().filter_map(declared_provider).collect()
 }
 
-fn pool_key(p: &SenderPool) -> PoolKey {
+/// A digest of what the routes read of a pool's status: every pair but its
+/// window of counts, and the IPs whose `IpBound` is False (replica counts and
+/// the other conditions change nothing compiled). Every counted report moves a window, and a
+/// window alone never moves a route (a pair's state does, in the same
+/// write): keyed on the windows, each feedback batch woke every route of
+/// the namespace and rebuilt the snapshot.
+pub fn routing_reputation_digest(p: &SenderPool) -> u64 {
     let mut h = DefaultHasher::new();
     for ip in p.status.iter().flat_map(|s| s.ips.iter()) {
         if !ip.reputation.is_empty() {
             ip.address.hash(&mut h);
-            serde_json::to_string(&ip.reputation)
-                .unwrap_or_default()
-                .hash(&mut h);
+            for pair in &ip.reputation {
+                let mut pair = pair.clone();
+                pair.window.clear();
+                serde_json::to_string(&pair)
+                    .unwrap_or_default()
+                    .hash(&mut h);
+            }
         }
         if crate::routing::ip_bound::not_bound(ip).is_some() {
             ("not bound", &ip.address).hash(&mut h);
         }
     }
+    h.finish()
+}
+
+fn pool_key(p: &SenderPool) -> PoolKey {
+    let reputation = routing_reputation_digest(p);
     (
         namespace_of(&p.metadata),
         p.name_any(),
@@ -263,7 +275,7 @@ fn pool_key(p: &SenderPool) -> PoolKey {
             .as_ref()
             .map(|t| t.0.to_string())
             .unwrap_or_default(),
-        h.finish(),
+        reputation,
     )
 }
 

@@ -14,8 +14,13 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 
-/// The longest a review is trusted without asking again, whatever the token says.
-pub const MAX_TTL: Duration = Duration::from_secs(600);
+/// The longest a review is trusted without asking again, whatever the token
+/// says: the lifetime of the agents' projected token. Trusting it that long
+/// is safe because every report also needs the token's pod, with the uid the
+/// review named, in the Pods store: a deleted pod's token is refused at once.
+/// At 20,000 sender pods the kubelet's renewals (at 80 % of the hour) cost
+/// about 7 reviews a second, where ten minutes cost 33.
+pub const MAX_TTL: Duration = Duration::from_secs(super::build::agent_token::TOKEN_SECONDS as u64);
 /// How long a token without an `exp` claim is trusted.
 pub const NO_EXP_TTL: Duration = Duration::from_secs(60);
 /// Tokens kept at most (a little over one per sender pod of a large fleet).
@@ -107,16 +112,21 @@ mod tests {
     }
 
     #[test]
-    fn a_token_is_trusted_until_its_expiry_at_most_ten_minutes() {
+    fn a_token_is_trusted_until_its_expiry_at_most_an_hour() {
         let now = 1_800_000_000;
         assert_eq!(
             trust_for(&jwt(serde_json::json!({"exp": now + 90})), now),
             Duration::from_secs(90)
         );
         assert_eq!(
+            trust_for(&jwt(serde_json::json!({"exp": now + 1800})), now),
+            Duration::from_secs(1800)
+        );
+        assert_eq!(
             trust_for(&jwt(serde_json::json!({"exp": now + 7200})), now),
             MAX_TTL
         );
+        assert_eq!(MAX_TTL, Duration::from_secs(3600));
         assert_eq!(
             trust_for(&jwt(serde_json::json!({"exp": now - 1})), now),
             Duration::ZERO

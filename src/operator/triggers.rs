@@ -128,31 +128,15 @@ pub struct ChangeFilter {
 }
 
 impl ChangeFilter {
-    /// A pool matters through its spec, its reputation and the IPs its
-    /// senders cannot bind (`IpBound` False), not its replica counts.
+    /// A pool matters through its spec, its pairs' states and the IPs its
+    /// senders cannot bind, not its replica counts nor the windows every
+    /// counted report moves.
     pub fn pool_event(&mut self, event: &Event<SenderPool>) -> bool {
         self.event(event, |pool| {
-            let reputation: Vec<_> = pool
-                .status
-                .iter()
-                .flat_map(|s| s.ips.iter())
-                // An IP without records reads like no status at all.
-                .filter(|ip| !ip.reputation.is_empty())
-                .map(|ip| {
-                    (
-                        ip.address.as_str(),
-                        serde_json::to_string(&ip.reputation).unwrap_or_default(),
-                    )
-                })
-                .collect();
-            let not_bound: Vec<&str> = pool
-                .status
-                .iter()
-                .flat_map(|s| s.ips.iter())
-                .filter(|ip| crate::routing::ip_bound::not_bound(ip).is_some())
-                .map(|ip| ip.address.as_str())
-                .collect();
-            hash(&(pool.metadata.generation, reputation, not_bound))
+            hash(&(
+                pool.metadata.generation,
+                super::snapshot::routing_reputation_digest(pool),
+            ))
         })
     }
 
@@ -240,6 +224,24 @@ mod tests {
         // Replica counts do not change any route.
         pool.status.as_mut().unwrap().ips[0].ready_replicas = 2;
         assert!(!filter.pool_event(&Event::Apply(pool.clone())));
+        // A pair's window of counts moves with every counted report and
+        // never moves a route; its state does.
+        let since = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now);
+        let mut pair = crate::api::ProviderReputation::first_seen("microsoft", since.clone());
+        pool.status.as_mut().unwrap().ips[0].reputation = vec![pair.clone()];
+        assert!(filter.pool_event(&Event::Apply(pool.clone())));
+        pair.window.push(crate::api::WindowBucket {
+            start: since,
+            attempts: 40,
+            delivered: 40,
+            ip_blocklisted: 0,
+            ip_rate_limited: 0,
+        });
+        pool.status.as_mut().unwrap().ips[0].reputation = vec![pair.clone()];
+        assert!(!filter.pool_event(&Event::Apply(pool.clone())));
+        pair.state = crate::api::ReputationState::Blocked;
+        pool.status.as_mut().unwrap().ips[0].reputation = vec![pair];
+        assert!(filter.pool_event(&Event::Apply(pool.clone())));
         pool.metadata.generation = Some(7);
         assert!(filter.pool_event(&Event::Apply(pool.clone())));
         assert!(filter.pool_event(&Event::Delete(pool)));

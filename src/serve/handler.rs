@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use http::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN};
+use http::header::{
+    HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN, RETRY_AFTER,
+};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::sync::Semaphore;
@@ -432,11 +434,23 @@ fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
     response
 }
 
-/// The refusal body of the feedback API: `{"api_version", "error"}`.
+/// The refusal body of the feedback API: `{"api_version", "error"}`. A 503
+/// (not the leader, starting, busy, cannot store now) says when to retry:
+/// the agent keeps the report and waits at least that long.
 fn error_json(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     let body = serde_json::json!({"api_version": FEEDBACK_API_VERSION, "error": message});
-    respond(status, JSON, Bytes::from(body.to_string()))
+    let mut response = respond(status, JSON, Bytes::from(body.to_string()));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+    }
+    response
 }
+
+/// `Retry-After` of a 503: a standby that is about to lead, or a leader
+/// whose status write failed, is worth asking again soon.
+pub const RETRY_AFTER_SECONDS: &str = "1";
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     respond(status, content_type, Bytes::from(body))

@@ -12,6 +12,7 @@ mod handler;
 pub mod ledger;
 mod limits;
 mod log_level;
+mod tls;
 
 #[cfg(test)]
 mod tests;
@@ -33,6 +34,7 @@ use crate::agent::report::{FeedbackReport, FeedbackResponse};
 pub use handler::HttpState;
 pub use limits::ServeLimits;
 pub use log_level::LogLevelHandle;
+pub use tls::{TlsError, TlsFiles};
 
 use limits::{ConnectionSlots, PeerAddr};
 

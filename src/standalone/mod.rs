@@ -38,7 +38,8 @@ use crate::probe::reverse_dns_checks::ReverseDnsChecks;
 use crate::probe::{ProbeOptions, SecretSource, SecretsDir, SignalProbes};
 use crate::reputation::classifier::ClassifierConfig;
 use crate::routing::postfix::PostfixOptions;
-use crate::serve::{self, LogLevelHandle};
+pub use crate::serve::TlsFiles;
+use crate::serve::{self, LogLevelHandle, TlsError};
 
 use self::core::Core;
 use self::journal::{Journal, JournalError};
@@ -80,61 +81,10 @@ pub struct Options {
     pub tls: Option<TlsFiles>,
 }
 
-/// The PEM files of the port's TLS certificate.
-#[derive(Clone, Debug)]
-pub struct TlsFiles {
-    /// The certificate, then any intermediates.
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-impl TlsFiles {
-    /// The acceptor the port serves with; errors name the file and the fix.
-    pub fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, StandaloneError> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let refused = |path: &Path, problem: String| StandaloneError::Tls {
-            path: path.to_path_buf(),
-            problem,
-        };
-        let chain = CertificateDer::pem_file_iter(&self.cert)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| refused(&self.cert, format!("not a PEM certificate file: {e}")))?;
-        if chain.is_empty() {
-            return Err(refused(
-                &self.cert,
-                "holds no certificate (-----BEGIN CERTIFICATE-----)".into(),
-            ));
-        }
-        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| {
-            refused(
-                &self.key,
-                format!("not a PEM private key (PKCS#8, PKCS#1 or SEC1): {e}"),
-            )
-        })?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| refused(&self.cert, e.to_string()))?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .map_err(|e| {
-                refused(
-                    &self.key,
-                    format!(
-                        "does not go with the certificate {}: {e}",
-                        self.cert.display()
-                    ),
-                )
-            })?;
-        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum StandaloneError {
-    #[error("--tls-cert/--tls-key {path}: {problem}")]
-    Tls { path: PathBuf, problem: String },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error(transparent)]
     Manifests(#[from] ManifestError),
     #[error(transparent)]

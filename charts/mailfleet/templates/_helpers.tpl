@@ -88,7 +88,14 @@ app.kubernetes.io/part-of: mailfleet
 
 {{/* Where sender sidecars post their reports: this release's Service. */}}
 {{- define "mailfleet.feedbackUrl" -}}
-{{- default (printf "http://%s.%s.svc:%d/v1/feedback" (include "mailfleet.fullname" .) .Release.Namespace (int .Values.service.port)) .Values.operator.feedbackUrl }}
+{{- default (printf "%s://%s.%s.svc:%d/v1/feedback" (ternary "https" "http" .Values.tls.enabled) (include "mailfleet.fullname" .) .Release.Namespace (int .Values.service.port)) .Values.operator.feedbackUrl }}
+{{- end }}
+
+{{/*
+The kubernetes.io/tls Secret of the feedback port.
+*/}}
+{{- define "mailfleet.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "mailfleet.fullname" .)) .Values.tls.secretName }}
 {{- end }}
 
 {{/*

@@ -4,7 +4,7 @@
 //! server, which accepts only its own audience.
 
 use k8s_openapi::api::core::v1::{
-    PodSpec, ProjectedVolumeSource, ServiceAccountTokenProjection, Volume, VolumeMount,
+    EnvVar, PodSpec, ProjectedVolumeSource, ServiceAccountTokenProjection, Volume, VolumeMount,
     VolumeProjection,
 };
 
@@ -18,6 +18,25 @@ pub const TOKEN_DIR: &str = "/var/run/secrets/mailfleet.io/feedback";
 pub const TOKEN_FILE: &str = "token";
 /// The kubelet renews the token at 80 % of this; the API server's minimum is 600.
 pub const TOKEN_SECONDS: i64 = 3600;
+
+/// The agent's environment variable holding the CA of the operator's
+/// feedback certificate (`--ca-env`): public, and a pod cannot mount a
+/// Secret of the operator's namespace.
+pub const FEEDBACK_CA_ENV: &str = "MAILFLEET_FEEDBACK_CA";
+
+/// The environment variable and the agent's `--ca-env` arguments that make
+/// it trust only `ca` (PEM) for an https:// endpoint; nothing without one.
+pub fn feedback_ca(ca: Option<&str>) -> Option<(EnvVar, [String; 2])> {
+    let ca = ca?;
+    Some((
+        EnvVar {
+            name: FEEDBACK_CA_ENV.to_string(),
+            value: Some(ca.to_string()),
+            value_from: None,
+        },
+        ["--ca-env".to_string(), FEEDBACK_CA_ENV.to_string()],
+    ))
+}
 
 /// Adds the projected token volume to `spec` and returns the agent's mount
 /// of it and the `--token-file` arguments.

@@ -64,6 +64,8 @@ pub struct AgentSidecar {
     pub image: String,
     /// What the agent posts to (`--feedback-url`).
     pub feedback_url: String,
+    /// The PEM CA an https:// `feedback_url` must chain to (`--feedback-ca-file`).
+    pub feedback_ca: Option<String>,
     /// The MTA's delivery log (Postfix `maillog_file`).
     pub log_path: String,
     /// Postfix's configuration folder in the MTA container.
@@ -84,6 +86,7 @@ impl AgentSidecar {
         AgentSidecar {
             image: image.into(),
             feedback_url: feedback_url.into(),
+            feedback_ca: None,
             log_path: "/var/log/postfix/maillog".to_string(),
             postfix_config_dir: "/etc/postfix".to_string(),
             image_pull_policy: None,
@@ -327,6 +330,10 @@ fn add_agent(
         .position(|a| a == "--apply")
         .unwrap_or(args.len());
     args.splice(at..at, token_args);
+    let ca = super::agent_token::feedback_ca(agent.feedback_ca.as_deref());
+    if let Some((_, ca_args)) = &ca {
+        args.extend(ca_args.iter().cloned());
+    }
     if apply == "postfix" {
         args.push("--postfix-config-dir".to_string());
         args.push(agent.postfix_config_dir.clone());
@@ -337,6 +344,7 @@ fn add_agent(
         image: Some(agent.image.clone()),
         image_pull_policy: agent.image_pull_policy.clone(),
         args: Some(args),
+        env: ca.map(|(env, _)| vec![env]),
         ports: Some(vec![ContainerPort {
             name: Some("agent-metrics".to_string()),
             container_port: AGENT_METRICS_PORT,

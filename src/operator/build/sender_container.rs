@@ -104,6 +104,23 @@ pub fn sender_pod_spec(
     ]
     .map(String::from)
     .to_vec();
+    let ca = super::agent_token::feedback_ca(agent.feedback_ca.as_deref());
+    let mut args = args;
+    let mut env = vec![EnvVar {
+        name: POD_NAME_ENV.to_string(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.name".to_string(),
+                api_version: None,
+            }),
+            ..Default::default()
+        }),
+    }];
+    if let Some((ca_env, ca_args)) = ca {
+        args.extend(ca_args);
+        env.push(ca_env);
+    }
     let mut volumes = vec![
         empty_dir(QUEUE_VOLUME),
         empty_dir(LOG_VOLUME),
@@ -145,17 +162,7 @@ pub fn sender_pod_spec(
             image: Some(image.to_string()),
             image_pull_policy: agent.image_pull_policy.clone(),
             args: Some(args),
-            env: Some(vec![EnvVar {
-                name: POD_NAME_ENV.to_string(),
-                value: None,
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector {
-                        field_path: "metadata.name".to_string(),
-                        api_version: None,
-                    }),
-                    ..Default::default()
-                }),
-            }]),
+            env: Some(env),
             ports: Some(vec![
                 port("smtp", 25),
                 port("agent-metrics", AGENT_METRICS_PORT),
