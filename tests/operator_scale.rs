@@ -523,7 +523,8 @@ async fn operator_scale() {
             Duration::from_secs(60),
         )
         .await;
-    assert!(rerouted, "the affected routes were not rewritten");
+    // Measured either way: a block that does not reach the routes under
+    // this load fails the run after the figures are printed.
     let took = blocked_at.elapsed();
 
     let rest = Duration::from_secs(agent_secs).saturating_sub(window_start.elapsed());
@@ -597,16 +598,29 @@ async fn operator_scale() {
         log.failed,
         log.codes
     );
-    println!(
-        "  Blocked transition -> last of {} affected routes' status and EndpointSlice updated: {} ms (feedback answered in {} ms)",
-        affected.len(),
-        took.as_millis(),
-        answered.as_millis()
-    );
+    if rerouted {
+        println!(
+            "  Blocked transition -> last of {} affected routes' status and EndpointSlice updated: {} ms (feedback answered in {} ms)",
+            affected.len(),
+            took.as_millis(),
+            answered.as_millis()
+        );
+    } else {
+        println!(
+            "  Blocked transition: the {} affected routes were NOT rewritten within {} ms (feedback answered in {} ms)",
+            affected.len(),
+            took.as_millis(),
+            answered.as_millis()
+        );
+    }
     println!(
         "  operator RSS while every agent reports: {} MiB (peak {} MiB)",
         rss / 1024,
         hwm / 1024
     );
     drop(child);
+    assert!(
+        rerouted,
+        "the affected routes were not rewritten under load"
+    );
 }
