@@ -226,7 +226,7 @@ class Lab:
                 "--tick-ms", str(self.args.tick_ms),
                 "--postfix-direct-nexthop", f"[127.0.0.1]:{self.args.receiver_port}",
                 "--route-service-host", ROUTE_SERVICE_HOST]
-        self.sup.start("standalone", argv, env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")})
+        self.sup.start("standalone", argv, env={**os.environ, "MAILFLEET_LOG_LEVEL": os.environ.get("MAILFLEET_LOG_LEVEL", "info")})
         versions = [os.path.join(self.sa_out, "senders", slug(ip), "config-version") for ip in SENDERS]
         self.wait_for(lambda: all(os.path.exists(v) for v in versions), 30,
                       "mailfleet standalone to write every sender's configuration")
