@@ -339,8 +339,8 @@ fn a_reported_block_rewrites_routes_and_survives_a_restart() {
 
     let (_, metrics) = server.request("GET", "/metrics", None, "");
     for line in [
-        "mailfleet_feedback_reports_total{result=\"counted\"} 2",
-        "mailfleet_feedback_reports_total{result=\"duplicate\"} 1",
+        "mailfleet_feedback_reports_total{pool=\"mail/bulk\",result=\"counted\"} 2",
+        "mailfleet_feedback_reports_total{pool=\"mail/bulk\",result=\"duplicate\"} 1",
         "mailfleet_feedback_requests_total{code=\"401\"} 2",
         "mailfleet_ip_state{pool=\"mail/bulk\",ip=\"203.0.113.12\",provider=\"microsoft\",state=\"Blocked\"} 1",
         "mailfleet_route_targets{route=\"mail/microsoft\",mode=\"Primary\"} 5",

@@ -55,8 +55,10 @@ pub struct Outputs {
 
 #[derive(Debug, Default)]
 struct Counters {
-    /// Feedback reports by result: counted, duplicate, refused.
-    reports: BTreeMap<&'static str, u64>,
+    /// Feedback reports by (pool `ns/name`, result: counted, duplicate,
+    /// refused); the pool is empty for a report naming no pool of the fleet,
+    /// so a label never takes a value only the network chose.
+    reports: BTreeMap<(String, &'static str), u64>,
     /// Reputation transitions by (provider, from, to).
     transitions: BTreeMap<(String, String, String), u64>,
     manifest_reloads: u64,
@@ -181,6 +183,24 @@ impl Core {
         counted
     }
 
+    fn count_report(&mut self, report: &FeedbackReport, result: &'static str) {
+        let pool = format!("{}/{}", report.pool.namespace, report.pool.name);
+        let known = self.pool_keys().any(|key| key == pool);
+        let label = if known { pool } else { String::new() };
+        *self.counters.reports.entry((label, result)).or_default() += 1;
+    }
+
+    /// `ns/name` of every pool of the fleet.
+    fn pool_keys(&self) -> impl Iterator<Item = String> + '_ {
+        self.fleet.pools.iter().map(|pool| {
+            format!(
+                "{}/{}",
+                pool.metadata.namespace.as_deref().unwrap_or("default"),
+                pool.metadata.name.as_deref().unwrap_or("")
+            )
+        })
+    }
+
     /// What [`receive`](Self::receive) would do, before the report is stored:
     /// the refusal, the answer to a report counted before (nothing to
     /// store), or `None` for a new report, which must be stored and then
@@ -194,7 +214,7 @@ impl Core {
             Ok(Check::New) => Ok(None),
             Ok(Check::Duplicate) => self.receive(report, now).map(Some),
             Err(err) => {
-                *self.counters.reports.entry("refused").or_default() += 1;
+                self.count_report(report, "refused");
                 Err(err.refusal())
             }
         }
@@ -210,7 +230,7 @@ impl Core {
         let applied = match self.ledger.apply(&mut self.fleet, report, now) {
             Ok(applied) => applied,
             Err(err) => {
-                *self.counters.reports.entry("refused").or_default() += 1;
+                self.count_report(report, "refused");
                 return Err(err.refusal());
             }
         };
@@ -219,7 +239,7 @@ impl Core {
         } else {
             "counted"
         };
-        *self.counters.reports.entry(result).or_default() += 1;
+        self.count_report(report, result);
         if let Some(change) = &applied.ip_bound {
             self.events.push(json!({
                 "at": now.to_string(),
@@ -478,13 +498,21 @@ impl Core {
             &mut out,
             "mailfleet_feedback_reports_total",
             "counter",
-            "Feedback reports by result: counted, duplicate (a retry counted before), refused.",
+            "Feedback reports by pool and result: counted, duplicate (a retry counted before), refused.",
         );
-        for result in ["counted", "duplicate", "refused"] {
-            let n = c.reports.get(result).copied().unwrap_or(0);
+        // The same labels as the operator's series (`pool`), so one alert
+        // serves both modes; every pool of the fleet shows, at 0 before its
+        // first report.
+        let mut reports = c.reports.clone();
+        for pool in self.pool_keys() {
+            for result in ["counted", "duplicate", "refused"] {
+                reports.entry((pool.clone(), result)).or_default();
+            }
+        }
+        for ((pool, result), n) in &reports {
             let _ = writeln!(
                 out,
-                "mailfleet_feedback_reports_total{{result=\"{result}\"}} {n}"
+                "mailfleet_feedback_reports_total{{pool=\"{pool}\",result=\"{result}\"}} {n}"
             );
         }
         header(

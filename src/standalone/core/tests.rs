@@ -162,8 +162,8 @@ fn a_conclusive_report_reroutes_at_once_and_answers_with_the_new_config() {
 
     let metrics = core.metrics();
     for line in [
-        "mailfleet_feedback_reports_total{result=\"counted\"} 2",
-        "mailfleet_feedback_reports_total{result=\"duplicate\"} 1",
+        "mailfleet_feedback_reports_total{pool=\"mail/bulk\",result=\"counted\"} 2",
+        "mailfleet_feedback_reports_total{pool=\"mail/bulk\",result=\"duplicate\"} 1",
         "mailfleet_ip_state{pool=\"mail/bulk\",ip=\"203.0.113.12\",provider=\"microsoft\",state=\"Blocked\"} 1",
         "mailfleet_ip_state{pool=\"mail/bulk\",ip=\"203.0.113.12\",provider=\"microsoft\",state=\"Healthy\"} 0",
         "mailfleet_route_targets{route=\"mail/microsoft\",mode=\"Primary\"}",
@@ -186,7 +186,18 @@ fn a_refused_report_is_counted_as_refused_and_changes_nothing() {
     assert_eq!(core.outputs(), before);
     assert!(core
         .metrics()
-        .contains("mailfleet_feedback_reports_total{result=\"refused\"} 1"));
+        .contains("mailfleet_feedback_reports_total{pool=\"mail/bulk\",result=\"refused\"} 1"));
+
+    // A pool the fleet does not have never becomes a label value.
+    let mut stranger = report("203.0.113.12", 1, true);
+    stranger.pool.name = "made-up".into();
+    assert!(core.receive(&stranger, now()).is_err());
+    let metrics = core.metrics();
+    assert!(
+        metrics.contains("mailfleet_feedback_reports_total{pool=\"\",result=\"refused\"} 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("made-up"), "{metrics}");
 }
 
 #[test]
