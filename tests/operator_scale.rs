@@ -156,24 +156,10 @@ fn slice_pods(api: &FakeApi, route: &str) -> Vec<String> {
     .collect()
 }
 
+/// The report of an agent that saw Microsoft's ban of its IP.
 fn ban_report(pool: &str, ip: &str, pod: &str) -> FeedbackReport {
-    let now = jiff::Timestamp::now();
+    let delivery = delivery_report(pool, ip, pod, 1, 1);
     FeedbackReport {
-        api_version: FEEDBACK_API_VERSION.into(),
-        agent: AgentIdentity {
-            name: pod.into(),
-            instance: "bench".into(),
-        },
-        sequence: 1,
-        source_ip: ip.parse().unwrap(),
-        pool: PoolRef {
-            namespace: NS.into(),
-            name: pool.into(),
-        },
-        period: Period {
-            start: now,
-            end: now,
-        },
         totals: vec![TotalCount {
             provider: "microsoft".into(),
             outcome: Outcome::Deferred,
@@ -183,16 +169,11 @@ fn ban_report(pool: &str, ip: &str, pod: &str) -> FeedbackReport {
         conclusive: vec![ConclusiveEvidence {
             provider: "microsoft".into(),
             reply: format!("550 5.7.606 Access denied, banned sending IP [{ip}]"),
-            at: now,
+            at: delivery.period.end,
             named_ip: ip.parse().ok(),
             pause_seconds: None,
         }],
-        lines: Default::default(),
-        dropped: Default::default(),
-        config_version: None,
-        queue: None,
-        drain: None,
-        ip_binding: None,
+        ..delivery
     }
 }
 

@@ -188,6 +188,15 @@ mod tests {
         Timestamp::from_second(1_700_000_000 + s).unwrap()
     }
 
+    fn status_of<'a>(pool: &'a SenderPool, ip: &str) -> &'a IpStatus {
+        let status = pool.status.as_ref().expect("the pool has a status");
+        status
+            .ips
+            .iter()
+            .find(|s| s.address == ip)
+            .expect("the IP has a status")
+    }
+
     #[test]
     fn an_unbound_address_is_a_false_condition_naming_the_field_and_the_fix() {
         let mut pool = bulk();
@@ -205,8 +214,7 @@ mod tests {
             change.message
         );
         assert!(change.message.contains("bulk-x-0"), "{}", change.message);
-        let status = pool.status.as_ref().unwrap();
-        let ip_status = status.ips.iter().find(|s| s.address == ip).unwrap();
+        let ip_status = status_of(&pool, &ip);
         assert!(not_bound(ip_status).is_some());
         // The same answer again changes nothing.
         assert!(!would_change(&pool, &ip, "bulk-x-0", &check(&ip, false)));
@@ -218,14 +226,7 @@ mod tests {
         assert!(would_change(&pool, &ip, "bulk-x-0", &check(&ip, true)));
         let change = record(&mut pool, &ip, "bulk-x-0", &check(&ip, true), t(10)).unwrap();
         assert_eq!(change.bound, Some(true));
-        let ip_status = pool
-            .status
-            .as_ref()
-            .unwrap()
-            .ips
-            .iter()
-            .find(|s| s.address == ip)
-            .unwrap();
+        let ip_status = status_of(&pool, &ip);
         assert!(not_bound(ip_status).is_none());
     }
 
@@ -237,14 +238,7 @@ mod tests {
         pool.spec.ip_binding.mode = BindMode::Snat;
         let change = record(&mut pool, &ip, "p", &check(&ip, false), t(1)).unwrap();
         assert_eq!(change.bound, None);
-        let ip_status = pool
-            .status
-            .as_ref()
-            .unwrap()
-            .ips
-            .iter()
-            .find(|s| s.address == ip)
-            .unwrap();
+        let ip_status = status_of(&pool, &ip);
         assert!(ip_status.conditions.iter().all(|c| c.type_ != IP_BOUND));
         assert!(!would_change(&pool, &ip, "p", &check(&ip, false)));
         assert_eq!(

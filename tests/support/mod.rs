@@ -6,4 +6,5 @@
 pub mod agent;
 pub mod fake_api;
 pub mod postfix;
+pub mod process;
 pub mod rbldnsd;
