@@ -168,7 +168,7 @@ fn config(cap: i64, replicas: i32, receiver_port: u16) -> BTreeMap<String, Strin
     // One recipient per delivery, so a delivery is a message.
     route.spec.connections = Some(ConnectionLimits {
         max_recipients_per_message: Some(1),
-        max_connections: Some(2),
+        max_connections: Some(6),
         ..Default::default()
     });
     let table = compile(std::slice::from_ref(&pool), &[route], now());
@@ -234,24 +234,31 @@ fn start_agent(p: &PrivatePostfix, config_dir: &Path, work: &Path, endpoint: &st
     )
 }
 
-/// Submits one message to `count` recipients; Postfix delivers each alone.
+/// Submits `count` messages of one recipient each (the pacer releases whole
+/// messages: one recipient each makes its count exact), from a few threads.
 fn submit(p: &PrivatePostfix, first: usize, count: usize) {
-    let recipients: Vec<String> = (first..first + count)
-        .map(|i| format!("r{i:06}@gmail.com"))
-        .collect();
-    let mut child = Command::new(SENDMAIL)
-        .args(["-C", p.etc(), "-f", "<>"])
-        .args(&recipients)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"Subject: pacing\n\nhello\n")
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    let threads = 4;
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            scope.spawn(move || {
+                for i in (first + t..first + count).step_by(threads) {
+                    let mut child = Command::new(SENDMAIL)
+                        .args(["-C", p.etc(), "-f", "<>"])
+                        .arg(format!("r{i:06}@gmail.com"))
+                        .stdin(Stdio::piped())
+                        .spawn()
+                        .unwrap();
+                    child
+                        .stdin
+                        .take()
+                        .unwrap()
+                        .write_all(b"Subject: pacing\n\nhello\n")
+                        .unwrap();
+                    assert!(child.wait().unwrap().success());
+                }
+            });
+        }
+    });
 }
 
 /// Waits for the next pacing window boundary (windows count from the epoch).
@@ -292,8 +299,6 @@ fn an_ip_keeps_its_cap_on_three_replicas_and_on_one() {
     let receiver = Receiver::start(work.path(), latency);
     let endpoint = FakeEndpoint::start(&[]);
     let expected = (cap as f64) * (seconds as f64) / 3600.0;
-    // Enough mail that no replica runs dry: twice its share of the span.
-    let per_replica = (2.0 * expected).ceil() as usize + 20;
 
     let mut results = Vec::new();
     for replicas in [3usize, 1] {
@@ -326,16 +331,44 @@ fn an_ip_keeps_its_cap_on_three_replicas_and_on_one() {
         }
         // The agents configure their pacers from the config folder first.
         std::thread::sleep(Duration::from_secs(2));
+        // Enough mail that no replica runs dry: its share of the span and of
+        // the submission before it, and a third more.
+        let per_replica = ((seconds + 60) as f64 * cap as f64 / 3600.0 / replicas as f64 * 1.3)
+            .ceil() as usize
+            + 20;
+        let submitted = Instant::now();
+        std::thread::scope(|scope| {
+            for (i, p) in instances.iter().enumerate() {
+                scope.spawn(move || submit(p, i * per_replica, per_replica));
+            }
+        });
+        eprintln!(
+            "pacer: {replicas} replica(s): {per_replica} messages each submitted in {:.1} s",
+            submitted.elapsed().as_secs_f64()
+        );
         let from = next_window();
         let from_unix = unix_now();
-        for (i, p) in instances.iter().enumerate() {
-            submit(p, i * per_replica, per_replica);
-        }
         let until = from + Duration::from_secs(seconds);
         std::thread::sleep(until.saturating_duration_since(Instant::now()));
         // What was accepted before the span ended but recorded a moment later.
         std::thread::sleep(Duration::from_millis(500));
         let got = receiver.count_from(IP, from_unix, from_unix + seconds as f64);
+        // A replica that ran out of mail would undershoot for want of it.
+        let waiting: Vec<usize> = instances
+            .iter()
+            .map(|p| {
+                postfix::run(&format!("{BIN_DIR}/postqueue"), &["-c", p.etc(), "-j"])
+                    .stdout
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .count()
+            })
+            .collect();
+        eprintln!("pacer: {replicas} replica(s) -> {got}; still queued per replica: {waiting:?}");
+        assert!(
+            waiting.iter().all(|w| *w > 0),
+            "a replica ran out of mail: {waiting:?}"
+        );
         results.push((replicas, got));
         drop(agents);
         let mut refs: Vec<&mut PrivatePostfix> = instances.iter_mut().collect();

@@ -348,6 +348,84 @@ pub fn read_postfix_queue(
     Ok(tally)
 }
 
+/// A message of the hold queue: its id and pending recipients.
+#[derive(Deserialize)]
+struct ListedHeld {
+    #[serde(default)]
+    queue_name: String,
+    #[serde(default)]
+    queue_id: String,
+    #[serde(default)]
+    recipients: Vec<ListedRecipient>,
+}
+
+/// The messages of the hold queue in a `postqueue -j` listing (at most
+/// `limit`, read until the listing's end or `deadline`): id and recipients.
+pub fn held_in_listing<R: BufRead>(
+    input: &mut R,
+    limit: usize,
+    deadline: Option<Instant>,
+) -> io::Result<Vec<(String, Vec<String>)>> {
+    let mut held = Vec::new();
+    let mut line = Vec::with_capacity(4096);
+    while held.len() < limit && deadline.is_none_or(|d| Instant::now() < d) {
+        line.clear();
+        let read = input
+            .by_ref()
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut line)?;
+        if read == 0 {
+            break;
+        }
+        if line.last() != Some(&b'\n') && line.len() > MAX_LINE_BYTES {
+            skip_rest_of_line(input)?;
+            continue;
+        }
+        let Ok(message) = serde_json::from_slice::<ListedHeld>(line.trim_ascii()) else {
+            continue;
+        };
+        if message.queue_name == "hold" && !message.queue_id.is_empty() {
+            let recipients = message.recipients.into_iter().map(|r| r.address).collect();
+            held.push((message.queue_id, recipients));
+        }
+    }
+    Ok(held)
+}
+
+/// Runs `postqueue -j` on `target` and returns what its hold queue holds
+/// ([`held_in_listing`]); the command is killed at `timeout`.
+pub fn read_hold_queue(
+    target: &PostfixTarget,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<(String, Vec<String>)>, QueueReadError> {
+    let program = target.bin_dir.join("postqueue");
+    let config = target.config_dir.display().to_string();
+    let command = format!("{} -c {config} -j", program.display());
+    let mut child = Command::new(&program)
+        .args(["-c", &config, "-j"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|source| QueueReadError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    let deadline = Instant::now() + timeout;
+    let result = match child.stdout.take() {
+        Some(stdout) => held_in_listing(
+            &mut io::BufReader::with_capacity(64 * 1024, stdout),
+            limit,
+            Some(deadline),
+        ),
+        None => Ok(Vec::new()),
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    result.map_err(|source| QueueReadError::Read { command, source })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,6 +507,11 @@ mod tests {
         let tally = tally_listing(&mut listing.as_bytes(), &lookup, None).unwrap();
         assert_eq!(tally.messages, 3);
         assert_eq!(tally.held, 1);
+        let held = held_in_listing(&mut listing.as_bytes(), 10, None).unwrap();
+        assert_eq!(
+            held,
+            vec![("4A3".to_string(), vec!["e@nowhere.invalid".to_string()])]
+        );
         assert_eq!(tally.unreadable, 1);
         assert_eq!(tally.oldest_arrival, Some(1_700_000_000));
         let ms = lookup.route_of("a@hotmail.com").unwrap();

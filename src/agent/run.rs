@@ -25,8 +25,8 @@ use crate::agent::follow::{FollowOptions, Follower, Input, Notice};
 use crate::agent::http::{self, Endpoint};
 use crate::agent::line::{classify_line, LineSkip, LogFormat};
 use crate::agent::metrics::{self, Metrics};
-use crate::agent::pacer::{paced_line, PacedLine, Pacer, PostfixHolds};
-use crate::agent::queue::{queue_report, read_postfix_queue, RouteLookup};
+use crate::agent::pacer::{paced_line, PacedLine, Pacer, PostfixHolds, MAX_TRACKED_MESSAGES};
+use crate::agent::queue::{queue_report, read_hold_queue, read_postfix_queue, RouteLookup};
 use crate::agent::report::{ConfigHint, FeedbackResponse};
 use crate::agent::reporter::{Reporter, ReporterConfig, Sealed};
 use crate::agent::state::{AgentState, StateError, STATE_FORMAT};
@@ -555,15 +555,21 @@ fn unix_ms() -> u64 {
 /// (not to be classified).
 fn is_paced(pacer: &mut Option<Pacer>, line: &[u8], now_ms: u64) -> bool {
     match paced_line(line) {
-        PacedLine::Held { queue_id } => {
+        PacedLine::Held {
+            queue_id,
+            recipient,
+        } => {
             if let Some(pacer) = pacer.as_mut() {
-                pacer.note_held(queue_id);
+                pacer.note_held(queue_id, recipient);
             }
             true
         }
-        PacedLine::Delivery { transport } => {
+        PacedLine::Delivery {
+            transport,
+            queue_id,
+        } => {
             if let Some(pacer) = pacer.as_mut() {
-                pacer.count(transport, now_ms);
+                pacer.count(transport, queue_id, now_ms);
             }
             false
         }
@@ -580,7 +586,12 @@ fn configure_pacer(pacer: &mut Option<Pacer>, snapshot: &ConfigSnapshot) {
     };
     match parse_document(&String::from_utf8_lossy(text)) {
         Ok(document) => {
-            pacer.configure(&document, unix_ms());
+            let map = snapshot
+                .files
+                .get(crate::routing::postfix::TRANSPORT_FILE)
+                .map(|text| String::from_utf8_lossy(text).into_owned())
+                .unwrap_or_default();
+            pacer.configure(&document, RouteLookup::from_transport_map(&map), unix_ms());
             for (transport, share) in pacer.shares() {
                 tracing::debug!(
                     transport,
@@ -595,21 +606,44 @@ fn configure_pacer(pacer: &mut Option<Pacer>, snapshot: &ConfigSnapshot) {
     }
 }
 
-/// Holds or releases transports whose window budget changed.
+/// Applies what the pacer decides now: the holds, parking, releases.
 fn pace(pacer: &mut Pacer, target: &PostfixTarget) {
-    let Some(change) = pacer.plan(unix_ms()) else {
+    if pacer.adoption_due(unix_ms()) {
+        // Mail an earlier agent parked waits in the hold queue.
+        match read_hold_queue(target, MAX_TRACKED_MESSAGES, Duration::from_secs(30)) {
+            Ok(held) => {
+                for (queue_id, recipients) in &held {
+                    pacer.adopt(queue_id, recipients);
+                }
+                if !held.is_empty() {
+                    tracing::info!(
+                        messages = held.len(),
+                        "pacing the mail parked in the hold queue"
+                    );
+                }
+                pacer.adoption_tried(true, unix_ms());
+            }
+            Err(e) => {
+                tracing::debug!("cannot read the hold queue yet: {e}");
+                pacer.adoption_tried(false, unix_ms());
+            }
+        }
+    }
+    let actions = pacer.plan(unix_ms());
+    if actions.is_empty() {
         return;
-    };
-    match (PostfixHolds { target }).apply(&change) {
+    }
+    match (PostfixHolds { target }).apply(&actions) {
         Ok(()) => {
             tracing::debug!(
-                held = ?change.held,
-                released = ?change.released,
-                "pacer holds applied"
+                holds = ?actions.holds,
+                parked = actions.park.len(),
+                released = actions.release.len(),
+                "pacer applied"
             );
-            pacer.applied(&change);
+            pacer.applied(&actions);
         }
-        Err(e) => tracing::warn!("cannot apply the pacer's holds: {e}"),
+        Err(e) => tracing::warn!("cannot apply the pacer's decisions: {e}"),
     }
 }
 

@@ -6,8 +6,9 @@
 //!    already left the Services' endpoints; a client that still connects is
 //!    refused and retries elsewhere);
 //! 2. every queued message is handed to the pool's other senders: the
-//!    transport map and the pacer's holds are cleared and the default
-//!    transport points at the hand-off address (the pool's intake Service),
+//!    transport map and the pacer's holds are cleared, what the pacer parked
+//!    in the hold queue is released, and the default transport points at the
+//!    hand-off address (the pool's intake Service),
 //!    then the whole queue is flushed, and again every few seconds, so a
 //!    message whose hand-off failed once is tried again;
 //! 3. it waits until the queue is empty or the drain's deadline passes; what
@@ -122,6 +123,8 @@ pub fn drain(target: &PostfixTarget, options: &DrainOptions) -> Result<Drained, 
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     run_ok(&bin("postconf"), &args)?;
     run_ok(&bin("postfix"), &["-c", &config, "reload"])?;
+    // What the pacer parked in the hold queue leaves with the rest.
+    run_ok(&bin("postsuper"), &["-c", &config, "-H", "ALL", "hold"])?;
     tracing::info!(
         queued = queued_at_start,
         to = options.to.as_str(),
