@@ -428,7 +428,8 @@ fn sessions(path: &Path) -> Vec<serde_json::Value> {
 }
 
 fn queued(spool: &Path) -> usize {
-    ["deferred", "active", "incoming"]
+    // The hold queue is where the agent's pacer parks mail waiting for its cap.
+    ["deferred", "active", "incoming", "hold"]
         .iter()
         .flat_map(|d| walk(&spool.join(d)))
         .count()
@@ -603,7 +604,11 @@ fn a_sender_pod_binds_announces_hands_off_refuses_outsiders_applies_and_stops_cl
     // Mail the receiver defers stays queued through SIGTERM.
     submit(SENDER_NS, SENDER_IP, "defer@example.net").unwrap();
     wait_for("the deferral", Duration::from_secs(30), || {
-        maillog().contains("status=deferred")
+        maillog().lines().any(|l| {
+            l.contains("to=<defer@example.net>")
+                && l.contains("status=deferred")
+                && !l.contains("(deferred transport)")
+        })
     });
     terminate(&mut sender, &root);
     assert_eq!(

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::agent::counts::AttemptCounts;
 use crate::agent::line::{classify_line, LineSkip, LogFormat};
+use crate::agent::pacer::is_hold_deferral;
 use crate::agent::report::TotalCount;
 use crate::agent::time::{iso_time, syslog_time};
 use crate::reputation::classifier::Classifier;
@@ -72,9 +73,20 @@ struct RangeCounts {
     counts: AttemptCounts<String>,
 }
 
+/// What Postfix logs for mail of a transport in `defer_transports`.
+const HELD_REMARK: &[u8] = b"(deferred transport)";
+
 impl RangeCounts {
     fn line(&mut self, classifier: &Classifier, options: &ReplayOptions, line: &[u8]) {
         self.lines += 1;
+        // The pacer's holds are not answers from a provider (the running
+        // agent skips them too).
+        if options.format == LogFormat::Postfix
+            && memchr::memmem::find(line, HELD_REMARK).is_some()
+            && is_hold_deferral(line)
+        {
+            return;
+        }
         match classify_line(classifier, options.format, line) {
             Ok(classified) => {
                 let time = classified.time.as_deref();
@@ -298,6 +310,20 @@ mod tests {
     const BAN: &str = "2021-11-05T08:10:01+09:00 mx1 postfix/smtp[7]: 4HmB2x0Z7Qz9vD: to=<taro@hotmail.co.jp>, relay=hotmail-com.olc.protection.outlook.com[104.47.22.161]:25, delay=0.5, delays=0/0/0.3/0.2, dsn=5.7.606, status=bounced (host hotmail-com.olc.protection.outlook.com[104.47.22.161] said: 550 5.7.606 Access denied, banned sending IP [203.0.113.10]. (in reply to MAIL FROM command))";
     const SENT: &str = "Nov  5 08:10:02 mx1 postfix/smtp[7]: 5JnC3y1A8Ra0wE: to=<hanako@gmail.com>, relay=gmail-smtp-in.l.google.com[142.250.1.26]:25, delay=0.4, delays=0/0/0.2/0.2, dsn=2.0.0, status=sent (250 2.0.0 OK 1636099802 x12si - gsmtp)";
     const QMGR: &str = "Nov  5 08:10:02 mx1 postfix/qmgr[9]: 5JnC3y1A8Ra0wE: removed";
+
+    const HELD: &str = "Nov  5 08:10:02 mx1 postfix/qmgr[9]: 6KoD4z2B9Sb1xF: to=<jiro@gmail.com>, relay=none, delay=0.1, delays=0.1/0/0/0, dsn=4.3.2, status=deferred (deferred transport)";
+
+    #[test]
+    fn the_pacers_holds_are_neither_attempts_nor_skips() {
+        let log = format!("{HELD}\n{SENT}");
+        let s = replay_bytes(
+            &Classifier::builtin(),
+            ip(),
+            log.as_bytes(),
+            &ReplayOptions::default(),
+        );
+        assert_eq!((s.lines, s.attempts, s.skipped), (2, 1, 0));
+    }
 
     fn ip() -> IpAddr {
         "203.0.113.10".parse().unwrap()

@@ -14,10 +14,10 @@
 //! epoch, so the same window has the same budget on every replica.
 //!
 //! Postfix's own `<transport>_transport_rate_delay` is whole seconds, so it can
-//! only space a transport at 3,600/h or slower. It is still rendered when it
-//! can help (it spaces messages evenly instead of sending a window's budget in
-//! a burst), rounded *down* so it never holds a transport below its share; the
-//! window budget, kept by the agent's pacer, makes the count exact.
+//! only space a transport at 3,600/h or slower, and it counts from the end of
+//! each delivery. It is rendered, rounded *down*, for a sender whose agent does
+//! not pace (`--no-pace`); the agent's pacer sets it to 0 and releases each
+//! window's budget itself, which makes the count exact.
 
 /// One replica's share of an IP's hourly cap on one route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,7 +187,7 @@ mod tests {
     }
 
     #[test]
-    fn rate_delays_never_slow_a_transport_below_its_share() {
+    fn rate_delays_round_down_to_never_ask_less_than_the_share() {
         // ceil would give 2 s = 1,800/h for 2,000/h; floor gives 1 s and the pacer trims.
         assert_eq!(share(2000, 1).rate_delay_seconds(), 1);
         assert_eq!(share(3600, 1).rate_delay_seconds(), 1);

@@ -201,9 +201,9 @@ pub fn transport_name(ip: IpAddr, route: &str) -> String {
 
 /// The Postfix rate delay of a transport that sends alone at most `cap`
 /// messages per hour: the longest whole-second spacing that still reaches the
-/// cap (0 above 3,600/h, or when uncapped). Rounded down, so Postfix never holds
-/// a transport below its cap; the agent's pacer keeps the exact count
-/// ([`super::caps`]).
+/// cap (0 above 3,600/h, or when uncapped), rounded down. What keeps the cap
+/// when the agent does not pace; a pacing agent sets it to 0 and keeps the
+/// exact count ([`super::caps`]).
 pub fn rate_delay_seconds(cap: Option<i64>) -> u64 {
     ReplicaShare::new(cap, 1).map_or(0, |s| s.rate_delay_seconds())
 }
@@ -472,7 +472,8 @@ fn write_queue_lifetimes(main_cf: &mut String, settings: &SendingSettings) {
 /// master.cf (the `maxproc` column) bounds the transport's simultaneous
 /// connections; the destination concurrency limit says the same to the queue
 /// manager; the rate delay spaces deliveries when this replica's share is
-/// one a second or slower (the agent's pacer keeps the exact count).
+/// one a second or slower and the agent does not pace (a pacing agent sets it
+/// to 0 and keeps the exact count).
 fn write_transport_limits(
     master_cf: &mut String,
     main_cf: &mut String,
