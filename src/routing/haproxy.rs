@@ -49,6 +49,23 @@ impl Default for HaproxyOptions {
     }
 }
 
+impl HaproxyOptions {
+    /// The errors that need no route table: checked once at start.
+    pub fn check(&self) -> Result<(), HaproxyError> {
+        for port in [self.first_port, self.sender_port] {
+            if port == 0 {
+                return Err(HaproxyError::ZeroPort { port });
+            }
+        }
+        if !is_valid_host(&self.check_helo) {
+            return Err(HaproxyError::CheckHelo {
+                name: self.check_helo.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HaproxyError {
     #[error("{routes} routes need hand-off ports {first_port} to {last}, past 65535; give a lower --haproxy-first-port")]
@@ -107,14 +124,7 @@ pub fn handoff_ports(
 
 /// The whole `haproxy.cfg` for `table`.
 pub fn render(table: &RouteTable, options: &HaproxyOptions) -> Result<String, HaproxyError> {
-    if options.sender_port == 0 {
-        return Err(HaproxyError::ZeroPort { port: 0 });
-    }
-    if !is_valid_host(&options.check_helo) {
-        return Err(HaproxyError::CheckHelo {
-            name: options.check_helo.clone(),
-        });
-    }
+    options.check()?;
     let ports = handoff_ports(table, options.first_port)?;
     let mut checked: BTreeSet<IpAddr> = BTreeSet::new();
     let mut listeners = String::new();
@@ -184,10 +194,10 @@ pub fn render(table: &RouteTable, options: &HaproxyOptions) -> Result<String, Ha
     }
 
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# The hand-off between senders, rendered by mailfleet from the route table\n# of {}: do not edit, `mailfleet standalone --haproxy-config` rewrites it\n# whenever a route's senders change.",
-        table.generated_at
+    // No compile time in the file: HAProxy is reloaded only when a route's
+    // senders change, not at every recompile.
+    out.push_str(
+        "# The hand-off between senders, rendered by mailfleet from the route table:\n# do not edit, `mailfleet standalone --haproxy-config` rewrites it whenever\n# a route's senders change.\n",
     );
     out.push_str(
         "global\n    maxconn 4096\n\ndefaults\n    mode tcp\n    timeout connect 5s\n    # Postfix's own SMTP timeouts are 300 s per command.\n    timeout client 10m\n    timeout server 10m\n    timeout check 5s\n    # A sender that refuses the connection: another one.\n    retries 2\n    option redispatch\n",
@@ -350,6 +360,19 @@ mod tests {
         assert!(microsoft
             .iter()
             .any(|l| l.contains("No sender may carry it now")));
+    }
+
+    #[test]
+    fn the_same_routes_later_render_the_same_file() {
+        let (pools, routes) = incident_fleet(now());
+        let table = compile(&pools, &routes, now());
+        let later = compile(&pools, &routes, now() + jiff::SignedDuration::from_secs(1));
+        assert_ne!(table.generated_at, later.generated_at);
+        assert_eq!(
+            render(&table, &options()).unwrap(),
+            render(&later, &options()).unwrap(),
+            "a reload per recompile"
+        );
     }
 
     #[test]

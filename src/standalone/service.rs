@@ -316,6 +316,10 @@ pub struct Shared {
     pub write_error: Mutex<Option<String>>,
     /// Why the last report could not be stored, while it cannot.
     pub journal_error: Mutex<Option<String>>,
+    /// Why HAProxy did not take the last hand-off configuration, until it does.
+    pub haproxy_error: Mutex<Option<String>>,
+    /// `mailfleet_haproxy_reloads_total`, replaced after every reload.
+    pub haproxy_metrics: Mutex<String>,
     /// Set once the outputs were written the first time.
     pub ready: AtomicBool,
     /// Syncs of `feedback.wal` that stored reports, and the reports they
@@ -337,6 +341,8 @@ impl Shared {
             reverse_dns: Default::default(),
             write_error: Mutex::new(None),
             journal_error: Mutex::new(None),
+            haproxy_error: Mutex::new(None),
+            haproxy_metrics: Mutex::new(String::new()),
             ready: AtomicBool::new(false),
             log_syncs: AtomicU64::new(0),
             log_reports: AtomicU64::new(0),
@@ -516,6 +522,13 @@ impl Observability for Receiver {
                 .unwrap_or_else(|p| p.into_inner()),
         );
         out.push_str(&self.shared.reverse_dns.render());
+        out.push_str(
+            &self
+                .shared
+                .haproxy_metrics
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         out.push_str(&format!(
             "# HELP mailfleet_feedback_log_syncs_total Syncs of feedback.wal that stored reports (reports arriving together share one).\n\
              # TYPE mailfleet_feedback_log_syncs_total counter\n\
@@ -531,7 +544,11 @@ impl Observability for Receiver {
 
     fn health(&self) -> Result<String, String> {
         let mut problems = self.shared.core().problems();
-        for error in [&self.shared.write_error, &self.shared.journal_error] {
+        for error in [
+            &self.shared.write_error,
+            &self.shared.journal_error,
+            &self.shared.haproxy_error,
+        ] {
             if let Some(err) = &*error.lock().unwrap_or_else(|p| p.into_inner()) {
                 problems.push(err.clone());
             }
