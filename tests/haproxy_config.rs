@@ -135,6 +135,7 @@ fn the_lab_fleet_renders_a_listener_per_route_on_the_ports_postfix_is_given() {
     let table = compile(&manifests.pools, &manifests.routes, now());
     let options = HaproxyOptions {
         bind_address: "127.0.0.10".parse().unwrap(),
+        log: Some("stderr format raw local0".into()),
         ..HaproxyOptions::default()
     };
     let config = render(&table, &options).unwrap();

@@ -45,6 +45,7 @@ fn lab_available() -> bool {
         postfix::POSTQUEUE,
         postfix::POSTMAP,
         "/usr/sbin/rbldnsd",
+        "/usr/sbin/haproxy",
     ]);
     let aiosmtpd = Command::new(&python)
         .args(["-c", "import aiosmtpd"])

@@ -119,6 +119,11 @@ pub struct StandaloneArgs {
     #[arg(long, value_name = "NAME", default_value = "mailfleet-check.invalid")]
     pub haproxy_check_helo: String,
 
+    /// Where HAProxy logs a line per hand-off (the words after `log` in
+    /// haproxy.cfg), for example '/dev/log local0'; without it, no log.
+    #[arg(long, value_name = "TARGET")]
+    pub haproxy_log: Option<String>,
+
     /// Your own classifier rules and providers (YAML, see docs/CLASSIFIER.md).
     #[arg(long, value_name = "FILE")]
     pub rules: Option<PathBuf>,
@@ -142,6 +147,7 @@ pub fn run(args: StandaloneArgs) -> Result<ExitCode, Box<dyn std::error::Error>>
         first_port: args.haproxy_first_port,
         sender_port: args.haproxy_sender_port,
         check_helo: args.haproxy_check_helo.clone(),
+        log: args.haproxy_log.clone(),
     };
     haproxy.check()?;
     let rules = FleetArgs {

@@ -36,6 +36,9 @@ pub struct HaproxyOptions {
     pub sender_port: u16,
     /// The name the health check greets the senders with (EHLO).
     pub check_helo: String,
+    /// Where HAProxy logs each hand-off (the words after `log`, such as
+    /// `/dev/log local0` or `stderr format raw local0`); `None`: no log.
+    pub log: Option<String>,
 }
 
 impl Default for HaproxyOptions {
@@ -45,6 +48,7 @@ impl Default for HaproxyOptions {
             first_port: 10025,
             sender_port: 25,
             check_helo: "mailfleet-check.invalid".to_string(),
+            log: None,
         }
     }
 }
@@ -62,6 +66,11 @@ impl HaproxyOptions {
                 name: self.check_helo.clone(),
             });
         }
+        if let Some(log) = &self.log {
+            if log.trim().is_empty() || log.chars().any(|c| c.is_control() || c == '#') {
+                return Err(HaproxyError::Log { log: log.clone() });
+            }
+        }
         Ok(())
     }
 }
@@ -78,6 +87,8 @@ pub enum HaproxyError {
     ZeroPort { port: u16 },
     #[error("health-check name {name:?} is not a host name; give --haproxy-check-helo a name such as mailfleet-check.example.net")]
     CheckHelo { name: String },
+    #[error("--haproxy-log {log:?} is not one HAProxy log target; write it on one line, such as '/dev/log local0'")]
+    Log { log: String },
     #[error("route {route}: target {ip:?} of pool {pool} is not an IP address; fix spec.ips of that SenderPool")]
     TargetIp {
         route: String,
@@ -91,7 +102,7 @@ impl HaproxyError {
     pub fn category(&self) -> &'static str {
         match self {
             HaproxyError::PortsExhausted { .. } | HaproxyError::ZeroPort { .. } => "port",
-            HaproxyError::CheckHelo { .. } => "option",
+            HaproxyError::CheckHelo { .. } | HaproxyError::Log { .. } => "option",
             HaproxyError::TargetIp { .. } => "target",
         }
     }
@@ -199,8 +210,17 @@ pub fn render(table: &RouteTable, options: &HaproxyOptions) -> Result<String, Ha
     out.push_str(
         "# The hand-off between senders, rendered by mailfleet from the route table:\n# do not edit, `mailfleet standalone --haproxy-config` rewrites it whenever\n# a route's senders change.\n",
     );
+    out.push_str("global\n    maxconn 4096\n");
+    if let Some(log) = &options.log {
+        let _ = writeln!(out, "    log {}", log.trim());
+    }
+    out.push_str("\ndefaults\n    mode tcp\n");
+    if options.log.is_some() {
+        // One line per hand-off: the handing sender, the route, the sender it went to.
+        out.push_str("    log global\n    option tcplog\n");
+    }
     out.push_str(
-        "global\n    maxconn 4096\n\ndefaults\n    mode tcp\n    timeout connect 5s\n    # Postfix's own SMTP timeouts are 300 s per command.\n    timeout client 10m\n    timeout server 10m\n    timeout check 5s\n    # A sender that refuses the connection: another one.\n    retries 2\n    option redispatch\n",
+        "    timeout connect 5s\n    # Postfix's own SMTP timeouts are 300 s per command.\n    timeout client 10m\n    timeout server 10m\n    timeout check 5s\n    # A sender that refuses the connection: another one.\n    retries 2\n    option redispatch\n",
     );
     let _ = writeln!(
         out,
@@ -396,6 +416,30 @@ mod tests {
             ..options()
         };
         assert!(render(&table, &zero).is_err());
+        let log = HaproxyOptions {
+            log: Some("/dev/log local0\nlisten evil".into()),
+            ..options()
+        };
+        let err = render(&table, &log).unwrap_err();
+        assert!(err.to_string().contains("--haproxy-log"), "{err}");
+    }
+
+    #[test]
+    fn a_log_target_logs_every_hand_off_and_none_logs_nothing() {
+        let (pools, routes) = incident_fleet(now());
+        let table = compile(&pools, &routes, now());
+        let quiet = render(&table, &options()).unwrap();
+        assert!(!quiet.contains("log"), "{quiet}");
+        let logged = render(
+            &table,
+            &HaproxyOptions {
+                log: Some("stderr format raw local0".into()),
+                ..options()
+            },
+        )
+        .unwrap();
+        assert!(logged.contains("global\n    maxconn 4096\n    log stderr format raw local0\n"));
+        assert!(logged.contains("defaults\n    mode tcp\n    log global\n    option tcplog\n"));
     }
 
     #[test]
