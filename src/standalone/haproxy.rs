@@ -6,13 +6,18 @@
 //! HAProxy still finds a configuration it accepts, and the same file is tried
 //! again after [`RETRY_AFTER`] or as soon as the routes change.
 
-use std::fmt::Write as _;
+use std::collections::BTreeMap;
+use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use prometheus_client::encoding::DescriptorEncoder;
+
 use super::outputs::{write_atomically, WriteError};
+use crate::metrics::catalogue::HAPROXY_RELOADS;
+use crate::metrics::Families;
 
 /// How long a refused configuration waits before it is tried again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(10);
@@ -80,7 +85,7 @@ pub struct HaproxyApplier {
     /// The last refused configuration and when it was tried.
     refused: Option<(String, Instant)>,
     reloads: u64,
-    failures: std::collections::BTreeMap<&'static str, u64>,
+    failures: BTreeMap<&'static str, u64>,
 }
 
 impl HaproxyApplier {
@@ -204,26 +209,35 @@ impl HaproxyApplier {
         })
     }
 
-    /// `mailfleet_haproxy_reloads_total` by result.
-    pub fn metrics(&self) -> String {
-        let mut out = String::from(
-            "# HELP mailfleet_haproxy_reloads_total Reloads of HAProxy with a new hand-off configuration, by result: ok, or why it failed (refused, timeout, spawn, write).\n# TYPE mailfleet_haproxy_reloads_total counter\n",
-        );
-        let _ = writeln!(
-            out,
-            "mailfleet_haproxy_reloads_total{{result=\"ok\"}} {}",
-            self.reloads
-        );
-        for category in ["refused", "timeout", "spawn", "write"] {
-            let _ = writeln!(
-                out,
-                "mailfleet_haproxy_reloads_total{{result=\"{category}\"}} {}",
-                self.failures.get(category).copied().unwrap_or(0)
-            );
+    /// What `mailfleet_haproxy_reloads_total` says now.
+    pub fn counts(&self) -> HaproxyCounts {
+        HaproxyCounts {
+            ok: self.reloads,
+            failures: self.failures.clone(),
         }
-        out
     }
 }
+
+/// Reloads that put a configuration in force, and failures by category.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HaproxyCounts {
+    pub ok: u64,
+    pub failures: BTreeMap<&'static str, u64>,
+}
+
+impl Families for HaproxyCounts {
+    fn encode(&self, out: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let rows = std::iter::once(("ok", self.ok)).chain(
+            FAILURE_CATEGORIES
+                .iter()
+                .map(|c| (*c, self.failures.get(c).copied().unwrap_or(0))),
+        );
+        HAPROXY_RELOADS.write(out, rows.map(|(result, n)| ([result], n)))
+    }
+}
+
+/// Every [`ReloadError::category`], each with a series from the start.
+const FAILURE_CATEGORIES: [&str; 4] = ["refused", "timeout", "spawn", "write"];
 
 /// Reads a pipe to its end on a thread, keeping the first [`OUTPUT_QUOTED`] bytes.
 fn read_bounded(pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
@@ -258,8 +272,8 @@ mod tests {
         assert_eq!(applier.apply("two\n").unwrap(), Applied::Reloaded);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "one\ntwo\n");
-        assert!(applier
-            .metrics()
+        assert_eq!(applier.counts().ok, 2);
+        assert!(crate::metrics::render(&applier.counts())
             .contains("mailfleet_haproxy_reloads_total{result=\"ok\"} 2\n"));
     }
 
@@ -285,9 +299,7 @@ mod tests {
             Applied::Unchanged,
             "not retried at every tick"
         );
-        assert!(applier
-            .metrics()
-            .contains("mailfleet_haproxy_reloads_total{result=\"refused\"} 1\n"));
+        assert_eq!(applier.counts().failures.get("refused"), Some(&1));
         assert_eq!(applier.apply("good again\n").unwrap(), Applied::Reloaded);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "good again\n");
     }
@@ -300,9 +312,12 @@ mod tests {
             HaproxyApplier::new(&path, "exec sleep 30").with_timeout(Duration::from_millis(200));
         let err = applier.apply("x\n").unwrap_err();
         assert_eq!(err.category(), "timeout", "{err}");
-        assert!(applier
-            .metrics()
-            .contains("mailfleet_haproxy_reloads_total{result=\"timeout\"} 1\n"));
+        let text = crate::metrics::render(&applier.counts());
+        assert!(
+            text.contains("mailfleet_haproxy_reloads_total{result=\"timeout\"} 1\n")
+                && text.contains("mailfleet_haproxy_reloads_total{result=\"refused\"} 0\n"),
+            "{text}"
+        );
     }
 
     #[test]

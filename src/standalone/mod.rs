@@ -220,6 +220,7 @@ pub async fn run(
     let address = listener.local_addr().map_err(StandaloneError::Serve)?;
 
     let shared = Arc::new(Shared::new(core, journal, auth));
+    Shared::register_metrics(&shared);
     let mut writer = OutputWriter::new(&options.out)?;
     engine.write(&shared, &mut writer)?;
     shared.ready.store(true, Ordering::Release);
@@ -469,10 +470,7 @@ impl EngineLoop {
                     *error = Some(err.to_string());
                 }
             }
-            *shared
-                .haproxy_metrics
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = applier.metrics();
+            shared.haproxy_metrics.publish(applier.counts());
         }
         let cleared = match &result {
             Ok(_) => journal.clear().map_err(|e| WriteError {
@@ -602,11 +600,7 @@ async fn claim_loop(
                 tracing::warn!("claim check: {problem}");
             }
         }
-        shared
-            .claim_metrics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone_from(&checks.metrics());
+        shared.claim_metrics.publish(checks.metrics());
         tokio::select! {
             () = shared.claims.notified() => {}
             () = tokio::time::sleep(PROBE_RECHECK) => {}
@@ -653,10 +647,7 @@ async fn probe_loop(
             round = probes.run_due(&pools, &secrets, now) => round,
             () = stopped(stopping.clone()) => return,
         };
-        *shared
-            .probe_metrics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = probes.metrics();
+        shared.probe_metrics.publish(probes.metrics());
         let mut problems = round.problems;
         if !round.signals.is_empty() || !round.dnsbl_health.is_empty() {
             problems.extend(shared.core().apply_probes(
