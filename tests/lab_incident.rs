@@ -224,8 +224,9 @@ fn the_lab_stops_the_incident_and_the_blocked_ip_recovers_on_its_own() {
     let mut endpoints: Vec<SocketAddr> = vec![
         format!("127.0.0.1:{RECEIVER_PORT}").parse().unwrap(),
         format!("127.0.0.1:{HTTP_PORT}").parse().unwrap(),
-        "127.0.0.10:25".parse().unwrap(),
     ];
+    // HAProxy's hand-off listeners, a port per route of lab/manifests.
+    endpoints.extend((10025..=10029).map(|port| SocketAddr::from(([127, 0, 0, 10], port))));
     endpoints.extend((11..=18).map(|n| format!("127.0.0.{n}:25").parse::<SocketAddr>().unwrap()));
     for endpoint in endpoints {
         assert!(
@@ -239,8 +240,8 @@ fn the_lab_stops_the_incident_and_the_blocked_ip_recovers_on_its_own() {
 }
 
 /// The lab's pieces that need neither root nor Postfix (the load generator's
-/// seeded mix, the tally, the picture, the port check, the route Service's
-/// choice of senders): lab/mflab/test_pieces.py.
+/// seeded mix, the tally, the picture, the port check, the hand-offs read
+/// from HAProxy's log): lab/mflab/test_pieces.py.
 #[test]
 fn the_lab_pieces_pass_their_unit_tests() {
     let venv = repo().join("target/venv/bin/python");
