@@ -23,7 +23,7 @@ LOG_TARGET = "stderr format raw local0"
 def reload_command(pid_file):
     """The shell command standalone runs after writing a new configuration.
     Before the lab started HAProxy there is no pid file: the check alone."""
-    return (f'{HAPROXY} -c -q -f "$MAILFLEET_HAPROXY_CONFIG" && '
+    return (f'{HAPROXY} -c -f "$MAILFLEET_HAPROXY_CONFIG" && '
             f'if [ -s {pid_file} ]; then kill -USR2 "$(cat {pid_file})"; fi')
 
 

@@ -135,7 +135,7 @@ class HandoffTest(unittest.TestCase):
     def test_the_reload_checks_the_file_before_it_signals_haproxy(self):
         command = handoff.reload_command("/w/haproxy.pid")
         self.assertTrue(command.startswith(
-            '/usr/sbin/haproxy -c -q -f "$MAILFLEET_HAPROXY_CONFIG" && '), command)
+            '/usr/sbin/haproxy -c -f "$MAILFLEET_HAPROXY_CONFIG" && '), command)
         self.assertIn('kill -USR2 "$(cat /w/haproxy.pid)"', command)
         self.assertEqual(handoff.ports(5), [10025, 10026, 10027, 10028, 10029])
 
