@@ -13,6 +13,8 @@ const DURATION_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 
 /// (ip, provider) → state word, for one pool.
 pub type PairStates = BTreeMap<(String, String), String>;
+/// (ip, provider) → (complaints, delivered) in the pair's window, for one pool.
+pub type PairComplaints = BTreeMap<(String, String), (i64, i64)>;
 /// A route's waiting mail: (messages, oldest arrival in Unix seconds, lifetime seconds).
 pub type RouteQueueFigures = (i64, i64, Option<i64>);
 
@@ -23,6 +25,8 @@ pub struct Metrics {
     durations: Mutex<BTreeMap<&'static str, Histogram>>,
     /// pool key (`ns/name`) → (ip, provider) → state word.
     ip_states: Mutex<BTreeMap<String, PairStates>>,
+    /// pool key → the pairs with spam complaints in their window.
+    complaints: Mutex<BTreeMap<String, PairComplaints>>,
     /// route key (`ns/name`) → (mode word, target count).
     route_targets: Mutex<BTreeMap<String, (String, usize)>>,
     /// route key → (messages waiting, oldest arrival, lifetime seconds).
@@ -77,8 +81,14 @@ impl Metrics {
         lock(&self.ip_states).insert(pool.to_string(), states);
     }
 
+    /// Replaces every complaint series of one pool.
+    pub fn set_pool_complaints(&self, pool: &str, complaints: PairComplaints) {
+        lock(&self.complaints).insert(pool.to_string(), complaints);
+    }
+
     pub fn forget_pool(&self, pool: &str) {
         lock(&self.ip_states).remove(pool);
+        lock(&self.complaints).remove(pool);
         lock(&self.feedback_reports).remove(pool);
     }
 
@@ -86,6 +96,7 @@ impl Metrics {
     /// leaves none behind.
     pub fn tracked(&self) -> usize {
         lock(&self.ip_states).len()
+            + lock(&self.complaints).len()
             + lock(&self.feedback_reports).len()
             + lock(&self.route_targets).len()
             + lock(&self.route_queues).len()
@@ -225,6 +236,45 @@ impl Metrics {
                 );
             }
         }
+        let complaints = lock(&self.complaints);
+        header(
+            &mut out,
+            "mailfleet_complaints_window",
+            "gauge",
+            "Spam complaints in the feedback window of each (pool, IP, provider) that has some.",
+        );
+        for (pool, pairs) in complaints.iter() {
+            for ((ip, provider), (count, _)) in pairs {
+                let _ = writeln!(
+                    out,
+                    "mailfleet_complaints_window{{pool=\"{}\",ip=\"{}\",provider=\"{}\"}} {count}",
+                    escape(pool),
+                    escape(ip),
+                    escape(provider)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "mailfleet_complaint_rate_ratio",
+            "gauge",
+            "Spam complaints per message delivered in the feedback window of each (pool, IP, provider) with complaints and deliveries.",
+        );
+        for (pool, pairs) in complaints.iter() {
+            for ((ip, provider), (count, delivered)) in pairs {
+                if *delivered > 0 {
+                    let _ = writeln!(
+                        out,
+                        "mailfleet_complaint_rate_ratio{{pool=\"{}\",ip=\"{}\",provider=\"{}\"}} {}",
+                        escape(pool),
+                        escape(ip),
+                        escape(provider),
+                        *count as f64 / *delivered as f64
+                    );
+                }
+            }
+        }
+        drop(complaints);
         header(
             &mut out,
             "mailfleet_route_targets",
@@ -406,6 +456,10 @@ mod tests {
             "Blocked".to_string(),
         );
         m.set_pool_states("mail/bulk", states);
+        m.set_pool_complaints(
+            "mail/bulk",
+            BTreeMap::from([(("203.0.113.10".to_string(), "yahoo".to_string()), (6, 2000))]),
+        );
         m.set_route_targets("mail/microsoft", "Primary", 7);
         m.feedback_report("mail/bulk");
         m.api_write("patch");
@@ -431,8 +485,11 @@ mod tests {
             text.contains("mailfleet_route_targets{route=\"mail/microsoft\",mode=\"Primary\"} 7")
         );
         assert!(text.contains("mailfleet_feedback_reports_total{pool=\"mail/bulk\"} 1"));
+        assert!(text.contains("mailfleet_complaints_window{pool=\"mail/bulk\",ip=\"203.0.113.10\",provider=\"yahoo\"} 6"));
+        assert!(text.contains("mailfleet_complaint_rate_ratio{pool=\"mail/bulk\",ip=\"203.0.113.10\",provider=\"yahoo\"} 0.003"));
         assert_eq!(m.api_writes_total(), 1);
         m.forget_pool("mail/bulk");
         assert!(!m.render().contains("mailfleet_ip_state{"));
+        assert!(!m.render().contains("mailfleet_complaint_rate_ratio{"));
     }
 }

@@ -545,6 +545,50 @@ impl Core {
         }
         header(
             &mut out,
+            "mailfleet_complaints_window",
+            "gauge",
+            "Spam complaints in the feedback window of each (pool, IP, provider) that has some.",
+        );
+        let mut rates = Vec::new();
+        for pool in &self.fleet.pools {
+            let name = format!(
+                "{}/{}",
+                pool.metadata.namespace.as_deref().unwrap_or("default"),
+                pool.metadata.name.as_deref().unwrap_or("")
+            );
+            for ip in pool.status.iter().flat_map(|s| s.ips.iter()) {
+                for pair in &ip.reputation {
+                    let Some(rate) = &pair.complaint_rate else {
+                        continue;
+                    };
+                    let labels = format!(
+                        "pool=\"{}\",ip=\"{}\",provider=\"{}\"",
+                        label(&name),
+                        label(&ip.address),
+                        label(&pair.provider)
+                    );
+                    let _ = writeln!(
+                        out,
+                        "mailfleet_complaints_window{{{labels}}} {}",
+                        rate.complaints
+                    );
+                    if rate.delivered > 0 {
+                        rates.push((labels, rate.complaints as f64 / rate.delivered as f64));
+                    }
+                }
+            }
+        }
+        header(
+            &mut out,
+            "mailfleet_complaint_rate_ratio",
+            "gauge",
+            "Spam complaints per message delivered in the feedback window of each (pool, IP, provider) with complaints and deliveries.",
+        );
+        for (labels, ratio) in rates {
+            let _ = writeln!(out, "mailfleet_complaint_rate_ratio{{{labels}}} {ratio}");
+        }
+        header(
+            &mut out,
             "mailfleet_route_targets",
             "gauge",
             "IPs sending for each route, labelled with the route's mode.",

@@ -11,7 +11,7 @@ use super::clock::whole_second;
 use super::error::EngineError;
 use super::pair::{new_pair, PairRules, Recorder};
 use super::settings::{check_provider, parse_ip, PoolRules};
-use super::signal::{Feedback, Signal};
+use super::signal::{Complaints, Feedback, Signal};
 use super::transition::{Reason, Transition};
 use super::warmup::warmup_day;
 use crate::api::{
@@ -54,6 +54,23 @@ pub fn observe(
         }
         Signal::Dnsbl(result) => on_dnsbl(&pool, pool_ip, addr, ip_status, result, now, &mut rec),
         Signal::Feed(verdict) => on_feed(&pool, pool_ip, addr, ip_status, verdict, now, &mut rec),
+        Signal::Complaints(complaints) => {
+            with_pair(
+                &pool,
+                pool_ip,
+                addr,
+                ip_status,
+                &complaints.provider,
+                now,
+                true,
+                &mut rec,
+                |rules, pair, rec| {
+                    rules.settle(pair, now, rec);
+                    rules.on_complaints(pair, complaints.count, now, rec);
+                    rules.settle(pair, now, rec);
+                },
+            );
+        }
     }
     update_counters(status);
     Ok(rec.transitions)
@@ -164,6 +181,7 @@ fn check_signal(
 ) -> Result<(), EngineError> {
     match signal {
         Signal::Feedback(feedback) => check_feedback(&pool_ip.address, feedback),
+        Signal::Complaints(complaints) => check_complaints(&pool_ip.address, complaints),
         Signal::Dnsbl(result) => match pool.zone(&result.zone) {
             Some(_) => Ok(()),
             None if claimed => Ok(()),
@@ -197,6 +215,21 @@ fn check_signal(
             Ok(())
         }
     }
+}
+
+fn check_complaints(ip: &str, c: &Complaints) -> Result<(), EngineError> {
+    check_provider("complaints provider", &c.provider)?;
+    if c.count < 1 {
+        return Err(EngineError::InconsistentFeedback {
+            ip: ip.to_string(),
+            provider: c.provider.clone(),
+            problem: format!(
+                "complaints count is {}; send a count of at least 1",
+                c.count
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn check_feedback(ip: &str, f: &Feedback) -> Result<(), EngineError> {

@@ -332,6 +332,19 @@ fn check_settings(spec: &SenderPoolSpec) -> Result<(), EngineError> {
         r.recovery.step_seconds,
         1,
     )?;
+    let c = &r.complaints;
+    if !(1..=10_000).contains(&c.threshold_basis_points) {
+        return Err(invalid(
+            "spec.reputation.complaints.thresholdBasisPoints",
+            c.threshold_basis_points,
+            "it is in hundredths of a percent: use 1 (0.01 %) to 10000 (100 %), for example 30 for 0.3 %",
+        ));
+    }
+    at_least(
+        "spec.reputation.complaints.minDelivered",
+        c.min_delivered,
+        1,
+    )?;
     let mut zones = BTreeSet::new();
     for (i, zone) in r.dnsbl.zones.iter().enumerate() {
         if zone.zone.trim().is_empty() {

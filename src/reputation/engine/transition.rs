@@ -32,6 +32,9 @@ pub enum Reason {
     ThrottleStepDown,
     /// A Throttled pair clean at its step for `throttle.stepSeconds`: one step higher.
     ThrottleStepUp,
+    /// Spam complaints reached `complaints.thresholdBasisPoints` of the mail
+    /// delivered in the window: Throttled, or one step lower if it already was.
+    ComplaintRate,
     /// A DNS block list lists the IP.
     DnsblListed,
     /// A provider feed (for example Microsoft SNDS) says the IP is blocked.
@@ -60,7 +63,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 22] = [
         Reason::FirstSeen,
         Reason::ConclusiveBlockReply,
         Reason::BlockRateOverThreshold,
@@ -70,6 +73,7 @@ impl Reason {
         Reason::PauseElapsed,
         Reason::ThrottleStepDown,
         Reason::ThrottleStepUp,
+        Reason::ComplaintRate,
         Reason::DnsblListed,
         Reason::FeedBlocked,
         Reason::DnsblClaimConfirmed,
@@ -95,6 +99,7 @@ impl Reason {
             Reason::PauseElapsed => "PauseElapsed",
             Reason::ThrottleStepDown => "ThrottleStepDown",
             Reason::ThrottleStepUp => "ThrottleStepUp",
+            Reason::ComplaintRate => "ComplaintRate",
             Reason::DnsblListed => "DnsblListed",
             Reason::FeedBlocked => "FeedBlocked",
             Reason::DnsblClaimConfirmed => "DnsblClaimConfirmed",
@@ -195,6 +200,7 @@ fn edge(from: ReputationState, to: ReputationState, reason: Reason) -> bool {
         Reason::PauseReply => to == Throttled && !matches!(from, Blocked),
         Reason::PauseElapsed => from == Throttled && to == Probing,
         Reason::ThrottleStepDown | Reason::ThrottleStepUp => from == Throttled && to == Throttled,
+        Reason::ComplaintRate => to == Throttled && matches!(from, Healthy | Warming | Throttled),
         Reason::HoldDownElapsed => from == Blocked && to == Probing,
         Reason::ProbeClean => from == Probing && to == Recovering,
         Reason::RecoveryStep => from == Recovering && to == Recovering,
