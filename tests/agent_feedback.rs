@@ -73,6 +73,7 @@ fn options(dir: &Path, endpoint: &FakeEndpoint) -> AgentOptions {
         hold_config: Default::default(),
         drained: Default::default(),
         bind_check: None,
+        complaints_dir: None,
     }
 }
 

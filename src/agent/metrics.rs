@@ -25,6 +25,8 @@ struct Inner {
     reports_buffered: u64,
     dropped: Dropped,
     log_events: BTreeMap<&'static str, u64>,
+    /// Complaint reports read from the complaints folder, by result.
+    complaint_reports: BTreeMap<&'static str, u64>,
     config_applies: BTreeMap<&'static str, u64>,
     config_version: Option<String>,
     last_report_success: Option<Timestamp>,
@@ -93,6 +95,11 @@ impl Metrics {
 
     pub fn log_event(&self, kind: &'static str) {
         *self.lock().log_events.entry(kind).or_default() += 1;
+    }
+
+    /// `result`: `counted`, or why a complaint report was skipped.
+    pub fn complaint_reports(&self, result: &'static str, n: u64) {
+        *self.lock().complaint_reports.entry(result).or_default() += n;
     }
 
     /// `result`: applied, unchanged, failed.
@@ -219,6 +226,18 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "mailfleet_agent_log_events_total{{event=\"{kind}\"}} {n}"
+            );
+        }
+        family(
+            &mut out,
+            "mailfleet_agent_complaint_reports_total",
+            "counter",
+            "Abuse feedback reports read from the complaints folder, by result: counted, or why skipped.",
+        );
+        for (result, n) in &inner.complaint_reports {
+            let _ = writeln!(
+                out,
+                "mailfleet_agent_complaint_reports_total{{result=\"{result}\"}} {n}"
             );
         }
         family(
