@@ -1181,4 +1181,28 @@ pub struct FeedVerdict {
     pub reason: Option<String>,
     /// When the feed was read.
     pub checked_at: Time,
+    /// What the feed measured about the IP's mail, when it says (SNDS's data
+    /// file): a bad filter result, complaint rate or trap hits throttle the
+    /// pair of the feed's provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scores: Option<FeedScores>,
+}
+
+/// A feed's figures about one IP's mail (Microsoft SNDS's data file).
+#[derive(JsonSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeedScores {
+    /// The provider's spam filter verdict on the mail: `GREEN` (up to 10 %
+    /// filtered as spam), `YELLOW` (10 to 90 %), `RED` (over 90 %).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_result: Option<String>,
+    /// Complaint rate in basis points (30 is 0.3 %); 0 for SNDS's "< 0.1%".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complaint_basis_points: Option<i64>,
+    /// Messages that reached spam traps.
+    #[serde(default)]
+    pub trap_hits: u64,
+    /// The period the figures cover, as the feed wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<String>,
 }

@@ -128,6 +128,14 @@ pub fn transition_events(pool: &ObjectKey, transitions: &[Transition]) -> Vec<Ev
                         t.provider, t.ip, t.provider
                     ),
                 ),
+                (ReputationState::Throttled, Reason::FeedThrottled) => (
+                    EventType::Warning,
+                    "IpThrottled",
+                    format!(
+                        "{}'s feed scores mail from {} badly: allowance {}%",
+                        t.provider, t.ip, t.allowance_percent
+                    ),
+                ),
                 (ReputationState::Throttled, Reason::ComplaintRate) => (
                     EventType::Warning,
                     "IpThrottled",

@@ -91,6 +91,8 @@ pub(crate) struct PairRules<'a> {
     pub bucket_seconds: i64,
     /// Why the pair may not leave Blocked yet even after its hold-down.
     pub held_by: Option<String>,
+    /// Why a feed's figures keep the pair throttled (it may not climb).
+    pub feed_throttle: Option<String>,
 }
 
 impl PairRules<'_> {
@@ -353,6 +355,30 @@ impl PairRules<'_> {
         })
     }
 
+    /// A feed verdict that is no block: its figures throttle a Healthy or
+    /// Warming pair (FeedThrottled) and hold a Recovering one at its step.
+    /// Repeated polls of the same figures change nothing more.
+    pub fn on_feed_scores(
+        &self,
+        pair: &mut ProviderReputation,
+        now: Timestamp,
+        rec: &mut Recorder,
+    ) {
+        let Some(evidence) = self.feed_throttle.clone() else {
+            return;
+        };
+        match pair.state {
+            Healthy | Warming => {
+                self.enter(pair, Throttled, Reason::FeedThrottled, evidence, now, rec)
+            }
+            Recovering => {
+                pair.next_step_at =
+                    Some(Time(add_seconds(now, self.settings.recovery.step_seconds)));
+            }
+            Throttled | Blocked | Probing => {}
+        }
+    }
+
     /// Counts `count` spam complaints into the window and judges the pair's
     /// complaint rate. Call [`Self::settle`] before and after, as for feedback.
     ///
@@ -458,6 +484,11 @@ impl PairRules<'_> {
                     return false;
                 };
                 if due > now {
+                    return false;
+                }
+                if self.feed_throttle.is_some() {
+                    // A feed still scores the mail badly: the step holds.
+                    pair.next_step_at = Some(Time(add_seconds(now, step_seconds)));
                     return false;
                 }
                 let steps = &self.settings.recovery.step_percents;
@@ -785,7 +816,8 @@ impl PairRules<'_> {
             Throttled
                 if clean
                     && pair.next_step_at.as_ref().is_none_or(|t| t.0 <= now)
-                    && self.complaints_over(pair).is_none() =>
+                    && self.complaints_over(pair).is_none()
+                    && self.feed_throttle.is_none() =>
             {
                 let index = pair.throttle_step.unwrap_or(0).max(0);
                 let threshold = format!("below half the {} % threshold", f.throttle_percent);

@@ -475,6 +475,8 @@ fn on_feed(
                 .sort_by(|a, b| (&a.feed, &a.provider).cmp(&(&b.feed, &b.provider)));
         }
     }
+    // Figures that throttle reach the pair even when it has no record yet.
+    let throttles = !blocked && pool.feed_throttle(ip_status, &provider).is_some();
     with_pair(
         pool,
         pool_ip,
@@ -482,11 +484,13 @@ fn on_feed(
         ip_status,
         &provider,
         now,
-        false,
+        throttles,
         rec,
         |rules, pair, rec| {
             if blocked {
                 rules.block(pair, Reason::FeedBlocked, evidence.clone(), now, rec);
+            } else {
+                rules.on_feed_scores(pair, now, rec);
             }
             rules.settle(pair, now, rec);
         },
@@ -597,7 +601,8 @@ fn with_pair(
     act: impl FnOnce(&PairRules<'_>, &mut crate::api::ProviderReputation, &mut Recorder),
 ) {
     let held_by = pool.holding_evidence(ip_status, provider);
-    let rules = pool.pair_rules(pool_ip, addr, provider, held_by);
+    let feed_throttle = pool.feed_throttle(ip_status, provider);
+    let rules = pool.pair_rules(pool_ip, addr, provider, held_by, feed_throttle);
     let index = match ip_status
         .reputation
         .binary_search_by(|p| p.provider.as_str().cmp(provider))

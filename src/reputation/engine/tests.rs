@@ -639,6 +639,7 @@ fn feed(blocked: bool, when: Timestamp) -> Signal {
         reason: blocked
             .then(|| "Blocked due to user complaints or other evidence of spamming".to_string()),
         checked_at: Time(when),
+        scores: None,
     })
 }
 
@@ -1538,5 +1539,99 @@ fn complaint_figures_survive_a_round_trip_through_status() {
         reasons(&out),
         vec![(Some(Healthy), Throttled, Reason::ComplaintRate)],
         "the complaints counted before the restart still count"
+    );
+}
+
+fn scored_feed(filter: &str, complaint_bp: Option<i64>, traps: u64, when: Timestamp) -> Signal {
+    Signal::Feed(FeedVerdict {
+        feed: "snds".to_string(),
+        provider: "microsoft".to_string(),
+        blocked: false,
+        reason: Some("not in any SNDS blocked range".to_string()),
+        checked_at: Time(when),
+        scores: Some(crate::api::FeedScores {
+            filter_result: Some(filter.to_string()),
+            complaint_basis_points: complaint_bp,
+            trap_hits: traps,
+            period: Some("11/5/2021".to_string()),
+        }),
+    })
+}
+
+#[test]
+fn feed_figures_throttle_the_feeds_provider_and_hold_it_until_they_clear() {
+    for (signal, evidence) in [
+        (
+            scored_feed("RED", Some(0), 0, t0()),
+            "feed snds: filter result RED for 11/5/2021",
+        ),
+        (
+            scored_feed("GREEN", Some(40), 0, t0()),
+            "feed snds: complaint rate 0.40 % (threshold 0.30 %) for 11/5/2021",
+        ),
+        (
+            scored_feed("YELLOW", Some(0), 3, t0()),
+            "feed snds: 3 trap hits, filter result YELLOW for 11/5/2021",
+        ),
+    ] {
+        let mut fleet = Fleet::new(spec());
+        let out = fleet.observe(IP, signal, t0());
+        assert_eq!(
+            reasons(&out),
+            vec![(None, Throttled, Reason::FeedThrottled)]
+        );
+        assert_eq!(out[0].evidence.as_deref(), Some(evidence));
+        assert_eq!(fleet.view("google"), PairView::HEALTHY);
+    }
+    // Good figures (or trap hits with a GREEN result) throttle nothing.
+    let mut fleet = Fleet::new(spec());
+    assert!(fleet
+        .observe(IP, scored_feed("GREEN", Some(10), 2, t0()), t0())
+        .is_empty());
+    assert!(fleet
+        .observe(IP, scored_feed("YELLOW", Some(29), 0, at(10)), at(10))
+        .is_empty());
+
+    // The next poll with the same figures changes nothing; a clean window
+    // does not lift the throttle while the feed still says RED.
+    let mut fleet = Fleet::new(spec());
+    fleet.observe(IP, scored_feed("RED", None, 0, t0()), t0());
+    assert!(fleet
+        .observe(IP, scored_feed("RED", None, 0, at(3600)), at(3600))
+        .is_empty());
+    assert!(fleet
+        .observe(IP, feedback("microsoft", 100, 100, 0, 0), at(3700))
+        .is_empty());
+    assert_eq!(fleet.view("microsoft").allowance_percent, 50);
+    // Once it clears, a clean window brings the pair back.
+    assert!(fleet
+        .observe(IP, scored_feed("GREEN", Some(0), 0, at(7200)), at(7200))
+        .is_empty());
+    let out = fleet.observe(IP, feedback("microsoft", 100, 100, 0, 0), at(7300));
+    assert_eq!(
+        reasons(&out),
+        vec![(Some(Throttled), Healthy, Reason::WindowClean)]
+    );
+}
+
+#[test]
+fn bad_feed_figures_hold_a_recovering_pair_at_its_step() {
+    let mut fleet = Fleet::new(spec());
+    let probing_at = fleet.blocked_then_probing(t0());
+    fleet.observe(IP, feedback("microsoft", 20, 20, 0, 0), probing_at);
+    assert_eq!(fleet.view("microsoft").state, Recovering);
+    let step = fleet.view("microsoft").allowance_percent;
+    let when = super::clock::add_seconds(probing_at, 60);
+    fleet.observe(IP, scored_feed("RED", None, 0, when), when);
+    assert!(fleet
+        .tick(super::clock::add_seconds(probing_at, 3 * 1800))
+        .is_empty());
+    assert_eq!(fleet.view("microsoft").allowance_percent, step);
+    let clear = super::clock::add_seconds(probing_at, 3 * 1800 + 10);
+    fleet.observe(IP, scored_feed("GREEN", None, 0, clear), clear);
+    let out = fleet.tick(super::clock::add_seconds(probing_at, 5 * 1800));
+    assert_eq!(
+        reasons(&out)[0],
+        (Some(Recovering), Recovering, Reason::RecoveryStep)
     );
 }
