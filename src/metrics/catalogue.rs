@@ -316,8 +316,16 @@ pub const FEEDBACK_LOG_REPORTS: Spec = spec(
     Standalone,
 );
 
+pub const HAPROXY_RELOADS: Spec = spec(
+    "mailfleet_haproxy_reloads_total",
+    Counter,
+    &["result"],
+    "Reloads of HAProxy with a new hand-off configuration, by result: ok, or why it failed (refused, timeout, spawn, write).",
+    Standalone,
+);
+
 /// Every family declared here, in the order of the table in docs/OPERATING.md.
-pub const ALL: [Spec; 28] = [
+pub const ALL: [Spec; 29] = [
     BUILD_INFO,
     IP_STATE,
     COMPLAINTS_WINDOW,
@@ -346,6 +354,7 @@ pub const ALL: [Spec; 28] = [
     MANIFESTS_VALID,
     FEEDBACK_LOG_SYNCS,
     FEEDBACK_LOG_REPORTS,
+    HAPROXY_RELOADS,
 ];
 
 /// The reputation states `mailfleet_ip_state` has a series for, per pair.
