@@ -73,6 +73,7 @@ fn options(dir: &Path, endpoint: &FakeEndpoint) -> AgentOptions {
         hold_config: Default::default(),
         drained: Default::default(),
         bind_check: None,
+        complaints_dir: None,
     }
 }
 
@@ -523,4 +524,82 @@ fn a_state_file_that_cannot_be_written_stops_the_agent_at_once() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("Remove the file to start over"), "{err}");
+}
+
+fn arf(source_ip: &str, rcpt: &str, message_id: &str) -> String {
+    format!(
+        "Content-Type: multipart/report; report-type=feedback-report; boundary=b\r\n\
+         \r\n\
+         --b\r\n\
+         Content-Type: text/plain\r\n\
+         \r\n\
+         A complaint.\r\n\
+         --b\r\n\
+         Content-Type: message/feedback-report\r\n\
+         \r\n\
+         Feedback-Type: abuse\r\n\
+         User-Agent: test/1\r\n\
+         Version: 1\r\n\
+         Source-IP: {source_ip}\r\n\
+         Original-Rcpt-To: <{rcpt}>\r\n\
+         \r\n\
+         --b\r\n\
+         Content-Type: text/rfc822-headers\r\n\
+         \r\n\
+         Message-ID: <{message_id}>\r\n\
+         \r\n\
+         --b--\r\n"
+    )
+}
+
+#[test]
+fn complaints_from_a_maildir_reach_the_endpoint_once_and_their_files_are_filed() {
+    let dir = tempfile::tempdir().unwrap();
+    let maildir = dir.path().join("fbl");
+    for sub in ["new", "cur", "tmp"] {
+        fs::create_dir_all(maildir.join(sub)).unwrap();
+    }
+    let new = maildir.join("new");
+    fs::write(new.join("1"), arf(SOURCE_IP, "a@yahoo.com", "1@x")).unwrap();
+    fs::write(new.join("2"), arf(SOURCE_IP, "b@yahoo.com", "2@x")).unwrap();
+    fs::write(new.join("3"), arf(SOURCE_IP, "c@gmail.com", "3@x")).unwrap();
+    fs::write(new.join("4"), arf(SOURCE_IP, "a@yahoo.com", "1@x")).unwrap();
+    fs::write(new.join("5"), arf("192.0.2.99", "d@yahoo.com", "5@x")).unwrap();
+    fs::write(new.join("6"), "not a report at all\r\n").unwrap();
+    // The endpoint fails first: the complaints wait in the saved report.
+    let endpoint = FakeEndpoint::start(&[Behaviour::Fail, Behaviour::Hang]);
+    let mut opts = options(dir.path(), &endpoint);
+    opts.complaints_dir = Some(maildir.clone());
+    let agent = Running::start(opts);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let complaints = |endpoint: &FakeEndpoint| {
+        let mut sum: BTreeMap<String, u64> = BTreeMap::new();
+        for report in &endpoint.lock().counted {
+            for row in &report.complaints {
+                *sum.entry(row.provider.clone()).or_default() += row.count;
+            }
+        }
+        sum
+    };
+    while complaints(&endpoint).values().sum::<u64>() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the complaints reach the endpoint"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    settle();
+    agent.stop();
+    assert_eq!(
+        complaints(&endpoint),
+        BTreeMap::from([("google".to_string(), 1), ("yahoo".to_string(), 2)]),
+        "counted once, the repeat, the foreign and the broken report not at all"
+    );
+    let mut left: Vec<String> = fs::read_dir(&new)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, vec!["5"], "the other IP's report stays for its agent");
+    assert_eq!(fs::read_dir(maildir.join("cur")).unwrap().count(), 5);
 }

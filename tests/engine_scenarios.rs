@@ -676,6 +676,7 @@ fn signal(op: &Op, now: Timestamp) -> Option<(&'static str, Signal)> {
                 blocked: *blocked,
                 reason: None,
                 checked_at: Time(now),
+                scores: None,
             }),
         ),
         Op::Override { .. } | Op::Tick => return None,

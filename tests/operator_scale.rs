@@ -235,6 +235,7 @@ fn delivery_report(pool: &str, ip: &str, pod: &str, sequence: u64, count: u64) -
         queue: None,
         drain: None,
         ip_binding: None,
+        complaints: Vec::new(),
     }
 }
 

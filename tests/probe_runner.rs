@@ -421,9 +421,24 @@ async fn dnsbl_and_snds_rounds_feed_the_engine_on_their_schedules() {
     let twelve = blocked("203.0.113.12");
     assert_eq!(twelve.len(), fleet.known_providers.len(), "{twelve:?}");
     assert!(twelve.iter().all(|(_, r)| *r == Reason::DnsblListed));
+    // SNDS's data file scores 203.0.113.11's mail RED (12.3 % complaints,
+    // 214 trap hits): a signal that throttles it for microsoft, not a block.
+    let eleven: Vec<(String, ReputationState, Reason)> = moved
+        .iter()
+        .filter(|t| t.ip == "203.0.113.11")
+        .map(|t| (t.provider.clone(), t.to, t.reason))
+        .collect();
+    assert_eq!(
+        eleven,
+        vec![(
+            "microsoft".to_string(),
+            ReputationState::Throttled,
+            Reason::FeedThrottled
+        )]
+    );
     assert!(moved
         .iter()
-        .all(|t| t.ip == "203.0.113.10" || t.ip == "203.0.113.12"));
+        .all(|t| ["203.0.113.10", "203.0.113.11", "203.0.113.12"].contains(&t.ip.as_str())));
 
     // Metrics.
     let text = mailfleet::metrics::render(&probes.metrics());

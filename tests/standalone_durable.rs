@@ -778,9 +778,11 @@ fn largest_fleet(root: &Path, out: &Path, pools: usize) -> (PathBuf, PathBuf, Ve
                                     delivered: if blocked { 800 } else { 1_000 },
                                     ip_blocklisted: if blocked { 200 } else { 0 },
                                     ip_rate_limited: 0,
+                                    complaints: 0,
                                 })
                                 .collect(),
                             dnsbl_claims: Vec::new(),
+                            complaint_rate: None,
                         }
                     })
                     .collect();

@@ -28,6 +28,8 @@ struct Inner {
     reports_buffered: u64,
     dropped: Dropped,
     log_events: BTreeMap<&'static str, u64>,
+    /// Complaint reports read from the complaints folder, by result.
+    complaint_reports: BTreeMap<&'static str, u64>,
     config_applies: BTreeMap<&'static str, u64>,
     config_version: Option<String>,
     last_report_success: Option<Timestamp>,
@@ -96,6 +98,11 @@ impl Metrics {
 
     pub fn log_event(&self, kind: &'static str) {
         *self.lock().log_events.entry(kind).or_default() += 1;
+    }
+
+    /// `result`: `counted`, or why a complaint report was skipped.
+    pub fn complaint_reports(&self, result: &'static str, n: u64) {
+        *self.lock().complaint_reports.entry(result).or_default() += n;
     }
 
     /// `result`: applied, unchanged, failed.
@@ -224,6 +231,16 @@ impl Families for Metrics {
                 .log_events
                 .iter()
                 .map(|(kind, n)| (labels([("event", kind)]), *n)),
+        )?;
+        family(
+            out,
+            "mailfleet_agent_complaint_reports_total",
+            "Abuse feedback reports read from the complaints folder, by result: counted, or why skipped.",
+            Kind::Counter,
+            inner
+                .complaint_reports
+                .iter()
+                .map(|(result, n)| (labels([("result", result)]), *n)),
         )?;
         family(
             out,

@@ -7,11 +7,13 @@
 //! ([`report`] is the wire format, docs/FEEDBACK-API.md; [`reporter`] the
 //! exactly-once bookkeeping; [`state`] what survives a restart). It serves
 //! `/metrics` ([`metrics`]) and applies the rendered sender configuration when
-//! it changes ([`config`], [`apply`]). [`run`] puts these together;
+//! it changes ([`config`], [`apply`]), and counts the spam complaints about
+//! its IP from a feedback loop's folder ([`complaint_inbox`]). [`run`] puts these together;
 //! [`replay`] is the same classification over a finished log.
 
 pub mod apply;
 pub mod backoff;
+pub mod complaint_inbox;
 pub mod config;
 pub mod counts;
 pub mod follow;

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::reputation::engine::{ConclusiveReply, Feedback};
+use crate::reputation::engine::{Complaints, ConclusiveReply, Feedback};
 use crate::vocab::{is_valid_provider_name, Category, Outcome};
 
 /// The `api_version` of every request and response of this version of the API.
@@ -85,6 +85,21 @@ pub struct FeedbackReport {
     /// every report. Absent from agents that do not check, and from older ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_binding: Option<IpBindingReport>,
+    /// Spam complaints (abuse feedback reports) about mail from `source_ip`
+    /// read since the previous report, per complaining user's provider.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub complaints: Vec<ComplaintCount>,
+}
+
+/// Receivers refuse reports with more `complaints` rows than this.
+pub const MAX_COMPLAINT_ROWS: usize = 256;
+
+/// Complaints from one provider's users.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ComplaintCount {
+    pub provider: String,
+    /// At least 1.
+    pub count: u64,
 }
 
 /// Longest `ip_binding.detail` a receiver accepts; agents cut longer ones.
@@ -371,6 +386,32 @@ impl FeedbackReport {
                 format!("{} rows; at most {MAX_TOTALS}", self.totals.len()),
             ));
         }
+        if self.complaints.len() > MAX_COMPLAINT_ROWS {
+            return Err(field_error(
+                "complaints",
+                format!(
+                    "{} rows; at most {MAX_COMPLAINT_ROWS}",
+                    self.complaints.len()
+                ),
+            ));
+        }
+        for (i, row) in self.complaints.iter().enumerate() {
+            if !is_valid_provider_name(&row.provider) {
+                return Err(field_error(
+                    format!("complaints[{i}].provider"),
+                    format!(
+                        "`{}` is not a provider name (lowercase letters, digits, `-`)",
+                        row.provider
+                    ),
+                ));
+            }
+            if row.count == 0 {
+                return Err(field_error(
+                    format!("complaints[{i}].count"),
+                    "is 0; leave the row out instead",
+                ));
+            }
+        }
         if self.conclusive.len() > MAX_CONCLUSIVE {
             return Err(field_error(
                 "conclusive",
@@ -464,6 +505,25 @@ impl FeedbackReport {
         self.totals
             .iter()
             .fold(0u64, |sum, row| sum.saturating_add(row.count))
+    }
+
+    /// The engine's complaint signals, one per provider, sorted by provider:
+    /// what a receiver passes to `Fleet::observe(source_ip,
+    /// Signal::Complaints(..), now)` after the delivery counts.
+    pub fn to_complaints(&self) -> Vec<Complaints> {
+        let mut per_provider: BTreeMap<&str, u64> = BTreeMap::new();
+        for row in &self.complaints {
+            let n = per_provider.entry(row.provider.as_str()).or_default();
+            *n = n.saturating_add(row.count);
+        }
+        per_provider
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(provider, n)| Complaints {
+                provider: provider.to_string(),
+                count: i64::try_from(n).unwrap_or(i64::MAX),
+            })
+            .collect()
     }
 
     /// The engine's signals, one per provider with attempts or conclusive
@@ -625,6 +685,10 @@ mod tests {
                 bound: false,
                 detail: Some("Cannot assign requested address (os error 99)".into()),
             }),
+            complaints: vec![ComplaintCount {
+                provider: "yahoo".into(),
+                count: 2,
+            }],
         }
     }
 
@@ -655,6 +719,56 @@ mod tests {
             ms.conclusive[0].named_ip,
             Some("203.0.113.10".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn complaint_rows_become_one_signal_per_provider_and_bad_rows_are_refused() {
+        let mut r = sample();
+        r.complaints.push(ComplaintCount {
+            provider: "microsoft".into(),
+            count: 1,
+        });
+        r.complaints.push(ComplaintCount {
+            provider: "yahoo".into(),
+            count: 3,
+        });
+        r.validate().unwrap();
+        let signals = r.to_complaints();
+        assert_eq!(
+            signals
+                .iter()
+                .map(|c| (c.provider.as_str(), c.count))
+                .collect::<Vec<_>>(),
+            vec![("microsoft", 1), ("yahoo", 5)]
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["complaints"][0]["provider"], "yahoo");
+        let mut zero = sample();
+        zero.complaints[0].count = 0;
+        assert!(zero
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("complaints[0].count"));
+        let mut named = sample();
+        named.complaints[0].provider = "Yahoo!".into();
+        assert!(named
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("complaints[0].provider"));
+        let mut many = sample();
+        many.complaints = (0..=MAX_COMPLAINT_ROWS)
+            .map(|i| ComplaintCount {
+                provider: format!("p{i}"),
+                count: 1,
+            })
+            .collect();
+        assert!(many
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("complaints"));
     }
 
     #[test]

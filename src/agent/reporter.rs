@@ -13,7 +13,7 @@
 //!   after a crash the lines of the unsealed period are read again and
 //!   counted once.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 
 use jiff::Timestamp;
@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 use crate::agent::counts::{AttemptCounts, Conclusive};
 use crate::agent::follow::FollowState;
 use crate::agent::report::{
-    AgentIdentity, ConclusiveEvidence, DrainReport, Dropped, FeedbackReport, IpBindingReport,
-    LineCounts, Period, PoolRef, QueueReport, FEEDBACK_API_VERSION, MAX_CONCLUSIVE_PER_PROVIDER,
-    MAX_REPLY_CHARS,
+    AgentIdentity, ComplaintCount, ConclusiveEvidence, DrainReport, Dropped, FeedbackReport,
+    IpBindingReport, LineCounts, Period, PoolRef, QueueReport, FEEDBACK_API_VERSION,
+    MAX_CONCLUSIVE_PER_PROVIDER, MAX_REPLY_CHARS,
 };
 use crate::reputation::classifier::Verdict;
 use crate::reputation::providers::SharedName;
@@ -79,6 +79,8 @@ pub struct Reporter {
     drain: Option<DrainReport>,
     /// The latest check of the bind address, sent with every report.
     ip_binding: Option<IpBindingReport>,
+    /// Spam complaints of the open period, per provider.
+    open_complaints: BTreeMap<String, u64>,
     /// Everything dropped since this reporter started (for metrics).
     dropped_so_far: Dropped,
 }
@@ -127,6 +129,7 @@ impl Reporter {
             queue: None,
             drain: None,
             ip_binding: None,
+            open_complaints: BTreeMap::new(),
             dropped_so_far: Dropped::default(),
         }
     }
@@ -205,7 +208,17 @@ impl Reporter {
     }
 
     fn open_is_empty(&self) -> bool {
-        self.open.is_empty() && self.open_lines.read == 0
+        self.open.is_empty() && self.open_lines.read == 0 && self.open_complaints.is_empty()
+    }
+
+    /// Counts one spam complaint about this IP from `provider`'s users into
+    /// the open period.
+    pub fn record_complaint(&mut self, provider: &str) {
+        let n = self
+            .open_complaints
+            .entry(provider.to_string())
+            .or_default();
+        *n = n.saturating_add(1);
     }
 
     /// Closes the open period at `now`, with `position` the follower's position
@@ -222,6 +235,7 @@ impl Reporter {
         }
         let counts = std::mem::replace(&mut self.open, open_counts());
         let lines = std::mem::take(&mut self.open_lines);
+        let complaints = std::mem::take(&mut self.open_complaints);
         let mut dropped = std::mem::take(&mut self.pending_dropped);
         dropped.conclusive_replies += counts.dropped_conclusive();
         let period = Period {
@@ -234,6 +248,7 @@ impl Reporter {
             let sequence = self.next_sequence;
             self.next_sequence += 1;
             let mut report = self.report(sequence, period, counts, lines, dropped);
+            report.complaints = complaint_rows(complaints);
             report.drain = self.drain.take();
             self.outbox.push_back(report);
             self.open_since = now;
@@ -246,6 +261,15 @@ impl Reporter {
             };
             let own = counts.dropped_conclusive();
             let overflow = merge_into(last, counts, lines, &dropped, now);
+            let mut merged: BTreeMap<String, u64> = std::mem::take(&mut last.complaints)
+                .into_iter()
+                .map(|row| (row.provider, row.count))
+                .collect();
+            for (provider, n) in complaints {
+                let total = merged.entry(provider).or_default();
+                *total = total.saturating_add(n);
+            }
+            last.complaints = complaint_rows(merged);
             self.dropped_so_far.conclusive_replies += own + overflow;
             let sequence = last.sequence;
             if let Some(drain) = self.drain.take() {
@@ -258,6 +282,7 @@ impl Reporter {
         // Put everything back: the only waiting report may already be at the receiver.
         self.open = counts;
         self.open_lines = lines;
+        self.open_complaints = complaints;
         dropped.conclusive_replies -= self.open.dropped_conclusive();
         self.pending_dropped = dropped;
         Some(Sealed::Held)
@@ -289,6 +314,7 @@ impl Reporter {
             queue: self.queue.clone(),
             drain: None,
             ip_binding: self.ip_binding.clone(),
+            complaints: Vec::new(),
         }
     }
 
@@ -354,6 +380,14 @@ impl Reporter {
             pending_dropped: self.pending_dropped.clone(),
         }
     }
+}
+
+fn complaint_rows(complaints: BTreeMap<String, u64>) -> Vec<ComplaintCount> {
+    complaints
+        .into_iter()
+        .filter(|(_, count)| *count > 0)
+        .map(|(provider, count)| ComplaintCount { provider, count })
+        .collect()
 }
 
 fn evidence(counts: AttemptCounts<Timestamp>) -> Vec<ConclusiveEvidence> {
@@ -526,6 +560,38 @@ mod tests {
         assert!(r.acknowledge(2));
         assert_eq!(r.seal(t(15), position(0)), Some(Sealed::New(3)));
         assert_eq!(r.next_to_send().unwrap().drain, None, "sent once");
+    }
+
+    #[test]
+    fn complaints_are_sealed_into_the_next_report_and_merged_when_the_outbox_is_full() {
+        let mut r = reporter(2);
+        r.record_complaint("yahoo");
+        r.record_complaint("yahoo");
+        r.record_complaint("google");
+        assert_eq!(r.seal(t(10), position(0)), Some(Sealed::New(1)));
+        let sent = r.next_to_send().unwrap();
+        assert_eq!(
+            sent.complaints,
+            vec![
+                ComplaintCount {
+                    provider: "google".into(),
+                    count: 1
+                },
+                ComplaintCount {
+                    provider: "yahoo".into(),
+                    count: 2
+                }
+            ]
+        );
+        r.record_complaint("yahoo");
+        assert_eq!(r.seal(t(20), position(0)), Some(Sealed::New(2)));
+        r.record_complaint("yahoo");
+        assert_eq!(r.seal(t(30), position(0)), Some(Sealed::Merged(2)));
+        assert_eq!(r.state().outbox[1].complaints[0].count, 2);
+        assert!(r.acknowledge(1) && r.acknowledge(2));
+        // Nothing open: no complaints in the heartbeat.
+        r.seal(t(40), position(0));
+        assert!(r.next_to_send().unwrap().complaints.is_empty());
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! state file is written under that lock so it always matches the outbox.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use jiff::Timestamp;
 
 use crate::agent::apply::PostfixTarget;
 use crate::agent::backoff::{seed_of, Backoff};
+use crate::agent::complaint_inbox::ComplaintInbox;
 use crate::agent::config::{read_config_dir, ConfigError, ConfigSnapshot};
 use crate::agent::follow::{FollowOptions, Follower, Input, Notice};
 use crate::agent::http::{self, Endpoint};
@@ -78,6 +79,10 @@ pub struct AgentOptions {
     /// How often the bind address of the applied configuration is checked
     /// and reported (`None`: never; [`crate::sender::bind`]).
     pub bind_check: Option<Duration>,
+    /// A Maildir folder a feedback loop's abuse reports (ARF) land in; the
+    /// reports about this agent's IP are counted into its reports
+    /// ([`crate::agent::complaint_inbox`]). `None`: no complaints are read.
+    pub complaints_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,8 +135,10 @@ impl Shared {
     }
 
     /// Saves the state; called with the core locked so it matches the outbox.
-    fn persist(&self, core: &Core) {
-        if let Err(e) = self.state(core).save(&self.state_file) {
+    /// Returns whether it was saved.
+    fn persist(&self, core: &Core) -> bool {
+        let saved = self.state(core).save(&self.state_file);
+        if let Err(e) = &saved {
             self.metrics.log_event("state_write_error");
             let mut last = self
                 .state_error_logged
@@ -143,6 +150,7 @@ impl Shared {
             }
         }
         self.metrics.set_buffered(core.reporter.buffered());
+        saved.is_ok()
     }
 }
 
@@ -353,6 +361,11 @@ fn main_loop(
         classifier.configure(&snapshot);
         bind.configure(&snapshot);
     }
+    let mut inbox = options
+        .complaints_dir
+        .clone()
+        .map(|dir| ComplaintInbox::new(dir, options.reporter.source_ip));
+    let mut inbox_error_logged: Option<Instant> = None;
     let mut pacer = match (&options.postfix, options.pace_window) {
         (Some(_), Some(window)) => Some(Pacer::new(window)),
         _ => None,
@@ -418,16 +431,56 @@ fn main_loop(
         }
         let conclusive_waiting = shared.lock().reporter.open_has_conclusive();
         if now >= next_seal || conclusive_waiting || stopping {
+            let scan = inbox.as_mut().map(|inbox| inbox.scan(&classifier.current));
             let mut core = shared.lock();
-            match core.reporter.seal(now_ts, follower.state()) {
-                Some(Sealed::Held) => tracing::debug!(
-                    "the outbox is full and its report is in flight; counts stay open"
-                ),
+            match scan {
+                Some(Ok(scan)) => {
+                    for (provider, n) in &scan.counted {
+                        for _ in 0..*n {
+                            core.reporter.record_complaint(provider);
+                        }
+                        metrics.complaint_reports("counted", *n);
+                        tracing::info!(provider, complaints = n, "spam complaints read");
+                    }
+                    for (reason, n) in scan.skipped {
+                        metrics.complaint_reports(reason, n);
+                    }
+                }
+                Some(Err(e)) => {
+                    metrics.complaint_reports("folder_unreadable", 1);
+                    if inbox_error_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                        tracing::error!(
+                            "complaints folder {} not read: {e} (said once a minute)",
+                            options
+                                .complaints_dir
+                                .as_deref()
+                                .unwrap_or(Path::new(""))
+                                .join("new")
+                                .display()
+                        );
+                        inbox_error_logged = Some(now);
+                    }
+                }
+                None => {}
+            }
+            let saved = match core.reporter.seal(now_ts, follower.state()) {
+                Some(Sealed::Held) => {
+                    tracing::debug!(
+                        "the outbox is full and its report is in flight; counts stay open"
+                    );
+                    false
+                }
                 Some(_) => {
-                    shared.persist(&core);
+                    let saved = shared.persist(&core);
                     shared.wake.notify_all();
+                    saved
                 }
                 None => shared.persist(&core),
+            };
+            // The complaints read are in a saved report (or in none, held
+            // open): only a save lets their files leave `new/`.
+            if let Some(inbox) = inbox.as_mut().filter(|i| saved && i.waiting() > 0) {
+                inbox.file_away();
             }
             metrics.set_dropped(core.reporter.dropped_so_far());
             next_seal = now + options.interval;

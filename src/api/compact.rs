@@ -35,6 +35,10 @@ use super::sender_pool::{ProviderReputation, ReputationState, WindowBucket};
 
 /// Version byte of a packed window.
 const PACKED_VERSION: u8 = 1;
+/// Version byte of a packed window with spam complaints: every bucket's
+/// counts are followed by its complaints. A window without complaints is
+/// still written in the first format.
+const PACKED_COMPLAINTS_VERSION: u8 = 2;
 /// Version byte of packed healthy pairs.
 const PAIRS_VERSION: u8 = 2;
 /// More texts than one IP's pairs can hold (one reason and one evidence each).
@@ -64,6 +68,8 @@ pub fn is_plain(pair: &ProviderReputation) -> bool {
         && pair.paused_until.is_none()
         && pair.probe_successes == 0
         && pair.dnsbl_claims.is_empty()
+        && pair.complaint_rate.is_none()
+        && pair.window.iter().all(|b| b.complaints == 0)
 }
 
 fn zigzag(value: i64) -> u64 {
@@ -123,7 +129,7 @@ fn gcd(a: i64, b: i64) -> i64 {
 ///
 /// The first slot is written relative to `base` (the previous pair's, so
 /// the pairs of one IP, whose windows start together, cost one byte there).
-fn pack_window(window: &[WindowBucket], base: &mut i64, out: &mut Vec<u8>) {
+fn pack_window(window: &[WindowBucket], base: &mut i64, out: &mut Vec<u8>, complaints: bool) {
     put(out, window.len() as i64);
     if window.is_empty() {
         return;
@@ -169,6 +175,9 @@ fn pack_window(window: &[WindowBucket], base: &mut i64, out: &mut Vec<u8>) {
             put(out, b.ip_blocklisted);
             put(out, b.ip_rate_limited);
         }
+        if complaints {
+            put(out, b.complaints);
+        }
     }
 }
 
@@ -178,7 +187,11 @@ fn at_second(seconds: i64) -> Result<Time, PackError> {
         .map_err(|e| bad(format!("a packed time is out of range: {e}")))
 }
 
-fn unpack_window(input: &mut &[u8], base: &mut i64) -> Result<Vec<WindowBucket>, PackError> {
+fn unpack_window(
+    input: &mut &[u8],
+    base: &mut i64,
+    with_complaints: bool,
+) -> Result<Vec<WindowBucket>, PackError> {
     let count = take(input)?;
     if !(0..=MAX_BUCKETS as i64).contains(&count) {
         return Err(bad(format!("a packed window claims {count} buckets")));
@@ -229,12 +242,14 @@ fn unpack_window(input: &mut &[u8], base: &mut i64) -> Result<Vec<WindowBucket>,
             let attempts = unzigzag(head >> 1);
             (attempts, take(input)?, take(input)?, take(input)?)
         };
+        let complaints = if with_complaints { take(input)? } else { 0 };
         window.push(WindowBucket {
             start: at_second(start)?,
             attempts,
             delivered: attempts.saturating_sub(missed),
             ip_blocklisted,
             ip_rate_limited,
+            complaints,
         });
     }
     Ok(window)
@@ -242,16 +257,25 @@ fn unpack_window(input: &mut &[u8], base: &mut i64) -> Result<Vec<WindowBucket>,
 
 /// Packs a window into its status string.
 pub fn window_text(window: &[WindowBucket]) -> String {
-    let mut out = vec![PACKED_VERSION];
-    pack_window(window, &mut 0, &mut out);
+    let complaints = window.iter().any(|b| b.complaints != 0);
+    let version = if complaints {
+        PACKED_COMPLAINTS_VERSION
+    } else {
+        PACKED_VERSION
+    };
+    let mut out = vec![version];
+    pack_window(window, &mut 0, &mut out, complaints);
     URL_SAFE_NO_PAD.encode(out)
 }
 
 /// Reads a window's status string.
 pub fn read_window_text(text: &str) -> Result<Vec<WindowBucket>, PackError> {
-    let bytes = unpacked(text, PACKED_VERSION)?;
+    let (bytes, complaints) = match unpacked(text, PACKED_COMPLAINTS_VERSION) {
+        Ok(bytes) => (bytes, true),
+        Err(_) => (unpacked(text, PACKED_VERSION)?, false),
+    };
     let mut input = bytes.as_slice();
-    let window = unpack_window(&mut input, &mut 0)?;
+    let window = unpack_window(&mut input, &mut 0, complaints)?;
     if !input.is_empty() {
         return Err(bad("the packed window has bytes left over"));
     }
@@ -330,7 +354,7 @@ pub fn plain_pairs_text(pairs: &[&ProviderReputation]) -> String {
         );
         put(&mut out, i64::from(pair.block_count));
         put_optional(&mut out, pair.hold_down_seconds);
-        pack_window(&pair.window, &mut window_base, &mut out);
+        pack_window(&pair.window, &mut window_base, &mut out, false);
     }
     URL_SAFE_NO_PAD.encode(out)
 }
@@ -371,7 +395,7 @@ pub fn read_plain_pairs_text(text: &str) -> Result<Vec<ProviderReputation>, Pack
         let block_count = i32::try_from(take(&mut input)?)
             .map_err(|_| bad("a packed block count is out of range"))?;
         let hold_down_seconds = take_optional(&mut input)?;
-        let window = unpack_window(&mut input, &mut window_base)?;
+        let window = unpack_window(&mut input, &mut window_base, false)?;
         pairs.push(ProviderReputation {
             reason,
             last_evidence,
@@ -450,6 +474,7 @@ mod tests {
                     delivered: attempts - refused * 2,
                     ip_blocklisted: refused,
                     ip_rate_limited: refused,
+                    complaints: 0,
                 }
             })
             .collect()
@@ -495,6 +520,33 @@ mod tests {
         let mut shuffled = full_window(2, end);
         shuffled.swap(0, 5);
         assert_eq!(read_window_text(&window_text(&shuffled)).unwrap(), shuffled);
+    }
+
+    #[test]
+    fn a_window_with_complaints_reads_back_and_one_without_keeps_the_first_format() {
+        let end = 1_765_090_020;
+        let plain = full_window(4, end);
+        let version = |text: &str| URL_SAFE_NO_PAD.decode(text).unwrap()[0];
+        assert_eq!(version(&window_text(&plain)), PACKED_VERSION);
+        let mut with_complaints = plain.clone();
+        with_complaints[3].complaints = 2;
+        with_complaints[15].complaints = 1;
+        // A complaint can arrive in a bucket that delivered nothing.
+        with_complaints.push(WindowBucket {
+            start: ts(end + 60),
+            attempts: 0,
+            delivered: 0,
+            ip_blocklisted: 0,
+            ip_rate_limited: 0,
+            complaints: 5,
+        });
+        let text = window_text(&with_complaints);
+        assert_eq!(version(&text), PACKED_COMPLAINTS_VERSION);
+        assert_eq!(read_window_text(&text).unwrap(), with_complaints);
+        for cut in [1, text.len() / 2, text.len() - 1] {
+            assert!(read_window_text(&text[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(!is_plain(&pair("yahoo", with_complaints)));
     }
 
     #[test]

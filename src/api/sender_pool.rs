@@ -418,6 +418,10 @@ pub struct ReputationSettings {
     /// Provider feeds polled for this pool's IPs (for example Microsoft SNDS).
     #[serde(default, skip_serializing_if = "FeedSettings::is_empty")]
     pub feeds: FeedSettings,
+
+    /// When spam complaints (abuse feedback reports) throttle a pair.
+    #[serde(default)]
+    pub complaints: ComplaintSettings,
 }
 
 fn default_hold_down() -> i64 {
@@ -438,6 +442,7 @@ impl Default for ReputationSettings {
             probe: ProbeSettings::default(),
             recovery: RecoverySettings::default(),
             feeds: FeedSettings::default(),
+            complaints: ComplaintSettings::default(),
         }
     }
 }
@@ -596,6 +601,41 @@ impl Default for FeedbackSettings {
             min_samples: default_min_samples(),
             block_percent: default_block_percent(),
             throttle_percent: default_throttle_percent(),
+        }
+    }
+}
+
+/// The complaint rate of a pair: complaints received in its feedback window
+/// against the messages it delivered in that window.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ComplaintSettings {
+    /// Complaint rate, in basis points (hundredths of a percent), at or over
+    /// which the pair is throttled: 30 is 0.3 %, the spam rate Gmail and
+    /// Yahoo hold bulk senders under.
+    #[serde(default = "default_complaint_threshold")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 10000").message("complaints.thresholdBasisPoints is from 1 (0.01 %) to 10000 (100 %)"))]
+    pub threshold_basis_points: i32,
+
+    /// Messages the window must have delivered before its complaint rate is
+    /// judged: one complaint among ten messages throttles nothing.
+    #[serde(default = "default_complaint_min_delivered")]
+    #[schemars(range(min = 1))]
+    pub min_delivered: i64,
+}
+
+fn default_complaint_threshold() -> i32 {
+    30
+}
+fn default_complaint_min_delivered() -> i64 {
+    1000
+}
+
+impl Default for ComplaintSettings {
+    fn default() -> Self {
+        ComplaintSettings {
+            threshold_basis_points: default_complaint_threshold(),
+            min_delivered: default_complaint_min_delivered(),
         }
     }
 }
@@ -1011,6 +1051,25 @@ pub struct ProviderReputation {
     /// the listing or several receivers agree.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dnsbl_claims: Vec<DnsblClaim>,
+    /// The complaint rate last judged, while its complaints are in the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complaint_rate: Option<ComplaintRate>,
+}
+
+/// Spam complaints against delivered mail, as last judged for one pair.
+#[derive(JsonSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ComplaintRate {
+    /// Complaints received in the window.
+    pub complaints: i64,
+    /// Messages delivered in the window.
+    pub delivered: i64,
+    /// complaints / delivered in basis points (30 is 0.3 %), rounded down;
+    /// absent while nothing was delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basis_points: Option<i64>,
+    /// When it was judged.
+    pub at: Time,
 }
 
 impl ProviderReputation {
@@ -1039,6 +1098,7 @@ impl ProviderReputation {
             probe_successes: 0,
             window: Vec::new(),
             dnsbl_claims: Vec::new(),
+            complaint_rate: None,
         }
     }
 }
@@ -1076,6 +1136,13 @@ pub struct WindowBucket {
     /// Of those, rate-limited.
     #[serde(default)]
     pub ip_rate_limited: i64,
+    /// Spam complaints received in the slice (about mail sent any time).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub complaints: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 /// One DNS block list answer about an IP.
@@ -1114,4 +1181,28 @@ pub struct FeedVerdict {
     pub reason: Option<String>,
     /// When the feed was read.
     pub checked_at: Time,
+    /// What the feed measured about the IP's mail, when it says (SNDS's data
+    /// file): a bad filter result, complaint rate or trap hits throttle the
+    /// pair of the feed's provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scores: Option<FeedScores>,
+}
+
+/// A feed's figures about one IP's mail (Microsoft SNDS's data file).
+#[derive(JsonSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeedScores {
+    /// The provider's spam filter verdict on the mail: `GREEN` (up to 10 %
+    /// filtered as spam), `YELLOW` (10 to 90 %), `RED` (over 90 %).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_result: Option<String>,
+    /// Complaint rate in basis points (30 is 0.3 %); 0 for SNDS's "< 0.1%".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complaint_basis_points: Option<i64>,
+    /// Messages that reached spam traps.
+    #[serde(default)]
+    pub trap_hits: u64,
+    /// The period the figures cover, as the feed wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<String>,
 }

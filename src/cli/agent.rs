@@ -335,6 +335,14 @@ pub struct RunArgs {
     #[arg(long)]
     pub check_bind: bool,
 
+    /// A Maildir folder (with `new/` and `cur/`) that a feedback loop's abuse
+    /// reports (ARF, RFC 5965: Yahoo CFL, Microsoft JMRP ...) are delivered
+    /// to. Reports about this IP are counted per provider into the next
+    /// report and then moved to `cur/`; the others stay (docs/AGENT.md,
+    /// "Complaints").
+    #[arg(long, value_name = "DIR")]
+    pub complaints_dir: Option<PathBuf>,
+
     #[command(flatten)]
     pub classifier: ClassifierArgs,
 
@@ -595,6 +603,7 @@ pub(super) fn agent_options(
         hold_config: Arc::new(AtomicBool::new(false)),
         drained: Arc::default(),
         bind_check: args.check_bind.then_some(crate::sender::bind::CHECK_EVERY),
+        complaints_dir: args.complaints_dir.clone(),
     };
     Ok((options, classifier))
 }

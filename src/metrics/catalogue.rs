@@ -133,6 +133,20 @@ pub const IP_STATE: Spec = spec(
     "1 for the reputation state each (pool, IP, provider) pair is in, 0 for the others.",
     Both,
 );
+pub const COMPLAINTS_WINDOW: Spec = spec(
+    "mailfleet_complaints_window",
+    Gauge,
+    &["pool", "ip", "provider"],
+    "Spam complaints in the feedback window of each (pool, IP, provider) that has some.",
+    Both,
+);
+pub const COMPLAINT_RATE: Spec = spec(
+    "mailfleet_complaint_rate_ratio",
+    Gauge,
+    &["pool", "ip", "provider"],
+    "Spam complaints per message delivered in the feedback window of each (pool, IP, provider) with complaints and deliveries.",
+    Both,
+);
 pub const ROUTE_TARGETS: Spec = spec(
     "mailfleet_route_targets",
     Gauge,
@@ -311,9 +325,11 @@ pub const HAPROXY_RELOADS: Spec = spec(
 );
 
 /// Every family declared here, in the order of the table in docs/OPERATING.md.
-pub const ALL: [Spec; 27] = [
+pub const ALL: [Spec; 29] = [
     BUILD_INFO,
     IP_STATE,
+    COMPLAINTS_WINDOW,
+    COMPLAINT_RATE,
     ROUTE_TARGETS,
     FEEDBACK_REPORTS,
     FEEDBACK_REQUESTS,
@@ -350,6 +366,31 @@ pub const STATES: [ReputationState; 6] = [
     ReputationState::Probing,
     ReputationState::Recovering,
 ];
+
+/// The `mailfleet_complaints_window` and `mailfleet_complaint_rate_ratio`
+/// rows of pairs with complaints: `(pool, ip, provider, complaints, delivered)`.
+pub fn write_complaints<'a>(
+    out: &mut DescriptorEncoder<'_>,
+    pairs: impl Iterator<Item = (&'a str, &'a str, &'a str, i64, i64)> + Clone,
+) -> fmt::Result {
+    COMPLAINTS_WINDOW.write(
+        out,
+        pairs
+            .clone()
+            .map(|(pool, ip, provider, n, _)| ([pool, ip, provider], n)),
+    )?;
+    COMPLAINT_RATE.write(
+        out,
+        pairs.filter(|(_, _, _, _, delivered)| *delivered > 0).map(
+            |(pool, ip, provider, n, delivered)| {
+                (
+                    [pool, ip, provider],
+                    Value::Float(n as f64 / delivered as f64),
+                )
+            },
+        ),
+    )
+}
 
 /// `mailfleet_feedback_reports_total`'s `result` values.
 pub const FEEDBACK_RESULTS: [&str; 3] = ["counted", "duplicate", "refused"];

@@ -12,10 +12,10 @@ use std::time::Duration;
 use prometheus_client::encoding::DescriptorEncoder;
 
 use crate::metrics::catalogue::{
-    ip_state_rows, API_WRITES, DRAINS, DRAIN_LEFT, FEEDBACK_BATCHED_REPORTS, FEEDBACK_BATCHES,
-    FEEDBACK_REPORTS, IP_STATE, LEADER, RECONCILES, RECONCILE_DURATION, RECONCILE_FAILURES,
-    ROUTE_QUEUE_LIFETIME, ROUTE_QUEUE_MESSAGES, ROUTE_QUEUE_OLDEST, ROUTE_TARGETS,
-    UNREADABLE_STATUS,
+    ip_state_rows, write_complaints, API_WRITES, DRAINS, DRAIN_LEFT, FEEDBACK_BATCHED_REPORTS,
+    FEEDBACK_BATCHES, FEEDBACK_REPORTS, IP_STATE, LEADER, RECONCILES, RECONCILE_DURATION,
+    RECONCILE_FAILURES, ROUTE_QUEUE_LIFETIME, ROUTE_QUEUE_MESSAGES, ROUTE_QUEUE_OLDEST,
+    ROUTE_TARGETS, UNREADABLE_STATUS,
 };
 use crate::metrics::Families;
 
@@ -24,6 +24,8 @@ const DURATION_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 
 /// (ip, provider) → state word, for one pool.
 pub type PairStates = BTreeMap<(String, String), String>;
+/// (ip, provider) → (complaints, delivered) in the pair's window, for one pool.
+pub type PairComplaints = BTreeMap<(String, String), (i64, i64)>;
 /// A route's waiting mail: (messages, oldest arrival in Unix seconds, lifetime seconds).
 pub type RouteQueueFigures = (i64, i64, Option<i64>);
 
@@ -40,6 +42,8 @@ struct State {
     durations: Mutex<BTreeMap<&'static str, Histogram>>,
     /// pool key (`ns/name`) → (ip, provider) → state word.
     ip_states: Mutex<BTreeMap<String, PairStates>>,
+    /// pool key → the pairs with spam complaints in their window.
+    complaints: Mutex<BTreeMap<String, PairComplaints>>,
     /// route key (`ns/name`) → (mode word, target count).
     route_targets: Mutex<BTreeMap<String, (String, usize)>>,
     /// route key → (messages waiting, oldest arrival, lifetime seconds).
@@ -94,8 +98,14 @@ impl Metrics {
         lock(&self.state.ip_states).insert(pool.to_string(), states);
     }
 
+    /// Replaces every complaint series of one pool.
+    pub fn set_pool_complaints(&self, pool: &str, complaints: PairComplaints) {
+        lock(&self.state.complaints).insert(pool.to_string(), complaints);
+    }
+
     pub fn forget_pool(&self, pool: &str) {
         lock(&self.state.ip_states).remove(pool);
+        lock(&self.state.complaints).remove(pool);
         lock(&self.state.feedback_reports).remove(pool);
     }
 
@@ -103,6 +113,7 @@ impl Metrics {
     /// leaves none behind.
     pub fn tracked(&self) -> usize {
         lock(&self.state.ip_states).len()
+            + lock(&self.state.complaints).len()
             + lock(&self.state.feedback_reports).len()
             + lock(&self.state.route_targets).len()
             + lock(&self.state.route_queues).len()
@@ -210,6 +221,22 @@ impl Families for Metrics {
             }),
         )?;
         drop(ip_states);
+        let complaints = lock(&s.complaints);
+        write_complaints(
+            out,
+            complaints.iter().flat_map(|(pool, pairs)| {
+                pairs.iter().map(move |((ip, provider), (n, delivered))| {
+                    (
+                        pool.as_str(),
+                        ip.as_str(),
+                        provider.as_str(),
+                        *n,
+                        *delivered,
+                    )
+                })
+            }),
+        )?;
+        drop(complaints);
         ROUTE_TARGETS.write(
             out,
             lock(&s.route_targets)
@@ -289,6 +316,10 @@ mod tests {
             "Blocked".to_string(),
         );
         m.set_pool_states("mail/bulk", states);
+        m.set_pool_complaints(
+            "mail/bulk",
+            BTreeMap::from([(("203.0.113.10".to_string(), "yahoo".to_string()), (6, 2000))]),
+        );
         m.set_route_targets("mail/microsoft", "Primary", 7);
         m.feedback_report("mail/bulk");
         m.api_write("patch");
@@ -310,6 +341,8 @@ mod tests {
             "mailfleet_reconcile_duration_seconds_bucket{controller=\"senderpool\",le=\"1\"} 2"
         ));
         assert!(text.contains("mailfleet_ip_state{pool=\"mail/bulk\",ip=\"203.0.113.10\",provider=\"microsoft\",state=\"Blocked\"} 1"));
+        assert!(text.contains("mailfleet_complaints_window{pool=\"mail/bulk\",ip=\"203.0.113.10\",provider=\"yahoo\"} 6"), "{text}");
+        assert!(text.contains("mailfleet_complaint_rate_ratio{pool=\"mail/bulk\",ip=\"203.0.113.10\",provider=\"yahoo\"} 0.003"), "{text}");
         assert!(
             text.contains("mailfleet_route_targets{route=\"mail/microsoft\",mode=\"Primary\"} 7")
         );
@@ -318,5 +351,6 @@ mod tests {
         assert_eq!(m.api_writes_total(), 1);
         m.forget_pool("mail/bulk");
         assert!(!m.render().contains("mailfleet_ip_state{"));
+        assert!(!m.render().contains("mailfleet_complaint_rate_ratio{"));
     }
 }

@@ -594,6 +594,21 @@ fn record_states(ctx: &Context, pool: &ObjectKey, status: &SenderPoolStatus) {
         })
         .collect();
     ctx.metrics.set_pool_states(&pool.to_string(), states);
+    let complaints = status
+        .ips
+        .iter()
+        .flat_map(|ip| {
+            ip.reputation.iter().filter_map(move |pair| {
+                let rate = pair.complaint_rate.as_ref()?;
+                Some((
+                    (ip.address.clone(), pair.provider.clone()),
+                    (rate.complaints, rate.delivered),
+                ))
+            })
+        })
+        .collect();
+    ctx.metrics
+        .set_pool_complaints(&pool.to_string(), complaints);
 }
 
 /// When to look at the pool again: when its next timer is due, slowly when

@@ -236,6 +236,7 @@ mod tests {
             delivered: 40,
             ip_blocklisted: 0,
             ip_rate_limited: 0,
+            complaints: 0,
         });
         pool.status.as_mut().unwrap().ips[0].reputation = vec![pair.clone()];
         assert!(!filter.pool_event(&Event::Apply(pool.clone())));

@@ -48,6 +48,7 @@ pub fn pair(
         probe_successes: 0,
         window: Vec::new(),
         dnsbl_claims: Vec::new(),
+        complaint_rate: None,
     }
 }
 

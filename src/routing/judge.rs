@@ -130,6 +130,7 @@ mod tests {
             probe_successes: 0,
             window: Vec::new(),
             dnsbl_claims: Vec::new(),
+            complaint_rate: None,
         }
     }
 

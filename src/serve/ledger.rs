@@ -170,8 +170,14 @@ impl FeedbackLedger {
         }
         let status_before = fleet.pools[index].status.clone();
         let mut transitions = Vec::new();
-        for feedback in known_providers_only(fleet, report).to_feedback() {
-            match fleet.observe(&ip, Signal::Feedback(feedback), now) {
+        let known = known_providers_only(fleet, report);
+        let signals = known
+            .to_feedback()
+            .into_iter()
+            .map(Signal::Feedback)
+            .chain(known.to_complaints().into_iter().map(Signal::Complaints));
+        for signal in signals {
+            match fleet.observe(&ip, signal, now) {
                 Ok(moves) => transitions.extend(moves),
                 Err(err) => {
                     fleet.pools[index].status = status_before;
@@ -224,7 +230,8 @@ fn known_providers_only<'r>(
             || fleet.classifier.providers().id_of(name).is_some()
     };
     let all_known = report.totals.iter().all(|t| known(&t.provider))
-        && report.conclusive.iter().all(|c| known(&c.provider));
+        && report.conclusive.iter().all(|c| known(&c.provider))
+        && report.complaints.iter().all(|c| known(&c.provider));
     if all_known {
         return std::borrow::Cow::Borrowed(report);
     }
@@ -237,6 +244,11 @@ fn known_providers_only<'r>(
     for reply in &mut mapped.conclusive {
         if !known(&reply.provider) {
             reply.provider = OTHER_PROVIDER.to_string();
+        }
+    }
+    for row in &mut mapped.complaints {
+        if !known(&row.provider) {
+            row.provider = OTHER_PROVIDER.to_string();
         }
     }
     std::borrow::Cow::Owned(mapped)
@@ -317,6 +329,7 @@ mod tests {
             queue: None,
             drain: None,
             ip_binding: None,
+            complaints: Vec::new(),
         }
     }
 
@@ -503,6 +516,69 @@ mod tests {
             .transitions
             .iter()
             .any(|t| t.to == ReputationState::Blocked));
+    }
+
+    #[test]
+    fn complaints_in_a_report_reach_the_pair_and_throttle_it_over_the_threshold() {
+        let mut fleet = fleet();
+        let mut ledger = FeedbackLedger::new();
+        let mut report = blocked_report("203.0.113.12", 1);
+        report.conclusive.clear();
+        report.totals = vec![TotalCount {
+            provider: "yahoo".into(),
+            outcome: Outcome::Delivered,
+            category: Category::None,
+            count: 2000,
+        }];
+        report.complaints = vec![crate::agent::report::ComplaintCount {
+            provider: "yahoo".into(),
+            count: 7,
+        }];
+        report.validate().unwrap();
+        let applied = ledger.apply(&mut fleet, &report, now()).unwrap();
+        assert!(
+            applied
+                .transitions
+                .iter()
+                .any(|t| t.provider == "yahoo" && t.reason.as_str() == "ComplaintRate"),
+            "{:?}",
+            applied.transitions
+        );
+        assert_eq!(
+            state_of(&fleet, "203.0.113.12", "yahoo"),
+            Some(ReputationState::Throttled)
+        );
+        // A retry counts nothing twice.
+        let status = fleet.pools[0].status.clone();
+        assert!(ledger.apply(&mut fleet, &report, now()).unwrap().duplicate);
+        assert_eq!(fleet.pools[0].status, status);
+        // A made-up provider's complaints go to `other`.
+        let mut odd = blocked_report("203.0.113.12", 2);
+        odd.conclusive.clear();
+        odd.totals.clear();
+        odd.complaints = vec![crate::agent::report::ComplaintCount {
+            provider: "made-up".into(),
+            count: 1,
+        }];
+        ledger.apply(&mut fleet, &odd, now()).unwrap();
+        let ip = fleet.pools[0]
+            .status
+            .as_ref()
+            .unwrap()
+            .ips
+            .iter()
+            .find(|s| s.address == "203.0.113.12")
+            .unwrap();
+        assert!(ip.pair("made-up").is_none());
+        assert_eq!(
+            ip.pair("other")
+                .unwrap()
+                .complaint_rate
+                .as_ref()
+                .unwrap()
+                .complaints,
+            1
+        );
     }
 
     #[test]

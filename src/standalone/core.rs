@@ -15,8 +15,8 @@ use crate::api::{DomainRouteStatus, SenderPoolStatus};
 use crate::fleet::{Fleet, FleetError};
 use crate::manifests::{ManifestError, Manifests};
 use crate::metrics::catalogue::{
-    ip_state_rows, FEEDBACK_REPORTS, FEEDBACK_RESULTS, IP_STATE, MANIFESTS_VALID, MANIFEST_RELOADS,
-    MANIFEST_RELOAD_ERRORS, REPUTATION_TRANSITIONS, ROUTE_TARGETS,
+    ip_state_rows, write_complaints, FEEDBACK_REPORTS, FEEDBACK_RESULTS, IP_STATE, MANIFESTS_VALID,
+    MANIFEST_RELOADS, MANIFEST_RELOAD_ERRORS, REPUTATION_TRANSITIONS, ROUTE_TARGETS,
 };
 use crate::metrics::Families;
 use crate::probe::dnsbl::{DnsblHealth, DNSBL_HEALTHY};
@@ -525,9 +525,19 @@ impl Core {
             }
         }
         let mut ip_states = Vec::new();
+        let mut complaints = Vec::new();
         for (pool, name) in self.fleet.pools.iter().zip(self.pool_keys()) {
             for ip in pool.status.iter().flat_map(|s| s.ips.iter()) {
                 for pair in &ip.reputation {
+                    if let Some(rate) = &pair.complaint_rate {
+                        complaints.push((
+                            name.clone(),
+                            ip.address.clone(),
+                            pair.provider.clone(),
+                            rate.complaints,
+                            rate.delivered,
+                        ));
+                    }
                     ip_states.push((
                         name.clone(),
                         ip.address.clone(),
@@ -540,6 +550,7 @@ impl Core {
         CoreMetrics {
             reports,
             ip_states,
+            complaints,
             routes: self
                 .table
                 .routes
@@ -571,6 +582,8 @@ pub struct CoreMetrics {
     reports: BTreeMap<(String, &'static str), u64>,
     /// (pool, ip, provider, current state word).
     ip_states: Vec<(String, String, String, &'static str)>,
+    /// (pool, ip, provider, complaints, delivered) of pairs with complaints.
+    complaints: Vec<(String, String, String, i64, i64)>,
     /// (route `ns/name`, mode word, targets).
     routes: Vec<(String, &'static str, usize)>,
     transitions: BTreeMap<(String, String, String), u64>,
@@ -592,6 +605,20 @@ impl Families for CoreMetrics {
             self.ip_states
                 .iter()
                 .flat_map(|(pool, ip, provider, state)| ip_state_rows(pool, ip, provider, state)),
+        )?;
+        write_complaints(
+            out,
+            self.complaints
+                .iter()
+                .map(|(pool, ip, provider, n, delivered)| {
+                    (
+                        pool.as_str(),
+                        ip.as_str(),
+                        provider.as_str(),
+                        *n,
+                        *delivered,
+                    )
+                }),
         )?;
         ROUTE_TARGETS.write(
             out,

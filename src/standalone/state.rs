@@ -489,6 +489,7 @@ mod tests {
                                         delivered: 120_000,
                                         ip_blocklisted: 3_000,
                                         ip_rate_limited: 456,
+                                        complaints: 0,
                                     })
                                     .collect(),
                                 allowance_percent: 0,
@@ -502,6 +503,7 @@ mod tests {
                                 paused_until: None,
                                 probe_successes: 0,
                                 dnsbl_claims: Vec::new(),
+                                complaint_rate: None,
                             })
                             .collect();
                         ip

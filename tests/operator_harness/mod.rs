@@ -274,6 +274,7 @@ pub fn ban_report(pool: &str, ip: &str, sequence: u64) -> FeedbackReport {
         queue: None,
         drain: None,
         ip_binding: None,
+        complaints: Vec::new(),
     }
 }
 

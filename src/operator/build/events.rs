@@ -8,7 +8,7 @@
 //! | `IpProbing` | Normal | hold-down over, the trickle starts |
 //! | `IpRecovering` | Normal | clean probe, or a recovery step |
 //! | `IpRecovered` | Normal | back to full volume |
-//! | `IpThrottled` / `IpUnthrottled` | Warning / Normal | rate limiting starts / ends |
+//! | `IpThrottled` / `IpUnthrottled` | Warning / Normal | rate limiting or a complaint rate over its threshold starts / ends |
 //! | `WarmupProgress` | Normal | warm-up starts, steps or completes |
 //! | `OverrideApplied` / `OverrideLifted` | Normal | a manual override takes or leaves effect |
 //! | `FallbackEngaged` | Warning | a route moves to a fallback pool |
@@ -126,6 +126,22 @@ pub fn transition_events(pool: &ObjectKey, transitions: &[Transition]) -> Vec<Ev
                     format!(
                         "{} asked {} to pause: it sends {} nothing, then probes",
                         t.provider, t.ip, t.provider
+                    ),
+                ),
+                (ReputationState::Throttled, Reason::FeedThrottled) => (
+                    EventType::Warning,
+                    "IpThrottled",
+                    format!(
+                        "{}'s feed scores mail from {} badly: allowance {}%",
+                        t.provider, t.ip, t.allowance_percent
+                    ),
+                ),
+                (ReputationState::Throttled, Reason::ComplaintRate) => (
+                    EventType::Warning,
+                    "IpThrottled",
+                    format!(
+                        "{} users complain of mail from {}: allowance {}%",
+                        t.provider, t.ip, t.allowance_percent
                     ),
                 ),
                 (ReputationState::Throttled, _) => (
@@ -484,6 +500,10 @@ mod tests {
             ),
             (
                 transition(ReputationState::Throttled, Reason::ThrottleStepDown),
+                "IpThrottled",
+            ),
+            (
+                transition(ReputationState::Throttled, Reason::ComplaintRate),
                 "IpThrottled",
             ),
             (

@@ -6,7 +6,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::report::{DataReport, DataRow, IpStatusReport};
-use crate::api::FeedVerdict;
+use crate::api::{FeedScores, FeedVerdict};
 use crate::reputation::engine::Signal;
 
 /// The `feed` name of SNDS verdicts.
@@ -53,6 +53,7 @@ pub fn snds_verdicts(
     let clears_allowed = status.skipped.is_empty();
     for ip in pool_ips {
         let IpAddr::V4(v4) = ip else { continue };
+        let mut scores = None;
         let (blocked, reason) = match status.ranges.iter().find(|r| r.covers(*v4)) {
             Some(range) => (
                 true,
@@ -63,6 +64,7 @@ pub fn snds_verdicts(
             ),
             None if clears_allowed => {
                 let latest = data.and_then(|d| d.rows.iter().rev().find(|row| row.ip == *v4));
+                scores = latest.map(scores_of);
                 (false, not_blocked_reason(latest))
             }
             None => {
@@ -78,10 +80,34 @@ pub fn snds_verdicts(
                 blocked,
                 reason: Some(reason),
                 checked_at: Time(checked_at),
+                scores,
             },
         });
     }
     out
+}
+
+/// The data row's columns as the engine reads them.
+fn scores_of(row: &DataRow) -> FeedScores {
+    FeedScores {
+        filter_result: Some(row.filter.as_str().to_string()),
+        complaint_basis_points: complaint_basis_points(&row.complaint_rate),
+        trap_hits: row.trap_hits,
+        period: Some(format!("{} - {}", row.activity_start, row.activity_end)),
+    }
+}
+
+/// SNDS's complaint rate (`2.3%`, `< 0.1%`) in basis points: `< X%` is read
+/// as 0 (below the smallest figure SNDS shows); an empty or unreadable
+/// figure as none.
+fn complaint_basis_points(text: &str) -> Option<i64> {
+    let text = text.trim();
+    if text.starts_with('<') {
+        return Some(0);
+    }
+    let percent: f64 = text.strip_suffix('%')?.trim().parse().ok()?;
+    (percent.is_finite() && (0.0..=100.0).contains(&percent))
+        .then(|| (percent * 100.0).round() as i64)
 }
 
 fn not_blocked_reason(row: Option<&DataRow>) -> String {
@@ -156,7 +182,7 @@ mod tests {
     }
 
     #[test]
-    fn a_red_filter_result_informs_but_never_blocks() {
+    fn a_red_filter_result_never_blocks_and_its_figures_are_kept() {
         let status = parse_ip_status("").unwrap();
         let data = parse_data(
             "203.0.113.20,11/4/2021 8:00 AM,11/5/2021 7:59 AM,10,10,10,GREEN,< 0.1%,,,0,h,m,\n\
@@ -170,5 +196,27 @@ mod tests {
             verdict.reason.as_deref(),
             Some("not in any SNDS blocked range; filter result RED for 11/5/2021 8:00 AM - 11/6/2021 7:59 AM (complaint rate 4.1%, trap hits 17)")
         );
+        // The latest row's columns go to the engine as figures, not only words.
+        assert_eq!(
+            verdict.scores,
+            Some(FeedScores {
+                filter_result: Some("RED".into()),
+                complaint_basis_points: Some(410),
+                trap_hits: 17,
+                period: Some("11/5/2021 8:00 AM - 11/6/2021 7:59 AM".into()),
+            })
+        );
+        let no_data = snds_verdicts(&ips(&["203.0.113.20"]), &status, None, at());
+        assert_eq!(no_data.verdicts[0].verdict.scores, None);
+    }
+
+    #[test]
+    fn snds_complaint_rates_read_as_basis_points() {
+        assert_eq!(complaint_basis_points("< 0.1%"), Some(0));
+        assert_eq!(complaint_basis_points("0.3%"), Some(30));
+        assert_eq!(complaint_basis_points(" 2.35 % "), Some(235));
+        assert_eq!(complaint_basis_points(""), None);
+        assert_eq!(complaint_basis_points("n/a"), None);
+        assert_eq!(complaint_basis_points("250%"), None);
     }
 }

@@ -9,7 +9,7 @@
 //! second, the resolution of Kubernetes `Time`.
 //!
 //! - [`observe`] takes one [`Signal`] (classified delivery counts, a DNSBL
-//!   answer, a feed verdict) about one IP;
+//!   answer, a feed verdict, spam complaints) about one IP;
 //! - [`tick`] advances timers and follows the spec (new IPs, warm-up, overrides);
 //! - [`next_wakeup`] says when [`tick`] next has something to do;
 //! - [`pair_view`] reads what one pair may send.
@@ -32,6 +32,6 @@ mod tests;
 
 pub use error::EngineError;
 pub use pool::{next_wakeup, observe, tick};
-pub use signal::{ConclusiveReply, Feedback, Signal};
+pub use signal::{Complaints, ConclusiveReply, Feedback, Signal};
 pub use transition::{is_allowed_edge, Reason, Transition, UnknownReason};
 pub use view::{pair_view, PairView};

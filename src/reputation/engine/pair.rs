@@ -13,9 +13,13 @@ use super::clock::{add_seconds, seconds_between};
 use super::signal::{ConclusiveReply, Feedback};
 use super::transition::{Reason, Transition};
 use super::warmup::{schedule_end, warm_allowance, warmup_day, WarmupDay};
-use super::window::{self, percent_of, share_at_least, Counts};
+use super::window::{
+    self, basis_points_of, basis_points_text, percent_of, share_at_least,
+    share_at_least_basis_points, Counts,
+};
 use crate::api::{
-    DnsblClaim, ManualOverride, ProviderReputation, ReputationSettings, ReputationState,
+    ComplaintRate, DnsblClaim, ManualOverride, ProviderReputation, ReputationSettings,
+    ReputationState,
 };
 use crate::reputation::evidence::{claim_of, names_ip};
 
@@ -87,6 +91,8 @@ pub(crate) struct PairRules<'a> {
     pub bucket_seconds: i64,
     /// Why the pair may not leave Blocked yet even after its hold-down.
     pub held_by: Option<String>,
+    /// Why a feed's figures keep the pair throttled (it may not climb).
+    pub feed_throttle: Option<String>,
 }
 
 impl PairRules<'_> {
@@ -291,8 +297,152 @@ impl PairRules<'_> {
             self.settings.feedback.window_seconds,
             self.bucket_seconds,
         );
+        self.refresh_complaint_rate(pair, now);
         self.refresh_allowance(pair, now);
         self.mark_override(pair, now, rec);
+    }
+
+    /// Keeps `complaintRate` current while the window holds complaints (`at`
+    /// is when the last one arrived). Once it holds none (they aged out, or a
+    /// state change began a fresh window) the last figures stay, as the
+    /// pair's evidence, until a window has passed since the last complaint.
+    fn refresh_complaint_rate(&self, pair: &mut ProviderReputation, now: Timestamp) {
+        let totals = window::totals(&pair.window);
+        if totals.complaints > 0 {
+            let at = pair
+                .complaint_rate
+                .as_ref()
+                .map_or(Time(now), |r| r.at.clone());
+            pair.complaint_rate = Some(ComplaintRate {
+                complaints: totals.complaints,
+                delivered: totals.delivered,
+                basis_points: basis_points_of(totals.complaints, totals.delivered),
+                at,
+            });
+        } else if pair
+            .complaint_rate
+            .as_ref()
+            .is_some_and(|r| seconds_between(r.at.0, now) >= self.settings.feedback.window_seconds)
+        {
+            pair.complaint_rate = None;
+        }
+    }
+
+    /// The evidence of a window whose complaint rate is at or over the
+    /// threshold, with enough delivered mail to judge; `None` otherwise.
+    fn complaints_over(&self, pair: &ProviderReputation) -> Option<String> {
+        let c = &self.settings.complaints;
+        let totals = window::totals(&pair.window);
+        let judged = totals.delivered >= c.min_delivered;
+        let over = judged
+            && totals.complaints > 0
+            && share_at_least_basis_points(
+                totals.complaints,
+                totals.delivered,
+                c.threshold_basis_points,
+            );
+        over.then(|| {
+            format!(
+                "{} complaints per {} delivered in the last {} s ({}, threshold {})",
+                totals.complaints,
+                totals.delivered,
+                self.settings.feedback.window_seconds,
+                basis_points_text(
+                    basis_points_of(totals.complaints, totals.delivered).unwrap_or(0)
+                ),
+                basis_points_text(i64::from(c.threshold_basis_points))
+            )
+        })
+    }
+
+    /// A feed verdict that is no block: its figures throttle a Healthy or
+    /// Warming pair (FeedThrottled) and hold a Recovering one at its step.
+    /// Repeated polls of the same figures change nothing more.
+    pub fn on_feed_scores(
+        &self,
+        pair: &mut ProviderReputation,
+        now: Timestamp,
+        rec: &mut Recorder,
+    ) {
+        let Some(evidence) = self.feed_throttle.clone() else {
+            return;
+        };
+        match pair.state {
+            Healthy | Warming => {
+                self.enter(pair, Throttled, Reason::FeedThrottled, evidence, now, rec)
+            }
+            Recovering => {
+                pair.next_step_at =
+                    Some(Time(add_seconds(now, self.settings.recovery.step_seconds)));
+            }
+            Throttled | Blocked | Probing => {}
+        }
+    }
+
+    /// Counts `count` spam complaints into the window and judges the pair's
+    /// complaint rate. Call [`Self::settle`] before and after, as for feedback.
+    ///
+    /// Over the threshold a Healthy or Warming pair enters Throttled; a
+    /// Throttled one goes one step lower once it has held its step for
+    /// `throttle.stepSeconds`; a Recovering one holds its step. A Blocked,
+    /// paused or Probing pair only counts them.
+    pub fn on_complaints(
+        &self,
+        pair: &mut ProviderReputation,
+        count: i64,
+        now: Timestamp,
+        rec: &mut Recorder,
+    ) {
+        let counts = Counts {
+            complaints: count,
+            ..Counts::default()
+        };
+        window::record(&mut pair.window, counts, now, self.bucket_seconds);
+        window::prune(
+            &mut pair.window,
+            now,
+            self.settings.feedback.window_seconds,
+            self.bucket_seconds,
+        );
+        if let Some(rate) = &mut pair.complaint_rate {
+            rate.at = Time(now);
+        }
+        self.refresh_complaint_rate(pair, now);
+        if pair.paused_until.is_some() {
+            return;
+        }
+        let Some(evidence) = self.complaints_over(pair) else {
+            return;
+        };
+        match pair.state {
+            Healthy | Warming => {
+                self.enter(pair, Throttled, Reason::ComplaintRate, evidence, now, rec)
+            }
+            Throttled if pair.next_step_at.as_ref().is_none_or(|t| t.0 <= now) => {
+                let steps = &self.settings.throttle.step_percents;
+                let next = pair.throttle_step.unwrap_or(0).max(0).saturating_add(1);
+                match usize::try_from(next).ok().and_then(|i| steps.get(i)) {
+                    Some(percent) => {
+                        let evidence = format!(
+                            "{evidence}; step {} of {}: {percent} %",
+                            next + 1,
+                            steps.len()
+                        );
+                        self.throttle_step(pair, next, Reason::ComplaintRate, evidence, now, rec);
+                    }
+                    None => {
+                        // The lowest step holds; climbing waits a full step again.
+                        pair.next_step_at =
+                            Some(Time(add_seconds(now, self.settings.throttle.step_seconds)));
+                    }
+                }
+            }
+            Recovering => {
+                pair.next_step_at =
+                    Some(Time(add_seconds(now, self.settings.recovery.step_seconds)));
+            }
+            Throttled | Blocked | Probing => {}
+        }
     }
 
     /// Makes the one move that is due at `now`, if any; returns whether it moved.
@@ -334,6 +484,11 @@ impl PairRules<'_> {
                     return false;
                 };
                 if due > now {
+                    return false;
+                }
+                if self.feed_throttle.is_some() {
+                    // A feed still scores the mail badly: the step holds.
+                    pair.next_step_at = Some(Time(add_seconds(now, step_seconds)));
                     return false;
                 }
                 let steps = &self.settings.recovery.step_percents;
@@ -515,6 +670,7 @@ impl PairRules<'_> {
                 .saturating_sub(i64::try_from(about_others).unwrap_or(i64::MAX))
                 .max(0),
             ip_rate_limited: feedback.ip_rate_limited,
+            complaints: 0,
         };
         let window_seconds = self.settings.feedback.window_seconds;
         window::record(&mut pair.window, counts, now, self.bucket_seconds);
@@ -657,7 +813,12 @@ impl PairRules<'_> {
                         Some(Time(add_seconds(now, self.settings.throttle.step_seconds)));
                 }
             }
-            Throttled if clean && pair.next_step_at.as_ref().is_none_or(|t| t.0 <= now) => {
+            Throttled
+                if clean
+                    && pair.next_step_at.as_ref().is_none_or(|t| t.0 <= now)
+                    && self.complaints_over(pair).is_none()
+                    && self.feed_throttle.is_none() =>
+            {
                 let index = pair.throttle_step.unwrap_or(0).max(0);
                 let threshold = format!("below half the {} % threshold", f.throttle_percent);
                 let evidence = describe(totals.ip_rate_limited, "rate-limited", threshold);

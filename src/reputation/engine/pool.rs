@@ -11,7 +11,7 @@ use super::clock::whole_second;
 use super::error::EngineError;
 use super::pair::{new_pair, PairRules, Recorder};
 use super::settings::{check_provider, parse_ip, PoolRules};
-use super::signal::{Feedback, Signal};
+use super::signal::{Complaints, Feedback, Signal};
 use super::transition::{Reason, Transition};
 use super::warmup::warmup_day;
 use crate::api::{
@@ -54,6 +54,23 @@ pub fn observe(
         }
         Signal::Dnsbl(result) => on_dnsbl(&pool, pool_ip, addr, ip_status, result, now, &mut rec),
         Signal::Feed(verdict) => on_feed(&pool, pool_ip, addr, ip_status, verdict, now, &mut rec),
+        Signal::Complaints(complaints) => {
+            with_pair(
+                &pool,
+                pool_ip,
+                addr,
+                ip_status,
+                &complaints.provider,
+                now,
+                true,
+                &mut rec,
+                |rules, pair, rec| {
+                    rules.settle(pair, now, rec);
+                    rules.on_complaints(pair, complaints.count, now, rec);
+                    rules.settle(pair, now, rec);
+                },
+            );
+        }
     }
     update_counters(status);
     Ok(rec.transitions)
@@ -164,6 +181,7 @@ fn check_signal(
 ) -> Result<(), EngineError> {
     match signal {
         Signal::Feedback(feedback) => check_feedback(&pool_ip.address, feedback),
+        Signal::Complaints(complaints) => check_complaints(&pool_ip.address, complaints),
         Signal::Dnsbl(result) => match pool.zone(&result.zone) {
             Some(_) => Ok(()),
             None if claimed => Ok(()),
@@ -197,6 +215,21 @@ fn check_signal(
             Ok(())
         }
     }
+}
+
+fn check_complaints(ip: &str, c: &Complaints) -> Result<(), EngineError> {
+    check_provider("complaints provider", &c.provider)?;
+    if c.count < 1 {
+        return Err(EngineError::InconsistentFeedback {
+            ip: ip.to_string(),
+            provider: c.provider.clone(),
+            problem: format!(
+                "complaints count is {}; send a count of at least 1",
+                c.count
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn check_feedback(ip: &str, f: &Feedback) -> Result<(), EngineError> {
@@ -442,6 +475,8 @@ fn on_feed(
                 .sort_by(|a, b| (&a.feed, &a.provider).cmp(&(&b.feed, &b.provider)));
         }
     }
+    // Figures that throttle reach the pair even when it has no record yet.
+    let throttles = !blocked && pool.feed_throttle(ip_status, &provider).is_some();
     with_pair(
         pool,
         pool_ip,
@@ -449,11 +484,13 @@ fn on_feed(
         ip_status,
         &provider,
         now,
-        false,
+        throttles,
         rec,
         |rules, pair, rec| {
             if blocked {
                 rules.block(pair, Reason::FeedBlocked, evidence.clone(), now, rec);
+            } else {
+                rules.on_feed_scores(pair, now, rec);
             }
             rules.settle(pair, now, rec);
         },
@@ -564,7 +601,8 @@ fn with_pair(
     act: impl FnOnce(&PairRules<'_>, &mut crate::api::ProviderReputation, &mut Recorder),
 ) {
     let held_by = pool.holding_evidence(ip_status, provider);
-    let rules = pool.pair_rules(pool_ip, addr, provider, held_by);
+    let feed_throttle = pool.feed_throttle(ip_status, provider);
+    let rules = pool.pair_rules(pool_ip, addr, provider, held_by, feed_throttle);
     let index = match ip_status
         .reputation
         .binary_search_by(|p| p.provider.as_str().cmp(provider))

@@ -102,6 +102,39 @@ impl<'a> PoolRules<'a> {
             })
     }
 
+    /// Why a feed's latest figures for `provider` (not a block) keep the pair
+    /// throttled: a RED filter result, a complaint rate at or over the
+    /// complaint threshold, or trap hits with a filter result that is not GREEN.
+    pub fn feed_throttle(&self, ip: &IpStatus, provider: &str) -> Option<String> {
+        let threshold = i64::from(self.spec.reputation.complaints.threshold_basis_points);
+        ip.feeds
+            .iter()
+            .filter(|f| !f.blocked && f.provider == provider)
+            .find_map(|f| {
+                let scores = f.scores.as_ref()?;
+                let filter = scores.filter_result.as_deref().unwrap_or("");
+                let why = if filter == "RED" {
+                    "filter result RED".to_string()
+                } else if let Some(bp) = scores.complaint_basis_points.filter(|bp| *bp >= threshold)
+                {
+                    format!(
+                        "complaint rate {} (threshold {})",
+                        super::window::basis_points_text(bp),
+                        super::window::basis_points_text(threshold)
+                    )
+                } else if scores.trap_hits > 0 && !filter.is_empty() && filter != "GREEN" {
+                    format!("{} trap hits, filter result {filter}", scores.trap_hits)
+                } else {
+                    return None;
+                };
+                let period = scores
+                    .period
+                    .as_deref()
+                    .map_or(String::new(), |p| format!(" for {p}"));
+                Some(format!("feed {}: {why}{period}", f.feed))
+            })
+    }
+
     /// The rules one pair runs on.
     pub fn pair_rules<'p>(
         &'p self,
@@ -109,6 +142,7 @@ impl<'a> PoolRules<'a> {
         addr: IpAddr,
         provider: &'p str,
         held_by: Option<String>,
+        feed_throttle: Option<String>,
     ) -> PairRules<'p> {
         let override_ = pool_ip
             .override_
@@ -127,6 +161,7 @@ impl<'a> PoolRules<'a> {
             override_,
             bucket_seconds: self.bucket_seconds,
             held_by,
+            feed_throttle,
         }
     }
 
@@ -330,6 +365,19 @@ fn check_settings(spec: &SenderPoolSpec) -> Result<(), EngineError> {
     at_least(
         "spec.reputation.recovery.stepSeconds",
         r.recovery.step_seconds,
+        1,
+    )?;
+    let c = &r.complaints;
+    if !(1..=10_000).contains(&c.threshold_basis_points) {
+        return Err(invalid(
+            "spec.reputation.complaints.thresholdBasisPoints",
+            c.threshold_basis_points,
+            "it is in hundredths of a percent: use 1 (0.01 %) to 10000 (100 %), for example 30 for 0.3 %",
+        ));
+    }
+    at_least(
+        "spec.reputation.complaints.minDelivered",
+        c.min_delivered,
         1,
     )?;
     let mut zones = BTreeSet::new();

@@ -1,5 +1,5 @@
 //! What the engine is told: already-classified delivery counts, DNSBL answers,
-//! provider feed verdicts.
+//! provider feed verdicts, spam complaints.
 
 use std::net::IpAddr;
 
@@ -19,6 +19,19 @@ pub enum Signal {
     Dnsbl(DnsblResult),
     /// One provider feed verdict (for example Microsoft SNDS) for its provider.
     Feed(FeedVerdict),
+    /// Spam complaints (abuse feedback reports) received now about mail this
+    /// IP sent to one provider's users.
+    Complaints(Complaints),
+}
+
+/// Spam complaints about one IP from one provider's users, counted into the
+/// pair's window and judged against the mail it delivered there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub struct Complaints {
+    pub provider: String,
+    /// Complaints received (at least 1).
+    pub count: i64,
 }
 
 /// Delivery attempts of one IP towards one provider, already classified.

@@ -639,6 +639,7 @@ fn feed(blocked: bool, when: Timestamp) -> Signal {
         reason: blocked
             .then(|| "Blocked due to user complaints or other evidence of spamming".to_string()),
         checked_at: Time(when),
+        scores: None,
     })
 }
 
@@ -1300,4 +1301,337 @@ fn throttle_steps_must_go_down_and_pauses_be_counted() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("pause replies"), "{err}");
+}
+
+fn complaints(provider: &str, count: i64) -> Signal {
+    Signal::Complaints(Complaints {
+        provider: provider.to_string(),
+        count,
+    })
+}
+
+#[test]
+fn a_complaint_rate_over_the_threshold_throttles_the_pair_with_its_figures() {
+    let mut fleet = Fleet::new(spec());
+    // 2,000 delivered to Yahoo users, 5 complaints: 0.25 %, under 0.3 %.
+    fleet.observe(IP, feedback("yahoo", 2000, 2000, 0, 0), t0());
+    assert!(fleet.observe(IP, complaints("yahoo", 5), at(60)).is_empty());
+    let rate = fleet.pair("yahoo").complaint_rate.clone().unwrap();
+    assert_eq!(
+        (rate.complaints, rate.delivered, rate.basis_points),
+        (5, 2000, Some(25))
+    );
+    assert_eq!(fleet.view("yahoo").state, Healthy);
+    // The sixth makes 0.30 %: at the threshold, throttled at the first step.
+    let out = fleet.observe(IP, complaints("yahoo", 1), at(120));
+    assert_eq!(
+        reasons(&out),
+        vec![(Some(Healthy), Throttled, Reason::ComplaintRate)]
+    );
+    assert_eq!(
+        out[0].evidence.as_deref(),
+        Some("6 complaints per 2000 delivered in the last 900 s (0.30 %, threshold 0.30 %)")
+    );
+    let pair = fleet.pair("yahoo");
+    assert_eq!((pair.allowance_percent, pair.throttle_step), (50, Some(0)));
+    assert_eq!(pair.reason, "ComplaintRate");
+    let rate = pair.complaint_rate.as_ref().unwrap();
+    assert_eq!(
+        (rate.complaints, rate.delivered, rate.basis_points),
+        (6, 2000, Some(30)),
+        "the figures that throttled it stay in status"
+    );
+    assert_eq!(rate.at.0, at(120));
+    // Other providers and IPs are untouched.
+    assert!(fleet
+        .status
+        .ips
+        .iter()
+        .flat_map(|ip| ip.reputation.iter())
+        .filter(|p| p.provider != "yahoo")
+        .all(|p| p.complaint_rate.is_none()));
+}
+
+#[test]
+fn complaints_among_too_few_deliveries_are_counted_but_throttle_nothing() {
+    let mut fleet = Fleet::new(spec());
+    fleet.observe(IP, feedback("yahoo", 10, 10, 0, 0), t0());
+    assert!(fleet.observe(IP, complaints("yahoo", 1), at(1)).is_empty());
+    let pair = fleet.pair("yahoo");
+    assert_eq!(pair.state, Healthy);
+    assert_eq!(
+        pair.complaint_rate.as_ref().unwrap().basis_points,
+        Some(1000),
+        "10 % is shown, not judged"
+    );
+    // Complaints about a pair that delivered nothing in the window: no rate.
+    assert!(fleet.observe(IP, complaints("google", 3), at(2)).is_empty());
+    assert_eq!(
+        fleet
+            .pair("google")
+            .complaint_rate
+            .as_ref()
+            .unwrap()
+            .basis_points,
+        None
+    );
+    // The figures go a window after the last complaint, however often tick runs.
+    fleet.tick(at(600));
+    assert!(fleet.pair("yahoo").complaint_rate.is_some());
+    // (Its bucket, 08:10:00 to 08:11:00, overlaps the window until 08:26:00.)
+    fleet.tick(at(959));
+    assert!(fleet.pair("yahoo").complaint_rate.is_some());
+    fleet.tick(at(960));
+    assert!(fleet.pair("yahoo").complaint_rate.is_none());
+}
+
+#[test]
+fn the_threshold_and_minimum_volume_come_from_the_spec() {
+    let mut strict = spec();
+    strict.reputation.complaints.threshold_basis_points = 10;
+    strict.reputation.complaints.min_delivered = 500;
+    let mut fleet = Fleet::new(strict);
+    fleet.observe(IP, feedback("google", 500, 500, 0, 0), t0());
+    let out = fleet.observe(IP, complaints("google", 1), at(10));
+    assert_eq!(
+        reasons(&out),
+        vec![(Some(Healthy), Throttled, Reason::ComplaintRate)],
+        "1 in 500 is 0.2 %, over 0.1 %"
+    );
+    let mut fleet = Fleet::new(spec());
+    fleet.observe(IP, feedback("google", 500, 500, 0, 0), t0());
+    assert!(
+        fleet
+            .observe(IP, complaints("google", 5), at(10))
+            .is_empty(),
+        "1 % of 500 is under the default minimum of 1000 delivered"
+    );
+}
+
+#[test]
+fn complaints_step_a_throttled_pair_down_and_hold_it_until_they_fall() {
+    let mut fleet = Fleet::new(spec());
+    fleet.observe(IP, feedback("yahoo", 2000, 2000, 0, 0), t0());
+    fleet.observe(IP, complaints("yahoo", 10), at(10));
+    assert_eq!(fleet.pair("yahoo").throttle_step, Some(0));
+    // The window began afresh at the throttle: more complaints among enough
+    // new deliveries, but before the step was held for stepSeconds: it holds.
+    fleet.observe(IP, feedback("yahoo", 1000, 1000, 0, 0), at(100));
+    assert!(fleet
+        .observe(IP, complaints("yahoo", 10), at(110))
+        .is_empty());
+    assert_eq!(fleet.pair("yahoo").throttle_step, Some(0));
+    // After stepSeconds (900) a window clean of rate limits does not lift it
+    // while its complaint rate is over the threshold; more complaints: one step lower.
+    assert!(fleet
+        .observe(IP, feedback("yahoo", 1000, 1000, 0, 0), at(920))
+        .is_empty());
+    let out = fleet.observe(IP, complaints("yahoo", 5), at(930));
+    assert_eq!(
+        reasons(&out),
+        vec![(Some(Throttled), Throttled, Reason::ComplaintRate)]
+    );
+    assert!(out[0]
+        .evidence
+        .as_deref()
+        .unwrap()
+        .ends_with("step 2 of 3: 25 %"));
+    assert_eq!(fleet.pair("yahoo").allowance_percent, 25);
+    // A window clean of rate limits does not lift it while the complaint
+    // rate in the window is still over the threshold.
+    fleet.observe(IP, feedback("yahoo", 2000, 2000, 0, 0), at(1000));
+    fleet.observe(IP, complaints("yahoo", 10), at(1010));
+    let out = fleet.observe(IP, feedback("yahoo", 100, 100, 0, 0), at(1900));
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(fleet.pair("yahoo").allowance_percent, 25);
+    // Once the complaints left the window, a clean window climbs back.
+    let out = fleet.observe(IP, feedback("yahoo", 100, 100, 0, 0), at(3000));
+    assert_eq!(
+        reasons(&out),
+        vec![(Some(Throttled), Throttled, Reason::ThrottleStepUp)]
+    );
+}
+
+#[test]
+fn complaints_never_move_a_blocked_paused_or_probing_pair_and_hold_recovery() {
+    let mut slow_probe = spec();
+    slow_probe.reputation.probe.successes_to_recover = 100_000;
+    let mut fleet = Fleet::new(slow_probe);
+    let probing_at = fleet.blocked_then_probing(t0());
+    fleet.observe(IP, feedback("microsoft", 1000, 1000, 0, 0), probing_at);
+    assert!(fleet
+        .observe(IP, complaints("microsoft", 50), probing_at)
+        .is_empty());
+    assert_eq!(fleet.view("microsoft").state, Probing);
+
+    let mut fleet = Fleet::new(spec());
+    fleet.observe(IP, ban("microsoft", Some(IP), t0()), t0());
+    fleet.observe(IP, feedback("microsoft", 1000, 1000, 0, 0), at(10));
+    assert!(fleet
+        .observe(IP, complaints("microsoft", 50), at(20))
+        .is_empty());
+    assert_eq!(fleet.view("microsoft").state, Blocked);
+
+    let mut fleet = Fleet::new(spec());
+    let probing_at = fleet.blocked_then_probing(t0());
+    fleet.observe(IP, feedback("microsoft", 20, 20, 0, 0), probing_at);
+    assert_eq!(fleet.view("microsoft").state, Recovering);
+    let due = fleet.pair("microsoft").next_step_at.clone().unwrap().0;
+    fleet.observe(IP, feedback("microsoft", 1000, 1000, 0, 0), probing_at);
+    fleet.observe(
+        IP,
+        complaints("microsoft", 10),
+        super::clock::add_seconds(probing_at, 60),
+    );
+    let held = fleet.pair("microsoft").next_step_at.clone().unwrap().0;
+    assert!(
+        held > due,
+        "the recovery step timer restarts: {held} vs {due}"
+    );
+    assert_eq!(fleet.view("microsoft").state, Recovering);
+}
+
+#[test]
+fn bad_complaint_counts_and_settings_are_refused() {
+    let mut fleet = Fleet::new(spec());
+    let err = observe(
+        &fleet.spec,
+        &mut fleet.status,
+        IP,
+        complaints("yahoo", 0),
+        &known(),
+        t0(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("at least 1"), "{err}");
+    let mut bad = spec();
+    bad.reputation.complaints.threshold_basis_points = 0;
+    let err = tick(&bad, &mut SenderPoolStatus::default(), &known(), t0()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("spec.reputation.complaints.thresholdBasisPoints"),
+        "{err}"
+    );
+    bad.reputation.complaints.threshold_basis_points = 30;
+    bad.reputation.complaints.min_delivered = 0;
+    let err = tick(&bad, &mut SenderPoolStatus::default(), &known(), t0()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("spec.reputation.complaints.minDelivered"),
+        "{err}"
+    );
+}
+
+#[test]
+fn complaint_figures_survive_a_round_trip_through_status() {
+    let mut fleet = Fleet::new(spec());
+    fleet.observe(IP, feedback("yahoo", 2000, 2000, 0, 0), t0());
+    fleet.observe(IP, complaints("yahoo", 3), at(5));
+    let json = serde_json::to_string(&fleet.status).unwrap();
+    let back: SenderPoolStatus = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, fleet.status);
+    let mut again = Fleet {
+        spec: spec(),
+        status: back,
+    };
+    let out = again.observe(IP, complaints("yahoo", 3), at(10));
+    assert_eq!(
+        reasons(&out),
+        vec![(Some(Healthy), Throttled, Reason::ComplaintRate)],
+        "the complaints counted before the restart still count"
+    );
+}
+
+fn scored_feed(filter: &str, complaint_bp: Option<i64>, traps: u64, when: Timestamp) -> Signal {
+    Signal::Feed(FeedVerdict {
+        feed: "snds".to_string(),
+        provider: "microsoft".to_string(),
+        blocked: false,
+        reason: Some("not in any SNDS blocked range".to_string()),
+        checked_at: Time(when),
+        scores: Some(crate::api::FeedScores {
+            filter_result: Some(filter.to_string()),
+            complaint_basis_points: complaint_bp,
+            trap_hits: traps,
+            period: Some("11/5/2021".to_string()),
+        }),
+    })
+}
+
+#[test]
+fn feed_figures_throttle_the_feeds_provider_and_hold_it_until_they_clear() {
+    for (signal, evidence) in [
+        (
+            scored_feed("RED", Some(0), 0, t0()),
+            "feed snds: filter result RED for 11/5/2021",
+        ),
+        (
+            scored_feed("GREEN", Some(40), 0, t0()),
+            "feed snds: complaint rate 0.40 % (threshold 0.30 %) for 11/5/2021",
+        ),
+        (
+            scored_feed("YELLOW", Some(0), 3, t0()),
+            "feed snds: 3 trap hits, filter result YELLOW for 11/5/2021",
+        ),
+    ] {
+        let mut fleet = Fleet::new(spec());
+        let out = fleet.observe(IP, signal, t0());
+        assert_eq!(
+            reasons(&out),
+            vec![(None, Throttled, Reason::FeedThrottled)]
+        );
+        assert_eq!(out[0].evidence.as_deref(), Some(evidence));
+        assert_eq!(fleet.view("google"), PairView::HEALTHY);
+    }
+    // Good figures (or trap hits with a GREEN result) throttle nothing.
+    let mut fleet = Fleet::new(spec());
+    assert!(fleet
+        .observe(IP, scored_feed("GREEN", Some(10), 2, t0()), t0())
+        .is_empty());
+    assert!(fleet
+        .observe(IP, scored_feed("YELLOW", Some(29), 0, at(10)), at(10))
+        .is_empty());
+
+    // The next poll with the same figures changes nothing; a clean window
+    // does not lift the throttle while the feed still says RED.
+    let mut fleet = Fleet::new(spec());
+    fleet.observe(IP, scored_feed("RED", None, 0, t0()), t0());
+    assert!(fleet
+        .observe(IP, scored_feed("RED", None, 0, at(3600)), at(3600))
+        .is_empty());
+    assert!(fleet
+        .observe(IP, feedback("microsoft", 100, 100, 0, 0), at(3700))
+        .is_empty());
+    assert_eq!(fleet.view("microsoft").allowance_percent, 50);
+    // Once it clears, a clean window brings the pair back.
+    assert!(fleet
+        .observe(IP, scored_feed("GREEN", Some(0), 0, at(7200)), at(7200))
+        .is_empty());
+    let out = fleet.observe(IP, feedback("microsoft", 100, 100, 0, 0), at(7300));
+    assert_eq!(
+        reasons(&out),
+        vec![(Some(Throttled), Healthy, Reason::WindowClean)]
+    );
+}
+
+#[test]
+fn bad_feed_figures_hold_a_recovering_pair_at_its_step() {
+    let mut fleet = Fleet::new(spec());
+    let probing_at = fleet.blocked_then_probing(t0());
+    fleet.observe(IP, feedback("microsoft", 20, 20, 0, 0), probing_at);
+    assert_eq!(fleet.view("microsoft").state, Recovering);
+    let step = fleet.view("microsoft").allowance_percent;
+    let when = super::clock::add_seconds(probing_at, 60);
+    fleet.observe(IP, scored_feed("RED", None, 0, when), when);
+    assert!(fleet
+        .tick(super::clock::add_seconds(probing_at, 3 * 1800))
+        .is_empty());
+    assert_eq!(fleet.view("microsoft").allowance_percent, step);
+    let clear = super::clock::add_seconds(probing_at, 3 * 1800 + 10);
+    fleet.observe(IP, scored_feed("GREEN", None, 0, clear), clear);
+    let out = fleet.tick(super::clock::add_seconds(probing_at, 5 * 1800));
+    assert_eq!(
+        reasons(&out)[0],
+        (Some(Recovering), Recovering, Reason::RecoveryStep)
+    );
 }

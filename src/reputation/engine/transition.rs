@@ -32,6 +32,14 @@ pub enum Reason {
     ThrottleStepDown,
     /// A Throttled pair clean at its step for `throttle.stepSeconds`: one step higher.
     ThrottleStepUp,
+    /// Spam complaints reached `complaints.thresholdBasisPoints` of the mail
+    /// delivered in the window: Throttled, or one step lower if it already was.
+    ComplaintRate,
+    /// A provider feed's figures (SNDS: a RED filter result, a complaint rate
+    /// at or over `complaints.thresholdBasisPoints`, trap hits with a filter
+    /// result that is not GREEN) say the provider's users do not want the
+    /// IP's mail: Throttled. It does not climb while the feed says so.
+    FeedThrottled,
     /// A DNS block list lists the IP.
     DnsblListed,
     /// A provider feed (for example Microsoft SNDS) says the IP is blocked.
@@ -60,7 +68,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 23] = [
         Reason::FirstSeen,
         Reason::ConclusiveBlockReply,
         Reason::BlockRateOverThreshold,
@@ -70,6 +78,8 @@ impl Reason {
         Reason::PauseElapsed,
         Reason::ThrottleStepDown,
         Reason::ThrottleStepUp,
+        Reason::ComplaintRate,
+        Reason::FeedThrottled,
         Reason::DnsblListed,
         Reason::FeedBlocked,
         Reason::DnsblClaimConfirmed,
@@ -95,6 +105,8 @@ impl Reason {
             Reason::PauseElapsed => "PauseElapsed",
             Reason::ThrottleStepDown => "ThrottleStepDown",
             Reason::ThrottleStepUp => "ThrottleStepUp",
+            Reason::ComplaintRate => "ComplaintRate",
+            Reason::FeedThrottled => "FeedThrottled",
             Reason::DnsblListed => "DnsblListed",
             Reason::FeedBlocked => "FeedBlocked",
             Reason::DnsblClaimConfirmed => "DnsblClaimConfirmed",
@@ -195,6 +207,8 @@ fn edge(from: ReputationState, to: ReputationState, reason: Reason) -> bool {
         Reason::PauseReply => to == Throttled && !matches!(from, Blocked),
         Reason::PauseElapsed => from == Throttled && to == Probing,
         Reason::ThrottleStepDown | Reason::ThrottleStepUp => from == Throttled && to == Throttled,
+        Reason::ComplaintRate => to == Throttled && matches!(from, Healthy | Warming | Throttled),
+        Reason::FeedThrottled => to == Throttled && matches!(from, Healthy | Warming),
         Reason::HoldDownElapsed => from == Blocked && to == Probing,
         Reason::ProbeClean => from == Probing && to == Recovering,
         Reason::RecoveryStep => from == Recovering && to == Recovering,

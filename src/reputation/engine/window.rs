@@ -17,6 +17,7 @@ pub(crate) struct Counts {
     pub delivered: i64,
     pub ip_blocklisted: i64,
     pub ip_rate_limited: i64,
+    pub complaints: i64,
 }
 
 impl Counts {
@@ -26,6 +27,7 @@ impl Counts {
             delivered: self.delivered.saturating_add(other.delivered),
             ip_blocklisted: self.ip_blocklisted.saturating_add(other.ip_blocklisted),
             ip_rate_limited: self.ip_rate_limited.saturating_add(other.ip_rate_limited),
+            complaints: self.complaints.saturating_add(other.complaints),
         }
     }
 
@@ -35,6 +37,7 @@ impl Counts {
             delivered: bucket.delivered,
             ip_blocklisted: bucket.ip_blocklisted,
             ip_rate_limited: bucket.ip_rate_limited,
+            complaints: bucket.complaints,
         }
     }
 }
@@ -59,6 +62,7 @@ pub(crate) fn record(window: &mut Vec<WindowBucket>, counts: Counts, now: Timest
             slot.delivered = sum.delivered;
             slot.ip_blocklisted = sum.ip_blocklisted;
             slot.ip_rate_limited = sum.ip_rate_limited;
+            slot.complaints = sum.complaints;
         }
         Err(i) => window.insert(
             i,
@@ -68,6 +72,7 @@ pub(crate) fn record(window: &mut Vec<WindowBucket>, counts: Counts, now: Timest
                 delivered: counts.delivered,
                 ip_blocklisted: counts.ip_blocklisted,
                 ip_rate_limited: counts.ip_rate_limited,
+                complaints: counts.complaints,
             },
         ),
     }
@@ -95,6 +100,22 @@ pub(crate) fn totals(window: &[WindowBucket]) -> Counts {
 /// Whether `part` is at least `percent` % of `whole` (exact integer arithmetic).
 pub(crate) fn share_at_least(part: i64, whole: i64, percent: i32) -> bool {
     i128::from(part) * 100 >= i128::from(percent) * i128::from(whole)
+}
+
+/// Whether `part` is at least `basis_points` hundredths of a percent of `whole`.
+pub(crate) fn share_at_least_basis_points(part: i64, whole: i64, basis_points: i32) -> bool {
+    i128::from(part) * 10_000 >= i128::from(basis_points) * i128::from(whole)
+}
+
+/// `part` in basis points of `whole`, rounded down (`None` for an empty whole).
+pub(crate) fn basis_points_of(part: i64, whole: i64) -> Option<i64> {
+    (whole > 0)
+        .then(|| i64::try_from(i128::from(part) * 10_000 / i128::from(whole)).unwrap_or(i64::MAX))
+}
+
+/// Basis points as a percentage with two decimals: 30 is `0.30 %`.
+pub(crate) fn basis_points_text(basis_points: i64) -> String {
+    format!("{}.{:02} %", basis_points / 100, basis_points % 100)
 }
 
 /// `part` as a whole percentage of `whole`, rounded down (0 for an empty whole).

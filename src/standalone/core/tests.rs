@@ -78,6 +78,7 @@ fn report(ip: &str, sequence: u64, conclusive: bool) -> FeedbackReport {
         queue: None,
         drain: None,
         ip_binding: None,
+        complaints: Vec::new(),
     }
 }
 
