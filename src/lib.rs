@@ -9,6 +9,7 @@ pub mod cli;
 pub mod fleet;
 pub mod http_client;
 pub mod manifests;
+pub mod metrics;
 pub mod operator;
 pub mod probe;
 pub mod reputation;

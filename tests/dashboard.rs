@@ -19,6 +19,7 @@ use mailfleet::agent::report::{FeedbackReport, FeedbackResponse, QueueReport, Ro
 use mailfleet::api::domain_route::RouteMode;
 use mailfleet::api::sender_pool::ReputationState;
 use mailfleet::api::DnsblResult;
+use mailfleet::metrics::ProcessRegistry;
 use mailfleet::operator::metrics::{Metrics as OperatorMetrics, PairStates};
 use mailfleet::probe::dnsbl::{ProbeError, ProbeOutcome, ZoneErrorCounters};
 use mailfleet::probe::runner::render_metrics as render_probe_metrics;
@@ -143,11 +144,13 @@ impl FeedbackReceiver for Refuser {
     }
 }
 
-struct NoMetrics;
+/// A process whose registry holds only what every process exports.
+#[derive(Default)]
+struct NoMetrics(ProcessRegistry);
 
 impl Observability for NoMetrics {
-    fn metrics(&self) -> String {
-        String::new()
+    fn registry(&self) -> &ProcessRegistry {
+        &self.0
     }
     fn health(&self) -> Result<String, String> {
         Ok("ok\n".into())
@@ -173,7 +176,7 @@ async fn port_metrics() -> String {
     let server = tokio::spawn(mailfleet::serve::serve(
         listener,
         Arc::new(Refuser),
-        Arc::new(NoMetrics),
+        Arc::new(NoMetrics::default()),
         None,
         async {
             let _ = stopped.await;

@@ -123,7 +123,8 @@ async fn a_ban_reply_blocks_the_ip_for_microsoft_only_and_reroutes_within_one_re
     let (code, metrics) = get(addr, "/metrics").await;
     assert_eq!(code, 200);
     assert!(metrics.contains(&blocked_series), "{metrics}");
-    assert!(metrics.contains("mailfleet_feedback_reports_total{pool=\"mail/bulk\"} 1"));
+    assert!(metrics
+        .contains("mailfleet_feedback_reports_total{pool=\"mail/bulk\",result=\"counted\"} 1"));
     assert!(
         metrics.contains("mailfleet_route_targets{route=\"mail/microsoft\",mode=\"Primary\"} 7")
     );
@@ -457,7 +458,8 @@ async fn reports_of_one_pool_share_a_status_write_and_are_answered_after_it() {
     }
     let (_, metrics) = get(addr, "/metrics").await;
     assert!(
-        metrics.contains("mailfleet_feedback_reports_total{pool=\"mail/bulk\"} 8"),
+        metrics
+            .contains("mailfleet_feedback_reports_total{pool=\"mail/bulk\",result=\"counted\"} 8"),
         "{metrics}"
     );
     assert!(metrics.contains("mailfleet_feedback_batched_reports_total 8"));

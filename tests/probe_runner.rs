@@ -426,7 +426,7 @@ async fn dnsbl_and_snds_rounds_feed_the_engine_on_their_schedules() {
         .all(|t| t.ip == "203.0.113.10" || t.ip == "203.0.113.12"));
 
     // Metrics.
-    let text = probes.metrics();
+    let text = mailfleet::metrics::render(&probes.metrics());
     assert_eq!(
         metric(
             &text,
@@ -482,7 +482,7 @@ async fn dnsbl_and_snds_rounds_feed_the_engine_on_their_schedules() {
     assert!(feed_signals(&second).is_empty());
     assert_eq!(server.hits("/good/snds/ipStatus.aspx"), 1);
     assert_eq!(probes.next_due(), Some(at(1800)));
-    let metrics = probes.metrics();
+    let metrics = mailfleet::metrics::render(&probes.metrics());
     assert_eq!(
         metric(
             &metrics,
@@ -502,7 +502,7 @@ async fn dnsbl_and_snds_rounds_feed_the_engine_on_their_schedules() {
     );
     assert_eq!(
         metric(
-            &probes.metrics(),
+            &mailfleet::metrics::render(&probes.metrics()),
             "mailfleet_feed_polls_total{feed=\"snds\"}"
         ),
         2
@@ -547,7 +547,7 @@ async fn a_login_page_or_a_missing_key_is_a_problem_never_a_block() {
     // The DNSBL round is not held back by the feed, and zen answers: True.
     let health = round.dnsbl_health[0].1.as_ref().unwrap();
     assert_eq!(health.status, ConditionStatus::True, "{health:?}");
-    let text = probes.metrics();
+    let text = mailfleet::metrics::render(&probes.metrics());
     assert_eq!(
         metric(
             &text,
@@ -576,7 +576,7 @@ async fn a_login_page_or_a_missing_key_is_a_problem_never_a_block() {
     );
     assert_eq!(
         metric(
-            &probes.metrics(),
+            &mailfleet::metrics::render(&probes.metrics()),
             "mailfleet_feed_errors_total{feed=\"snds\",kind=\"secret\"}"
         ),
         1
@@ -612,7 +612,7 @@ async fn https_feed_with_a_ca_bundle_from_a_secret() {
     );
     assert_eq!(
         metric(
-            &probes.metrics(),
+            &mailfleet::metrics::render(&probes.metrics()),
             "mailfleet_feed_errors_total{feed=\"snds\",kind=\"tls\"}"
         ),
         1

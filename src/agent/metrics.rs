@@ -1,15 +1,18 @@
-//! The agent's `/metrics` (Prometheus text format 0.0.4) and the listener that
-//! serves it. Counters start at zero when the agent starts.
+//! The agent's metrics, written into its process registry
+//! ([`crate::metrics`]) at each scrape, and the listener that serves
+//! `/metrics`. Counters start at zero when the agent starts.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use jiff::Timestamp;
+use prometheus_client::encoding::DescriptorEncoder;
 
 use crate::agent::line::LineSkip;
 use crate::agent::report::{Dropped, QueueReport};
+use crate::metrics::{family, single, Families, Kind, ProcessRegistry, CONTENT_TYPE};
 use crate::vocab::{Category, Outcome};
 
 type Cells = [[u64; Category::ALL.len()]; Outcome::ALL.len()];
@@ -31,10 +34,10 @@ struct Inner {
     queue: Option<(QueueReport, f64)>,
 }
 
-/// Shared by the agent's threads.
-#[derive(Debug, Default)]
+/// Shared by the agent's threads; clones share the counts.
+#[derive(Debug, Default, Clone)]
 pub struct Metrics {
-    inner: Mutex<Inner>,
+    inner: Arc<Mutex<Inner>>,
 }
 
 impl Metrics {
@@ -112,242 +115,211 @@ impl Metrics {
             .map_or(0, |c| c[outcome as usize][category as usize])
     }
 
+    /// This source alone, as Prometheus text.
     pub fn render(&self) -> String {
+        crate::metrics::render(self)
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+}
+
+impl Families for Metrics {
+    fn encode(&self, out: &mut DescriptorEncoder<'_>) -> fmt::Result {
         let inner = self.lock();
-        let mut out = String::new();
         family(
-            &mut out,
+            out,
             "mailfleet_agent_attempts_total",
-            "counter",
             "Delivery attempts read from the log, by provider, outcome and category.",
-        );
-        for (provider, cells) in &inner.attempts {
-            for outcome in Outcome::ALL {
-                for category in Category::ALL {
-                    let n = cells[outcome as usize][category as usize];
-                    if n > 0 {
-                        let _ = writeln!(
-                            out,
-                            "mailfleet_agent_attempts_total{{provider=\"{}\",outcome=\"{outcome}\",category=\"{category}\"}} {n}",
-                            escape(provider)
-                        );
-                    }
-                }
-            }
-        }
-        family(
-            &mut out,
+            Kind::Counter,
+            inner.attempts.iter().flat_map(|(provider, cells)| {
+                Outcome::ALL.into_iter().flat_map(move |outcome| {
+                    Category::ALL.into_iter().filter_map(move |category| {
+                        let n = cells[outcome as usize][category as usize];
+                        (n > 0).then(|| {
+                            (
+                                labels([
+                                    ("provider", provider),
+                                    ("outcome", &outcome.to_string()),
+                                    ("category", &category.to_string()),
+                                ]),
+                                n,
+                            )
+                        })
+                    })
+                })
+            }),
+        )?;
+        single(
+            out,
             "mailfleet_agent_lines_total",
-            "counter",
             "Log lines read.",
-        );
-        let _ = writeln!(out, "mailfleet_agent_lines_total {}", inner.lines_read);
+            Kind::Counter,
+            inner.lines_read,
+        )?;
         family(
-            &mut out,
+            out,
             "mailfleet_agent_lines_skipped_total",
-            "counter",
             "Log lines that were not delivery attempts, by reason.",
-        );
-        for (word, n) in LineSkip::WORDS.iter().zip(inner.skipped) {
-            let _ = writeln!(
-                out,
-                "mailfleet_agent_lines_skipped_total{{reason=\"{word}\"}} {n}"
-            );
-        }
-        family(
-            &mut out,
+            Kind::Counter,
+            LineSkip::WORDS
+                .iter()
+                .zip(inner.skipped)
+                .map(|(word, n)| (labels([("reason", word)]), n)),
+        )?;
+        single(
+            out,
             "mailfleet_agent_reports_sent_total",
-            "counter",
             "Reports the feedback endpoint acknowledged.",
-        );
-        let _ = writeln!(
+            Kind::Counter,
+            inner.reports_sent,
+        )?;
+        single(
             out,
-            "mailfleet_agent_reports_sent_total {}",
-            inner.reports_sent
-        );
-        family(
-            &mut out,
             "mailfleet_agent_reports_duplicate_total",
-            "counter",
             "Acknowledged reports the endpoint had already counted (a retry after a lost answer).",
-        );
-        let _ = writeln!(
-            out,
-            "mailfleet_agent_reports_duplicate_total {}",
-            inner.reports_duplicate
-        );
-        family(&mut out, "mailfleet_agent_reports_failed_total", "counter", "Report attempts that failed, by reason; the report is retried unless the reason is rejected.");
-        for (reason, n) in &inner.reports_failed {
-            let _ = writeln!(
-                out,
-                "mailfleet_agent_reports_failed_total{{reason=\"{reason}\"}} {n}"
-            );
-        }
+            Kind::Counter,
+            inner.reports_duplicate,
+        )?;
         family(
-            &mut out,
+            out,
+            "mailfleet_agent_reports_failed_total",
+            "Report attempts that failed, by reason; the report is retried unless the reason is rejected.",
+            Kind::Counter,
+            inner
+                .reports_failed
+                .iter()
+                .map(|(reason, n)| (labels([("reason", reason)]), *n)),
+        )?;
+        single(
+            out,
             "mailfleet_agent_reports_buffered",
-            "gauge",
             "Reports waiting for the endpoint's acknowledgement.",
-        );
-        let _ = writeln!(
-            out,
-            "mailfleet_agent_reports_buffered {}",
-            inner.reports_buffered
-        );
-        family(
-            &mut out,
-            "mailfleet_agent_dropped_total",
-            "counter",
-            "What the agent had to leave out of its reports, by kind.",
-        );
+            Kind::Gauge,
+            inner.reports_buffered,
+        )?;
         let d = &inner.dropped;
-        for (what, n) in [
-            ("conclusive_replies", d.conclusive_replies),
-            ("reports", d.reports),
-            ("attempts", d.attempts),
-            ("log_files", d.log_files),
-        ] {
-            let _ = writeln!(out, "mailfleet_agent_dropped_total{{what=\"{what}\"}} {n}");
-        }
         family(
-            &mut out,
+            out,
+            "mailfleet_agent_dropped_total",
+            "What the agent had to leave out of its reports, by kind.",
+            Kind::Counter,
+            [
+                ("conclusive_replies", d.conclusive_replies),
+                ("reports", d.reports),
+                ("attempts", d.attempts),
+                ("log_files", d.log_files),
+            ]
+            .map(|(what, n)| (labels([("what", what)]), n)),
+        )?;
+        family(
+            out,
             "mailfleet_agent_log_events_total",
-            "counter",
             "Log file events: opened, rotated, truncated, replaced, drained, lost, read_error ...",
-        );
-        for (kind, n) in &inner.log_events {
-            let _ = writeln!(
-                out,
-                "mailfleet_agent_log_events_total{{event=\"{kind}\"}} {n}"
-            );
-        }
+            Kind::Counter,
+            inner
+                .log_events
+                .iter()
+                .map(|(kind, n)| (labels([("event", kind)]), *n)),
+        )?;
         family(
-            &mut out,
+            out,
             "mailfleet_agent_config_applies_total",
-            "counter",
             "Sender configuration changes seen, by result.",
-        );
-        for (result, n) in &inner.config_applies {
-            let _ = writeln!(
-                out,
-                "mailfleet_agent_config_applies_total{{result=\"{result}\"}} {n}"
-            );
-        }
+            Kind::Counter,
+            inner
+                .config_applies
+                .iter()
+                .map(|(result, n)| (labels([("result", result)]), *n)),
+        )?;
         if let Some(version) = &inner.config_version {
             family(
-                &mut out,
-                "mailfleet_agent_config_info",
-                "gauge",
-                "The sender configuration version applied.",
-            );
-            let _ = writeln!(
                 out,
-                "mailfleet_agent_config_info{{version=\"{}\"}} 1",
-                escape(version)
-            );
+                "mailfleet_agent_config_info",
+                "The sender configuration version applied.",
+                Kind::Gauge,
+                [(labels([("version", version)]), 1i64)],
+            )?;
         }
         if let Some(at) = inner.last_report_success {
-            family(
-                &mut out,
-                "mailfleet_agent_last_report_success_timestamp_seconds",
-                "gauge",
-                "When the endpoint last acknowledged a report.",
-            );
-            let _ = writeln!(
+            single(
                 out,
-                "mailfleet_agent_last_report_success_timestamp_seconds {}",
-                at.as_second()
-            );
+                "mailfleet_agent_last_report_success_timestamp_seconds",
+                "When the endpoint last acknowledged a report.",
+                Kind::Gauge,
+                at.as_second(),
+            )?;
         }
         if let Some((queue, seconds)) = &inner.queue {
-            render_queue(&mut out, queue, *seconds);
+            encode_queue(out, queue, *seconds)?;
         }
-        out
+        Ok(())
     }
 }
 
 /// Ages are taken from the arrival times at scrape time, so a queue read a
 /// minute ago still shows today's age.
-fn render_queue(out: &mut String, queue: &QueueReport, read_seconds: f64) {
+fn encode_queue(
+    out: &mut DescriptorEncoder<'_>,
+    queue: &QueueReport,
+    read_seconds: f64,
+) -> fmt::Result {
     let now = Timestamp::now().as_second();
+    let route = |r: &crate::agent::report::RouteQueueReport| {
+        labels([
+            ("route", &format!("{}/{}", r.namespace, r.route)),
+            ("provider", &r.provider),
+        ])
+    };
     family(
         out,
         "mailfleet_agent_queue_messages",
-        "gauge",
         "Messages in the sender's queue (postqueue -j), in total and per route with waiting mail.",
-    );
-    let _ = writeln!(out, "mailfleet_agent_queue_messages {}", queue.messages);
-    for r in &queue.routes {
-        let _ = writeln!(
-            out,
-            "mailfleet_agent_queue_messages{{route=\"{}/{}\",provider=\"{}\"}} {}",
-            escape(&r.namespace),
-            escape(&r.route),
-            escape(&r.provider),
-            r.messages
-        );
-    }
+        Kind::Gauge,
+        std::iter::once((Labels::new(), queue.messages))
+            .chain(queue.routes.iter().map(|r| (route(r), r.messages))),
+    )?;
+    let total_age = queue
+        .oldest_arrival
+        .map(|oldest| (Labels::new(), (now - oldest.as_second()).max(0)));
     family(
         out,
         "mailfleet_agent_queue_oldest_age_seconds",
-        "gauge",
         "Age of the oldest queued message, in total and per route.",
-    );
-    if let Some(oldest) = queue.oldest_arrival {
-        let _ = writeln!(
-            out,
-            "mailfleet_agent_queue_oldest_age_seconds {}",
-            (now - oldest.as_second()).max(0)
-        );
-    }
-    for r in &queue.routes {
-        let _ = writeln!(
-            out,
-            "mailfleet_agent_queue_oldest_age_seconds{{route=\"{}/{}\",provider=\"{}\"}} {}",
-            escape(&r.namespace),
-            escape(&r.route),
-            escape(&r.provider),
-            (now - r.oldest_arrival.as_second()).max(0)
-        );
-    }
+        Kind::Gauge,
+        total_age.into_iter().chain(
+            queue
+                .routes
+                .iter()
+                .map(|r| (route(r), (now - r.oldest_arrival.as_second()).max(0))),
+        ),
+    )?;
     if let Some(lifetime) = queue.maximal_lifetime_seconds {
-        family(
+        single(
             out,
             "mailfleet_agent_queue_lifetime_seconds",
-            "gauge",
             "The sender's maximal_queue_lifetime: queued mail older than this is returned to its sender.",
-        );
-        let _ = writeln!(out, "mailfleet_agent_queue_lifetime_seconds {lifetime}");
+            Kind::Gauge,
+            lifetime,
+        )?;
     }
-    family(
+    single(
         out,
         "mailfleet_agent_queue_read_seconds",
-        "gauge",
         "How long the last queue read took.",
-    );
-    let _ = writeln!(out, "mailfleet_agent_queue_read_seconds {read_seconds:.3}");
-    family(
+        Kind::Gauge,
+        (read_seconds * 1000.0).round() / 1000.0,
+    )?;
+    single(
         out,
         "mailfleet_agent_queue_read_complete",
-        "gauge",
         "1 when the last queue read listed the whole queue.",
-    );
-    let _ = writeln!(
-        out,
-        "mailfleet_agent_queue_read_complete {}",
-        u8::from(queue.complete)
-    );
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+        Kind::Gauge,
+        queue.complete,
+    )
 }
 
 /// The `/metrics` and `/healthz` server of the agent, on hyper like every
@@ -365,7 +337,10 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 impl MetricsServer {
     /// Serves `listener` (already bound, so the caller reports a busy port).
-    pub fn start(listener: std::net::TcpListener, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+    pub fn start(
+        listener: std::net::TcpListener,
+        registry: ProcessRegistry,
+    ) -> std::io::Result<Self> {
         listener.set_nonblocking(true)?;
         let runtime = crate::agent::http::runtime();
         let listener = {
@@ -373,7 +348,7 @@ impl MetricsServer {
             tokio::net::TcpListener::from_std(listener)?
         };
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let task = runtime.spawn(accept_until(listener, metrics, stopped));
+        let task = runtime.spawn(accept_until(listener, registry, stopped));
         Ok(MetricsServer { stop, task })
     }
 
@@ -387,7 +362,7 @@ impl MetricsServer {
 
 async fn accept_until(
     listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
+    registry: ProcessRegistry,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
     loop {
@@ -402,10 +377,10 @@ async fn accept_until(
                 }
             },
         };
-        let metrics = Arc::clone(&metrics);
+        let registry = registry.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                let answer = answer(&metrics, &request);
+                let answer = answer(&registry, &request);
                 async move { Ok::<_, std::convert::Infallible>(answer) }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
@@ -423,14 +398,14 @@ async fn accept_until(
 }
 
 fn answer<B>(
-    metrics: &Metrics,
+    registry: &ProcessRegistry,
     request: &http::Request<B>,
 ) -> http::Response<http_body_util::Full<bytes::Bytes>> {
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
         (&http::Method::GET, "/metrics") => (
             http::StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render().into_bytes(),
+            CONTENT_TYPE,
+            registry.encode().into_bytes(),
         ),
         (&http::Method::GET, "/healthz") => (http::StatusCode::OK, "text/plain", b"ok\n".to_vec()),
         _ => (
@@ -469,13 +444,16 @@ mod tests {
     fn serves_metrics_and_health_until_stopped() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Metrics::default();
         metrics.report_failed("timeout");
-        let server = MetricsServer::start(listener, Arc::clone(&metrics)).unwrap();
+        let registry = ProcessRegistry::new();
+        registry.register(metrics.clone());
+        let server = MetricsServer::start(listener, registry).unwrap();
 
         let answer = get(address, "/metrics");
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.contains("text/plain; version=0.0.4"), "{answer}");
+        assert!(answer.contains("mailfleet_build_info{"), "{answer}");
         assert!(
             answer.contains("mailfleet_agent_reports_failed_total{reason=\"timeout\"} 1"),
             "{answer}"

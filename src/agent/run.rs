@@ -234,6 +234,8 @@ pub fn run(
         options.interval
     );
     let metrics = Arc::new(Metrics::default());
+    let registry = crate::metrics::ProcessRegistry::new();
+    registry.register(Arc::clone(&metrics));
     let shared = Arc::new(Shared {
         core: Mutex::new(Core {
             reporter,
@@ -268,7 +270,7 @@ pub fn run(
             let bound = listener.local_addr().unwrap_or(address);
             tracing::info!("metrics on http://{bound}/metrics");
             Some(
-                metrics::MetricsServer::start(listener, Arc::clone(&metrics))
+                metrics::MetricsServer::start(listener, registry.clone())
                     .map_err(|source| AgentError::Listen { address, source })?,
             )
         }

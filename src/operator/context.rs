@@ -18,6 +18,9 @@ use super::snapshot::SnapshotCache;
 use super::stores::Stores;
 use super::triggers::Epochs;
 use crate::api::{DomainRoute, SenderPool};
+use crate::metrics::{ProcessRegistry, Published};
+use crate::probe::claim_check::ClaimCounts;
+use crate::probe::runner::ProbeCounters;
 use crate::routing::RouteResult;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -112,10 +115,13 @@ pub struct Context {
     status_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     leading: AtomicBool,
     synced: tokio::sync::watch::Sender<bool>,
+    /// The process's metrics registry: the operator's counts, the probes',
+    /// the claim checks', the reverse DNS gauges and the HTTP port's.
+    pub registry: ProcessRegistry,
     /// The probes' own counters, as of their last round.
-    probe_metrics: Mutex<String>,
+    probe_metrics: Published<ProbeCounters>,
     /// The claim checks' counters, as of their last pass.
-    claim_metrics: Mutex<String>,
+    claim_metrics: Published<ClaimCounts>,
     /// Wakes the claim checks: the feedback port counted a report with
     /// conclusive replies, which may quote block lists.
     pub claims: tokio::sync::Notify,
@@ -155,6 +161,14 @@ impl Context {
                 instance: Some(settings.identity.clone()),
             },
         );
+        let registry = ProcessRegistry::new();
+        let probe_metrics = Published::default();
+        let claim_metrics = Published::default();
+        let reverse_dns = super::reverse_dns::ReverseDnsGauges::default();
+        registry.register(Arc::clone(&metrics));
+        registry.register(probe_metrics.clone());
+        registry.register(reverse_dns.clone());
+        registry.register(claim_metrics.clone());
         Context {
             writer: Writer::new(client.clone(), metrics.clone()),
             client,
@@ -169,12 +183,13 @@ impl Context {
             status_locks: Mutex::new(HashMap::new()),
             leading: AtomicBool::new(false),
             synced: tokio::sync::watch::channel(false).0,
-            probe_metrics: Mutex::new(String::new()),
-            claim_metrics: Mutex::new(String::new()),
+            registry,
+            probe_metrics,
+            claim_metrics,
             claims: tokio::sync::Notify::new(),
             tokens: Default::default(),
             classifier_rules: Default::default(),
-            reverse_dns: Default::default(),
+            reverse_dns,
         }
     }
 
@@ -264,21 +279,17 @@ impl Context {
             + self.metrics.tracked()
     }
 
-    pub fn set_probe_metrics(&self, text: String) {
-        *self.probe_metrics.lock().unwrap_or_else(|e| e.into_inner()) = text;
+    pub fn set_probe_metrics(&self, counts: ProbeCounters) {
+        self.probe_metrics.publish(counts);
     }
 
-    pub fn set_claim_metrics(&self, text: String) {
-        *self.claim_metrics.lock().unwrap_or_else(|e| e.into_inner()) = text;
+    pub fn set_claim_metrics(&self, counts: ClaimCounts) {
+        self.claim_metrics.publish(counts);
     }
 
-    /// Everything `/metrics` shows (the port appends its request counters).
+    /// Everything `/metrics` shows.
     pub fn render_metrics(&self) -> String {
-        let mut text = self.metrics.render();
-        text.push_str(&self.probe_metrics.lock().unwrap_or_else(|e| e.into_inner()));
-        text.push_str(&self.reverse_dns.render());
-        text.push_str(&self.claim_metrics.lock().unwrap_or_else(|e| e.into_inner()));
-        text
+        self.registry.encode()
     }
 
     pub fn set_leading(&self, leading: bool) {

@@ -1,12 +1,23 @@
-//! The operator's Prometheus metrics, rendered as text exposition format.
+//! The operator's metrics: its counts, written into the process registry
+//! ([`crate::metrics`]) at each scrape.
 //!
-//! Counters and gauges live behind one mutex each; a scrape renders them in a
+//! Counters and gauges live behind one mutex each; a scrape writes them in a
 //! stable order (sorted labels), so two scrapes of an idle operator are equal.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use prometheus_client::encoding::DescriptorEncoder;
+
+use crate::metrics::catalogue::{
+    ip_state_rows, API_WRITES, DRAINS, DRAIN_LEFT, FEEDBACK_BATCHED_REPORTS, FEEDBACK_BATCHES,
+    FEEDBACK_REPORTS, IP_STATE, LEADER, RECONCILES, RECONCILE_DURATION, RECONCILE_FAILURES,
+    ROUTE_QUEUE_LIFETIME, ROUTE_QUEUE_MESSAGES, ROUTE_QUEUE_OLDEST, ROUTE_TARGETS,
+    UNREADABLE_STATUS,
+};
+use crate::metrics::Families;
 
 /// Upper bounds (seconds) of the reconcile duration histogram.
 const DURATION_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
@@ -16,8 +27,14 @@ pub type PairStates = BTreeMap<(String, String), String>;
 /// A route's waiting mail: (messages, oldest arrival in Unix seconds, lifetime seconds).
 pub type RouteQueueFigures = (i64, i64, Option<i64>);
 
-#[derive(Default)]
+/// Cheap to clone: clones share the counts (the registry holds one).
+#[derive(Default, Clone)]
 pub struct Metrics {
+    state: Arc<State>,
+}
+
+#[derive(Default)]
+struct State {
     reconciles: Mutex<BTreeMap<&'static str, u64>>,
     failures: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     durations: Mutex<BTreeMap<&'static str, Histogram>>,
@@ -59,64 +76,64 @@ impl Histogram {
 
 impl Metrics {
     pub fn reconciled(&self, controller: &'static str, took: Duration) {
-        *lock(&self.reconciles).entry(controller).or_default() += 1;
-        lock(&self.durations)
+        *lock(&self.state.reconciles).entry(controller).or_default() += 1;
+        lock(&self.state.durations)
             .entry(controller)
             .or_default()
             .observe(took.as_secs_f64());
     }
 
     pub fn failed(&self, controller: &'static str, category: &'static str) {
-        *lock(&self.failures)
+        *lock(&self.state.failures)
             .entry((controller, category))
             .or_default() += 1;
     }
 
     /// Replaces every `mailfleet_ip_state` series of one pool.
     pub fn set_pool_states(&self, pool: &str, states: PairStates) {
-        lock(&self.ip_states).insert(pool.to_string(), states);
+        lock(&self.state.ip_states).insert(pool.to_string(), states);
     }
 
     pub fn forget_pool(&self, pool: &str) {
-        lock(&self.ip_states).remove(pool);
-        lock(&self.feedback_reports).remove(pool);
+        lock(&self.state.ip_states).remove(pool);
+        lock(&self.state.feedback_reports).remove(pool);
     }
 
     /// Per-object series kept (pools and routes), to show a deleted object
     /// leaves none behind.
     pub fn tracked(&self) -> usize {
-        lock(&self.ip_states).len()
-            + lock(&self.feedback_reports).len()
-            + lock(&self.route_targets).len()
-            + lock(&self.route_queues).len()
+        lock(&self.state.ip_states).len()
+            + lock(&self.state.feedback_reports).len()
+            + lock(&self.state.route_targets).len()
+            + lock(&self.state.route_queues).len()
     }
 
     pub fn set_route_targets(&self, route: &str, mode: &str, targets: usize) {
-        lock(&self.route_targets).insert(route.to_string(), (mode.to_string(), targets));
+        lock(&self.state.route_targets).insert(route.to_string(), (mode.to_string(), targets));
     }
 
     pub fn forget_route(&self, route: &str) {
-        lock(&self.route_targets).remove(route);
-        lock(&self.route_queues).remove(route);
+        lock(&self.state.route_targets).remove(route);
+        lock(&self.state.route_queues).remove(route);
     }
 
     /// The mail waiting for a route (`None`: none).
     pub fn set_route_queue(&self, route: &str, queue: Option<RouteQueueFigures>) {
         match queue {
-            Some(q) => lock(&self.route_queues).insert(route.to_string(), q),
-            None => lock(&self.route_queues).remove(route),
+            Some(q) => lock(&self.state.route_queues).insert(route.to_string(), q),
+            None => lock(&self.state.route_queues).remove(route),
         };
     }
 
     pub fn feedback_report(&self, pool: &str) {
-        *lock(&self.feedback_reports)
+        *lock(&self.state.feedback_reports)
             .entry(pool.to_string())
             .or_default() += 1;
     }
 
     /// One status write that counted `reports` feedback reports.
     pub fn feedback_batch(&self, reports: usize) {
-        let mut batches = lock(&self.feedback_batches);
+        let mut batches = lock(&self.state.feedback_batches);
         batches.0 += 1;
         batches.1 += reports as u64;
     }
@@ -124,7 +141,7 @@ impl Metrics {
     /// A stopping sender of `pool` reported its drain: `left` messages could
     /// not be handed on and went with the pod.
     pub fn drain(&self, pool: &str, left: u64) {
-        let mut drains = lock(&self.drains);
+        let mut drains = lock(&self.state.drains);
         let entry = drains.entry(pool.to_string()).or_default();
         if left == 0 {
             entry.0 += 1;
@@ -136,253 +153,119 @@ impl Metrics {
 
     /// One create, patch or delete sent to the API server (`verb`).
     pub fn api_write(&self, verb: &'static str) {
-        *lock(&self.api_writes).entry(verb).or_default() += 1;
+        *lock(&self.state.api_writes).entry(verb).or_default() += 1;
     }
 
     /// A stored status of `kind` could not be read in full and was rewritten.
     pub fn unreadable_status(&self, kind: &'static str) {
-        *lock(&self.unreadable_statuses).entry(kind).or_default() += 1;
+        *lock(&self.state.unreadable_statuses)
+            .entry(kind)
+            .or_default() += 1;
     }
 
     pub fn api_writes_total(&self) -> u64 {
-        lock(&self.api_writes).values().sum()
+        lock(&self.state.api_writes).values().sum()
     }
 
     pub fn set_leader(&self, leading: bool) {
-        *lock(&self.leader) = leading;
+        *lock(&self.state.leader) = leading;
     }
 
+    /// This source alone, as Prometheus text.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        header(
-            &mut out,
-            "mailfleet_reconciles_total",
-            "counter",
-            "Reconciles run, by controller.",
-        );
-        for (controller, n) in lock(&self.reconciles).iter() {
-            let _ = writeln!(
-                out,
-                "mailfleet_reconciles_total{{controller=\"{controller}\"}} {n}"
-            );
-        }
-        header(
-            &mut out,
-            "mailfleet_reconcile_failures_total",
-            "counter",
-            "Reconciles that failed, by controller and error category.",
-        );
-        for ((controller, category), n) in lock(&self.failures).iter() {
-            let _ = writeln!(
-                out,
-                "mailfleet_reconcile_failures_total{{controller=\"{controller}\",category=\"{category}\"}} {n}"
-            );
-        }
-        header(
-            &mut out,
-            "mailfleet_reconcile_duration_seconds",
-            "histogram",
-            "Time one reconcile took.",
-        );
-        for (controller, h) in lock(&self.durations).iter() {
-            for (bound, n) in DURATION_BUCKETS.iter().zip(h.buckets.iter()) {
-                let _ = writeln!(
-                    out,
-                    "mailfleet_reconcile_duration_seconds_bucket{{controller=\"{controller}\",le=\"{bound}\"}} {n}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "mailfleet_reconcile_duration_seconds_bucket{{controller=\"{controller}\",le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "mailfleet_reconcile_duration_seconds_sum{{controller=\"{controller}\"}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "mailfleet_reconcile_duration_seconds_count{{controller=\"{controller}\"}} {}",
-                h.count
-            );
-        }
-        header(
-            &mut out,
-            "mailfleet_ip_state",
-            "gauge",
-            "1 for the current reputation state of each (pool, IP, provider).",
-        );
-        for (pool, states) in lock(&self.ip_states).iter() {
-            for ((ip, provider), state) in states {
-                let _ = writeln!(
-                    out,
-                    "mailfleet_ip_state{{pool=\"{}\",ip=\"{}\",provider=\"{}\",state=\"{}\"}} 1",
-                    escape(pool),
-                    escape(ip),
-                    escape(provider),
-                    escape(state)
-                );
-            }
-        }
-        header(
-            &mut out,
-            "mailfleet_route_targets",
-            "gauge",
-            "IPs sending for each route, with the route's mode.",
-        );
-        for (route, (mode, n)) in lock(&self.route_targets).iter() {
-            let _ = writeln!(
-                out,
-                "mailfleet_route_targets{{route=\"{}\",mode=\"{}\"}} {n}",
-                escape(route),
-                escape(mode)
-            );
-        }
-        let queues = lock(&self.route_queues);
-        header(
-            &mut out,
-            "mailfleet_route_queue_messages",
-            "gauge",
-            "Messages waiting for each route in the senders' queues, as their agents last reported.",
-        );
-        for (route, (messages, _, _)) in queues.iter() {
-            let _ = writeln!(
-                out,
-                "mailfleet_route_queue_messages{{route=\"{}\"}} {messages}",
-                escape(route)
-            );
-        }
-        header(
-            &mut out,
-            "mailfleet_route_queue_oldest_arrival_timestamp_seconds",
-            "gauge",
-            "When the oldest message waiting for each route arrived.",
-        );
-        for (route, (_, oldest, _)) in queues.iter() {
-            let _ = writeln!(
-                out,
-                "mailfleet_route_queue_oldest_arrival_timestamp_seconds{{route=\"{}\"}} {oldest}",
-                escape(route)
-            );
-        }
-        header(
-            &mut out,
-            "mailfleet_route_queue_lifetime_seconds",
-            "gauge",
-            "The shortest maximal_queue_lifetime of the senders holding each route's mail.",
-        );
-        for (route, (_, _, lifetime)) in queues.iter() {
-            if let Some(lifetime) = lifetime {
-                let _ = writeln!(
-                    out,
-                    "mailfleet_route_queue_lifetime_seconds{{route=\"{}\"}} {lifetime}",
-                    escape(route)
-                );
-            }
-        }
-        drop(queues);
-        header(
-            &mut out,
-            "mailfleet_feedback_reports_total",
-            "counter",
-            "Agent feedback reports applied, by pool.",
-        );
-        for (pool, n) in lock(&self.feedback_reports).iter() {
-            let _ = writeln!(
-                out,
-                "mailfleet_feedback_reports_total{{pool=\"{}\"}} {n}",
-                escape(pool)
-            );
-        }
-        let drains = lock(&self.drains);
-        header(
-            &mut out,
-            "mailfleet_drains_total",
-            "counter",
-            "Sender pods that handed their queue on as they stopped, by pool and result (complete, incomplete).",
-        );
-        for (pool, (complete, incomplete, _)) in drains.iter() {
-            for (result, n) in [("complete", complete), ("incomplete", incomplete)] {
-                let _ = writeln!(
-                    out,
-                    "mailfleet_drains_total{{pool=\"{}\",result=\"{result}\"}} {n}",
-                    escape(pool)
-                );
-            }
-        }
-        header(
-            &mut out,
-            "mailfleet_drain_left_messages_total",
-            "counter",
-            "Queued messages stopping sender pods could not hand on in time (they went with the pod), by pool.",
-        );
-        for (pool, (_, _, left)) in drains.iter() {
-            let _ = writeln!(
-                out,
-                "mailfleet_drain_left_messages_total{{pool=\"{}\"}} {left}",
-                escape(pool)
-            );
-        }
-        drop(drains);
-        header(
-            &mut out,
-            "mailfleet_api_writes_total",
-            "counter",
-            "Mutating requests sent to the API server, by verb.",
-        );
-        for (verb, n) in lock(&self.api_writes).iter() {
-            let _ = writeln!(out, "mailfleet_api_writes_total{{verb=\"{verb}\"}} {n}");
-        }
-        let (batches, batched) = *lock(&self.feedback_batches);
-        header(
-            &mut out,
-            "mailfleet_feedback_batches_total",
-            "counter",
-            "Status writes of counted feedback (reports of one pool within the batch delay share one write).",
-        );
-        let _ = writeln!(out, "mailfleet_feedback_batches_total {batches}");
-        header(
-            &mut out,
-            "mailfleet_feedback_batched_reports_total",
-            "counter",
-            "Reports counted by those writes.",
-        );
-        let _ = writeln!(out, "mailfleet_feedback_batched_reports_total {batched}");
-        header(
-            &mut out,
-            "mailfleet_unreadable_status_total",
-            "counter",
-            "Stored statuses that could not be read in full and were rewritten, by kind (the object's UnreadableStatus event names the fields).",
-        );
-        for (kind, n) in lock(&self.unreadable_statuses).iter() {
-            let _ = writeln!(
-                out,
-                "mailfleet_unreadable_status_total{{kind=\"{kind}\"}} {n}"
-            );
-        }
-        header(
-            &mut out,
-            "mailfleet_leader",
-            "gauge",
-            "1 while this replica holds the leader lease.",
-        );
-        let _ = writeln!(out, "mailfleet_leader {}", u8::from(*lock(&self.leader)));
-        out
+        crate::metrics::render(self)
     }
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// Label values escaped as the exposition format requires.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+impl Families for Metrics {
+    fn encode(&self, out: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let s = &*self.state;
+        RECONCILES.write(
+            out,
+            lock(&s.reconciles)
+                .iter()
+                .map(|(controller, n)| ([*controller], *n)),
+        )?;
+        RECONCILE_FAILURES.write(
+            out,
+            lock(&s.failures)
+                .iter()
+                .map(|((controller, category), n)| ([*controller, *category], *n)),
+        )?;
+        RECONCILE_DURATION.write_histogram(
+            out,
+            &DURATION_BUCKETS,
+            lock(&s.durations)
+                .iter()
+                .map(|(controller, h)| ([*controller], h.sum, h.count, &h.buckets[..]))
+                .collect::<Vec<_>>(),
+        )?;
+        let ip_states = lock(&s.ip_states);
+        IP_STATE.write(
+            out,
+            ip_states.iter().flat_map(|(pool, states)| {
+                states.iter().flat_map(move |((ip, provider), state)| {
+                    ip_state_rows(pool, ip, provider, state)
+                })
+            }),
+        )?;
+        drop(ip_states);
+        ROUTE_TARGETS.write(
+            out,
+            lock(&s.route_targets)
+                .iter()
+                .map(|(route, (mode, n))| ([route.as_str(), mode.as_str()], *n)),
+        )?;
+        let queues = lock(&s.route_queues);
+        ROUTE_QUEUE_MESSAGES.write(out, queues.iter().map(|(route, q)| ([route.as_str()], q.0)))?;
+        ROUTE_QUEUE_OLDEST.write(out, queues.iter().map(|(route, q)| ([route.as_str()], q.1)))?;
+        ROUTE_QUEUE_LIFETIME.write(
+            out,
+            queues
+                .iter()
+                .filter_map(|(route, q)| Some(([route.as_str()], q.2?))),
+        )?;
+        drop(queues);
+        // Only counted reports: the operator answers duplicates and refusals
+        // without a status write and does not count them.
+        FEEDBACK_REPORTS.write(
+            out,
+            lock(&s.feedback_reports)
+                .iter()
+                .map(|(pool, n)| ([pool.as_str(), "counted"], *n)),
+        )?;
+        let drains = lock(&s.drains);
+        DRAINS.write(
+            out,
+            drains.iter().flat_map(|(pool, (complete, incomplete, _))| {
+                [
+                    ([pool.as_str(), "complete"], *complete),
+                    ([pool.as_str(), "incomplete"], *incomplete),
+                ]
+            }),
+        )?;
+        DRAIN_LEFT.write(
+            out,
+            drains
+                .iter()
+                .map(|(pool, (_, _, left))| ([pool.as_str()], *left)),
+        )?;
+        drop(drains);
+        API_WRITES.write(
+            out,
+            lock(&s.api_writes).iter().map(|(verb, n)| ([*verb], *n)),
+        )?;
+        let (batches, batched) = *lock(&s.feedback_batches);
+        FEEDBACK_BATCHES.write(out, [([], batches)])?;
+        FEEDBACK_BATCHED_REPORTS.write(out, [([], batched)])?;
+        UNREADABLE_STATUS.write(
+            out,
+            lock(&s.unreadable_statuses)
+                .iter()
+                .map(|(kind, n)| ([*kind], *n)),
+        )?;
+        LEADER.write(out, [([], *lock(&s.leader))])
+    }
 }
 
 /// A poisoned metrics lock only means a panic elsewhere; the counts stay usable.
@@ -430,7 +313,8 @@ mod tests {
         assert!(
             text.contains("mailfleet_route_targets{route=\"mail/microsoft\",mode=\"Primary\"} 7")
         );
-        assert!(text.contains("mailfleet_feedback_reports_total{pool=\"mail/bulk\"} 1"));
+        assert!(text
+            .contains("mailfleet_feedback_reports_total{pool=\"mail/bulk\",result=\"counted\"} 1"));
         assert_eq!(m.api_writes_total(), 1);
         m.forget_pool("mail/bulk");
         assert!(!m.render().contains("mailfleet_ip_state{"));

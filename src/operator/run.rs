@@ -147,8 +147,8 @@ fn flatten(result: Result<Result<(), RunError>, tokio::task::JoinError>) -> Resu
 struct Obs(Arc<Context>);
 
 impl Observability for Obs {
-    fn metrics(&self) -> String {
-        self.0.render_metrics()
+    fn registry(&self) -> &crate::metrics::ProcessRegistry {
+        &self.0.registry
     }
     fn health(&self) -> Result<String, String> {
         Ok("ok\n".into())

@@ -15,16 +15,19 @@
 //! questions per window, and every question has the probes' timeout.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt;
 use std::net::IpAddr;
 
 use futures::stream::{self, StreamExt};
 use jiff::{SignedDuration, Timestamp};
+use prometheus_client::encoding::DescriptorEncoder;
 
 use super::dnsbl::{
     normalize_zone, plan_from_settings, DnsblProbe, Nameserver, Resolver, ZoneRules,
 };
 use super::ProbeOptions;
 use crate::api::{ReputationState, SenderPool};
+use crate::metrics::{family, Families, Kind};
 use crate::reputation::engine::Signal;
 
 /// How many questions claims may cause.
@@ -250,24 +253,38 @@ impl ClaimChecks {
             .collect()
     }
 
-    /// Prometheus text: `mailfleet_dnsbl_claim_checks_total{result}`.
-    pub fn metrics(&self) -> String {
-        let mut out = String::from(
-            "# HELP mailfleet_dnsbl_claim_checks_total Zones named by receivers' replies, asked at once (or not asked: over_budget, invalid_zone).\n# TYPE mailfleet_dnsbl_claim_checks_total counter\n",
-        );
-        for result in [
-            "listed",
-            "not_listed",
-            "error",
-            "over_budget",
-            "invalid_zone",
-        ] {
-            let count = self.counts.get(result).copied().unwrap_or(0);
-            out.push_str(&format!(
-                "mailfleet_dnsbl_claim_checks_total{{result=\"{result}\"}} {count}\n"
-            ));
-        }
-        out
+    /// A copy of the counts for the registry:
+    /// `mailfleet_dnsbl_claim_checks_total{result}`.
+    pub fn metrics(&self) -> ClaimCounts {
+        ClaimCounts(self.counts.clone())
+    }
+}
+
+/// How many claims were checked, by result.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClaimCounts(BTreeMap<&'static str, u64>);
+
+impl Families for ClaimCounts {
+    fn encode(&self, out: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        family(
+            out,
+            "mailfleet_dnsbl_claim_checks_total",
+            "Zones named by receivers' replies, asked at once (or not asked: over_budget, invalid_zone).",
+            Kind::Counter,
+            [
+                "listed",
+                "not_listed",
+                "error",
+                "over_budget",
+                "invalid_zone",
+            ]
+            .map(|result| {
+                (
+                    [("result", result)],
+                    self.0.get(result).copied().unwrap_or(0),
+                )
+            }),
+        )
     }
 }
 
@@ -411,8 +428,8 @@ mod tests {
         )];
         assert!(checks.due(&bad, now()).0.is_empty());
         assert!(
-            checks.metrics().contains("result=\"invalid_zone\"} 10"),
-            "{}",
+            crate::metrics::render(&checks.metrics()).contains("result=\"invalid_zone\"} 10"),
+            "{:?}",
             checks.metrics()
         );
 

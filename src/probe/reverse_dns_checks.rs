@@ -11,16 +11,20 @@
 //! resolver error leaves the last answer.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
+use prometheus_client::encoding::DescriptorEncoder;
 
 use super::dnsbl::{parse_nameserver, Nameserver, Resolver};
 use super::reverse_dns::{check, ReverseDns};
 use crate::api::conditions::{set_condition, ConditionStatus};
 use crate::api::{IpStatus, SenderPool, SenderPoolStatus};
+use crate::metrics::catalogue;
+use crate::metrics::Families;
 
 /// The per-IP condition type.
 pub const REVERSE_DNS_CONFIRMED: &str = "ReverseDnsConfirmed";
@@ -29,10 +33,10 @@ pub const EVERY: Duration = Duration::from_secs(3600);
 /// How soon an IP is checked again after the resolver failed.
 pub const RETRY: Duration = Duration::from_secs(300);
 
-/// The last verdict per (pool, ip), for the metric.
-#[derive(Default)]
+/// The last verdict per (pool, ip), for the metric; clones share them.
+#[derive(Default, Clone)]
 pub struct ReverseDnsGauges {
-    confirmed: Mutex<BTreeMap<(String, String), bool>>,
+    confirmed: Arc<Mutex<BTreeMap<(String, String), bool>>>,
 }
 
 impl ReverseDnsGauges {
@@ -51,20 +55,24 @@ impl ReverseDnsGauges {
             .retain(|k, _| live.contains(k));
     }
 
-    /// Prometheus text.
+    /// This source alone, as Prometheus text.
     pub fn render(&self) -> String {
+        crate::metrics::render(self)
+    }
+}
+
+impl Families for ReverseDnsGauges {
+    fn encode(&self, out: &mut DescriptorEncoder<'_>) -> fmt::Result {
         let confirmed = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
         if confirmed.is_empty() {
-            return String::new();
+            return Ok(());
         }
-        let mut text = String::from("# HELP mailfleet_reverse_dns_confirmed 1 when the IP's PTR name resolves back to it (forward-confirmed reverse DNS), else 0.\n# TYPE mailfleet_reverse_dns_confirmed gauge\n");
-        for ((pool, ip), ok) in confirmed.iter() {
-            text.push_str(&format!(
-                "mailfleet_reverse_dns_confirmed{{pool=\"{pool}\",ip=\"{ip}\"}} {}\n",
-                u8::from(*ok)
-            ));
-        }
-        text
+        catalogue::REVERSE_DNS_CONFIRMED.write(
+            out,
+            confirmed
+                .iter()
+                .map(|((pool, ip), ok)| ([pool.as_str(), ip.as_str()], *ok)),
+        )
     }
 }
 

@@ -6,12 +6,14 @@
 //! only the probes themselves do I/O. See docs/PROBES.md.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
+use prometheus_client::encoding::DescriptorEncoder;
 
 use super::dnsbl::{
     dnsbl_health, plan_from_settings, DnsblHealth, DnsblPlan, DnsblProbe, Nameserver,
@@ -21,6 +23,7 @@ use super::snds::{
     FeedClient, RetryPolicy, SndsCounters, SndsFeed, SndsKey, SndsPoller, TrustRoots,
 };
 use crate::api::{DnsblSettings, SecretKeySelector, SenderPool, SndsFeedSettings};
+use crate::metrics::{family, Families, Kind};
 use crate::reputation::engine::Signal;
 
 /// The shortest SNDS poll interval accepted: SNDS updates about once a day.
@@ -243,12 +246,15 @@ impl SignalProbes {
         &self.snds_counters
     }
 
-    /// Prometheus text: `mailfleet_dnsbl_queries_total{zone}`,
+    /// A copy of the counts for the registry: `mailfleet_dnsbl_queries_total{zone}`,
     /// `mailfleet_dnsbl_listings_total{zone}`,
     /// `mailfleet_dnsbl_probe_errors_total{zone,kind}` and the
     /// `mailfleet_feed_*{feed="snds"}` counters.
-    pub fn metrics(&self) -> String {
-        render_metrics(&self.zone_counters, &self.snds_counters)
+    pub fn metrics(&self) -> ProbeCounters {
+        ProbeCounters {
+            zones: self.zone_counters.clone(),
+            snds: self.snds_counters.clone(),
+        }
     }
 
     async fn run_dnsbl(
@@ -574,101 +580,111 @@ impl PoolIps {
     }
 }
 
-/// The probes' families for these counters (what [`SignalProbes::metrics`] serves).
-pub fn render_metrics(zones: &ZoneErrorCounters, snds: &SndsCounters) -> String {
-    let mut out = String::new();
-    let mut family = |name: &str, help: &str, lines: Vec<String>| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
-        for line in lines {
-            out.push_str(name);
-            out.push_str(&line);
-            out.push('\n');
-        }
-    };
-    family(
-        "mailfleet_dnsbl_queries_total",
-        "DNSBL questions asked (answers taken from the cache not counted), by zone.",
-        zones
-            .iter()
-            .map(|(zone, c)| format!("{{zone=\"{}\"}} {}", escape(zone), c.queries))
-            .collect(),
-    );
-    family(
-        "mailfleet_dnsbl_listings_total",
-        "DNSBL answers that list a pool IP, by zone.",
-        zones
-            .iter()
-            .map(|(zone, c)| format!("{{zone=\"{}\"}} {}", escape(zone), c.listings))
-            .collect(),
-    );
-    family(
-        "mailfleet_dnsbl_probe_errors_total",
-        "DNSBL questions that gave no usable answer (never read as listings), by zone and kind.",
-        zones
-            .iter()
-            .flat_map(|(zone, c)| {
-                c.errors.iter().map(move |(kind, n)| {
-                    format!(
-                        "{{zone=\"{}\",kind=\"{}\"}} {n}",
-                        escape(zone),
-                        kind.label()
-                    )
-                })
-            })
-            .collect(),
-    );
-    let feed = |value: u64| vec![format!("{{feed=\"snds\"}} {value}")];
-    family(
-        "mailfleet_feed_polls_total",
-        "Provider feed polls tried.",
-        feed(snds.polls),
-    );
-    family(
-        "mailfleet_feed_poll_failures_total",
-        "Provider feed polls that gave no verdict.",
-        feed(snds.failed_polls),
-    );
-    family(
-        "mailfleet_feed_errors_total",
-        "Provider feed failures by kind (data file failures included).",
-        snds.errors
-            .iter()
-            .map(|(kind, n)| format!("{{feed=\"snds\",kind=\"{}\"}} {n}", escape(kind)))
-            .collect(),
-    );
-    family(
-        "mailfleet_feed_retries_total",
-        "Provider feed fetches tried again after a transient failure.",
-        feed(snds.retries),
-    );
-    family(
-        "mailfleet_feed_malformed_rows_total",
-        "Provider feed rows skipped as unreadable.",
-        feed(snds.malformed_rows),
-    );
-    family(
-        "mailfleet_feed_withheld_clears_total",
-        "Not-blocked verdicts withheld because rows of the feed were skipped.",
-        feed(snds.withheld_clears),
-    );
-    family(
-        "mailfleet_feed_blocked_verdicts_total",
-        "Blocked verdicts given by provider feeds.",
-        feed(snds.blocked_verdicts),
-    );
-    family(
-        "mailfleet_feed_data_failures_total",
-        "Polls whose block list was used but whose data file failed.",
-        feed(snds.data_failures),
-    );
-    out
+/// The probes' counts, as a scrape writes them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProbeCounters {
+    pub zones: ZoneErrorCounters,
+    pub snds: SndsCounters,
 }
 
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// The probes' families for these counters, as Prometheus text.
+pub fn render_metrics(zones: &ZoneErrorCounters, snds: &SndsCounters) -> String {
+    crate::metrics::render(&ProbeCounters {
+        zones: zones.clone(),
+        snds: snds.clone(),
+    })
+}
+
+impl Families for ProbeCounters {
+    fn encode(&self, out: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let (zones, snds) = (&self.zones, &self.snds);
+        let zone = |zone: &str| vec![("zone", zone.to_string())];
+        family(
+            out,
+            "mailfleet_dnsbl_queries_total",
+            "DNSBL questions asked (answers taken from the cache not counted), by zone.",
+            Kind::Counter,
+            zones.iter().map(|(z, c)| (zone(z), c.queries)),
+        )?;
+        family(
+            out,
+            "mailfleet_dnsbl_listings_total",
+            "DNSBL answers that list a pool IP, by zone.",
+            Kind::Counter,
+            zones.iter().map(|(z, c)| (zone(z), c.listings)),
+        )?;
+        family(
+            out,
+            "mailfleet_dnsbl_probe_errors_total",
+            "DNSBL questions that gave no usable answer (never read as listings), by zone and kind.",
+            Kind::Counter,
+            zones.iter().flat_map(|(z, c)| {
+                c.errors.iter().map(move |(kind, n)| {
+                    (
+                        vec![("zone", z.to_string()), ("kind", kind.label().to_string())],
+                        *n,
+                    )
+                })
+            }),
+        )?;
+        let snds_feed = || vec![("feed", "snds".to_string())];
+        for (name, help, value) in [
+            (
+                "mailfleet_feed_polls_total",
+                "Provider feed polls tried.",
+                snds.polls,
+            ),
+            (
+                "mailfleet_feed_poll_failures_total",
+                "Provider feed polls that gave no verdict.",
+                snds.failed_polls,
+            ),
+        ] {
+            family(out, name, help, Kind::Counter, [(snds_feed(), value)])?;
+        }
+        family(
+            out,
+            "mailfleet_feed_errors_total",
+            "Provider feed failures by kind (data file failures included).",
+            Kind::Counter,
+            snds.errors.iter().map(|(kind, n)| {
+                (
+                    vec![("feed", "snds".to_string()), ("kind", kind.to_string())],
+                    *n,
+                )
+            }),
+        )?;
+        for (name, help, value) in [
+            (
+                "mailfleet_feed_retries_total",
+                "Provider feed fetches tried again after a transient failure.",
+                snds.retries,
+            ),
+            (
+                "mailfleet_feed_malformed_rows_total",
+                "Provider feed rows skipped as unreadable.",
+                snds.malformed_rows,
+            ),
+            (
+                "mailfleet_feed_withheld_clears_total",
+                "Not-blocked verdicts withheld because rows of the feed were skipped.",
+                snds.withheld_clears,
+            ),
+            (
+                "mailfleet_feed_blocked_verdicts_total",
+                "Blocked verdicts given by provider feeds.",
+                snds.blocked_verdicts,
+            ),
+            (
+                "mailfleet_feed_data_failures_total",
+                "Polls whose block list was used but whose data file failed.",
+                snds.data_failures,
+            ),
+        ] {
+            family(out, name, help, Kind::Counter, [(snds_feed(), value)])?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -794,8 +810,7 @@ mod tests {
             1
         );
         assert_eq!(probes.snds_counters().failed_polls, 2);
-        assert!(probes
-            .metrics()
+        assert!(crate::metrics::render(&probes.metrics())
             .contains("mailfleet_feed_errors_total{feed=\"snds\",kind=\"secret\"} 2\n"));
         // A pool no longer given is forgotten.
         probes.run_due(&[], &secrets, t(301)).await;
@@ -841,7 +856,7 @@ mod tests {
 
     #[test]
     fn metrics_name_every_family_even_before_a_probe() {
-        let text = SignalProbes::new(ProbeOptions::default()).metrics();
+        let text = crate::metrics::render(&SignalProbes::new(ProbeOptions::default()).metrics());
         for family in [
             "mailfleet_dnsbl_queries_total",
             "mailfleet_dnsbl_listings_total",
@@ -855,7 +870,6 @@ mod tests {
             );
         }
         assert!(text.contains("mailfleet_feed_polls_total{feed=\"snds\"} 0\n"));
-        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 
     #[test]

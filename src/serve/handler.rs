@@ -2,7 +2,7 @@
 //! checking a feedback report, and the port's own request counters.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,6 +14,7 @@ use http::header::{
 };
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use prometheus_client::encoding::DescriptorEncoder;
 use tokio::sync::Semaphore;
 
 use super::limits::{InRequest, PeerAddr, ServeLimits};
@@ -21,6 +22,8 @@ use super::{FeedbackReceiver, FeedbackRefusal, LogLevelHandle, Observability, Re
 use crate::agent::report::{
     FeedbackReport, FeedbackResponse, FEEDBACK_API_VERSION, FEEDBACK_PATH, MAX_REPORT_BYTES,
 };
+use crate::metrics::catalogue::{CONNECTIONS_REFUSED, FEEDBACK_REQUESTS};
+use crate::metrics::Families;
 
 /// How long a body waits for budget freed by closing an older body reader.
 const BUDGET_WAIT: Duration = Duration::from_secs(1);
@@ -29,7 +32,7 @@ const MAX_FILTER_BYTES: usize = 4096;
 
 const JSON: &str = "application/json";
 const TEXT: &str = "text/plain; charset=utf-8";
-const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+const PROMETHEUS_TEXT: &str = crate::metrics::CONTENT_TYPE;
 
 /// What an authenticated caller may do next: hand over its report.
 type Receive = Box<
@@ -54,10 +57,33 @@ struct Inner {
     /// Body bytes that may be held at once, over all requests.
     body_budget: Arc<Semaphore>,
     body_read_timeout: Duration,
+    counters: Arc<PortCounters>,
+}
+
+/// The port's own counts, registered in the process registry.
+#[derive(Default)]
+struct PortCounters {
     /// Feedback requests answered, per status code.
     feedback_requests: Mutex<BTreeMap<u16, u64>>,
     /// Connections closed at once because every slot was inside a request.
     refused_connections: AtomicU64,
+}
+
+impl Families for PortCounters {
+    fn encode(&self, out: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let counts: Vec<(String, u64)> = self
+            .feedback_requests
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .map(|(code, n)| (code.to_string(), *n))
+            .collect();
+        FEEDBACK_REQUESTS.write(out, counts.iter().map(|(code, n)| ([code.as_str()], *n)))?;
+        CONNECTIONS_REFUSED.write(
+            out,
+            [([], self.refused_connections.load(Ordering::Relaxed))],
+        )
+    }
 }
 
 impl HttpState {
@@ -87,6 +113,8 @@ impl HttpState {
             })
         };
         let budget = limits.max_body_bytes_in_flight.min(u32::MAX as usize);
+        let counters = Arc::new(PortCounters::default());
+        obs.registry().register(Arc::clone(&counters));
         HttpState {
             inner: Arc::new(Inner {
                 authenticate: Box::new(authenticate),
@@ -95,14 +123,14 @@ impl HttpState {
                 log_level,
                 body_budget: Arc::new(Semaphore::new(budget)),
                 body_read_timeout: limits.body_read_timeout,
-                feedback_requests: Mutex::new(BTreeMap::new()),
-                refused_connections: AtomicU64::new(0),
+                counters,
             }),
         }
     }
 
     pub(super) fn count_refused_connection(&self) {
         self.inner
+            .counters
             .refused_connections
             .fetch_add(1, Ordering::Relaxed);
     }
@@ -248,32 +276,7 @@ impl HttpState {
     }
 
     fn metrics(&self) -> String {
-        let mut out = self.inner.obs.metrics();
-        if !out.is_empty() && !out.ends_with('\n') {
-            out.push('\n');
-        }
-        out.push_str("# HELP mailfleet_feedback_requests_total Feedback requests answered, by HTTP status.\n");
-        out.push_str("# TYPE mailfleet_feedback_requests_total counter\n");
-        let counts = self
-            .inner
-            .feedback_requests
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
-        for (code, n) in counts {
-            let _ = writeln!(
-                out,
-                "mailfleet_feedback_requests_total{{code=\"{code}\"}} {n}"
-            );
-        }
-        out.push_str("# HELP mailfleet_http_connections_refused_total Connections closed at once because every connection slot was inside a request.\n");
-        out.push_str("# TYPE mailfleet_http_connections_refused_total counter\n");
-        let _ = writeln!(
-            out,
-            "mailfleet_http_connections_refused_total {}",
-            self.inner.refused_connections.load(Ordering::Relaxed)
-        );
-        out
+        self.inner.obs.registry().encode()
     }
 
     /// The whole body, or the response refusing it: 413 over `limit`, 503
@@ -370,6 +373,7 @@ impl HttpState {
     fn count_feedback(&self, status: StatusCode) {
         let mut counts = self
             .inner
+            .counters
             .feedback_requests
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -133,8 +133,9 @@ impl FeedbackRefusal {
 
 /// What the port reports about the process it serves.
 pub trait Observability: Send + Sync + 'static {
-    /// Prometheus text exposition; the port appends its own request counters.
-    fn metrics(&self) -> String;
+    /// The process's metrics registry; the port registers its own request
+    /// counters in it and serves it on `/metrics`.
+    fn registry(&self) -> &crate::metrics::ProcessRegistry;
     /// `/healthz`: Ok(body) answers 200, Err(body) 503.
     fn health(&self) -> Result<String, String>;
     /// `/readyz`: Ok(body) answers 200, Err(body) 503.

@@ -7,6 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 use crate::agent::report::{ConfigHint, FEEDBACK_API_VERSION, MAX_REPORT_BYTES};
+use crate::metrics::{Families, Kind, ProcessRegistry};
 
 /// Accepts the token "secret" and records what it was given.
 #[derive(Default)]
@@ -52,11 +53,33 @@ impl FeedbackReceiver for Recorder {
 
 struct Fixed {
     healthy: bool,
+    registry: ProcessRegistry,
+}
+
+impl Fixed {
+    fn new(healthy: bool) -> Self {
+        let registry = ProcessRegistry::new();
+        registry.register(Things);
+        Fixed { healthy, registry }
+    }
+}
+
+/// A process's own family, beside the port's.
+#[derive(Clone)]
+struct Things;
+
+impl Families for Things {
+    fn encode(
+        &self,
+        out: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        crate::metrics::single(out, "mailfleet_things", "Things.", Kind::Gauge, 3i64)
+    }
 }
 
 impl Observability for Fixed {
-    fn metrics(&self) -> String {
-        "mailfleet_things 3\n".into()
+    fn registry(&self) -> &ProcessRegistry {
+        &self.registry
     }
     fn health(&self) -> Result<String, String> {
         if self.healthy {
@@ -85,7 +108,7 @@ fn report_json(ip: &str, sequence: u64) -> String {
 
 fn state(healthy: bool) -> (HttpState, Arc<Recorder>) {
     let recorder = Arc::new(Recorder::default());
-    let state = HttpState::new(Arc::clone(&recorder), Arc::new(Fixed { healthy }), None);
+    let state = HttpState::new(Arc::clone(&recorder), Arc::new(Fixed::new(healthy)), None);
     (state, recorder)
 }
 
@@ -214,7 +237,8 @@ async fn paths_methods_health_and_request_counts() {
     answer(&state, post(report_json("203.0.113.10", 2), None)).await;
     let (status, metrics) = answer(&state, get("/metrics")).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(metrics.starts_with("mailfleet_things 3\n"), "{metrics}");
+    assert!(metrics.contains("\nmailfleet_things 3\n"), "{metrics}");
+    assert!(metrics.contains("mailfleet_build_info{"), "{metrics}");
     for line in [
         "mailfleet_feedback_requests_total{code=\"200\"} 1",
         "mailfleet_feedback_requests_total{code=\"401\"} 1",
@@ -243,7 +267,7 @@ async fn log_level_is_read_and_changed_through_the_port() {
         reload::Layer::<EnvFilter, tracing_subscriber::Registry>::new(EnvFilter::new("info"));
     let state = HttpState::new(
         Arc::new(Recorder::default()),
-        Arc::new(Fixed { healthy: true }),
+        Arc::new(Fixed::new(true)),
         Some(LogLevelHandle::new(handle, "info")),
     );
     let put = |body: &'static str| {
@@ -286,7 +310,7 @@ async fn serves_over_tcp_and_stops_on_shutdown() {
     let server = tokio::spawn(serve(
         listener,
         Arc::new(Recorder::default()),
-        Arc::new(Fixed { healthy: true }),
+        Arc::new(Fixed::new(true)),
         None,
         async move {
             let _ = stopped.await;
@@ -377,7 +401,7 @@ async fn the_log_level_changes_only_from_this_machine_by_default() {
         reload::Layer::<EnvFilter, tracing_subscriber::Registry>::new(EnvFilter::new("info"));
     let state = HttpState::new(
         Arc::new(Recorder::default()),
-        Arc::new(Fixed { healthy: true }),
+        Arc::new(Fixed::new(true)),
         Some(LogLevelHandle::new(handle, "info")),
     );
     let put_from = |peer: &str| {
@@ -411,7 +435,7 @@ async fn start(limits: ServeLimits) -> (std::net::SocketAddr, tokio::sync::onesh
     tokio::spawn(serve_with(
         listener,
         Arc::new(Recorder::default()),
-        Arc::new(Fixed { healthy: true }),
+        Arc::new(Fixed::new(true)),
         None,
         limits,
         async move {

@@ -4,15 +4,21 @@
 //! files and the network and calls in here.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt;
 
 use jiff::Timestamp;
+use prometheus_client::encoding::DescriptorEncoder;
 use serde_json::{json, Value};
 
 use crate::agent::report::{ConfigHint, FeedbackReport, FeedbackResponse, FEEDBACK_API_VERSION};
-use crate::api::{DomainRouteStatus, ReputationState, SenderPoolStatus};
+use crate::api::{DomainRouteStatus, SenderPoolStatus};
 use crate::fleet::{Fleet, FleetError};
 use crate::manifests::{ManifestError, Manifests};
+use crate::metrics::catalogue::{
+    ip_state_rows, FEEDBACK_REPORTS, FEEDBACK_RESULTS, IP_STATE, MANIFESTS_VALID, MANIFEST_RELOADS,
+    MANIFEST_RELOAD_ERRORS, REPUTATION_TRANSITIONS, ROUTE_TARGETS,
+};
+use crate::metrics::Families;
 use crate::probe::dnsbl::{DnsblHealth, DNSBL_HEALTHY};
 use crate::reputation::classifier::ClassifierConfig;
 use crate::reputation::engine::{Signal, Transition};
@@ -24,15 +30,6 @@ use crate::serve::ledger::{Check, FeedbackLedger};
 use crate::serve::FeedbackRefusal;
 
 use super::state::{self, SavedState};
-
-const STATES: [ReputationState; 6] = [
-    ReputationState::Healthy,
-    ReputationState::Warming,
-    ReputationState::Throttled,
-    ReputationState::Blocked,
-    ReputationState::Probing,
-    ReputationState::Recovering,
-];
 
 /// One sender's rendered configuration and where it goes (`senders/<slug>/`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -490,140 +487,110 @@ impl Core {
         out
     }
 
-    /// Prometheus text of the engine's state and counters.
-    pub fn metrics(&self) -> String {
-        let mut out = String::new();
+    /// The engine's state and counters as a scrape writes them.
+    pub fn metric_snapshot(&self) -> CoreMetrics {
         let c = &self.counters;
-        header(
-            &mut out,
-            "mailfleet_feedback_reports_total",
-            "counter",
-            "Feedback reports by pool and result: counted, duplicate (a retry counted before), refused.",
-        );
-        // The same labels as the operator's series (`pool`), so one alert
-        // serves both modes; every pool of the fleet shows, at 0 before its
-        // first report.
+        // Every pool of the fleet shows, at 0 before its first report.
         let mut reports = c.reports.clone();
         for pool in self.pool_keys() {
-            for result in ["counted", "duplicate", "refused"] {
+            for result in FEEDBACK_RESULTS {
                 reports.entry((pool.clone(), result)).or_default();
             }
         }
-        for ((pool, result), n) in &reports {
-            let _ = writeln!(
-                out,
-                "mailfleet_feedback_reports_total{{pool=\"{pool}\",result=\"{result}\"}} {n}"
-            );
-        }
-        header(
-            &mut out,
-            "mailfleet_ip_state",
-            "gauge",
-            "1 for the reputation state each (pool, IP, provider) pair is in, 0 for the others.",
-        );
-        for pool in &self.fleet.pools {
-            let name = format!(
-                "{}/{}",
-                pool.metadata.namespace.as_deref().unwrap_or("default"),
-                pool.metadata.name.as_deref().unwrap_or("")
-            );
+        let mut ip_states = Vec::new();
+        for (pool, name) in self.fleet.pools.iter().zip(self.pool_keys()) {
             for ip in pool.status.iter().flat_map(|s| s.ips.iter()) {
                 for pair in &ip.reputation {
-                    for state in STATES {
-                        let _ = writeln!(
-                            out,
-                            "mailfleet_ip_state{{pool=\"{}\",ip=\"{}\",provider=\"{}\",state=\"{}\"}} {}",
-                            label(&name),
-                            label(&ip.address),
-                            label(&pair.provider),
-                            state.as_str(),
-                            u8::from(pair.state == state)
-                        );
-                    }
+                    ip_states.push((
+                        name.clone(),
+                        ip.address.clone(),
+                        pair.provider.clone(),
+                        pair.state.as_str(),
+                    ));
                 }
             }
         }
-        header(
-            &mut out,
-            "mailfleet_route_targets",
-            "gauge",
-            "IPs sending for each route, labelled with the route's mode.",
-        );
-        for route in &self.table.routes {
-            let _ = writeln!(
-                out,
-                "mailfleet_route_targets{{route=\"{}/{}\",mode=\"{}\"}} {}",
-                label(&route.key.namespace),
-                label(&route.key.name),
-                mode_name(route.mode),
-                route.targets.len()
-            );
+        CoreMetrics {
+            reports,
+            ip_states,
+            routes: self
+                .table
+                .routes
+                .iter()
+                .map(|route| {
+                    (
+                        format!("{}/{}", route.key.namespace, route.key.name),
+                        mode_name(route.mode),
+                        route.targets.len(),
+                    )
+                })
+                .collect(),
+            transitions: c.transitions.clone(),
+            manifest_reloads: c.manifest_reloads,
+            reload_errors: c.reload_errors.clone(),
+            manifests_valid: self.manifest_error.is_none(),
         }
-        header(
-            &mut out,
-            "mailfleet_reputation_transitions_total",
-            "counter",
-            "Reputation state changes by provider, from and to.",
-        );
-        for ((provider, from, to), n) in &c.transitions {
-            let _ = writeln!(
-                out,
-                "mailfleet_reputation_transitions_total{{provider=\"{}\",from=\"{from}\",to=\"{to}\"}} {n}",
-                label(provider)
-            );
-        }
-        header(
-            &mut out,
-            "mailfleet_manifest_reloads_total",
-            "counter",
-            "Manifest folder changes seen.",
-        );
-        let _ = writeln!(
+    }
+
+    /// The engine's families alone, as Prometheus text.
+    pub fn metrics(&self) -> String {
+        crate::metrics::render(&self.metric_snapshot())
+    }
+}
+
+/// A copy of the engine's state and counters for one scrape.
+#[derive(Clone, Debug, Default)]
+pub struct CoreMetrics {
+    reports: BTreeMap<(String, &'static str), u64>,
+    /// (pool, ip, provider, current state word).
+    ip_states: Vec<(String, String, String, &'static str)>,
+    /// (route `ns/name`, mode word, targets).
+    routes: Vec<(String, &'static str, usize)>,
+    transitions: BTreeMap<(String, String, String), u64>,
+    manifest_reloads: u64,
+    reload_errors: BTreeMap<&'static str, u64>,
+    manifests_valid: bool,
+}
+
+impl Families for CoreMetrics {
+    fn encode(&self, out: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        FEEDBACK_REPORTS.write(
             out,
-            "mailfleet_manifest_reloads_total {}",
-            c.manifest_reloads
-        );
-        header(
-            &mut out,
-            "mailfleet_manifest_reload_errors_total",
-            "counter",
-            "Manifest reloads refused (the last good manifests stay in force), by category.",
-        );
-        for (category, n) in &c.reload_errors {
-            let _ = writeln!(
-                out,
-                "mailfleet_manifest_reload_errors_total{{category=\"{category}\"}} {n}"
-            );
-        }
-        header(
-            &mut out,
-            "mailfleet_manifests_valid",
-            "gauge",
-            "1 when the manifests in the folder are in force, 0 while they are refused.",
-        );
-        let _ = writeln!(
+            self.reports
+                .iter()
+                .map(|((pool, result), n)| ([pool.as_str(), *result], *n)),
+        )?;
+        IP_STATE.write(
             out,
-            "mailfleet_manifests_valid {}",
-            u8::from(self.manifest_error.is_none())
-        );
-        out
+            self.ip_states
+                .iter()
+                .flat_map(|(pool, ip, provider, state)| ip_state_rows(pool, ip, provider, state)),
+        )?;
+        ROUTE_TARGETS.write(
+            out,
+            self.routes
+                .iter()
+                .map(|(route, mode, targets)| ([route.as_str(), *mode], *targets)),
+        )?;
+        REPUTATION_TRANSITIONS.write(
+            out,
+            self.transitions.iter().map(|((provider, from, to), n)| {
+                ([provider.as_str(), from.as_str(), to.as_str()], *n)
+            }),
+        )?;
+        MANIFEST_RELOADS.write(out, [([], self.manifest_reloads)])?;
+        MANIFEST_RELOAD_ERRORS.write(
+            out,
+            self.reload_errors
+                .iter()
+                .map(|(category, n)| ([*category], *n)),
+        )?;
+        MANIFESTS_VALID.write(out, [([], self.manifests_valid)])
     }
 }
 
 fn route_changed(previous: Option<&DomainRouteStatus>, now: &DomainRouteStatus) -> bool {
     previous.is_none_or(|p| p.mode != now.mode || p.targets != now.targets || p.relay != now.relay)
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// A Prometheus label value with `\`, `"` and newlines escaped.
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]

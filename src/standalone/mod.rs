@@ -198,6 +198,7 @@ pub async fn run(
     let address = listener.local_addr().map_err(StandaloneError::Serve)?;
 
     let shared = Arc::new(Shared::new(core, journal, auth));
+    Shared::register_metrics(&shared);
     let mut writer = OutputWriter::new(&options.out)?;
     engine.write(&shared, &mut writer)?;
     shared.ready.store(true, Ordering::Release);
@@ -551,11 +552,7 @@ async fn claim_loop(
                 tracing::warn!("claim check: {problem}");
             }
         }
-        shared
-            .claim_metrics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone_from(&checks.metrics());
+        shared.claim_metrics.publish(checks.metrics());
         tokio::select! {
             () = shared.claims.notified() => {}
             () = tokio::time::sleep(PROBE_RECHECK) => {}
@@ -602,10 +599,7 @@ async fn probe_loop(
             round = probes.run_due(&pools, &secrets, now) => round,
             () = stopped(stopping.clone()) => return,
         };
-        *shared
-            .probe_metrics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = probes.metrics();
+        shared.probe_metrics.publish(probes.metrics());
         let mut problems = round.problems;
         if !round.signals.is_empty() || !round.dnsbl_health.is_empty() {
             problems.extend(shared.core().apply_probes(

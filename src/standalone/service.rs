@@ -2,16 +2,22 @@
 //! shared token, or a token per sender), storing each report before it is
 //! counted and answered, and what `/metrics`, `/healthz` and `/readyz` say.
 
+use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
+use prometheus_client::encoding::DescriptorEncoder;
 use tokio::sync::{oneshot, Notify};
 
 use crate::agent::report::{FeedbackReport, FeedbackResponse};
+use crate::metrics::catalogue::{FEEDBACK_LOG_REPORTS, FEEDBACK_LOG_SYNCS};
+use crate::metrics::{Families, ProcessRegistry, Published};
+use crate::probe::claim_check::ClaimCounts;
+use crate::probe::runner::ProbeCounters;
 use crate::serve::{FeedbackReceiver, FeedbackRefusal, Observability, RequestHead};
 
 use super::core::Core;
@@ -306,10 +312,12 @@ pub struct Shared {
     /// Wakes the claim checker: a counted report quoted block lists.
     pub claims: Notify,
     auth: Auth,
-    /// Extra metrics text (the probes'), replaced after every round.
-    pub probe_metrics: Mutex<String>,
+    /// The process's metrics registry (see [`Shared::register_metrics`]).
+    pub registry: ProcessRegistry,
+    /// The probes' counters, replaced after every round.
+    pub probe_metrics: Published<ProbeCounters>,
     /// The claim checker's counters, replaced after every pass.
-    pub claim_metrics: Mutex<String>,
+    pub claim_metrics: Published<ClaimCounts>,
     /// The last reverse DNS verdict per IP (`mailfleet_reverse_dns_confirmed`).
     pub reverse_dns: crate::probe::reverse_dns_checks::ReverseDnsGauges,
     /// Why the last write of the outputs failed, while it fails.
@@ -320,8 +328,36 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Syncs of `feedback.wal` that stored reports, and the reports they
     /// stored: reports per sync is what group commit buys.
-    log_syncs: AtomicU64,
-    log_reports: AtomicU64,
+    log: Arc<FeedbackLogCounts>,
+}
+
+/// Syncs of `feedback.wal` that stored reports, and the reports they stored.
+#[derive(Default)]
+struct FeedbackLogCounts {
+    syncs: AtomicU64,
+    reports: AtomicU64,
+}
+
+impl Families for FeedbackLogCounts {
+    fn encode(&self, out: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        FEEDBACK_LOG_SYNCS.write(out, [([], self.syncs.load(Ordering::Relaxed))])?;
+        FEEDBACK_LOG_REPORTS.write(out, [([], self.reports.load(Ordering::Relaxed))])
+    }
+}
+
+/// The engine's families, read from the shared core at each scrape.
+struct CoreFamilies(Weak<Shared>);
+
+impl Families for CoreFamilies {
+    fn encode(&self, out: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        match self.0.upgrade() {
+            Some(shared) => {
+                let snapshot = shared.core().metric_snapshot();
+                snapshot.encode(out)
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 impl Shared {
@@ -332,15 +368,27 @@ impl Shared {
             wake: Notify::new(),
             claims: Notify::new(),
             auth,
-            probe_metrics: Mutex::new(String::new()),
-            claim_metrics: Mutex::new(String::new()),
+            registry: ProcessRegistry::new(),
+            probe_metrics: Published::default(),
+            claim_metrics: Published::default(),
             reverse_dns: Default::default(),
             write_error: Mutex::new(None),
             journal_error: Mutex::new(None),
             ready: AtomicBool::new(false),
-            log_syncs: AtomicU64::new(0),
-            log_reports: AtomicU64::new(0),
+            log: Arc::default(),
         }
+    }
+
+    /// Puts every source of standalone's metrics in the registry: the
+    /// engine's, the probes', the claim checks', the reverse DNS gauges and
+    /// the feedback log's (the HTTP port adds its own when it starts).
+    pub fn register_metrics(shared: &Arc<Shared>) {
+        let registry = &shared.registry;
+        registry.register(CoreFamilies(Arc::downgrade(shared)));
+        registry.register(shared.probe_metrics.clone());
+        registry.register(shared.claim_metrics.clone());
+        registry.register(shared.reverse_dns.clone());
+        registry.register(Arc::clone(&shared.log));
     }
 
     pub fn core(&self) -> MutexGuard<'_, Core> {
@@ -421,9 +469,10 @@ fn commit(shared: &Shared, batch: Vec<Pending>) {
         Ok(()) => {
             *failure = None;
             drop(failure);
-            shared.log_syncs.fetch_add(1, Ordering::Relaxed);
+            shared.log.syncs.fetch_add(1, Ordering::Relaxed);
             shared
-                .log_reports
+                .log
+                .reports
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             let mut core = shared.core();
             for pending in batch {
@@ -499,34 +548,8 @@ impl FeedbackReceiver for Receiver {
 }
 
 impl Observability for Receiver {
-    fn metrics(&self) -> String {
-        let mut out = self.shared.core().metrics();
-        out.push_str(
-            &self
-                .shared
-                .probe_metrics
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
-        out.push_str(
-            &self
-                .shared
-                .claim_metrics
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
-        out.push_str(&self.shared.reverse_dns.render());
-        out.push_str(&format!(
-            "# HELP mailfleet_feedback_log_syncs_total Syncs of feedback.wal that stored reports (reports arriving together share one).\n\
-             # TYPE mailfleet_feedback_log_syncs_total counter\n\
-             mailfleet_feedback_log_syncs_total {}\n\
-             # HELP mailfleet_feedback_log_reports_total Reports stored in feedback.wal before their answer.\n\
-             # TYPE mailfleet_feedback_log_reports_total counter\n\
-             mailfleet_feedback_log_reports_total {}\n",
-            self.shared.log_syncs.load(Ordering::Relaxed),
-            self.shared.log_reports.load(Ordering::Relaxed),
-        ));
-        out
+    fn registry(&self) -> &ProcessRegistry {
+        &self.shared.registry
     }
 
     fn health(&self) -> Result<String, String> {

@@ -13,7 +13,7 @@ import yaml
 
 MONITORING_GROUP = "monitoring.coreos.com/"
 # The metrics the alerts may use and their labels, as the operator exports
-# them (src/operator/metrics.rs, docs/OPERATING.md).
+# them (src/metrics/catalogue.rs, the table in docs/OPERATING.md).
 OPERATOR_METRICS = {
     "mailfleet_ip_state": {"pool", "ip", "provider", "state"},
     "mailfleet_route_targets": {"route", "mode"},
@@ -22,7 +22,7 @@ OPERATOR_METRICS = {
     "mailfleet_route_queue_lifetime_seconds": {"route"},
     "mailfleet_drains_total": {"pool", "result"},
     "mailfleet_drain_left_messages_total": {"pool"},
-    "mailfleet_feedback_reports_total": {"pool"},
+    "mailfleet_feedback_reports_total": {"pool", "result"},
     "mailfleet_feedback_requests_total": {"code"},
     "mailfleet_leader": set(),
     "mailfleet_reconcile_failures_total": {"controller", "category"},

@@ -301,11 +301,6 @@ fn probe_results_set_the_pool_condition_and_feed_the_engine() {
 }
 
 #[test]
-fn labels_are_escaped() {
-    assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-}
-
-#[test]
 fn a_sender_that_cannot_bind_its_address_shows_in_the_state_and_the_events() {
     let mut core = start();
     events(&mut core);
