@@ -390,9 +390,9 @@ struct Queue {
 impl Queue {
     /// Adds `report` to the next write, or gives it back when
     /// [`MAX_WAITING_PER_POOL`] reports wait already.
-    fn wait(&mut self, report: Pending) -> Result<(), Pending> {
+    fn wait(&mut self, report: Pending) -> Result<(), Box<Pending>> {
         if self.pending.len() >= MAX_WAITING_PER_POOL {
-            return Err(report);
+            return Err(Box::new(report));
         }
         self.pending.push(report);
         Ok(())
@@ -971,8 +971,7 @@ mod tests {
         }
         let refused = queue
             .wait(pending(MAX_WAITING_PER_POOL as u64 + 1))
-            .err()
-            .expect("one past the bound is refused");
+            .expect_err("one past the bound is refused");
         assert_eq!(refused.report.sequence, MAX_WAITING_PER_POOL as u64 + 1);
         assert_eq!(queue.pending.len(), MAX_WAITING_PER_POOL);
         // The next write takes them all, and there is room again.
