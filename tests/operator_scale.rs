@@ -178,6 +178,16 @@ fn ban_report(pool: &str, ip: &str, pod: &str) -> FeedbackReport {
 }
 
 async fn post(addr: &str, token: &str, report: &FeedbackReport) -> u16 {
+    post_for_config(addr, token, report).await.0
+}
+
+/// Posts `report`; the status and the config version the answer names (an
+/// agent reports the version it runs with its next report).
+async fn post_for_config(
+    addr: &str,
+    token: &str,
+    report: &FeedbackReport,
+) -> (u16, Option<String>) {
     let body = serde_json::to_string(report).unwrap();
     let request = format!(
         "POST /v1/feedback HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -185,20 +195,26 @@ async fn post(addr: &str, token: &str, report: &FeedbackReport) -> u16 {
     );
     // A refused or reset connection is status 0: an agent keeps the report.
     let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
-        return 0;
+        return (0, None);
     };
     if stream.write_all(request.as_bytes()).await.is_err() {
-        return 0;
+        return (0, None);
     }
     let mut response = Vec::new();
     if stream.read_to_end(&mut response).await.is_err() {
-        return 0;
+        return (0, None);
     }
-    String::from_utf8_lossy(&response)
+    let text = String::from_utf8_lossy(&response);
+    let code = text
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    let version = text
+        .split_once("\r\n\r\n")
+        .and_then(|(_, body)| serde_json::from_str::<Value>(body).ok())
+        .and_then(|body| body["config"]["version"].as_str().map(str::to_string));
+    (code, version)
 }
 
 /// A report of `count` deliveries to microsoft and google: what a sending
@@ -289,15 +305,30 @@ fn start_agents(
                 let mut ticks = tokio::time::interval_at(start, interval);
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut sequence = 0;
+                // The config the agent runs: the one its last answer named.
+                let mut config_version = None;
                 while !stop.load(Ordering::Relaxed) {
                     ticks.tick().await;
                     sequence += 1;
-                    let report = delivery_report(&pool, &ip, &pod, sequence, 3);
+                    let report = FeedbackReport {
+                        config_version: config_version.clone(),
+                        ..delivery_report(&pool, &ip, &pod, sequence, 3)
+                    };
                     let sent = Instant::now();
-                    let code =
-                        tokio::time::timeout(Duration::from_secs(30), post(&addr, &token, &report))
-                            .await
-                            .unwrap_or(0);
+                    let (code, answered) = tokio::time::timeout(
+                        Duration::from_secs(30),
+                        post_for_config(&addr, &token, &report),
+                    )
+                    .await
+                    .unwrap_or((0, None));
+                    if answered.is_some() {
+                        config_version = answered;
+                    }
+                    // A refused report is sent again with the next (an
+                    // agent keeps it): the sequence stays.
+                    if code != 200 {
+                        sequence -= 1;
+                    }
                     if measure.load(Ordering::Relaxed) {
                         let mut log = log.lock().unwrap();
                         log.answers.push(sent.elapsed().as_micros() as u64);

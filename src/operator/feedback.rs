@@ -30,17 +30,16 @@ use super::build::events::{
 use super::build::{IP_LABEL, POOL_LABEL};
 use super::context::Context;
 use super::error::api_status;
+use super::rendered::RenderedConfigs;
+use super::snapshot::{routing_reputation_digest, Snapshot};
 use super::token_cache::{trust_for, TokenIdentity};
-use crate::agent::report::{
-    ConfigHint, FeedbackReport, FeedbackResponse, QueueReport, FEEDBACK_API_VERSION,
-};
+use crate::agent::report::{FeedbackReport, FeedbackResponse, QueueReport, FEEDBACK_API_VERSION};
 use crate::api::{DomainRoute, SenderPool};
-use crate::routing::postfix::{self, ip_slug, PostfixOptions};
+use crate::fleet::Fleet;
+use crate::routing::postfix::ip_slug;
 use crate::routing::queues::{aging_note, record_report, route_queue};
-use crate::routing::sender_config::sender_config_with;
-use crate::routing::sending::SendingSettings;
 use crate::routing::ObjectKey;
-use crate::serve::ledger::FeedbackLedger;
+use crate::serve::ledger::{FeedbackLedger, LedgerError};
 use crate::serve::{FeedbackReceiver, FeedbackRefusal, RequestHead};
 use crate::vocab::Category;
 
@@ -55,6 +54,7 @@ const STATUS_ATTEMPTS: u32 = 5;
 pub struct OperatorFeedback {
     ctx: Arc<Context>,
     batches: Batches,
+    configs: Arc<RenderedConfigs>,
 }
 
 impl OperatorFeedback {
@@ -62,6 +62,7 @@ impl OperatorFeedback {
         OperatorFeedback {
             ctx,
             batches: Batches::default(),
+            configs: Arc::default(),
         }
     }
 
@@ -203,11 +204,16 @@ impl OperatorFeedback {
             let mut batches = lock(&self.batches);
             let batch = batches.entry(key.clone()).or_default().clone();
             let mut queue = lock(&batch.queue);
-            queue.pending.push(Pending {
+            let waiting = Pending {
                 report,
                 pod,
                 answer,
-            });
+            };
+            if queue.wait(waiting).is_err() {
+                return Err(FeedbackRefusal::Unavailable(format!(
+                    "SenderPool {key} has {MAX_WAITING_PER_POOL} reports waiting for its status write; this one was not stored, send it again"
+                )));
+            }
             let start = !queue.flushing;
             queue.flushing = true;
             drop(queue);
@@ -217,7 +223,13 @@ impl OperatorFeedback {
             batch.wake.notify_one();
         }
         if start_flusher {
-            tokio::spawn(flush(self.ctx.clone(), self.batches.clone(), key, batch));
+            tokio::spawn(flush(
+                self.ctx.clone(),
+                self.batches.clone(),
+                self.configs.clone(),
+                key,
+                batch,
+            ));
         }
         answered.await.unwrap_or_else(|_| {
             Err(FeedbackRefusal::Unavailable(
@@ -276,13 +288,12 @@ impl OperatorFeedback {
         let ledger = FeedbackLedger::from_sequences(stored);
         let check = ledger.check(fleet, report).map_err(|e| e.refusal())?;
         let ip = spec_ip(fleet, report).unwrap_or_else(|| report.source_ip.to_string());
-        let table = fleet.compile(now);
         Ok(respond(
             report,
-            fleet,
-            &table,
+            &snapshot,
             &ip,
             check == crate::serve::ledger::Check::Duplicate,
+            &self.configs,
             &self.ctx.classifier_rules,
         ))
     }
@@ -292,30 +303,20 @@ impl OperatorFeedback {
 /// the reporting IP's sender config when the agent's is not current.
 fn respond(
     report: &FeedbackReport,
-    fleet: &crate::fleet::Fleet,
-    table: &crate::routing::RouteTable,
+    snapshot: &Arc<Snapshot>,
     ip: &str,
     duplicate: bool,
+    configs: &RenderedConfigs,
     rules: &super::sender_checks::RulesMemory,
 ) -> FeedbackResponse {
-    let sender = postfix::sender_in(&fleet.pools, &report.pool.namespace, &report.pool.name, ip);
-    let config = sender_config_with(
-        table,
-        &sender,
-        &fleet.known_domains(),
-        &PostfixOptions::default(),
-        &SendingSettings::find(&fleet.pools, &sender),
-    )
-    .map_err(|e| tracing::warn!(error = %e, "cannot render the sender config for the reply"))
-    .ok()
-    .and_then(|c| with_classifier_files(c, fleet, &report.pool.namespace, &report.pool.name, rules))
-    .map(|c| {
-        let current = report.config_version.as_deref() == Some(c.version.as_str());
-        ConfigHint {
-            version: c.version,
-            files: (!current).then_some(c.files),
-        }
-    });
+    let config = configs.hint(
+        snapshot,
+        &report.pool.namespace,
+        &report.pool.name,
+        ip,
+        report.config_version.as_deref(),
+        rules,
+    );
     FeedbackResponse {
         api_version: FEEDBACK_API_VERSION.to_string(),
         sequence: report.sequence,
@@ -329,6 +330,10 @@ fn spec_ip(fleet: &crate::fleet::Fleet, report: &FeedbackReport) -> Option<Strin
     fleet
         .pools
         .iter()
+        .filter(|p| {
+            p.name_any() == report.pool.name
+                && p.metadata.namespace.as_deref() == Some(report.pool.namespace.as_str())
+        })
         .flat_map(|p| p.spec.ips.iter())
         .find(|ip| ip.address.trim().parse().ok() == Some(report.source_ip))
         .map(|ip| ip.address.clone())
@@ -358,6 +363,13 @@ fn may_move_a_pair(report: &FeedbackReport) -> bool {
 /// How long the first report of a batch waits for others of its pool.
 pub const BATCH_DELAY: Duration = Duration::from_secs(2);
 
+/// How many reports of one pool may wait for its next status write: twice
+/// the CRD's largest pool (256 IPs), every agent with one report waiting and
+/// one sent again. Past it a report is refused with 503 and `Retry-After`,
+/// storing nothing (the agent keeps it): when writes fall behind, waiting
+/// reports would otherwise pile up without end.
+pub const MAX_WAITING_PER_POOL: usize = 512;
+
 /// Reports waiting for their pool's next status write, per pool.
 pub type Batches = Arc<Mutex<HashMap<String, Arc<PoolBatch>>>>;
 
@@ -375,6 +387,18 @@ struct Queue {
     flushing: bool,
 }
 
+impl Queue {
+    /// Adds `report` to the next write, or gives it back when
+    /// [`MAX_WAITING_PER_POOL`] reports wait already.
+    fn wait(&mut self, report: Pending) -> Result<(), Box<Pending>> {
+        if self.pending.len() >= MAX_WAITING_PER_POOL {
+            return Err(Box::new(report));
+        }
+        self.pending.push(report);
+        Ok(())
+    }
+}
+
 struct Pending {
     report: FeedbackReport,
     /// The reporting pod, whose queue figures the report carries.
@@ -387,7 +411,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Writes a pool's waiting reports, batch after batch, until none is left.
-async fn flush(ctx: Arc<Context>, batches: Batches, key: String, batch: Arc<PoolBatch>) {
+async fn flush(
+    ctx: Arc<Context>,
+    batches: Batches,
+    configs: Arc<RenderedConfigs>,
+    key: String,
+    batch: Arc<PoolBatch>,
+) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(BATCH_DELAY) => {}
@@ -395,7 +425,7 @@ async fn flush(ctx: Arc<Context>, batches: Batches, key: String, batch: Arc<Pool
         }
         let pending = std::mem::take(&mut lock(&batch.queue).pending);
         if !pending.is_empty() {
-            write_batch(&ctx, pending).await;
+            write_batch(&ctx, &configs, pending).await;
         }
         let mut batches_guard = lock(&batches);
         let mut queue = lock(&batch.queue);
@@ -416,18 +446,59 @@ async fn flush(ctx: Arc<Context>, batches: Batches, key: String, batch: Arc<Pool
 /// Counts `pending` (reports of one pool) into a fresh copy of the pool and
 /// writes the status once, guarded by its resourceVersion; then answers
 /// each report. Nothing is acknowledged that the write did not store.
-async fn write_batch(ctx: &Context, pending: Vec<Pending>) {
+async fn write_batch(ctx: &Context, configs: &RenderedConfigs, pending: Vec<Pending>) {
     let Some(first) = pending.first() else { return };
     let ns = first.report.pool.namespace.clone();
     let name = first.report.pool.name.clone();
-    let answers = count_batch(ctx, &ns, &name, &pending).await;
+    let answers = count_batch(ctx, configs, &ns, &name, &pending).await;
     for (p, answer) in pending.into_iter().zip(answers) {
         let _ = p.answer.send(answer);
     }
 }
 
+/// Whether counting moved what the routes read of the pool (a pair's state,
+/// an IP found unbound; [`routing_reputation_digest`]): only then is the
+/// namespace's table compiled again. Most reports only fill a window.
+fn moves_routes(before: u64, after: &SenderPool) -> bool {
+    routing_reputation_digest(after) != before
+}
+
+/// The namespace's fleet with only the reporting pool in it, to count into:
+/// copying the whole namespace for every batch made a batch cost as much as
+/// the namespace is large. `fresh` gives the metadata and status; the spec is
+/// the usable one of the snapshot (no pool when the pool is not usable).
+fn reporting_pool_only(snapshot: &Snapshot, fresh: &SenderPool) -> Fleet {
+    let pool = snapshot
+        .fleet
+        .pools
+        .iter()
+        .find(|p| p.name_any() == fresh.name_any() && p.namespace() == fresh.namespace())
+        .map(|usable| SenderPool {
+            metadata: fresh.metadata.clone(),
+            spec: usable.spec.clone(),
+            status: fresh.status.clone(),
+        });
+    Fleet {
+        pools: pool.into_iter().collect(),
+        routes: Vec::new(),
+        classifier: snapshot.fleet.classifier.clone(),
+        known_providers: snapshot.fleet.known_providers.clone(),
+    }
+}
+
+/// Every pool with `pool` in place of its stored copy.
+fn with_pool(pools: Vec<Arc<SenderPool>>, pool: &Arc<SenderPool>) -> Vec<Arc<SenderPool>> {
+    let mut pools: Vec<Arc<SenderPool>> = pools
+        .into_iter()
+        .filter(|p| !(p.name_any() == pool.name_any() && p.namespace() == pool.namespace()))
+        .collect();
+    pools.push(pool.clone());
+    pools
+}
+
 async fn count_batch(
     ctx: &Context,
+    configs: &RenderedConfigs,
     ns: &str,
     name: &str,
     pending: &[Pending],
@@ -463,31 +534,18 @@ async fn count_batch(
                 )))
             }
         };
-        let mut pools: Vec<Arc<SenderPool>> = ctx
-            .stores
-            .pools
-            .all()
-            .into_iter()
-            .filter(|p| !(p.name_any() == name && p.namespace().as_deref() == Some(ns)))
-            .collect();
-        pools.push(fresh.clone());
+        let pools = with_pool(ctx.stores.pools.all(), &fresh);
         let routes = ctx.stores.routes.in_namespace(ns);
         let now = Timestamp::now();
         // The cached snapshot of these very inputs (the route controller
-        // has usually compiled it already): rebuilding the fleet, above
-        // all its classifier, is most of what a batch costs.
+        // has usually compiled it already); a window filled by this batch
+        // does not move it.
         let snapshot = match ctx.snapshots.get(ns, &pools, &routes, now).await {
             Ok(snapshot) => snapshot,
             Err(e) => return all(FeedbackRefusal::Unavailable(e.to_string())),
         };
-        let mut fleet = snapshot.fleet.clone();
-        drop(snapshot);
-        // The cache matches on spec and reputation only: count into the
-        // fresh status so the write does not carry stale replica counts.
-        if let Some(pool) = fleet.pools.iter_mut().find(|p| p.name_any() == name) {
-            pool.metadata = fresh.metadata.clone();
-            pool.status = fresh.status.clone();
-        }
+        let mut fleet = reporting_pool_only(&snapshot, &fresh);
+        let before = fleet.pools.first().map(routing_reputation_digest);
         // The ledger is part of the status it counted into: read and
         // written with it, so it survives a restart or a leader change.
         let mut ledger = FeedbackLedger::from_sequences(
@@ -498,26 +556,34 @@ async fn count_batch(
                 .unwrap_or_default(),
         );
         ledger.expire(now);
-        let outcomes: Vec<_> = pending
-            .iter()
-            .map(|p| ledger.apply(&mut fleet, &p.report, now))
-            .collect();
+        let mut outcomes = Vec::with_capacity(pending.len());
+        for p in pending {
+            let outcome = ledger
+                .apply(&mut fleet, &p.report, now)
+                .map_err(|e| match e {
+                    // Not in this pool: the namespace says whether it is another's.
+                    LedgerError::UnknownIp { .. } => {
+                        ledger.check(&snapshot.fleet, &p.report).err().unwrap_or(e)
+                    }
+                    e => e,
+                });
+            outcomes.push(outcome);
+        }
         let counted = outcomes
             .iter()
             .filter(|o| o.as_ref().is_ok_and(|a| !a.duplicate))
             .count();
-        let table = fleet.compile(now);
-        let answers = |fleet: &crate::fleet::Fleet| {
+        let answers = |snapshot: &Arc<Snapshot>| {
             pending
                 .iter()
                 .zip(&outcomes)
                 .map(|(p, outcome)| match outcome {
                     Ok(applied) => Ok(respond(
                         &p.report,
-                        fleet,
-                        &table,
+                        snapshot,
                         &applied.ip,
                         applied.duplicate,
+                        configs,
                         &ctx.classifier_rules,
                     )),
                     Err(e) => Err(e.refusal()),
@@ -525,14 +591,13 @@ async fn count_batch(
                 .collect()
         };
         if counted == 0 {
-            return answers(&fleet);
+            return answers(&snapshot);
         }
-        let mut new_status = fleet
-            .pools
-            .iter()
-            .find(|p| p.name_any() == name)
-            .and_then(|p| p.status.clone())
-            .unwrap_or_default();
+        let Some(counted_into) = fleet.pools.pop() else {
+            return answers(&snapshot);
+        };
+        let moved = before.is_none_or(|before| moves_routes(before, &counted_into));
+        let mut new_status = counted_into.status.clone().unwrap_or_default();
         new_status.feedback_ledger = Some(ledger.sequences().clone());
         // Each pod's queue figures; a drained pod's queue went with it (to its
         // siblings, or lost as the drain says), so its figures leave.
@@ -561,7 +626,7 @@ async fn count_batch(
             .patch_status::<SenderPool>(ns, name, fresh.resource_version(), &old, &new)
             .await
         {
-            Ok(_) => {
+            Ok(written) => {
                 let mut transitions = Vec::new();
                 for applied in outcomes.iter().flatten().filter(|a| !a.duplicate) {
                     ctx.metrics.feedback_report(&format!("{ns}/{name}"));
@@ -612,7 +677,27 @@ async fn count_batch(
                     records.extend(ip_bound_event(&ObjectKey::new(ns, name), change));
                 }
                 ctx.publish(&fresh.object_ref(&()), &records).await;
-                return answers(&fleet);
+                if !moved {
+                    return answers(&snapshot);
+                }
+                // A moved pair changes the table: the answers name the
+                // configs of the table this write gives, compiled once here
+                // (the route controller then finds it compiled).
+                let written = written.map(Arc::new).unwrap_or_else(|| {
+                    let mut written = (*fresh).clone();
+                    written.metadata.resource_version = None;
+                    written.status = Some(new_status);
+                    Arc::new(written)
+                });
+                let pools = with_pool(pools, &written);
+                let moved_to = match ctx.snapshots.get(ns, &pools, &routes, now).await {
+                    Ok(moved_to) => moved_to,
+                    Err(e) => {
+                        tracing::warn!(error = %e, namespace = ns, "cannot compile the moved table for the answers");
+                        snapshot
+                    }
+                };
+                return answers(&moved_to);
             }
             Err(e) if api_status(&e) == Some(409) => {
                 tracing::debug!(attempt, pool = %format!("{ns}/{name}"), "status conflict; reading the pool again");
@@ -628,40 +713,6 @@ async fn count_batch(
     all(FeedbackRefusal::Unavailable(format!(
         "SenderPool {ns}/{name} status kept changing; retry"
     )))
-}
-
-/// The configuration with the classifier files the pool's ConfigMaps carry;
-/// `None` until the pool's rules were read since the operator started (the
-/// agent then waits for its ConfigMap).
-fn with_classifier_files(
-    config: crate::routing::sender_config::SenderConfig,
-    fleet: &crate::fleet::Fleet,
-    namespace: &str,
-    pool: &str,
-    memory: &super::sender_checks::RulesMemory,
-) -> Option<crate::routing::sender_config::SenderConfig> {
-    use crate::routing::classifier_files::{declared_providers_yaml, with_classifier};
-    let names_rules = fleet
-        .pools
-        .iter()
-        .find(|p| p.name_any() == pool && p.metadata.namespace.as_deref() == Some(namespace))
-        .is_some_and(|p| p.spec.classifier_rules.is_some());
-    let rules = if names_rules {
-        memory.get(&format!("{namespace}/{pool}"))?
-    } else {
-        None
-    };
-    let routes: Vec<crate::api::DomainRoute> = fleet
-        .routes
-        .iter()
-        .filter(|r| r.metadata.namespace.as_deref() == Some(namespace))
-        .cloned()
-        .collect();
-    Some(with_classifier(
-        config,
-        &declared_providers_yaml(&routes),
-        rules.as_deref(),
-    ))
 }
 
 impl FeedbackReceiver for OperatorFeedback {
@@ -771,5 +822,160 @@ async fn write_route_queues(
                 tracing::debug!(route = %key, error = %e, "route queue figures not written; the next report retries")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::report::{AgentIdentity, ConclusiveEvidence, Period, PoolRef, TotalCount};
+    use crate::api::ReputationState;
+    use crate::operator::snapshot::build;
+    use crate::routing::example::incident_fleet;
+    use crate::vocab::Outcome;
+
+    fn now() -> Timestamp {
+        "2021-11-05T08:10:00Z".parse().unwrap()
+    }
+
+    fn snapshot() -> Snapshot {
+        let (pools, routes) = incident_fleet(now());
+        let pools: Vec<Arc<SenderPool>> = pools.into_iter().map(Arc::new).collect();
+        let routes: Vec<Arc<DomainRoute>> = routes.into_iter().map(Arc::new).collect();
+        build("mail", &pools, &routes, now()).unwrap()
+    }
+
+    fn report(ip: &str, sequence: u64, provider: &str, category: Category) -> FeedbackReport {
+        let outcome = if category == Category::None {
+            Outcome::Delivered
+        } else {
+            Outcome::Deferred
+        };
+        FeedbackReport {
+            api_version: FEEDBACK_API_VERSION.into(),
+            agent: AgentIdentity {
+                name: "bulk-0".into(),
+                instance: "abc".into(),
+            },
+            sequence,
+            source_ip: ip.parse().unwrap(),
+            pool: PoolRef {
+                namespace: "mail".into(),
+                name: "bulk".into(),
+            },
+            period: Period {
+                start: now(),
+                end: now(),
+            },
+            totals: vec![TotalCount {
+                provider: provider.into(),
+                outcome,
+                category,
+                count: 40,
+            }],
+            conclusive: Vec::new(),
+            lines: Default::default(),
+            dropped: Default::default(),
+            config_version: None,
+            queue: None,
+            drain: None,
+            ip_binding: None,
+        }
+    }
+
+    fn ban(ip: &str, sequence: u64) -> FeedbackReport {
+        FeedbackReport {
+            conclusive: vec![ConclusiveEvidence {
+                provider: "microsoft".into(),
+                reply: format!("550 5.7.606 Access denied, banned sending IP [{ip}]"),
+                at: now(),
+                named_ip: ip.parse().ok(),
+                pause_seconds: None,
+            }],
+            ..report(ip, sequence, "microsoft", Category::IpBlocklisted)
+        }
+    }
+
+    /// Counts `report` the way a batch does: into the reporting pool alone.
+    fn count_alone(snapshot: &Snapshot, report: &FeedbackReport) -> (bool, SenderPool) {
+        let stored = snapshot
+            .fleet
+            .pools
+            .iter()
+            .find(|p| p.name_any() == "bulk")
+            .unwrap();
+        let mut fleet = reporting_pool_only(snapshot, stored);
+        assert_eq!(fleet.pools.len(), 1, "only the reporting pool is copied");
+        let before = routing_reputation_digest(&fleet.pools[0]);
+        FeedbackLedger::new()
+            .apply(&mut fleet, report, now())
+            .unwrap();
+        let after = fleet.pools.pop().unwrap();
+        (moves_routes(before, &after), after)
+    }
+
+    #[test]
+    fn deliveries_fill_a_window_and_compile_nothing() {
+        let snapshot = snapshot();
+        // 203.0.113.13 has a Healthy google pair: deliveries only count.
+        let (moved, pool) = count_alone(
+            &snapshot,
+            &report("203.0.113.13", 1, "google", Category::None),
+        );
+        assert!(!moved);
+        let before = snapshot.fleet.pools.iter().find(|p| p.name_any() == "bulk");
+        assert_ne!(
+            serde_json::to_value(&pool.status).unwrap(),
+            serde_json::to_value(&before.unwrap().status).unwrap(),
+            "the window holds the counts"
+        );
+    }
+
+    #[test]
+    fn a_block_compiles_the_table() {
+        let snapshot = snapshot();
+        let (moved, pool) = count_alone(&snapshot, &ban("203.0.113.12", 1));
+        assert!(moved);
+        let state = pool
+            .status
+            .iter()
+            .flat_map(|s| s.ips.iter())
+            .find(|ip| ip.address == "203.0.113.12")
+            .and_then(|ip| ip.reputation.iter().find(|r| r.provider == "microsoft"))
+            .map(|r| r.state);
+        assert_eq!(state, Some(ReputationState::Blocked));
+    }
+
+    #[test]
+    fn a_report_for_an_unusable_pool_counts_nowhere() {
+        let snapshot = snapshot();
+        let mut stranger = snapshot.fleet.pools[0].clone();
+        stranger.metadata.name = Some("not-in-the-fleet".into());
+        let fleet = reporting_pool_only(&snapshot, &stranger);
+        assert!(fleet.pools.is_empty());
+    }
+
+    #[test]
+    fn reports_past_the_bound_are_given_back_unstored() {
+        let mut queue = Queue::default();
+        let pending = |sequence| {
+            let (answer, _) = oneshot::channel();
+            Pending {
+                report: report("203.0.113.13", sequence, "google", Category::None),
+                pod: "bulk-0".into(),
+                answer,
+            }
+        };
+        for sequence in 1..=MAX_WAITING_PER_POOL as u64 {
+            assert!(queue.wait(pending(sequence)).is_ok());
+        }
+        let refused = queue
+            .wait(pending(MAX_WAITING_PER_POOL as u64 + 1))
+            .expect_err("one past the bound is refused");
+        assert_eq!(refused.report.sequence, MAX_WAITING_PER_POOL as u64 + 1);
+        assert_eq!(queue.pending.len(), MAX_WAITING_PER_POOL);
+        // The next write takes them all, and there is room again.
+        std::mem::take(&mut queue.pending);
+        assert!(queue.wait(pending(1)).is_ok());
     }
 }

@@ -16,6 +16,7 @@ pub mod leader_route;
 pub mod metrics;
 pub mod pool_controller;
 pub mod probes;
+pub mod rendered;
 pub mod reverse_dns;
 pub mod route_controller;
 pub mod run;

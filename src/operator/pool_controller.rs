@@ -110,9 +110,9 @@ async fn reconcile_pool(pool: &Arc<SenderPool>, ctx: &Arc<Context>) -> Result<Ac
     // nothing to do (after a block, 199 of 200 pools plan nothing new).
     let view = pool_view(&snapshot, &pool_key);
     let epoch = ctx.epochs.pool(&pool_key.to_string());
-    let seen = |rv: Option<String>| {
+    let seen = |own: u64| {
         let mut h = DefaultHasher::new();
-        (view, epoch, usable, rv).hash(&mut h);
+        (view, epoch, usable, own).hash(&mut h);
         h.finish()
     };
     let memo_key = format!("SenderPool/{pool_key}");
@@ -120,7 +120,7 @@ async fn reconcile_pool(pool: &Arc<SenderPool>, ctx: &Arc<Context>) -> Result<Ac
     let wakeup = engine::next_wakeup(&pool.spec, &status, now);
     if wakeup.is_none_or(|at| at > now)
         && status.unreadable.is_none()
-        && ctx.unchanged(&memo_key, seen(pool.resource_version()))
+        && ctx.unchanged(&memo_key, seen(planning_key(pool)))
     {
         return Ok(requeue_at(wakeup, usable, &status, now));
     }
@@ -164,10 +164,8 @@ async fn reconcile_pool(pool: &Arc<SenderPool>, ctx: &Arc<Context>) -> Result<Ac
                 if let Some(unreadable) = &unreadable {
                     report_repair(ctx, &current, unreadable).await;
                 }
-                let rv_after = written
-                    .and_then(|w| w.resource_version())
-                    .or_else(|| current.resource_version());
-                ctx.remember(&memo_key, seen(rv_after));
+                let after = written.as_ref().unwrap_or(current.as_ref());
+                ctx.remember(&memo_key, seen(planning_key(after)));
                 return Ok(next_action(&outcome, usable, now));
             }
             Err(e) if api_status(&e) == Some(409) => {
@@ -428,6 +426,30 @@ async fn recall(
 /// A digest of what the pool's sender configs and status read from the
 /// namespace's compiled routes: every route's matcher, mode and fallbacks,
 /// and the entries of this pool's own IPs (not the other pools' targets).
+/// The pool as a pass reads it, without what every feedback batch writes:
+/// the windows of counts (buckets age out, but that never moves a pair on a
+/// tick, `engine::next_wakeup`) and the ledger of counted sequences. Keyed
+/// on the resourceVersion instead, every batch of reports planned the pool
+/// again, rendering each IP's sender config from the whole route table.
+fn planning_key(pool: &SenderPool) -> u64 {
+    let mut own = pool.clone();
+    own.metadata.resource_version = None;
+    own.metadata.managed_fields = None;
+    if let Some(status) = own.status.as_mut() {
+        status.feedback_ledger = None;
+        for pair in status
+            .ips
+            .iter_mut()
+            .flat_map(|ip| ip.reputation.iter_mut())
+        {
+            pair.window.clear();
+        }
+    }
+    let mut h = DefaultHasher::new();
+    serde_json::to_string(&own).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
 fn pool_view(snapshot: &Snapshot, pool: &ObjectKey) -> u64 {
     let mut h = DefaultHasher::new();
     for r in &snapshot.table.routes {
@@ -638,5 +660,67 @@ fn requeue_at(
             Action::requeue(wait.clamp(MIN_WAKEUP, RESYNC))
         }
         None => Action::requeue(RESYNC),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::report::SequenceLedger;
+    use crate::api::{ReputationState, WindowBucket};
+    use crate::routing::example::incident_fleet;
+
+    fn bulk() -> SenderPool {
+        let now = "2021-11-05T08:10:00Z".parse().unwrap();
+        let (pools, _) = incident_fleet(now);
+        let mut pool = pools.into_iter().find(|p| p.name_any() == "bulk").unwrap();
+        pool.metadata.resource_version = Some("1".into());
+        pool
+    }
+
+    fn first_pair(pool: &mut SenderPool) -> &mut crate::api::ProviderReputation {
+        pool.status
+            .as_mut()
+            .unwrap()
+            .ips
+            .iter_mut()
+            .flat_map(|ip| ip.reputation.iter_mut())
+            .next()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_feedback_batch_that_only_counts_plans_nothing_again() {
+        let before = bulk();
+        let mut counted = before.clone();
+        counted.metadata.resource_version = Some("2".into());
+        first_pair(&mut counted).window.push(WindowBucket {
+            start: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2021-11-05T08:10:00Z".parse().unwrap(),
+            ),
+            attempts: 40,
+            delivered: 40,
+            ip_blocklisted: 0,
+            ip_rate_limited: 0,
+        });
+        let mut ledger = SequenceLedger::default();
+        ledger.admit(
+            "203.0.113.12 abc",
+            7,
+            "2021-11-05T08:10:00Z".parse().unwrap(),
+        );
+        counted.status.as_mut().unwrap().feedback_ledger = Some(ledger);
+        assert_eq!(planning_key(&before), planning_key(&counted));
+
+        // A pair that moves, a spec or a replica count that changes: planned.
+        let mut moved = counted.clone();
+        first_pair(&mut moved).state = ReputationState::Probing;
+        assert_ne!(planning_key(&counted), planning_key(&moved));
+        let mut respecified = counted.clone();
+        respecified.spec.ips.pop();
+        assert_ne!(planning_key(&counted), planning_key(&respecified));
+        let mut scaled = counted.clone();
+        scaled.status.as_mut().unwrap().ips[0].ready_replicas += 1;
+        assert_ne!(planning_key(&counted), planning_key(&scaled));
     }
 }

@@ -254,9 +254,17 @@ fn known_providers_only<'r>(
     std::borrow::Cow::Owned(mapped)
 }
 
-/// The pool holding the report's IP, and the IP as its spec writes it.
+/// The pool holding the report's IP, and the IP as its spec writes it. The
+/// pool the report names is looked in first: it is the owner unless the
+/// agent is misconfigured, and a fleet may hold tens of thousands of IPs.
 fn owner_of(fleet: &Fleet, report: &FeedbackReport) -> Result<(usize, String), LedgerError> {
-    for (index, pool) in fleet.pools.iter().enumerate() {
+    let named = fleet.pools.iter().position(|p| {
+        p.metadata.name.as_deref() == Some(report.pool.name.as_str())
+            && p.metadata.namespace.as_deref().unwrap_or("default") == report.pool.namespace
+    });
+    let others = (0..fleet.pools.len()).filter(|i| Some(*i) != named);
+    for index in named.into_iter().chain(others) {
+        let pool = &fleet.pools[index];
         for ip in &pool.spec.ips {
             if ip.address.trim().parse().ok() == Some(report.source_ip) {
                 return Ok((index, ip.address.clone()));
