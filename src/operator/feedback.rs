@@ -880,6 +880,7 @@ mod tests {
             queue: None,
             drain: None,
             ip_binding: None,
+            complaints: Vec::new(),
         }
     }
 

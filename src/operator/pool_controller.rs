@@ -702,6 +702,7 @@ mod tests {
             delivered: 40,
             ip_blocklisted: 0,
             ip_rate_limited: 0,
+            complaints: 0,
         });
         let mut ledger = SequenceLedger::default();
         ledger.admit(
