@@ -553,10 +553,14 @@ impl PostfixHolds<'_> {
             }
         }
         if !actions.park.is_empty() {
-            postsuper_each(&bin("postsuper"), &config, "-h", &actions.park)?;
+            // Only from the deferred queue: a message the queue manager still
+            // has in the active queue must not be moved under it (it would
+            // be removed when its delivery agent finds no file); one not yet
+            // deferred stays there and its release flushes it by id.
+            postsuper_each(&bin("postsuper"), &config, "-h", &actions.park, "deferred")?;
         }
         if !actions.release.is_empty() {
-            postsuper_each(&bin("postsuper"), &config, "-H", &actions.release)?;
+            postsuper_each(&bin("postsuper"), &config, "-H", &actions.release, "hold")?;
             for id in &actions.release {
                 // A message delivered or removed meanwhile is not an error
                 // worth stopping for; one still with the queue manager is
@@ -568,17 +572,19 @@ impl PostfixHolds<'_> {
     }
 }
 
-/// `postsuper <flag> -`: one process for many queue ids (read from its input).
-/// Ids no longer in the queue are only warned about by postsuper.
+/// `postsuper <flag> - <queue>`: one process for many queue ids (read from
+/// its input), touching only those in `queue`. Ids not there are only warned
+/// about by postsuper.
 fn postsuper_each(
     program: &Path,
     config: &str,
     flag: &str,
     ids: &[String],
+    queue: &str,
 ) -> Result<(), ApplyError> {
-    let command = format!("{} -c {config} {flag} -", program.display());
+    let command = format!("{} -c {config} {flag} - {queue}", program.display());
     let mut child = Command::new(program)
-        .args(["-c", config, flag, "-"])
+        .args(["-c", config, flag, "-", queue])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
