@@ -16,18 +16,18 @@ use kube::{Client, Resource, ResourceExt};
 use super::build::events::transition_events;
 use super::build::namespace_of;
 use super::context::Context;
-use super::error::api_status;
+use super::error::OperatorError;
 use super::snapshot;
+use super::status_write::{self, Attempt};
 use crate::api::SenderPool;
 use crate::probe::claim_check::{ClaimCheckLimits, ClaimChecks};
 use crate::probe::dnsbl::{DnsblHealth, DNSBL_HEALTHY};
 use crate::probe::runner::{ProbeOptions, ProbeRound, SecretSource, SignalProbes};
-use crate::reputation::engine::Signal;
+use crate::reputation::engine::{Signal, Transition};
 use crate::routing::ObjectKey;
 
 /// The longest sleep between two looks at the schedule (new pools, new zones).
 const MAX_IDLE: Duration = Duration::from_secs(30);
-const STATUS_ATTEMPTS: u32 = 5;
 
 /// Secrets read from the API server (`"" secrets: get`).
 pub struct KubeSecrets {
@@ -246,63 +246,67 @@ async fn apply_to_pool(
     key: &ObjectKey,
     findings: PoolFindings,
     now: Timestamp,
-) -> Result<(), String> {
+) -> Result<(), OperatorError> {
     let (ns, name) = (key.namespace.as_str(), key.name.as_str());
     let lock = ctx.status_lock(ns, name);
     let _turn = lock.lock().await;
-    let api: Api<SenderPool> = Api::namespaced(ctx.client.clone(), ns);
-    for _ in 0..STATUS_ATTEMPTS {
-        let fresh = Arc::new(api.get(name).await.map_err(|e| e.to_string())?);
-        let mut pools: Vec<Arc<SenderPool>> = ctx
-            .stores
-            .pools
-            .all()
-            .into_iter()
-            .filter(|p| !(p.name_any() == name && p.namespace().as_deref() == Some(ns)))
-            .collect();
-        pools.push(fresh.clone());
-        let routes = ctx.stores.routes.in_namespace(ns);
-        let (_, mut fleet) = snapshot::fleet_of(ns, &pools, &routes).map_err(|e| e.to_string())?;
-        let mut transitions = Vec::new();
-        for (ip, signal) in &findings.signals {
-            match fleet.observe(ip, signal.clone(), now) {
-                Ok(moves) => transitions.extend(moves),
-                Err(e) => tracing::warn!(pool = %key, ip = %ip, error = %e, "probe signal refused"),
-            }
+    let compute =
+        |fresh: Arc<SenderPool>| std::future::ready(probe_status(ctx, key, &findings, fresh, now));
+    let written = status_write::write_status(ctx, key, None, compute).await?;
+    if let (Some(_), Some(transitions)) = (&written.written, &written.result) {
+        for t in transitions {
+            tracing::info!(pool = %key, ip = %t.ip, provider = %t.provider, from = ?t.from,
+                to = %t.to, reason = %t.reason, "reputation moved");
         }
-        let generation = fresh.metadata.generation;
-        let Some(pool) = fleet.pools.iter_mut().find(|p| p.name_any() == name) else {
-            // The pool is unusable or gone from the fleet: nothing to record.
-            return Ok(());
-        };
-        let status = pool.status.get_or_insert_with(Default::default);
-        match &findings.health {
-            Some(Some(health)) => health.set_on(&mut status.conditions, generation, now),
-            Some(None) => status.conditions.retain(|c| c.type_ != DNSBL_HEALTHY),
-            None => {}
-        }
-        let old = serde_json::to_value(fresh.status.clone().unwrap_or_default())
-            .map_err(|e| e.to_string())?;
-        let new = serde_json::to_value(&*status).map_err(|e| e.to_string())?;
-        match ctx
-            .writer
-            .patch_status::<SenderPool>(ns, name, fresh.resource_version(), &old, &new)
-            .await
-        {
-            Ok(_) => {
-                for t in &transitions {
-                    tracing::info!(pool = %key, ip = %t.ip, provider = %t.provider, from = ?t.from,
-                        to = %t.to, reason = %t.reason, "reputation moved");
-                }
-                let records = transition_events(key, &transitions);
-                ctx.publish(&fresh.object_ref(&()), &records).await;
-                return Ok(());
-            }
-            Err(e) if api_status(&e) == Some(409) => continue,
-            Err(e) => return Err(e.to_string()),
+        let records = transition_events(key, transitions);
+        ctx.publish(&written.object.object_ref(&()), &records).await;
+    }
+    Ok(())
+}
+
+/// The pool's status with the probes' signals and DNSBL health applied to
+/// what is stored, and the reputation moves they made (`None`: the pool is
+/// unusable or gone from the fleet, nothing to record).
+fn probe_status(
+    ctx: &Context,
+    key: &ObjectKey,
+    findings: &PoolFindings,
+    fresh: Arc<SenderPool>,
+    now: Timestamp,
+) -> Result<Attempt<Option<Vec<Transition>>>, OperatorError> {
+    let (ns, name) = (key.namespace.as_str(), key.name.as_str());
+    let mut pools: Vec<Arc<SenderPool>> = ctx
+        .stores
+        .pools
+        .all()
+        .into_iter()
+        .filter(|p| !(p.name_any() == name && p.namespace().as_deref() == Some(ns)))
+        .collect();
+    pools.push(fresh.clone());
+    let routes = ctx.stores.routes.in_namespace(ns);
+    let (_, mut fleet) = snapshot::fleet_of(ns, &pools, &routes)?;
+    let mut transitions = Vec::new();
+    for (ip, signal) in &findings.signals {
+        match fleet.observe(ip, signal.clone(), now) {
+            Ok(moves) => transitions.extend(moves),
+            Err(e) => tracing::warn!(pool = %key, ip = %ip, error = %e, "probe signal refused"),
         }
     }
-    Err(format!("status of SenderPool {key} kept changing"))
+    let generation = fresh.metadata.generation;
+    let Some(pool) = fleet.pools.iter_mut().find(|p| p.name_any() == name) else {
+        return Ok(Attempt::Unchanged(None));
+    };
+    let status = pool.status.get_or_insert_with(Default::default);
+    match &findings.health {
+        Some(Some(health)) => health.set_on(&mut status.conditions, generation, now),
+        Some(None) => status.conditions.retain(|c| c.type_ != DNSBL_HEALTHY),
+        None => {}
+    }
+    Ok(Attempt::Write {
+        old: status_write::encode("SenderPool", key, &fresh.status.clone().unwrap_or_default())?,
+        new: status_write::encode("SenderPool", key, &*status)?,
+        then: Some(transitions),
+    })
 }
 
 #[cfg(test)]
