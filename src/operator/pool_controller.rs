@@ -30,11 +30,12 @@ use super::build::pool_status::{pool_status, IpWorkload};
 use super::build::reputation_memory::{
     memory_config_map, memory_name, read_memory, remembered, restore,
 };
+use super::build::route_service::SenderPod;
 use super::build::validate::{set_accepted, ObjectProblem, ACCEPTED};
 use super::build::{namespace_of, IP_LABEL, POOL_LABEL};
 use super::context::Context;
 use super::error::{OperatorError, Result};
-use super::route_controller::{prune, retry_after, sender_pod};
+use super::route_controller::{prune, retry_after};
 use super::sender_checks;
 use super::snapshot::Snapshot;
 use super::status_write::{self, Attempt};
@@ -488,7 +489,7 @@ fn owned_pool_objects(ctx: &Context, ns: &str) -> Vec<OwnedObject> {
 fn ready_pods(ctx: &Context, ns: &str, pool: &str) -> BTreeMap<String, i32> {
     let mut out = BTreeMap::new();
     for pod in ctx.stores.pods.in_namespace(ns) {
-        let sender = sender_pod(&pod);
+        let sender = SenderPod::from_pod(&pod);
         if !sender.ready || sender.labels.get(POOL_LABEL).map(String::as_str) != Some(pool) {
             continue;
         }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
@@ -214,24 +214,8 @@ pub fn sender_pods(ctx: &Context, namespace: &str) -> Vec<SenderPod> {
         .pods
         .in_namespace(namespace)
         .iter()
-        .map(|pod| sender_pod(pod))
+        .map(|pod| SenderPod::from_pod(pod))
         .collect()
-}
-
-pub fn sender_pod(pod: &Pod) -> SenderPod {
-    let status = pod.status.as_ref();
-    let ready = pod.metadata.deletion_timestamp.is_none()
-        && status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    SenderPod {
-        namespace: pod.namespace().unwrap_or_default(),
-        name: pod.name_any(),
-        pod_ip: status.and_then(|s| s.pod_ip.clone()),
-        ready,
-        labels: pod.labels().clone(),
-        node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-    }
 }
 
 /// The status of `route`: the compiled targets (when the route is usable)
