@@ -3,7 +3,8 @@
 
 On 127.0.0.x only: eight private Postfix instances, each sending from its own
 address with a `mailfleet agent run`; `mailfleet standalone` over the lab's
-manifests; a receiver on 127.0.0.1 that answers like Microsoft, Gmail and
+manifests; Debian's HAProxy for the hand-off between senders, its
+configuration written and reloaded by standalone (mflab/handoff.py); a receiver on 127.0.0.1 that answers like Microsoft, Gmail and
 Yahoo and refuses Microsoft mail from one source IP; an rbldnsd zone; and a
 press-release burst spread at random over the senders. It prints the timeline,
 writes OUT/report.json and OUT/delivery.svg, and stops everything it started,
@@ -31,10 +32,9 @@ from datetime import datetime, timezone
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from mflab import loadgen, report  # noqa: E402
+from mflab import handoff, loadgen, report  # noqa: E402
 from mflab.postfix import POSTFIX, Instance, slug  # noqa: E402
 from mflab.procs import LabError, Supervisor, listening_on, port_problems  # noqa: E402
-from mflab.routeproxy import RouteProxy  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SENDERS = [f"127.0.0.{n}" for n in range(11, 19)]
@@ -102,7 +102,9 @@ class Lab:
         self.milestones = {}
         self.stop_load = threading.Event()
         self.loadgen = loadgen.LoadGenerator(SENDERS, args.seed)
-        self.proxy = None
+        self.haproxy = None
+        self.route_ports = []
+        self.lab_routes = []
         self.receiver = None
         self.postfix_started = []
         # Set once the ports were found free: only then is a listener left behind ours.
@@ -129,7 +131,9 @@ class Lab:
     def ports(self):
         tcp = [("127.0.0.1", self.args.receiver_port, "the receiver"),
                ("127.0.0.1", self.args.http_port, "mailfleet standalone"),
-               (ROUTE_SERVICE_HOST, 25, "the lab's route Service")]
+               ]
+        tcp += [(ROUTE_SERVICE_HOST, port, "HAProxy's hand-off listener of a route")
+                for port in self.route_ports]
         tcp += [(ip, 25, f"the Postfix of sender {ip}") for ip in SENDERS]
         udp = [("127.0.0.1", self.args.dns_port, "rbldnsd")]
         return tcp, udp
@@ -138,11 +142,12 @@ class Lab:
         if os.geteuid() != 0:
             raise LabError("the lab needs root: Postfix's queue belongs to root and its own user "
                            "(run it with sudo, or as root in the dev container)")
-        needed = [POSTFIX, "/usr/sbin/postqueue", "/usr/sbin/postmap", self.args.rbldnsd]
+        needed = [POSTFIX, "/usr/sbin/postqueue", "/usr/sbin/postmap", self.args.rbldnsd,
+                  handoff.HAPROXY]
         missing = [p for p in needed if not os.path.exists(p)]
         if missing:
             raise LabError(f"missing {', '.join(missing)}; install with scripts/ensure-tools.sh "
-                           "(or: apt-get install -y postfix rbldnsd)")
+                           "(or: apt-get install -y postfix rbldnsd haproxy)")
         if not os.path.exists(self.args.mailfleet):
             raise LabError(f"{self.args.mailfleet} does not exist; build it with `cargo build`")
         helped = subprocess.run([self.args.mailfleet, "standalone", "--help"],
@@ -156,6 +161,8 @@ class Lab:
         if checked.returncode != 0:
             raise LabError(f"the lab's manifests in {self.args.manifests} are refused; fix them "
                            f"and run again:\n{checked.stderr.strip()}")
+        self.lab_routes = json.loads(checked.stdout).get("routes", [])
+        self.route_ports = handoff.ports(len(self.lab_routes))
         # What a run killed with SIGKILL left behind.
         for left in self.sup.stop_leftovers():
             print(f"stopped a process left over by an earlier run: {left}")
@@ -172,7 +179,7 @@ class Lab:
     # ---------- start ----------
 
     def prepare_work(self):
-        for sub in ("standalone", "agents", "logs", "manifests", "dnsbl", "receiver"):
+        for sub in ("standalone", "agents", "logs", "manifests", "dnsbl", "receiver", "haproxy"):
             shutil.rmtree(os.path.join(self.work, sub), ignore_errors=True)
             os.makedirs(os.path.join(self.work, sub), exist_ok=True)
         os.makedirs(self.out, exist_ok=True)
@@ -180,6 +187,8 @@ class Lab:
             src = os.path.join(self.args.manifests, name)
             if os.path.isfile(src):
                 shutil.copy(src, self.manifests)
+        self.haproxy_config = os.path.join(self.work, "haproxy", "haproxy.cfg")
+        self.haproxy_pid_file = os.path.join(self.work, "haproxy", "haproxy.pid")
         self.token = os.path.join(self.work, "token")
         with open(self.token, "w") as f:
             f.write(secrets.token_hex(16))
@@ -225,11 +234,18 @@ class Lab:
                 "--token-file", self.token, "--dnsbl-resolver", f"127.0.0.1:{self.args.dns_port}",
                 "--tick-ms", str(self.args.tick_ms),
                 "--postfix-direct-nexthop", f"[127.0.0.1]:{self.args.receiver_port}",
-                "--route-service-host", ROUTE_SERVICE_HOST]
+                "--route-service-host", ROUTE_SERVICE_HOST,
+                "--haproxy-config", self.haproxy_config,
+                "--haproxy-reload-cmd", handoff.reload_command(self.haproxy_pid_file),
+                "--haproxy-bind", ROUTE_SERVICE_HOST,
+                "--haproxy-first-port", str(handoff.FIRST_PORT),
+                "--haproxy-log", handoff.LOG_TARGET]
         self.sup.start("standalone", argv, env={**os.environ, "MAILFLEET_LOG_LEVEL": os.environ.get("MAILFLEET_LOG_LEVEL", "info")})
         versions = [os.path.join(self.sa_out, "senders", slug(ip), "config-version") for ip in SENDERS]
         self.wait_for(lambda: all(os.path.exists(v) for v in versions), 30,
                       "mailfleet standalone to write every sender's configuration")
+        self.wait_for(lambda: os.path.exists(self.haproxy_config), 30,
+                      "mailfleet standalone to write HAProxy's configuration")
         self.events_tail = Tail(os.path.join(self.sa_out, "events.jsonl"))
 
     def start_agents(self):
@@ -257,6 +273,35 @@ class Lab:
             return True
 
         self.wait_for(all_applied, 30, "every agent to apply its first configuration")
+
+    def start_haproxy(self):
+        """HAProxy on the configuration standalone wrote; from now on
+        standalone's reload command signals it (through the pid file)."""
+        self.haproxy = self.sup.start("haproxy", handoff.argv(self.haproxy_config,
+                                                              self.haproxy_pid_file))
+        listeners = [(ROUTE_SERVICE_HOST, port, "") for port in self.route_ports]
+        self.wait_for(lambda: (os.path.exists(self.haproxy_pid_file)
+                               and len(listening_on(listeners)) == len(listeners)), 20,
+                      "HAProxy to listen on every route's hand-off port")
+
+    def handoffs(self):
+        """Hand-offs between senders (the lab's own port checks left out)."""
+        if self.haproxy is None:
+            return {}
+        return {k: n for k, n in handoff.handoffs(self.haproxy.log_path).items()
+                if k[0] in SENDERS}
+
+    def handoff_summary(self):
+        by_way = {}
+        for (f, r, t), n in self.handoffs().items():
+            by_way.setdefault((f, r), {})[t or "no sender (closed, mail kept queued)"] = n
+        if not by_way:
+            return "  none: no sender handed mail off"
+        lines = []
+        for (f, r), to in sorted(by_way.items()):
+            spread = ", ".join(f"{t} {n}" for t, n in sorted(to.items()))
+            lines.append(f"  {f} -> {r}: {sum(to.values())} ({spread})")
+        return "\n".join(lines)
 
     def agent_version(self, inst):
         try:
@@ -495,15 +540,15 @@ class Lab:
         self.start_receiver()
         print(f"receiver on 127.0.0.1:{a.receiver_port}: Microsoft domains (consumer and "
               f"Microsoft 365 tenants) refuse {self.blocked} with 550 5.7.606; all else accepted")
-        self.proxy = RouteProxy(ROUTE_SERVICE_HOST, 25, os.path.join(self.sa_out, "routes.json"),
-                                NAMESPACE, a.seed)
-        await self.proxy.start()
         self.start_standalone()
         print(f"mailfleet standalone on 127.0.0.1:{a.http_port}, state in {self.sa_out}")
         self.start_postfix()
         self.start_agents()
+        self.start_haproxy()
         print(f"8 Postfix senders on {SENDERS[0]}..{SENDERS[-1]}, each with its agent; "
-              f"route Service on {ROUTE_SERVICE_HOST}:25")
+              f"the hand-off between them: HAProxy on {ROUTE_SERVICE_HOST}, a port per route "
+              f"({self.route_ports[0]}-{self.route_ports[-1]}), configured and reloaded by "
+              f"mailfleet standalone")
         self.poll()
 
         self.step(f"The press release: {a.burst} recipients, spread at random over 8 senders "
@@ -639,6 +684,13 @@ class Lab:
                        if ip != self.blocked and r in self.by_recipient
                        and self.by_recipient[r].sender == self.blocked
                        and self.by_recipient[r].provider == "microsoft")
+        handed = self.handoffs()
+        ms_routes = {f"{r['namespace']}/{r['name']}" for r in self.lab_routes
+                     if r.get("provider") == "microsoft"}
+        handed_away = sum(n for (f, r, t), n in handed.items()
+                          if f == self.blocked and r in ms_routes and t not in (None, self.blocked))
+        handed_back = sum(n for (f, r, t), n in handed.items()
+                          if r in ms_routes and t == self.blocked)
         order = [m.get(k) for k in ("blocked", "delisted", "probing", "recovering", "healthy")]
         checks = {
             "zero_bounced": {"ok": rows["total"]["bounced"] == 0,
@@ -658,6 +710,11 @@ class Lab:
                 "ok": rerouted > 0,
                 "detail": f"{rerouted} Microsoft messages submitted to {self.blocked} delivered "
                           f"through other IPs"},
+            "handed_off_through_haproxy": {
+                "ok": handed_away > 0,
+                "detail": f"{handed_away} connections from {self.blocked} on its Microsoft routes "
+                          f"went through HAProxy to healthy senders ({handed_back} to "
+                          f"{self.blocked} itself)"},
             "recovered_without_manual_step": {
                 "ok": all(order) and order == sorted(order),
                 "detail": "Blocked, delisting, Probing, Recovering, Healthy in order" + (
@@ -706,8 +763,9 @@ class Lab:
             "timeline": self.timeline,
             "tally": rows,
             "rerouted_microsoft_messages": rerouted,
-            "route_service_connections": [
-                {"from": f, "to": t, "count": n} for (f, t), n in sorted(self.proxy.forwarded.items())],
+            "handoffs": [
+                {"from": f, "route": r, "to": t, "count": n}
+                for (f, r, t), n in sorted(self.handoffs().items(), key=str)],
             "checks": checks,
         }
         os.makedirs(self.out, exist_ok=True)
@@ -726,8 +784,6 @@ class Lab:
 
     async def teardown(self):
         self.stop_load.set()
-        if self.proxy is not None:
-            await self.proxy.stop()
         self.sup.stop_all()
         if not self.started:
             return []
@@ -751,6 +807,8 @@ async def main_async(args):
         path = lab.write_report(rows, checks, rerouted)
         lab.step("Tally per provider (every submitted message)")
         print(report.format_tally(rows))
+        lab.step("The hand-off through HAProxy (connections, from its log)")
+        print(lab.handoff_summary())
         lab.step("Checks")
         for name, c in checks.items():
             print(f"  {'ok  ' if c['ok'] else 'FAIL'} {name}: {c['detail']}")

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make demo`: the incident, stopped live on this machine (docs/LAB.md): eight
-# Postfix senders on 127.0.0.11-18 with their agents, mailfleet standalone, a
-# receiver that bans one IP for Microsoft, and a press-release burst. Needs
+# Postfix senders on 127.0.0.11-18 with their agents, mailfleet standalone,
+# Debian's HAProxy for the hand-off between senders (configured and reloaded
+# by standalone), a receiver that bans one IP for Microsoft, and a
+# press-release burst. Needs
 # root; without it (or with --offline, `make demo-sim`) the incident is
 # replayed offline on the example fleet built into mailfleet instead.
 # Options after --live go to lab/run.py (--burst N, --seed N, --help).
@@ -11,7 +13,7 @@ mf=target/debug/mailfleet
 
 live() {
   local missing=()
-  for p in /usr/sbin/postfix /usr/sbin/postqueue /usr/sbin/rbldnsd; do
+  for p in /usr/sbin/postfix /usr/sbin/postqueue /usr/sbin/rbldnsd /usr/sbin/haproxy; do
     [ -x "$p" ] || missing+=("$p")
   done
   target/venv/bin/python -c 'import aiosmtpd' 2>/dev/null || missing+=(target/venv)

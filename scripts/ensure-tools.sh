@@ -20,6 +20,8 @@ declare -A debs=(
   [/usr/bin/systemd-analyze]=systemd
   [/usr/sbin/adduser]=adduser
   [/usr/bin/curl]=curl
+  # the hand-off between senders on VMs (tests/haproxy_config.rs, the lab)
+  [/usr/sbin/haproxy]=haproxy
   # Postfix's SASL client mechanisms (PLAIN, LOGIN) for the relay login test
   [/usr/lib/$(uname -m)-linux-gnu/sasl2/libplain.so]=libsasl2-modules
 )
@@ -37,7 +39,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     # The packaged daemons are not used: every test runs its own instance on loopback.
-    for service in postfix rbldnsd; do
+    for service in postfix rbldnsd haproxy; do
       command -v service >/dev/null && service "$service" stop >/dev/null 2>&1 || true
     done
   else

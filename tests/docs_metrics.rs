@@ -10,6 +10,7 @@ use mailfleet::metrics::catalogue::{Modes, ALL};
 use mailfleet::metrics::{render, Kind, ProcessRegistry};
 use mailfleet::operator::metrics::{Metrics as OperatorMetrics, PairStates};
 use mailfleet::standalone::core::CoreMetrics;
+use mailfleet::standalone::haproxy::HaproxyCounts;
 use regex::Regex;
 
 const OPERATING_MD: &str = "docs/OPERATING.md";
@@ -205,6 +206,7 @@ fn the_operator_exports_what_the_catalogue_declares() {
 #[test]
 fn standalone_declares_its_families_in_the_catalogue() {
     let mut text = render(&CoreMetrics::default());
+    text.push_str(&render(&HaproxyCounts::default()));
     text.push_str(&ProcessRegistry::new().encode());
     holds_to_the_catalogue(&text, Modes::Standalone);
 }

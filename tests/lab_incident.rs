@@ -6,7 +6,8 @@
 //! - every submitted message is delivered or still queued: zero bounced;
 //! - no Microsoft message is accepted from the blocked IP after the rewrite,
 //!   while its other providers' mail keeps flowing through it, and the mail
-//!   the block held leaves through healthy IPs;
+//!   the block held leaves through healthy IPs, handed from the blocked
+//!   sender to the others through HAProxy;
 //! - after the receiver lifts the block the IP comes back through Probing and
 //!   Recovering to Healthy with no manual step;
 //! - the time from the first conclusive reply to the new configuration
@@ -45,6 +46,7 @@ fn lab_available() -> bool {
         postfix::POSTQUEUE,
         postfix::POSTMAP,
         "/usr/sbin/rbldnsd",
+        "/usr/sbin/haproxy",
     ]);
     let aiosmtpd = Command::new(&python)
         .args(["-c", "import aiosmtpd"])
@@ -148,6 +150,7 @@ fn the_lab_stops_the_incident_and_the_blocked_ip_recovers_on_its_own() {
         "no_microsoft_from_blocked_ip_after_rewrite",
         "other_providers_flow_through_blocked_ip",
         "deferred_microsoft_mail_rerouted",
+        "handed_off_through_haproxy",
         "recovered_without_manual_step",
     ] {
         let (ok, detail) = check(&report, name);
@@ -163,6 +166,19 @@ fn the_lab_stops_the_incident_and_the_blocked_ip_recovers_on_its_own() {
         "{tally}"
     );
     assert!(report["tally"]["microsoft"]["submitted"].as_u64().unwrap() > 20);
+    // The hand-off went through HAProxy: its log names the blocked sender
+    // handing Microsoft mail to the others.
+    let handoffs = report["handoffs"]
+        .as_array()
+        .expect("handoffs in the report");
+    assert!(
+        handoffs.iter().any(|h| h["from"] == "127.0.0.14"
+            && h["route"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("lab/microsoft"))
+            && h["to"].as_str().is_some_and(|t| t != "127.0.0.14")),
+        "{handoffs:?}"
+    );
 
     // The speed is measured and reported, never asserted (it depends on the
     // machine's load): from the first conclusive reply, mailfleet's rewrite
@@ -208,8 +224,9 @@ fn the_lab_stops_the_incident_and_the_blocked_ip_recovers_on_its_own() {
     let mut endpoints: Vec<SocketAddr> = vec![
         format!("127.0.0.1:{RECEIVER_PORT}").parse().unwrap(),
         format!("127.0.0.1:{HTTP_PORT}").parse().unwrap(),
-        "127.0.0.10:25".parse().unwrap(),
     ];
+    // HAProxy's hand-off listeners, a port per route of lab/manifests.
+    endpoints.extend((10025..=10029).map(|port| SocketAddr::from(([127, 0, 0, 10], port))));
     endpoints.extend((11..=18).map(|n| format!("127.0.0.{n}:25").parse::<SocketAddr>().unwrap()));
     for endpoint in endpoints {
         assert!(
@@ -223,8 +240,8 @@ fn the_lab_stops_the_incident_and_the_blocked_ip_recovers_on_its_own() {
 }
 
 /// The lab's pieces that need neither root nor Postfix (the load generator's
-/// seeded mix, the tally, the picture, the port check, the route Service's
-/// choice of senders): lab/mflab/test_pieces.py.
+/// seeded mix, the tally, the picture, the port check, the hand-offs read
+/// from HAProxy's log): lab/mflab/test_pieces.py.
 #[test]
 fn the_lab_pieces_pass_their_unit_tests() {
     let venv = repo().join("target/venv/bin/python");

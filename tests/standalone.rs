@@ -626,3 +626,137 @@ fn a_tls_key_that_does_not_load_refuses_to_start_naming_the_file() {
     assert!(err.contains("tls.crt"), "{err}");
     assert!(err.contains("BEGIN CERTIFICATE"), "{err}");
 }
+
+/// The `listen` section of `route` in a rendered haproxy.cfg.
+fn haproxy_listener(config: &str, route: &str) -> String {
+    config
+        .lines()
+        .skip_while(|l| *l != format!("listen mf-route.mail.{route}"))
+        .take_while(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_haproxy_hand_off_follows_a_block_and_a_refused_reload_keeps_the_last_good_file() {
+    let lab = lab();
+    let config = lab.out.join("haproxy.cfg");
+    let reloaded = lab._dir.path().join("reloaded.cfg");
+    let refuse = lab._dir.path().join("refuse");
+    // Stands in for `systemctl reload haproxy`: refuses while `refuse` exists,
+    // otherwise records the file HAProxy would now run.
+    let reload = format!(
+        "if [ -e {refuse} ]; then echo 'refused by the test' >&2; exit 1; fi; cp \"$MAILFLEET_HAPROXY_CONFIG\" {reloaded}",
+        refuse = refuse.display(),
+        reloaded = reloaded.display()
+    );
+    let config_arg = config.display().to_string();
+    let server = Standalone::start_with(
+        &lab.manifests,
+        &lab.out,
+        &lab.token,
+        &[
+            "--haproxy-config",
+            &config_arg,
+            "--haproxy-reload-cmd",
+            &reload,
+            "--haproxy-bind",
+            "127.0.0.10",
+            "--route-service-host",
+            "127.0.0.10",
+        ],
+    );
+    wait_for("the first reload", Duration::from_secs(5), || {
+        reloaded.exists()
+    });
+    let first = read(&reloaded);
+    assert_eq!(read(&config), first);
+    let microsoft = haproxy_listener(&first, "microsoft");
+    assert!(
+        microsoft.contains(&format!("    server mf-203-0-113-12 {BLOCKED_IP}:25 ")),
+        "{microsoft}"
+    );
+    let port: u16 = microsoft
+        .lines()
+        .find_map(|l| l.strip_prefix("    bind 127.0.0.10:"))
+        .expect("a bind line")
+        .parse()
+        .unwrap();
+
+    // HAProxy refuses the next file: the block still reaches the senders,
+    // the last good file stays, /healthz and the metrics say so.
+    std::fs::write(&refuse, "").unwrap();
+    let (status, _) = server.post(Some(TOKEN), &blocked_report(1));
+    assert_eq!(status, 200);
+    wait_for("the block is routed", Duration::from_secs(3), || {
+        !microsoft_uses(&lab.out, BLOCKED_IP)
+    });
+    let transport = lab.out.join("senders/mf-203-0-113-12/mailfleet_transport");
+    wait_for(
+        "the blocked sender hands Microsoft mail to its HAProxy port",
+        Duration::from_secs(3),
+        || read(&transport).contains(&format!("smtp:[127.0.0.10]:{port}")),
+    );
+    let mut health = (0, String::new());
+    wait_for(
+        "/healthz reports the refused reload",
+        Duration::from_secs(5),
+        || {
+            health = server.request("GET", "/healthz", None, "");
+            health.0 == 503
+        },
+    );
+    assert!(health.1.contains("refused by the test"), "{}", health.1);
+    assert_eq!(read(&config), first, "the last good file is put back");
+    let (_, metrics) = server.request("GET", "/metrics", None, "");
+    assert!(
+        metrics.contains("mailfleet_haproxy_reloads_total{result=\"refused\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mailfleet_haproxy_reloads_total{result=\"ok\"} 1\n"),
+        "{metrics}"
+    );
+
+    // HAProxy takes it again: the retry puts the block in force there too.
+    std::fs::remove_file(&refuse).unwrap();
+    wait_for("the retried reload", Duration::from_secs(20), || {
+        read(&reloaded) != first
+    });
+    let now = read(&config);
+    assert_eq!(read(&reloaded), now);
+    let microsoft = haproxy_listener(&now, "microsoft");
+    assert!(
+        !microsoft.contains("server mf-203-0-113-12 "),
+        "{microsoft}"
+    );
+    assert!(
+        microsoft.contains("    # left out: 203.0.113.12 of pool bulk (Blocked"),
+        "{microsoft}"
+    );
+    wait_for("/healthz recovers", Duration::from_secs(5), || {
+        server.request("GET", "/healthz", None, "").0 == 200
+    });
+    server.stop_cleanly();
+}
+
+#[test]
+fn haproxy_with_a_host_per_route_is_refused_before_start() {
+    let lab = lab();
+    let out = Command::new(env!("CARGO_BIN_EXE_mailfleet"))
+        .arg("standalone")
+        .arg("--manifests")
+        .arg(&lab.manifests)
+        .arg("--out")
+        .arg(&lab.out)
+        .args(["--haproxy-config", "/nonexistent/haproxy.cfg"])
+        .args(["--haproxy-reload-cmd", "true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--route-service-host") && stderr.contains("{route}"),
+        "{stderr}"
+    );
+}

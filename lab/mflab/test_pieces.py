@@ -1,7 +1,6 @@
 """Unit tests of the lab's pieces that need neither root nor Postfix:
 python3 -m unittest discover -s lab -p 'test_*.py' (tests/lab_incident.rs runs it)."""
 
-import json
 import os
 import socket
 import sys
@@ -13,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mflab import loadgen, report  # noqa: E402
 from mflab.postfix import Instance, slug  # noqa: E402
 from mflab.procs import port_problems  # noqa: E402
-from mflab.routeproxy import RouteProxy  # noqa: E402
+from mflab import handoff  # noqa: E402
 
 SENDERS = [f"127.0.0.{n}" for n in range(11, 19)]
 
@@ -108,24 +107,37 @@ class PortsTest(unittest.TestCase):
         self.assertEqual(problems, [f"TCP 127.0.0.1:{port} (the receiver) is in use"])
 
 
-class RouteServiceTest(unittest.TestCase):
-    def test_backends_are_healthy_targets_of_every_route(self):
-        table = {"routes": [
-            {"namespace": "lab", "targets": [
-                {"ip": ip, "state": "Healthy"} for ip in SENDERS if ip != "127.0.0.14"]},
-            {"namespace": "lab", "targets": [
-                {"ip": ip, "state": "Healthy" if ip != "127.0.0.12" else "Recovering"}
-                for ip in SENDERS]},
-            {"namespace": "elsewhere", "targets": [{"ip": "127.0.0.11", "state": "Healthy"}]},
-        ]}
+class HandoffTest(unittest.TestCase):
+    def test_haproxy_log_lines_count_by_sender_route_and_receiving_sender(self):
+        log = (
+            "[NOTICE]   (1053) : New worker (1072) forked\n"
+            "127.0.0.14:37548 [07/Dec/2026:20:08:08.117] mf-route.lab.microsoft "
+            "mf-route.lab.microsoft/mf-127-0-0-11 1/0/5 486 -- 1/1/0/0/0 0/0\n"
+            "127.0.0.14:37550 [07/Dec/2026:20:08:08.301] mf-route.lab.microsoft "
+            "mf-route.lab.microsoft/mf-127-0-0-11 1/0/5 486 -- 1/1/0/0/0 0/0\n"
+            "127.0.0.14:37552 [07/Dec/2026:20:08:08.302] mf-route.lab.microsoft-365 "
+            "mf-route.lab.microsoft-365/mf-127-0-0-12 1/0/5 486 -- 1/1/0/0/0 0/0\n"
+            "127.0.0.13:36440 [07/Dec/2026:20:08:08.143] mf-route.lab.default "
+            "mf-route.lab.default/<NOSRV> -1/-1/0 0 SC 1/1/0/0/0 0/0\n"
+            "127.0.0.14:1 [07/Dec/2026:20:08:08.143] half a li"
+        )
         with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "routes.json")
-            proxy = RouteProxy("127.0.0.10", 25, path, "lab", 1)
-            self.assertEqual(proxy.backends(), [], "no table yet")
+            path = os.path.join(d, "haproxy.log")
+            self.assertEqual(handoff.handoffs(path), {}, "no log yet")
             with open(path, "w") as f:
-                json.dump(table, f)
-            self.assertEqual(proxy.backends(),
-                             [ip for ip in SENDERS if ip not in ("127.0.0.12", "127.0.0.14")])
+                f.write(log)
+            self.assertEqual(handoff.handoffs(path), {
+                ("127.0.0.14", "lab/microsoft", "127.0.0.11"): 2,
+                ("127.0.0.14", "lab/microsoft-365", "127.0.0.12"): 1,
+                ("127.0.0.13", "lab/default", None): 1,
+            })
+
+    def test_the_reload_checks_the_file_before_it_signals_haproxy(self):
+        command = handoff.reload_command("/w/haproxy.pid")
+        self.assertTrue(command.startswith(
+            '/usr/sbin/haproxy -c -f "$MAILFLEET_HAPROXY_CONFIG" && '), command)
+        self.assertIn('kill -USR2 "$(cat /w/haproxy.pid)"', command)
+        self.assertEqual(handoff.ports(5), [10025, 10026, 10027, 10028, 10029])
 
 
 class PostfixConfigTest(unittest.TestCase):

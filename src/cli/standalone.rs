@@ -1,6 +1,6 @@
 //! `mailfleet standalone`: the engine on files, for fleets without Kubernetes.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,8 +10,9 @@ use clap::Args;
 use super::common::FleetArgs;
 use super::logs::{LogArgs, LogFormat};
 use crate::probe::dnsbl::{parse_nameserver, Nameserver};
+use crate::routing::haproxy::HaproxyOptions;
 use crate::routing::postfix::PostfixOptions;
-use crate::standalone::{self, Options};
+use crate::standalone::{self, HaproxyHandoff, Options};
 
 #[derive(Debug, Args)]
 pub struct StandaloneArgs {
@@ -83,9 +84,45 @@ pub struct StandaloneArgs {
     )]
     pub route_service_host: String,
 
-    /// SMTP port of the route hand-off services.
+    /// SMTP port of the route hand-off services (with --haproxy-config each
+    /// route has its own port instead, from --haproxy-first-port).
     #[arg(long, value_name = "PORT", default_value_t = 25)]
     pub route_service_port: u16,
+
+    /// Hand routes off through HAProxy (VM fleets): write its configuration
+    /// here whenever a route's senders change, one listener per route, and
+    /// run --haproxy-reload-cmd. --route-service-host is then the address
+    /// senders reach HAProxy at (docs/STANDALONE.md).
+    #[arg(long, value_name = "FILE", requires = "haproxy_reload_cmd")]
+    pub haproxy_config: Option<PathBuf>,
+
+    /// The shell command that makes HAProxy read --haproxy-config again, for
+    /// example 'systemctl reload haproxy'; it gets the file's path in
+    /// $MAILFLEET_HAPROXY_CONFIG. When it fails, the last good file is put back.
+    #[arg(long, value_name = "COMMAND", requires = "haproxy_config")]
+    pub haproxy_reload_cmd: Option<String>,
+
+    /// The address HAProxy's route listeners bind.
+    #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
+    pub haproxy_bind: IpAddr,
+
+    /// The first route's hand-off port; routes in namespace/name order get
+    /// the ports that follow.
+    #[arg(long, value_name = "PORT", default_value_t = 10025)]
+    pub haproxy_first_port: u16,
+
+    /// The port senders' Postfix accepts handed-off mail on.
+    #[arg(long, value_name = "PORT", default_value_t = 25)]
+    pub haproxy_sender_port: u16,
+
+    /// The name HAProxy's SMTP health check greets senders with.
+    #[arg(long, value_name = "NAME", default_value = "mailfleet-check.invalid")]
+    pub haproxy_check_helo: String,
+
+    /// Where HAProxy logs a line per hand-off (the words after `log` in
+    /// haproxy.cfg), for example '/dev/log local0'; without it, no log.
+    #[arg(long, value_name = "TARGET")]
+    pub haproxy_log: Option<String>,
 
     /// Your own classifier rules and providers (YAML, see docs/CLASSIFIER.md).
     #[arg(long, value_name = "FILE")]
@@ -96,6 +133,23 @@ pub struct StandaloneArgs {
 }
 
 pub fn run(args: StandaloneArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    if args.haproxy_config.is_some() && args.route_service_host.contains("{route}") {
+        return Err(format!(
+            "--haproxy-config hands every route to one HAProxy, on a port of its own, but \
+             --route-service-host {:?} names a host per route; give --route-service-host \
+             the address senders reach HAProxy at (for example its --haproxy-bind address)",
+            args.route_service_host
+        )
+        .into());
+    }
+    let haproxy = HaproxyOptions {
+        bind_address: args.haproxy_bind,
+        first_port: args.haproxy_first_port,
+        sender_port: args.haproxy_sender_port,
+        check_helo: args.haproxy_check_helo.clone(),
+        log: args.haproxy_log.clone(),
+    };
+    haproxy.check()?;
     let rules = FleetArgs {
         manifests: Vec::new(),
         example: false,
@@ -120,6 +174,13 @@ pub fn run(args: StandaloneArgs) -> Result<ExitCode, Box<dyn std::error::Error>>
             ..PostfixOptions::default()
         },
         rules,
+        haproxy: args.haproxy_config.zip(args.haproxy_reload_cmd).map(
+            |(config, reload_command)| HaproxyHandoff {
+                options: haproxy,
+                config,
+                reload_command,
+            },
+        ),
         tls: args
             .tls_cert
             .zip(args.tls_key)

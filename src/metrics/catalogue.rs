@@ -302,8 +302,16 @@ pub const FEEDBACK_LOG_REPORTS: Spec = spec(
     Standalone,
 );
 
+pub const HAPROXY_RELOADS: Spec = spec(
+    "mailfleet_haproxy_reloads_total",
+    Counter,
+    &["result"],
+    "Reloads of HAProxy with a new hand-off configuration, by result: ok, or why it failed (refused, timeout, spawn, write).",
+    Standalone,
+);
+
 /// Every family declared here, in the order of the table in docs/OPERATING.md.
-pub const ALL: [Spec; 26] = [
+pub const ALL: [Spec; 27] = [
     BUILD_INFO,
     IP_STATE,
     ROUTE_TARGETS,
@@ -330,6 +338,7 @@ pub const ALL: [Spec; 26] = [
     MANIFESTS_VALID,
     FEEDBACK_LOG_SYNCS,
     FEEDBACK_LOG_REPORTS,
+    HAPROXY_RELOADS,
 ];
 
 /// The reputation states `mailfleet_ip_state` has a series for, per pair.

@@ -3,12 +3,14 @@
 //! [`compile`] turns pools (whose status holds the reputation engine's state) and
 //! routes into a [`RouteTable`]; [`RouteCompiler`] keeps its indexes to re-route
 //! after one IP changes; [`status_for`] projects a route onto its status; [`json`]
-//! and [`postfix`] render what senders consume.
+//! and [`postfix`] render what senders consume, [`haproxy`] the hand-off between
+//! senders on VMs.
 
 pub mod caps;
 pub mod classifier_files;
 pub mod compiler;
 pub mod example;
+pub mod haproxy;
 mod index;
 pub mod ip_bound;
 pub mod json;

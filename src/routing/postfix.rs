@@ -24,7 +24,7 @@ use crate::api::{RouteMode, SenderPool};
 
 use super::caps::{replica_connections, ReplicaShare};
 use super::index::{is_valid_host, lookup_key, normalise_domain, DomainForm, DEFAULT_NAMESPACE};
-use super::model::{RouteResult, RouteTable};
+use super::model::{ObjectKey, RouteResult, RouteTable};
 use super::sender_settings::{self, SenderSettings, SettingsError, RELAY_TRANSPORT};
 use super::sending::{ResolvedLimits, SendingSettings};
 
@@ -62,6 +62,9 @@ pub struct PostfixOptions {
     pub route_service_host: String,
     /// SMTP port of the route Services.
     pub route_service_port: u16,
+    /// A route's own hand-off port instead of `route_service_port`: on VMs
+    /// one HAProxy listens on a port per route ([`super::haproxy`]).
+    pub route_service_ports: BTreeMap<ObjectKey, u16>,
     /// For labs: the next hop of direct deliveries (for example
     /// `[127.0.0.1]:2525`) instead of the recipient domain's MX.
     pub direct_nexthop: Option<String>,
@@ -77,6 +80,7 @@ impl Default for PostfixOptions {
             transport_map_type: MapType::Texthash,
             route_service_host: "mf-route-{route}.{namespace}.svc".to_string(),
             route_service_port: 25,
+            route_service_ports: BTreeMap::new(),
             direct_nexthop: None,
             status_filter_global: false,
         }
@@ -228,6 +232,7 @@ enum Action {
     },
     RouteService {
         host: String,
+        port: u16,
     },
     Relay {
         host: String,
@@ -247,8 +252,11 @@ impl Action {
             Action::Direct {
                 hourly_cap: None, ..
             } => "this IP sends directly".to_string(),
-            Action::RouteService { host } => {
+            Action::RouteService { host, port: 25 } => {
                 format!("this IP may not send; handed to the route Service {host}")
+            }
+            Action::RouteService { host, port } => {
+                format!("this IP may not send; handed to the route Service {host}:{port}")
             }
             Action::Relay {
                 host,
@@ -526,6 +534,17 @@ fn check_options(options: &PostfixOptions) -> Result<(), PostfixError> {
             });
         }
     }
+    if let Some((route, _)) = options
+        .route_service_ports
+        .iter()
+        .find(|(_, port)| **port == 0)
+    {
+        return Err(PostfixError::InvalidOption {
+            option: "route_service_ports",
+            value: format!("{route} = 0"),
+            fix: "give each route's hand-off port a TCP port above 0",
+        });
+    }
     if options.route_service_port == 0 {
         return Err(PostfixError::InvalidOption {
             option: "route_service_port",
@@ -588,7 +607,12 @@ fn pod_routes<'a>(
                         template: options.route_service_host.clone(),
                     });
                 }
-                Action::RouteService { host }
+                let port = options
+                    .route_service_ports
+                    .get(&route.key)
+                    .copied()
+                    .unwrap_or(options.route_service_port);
+                Action::RouteService { host, port }
             }
             (RouteMode::Relay, _) => match &route.relay {
                 Some(relay) => Action::Relay {
@@ -605,12 +629,8 @@ fn pod_routes<'a>(
                 "{transport}:{}",
                 options.direct_nexthop.as_deref().unwrap_or("")
             ),
-            Action::RouteService { host } if options.route_service_port == 25 => {
-                format!("smtp:[{host}]")
-            }
-            Action::RouteService { host } => {
-                format!("smtp:[{host}]:{}", options.route_service_port)
-            }
+            Action::RouteService { host, port: 25 } => format!("smtp:[{host}]"),
+            Action::RouteService { host, port } => format!("smtp:[{host}]:{port}"),
             Action::Relay {
                 host,
                 port,
@@ -692,10 +712,7 @@ pub fn sender_routes<'a>(
                     transport,
                     hourly_cap,
                 },
-                Action::RouteService { host } => SenderAction::RouteService {
-                    host,
-                    port: options.route_service_port,
-                },
+                Action::RouteService { host, port } => SenderAction::RouteService { host, port },
                 Action::Relay { host, port, .. } => SenderAction::Relay {
                     host,
                     port,
@@ -1218,6 +1235,7 @@ mod tests {
             transport_map_type: MapType::Hash,
             route_service_host: "{route}.{namespace}.routes.example".into(),
             route_service_port: 2525,
+            route_service_ports: BTreeMap::from([(ObjectKey::new("mail", "microsoft-365"), 10026)]),
             direct_nexthop: Some("[127.0.0.1]:2526".into()),
             status_filter_global: true,
         };
@@ -1231,6 +1249,11 @@ mod tests {
         assert_eq!(
             entry(&files.transport, "hotmail.com"),
             Some("smtp:[microsoft.mail.routes.example]:2525")
+        );
+        assert_eq!(
+            entry(&files.transport, "acclaim.jp"),
+            Some("smtp:[microsoft-365.mail.routes.example]:10026"),
+            "a route's own hand-off port"
         );
         assert_eq!(
             entry(&files.transport, "gmail.com"),

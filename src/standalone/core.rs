@@ -22,6 +22,7 @@ use crate::metrics::Families;
 use crate::probe::dnsbl::{DnsblHealth, DNSBL_HEALTHY};
 use crate::reputation::classifier::ClassifierConfig;
 use crate::reputation::engine::{Signal, Transition};
+use crate::routing::haproxy::{self, HaproxyOptions};
 use crate::routing::postfix::{ip_slug, senders_of, PostfixOptions, Sender};
 use crate::routing::sender_config::{sender_config_with, SenderConfig};
 use crate::routing::sending::SendingSettings;
@@ -48,6 +49,8 @@ pub struct Outputs {
     pub routes: String,
     /// Keyed by the IP as the pool spec writes it.
     pub senders: BTreeMap<String, SenderOutput>,
+    /// The hand-off's `haproxy.cfg`, when standalone runs HAProxy.
+    pub haproxy: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +71,10 @@ pub struct Core {
     ledger: FeedbackLedger,
     rules: Option<ClassifierConfig>,
     postfix: PostfixOptions,
+    /// Set when the hand-off between senders goes through HAProxy.
+    haproxy: Option<HaproxyOptions>,
+    /// The last `haproxy.cfg` rendered (kept when a render fails).
+    haproxy_config: Option<String>,
     table: RouteTable,
     senders: BTreeMap<String, SenderOutput>,
     /// Senders whose configuration cannot be rendered, with why.
@@ -104,6 +111,8 @@ impl Core {
             ledger: saved.map(|s| s.ledger).unwrap_or_default(),
             rules,
             postfix,
+            haproxy: None,
+            haproxy_config: None,
             senders: BTreeMap::new(),
             render_errors: Vec::new(),
             manifest_error: None,
@@ -112,6 +121,13 @@ impl Core {
         };
         core.tick(now)?;
         Ok((core, gone))
+    }
+
+    /// Hands routes off through HAProxy: each route gets its own port in
+    /// the senders' Postfix, and [`Outputs::haproxy`] its listener.
+    pub fn set_haproxy(&mut self, options: HaproxyOptions, now: Timestamp) {
+        self.haproxy = Some(options);
+        self.refresh(now);
     }
 
     pub fn fleet(&self) -> &Fleet {
@@ -368,6 +384,16 @@ impl Core {
         let known_domains = self.fleet.known_domains();
         let mut senders = BTreeMap::new();
         let mut errors = Vec::new();
+        let mut postfix = std::borrow::Cow::Borrowed(&self.postfix);
+        if let Some(options) = &self.haproxy {
+            let rendered = haproxy::handoff_ports(&table, options.first_port)
+                .map(|ports| postfix.to_mut().route_service_ports = ports)
+                .and_then(|()| haproxy::render(&table, options));
+            match rendered {
+                Ok(config) => self.haproxy_config = Some(config),
+                Err(err) => errors.push(format!("HAProxy hand-off not rendered: {err}")),
+            }
+        }
         for sender in senders_of(&self.fleet.pools) {
             let Ok(address) = sender.ip.parse() else {
                 errors.push(format!(
@@ -377,7 +403,7 @@ impl Core {
                 continue;
             };
             let settings = SendingSettings::find(&self.fleet.pools, &sender);
-            match sender_config_with(&table, &sender, &known_domains, &self.postfix, &settings) {
+            match sender_config_with(&table, &sender, &known_domains, &postfix, &settings) {
                 Ok(config) => {
                     senders.insert(
                         sender.ip.clone(),
@@ -468,6 +494,7 @@ impl Core {
             state: state::render(&self.fleet, &self.ledger),
             routes: routing::json::render(&self.table),
             senders: self.senders.clone(),
+            haproxy: self.haproxy_config.clone(),
         }
     }
 

@@ -13,6 +13,7 @@
 //! the network around it.
 
 pub mod core;
+pub mod haproxy;
 pub mod journal;
 pub mod last_good;
 pub mod outputs;
@@ -37,11 +38,13 @@ use crate::probe::dnsbl::Nameserver;
 use crate::probe::reverse_dns_checks::ReverseDnsChecks;
 use crate::probe::{ProbeOptions, SecretSource, SecretsDir, SignalProbes};
 use crate::reputation::classifier::ClassifierConfig;
+use crate::routing::haproxy::HaproxyOptions;
 use crate::routing::postfix::PostfixOptions;
 pub use crate::serve::TlsFiles;
 use crate::serve::{self, LogLevelHandle, TlsError};
 
 use self::core::Core;
+use self::haproxy::{Applied, HaproxyApplier};
 use self::journal::{Journal, JournalError};
 use self::outputs::{OutputWriter, WriteError};
 use self::service::{Auth, Receiver, Shared, TokenDir, TokenError, TokenFile};
@@ -79,6 +82,18 @@ pub struct Options {
     pub rules: Option<ClassifierConfig>,
     /// Serve the port over TLS with this certificate chain and key (PEM).
     pub tls: Option<TlsFiles>,
+    /// Hand routes off through HAProxy, whose configuration standalone writes.
+    pub haproxy: Option<HaproxyHandoff>,
+}
+
+/// `--haproxy-config` and what goes with it.
+#[derive(Clone, Debug)]
+pub struct HaproxyHandoff {
+    pub options: HaproxyOptions,
+    /// The `haproxy.cfg` standalone writes.
+    pub config: PathBuf,
+    /// The shell command that makes HAProxy read it again.
+    pub reload_command: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +141,10 @@ pub async fn run(
     let mut engine = EngineLoop {
         out: options.out.clone(),
         fingerprint: Some(Fingerprint::of(&options.manifests)),
+        haproxy: options
+            .haproxy
+            .as_ref()
+            .map(|h| HaproxyApplier::new(&h.config, &h.reload_command)),
         ..EngineLoop::default()
     };
     let loaded = manifests::load_dir(&options.manifests);
@@ -138,6 +157,9 @@ pub async fn run(
     let restored = saved.is_some();
     let (journal, replay) = Journal::open(&options.out)?;
     let (mut core, gone) = start_core(&options, loaded, saved)?;
+    if let Some(handoff) = &options.haproxy {
+        core.set_haproxy(handoff.options.clone(), Timestamp::now());
+    }
     for object in gone {
         tracing::warn!(
             "{object} is in {} but no longer in the manifests; its state is dropped",
@@ -337,6 +359,8 @@ struct EngineLoop {
     pending_events: Vec<String>,
     last_tick_error: Option<String>,
     last_write_error: Option<String>,
+    /// Puts the hand-off configuration in force (`--haproxy-config`).
+    haproxy: Option<HaproxyApplier>,
 }
 
 impl EngineLoop {
@@ -424,6 +448,30 @@ impl EngineLoop {
             Err(_) => self.pending_events = events,
         }
         let result = result.and_then(|written| appended.map(|()| written));
+        // After the senders' files: HAProxy follows the routes they were given.
+        if let (Some(applier), Some(config), Ok(_)) = (&mut self.haproxy, &outputs.haproxy, &result)
+        {
+            let outcome = applier.apply(config);
+            let mut error = shared
+                .haproxy_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match outcome {
+                Ok(Applied::Reloaded) => {
+                    tracing::info!(
+                        path = %applier.path().display(),
+                        "HAProxy reloaded with the routes' hand-off configuration"
+                    );
+                    *error = None;
+                }
+                Ok(Applied::Unchanged) => {}
+                Err(err) => {
+                    tracing::error!("{err}");
+                    *error = Some(err.to_string());
+                }
+            }
+            shared.haproxy_metrics.publish(applier.counts());
+        }
         let cleared = match &result {
             Ok(_) => journal.clear().map_err(|e| WriteError {
                 path: e.path,

@@ -471,6 +471,7 @@ mod tests {
                 .into_iter()
                 .map(|s| (s.sender.ip.clone(), s))
                 .collect(),
+            haproxy: None,
         }
     }
 

@@ -21,6 +21,7 @@ use crate::probe::runner::ProbeCounters;
 use crate::serve::{FeedbackReceiver, FeedbackRefusal, Observability, RequestHead};
 
 use super::core::Core;
+use super::haproxy::HaproxyCounts;
 use super::journal::{Entry, Journal};
 
 /// The shared secret agents present as `Authorization: Bearer <token>`. The
@@ -324,6 +325,10 @@ pub struct Shared {
     pub write_error: Mutex<Option<String>>,
     /// Why the last report could not be stored, while it cannot.
     pub journal_error: Mutex<Option<String>>,
+    /// Why HAProxy did not take the last hand-off configuration, until it does.
+    pub haproxy_error: Mutex<Option<String>>,
+    /// `mailfleet_haproxy_reloads_total`, replaced after every reload.
+    pub haproxy_metrics: Published<HaproxyCounts>,
     /// Set once the outputs were written the first time.
     pub ready: AtomicBool,
     /// Syncs of `feedback.wal` that stored reports, and the reports they
@@ -374,6 +379,8 @@ impl Shared {
             reverse_dns: Default::default(),
             write_error: Mutex::new(None),
             journal_error: Mutex::new(None),
+            haproxy_error: Mutex::new(None),
+            haproxy_metrics: Published::default(),
             ready: AtomicBool::new(false),
             log: Arc::default(),
         }
@@ -389,6 +396,7 @@ impl Shared {
         registry.register(shared.claim_metrics.clone());
         registry.register(shared.reverse_dns.clone());
         registry.register(Arc::clone(&shared.log));
+        registry.register(shared.haproxy_metrics.clone());
     }
 
     pub fn core(&self) -> MutexGuard<'_, Core> {
@@ -554,7 +562,11 @@ impl Observability for Receiver {
 
     fn health(&self) -> Result<String, String> {
         let mut problems = self.shared.core().problems();
-        for error in [&self.shared.write_error, &self.shared.journal_error] {
+        for error in [
+            &self.shared.write_error,
+            &self.shared.journal_error,
+            &self.shared.haproxy_error,
+        ] {
             if let Some(err) = &*error.lock().unwrap_or_else(|p| p.into_inner()) {
                 problems.push(err.clone());
             }
