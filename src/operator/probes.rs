@@ -22,7 +22,7 @@ use super::status_write::{self, Attempt};
 use crate::api::SenderPool;
 use crate::probe::claim_check::{ClaimCheckLimits, ClaimChecks};
 use crate::probe::dnsbl::{DnsblHealth, DNSBL_HEALTHY};
-use crate::probe::runner::{ProbeOptions, ProbeRound, SecretSource, SignalProbes};
+use crate::probe::runner::{ProbeOptions, ProbeRound, SecretError, SecretSource, SignalProbes};
 use crate::reputation::engine::{Signal, Transition};
 use crate::routing::ObjectKey;
 
@@ -50,12 +50,13 @@ pub const FEED_SECRET_LABEL: &str = "mailfleet.io/feed-credentials";
 const SNDS_ORIGIN: &str = "https://sendersupport.olc.protection.outlook.com/";
 
 impl SecretSource for KubeSecrets {
-    async fn secret(&self, namespace: &str, name: &str, key: &str) -> Result<Vec<u8>, String> {
+    async fn secret(&self, namespace: &str, name: &str, key: &str) -> Result<Vec<u8>, SecretError> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let secret = api
-            .get(name)
-            .await
-            .map_err(|e| format!("cannot read Secret {namespace}/{name}: {e}"))?;
+        let secret = api.get(name).await.map_err(|source| SecretError::Api {
+            namespace: namespace.into(),
+            name: name.into(),
+            source: Box::new(source),
+        })?;
         feed_secret_allowed(&secret, namespace, name)?;
         if let Some(value) = secret.data.as_ref().and_then(|d| d.get(key)) {
             return Ok(value.0.clone());
@@ -63,17 +64,23 @@ impl SecretSource for KubeSecrets {
         if let Some(value) = secret.string_data.as_ref().and_then(|d| d.get(key)) {
             return Ok(value.as_bytes().to_vec());
         }
-        Err(format!("Secret {namespace}/{name} has no key `{key}`"))
+        Err(SecretError::NoKey {
+            namespace: namespace.into(),
+            name: name.into(),
+            key: key.into(),
+        })
     }
 }
 
-fn feed_secret_allowed(secret: &Secret, namespace: &str, name: &str) -> Result<(), String> {
+fn feed_secret_allowed(secret: &Secret, namespace: &str, name: &str) -> Result<(), SecretError> {
     if secret.labels().get(FEED_SECRET_LABEL).map(String::as_str) == Some("true") {
         Ok(())
     } else {
-        Err(format!(
-            "Secret {namespace}/{name} is not labelled {FEED_SECRET_LABEL}=true; label it to let mailfleet read it for a feed"
-        ))
+        Err(SecretError::NotLabelled {
+            namespace: namespace.into(),
+            name: name.into(),
+            label: FEED_SECRET_LABEL,
+        })
     }
 }
 
@@ -354,7 +361,7 @@ mod feed_guard_tests {
     fn only_a_labelled_secret_is_read_for_a_feed() {
         let mut secret = Secret::default();
         let err = feed_secret_allowed(&secret, "mail", "snds").unwrap_err();
-        assert!(err.contains(FEED_SECRET_LABEL), "{err}");
+        assert!(err.to_string().contains(FEED_SECRET_LABEL), "{err}");
         secret.metadata.labels = Some([(FEED_SECRET_LABEL.to_string(), "true".to_string())].into());
         assert!(feed_secret_allowed(&secret, "mail", "snds").is_ok());
     }
