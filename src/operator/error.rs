@@ -1,6 +1,7 @@
 //! Why a reconcile or a feedback post failed, with one short category word per
 //! kind for the `mailfleet_reconcile_failures_total{category}` metric.
 
+use super::status_write::Step;
 use crate::fleet::FleetError;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,24 @@ impl OperatorError {
             OperatorError::Encode { .. } => "encode",
             OperatorError::Conflict { .. } => "conflict",
             OperatorError::NotReady => "not_ready",
+        }
+    }
+
+    /// The reconcile step that failed: reading (a `get`, `list` or `watch`
+    /// call, or stores not synced), checking the input, computing what is
+    /// wanted, or writing it (every other API call; a status conflict).
+    pub fn step(&self) -> Step {
+        match self {
+            OperatorError::Kube { action, .. } => {
+                match action.split_whitespace().next().unwrap_or("") {
+                    "get" | "list" | "watch" => Step::Observe,
+                    _ => Step::Apply,
+                }
+            }
+            OperatorError::NotReady => Step::Observe,
+            OperatorError::InvalidSpec { .. } | OperatorError::Fleet(_) => Step::Validate,
+            OperatorError::Build { .. } | OperatorError::Encode { .. } => Step::Build,
+            OperatorError::Conflict { .. } => Step::Status,
         }
     }
 

@@ -32,6 +32,7 @@ use super::context::Context;
 use super::error::api_status;
 use super::rendered::RenderedConfigs;
 use super::snapshot::{routing_reputation_digest, Snapshot};
+use super::status_write::{self, Patched};
 use super::token_cache::{trust_for, TokenIdentity};
 use crate::agent::report::{FeedbackReport, FeedbackResponse, QueueReport, FEEDBACK_API_VERSION};
 use crate::api::{DomainRoute, SenderPool};
@@ -621,12 +622,9 @@ async fn count_batch(
         let old =
             serde_json::to_value(fresh.status.clone().unwrap_or_default()).unwrap_or_default();
         let new = serde_json::to_value(&new_status).unwrap_or_default();
-        match ctx
-            .writer
-            .patch_status::<SenderPool>(ns, name, fresh.resource_version(), &old, &new)
-            .await
+        match status_write::patch(ctx, &ObjectKey::new(ns, name), fresh.as_ref(), &old, &new).await
         {
-            Ok(written) => {
+            Ok(Patched::Written(written)) => {
                 let mut transitions = Vec::new();
                 for applied in outcomes.iter().flatten().filter(|a| !a.duplicate) {
                     ctx.metrics.feedback_report(&format!("{ns}/{name}"));
@@ -699,7 +697,7 @@ async fn count_batch(
                 };
                 return answers(&moved_to);
             }
-            Err(e) if api_status(&e) == Some(409) => {
+            Ok(Patched::Conflict) => {
                 tracing::debug!(attempt, pool = %format!("{ns}/{name}"), "status conflict; reading the pool again");
                 continue;
             }

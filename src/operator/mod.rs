@@ -22,6 +22,7 @@ pub mod route_controller;
 pub mod run;
 pub mod sender_checks;
 pub mod snapshot;
+pub mod status_write;
 pub mod stores;
 pub mod token_cache;
 pub mod triggers;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::Api;
+
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
@@ -30,13 +30,15 @@ use super::build::pool_status::{pool_status, IpWorkload};
 use super::build::reputation_memory::{
     memory_config_map, memory_name, read_memory, remembered, restore,
 };
+use super::build::route_service::SenderPod;
 use super::build::validate::{set_accepted, ObjectProblem, ACCEPTED};
 use super::build::{namespace_of, IP_LABEL, POOL_LABEL};
 use super::context::Context;
-use super::error::{api_status, OperatorError, Result};
-use super::route_controller::{prune, retry_after, sender_pod};
+use super::error::{OperatorError, Result};
+use super::route_controller::{prune, retry_after};
 use super::sender_checks;
 use super::snapshot::Snapshot;
+use super::status_write::{self, Attempt};
 use crate::api::unreadable::UnreadableStatus;
 use crate::api::{ConditionStatus, SenderPool, SenderPoolStatus};
 use crate::reputation::engine::{self, Transition};
@@ -51,7 +53,6 @@ const RESYNC: Duration = Duration::from_secs(600);
 const INVALID_RETRY: Duration = Duration::from_secs(300);
 /// The soonest a timer-driven reconcile runs again.
 const MIN_WAKEUP: Duration = Duration::from_secs(1);
-const STATUS_ATTEMPTS: u32 = 5;
 
 pub async fn reconcile(pool: Arc<SenderPool>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
@@ -127,68 +128,53 @@ async fn reconcile_pool(pool: &Arc<SenderPool>, ctx: &Arc<Context>) -> Result<Ac
 
     let lock = ctx.status_lock(&ns, &name);
     let _turn = lock.lock().await;
-    let mut current = pool.clone();
-    for _ in 0..STATUS_ATTEMPTS {
-        let outcome = if usable {
-            manage(ctx, &current, &snapshot, &problems, now).await?
-        } else {
-            Outcome::unusable(&current, &problems, now)
-        };
-        // A status read only in part is compared with what is stored, so
-        // the write replaces exactly the parts that could not be read.
-        let unreadable = current
-            .status
-            .as_ref()
-            .and_then(|s| s.unreadable.as_deref())
-            .cloned();
-        let old = match &unreadable {
-            Some(unreadable) => unreadable.raw.clone(),
-            None => encode(&pool_key, current.status.clone().unwrap_or_default())?,
-        };
-        let new = encode(&pool_key, outcome.status.clone())?;
-        record_states(ctx, &pool_key, &outcome.status);
-        match ctx
-            .writer
-            .patch_status::<SenderPool>(&ns, &name, current.resource_version(), &old, &new)
-            .await
-        {
-            Ok(written) => {
-                if written.is_some() {
-                    tracing::info!(
-                        blocked_pairs = outcome.status.blocked_pairs,
-                        ready_ips = outcome.status.ready_ips,
-                        "pool status written"
-                    );
-                    announce(ctx, &current, &problems, &outcome, &old, &new).await;
-                }
-                if let Some(unreadable) = &unreadable {
-                    report_repair(ctx, &current, unreadable).await;
-                }
-                let after = written.as_ref().unwrap_or(current.as_ref());
-                ctx.remember(&memo_key, seen(planning_key(after)));
-                return Ok(next_action(&outcome, usable, now));
-            }
-            Err(e) if api_status(&e) == Some(409) => {
-                // The feedback receiver (or a person) wrote first: start again
-                // from what is stored, so no reputation change is lost.
-                let api: Api<SenderPool> = Api::namespaced(ctx.client.clone(), &ns);
-                current =
-                    Arc::new(api.get(&name).await.map_err(|e| {
-                        OperatorError::kube(format!("get SenderPool {pool_key}"), e)
-                    })?);
-            }
-            Err(e) => {
-                return Err(OperatorError::kube(
-                    format!("patch SenderPool {pool_key} status"),
-                    e,
-                ))
-            }
+    let compute = |current: Arc<SenderPool>| {
+        let (snapshot, problems, pool_key) = (&snapshot, &problems, &pool_key);
+        async move {
+            let outcome = if usable {
+                manage(ctx, &current, snapshot, problems, now).await?
+            } else {
+                Outcome::unusable(&current, problems, now)
+            };
+            // A status read only in part is compared with what is stored, so
+            // the write replaces exactly the parts that could not be read.
+            let unreadable = current
+                .status
+                .as_ref()
+                .and_then(|s| s.unreadable.as_deref())
+                .cloned();
+            let old = match &unreadable {
+                Some(unreadable) => unreadable.raw.clone(),
+                None => encode(pool_key, current.status.clone().unwrap_or_default())?,
+            };
+            let new = encode(pool_key, outcome.status.clone())?;
+            record_states(ctx, pool_key, &outcome.status);
+            Ok::<_, OperatorError>(Attempt::Write {
+                old: old.clone(),
+                new: new.clone(),
+                then: (outcome, unreadable, old, new),
+            })
         }
+    };
+    // A conflict means the feedback receiver (or a person) wrote first: the
+    // pass starts again from what is stored, so no reputation change is lost.
+    let written = status_write::write_status(ctx, &pool_key, Some(pool.clone()), compute).await?;
+    let (outcome, unreadable, old, new) = written.result;
+    let current = written.object;
+    if written.written.is_some() {
+        tracing::info!(
+            blocked_pairs = outcome.status.blocked_pairs,
+            ready_ips = outcome.status.ready_ips,
+            "pool status written"
+        );
+        announce(ctx, &current, &problems, &outcome, &old, &new).await;
     }
-    Err(OperatorError::Conflict {
-        what: format!("SenderPool {pool_key} status"),
-        attempts: STATUS_ATTEMPTS,
-    })
+    if let Some(unreadable) = &unreadable {
+        report_repair(ctx, &current, unreadable).await;
+    }
+    let after = written.written.as_ref().unwrap_or(current.as_ref());
+    ctx.remember(&memo_key, seen(planning_key(after)));
+    Ok(next_action(&outcome, usable, now))
 }
 
 /// What one pass decided: the status to write and the transitions behind it.
@@ -524,7 +510,7 @@ fn owned_pool_objects(ctx: &Context, ns: &str) -> Vec<OwnedObject> {
 fn ready_pods(ctx: &Context, ns: &str, pool: &str) -> BTreeMap<String, i32> {
     let mut out = BTreeMap::new();
     for pod in ctx.stores.pods.in_namespace(ns) {
-        let sender = sender_pod(&pod);
+        let sender = SenderPod::from_pod(&pod);
         if !sender.ready || sender.labels.get(POOL_LABEL).map(String::as_str) != Some(pool) {
             continue;
         }

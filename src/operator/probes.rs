@@ -16,18 +16,18 @@ use kube::{Client, Resource, ResourceExt};
 use super::build::events::transition_events;
 use super::build::namespace_of;
 use super::context::Context;
-use super::error::api_status;
+use super::error::OperatorError;
 use super::snapshot;
+use super::status_write::{self, Attempt};
 use crate::api::SenderPool;
 use crate::probe::claim_check::{ClaimCheckLimits, ClaimChecks};
 use crate::probe::dnsbl::{DnsblHealth, DNSBL_HEALTHY};
-use crate::probe::runner::{ProbeOptions, ProbeRound, SecretSource, SignalProbes};
-use crate::reputation::engine::Signal;
+use crate::probe::runner::{ProbeOptions, ProbeRound, SecretError, SecretSource, SignalProbes};
+use crate::reputation::engine::{Signal, Transition};
 use crate::routing::ObjectKey;
 
 /// The longest sleep between two looks at the schedule (new pools, new zones).
 const MAX_IDLE: Duration = Duration::from_secs(30);
-const STATUS_ATTEMPTS: u32 = 5;
 
 /// Secrets read from the API server (`"" secrets: get`).
 pub struct KubeSecrets {
@@ -50,12 +50,13 @@ pub const FEED_SECRET_LABEL: &str = "mailfleet.io/feed-credentials";
 const SNDS_ORIGIN: &str = "https://sendersupport.olc.protection.outlook.com/";
 
 impl SecretSource for KubeSecrets {
-    async fn secret(&self, namespace: &str, name: &str, key: &str) -> Result<Vec<u8>, String> {
+    async fn secret(&self, namespace: &str, name: &str, key: &str) -> Result<Vec<u8>, SecretError> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let secret = api
-            .get(name)
-            .await
-            .map_err(|e| format!("cannot read Secret {namespace}/{name}: {e}"))?;
+        let secret = api.get(name).await.map_err(|source| SecretError::Api {
+            namespace: namespace.into(),
+            name: name.into(),
+            source: Box::new(source),
+        })?;
         feed_secret_allowed(&secret, namespace, name)?;
         if let Some(value) = secret.data.as_ref().and_then(|d| d.get(key)) {
             return Ok(value.0.clone());
@@ -63,17 +64,23 @@ impl SecretSource for KubeSecrets {
         if let Some(value) = secret.string_data.as_ref().and_then(|d| d.get(key)) {
             return Ok(value.as_bytes().to_vec());
         }
-        Err(format!("Secret {namespace}/{name} has no key `{key}`"))
+        Err(SecretError::NoKey {
+            namespace: namespace.into(),
+            name: name.into(),
+            key: key.into(),
+        })
     }
 }
 
-fn feed_secret_allowed(secret: &Secret, namespace: &str, name: &str) -> Result<(), String> {
+fn feed_secret_allowed(secret: &Secret, namespace: &str, name: &str) -> Result<(), SecretError> {
     if secret.labels().get(FEED_SECRET_LABEL).map(String::as_str) == Some("true") {
         Ok(())
     } else {
-        Err(format!(
-            "Secret {namespace}/{name} is not labelled {FEED_SECRET_LABEL}=true; label it to let mailfleet read it for a feed"
-        ))
+        Err(SecretError::NotLabelled {
+            namespace: namespace.into(),
+            name: name.into(),
+            label: FEED_SECRET_LABEL,
+        })
     }
 }
 
@@ -246,63 +253,67 @@ async fn apply_to_pool(
     key: &ObjectKey,
     findings: PoolFindings,
     now: Timestamp,
-) -> Result<(), String> {
+) -> Result<(), OperatorError> {
     let (ns, name) = (key.namespace.as_str(), key.name.as_str());
     let lock = ctx.status_lock(ns, name);
     let _turn = lock.lock().await;
-    let api: Api<SenderPool> = Api::namespaced(ctx.client.clone(), ns);
-    for _ in 0..STATUS_ATTEMPTS {
-        let fresh = Arc::new(api.get(name).await.map_err(|e| e.to_string())?);
-        let mut pools: Vec<Arc<SenderPool>> = ctx
-            .stores
-            .pools
-            .all()
-            .into_iter()
-            .filter(|p| !(p.name_any() == name && p.namespace().as_deref() == Some(ns)))
-            .collect();
-        pools.push(fresh.clone());
-        let routes = ctx.stores.routes.in_namespace(ns);
-        let (_, mut fleet) = snapshot::fleet_of(ns, &pools, &routes).map_err(|e| e.to_string())?;
-        let mut transitions = Vec::new();
-        for (ip, signal) in &findings.signals {
-            match fleet.observe(ip, signal.clone(), now) {
-                Ok(moves) => transitions.extend(moves),
-                Err(e) => tracing::warn!(pool = %key, ip = %ip, error = %e, "probe signal refused"),
-            }
+    let compute =
+        |fresh: Arc<SenderPool>| std::future::ready(probe_status(ctx, key, &findings, fresh, now));
+    let written = status_write::write_status(ctx, key, None, compute).await?;
+    if let (Some(_), Some(transitions)) = (&written.written, &written.result) {
+        for t in transitions {
+            tracing::info!(pool = %key, ip = %t.ip, provider = %t.provider, from = ?t.from,
+                to = %t.to, reason = %t.reason, "reputation moved");
         }
-        let generation = fresh.metadata.generation;
-        let Some(pool) = fleet.pools.iter_mut().find(|p| p.name_any() == name) else {
-            // The pool is unusable or gone from the fleet: nothing to record.
-            return Ok(());
-        };
-        let status = pool.status.get_or_insert_with(Default::default);
-        match &findings.health {
-            Some(Some(health)) => health.set_on(&mut status.conditions, generation, now),
-            Some(None) => status.conditions.retain(|c| c.type_ != DNSBL_HEALTHY),
-            None => {}
-        }
-        let old = serde_json::to_value(fresh.status.clone().unwrap_or_default())
-            .map_err(|e| e.to_string())?;
-        let new = serde_json::to_value(&*status).map_err(|e| e.to_string())?;
-        match ctx
-            .writer
-            .patch_status::<SenderPool>(ns, name, fresh.resource_version(), &old, &new)
-            .await
-        {
-            Ok(_) => {
-                for t in &transitions {
-                    tracing::info!(pool = %key, ip = %t.ip, provider = %t.provider, from = ?t.from,
-                        to = %t.to, reason = %t.reason, "reputation moved");
-                }
-                let records = transition_events(key, &transitions);
-                ctx.publish(&fresh.object_ref(&()), &records).await;
-                return Ok(());
-            }
-            Err(e) if api_status(&e) == Some(409) => continue,
-            Err(e) => return Err(e.to_string()),
+        let records = transition_events(key, transitions);
+        ctx.publish(&written.object.object_ref(&()), &records).await;
+    }
+    Ok(())
+}
+
+/// The pool's status with the probes' signals and DNSBL health applied to
+/// what is stored, and the reputation moves they made (`None`: the pool is
+/// unusable or gone from the fleet, nothing to record).
+fn probe_status(
+    ctx: &Context,
+    key: &ObjectKey,
+    findings: &PoolFindings,
+    fresh: Arc<SenderPool>,
+    now: Timestamp,
+) -> Result<Attempt<Option<Vec<Transition>>>, OperatorError> {
+    let (ns, name) = (key.namespace.as_str(), key.name.as_str());
+    let mut pools: Vec<Arc<SenderPool>> = ctx
+        .stores
+        .pools
+        .all()
+        .into_iter()
+        .filter(|p| !(p.name_any() == name && p.namespace().as_deref() == Some(ns)))
+        .collect();
+    pools.push(fresh.clone());
+    let routes = ctx.stores.routes.in_namespace(ns);
+    let (_, mut fleet) = snapshot::fleet_of(ns, &pools, &routes)?;
+    let mut transitions = Vec::new();
+    for (ip, signal) in &findings.signals {
+        match fleet.observe(ip, signal.clone(), now) {
+            Ok(moves) => transitions.extend(moves),
+            Err(e) => tracing::warn!(pool = %key, ip = %ip, error = %e, "probe signal refused"),
         }
     }
-    Err(format!("status of SenderPool {key} kept changing"))
+    let generation = fresh.metadata.generation;
+    let Some(pool) = fleet.pools.iter_mut().find(|p| p.name_any() == name) else {
+        return Ok(Attempt::Unchanged(None));
+    };
+    let status = pool.status.get_or_insert_with(Default::default);
+    match &findings.health {
+        Some(Some(health)) => health.set_on(&mut status.conditions, generation, now),
+        Some(None) => status.conditions.retain(|c| c.type_ != DNSBL_HEALTHY),
+        None => {}
+    }
+    Ok(Attempt::Write {
+        old: status_write::encode("SenderPool", key, &fresh.status.clone().unwrap_or_default())?,
+        new: status_write::encode("SenderPool", key, &*status)?,
+        then: Some(transitions),
+    })
 }
 
 #[cfg(test)]
@@ -350,7 +361,7 @@ mod feed_guard_tests {
     fn only_a_labelled_secret_is_read_for_a_feed() {
         let mut secret = Secret::default();
         let err = feed_secret_allowed(&secret, "mail", "snds").unwrap_err();
-        assert!(err.contains(FEED_SECRET_LABEL), "{err}");
+        assert!(err.to_string().contains(FEED_SECRET_LABEL), "{err}");
         secret.metadata.labels = Some([(FEED_SECRET_LABEL.to_string(), "true".to_string())].into());
         assert!(feed_secret_allowed(&secret, "mail", "snds").is_ok());
     }

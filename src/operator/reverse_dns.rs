@@ -7,17 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use kube::api::Api;
-use kube::ResourceExt;
 
 use super::context::Context;
-use super::error::api_status;
+use super::error::OperatorError;
+use super::status_write::{self, Attempt};
 use crate::api::SenderPool;
 use crate::probe::reverse_dns_checks::{set_conditions, PoolVerdicts, ReverseDnsChecks};
+use crate::routing::ObjectKey;
 
 pub use crate::probe::reverse_dns_checks::{ReverseDnsGauges, REVERSE_DNS_CONFIRMED};
-
-const STATUS_ATTEMPTS: u32 = 5;
 
 /// Checks every IP when due until `stop` completes.
 pub async fn run(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()>) {
@@ -30,7 +28,7 @@ pub async fn run(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()>)
             .await;
         for verdicts in &rounds {
             if let Err(e) = record(&ctx, verdicts).await {
-                tracing::warn!(pool = %format!("{}/{}", verdicts.namespace, verdicts.name), error = %e, "cannot record the reverse DNS checks");
+                tracing::warn!(pool = %ObjectKey::new(&verdicts.namespace, &verdicts.name), error = %e, "cannot record the reverse DNS checks");
             }
         }
         // Until the pools are listed, look again soon.
@@ -43,44 +41,45 @@ pub async fn run(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()>)
 }
 
 /// Writes one pool's verdicts as its IPs' `ReverseDnsConfirmed` conditions.
-async fn record(ctx: &Context, verdicts: &PoolVerdicts) -> Result<(), String> {
-    let (ns, name) = (verdicts.namespace.as_str(), verdicts.name.as_str());
+async fn record(ctx: &Context, verdicts: &PoolVerdicts) -> Result<(), OperatorError> {
+    let key = ObjectKey::new(&verdicts.namespace, &verdicts.name);
     // A pool deleted while its IPs were checked: nothing to record (and no
     // status lock to leave behind).
-    if ctx.stores.pools.get(ns, name).is_none() {
+    if ctx.stores.pools.get(&key.namespace, &key.name).is_none() {
         return Ok(());
     }
-    let lock = ctx.status_lock(ns, name);
+    let lock = ctx.status_lock(&key.namespace, &key.name);
     let _turn = lock.lock().await;
-    let api: Api<SenderPool> = Api::namespaced(ctx.client.clone(), ns);
     let now = Timestamp::now();
-    for _ in 0..STATUS_ATTEMPTS {
-        let fresh = api.get(name).await.map_err(|e| e.to_string())?;
-        let old_status = fresh.status.clone().unwrap_or_default();
-        let mut status = old_status.clone();
-        // Only the IPs the pool still lists (an IP's status entry may not be
-        // written yet: the verdict creates it).
-        let listed: Vec<_> = verdicts
-            .ips
-            .iter()
-            .filter(|v| fresh.spec.ips.iter().any(|ip| ip.address == v.ip))
-            .cloned()
-            .collect();
-        set_conditions(&mut status, &listed, fresh.metadata.generation, now);
-        let old = serde_json::to_value(&old_status).map_err(|e| e.to_string())?;
-        let new = serde_json::to_value(&status).map_err(|e| e.to_string())?;
-        if old == new {
-            return Ok(());
-        }
-        match ctx
-            .writer
-            .patch_status::<SenderPool>(ns, name, fresh.resource_version(), &old, &new)
-            .await
-        {
-            Ok(_) => return Ok(()),
-            Err(e) if api_status(&e) == Some(409) => continue,
-            Err(e) => return Err(e.to_string()),
-        }
+    let compute =
+        |fresh: Arc<SenderPool>| std::future::ready(verdict_status(&key, verdicts, &fresh, now));
+    status_write::write_status(ctx, &key, None, compute).await?;
+    Ok(())
+}
+
+/// The stored status with the verdicts of the IPs the pool still lists (an
+/// IP's status entry may not be written yet: the verdict creates it).
+fn verdict_status(
+    key: &ObjectKey,
+    verdicts: &PoolVerdicts,
+    fresh: &SenderPool,
+    now: Timestamp,
+) -> Result<Attempt<()>, OperatorError> {
+    let old_status = fresh.status.clone().unwrap_or_default();
+    let mut status = old_status.clone();
+    let listed: Vec<_> = verdicts
+        .ips
+        .iter()
+        .filter(|v| fresh.spec.ips.iter().any(|ip| ip.address == v.ip))
+        .cloned()
+        .collect();
+    set_conditions(&mut status, &listed, fresh.metadata.generation, now);
+    if status == old_status {
+        return Ok(Attempt::Unchanged(()));
     }
-    Err("the pool's status kept changing".into())
+    Ok(Attempt::Write {
+        old: status_write::encode("SenderPool", key, &old_status)?,
+        new: status_write::encode("SenderPool", key, &status)?,
+        then: (),
+    })
 }

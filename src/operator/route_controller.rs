@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
@@ -22,7 +21,8 @@ use super::build::plan::{plan_route, OwnedKind, OwnedObject, PruneTarget};
 use super::build::route_service::SenderPod;
 use super::build::validate::{set_accepted, ObjectProblem, ACCEPTED};
 use super::context::Context;
-use super::error::{api_status, OperatorError, Result};
+use super::error::{OperatorError, Result};
+use super::status_write::{self, Attempt};
 use crate::api::conditions::set_condition;
 use crate::api::{ConditionStatus, DomainRoute, DomainRouteStatus, RouteMode};
 use crate::routing::model::mode_name;
@@ -33,7 +33,6 @@ pub const CONTROLLER: &str = "domainroute";
 const RESYNC: Duration = Duration::from_secs(600);
 /// A route that cannot work is looked at again this often (no crash loop).
 const INVALID_RETRY: Duration = Duration::from_secs(300);
-const STATUS_ATTEMPTS: u32 = 5;
 
 pub async fn reconcile(route: Arc<DomainRoute>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
@@ -215,24 +214,8 @@ pub fn sender_pods(ctx: &Context, namespace: &str) -> Vec<SenderPod> {
         .pods
         .in_namespace(namespace)
         .iter()
-        .map(|pod| sender_pod(pod))
+        .map(|pod| SenderPod::from_pod(pod))
         .collect()
-}
-
-pub fn sender_pod(pod: &Pod) -> SenderPod {
-    let status = pod.status.as_ref();
-    let ready = pod.metadata.deletion_timestamp.is_none()
-        && status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    SenderPod {
-        namespace: pod.namespace().unwrap_or_default(),
-        name: pod.name_any(),
-        pod_ip: status.and_then(|s| s.pod_ip.clone()),
-        ready,
-        labels: pod.labels().clone(),
-        node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-    }
 }
 
 /// The status of `route`: the compiled targets (when the route is usable)
@@ -338,62 +321,35 @@ async fn write_status(
     problems: &[ObjectProblem],
     now: Timestamp,
 ) -> Result<Option<String>> {
-    let ns = namespace_of(&route.metadata);
-    let name = route.name_any();
-    let mut current: Arc<DomainRoute> = route.clone();
-    for _ in 0..STATUS_ATTEMPTS {
+    let key = ObjectKey::new(namespace_of(&route.metadata), route.name_any());
+    let compute = |current: Arc<DomainRoute>| {
         let before = current.status.clone().unwrap_or_default();
         let status = route_status(&current, result, problems, now);
-        let old = serde_json::to_value(&before).map_err(|source| OperatorError::Encode {
-            what: format!("DomainRoute {ns}/{name} status"),
-            source,
-        })?;
-        let new = serde_json::to_value(&status).map_err(|source| OperatorError::Encode {
-            what: format!("DomainRoute {ns}/{name} status"),
-            source,
-        })?;
-        match ctx
-            .writer
-            .patch_status::<DomainRoute>(&ns, &name, current.resource_version(), &old, &new)
-            .await
-        {
-            Ok(None) => return Ok(None),
-            Ok(Some(written)) => {
-                tracing::info!(
-                    mode = status.mode.map(mode_name),
-                    targets = status.target_count,
-                    excluded = status.excluded_count,
-                    "route status written"
-                );
-                if accepted_message(&before) != accepted_message(&status) && !problems.is_empty() {
-                    let records = problem_events(
-                        "DomainRoute",
-                        &ObjectKey::new(ns.clone(), name.clone()),
-                        problems,
-                    );
-                    ctx.publish(&current.object_ref(&()), &records).await;
-                }
-                return Ok(written.resource_version());
-            }
-            Err(e) if api_status(&e) == Some(409) => {
-                let api: Api<DomainRoute> = Api::namespaced(ctx.client.clone(), &ns);
-                current =
-                    Arc::new(api.get(&name).await.map_err(|e| {
-                        OperatorError::kube(format!("get DomainRoute {ns}/{name}"), e)
-                    })?);
-            }
-            Err(e) => {
-                return Err(OperatorError::kube(
-                    format!("patch DomainRoute {ns}/{name} status"),
-                    e,
-                ))
-            }
-        }
+        let attempt = status_write::encode("DomainRoute", &key, &before).and_then(|old| {
+            Ok(Attempt::Write {
+                old,
+                new: status_write::encode("DomainRoute", &key, &status)?,
+                then: (before, status),
+            })
+        });
+        std::future::ready(attempt)
+    };
+    let written = status_write::write_status(ctx, &key, Some(route.clone()), compute).await?;
+    let (before, status) = &written.result;
+    let Some(stored) = &written.written else {
+        return Ok(None);
+    };
+    tracing::info!(
+        mode = status.mode.map(mode_name),
+        targets = status.target_count,
+        excluded = status.excluded_count,
+        "route status written"
+    );
+    if accepted_message(before) != accepted_message(status) && !problems.is_empty() {
+        let records = problem_events("DomainRoute", &key, problems);
+        ctx.publish(&written.object.object_ref(&()), &records).await;
     }
-    Err(OperatorError::Conflict {
-        what: format!("DomainRoute {ns}/{name} status"),
-        attempts: STATUS_ATTEMPTS,
-    })
+    Ok(stored.resource_version())
 }
 
 fn accepted_message(status: &DomainRouteStatus) -> Option<(ConditionStatus, String)> {

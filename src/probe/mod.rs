@@ -11,4 +11,4 @@ pub mod reverse_dns_checks;
 pub mod runner;
 pub mod snds;
 
-pub use runner::{ProbeOptions, ProbeRound, SecretSource, SecretsDir, SignalProbes};
+pub use runner::{ProbeOptions, ProbeRound, SecretError, SecretSource, SecretsDir, SignalProbes};

@@ -41,7 +41,47 @@ pub trait SecretSource: Send + Sync {
         namespace: &str,
         name: &str,
         key: &str,
-    ) -> impl Future<Output = Result<Vec<u8>, String>> + Send;
+    ) -> impl Future<Output = Result<Vec<u8>, SecretError>> + Send;
+}
+
+/// Why a Secret's key could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("{what} `{part}` cannot name a file under {root}")]
+    NotAFileName {
+        what: &'static str,
+        part: String,
+        root: String,
+    },
+    #[error("cannot read {path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read Secret {namespace}/{name}: {source}")]
+    Api {
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("Secret {namespace}/{name} is not labelled {label}=true; label it to let mailfleet read it for a feed")]
+    NotLabelled {
+        namespace: String,
+        name: String,
+        label: &'static str,
+    },
+    #[error("Secret {namespace}/{name} has no key `{key}`")]
+    NoKey {
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    #[error(
+        "no --secrets-dir given; start standalone mode with --secrets-dir DIR holding {name}/{key}"
+    )]
+    NoSecretsDir { name: String, key: String },
 }
 
 /// Secrets as files `DIR/<secret name>/<key>`: the layout of Secret volumes
@@ -56,13 +96,14 @@ impl SecretsDir {
         SecretsDir { root: root.into() }
     }
 
-    fn path_of(&self, name: &str, key: &str) -> Result<PathBuf, String> {
+    fn path_of(&self, name: &str, key: &str) -> Result<PathBuf, SecretError> {
         for (what, part) in [("Secret name", name), ("key", key)] {
             if part.is_empty() || part == "." || part == ".." || part.contains(['/', '\\']) {
-                return Err(format!(
-                    "{what} `{part}` cannot name a file under {}",
-                    self.root.display()
-                ));
+                return Err(SecretError::NotAFileName {
+                    what,
+                    part: part.to_string(),
+                    root: self.root.display().to_string(),
+                });
             }
         }
         Ok(self.root.join(name).join(key))
@@ -75,15 +116,18 @@ impl SecretSource for SecretsDir {
         _namespace: &str,
         name: &str,
         key: &str,
-    ) -> impl Future<Output = Result<Vec<u8>, String>> + Send {
+    ) -> impl Future<Output = Result<Vec<u8>, SecretError>> + Send {
         let path = self.path_of(name, key);
         async move {
             let path = path?;
             let shown = path.display().to_string();
             tokio::task::spawn_blocking(move || std::fs::read(&path))
                 .await
-                .map_err(|e| format!("reading {shown} failed: {e}"))?
-                .map_err(|e| format!("cannot read {shown}: {e}"))
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                .map_err(|source| SecretError::File {
+                    path: shown,
+                    source,
+                })
         }
     }
 }
@@ -700,11 +744,15 @@ mod tests {
     struct MapSecrets(BTreeMap<(String, String, String), Vec<u8>>);
 
     impl SecretSource for MapSecrets {
-        async fn secret(&self, ns: &str, name: &str, key: &str) -> Result<Vec<u8>, String> {
+        async fn secret(&self, ns: &str, name: &str, key: &str) -> Result<Vec<u8>, SecretError> {
             self.0
                 .get(&(ns.into(), name.into(), key.into()))
                 .cloned()
-                .ok_or_else(|| format!("Secret {ns}/{name} has no key `{key}`"))
+                .ok_or_else(|| SecretError::NoKey {
+                    namespace: ns.into(),
+                    name: name.into(),
+                    key: key.into(),
+                })
         }
     }
 

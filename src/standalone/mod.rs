@@ -563,12 +563,18 @@ fn read_state(out: &Path) -> Result<(Option<SavedState>, Option<Discarded>), Sta
 struct Secrets(Option<SecretsDir>);
 
 impl SecretSource for Secrets {
-    async fn secret(&self, namespace: &str, name: &str, key: &str) -> Result<Vec<u8>, String> {
+    async fn secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> Result<Vec<u8>, crate::probe::runner::SecretError> {
         match &self.0 {
             Some(dir) => dir.secret(namespace, name, key).await,
-            None => Err(format!(
-                "no --secrets-dir given; start standalone mode with --secrets-dir DIR holding {name}/{key}"
-            )),
+            None => Err(crate::probe::runner::SecretError::NoSecretsDir {
+                name: name.into(),
+                key: key.into(),
+            }),
         }
     }
 }

@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource;
 
 use crate::api::{DomainRoute, SenderPool};
 use crate::routing::postfix::{ip_slug, PostfixError};
@@ -169,30 +170,35 @@ pub fn route_labels(route: &str) -> BTreeMap<String, String> {
     ])
 }
 
-fn owner_reference(kind: &'static str, meta: &ObjectMeta) -> Result<OwnerReference, BuildError> {
-    let name = meta.name.clone().ok_or(BuildError::MissingName { kind })?;
-    let uid = meta.uid.clone().ok_or_else(|| BuildError::MissingUid {
-        kind,
-        name: name.clone(),
-    })?;
+/// kube's controller reference to `object`, blocking the owner's deletion
+/// until the garbage collector removed the object, or the error naming the
+/// missing field (a reference needs the owner's name and uid).
+fn owner_reference<K: Resource<DynamicType = ()>>(
+    kind: &'static str,
+    object: &K,
+) -> Result<OwnerReference, BuildError> {
+    let name = object
+        .meta()
+        .name
+        .clone()
+        .ok_or(BuildError::MissingName { kind })?;
+    let reference = object
+        .controller_owner_ref(&())
+        .ok_or(BuildError::MissingUid { kind, name })?;
     Ok(OwnerReference {
-        api_version: API_VERSION.to_string(),
-        kind: kind.to_string(),
-        name,
-        uid,
-        controller: Some(true),
         block_owner_deletion: Some(true),
+        ..reference
     })
 }
 
 /// The controller reference to a pool (for its Deployments and ConfigMaps).
 pub fn pool_owner(pool: &SenderPool) -> Result<OwnerReference, BuildError> {
-    owner_reference("SenderPool", &pool.metadata)
+    owner_reference("SenderPool", pool)
 }
 
 /// The controller reference to a route (for its Service and EndpointSlices).
 pub fn route_owner(route: &DomainRoute) -> Result<OwnerReference, BuildError> {
-    owner_reference("DomainRoute", &route.metadata)
+    owner_reference("DomainRoute", route)
 }
 
 /// The pool's name, or the error naming the missing field.
