@@ -183,31 +183,7 @@ mod tests {
 
     const OURS: &str = "203.0.113.10";
 
-    fn report(source_ip: &str, rcpt: &str, message_id: &str) -> String {
-        format!(
-            "Content-Type: multipart/report; report-type=feedback-report; boundary=b\r\n\
-             \r\n\
-             --b\r\n\
-             Content-Type: text/plain\r\n\
-             \r\n\
-             A complaint.\r\n\
-             --b\r\n\
-             Content-Type: message/feedback-report\r\n\
-             \r\n\
-             Feedback-Type: abuse\r\n\
-             User-Agent: test/1\r\n\
-             Version: 1\r\n\
-             Source-IP: {source_ip}\r\n\
-             Original-Rcpt-To: <{rcpt}>\r\n\
-             \r\n\
-             --b\r\n\
-             Content-Type: text/rfc822-headers\r\n\
-             \r\n\
-             Message-ID: <{message_id}>\r\n\
-             \r\n\
-             --b--\r\n"
-        )
-    }
+    use crate::reputation::complaints::sample_report as report;
 
     fn maildir() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, Read};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -293,17 +293,13 @@ pub enum QueueReadError {
     Failed { command: String, status: String },
 }
 
-/// Runs `postqueue -j` on `target` and sums its listing; the command is
-/// killed at `timeout` and the figures are then marked partial.
-pub fn read_postfix_queue(
-    target: &PostfixTarget,
-    lookup: &RouteLookup,
-    timeout: Duration,
-) -> Result<QueueTally, QueueReadError> {
+/// Starts `postqueue -j` on `target`, its listing on a pipe; the command line
+/// comes back for the errors that name it.
+fn start_listing(target: &PostfixTarget) -> Result<(Child, String), QueueReadError> {
     let program = target.bin_dir.join("postqueue");
     let config = target.config_dir.display().to_string();
     let command = format!("{} -c {config} -j", program.display());
-    let mut child = Command::new(&program)
+    let child = Command::new(&program)
         .args(["-c", &config, "-j"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -313,6 +309,17 @@ pub fn read_postfix_queue(
             command: command.clone(),
             source,
         })?;
+    Ok((child, command))
+}
+
+/// Runs `postqueue -j` on `target` and sums its listing; the command is
+/// killed at `timeout` and the figures are then marked partial.
+pub fn read_postfix_queue(
+    target: &PostfixTarget,
+    lookup: &RouteLookup,
+    timeout: Duration,
+) -> Result<QueueTally, QueueReadError> {
+    let (mut child, command) = start_listing(target)?;
     let deadline = Instant::now() + timeout;
     let result = match child.stdout.take() {
         Some(stdout) => tally_listing(
@@ -399,19 +406,7 @@ pub fn read_hold_queue(
     limit: usize,
     timeout: Duration,
 ) -> Result<Vec<(String, Vec<String>)>, QueueReadError> {
-    let program = target.bin_dir.join("postqueue");
-    let config = target.config_dir.display().to_string();
-    let command = format!("{} -c {config} -j", program.display());
-    let mut child = Command::new(&program)
-        .args(["-c", &config, "-j"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|source| QueueReadError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
+    let (mut child, command) = start_listing(target)?;
     let deadline = Instant::now() + timeout;
     let result = match child.stdout.take() {
         Some(stdout) => held_in_listing(

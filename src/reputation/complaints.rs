@@ -99,35 +99,39 @@ impl ComplaintCounts {
     }
 }
 
+/// An abuse report (ARF) about mail from `source_ip` to `rcpt`, for tests.
+#[cfg(test)]
+pub(crate) fn sample_report(source_ip: &str, rcpt: &str, message_id: &str) -> String {
+    format!(
+        "Content-Type: multipart/report; report-type=feedback-report; boundary=b\r\n\
+         \r\n\
+         --b\r\n\
+         Content-Type: text/plain\r\n\
+         \r\n\
+         A complaint.\r\n\
+         --b\r\n\
+         Content-Type: message/feedback-report\r\n\
+         \r\n\
+         Feedback-Type: abuse\r\n\
+         User-Agent: test/1\r\n\
+         Version: 1\r\n\
+         Source-IP: {source_ip}\r\n\
+         Original-Rcpt-To: <{rcpt}>\r\n\
+         \r\n\
+         --b\r\n\
+         Content-Type: text/rfc822-headers\r\n\
+         \r\n\
+         Message-ID: <{message_id}>\r\n\
+         \r\n\
+         --b--\r\n"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn report(source_ip: &str, rcpt: &str, message_id: &str) -> String {
-        format!(
-            "Content-Type: multipart/report; report-type=feedback-report; boundary=b\r\n\
-             \r\n\
-             --b\r\n\
-             Content-Type: text/plain\r\n\
-             \r\n\
-             A complaint.\r\n\
-             --b\r\n\
-             Content-Type: message/feedback-report\r\n\
-             \r\n\
-             Feedback-Type: abuse\r\n\
-             User-Agent: test/1\r\n\
-             Version: 1\r\n\
-             Source-IP: {source_ip}\r\n\
-             Original-Rcpt-To: <{rcpt}>\r\n\
-             \r\n\
-             --b\r\n\
-             Content-Type: text/rfc822-headers\r\n\
-             \r\n\
-             Message-ID: <{message_id}>\r\n\
-             \r\n\
-             --b--\r\n"
-        )
-    }
+    use super::sample_report as report;
 
     #[test]
     fn reports_are_counted_per_ip_and_provider_once_and_the_rest_skipped() {
