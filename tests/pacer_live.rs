@@ -105,6 +105,21 @@ impl Receiver {
             .filter(|at| (from..until).contains(at))
             .count()
     }
+
+    /// Messages from `ip` accepted since `from`, once no more arrive (three
+    /// quiet seconds; at most a minute).
+    fn settled_count(&self, ip: &str, from: f64) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = (self.count_from(ip, from, f64::MAX), Instant::now());
+        while Instant::now() < deadline && last.1.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(250));
+            let now = self.count_from(ip, from, f64::MAX);
+            if now != last.0 {
+                last = (now, Instant::now());
+            }
+        }
+        last.0
+    }
 }
 
 impl Drop for Receiver {
@@ -378,16 +393,27 @@ fn measure(cap: i64, seconds: u64) {
             "pacer: {replicas} replica(s): {per_replica} messages each submitted in {:.1} s",
             submitted.elapsed().as_secs_f64()
         );
+        // The agents go on at a window's start, so the span's first release
+        // is its first window's: nothing released before it is delivered in it.
+        let from = next_window();
+        let from_unix = unix_now();
         for agent in &agents {
             signal(agent, libc::SIGCONT);
         }
-        let from = next_window();
-        let from_unix = unix_now();
         let until = from + Duration::from_secs(seconds);
+        // Paused just before the next window: what they released is the
+        // span's windows' budgets, no more.
+        std::thread::sleep(
+            until.saturating_duration_since(Instant::now() + Duration::from_millis(300)),
+        );
+        for agent in &agents {
+            signal(agent, libc::SIGSTOP);
+        }
         std::thread::sleep(until.saturating_duration_since(Instant::now()));
-        // What was accepted before the span ended but recorded a moment later.
-        std::thread::sleep(Duration::from_millis(500));
-        let got = receiver.count_from(IP, from_unix, from_unix + seconds as f64);
+        // Delivered when the span ends (the cap, in real time), and in all
+        // once Postfix has delivered what the pacers released in it.
+        let released = receiver.settled_count(IP, from_unix);
+        let in_span = receiver.count_from(IP, from_unix, from_unix + seconds as f64);
         // A replica that ran out of mail would undershoot for want of it.
         let waiting: Vec<usize> = instances
             .iter()
@@ -399,12 +425,14 @@ fn measure(cap: i64, seconds: u64) {
                     .count()
             })
             .collect();
-        eprintln!("pacer: {replicas} replica(s) -> {got}; still queued per replica: {waiting:?}");
+        eprintln!(
+            "pacer: {replicas} replica(s) -> {in_span} in the span, {released} released in it; still queued per replica: {waiting:?}"
+        );
         assert!(
             waiting.iter().all(|w| *w > 0),
             "a replica ran out of mail: {waiting:?}"
         );
-        results.push((replicas, got));
+        results.push((replicas, in_span, released));
         drop(agents);
         let mut refs: Vec<&mut PrivatePostfix> = instances.iter_mut().collect();
         PrivatePostfix::control(&mut refs, "stop");
@@ -420,15 +448,26 @@ fn measure(cap: i64, seconds: u64) {
         "pacer: cap {cap}/h over {seconds} s, load {load}, expected {expected:.1}: {}",
         results
             .iter()
-            .map(|(r, got)| format!("{r} replica(s) -> {got}"))
+            .map(|(r, in_span, released)| format!(
+                "{r} replica(s) -> {in_span} ({released} released)"
+            ))
             .collect::<Vec<_>>()
             .join(", ")
     );
     let tolerance = (expected * 0.05).max(2.0);
-    for (replicas, got) in results {
+    for (replicas, in_span, released) in results {
+        // The cap is never exceeded, however fast the machine delivers...
         assert!(
-            (got as f64 - expected).abs() <= tolerance,
-            "{replicas} replica(s) of {IP} delivered {got} in {seconds} s; the cap of {cap}/h allows {expected:.1} (± {tolerance:.1})"
+            in_span as f64 <= expected + tolerance,
+            "{replicas} replica(s) of {IP} delivered {in_span} in {seconds} s; the cap of {cap}/h allows {expected:.1} (+ {tolerance:.1})"
+        );
+        // ...and the pacers released exactly the span's allowance, all of
+        // which Postfix delivered. (Whether it is all delivered inside the
+        // span depends on the machine's speed: bench/pacer_caps.sh measures
+        // that, docs/BENCHMARKS.md.)
+        assert!(
+            (released as f64 - expected).abs() <= tolerance,
+            "{replicas} replica(s) of {IP} released {released} in {seconds} s (delivered by its end: {in_span}); the cap of {cap}/h allows {expected:.1} (± {tolerance:.1})"
         );
     }
 }

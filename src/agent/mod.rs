@@ -16,6 +16,7 @@ pub mod backoff;
 pub mod complaint_inbox;
 pub mod config;
 pub mod counts;
+pub mod flush;
 pub mod follow;
 pub mod http;
 pub mod line;

@@ -9,8 +9,8 @@
 //! is parked in the hold queue (`postsuper -h`), where neither Postfix's
 //! retries nor a queue flush touch it. Each window the pacer releases, oldest
 //! first, as many recipients as the window's budget has left (`postsuper -H`,
-//! then `postqueue -i`, whose flush delivers the message although its
-//! transport is deferred). Deliveries that reached a server are counted from
+//! then the flush service's `send_file`, what `postqueue -i` asks, which
+//! delivers the message although its transport is deferred; [`crate::agent::flush`]). Deliveries that reached a server are counted from
 //! the log; recipients released and not yet delivered count against the
 //! budget, so a window's releases are exactly its allowance.
 //!
@@ -25,6 +25,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::agent::apply::{run_ok, write_atomically, ApplyError, PostfixTarget};
+use crate::agent::flush::FlushService;
 use crate::agent::queue::RouteLookup;
 use crate::reputation::postfix_log::parse_line_bytes;
 use crate::routing::caps::{ReplicaShare, WindowCredit};
@@ -41,6 +42,11 @@ const HELD_REMARK: &str = "deferred transport";
 pub const PACER_BEGIN: &str =
     "# BEGIN mailfleet pacer: paced transports (rewritten by `mailfleet agent`)";
 pub const PACER_END: &str = "# END mailfleet pacer";
+/// Starts a rendered line the pacer set aside while it paces the transport
+/// (a paced transport's own rate delay): Postfix warns on every command about
+/// a parameter set twice, so the rendered line is commented out, not
+/// overridden, and put back with the last hold.
+const SET_ASIDE: &str = "#mailfleet-pacer-set-aside: ";
 /// The one-line marker of earlier agents (the line after it was theirs).
 const OLD_HOLD_MARKER: &str =
     "# mailfleet pacer: transports over their window's budget (the next line is rewritten)";
@@ -488,6 +494,10 @@ pub fn is_hold_deferral(line: &[u8]) -> bool {
 /// delay counts from the end of each delivery and would slow a transport
 /// below its share). No lines when nothing is paced.
 pub fn with_holds(text: &str, held: &BTreeSet<String>) -> String {
+    let rate_delays: BTreeSet<String> = held
+        .iter()
+        .map(|transport| format!("{transport}_transport_rate_delay"))
+        .collect();
     let mut out = String::with_capacity(text.len() + 128);
     let mut lines = text.split_inclusive('\n');
     while let Some(line) = lines.next() {
@@ -504,6 +514,11 @@ pub fn with_holds(text: &str, held: &BTreeSet<String>) -> String {
             }
             continue;
         }
+        let line = line.strip_prefix(SET_ASIDE).unwrap_or(line);
+        let parameter = line.split('=').next().unwrap_or_default().trim();
+        if rate_delays.contains(parameter) {
+            out.push_str(SET_ASIDE);
+        }
         out.push_str(line);
     }
     if !held.is_empty() {
@@ -515,9 +530,9 @@ pub fn with_holds(text: &str, held: &BTreeSet<String>) -> String {
         out.push_str("defer_transports = ");
         out.push_str(&held.iter().cloned().collect::<Vec<_>>().join(", "));
         out.push('\n');
-        for transport in held {
-            out.push_str(transport);
-            out.push_str("_transport_rate_delay = 0s\n");
+        for rate_delay in &rate_delays {
+            out.push_str(rate_delay);
+            out.push_str(" = 0s\n");
         }
         out.push_str(PACER_END);
         out.push('\n');
@@ -561,14 +576,38 @@ impl PostfixHolds<'_> {
         }
         if !actions.release.is_empty() {
             postsuper_each(&bin("postsuper"), &config, "-H", &actions.release, "hold")?;
+            let mut flush = self.flush_service();
             for id in &actions.release {
                 // A message delivered or removed meanwhile is not an error
                 // worth stopping for; one still with the queue manager is
                 // released again after the pacer's timeout.
+                if let Some(service) = &flush {
+                    match service.send_file(id) {
+                        Ok(_) => continue,
+                        Err(e) => {
+                            tracing::debug!("releasing with postqueue -i instead: {e}");
+                            flush = None;
+                        }
+                    }
+                }
                 let _ = run_ok(&bin("postqueue"), &["-c", &config, "-i", id]);
             }
         }
         Ok(())
+    }
+
+    /// The instance's flush service (what `postqueue -i` asks), when its
+    /// queue directory can be read from the configuration.
+    fn flush_service(&self) -> Option<FlushService> {
+        let config = self.target.config_dir.to_string_lossy().into_owned();
+        let output = Command::new(self.target.bin_dir.join("postconf"))
+            .args(["-c", &config, "-h", "queue_directory"])
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())?;
+        let directory = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        (!directory.is_empty()).then(|| FlushService::in_queue_directory(Path::new(&directory)))
     }
 }
 
@@ -827,6 +866,27 @@ mod tests {
         assert_eq!(with_holds(&two, &BTreeSet::new()), base);
         let old = format!("{base}{OLD_HOLD_MARKER}\ndefer_transports = {T}\n");
         assert_eq!(with_holds(&old, &BTreeSet::new()), base);
+    }
+
+    #[test]
+    fn a_paced_transports_rendered_rate_delay_is_set_aside_not_set_twice() {
+        let base = format!(
+            "myhostname = a\n{T}_transport_rate_delay = 18s\nx_transport_rate_delay = 5s\n"
+        );
+        let paced = with_holds(&base, &BTreeSet::from([T.to_string()]));
+        let set = |key: &str| {
+            paced
+                .lines()
+                .filter(|l| l.split('=').next().unwrap().trim() == key)
+                .count()
+        };
+        assert_eq!(set(&format!("{T}_transport_rate_delay")), 1, "{paced}");
+        assert!(paced.contains(&format!("{SET_ASIDE}{T}_transport_rate_delay = 18s\n")));
+        assert!(paced.contains(&format!("{T}_transport_rate_delay = 0s\n")));
+        assert_eq!(set("x_transport_rate_delay"), 1);
+        // Pacing again changes nothing; the last hold puts the line back.
+        assert_eq!(with_holds(&paced, &BTreeSet::from([T.to_string()])), paced);
+        assert_eq!(with_holds(&paced, &BTreeSet::new()), base);
     }
 
     /// Runs a pacer over `windows` windows with a backlog larger than the
