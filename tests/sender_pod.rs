@@ -10,8 +10,10 @@
 //! that mail for `acme`, blocked on 198.18.10.2, leaves through the hand-off
 //! and reaches the receiver from the healthy 198.18.10.3 with its own HELO,
 //! that a client outside `spec.intake.allowedCidrs` is refused relaying, that
-//! a new configuration is applied by the same process (a new HELO name), and
-//! that SIGTERM stops it cleanly with the deferred mail still queued.
+//! a new configuration is applied by the same process (a new HELO name),
+//! that SIGTERM stops it cleanly with the deferred mail still queued, and
+//! that started as the pod starts it (`--drain-to` the pool's intake) SIGTERM
+//! first hands every queued message to the healthy sender.
 //!
 //! Needs root, `ip netns`, Postfix and target/venv (aiosmtpd): skips with the
 //! reason otherwise. Run it alone: `flock /tmp/mailfleet-live.lock cargo test
@@ -334,6 +336,11 @@ fn pod_root(root: &Path, ip: &str, helo: &str) {
 /// it (`--postconf=myhostname=$(MAILFLEET_POD_NAME)`), or the hand-off
 /// between them would look like a mail loop.
 fn start_sender(root: &Path, ns: &str, ip: &str, pod: &str) -> Killed {
+    start_sender_with(root, ns, ip, pod, &[])
+}
+
+/// [`start_sender`] with more arguments (the drain's, as the pod passes them).
+fn start_sender_with(root: &Path, ns: &str, ip: &str, pod: &str, extra: &[&str]) -> Killed {
     let path = |p: &str| root.join(p).display().to_string();
     let stderr = fs::File::create(root.join("sender.stderr")).unwrap();
     Killed(
@@ -363,6 +370,7 @@ fn start_sender(root: &Path, ns: &str, ip: &str, pod: &str) -> Killed {
             .arg(format!("--postconf=queue_directory={}", path("spool")))
             .arg(format!("--postconf=data_directory={}", path("data")))
             .arg(format!("--postconf=myhostname={pod}"))
+            .args(extra)
             .stderr(stderr)
             .spawn()
             .unwrap(),
@@ -619,10 +627,76 @@ fn a_sender_pod_binds_announces_hands_off_refuses_outsiders_applies_and_stops_cl
     // The agent counted the deliveries it read from the log Postfix wrote.
     let state = fs::read_to_string(path("state/state.json")).unwrap();
     assert!(state.contains("\"applied_config\""), "{state}");
+
+    // Started as the pod starts it (`--drain-to` the pool's intake), SIGTERM
+    // hands every queued message to the pool's other senders before Postfix
+    // stops: the queue is on an emptyDir and would leave with the pod.
+    let termination_log = root.join("termination-log");
+    let hand_off = format!("{HANDOFF_IP}:25");
+    let started_before = maillog().matches("daemon started").count();
+    let mut sender = start_sender_with(
+        &root,
+        SENDER_NS,
+        SENDER_IP,
+        "mf-bulk-198-18-10-2-7d9f8",
+        &[
+            "--drain-to",
+            &hand_off,
+            "--drain-timeout",
+            "20",
+            "--termination-log",
+            &termination_log.display().to_string(),
+        ],
+    );
+    wait_for("Postfix to start again", Duration::from_secs(30), || {
+        maillog().matches("daemon started").count() > started_before
+    });
+    let mut tries = 0;
+    while let Err(e) = submit(SENDER_NS, SENDER_IP, "defer-later@example.net") {
+        tries += 1;
+        assert!(tries < 50, "submission failed: {e}\n{}", stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_for("the second deferral", Duration::from_secs(30), || {
+        maillog()
+            .lines()
+            .any(|l| l.contains("to=<defer-later@example.net>") && l.contains("status=deferred"))
+    });
+    assert_eq!(queued(&root.join("spool")), 2, "{}", maillog());
+    terminate(&mut sender, &root);
+    assert_eq!(
+        queued(&root.join("spool")),
+        0,
+        "the drain left mail behind\n{}\n{}",
+        stderr(),
+        maillog()
+    );
+    let outcome = fs::read_to_string(&termination_log).unwrap_or_default();
+    assert!(
+        outcome.starts_with(&format!(
+            "drained: 2 queued message(s) handed to {hand_off}"
+        )),
+        "{outcome}\n{}",
+        stderr()
+    );
+    // The healthy sender took both; the receiver still defers them, so they
+    // wait in its queue, not lost with the stopped pod.
+    for to in ["defer@example.net", "defer-later@example.net"] {
+        wait_for(
+            "the drained message on the healthy sender",
+            Duration::from_secs(30),
+            || {
+                healthy_log()
+                    .lines()
+                    .any(|l| l.contains(&format!("to=<{to}>")) && l.contains("status=deferred"))
+            },
+        );
+    }
     terminate(&mut healthy_sender, &healthy);
     assert_eq!(
         queued(&healthy.join("spool")),
-        0,
-        "the healthy sender delivered all it was handed"
+        2,
+        "the healthy sender delivered all it was handed and keeps the two the receiver defers\n{}",
+        healthy_log()
     );
 }
