@@ -20,7 +20,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -36,28 +36,18 @@ use mailfleet::routing::postfix::{
     render_sender, PostfixOptions, Sender, STATUS_FILTER_FILE, TRANSPORT_FILE,
 };
 use support::agent::FakeEndpoint;
+use support::lab_receiver::{self, LabReceiver};
 use support::postfix::{
     self, reap_postfix_daemons, PrivatePostfix, BIN_DIR, POSTFIX, POSTMAP, POSTQUEUE, SENDMAIL,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_mailfleet");
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// True when the lab can run; a missing piece fails with the command that
 /// installs it, unless MAILFLEET_SKIP_POSTFIX=1.
 fn lab_available() -> bool {
-    let python = repo().join("target/venv/bin/python");
     let mut missing = postfix::missing_programs(&[POSTFIX, SENDMAIL, POSTMAP, POSTQUEUE]);
-    let aiosmtpd = Command::new(&python)
-        .args(["-c", "import aiosmtpd"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !aiosmtpd {
-        missing.push(format!("{} with aiosmtpd", python.display()));
-    }
+    missing.extend(lab_receiver::missing());
     postfix::nothing_missing(
         &missing,
         "the agent's real-Postfix test",
@@ -104,62 +94,6 @@ const RECIPIENTS: [&str; 6] = [
     "erin@yahoo.com",
     "full@hotmail.com",
 ];
-
-struct Receiver {
-    child: Child,
-    port: u16,
-    record: PathBuf,
-}
-
-impl Receiver {
-    fn start(dir: &Path) -> Receiver {
-        let record = dir.join("answers.jsonl");
-        let port_file = dir.join("receiver.port");
-        let child = Command::new(repo().join("target/venv/bin/python"))
-            .arg(repo().join("tests/lab/receiver.py"))
-            .args(["--policy", POLICY])
-            .arg("--record")
-            .arg(&record)
-            .arg("--port-file")
-            .arg(&port_file)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the receiver");
-        let mut receiver = Receiver {
-            child,
-            port: 0,
-            record,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while receiver.port == 0 {
-            if let Ok(text) = fs::read_to_string(&port_file) {
-                receiver.port = text.trim().parse().unwrap();
-            }
-            assert!(Instant::now() < deadline, "the receiver did not start");
-            assert!(
-                receiver.child.try_wait().unwrap().is_none(),
-                "the receiver exited"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        receiver
-    }
-
-    /// Every answer given so far.
-    fn answers(&self) -> Vec<serde_json::Value> {
-        fs::read_to_string(&self.record)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        support::process::terminate(&mut self.child, Duration::from_secs(3));
-    }
-}
 
 /// A private Postfix sending from one source IP, its transports configured
 /// later by the agent's `PostfixTarget`.
@@ -342,7 +276,7 @@ fn replay_totals(json: &serde_json::Value) -> Totals {
 
 /// Waits until the log holds one delivery line per receiver answer to `clients`,
 /// at least `min` of them, and nothing moved for a moment.
-fn wait_settled(postfix: &PrivatePostfix, receiver: &Receiver, clients: &[&str], min: usize) {
+fn wait_settled(postfix: &PrivatePostfix, receiver: &LabReceiver, clients: &[&str], min: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut stable_since: Option<(usize, Instant)> = None;
     loop {
@@ -380,7 +314,7 @@ fn the_agent_counts_what_a_real_postfix_was_answered_and_applies_a_new_route() {
     }
     postfix::become_subreaper();
     let work = tempfile::tempdir().unwrap();
-    let receiver = Receiver::start(work.path());
+    let receiver = LabReceiver::start(work.path(), POLICY, None);
     let (mut pool, routes) = lab_fleet();
 
     // Sender A (127.0.0.7): its configuration comes from a ConfigMap folder, and its agent runs.

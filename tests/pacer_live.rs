@@ -17,7 +17,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,6 +32,7 @@ use mailfleet::routing::postfix::{PostfixOptions, Sender};
 use mailfleet::routing::sender_config::sender_config_with;
 use mailfleet::routing::sending::SendingSettings;
 use support::agent::FakeEndpoint;
+use support::lab_receiver::{self, LabReceiver};
 use support::postfix::{self, PrivatePostfix, BIN_DIR, POSTFIX, SENDMAIL};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mailfleet");
@@ -49,57 +50,23 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The lab's receiver (tests/lab/receiver.py, as `make demo` runs it): it
-/// accepts gmail.com mail, answers DATA after `latency` (a remote server's
-/// work), and records every accepted message with the client's address and the
-/// time, one JSON line each.
-struct Receiver {
-    child: Child,
-    port: u16,
-    record: PathBuf,
-}
+/// The lab's receiver, accepting gmail.com mail after `latency`.
+struct Receiver(LabReceiver);
 
 impl Receiver {
     fn start(dir: &Path, latency: Duration) -> Receiver {
-        let record = dir.join("answers.jsonl");
-        let port_file = dir.join("receiver.port");
-        let child = Command::new(repo().join("target/venv/bin/python"))
-            .arg(repo().join("tests/lab/receiver.py"))
-            .args(["--policy", r#"{"domains": {"gmail.com": "google"}}"#])
-            .arg("--record")
-            .arg(&record)
-            .arg("--port-file")
-            .arg(&port_file)
-            .args(["--data-latency-ms", &latency.as_millis().to_string()])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the lab's receiver");
-        let mut receiver = Receiver {
-            child,
-            port: 0,
-            record,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while receiver.port == 0 {
-            if let Ok(text) = fs::read_to_string(&port_file) {
-                receiver.port = text.trim().parse().unwrap_or(0);
-            }
-            assert!(Instant::now() < deadline, "the receiver did not start");
-            assert!(
-                receiver.child.try_wait().unwrap().is_none(),
-                "the receiver exited"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        receiver
+        Receiver(LabReceiver::start(
+            dir,
+            r#"{"domains": {"gmail.com": "google"}}"#,
+            Some(latency),
+        ))
     }
 
     /// Messages from `ip` the receiver accepted at a Unix time in `[from, until)`.
     fn count_from(&self, ip: &str, from: f64, until: f64) -> usize {
-        fs::read_to_string(&self.record)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        self.0
+            .answers()
+            .iter()
             .filter(|a| a["client_ip"] == ip && a["stage"] == "data")
             .filter_map(|a| a["at"].as_f64())
             .filter(|at| (from..until).contains(at))
@@ -120,30 +87,6 @@ impl Receiver {
         }
         last.0
     }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        support::process::terminate(&mut self.child, Duration::from_secs(3));
-    }
-}
-
-/// What the lab's receiver needs: the project's venv with aiosmtpd.
-fn receiver_missing() -> Vec<String> {
-    let python = repo().join("target/venv/bin/python");
-    let found = Command::new(&python)
-        .args(["-c", "import aiosmtpd"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if found {
-        Vec::new()
-    } else {
-        vec![format!("{} with aiosmtpd", python.display())]
-    }
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn unix_now() -> f64 {
@@ -328,7 +271,7 @@ fn measure(cap: i64, seconds: u64) {
         "the pacer test",
         "scripts/ensure-tools.sh",
     ) || !postfix::nothing_missing(
-        &receiver_missing(),
+        &lab_receiver::missing(),
         "the pacer test",
         "scripts/ensure-tools.sh    (or `make tools`)",
     ) || !postfix::running_as_root("the pacer test starts Postfix")
@@ -344,7 +287,7 @@ fn measure(cap: i64, seconds: u64) {
 
     let mut results = Vec::new();
     for replicas in [3usize, 1] {
-        let files = config(cap, replicas as i32, receiver.port);
+        let files = config(cap, replicas as i32, receiver.0.port);
         let mut instances: Vec<PrivatePostfix> =
             (0..replicas).map(|i| replica(&format!("r{i}"))).collect();
         let mut agents = Vec::new();

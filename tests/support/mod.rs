@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod fake_api;
+pub mod lab_receiver;
 pub mod postfix;
 pub mod process;
 pub mod rbldnsd;
