@@ -1,5 +1,5 @@
 //! The one HTTP client of every outbound call: the agent's reports, the SNDS
-//! feed and any feed after it. It is reqwest (hyper, hyper-util and rustls with
+//! and Postmaster Tools feeds and any feed after them. It is reqwest (hyper, hyper-util and rustls with
 //! ring, already in the build through kube) with what mailfleet adds:
 //!
 //! - one deadline over the whole exchange: resolve, connect, TLS, request and
@@ -286,6 +286,19 @@ impl HttpClient {
             .get(url.0.clone())
             .header(reqwest::header::ACCEPT, "text/csv, text/plain");
         self.exchange(&url, request).await
+    }
+
+    /// GETs `url` with `headers` (an API's `Accept`, a bearer token).
+    pub async fn get_with(
+        &self,
+        url: &HttpUrl,
+        headers: &[(&str, &str)],
+    ) -> Result<HttpResponse, FetchError> {
+        let mut request = self.inner.get(url.0.clone());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.exchange(url, request).await
     }
 
     /// POSTs `body` to `url` with `headers`.

@@ -96,7 +96,11 @@ fn operator_metrics() -> String {
             cached: false,
         });
     }
-    text.push_str(&render_probe_metrics(&zones, &SndsCounters::default()));
+    text.push_str(&render_probe_metrics(
+        &zones,
+        &SndsCounters::default(),
+        &SndsCounters::default(),
+    ));
     text
 }
 

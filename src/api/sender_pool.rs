@@ -495,12 +495,64 @@ pub struct FeedSettings {
     /// marks (IP, microsoft) Blocked. Not set: SNDS is not polled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snds: Option<SndsFeedSettings>,
+
+    /// Google Postmaster Tools (its API, read with a service account): a pool
+    /// IP Postmaster rates BAD marks (IP, google) Blocked; a domain's
+    /// user-reported spam rate at or over `complaints.thresholdBasisPoints`
+    /// throttles the pool's IPs to Google. Not set: Postmaster is not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postmaster: Option<PostmasterFeedSettings>,
 }
 
 impl FeedSettings {
     pub fn is_empty(&self) -> bool {
-        self.snds.is_none()
+        self.snds.is_none() && self.postmaster.is_none()
     }
+}
+
+/// Which sending domains are read from Google Postmaster Tools, with which
+/// service account; the account's JSON key comes from a Secret.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PostmasterFeedSettings {
+    /// The Secret (in the pool's namespace) and data key holding the service
+    /// account's JSON key file (`client_email`, `private_key`, `token_uri`).
+    /// The account must be added as a user of each domain in Postmaster Tools.
+    pub service_account_secret_ref: SecretKeySelector,
+
+    /// The domains this pool's IPs send mail for, as verified in Postmaster
+    /// Tools (for example `news.example.com`).
+    #[schemars(length(min = 1, max = 50))]
+    pub domains: Vec<String>,
+
+    /// Seconds between two polls (Postmaster updates once a day; at least 300).
+    #[serde(default = "default_postmaster_interval")]
+    #[schemars(range(min = 300))]
+    pub interval_seconds: i64,
+
+    /// The API's base URL; default `https://gmailpostmastertools.googleapis.com`
+    /// (set it for a proxy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("url must start with https:// (or http:// for an in-cluster proxy)").reason(Reason::FieldValueInvalid))]
+    pub url: Option<String>,
+
+    /// Where the signed assertion is exchanged for an access token; default
+    /// the key file's `token_uri`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("tokenUrl must start with https:// (or http:// for an in-cluster proxy)").reason(Reason::FieldValueInvalid))]
+    pub token_url: Option<String>,
+
+    /// A Secret key holding extra PEM CA certificates trusted for the API's
+    /// and the token endpoint's HTTPS servers besides the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_secret_ref: Option<SecretKeySelector>,
+}
+
+/// Seconds between two Postmaster polls when `intervalSeconds` is not set.
+pub fn default_postmaster_interval() -> i64 {
+    6 * 3600
 }
 
 /// Where and how often Microsoft SNDS is read; the key comes from a Secret.

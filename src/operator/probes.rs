@@ -49,6 +49,12 @@ pub const FEED_SECRET_LABEL: &str = "mailfleet.io/feed-credentials";
 /// operator runs with `--allow-custom-feed-urls`.
 const SNDS_ORIGIN: &str = "https://sendersupport.olc.protection.outlook.com/";
 
+/// Where Google's Postmaster Tools API and token endpoint answer; the
+/// service account's assertion and token go nowhere else unless the operator
+/// runs with `--allow-custom-feed-urls`.
+const POSTMASTER_API_ORIGIN: &str = "https://gmailpostmastertools.googleapis.com/";
+const POSTMASTER_TOKEN_URL: &str = crate::probe::postmaster::GOOGLE_TOKEN_URL;
+
 impl SecretSource for KubeSecrets {
     async fn secret(&self, namespace: &str, name: &str, key: &str) -> Result<Vec<u8>, SecretError> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
@@ -110,6 +116,38 @@ pub fn feeds_to_known_urls(pools: &mut [SenderPool], allow_custom: bool) -> Vec<
         if let Some(problem) = foreign {
             problems.push(problem);
             pool.spec.reputation.feeds.snds = None;
+        }
+    }
+    for pool in pools.iter_mut() {
+        let shown = format!("{}/{}", namespace_of(&pool.metadata), pool.name_any());
+        let Some(postmaster) = pool.spec.reputation.feeds.postmaster.as_mut() else {
+            continue;
+        };
+        // `origin` ends in `/` or is a whole URL, so `…googleapis.com.example` never matches.
+        let at = |url: &str, origin: &str| {
+            let url = url.trim().to_ascii_lowercase();
+            url == origin.trim_end_matches('/') || url.starts_with(origin)
+        };
+        let foreign = [
+            ("url", postmaster.url.as_deref(), POSTMASTER_API_ORIGIN),
+            ("tokenUrl", postmaster.token_url.as_deref(), POSTMASTER_TOKEN_URL),
+        ]
+        .into_iter()
+        .find_map(|(field, url, origin)| url.filter(|u| !at(u, origin)).map(|u| (field, u, origin)))
+        .map(|(field, url, origin)| {
+            format!(
+                "{shown}: spec.reputation.feeds.postmaster.{field} `{}` is not Google's ({origin}); start the operator with --allow-custom-feed-urls to send the service account's assertion or token there; Postmaster not polled",
+                url.split('?').next().unwrap_or_default()
+            )
+        });
+        match foreign {
+            Some(problem) => {
+                problems.push(problem);
+                pool.spec.reputation.feeds.postmaster = None;
+            }
+            // The key file's own `token_uri` is not trusted either: it is
+            // Google's token endpoint, always.
+            None => postmaster.token_url = Some(POSTMASTER_TOKEN_URL.to_string()),
         }
     }
     problems
@@ -355,6 +393,55 @@ mod feed_guard_tests {
         let mut allowed = vec![pool_with_feed("http://snds-proxy.mail.svc/ipStatus.aspx")];
         assert!(feeds_to_known_urls(&mut allowed, true).is_empty());
         assert!(allowed[0].spec.reputation.feeds.snds.is_some());
+    }
+
+    #[test]
+    fn postmaster_credentials_go_only_to_google_unless_allowed() {
+        let with = |spec: serde_json::Value| {
+            let mut pool = pool_with_feed(SNDS_ORIGIN);
+            pool.spec.reputation.feeds.snds = None;
+            pool.spec.reputation.feeds.postmaster = Some(serde_json::from_value(spec).unwrap());
+            pool
+        };
+        let base = serde_json::json!({
+            "serviceAccountSecretRef": {"name": "pm", "key": "key.json"},
+            "domains": ["news.example.com"]
+        });
+        let mut foreign_token = base.clone();
+        foreign_token["tokenUrl"] = "https://collector.example/token".into();
+        let mut google_api = base.clone();
+        google_api["url"] = "https://gmailpostmastertools.googleapis.com".into();
+        let mut lookalike = base.clone();
+        lookalike["url"] = "https://gmailpostmastertools.googleapis.com.example".into();
+        let mut pools = vec![
+            with(base.clone()),
+            with(foreign_token),
+            with(google_api),
+            with(lookalike),
+        ];
+        let problems = feeds_to_known_urls(&mut pools, false);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("postmaster.tokenUrl"), "{problems:?}");
+        assert!(problems[1].contains("postmaster.url"), "{problems:?}");
+        assert!(pools[3].spec.reputation.feeds.postmaster.is_none());
+        let token_url = |p: &SenderPool| {
+            p.spec
+                .reputation
+                .feeds
+                .postmaster
+                .as_ref()
+                .map(|f| f.token_url.clone())
+        };
+        // The key file's token_uri is replaced by Google's endpoint.
+        assert_eq!(
+            token_url(&pools[0]),
+            Some(Some(POSTMASTER_TOKEN_URL.to_string()))
+        );
+        assert_eq!(token_url(&pools[1]), None);
+        assert!(pools[2].spec.reputation.feeds.postmaster.is_some());
+        let mut allowed = vec![with(base)];
+        assert!(feeds_to_known_urls(&mut allowed, true).is_empty());
+        assert_eq!(token_url(&allowed[0]), Some(None));
     }
 
     #[test]

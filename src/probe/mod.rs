@@ -6,6 +6,7 @@
 
 pub mod claim_check;
 pub mod dnsbl;
+pub mod postmaster;
 pub mod reverse_dns;
 pub mod reverse_dns_checks;
 pub mod runner;

@@ -19,10 +19,13 @@ use super::dnsbl::{
     dnsbl_health, plan_from_settings, DnsblHealth, DnsblPlan, DnsblProbe, Nameserver,
     ProbeInterval, RecentResults, Resolver, ResultCache, ZoneErrorCounters, DEFAULT_MIN_RESULTS,
 };
+use super::postmaster::{PostmasterFeed, PostmasterPoller, ServiceAccount, DEFAULT_API_URL};
 use super::snds::{
-    FeedClient, RetryPolicy, SndsCounters, SndsFeed, SndsKey, SndsPoller, TrustRoots,
+    FeedClient, FeedCounters, RetryPolicy, SndsCounters, SndsFeed, SndsKey, SndsPoller, TrustRoots,
 };
-use crate::api::{DnsblSettings, SecretKeySelector, SenderPool, SndsFeedSettings};
+use crate::api::{
+    DnsblSettings, PostmasterFeedSettings, SecretKeySelector, SenderPool, SndsFeedSettings,
+};
 use crate::metrics::{family, Families, Kind};
 use crate::reputation::engine::Signal;
 
@@ -189,6 +192,7 @@ pub struct SignalProbes {
     pools: BTreeMap<String, PoolProbes>,
     zone_counters: ZoneErrorCounters,
     snds_counters: SndsCounters,
+    postmaster_counters: FeedCounters,
     system_roots: Option<TrustRoots>,
     /// One client per extra CA bundle (empty key: none).
     feed_clients: HashMap<Vec<u8>, FeedClient>,
@@ -198,6 +202,7 @@ pub struct SignalProbes {
 struct PoolProbes {
     dnsbl: Option<DnsblState>,
     snds: Option<SndsState>,
+    postmaster: Option<PostmasterState>,
 }
 
 #[derive(Debug)]
@@ -220,6 +225,14 @@ struct SndsState {
     next_at: Option<Timestamp>,
 }
 
+#[derive(Debug)]
+struct PostmasterState {
+    settings: PostmasterFeedSettings,
+    usable: bool,
+    /// `None`: due now.
+    next_at: Option<Timestamp>,
+}
+
 impl SignalProbes {
     pub fn new(options: ProbeOptions) -> Self {
         SignalProbes {
@@ -227,6 +240,7 @@ impl SignalProbes {
             pools: BTreeMap::new(),
             zone_counters: ZoneErrorCounters::default(),
             snds_counters: SndsCounters::default(),
+            postmaster_counters: FeedCounters::default(),
             system_roots: None,
             feed_clients: HashMap::new(),
         }
@@ -258,6 +272,8 @@ impl SignalProbes {
             self.run_dnsbl(&key, pool, &ips, now, &mut round).await;
             self.run_snds(&key, namespace, pool, &ips, secrets, now, &mut round)
                 .await;
+            self.run_postmaster(&key, namespace, pool, &ips, secrets, now, &mut round)
+                .await;
         }
         self.pools.retain(|key, _| seen.contains(key));
         round
@@ -277,7 +293,13 @@ impl SignalProbes {
             .filter_map(|p| p.snds.as_ref())
             .filter(|s| s.usable)
             .filter_map(|s| s.next_at);
-        dnsbl.chain(snds).min()
+        let postmaster = self
+            .pools
+            .values()
+            .filter_map(|p| p.postmaster.as_ref())
+            .filter(|s| s.usable)
+            .filter_map(|s| s.next_at);
+        dnsbl.chain(snds).chain(postmaster).min()
     }
 
     /// Per-zone DNSBL counters (cached answers are not counted).
@@ -290,14 +312,20 @@ impl SignalProbes {
         &self.snds_counters
     }
 
+    /// Postmaster Tools counters summed over every pool.
+    pub fn postmaster_counters(&self) -> &FeedCounters {
+        &self.postmaster_counters
+    }
+
     /// A copy of the counts for the registry: `mailfleet_dnsbl_queries_total{zone}`,
     /// `mailfleet_dnsbl_listings_total{zone}`,
     /// `mailfleet_dnsbl_probe_errors_total{zone,kind}` and the
-    /// `mailfleet_feed_*{feed="snds"}` counters.
+    /// `mailfleet_feed_*{feed}` counters of `snds` and `postmaster`.
     pub fn metrics(&self) -> ProbeCounters {
         ProbeCounters {
             zones: self.zone_counters.clone(),
             snds: self.snds_counters.clone(),
+            postmaster: self.postmaster_counters.clone(),
         }
     }
 
@@ -486,6 +514,144 @@ impl SignalProbes {
         *self.snds_counters.errors.entry(kind).or_default() += 1;
     }
 
+    #[allow(clippy::too_many_arguments)]
+    async fn run_postmaster<S: SecretSource>(
+        &mut self,
+        key: &str,
+        namespace: &str,
+        pool: &SenderPool,
+        ips: &PoolIps,
+        secrets: &S,
+        now: Timestamp,
+        round: &mut ProbeRound,
+    ) {
+        let entry = self.pools.entry(key.to_string()).or_default();
+        let Some(settings) = pool.spec.reputation.feeds.postmaster.as_ref() else {
+            entry.postmaster = None;
+            return;
+        };
+        if entry
+            .postmaster
+            .as_ref()
+            .is_none_or(|s| &s.settings != settings)
+        {
+            let problem = postmaster_settings_problem(settings);
+            if let Some(problem) = &problem {
+                round.problems.push(format!("{key}: {problem}"));
+            }
+            entry.postmaster = Some(PostmasterState {
+                settings: settings.clone(),
+                usable: problem.is_none(),
+                next_at: None,
+            });
+        }
+        let Some(state) = entry.postmaster.as_ref() else {
+            return;
+        };
+        if !state.usable || state.next_at.is_some_and(|at| now < at) {
+            return;
+        }
+        let interval = settings.interval_seconds;
+        let outcome = self
+            .poll_postmaster(namespace, settings, ips, secrets, now)
+            .await;
+        let wait = match outcome {
+            Ok((signals, domain_problems)) => {
+                round.signals.extend(signals);
+                round
+                    .problems
+                    .extend(domain_problems.into_iter().map(|p| format!("{key}: {p}")));
+                interval
+            }
+            Err(problem) => {
+                round.problems.push(format!("{key}: {problem}"));
+                interval.min(SNDS_RETRY_AFTER_FAILURE_SECONDS)
+            }
+        };
+        if let Some(state) = self.pools.get_mut(key).and_then(|p| p.postmaster.as_mut()) {
+            state.next_at = Some(
+                now.checked_add(SignedDuration::from_secs(wait))
+                    .unwrap_or(Timestamp::MAX),
+            );
+        }
+    }
+
+    /// One poll: the service account's key (and CA bundle) from their
+    /// Secrets, a token, then every domain. `Ok` carries the signals and the
+    /// domains that could not be read.
+    #[allow(clippy::type_complexity)]
+    async fn poll_postmaster<S: SecretSource>(
+        &mut self,
+        namespace: &str,
+        settings: &PostmasterFeedSettings,
+        ips: &PoolIps,
+        secrets: &S,
+        now: Timestamp,
+    ) -> Result<(Vec<(String, Signal)>, Vec<String>), String> {
+        let field = "spec.reputation.feeds.postmaster";
+        let reference = &settings.service_account_secret_ref;
+        let account = match read_secret(secrets, namespace, reference).await {
+            Ok(bytes) => ServiceAccount::from_key_file(&bytes).map_err(|e| {
+                self.count_postmaster_failure("key");
+                format!(
+                    "{field}.serviceAccountSecretRef ({}): {e}; Postmaster not polled",
+                    shown_ref(namespace, reference)
+                )
+            })?,
+            Err(e) => {
+                self.count_postmaster_failure("secret");
+                return Err(format!(
+                    "{field}.serviceAccountSecretRef: {e}; Postmaster not polled"
+                ));
+            }
+        };
+        let bundle = match &settings.ca_bundle_secret_ref {
+            None => Vec::new(),
+            Some(reference) => read_secret(secrets, namespace, reference)
+                .await
+                .map_err(|e| {
+                    self.count_postmaster_failure("secret");
+                    format!("{field}.caBundleSecretRef: {e}; Postmaster not polled")
+                })?,
+        };
+        let client = self.feed_client(bundle).map_err(|e| {
+            self.count_postmaster_failure("tls_setup");
+            format!("{field}.caBundleSecretRef: {e}; Postmaster not polled")
+        })?;
+        let feed = PostmasterFeed {
+            api_url: settings
+                .url
+                .clone()
+                .unwrap_or_else(|| DEFAULT_API_URL.to_string()),
+            token_url: settings.token_url.clone(),
+            domains: settings.domains.clone(),
+        };
+        let mut poller = PostmasterPoller::new(feed, account, self.options.feed_retry, client);
+        let result = poller.poll(&ips.all, now).await;
+        self.postmaster_counters.add(poller.counters());
+        let poll = result.map_err(|e| format!("{field}: {e}"))?;
+        let signals = poll
+            .verdicts
+            .verdicts
+            .iter()
+            .filter_map(|v| ips.written(v.ip).map(|ip| (ip.to_string(), v.signal())))
+            .collect();
+        let problems = poll
+            .domain_errors
+            .iter()
+            .map(|(domain, e)| {
+                format!("{field}.domains `{domain}`: {e}; no pool IP cleared this poll")
+            })
+            .collect();
+        Ok((signals, problems))
+    }
+
+    fn count_postmaster_failure(&mut self, kind: &'static str) {
+        self.postmaster_counters.polls += 1;
+        self.postmaster_counters.failed_polls += 1;
+        *self.postmaster_counters.errors.entry(kind).or_default() += 1;
+    }
+
     fn feed_client(&mut self, bundle: Vec<u8>) -> Result<FeedClient, String> {
         if let Some(client) = self.feed_clients.get(&bundle) {
             return Ok(client.clone());
@@ -575,6 +741,51 @@ fn snds_settings_problem(settings: &SndsFeedSettings) -> Option<String> {
     None
 }
 
+/// What is wrong with a Postmaster spec that the CRD rules did not catch,
+/// naming the field.
+fn postmaster_settings_problem(settings: &PostmasterFeedSettings) -> Option<String> {
+    let field = "spec.reputation.feeds.postmaster";
+    if settings.interval_seconds < SNDS_MIN_INTERVAL_SECONDS {
+        return Some(format!(
+            "{field}.intervalSeconds is {}: poll Postmaster Tools at most every {SNDS_MIN_INTERVAL_SECONDS} seconds (it updates once a day); Postmaster not polled",
+            settings.interval_seconds
+        ));
+    }
+    if settings.domains.is_empty() {
+        return Some(format!(
+            "{field}.domains is empty: list the domains this pool sends for, as verified in Postmaster Tools; Postmaster not polled"
+        ));
+    }
+    for (i, domain) in settings.domains.iter().enumerate() {
+        let valid = !domain.is_empty()
+            && domain.len() <= 253
+            && domain.contains('.')
+            && domain
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !valid {
+            return Some(format!(
+                "{field}.domains[{i}] `{domain}` is not a domain name (for example news.example.com); Postmaster not polled"
+            ));
+        }
+    }
+    let urls = settings
+        .url
+        .iter()
+        .map(|u| ("url", u))
+        .chain(settings.token_url.iter().map(|u| ("tokenUrl", u)));
+    for (name, url) in urls {
+        let lower = url.trim().to_ascii_lowercase();
+        if !(lower.starts_with("https://") || lower.starts_with("http://")) {
+            return Some(format!(
+                "{field}.{name} `{}` must start with https:// (or http:// for an in-cluster proxy); Postmaster not polled",
+                url.split('?').next().unwrap_or_default()
+            ));
+        }
+    }
+    None
+}
+
 async fn read_secret<S: SecretSource>(
     secrets: &S,
     namespace: &str,
@@ -629,19 +840,26 @@ impl PoolIps {
 pub struct ProbeCounters {
     pub zones: ZoneErrorCounters,
     pub snds: SndsCounters,
+    pub postmaster: FeedCounters,
 }
 
 /// The probes' families for these counters, as Prometheus text.
-pub fn render_metrics(zones: &ZoneErrorCounters, snds: &SndsCounters) -> String {
+pub fn render_metrics(
+    zones: &ZoneErrorCounters,
+    snds: &SndsCounters,
+    postmaster: &FeedCounters,
+) -> String {
     crate::metrics::render(&ProbeCounters {
         zones: zones.clone(),
         snds: snds.clone(),
+        postmaster: postmaster.clone(),
     })
 }
 
 impl Families for ProbeCounters {
     fn encode(&self, out: &mut DescriptorEncoder<'_>) -> fmt::Result {
-        let (zones, snds) = (&self.zones, &self.snds);
+        let zones = &self.zones;
+        let feeds = [("snds", &self.snds), ("postmaster", &self.postmaster)];
         let zone = |zone: &str| vec![("zone", zone.to_string())];
         family(
             out,
@@ -671,62 +889,74 @@ impl Families for ProbeCounters {
                 })
             }),
         )?;
-        let snds_feed = || vec![("feed", "snds".to_string())];
-        for (name, help, value) in [
-            (
-                "mailfleet_feed_polls_total",
-                "Provider feed polls tried.",
-                snds.polls,
-            ),
-            (
-                "mailfleet_feed_poll_failures_total",
-                "Provider feed polls that gave no verdict.",
-                snds.failed_polls,
-            ),
-        ] {
-            family(out, name, help, Kind::Counter, [(snds_feed(), value)])?;
-        }
+        let counter = |value: fn(&FeedCounters) -> u64| {
+            feeds
+                .iter()
+                .map(move |(name, c)| (vec![("feed", name.to_string())], value(c)))
+        };
+        family(
+            out,
+            "mailfleet_feed_polls_total",
+            "Provider feed polls tried.",
+            Kind::Counter,
+            counter(|c| c.polls),
+        )?;
+        family(
+            out,
+            "mailfleet_feed_poll_failures_total",
+            "Provider feed polls that gave no verdict.",
+            Kind::Counter,
+            counter(|c| c.failed_polls),
+        )?;
         family(
             out,
             "mailfleet_feed_errors_total",
-            "Provider feed failures by kind (data file failures included).",
+            "Provider feed failures by kind (those of a data file or a domain included).",
             Kind::Counter,
-            snds.errors.iter().map(|(kind, n)| {
-                (
-                    vec![("feed", "snds".to_string()), ("kind", kind.to_string())],
-                    *n,
-                )
+            feeds.iter().flat_map(|(name, c)| {
+                c.errors.iter().map(move |(kind, n)| {
+                    (
+                        vec![("feed", name.to_string()), ("kind", kind.to_string())],
+                        *n,
+                    )
+                })
             }),
         )?;
-        for (name, help, value) in [
-            (
-                "mailfleet_feed_retries_total",
-                "Provider feed fetches tried again after a transient failure.",
-                snds.retries,
-            ),
-            (
-                "mailfleet_feed_malformed_rows_total",
-                "Provider feed rows skipped as unreadable.",
-                snds.malformed_rows,
-            ),
-            (
-                "mailfleet_feed_withheld_clears_total",
-                "Not-blocked verdicts withheld because rows of the feed were skipped.",
-                snds.withheld_clears,
-            ),
-            (
-                "mailfleet_feed_blocked_verdicts_total",
-                "Blocked verdicts given by provider feeds.",
-                snds.blocked_verdicts,
-            ),
-            (
-                "mailfleet_feed_data_failures_total",
-                "Polls whose block list was used but whose data file failed.",
-                snds.data_failures,
-            ),
-        ] {
-            family(out, name, help, Kind::Counter, [(snds_feed(), value)])?;
-        }
+        family(
+            out,
+            "mailfleet_feed_retries_total",
+            "Provider feed fetches tried again after a transient failure.",
+            Kind::Counter,
+            counter(|c| c.retries),
+        )?;
+        family(
+            out,
+            "mailfleet_feed_malformed_rows_total",
+            "Provider feed rows or entries skipped as unreadable.",
+            Kind::Counter,
+            counter(|c| c.malformed_rows),
+        )?;
+        family(
+            out,
+            "mailfleet_feed_withheld_clears_total",
+            "Not-blocked verdicts withheld because part of the feed was skipped or unread.",
+            Kind::Counter,
+            counter(|c| c.withheld_clears),
+        )?;
+        family(
+            out,
+            "mailfleet_feed_blocked_verdicts_total",
+            "Blocked verdicts given by provider feeds.",
+            Kind::Counter,
+            counter(|c| c.blocked_verdicts),
+        )?;
+        family(
+            out,
+            "mailfleet_feed_data_failures_total",
+            "Polls that gave verdicts although part of the feed failed (SNDS's data file, a Postmaster domain).",
+            Kind::Counter,
+            counter(|c| c.data_failures),
+        )?;
         Ok(())
     }
 }

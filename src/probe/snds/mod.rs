@@ -14,8 +14,8 @@ pub use crate::http_client::{
     FetchError, HttpClient as FeedClient, HttpResponse, TlsSetupError, TrustRoots,
 };
 pub use poller::{
-    FeedFetch, RetryPolicy, SndsCounters, SndsError, SndsFeed, SndsKey, SndsPoll, SndsPoller,
-    DEFAULT_DATA_URL, DEFAULT_IP_STATUS_URL,
+    FeedCounters, FeedFetch, RetryPolicy, SndsCounters, SndsError, SndsFeed, SndsKey, SndsPoll,
+    SndsPoller, DEFAULT_DATA_URL, DEFAULT_IP_STATUS_URL,
 };
 pub use report::{
     parse_data, parse_ip_status, BlockedRange, DataReport, DataRow, FeedFormatError, FilterResult,

@@ -151,9 +151,12 @@ impl SndsError {
     }
 }
 
-/// Monotonic counts for metrics (`mailfleet_feed_*{feed="snds"}`).
+/// SNDS's counters are the feed counters every feed keeps.
+pub type SndsCounters = FeedCounters;
+
+/// Monotonic counts of one feed for metrics (`mailfleet_feed_*{feed}`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SndsCounters {
+pub struct FeedCounters {
     pub polls: u64,
     pub successful_polls: u64,
     pub failed_polls: u64,
@@ -166,13 +169,14 @@ pub struct SndsCounters {
     /// "Not blocked" verdicts not given because ip-status rows were skipped.
     pub withheld_clears: u64,
     pub blocked_verdicts: u64,
-    /// Polls whose ip-status was used but whose data file failed.
+    /// Polls that gave verdicts although a part of the feed failed (SNDS's
+    /// data file, a Postmaster domain).
     pub data_failures: u64,
 }
 
-impl SndsCounters {
+impl FeedCounters {
     /// Adds another poller's counts (the runner keeps one total per feed).
-    pub fn add(&mut self, other: &SndsCounters) {
+    pub fn add(&mut self, other: &FeedCounters) {
         self.polls += other.polls;
         self.successful_polls += other.successful_polls;
         self.failed_polls += other.failed_polls;
