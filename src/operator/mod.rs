@@ -19,6 +19,7 @@ pub mod probes;
 pub mod rendered;
 pub mod reverse_dns;
 pub mod route_controller;
+pub mod route_index;
 pub mod run;
 pub mod sender_checks;
 pub mod snapshot;

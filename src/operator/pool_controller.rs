@@ -109,7 +109,7 @@ async fn reconcile_pool(pool: &Arc<SenderPool>, ctx: &Arc<Context>) -> Result<Ac
     // What this reconcile depends on besides its own object: when nothing
     // moved since the last complete pass and no timer is due, there is
     // nothing to do (after a block, 199 of 200 pools plan nothing new).
-    let view = pool_view(&snapshot, &pool_key);
+    let view = snapshot.pool_view(&pool_key);
     let epoch = ctx.epochs.pool(&pool_key.to_string());
     let seen = |own: u64| {
         let mut h = DefaultHasher::new();
@@ -433,37 +433,6 @@ fn planning_key(pool: &SenderPool) -> u64 {
     }
     let mut h = DefaultHasher::new();
     serde_json::to_string(&own).unwrap_or_default().hash(&mut h);
-    h.finish()
-}
-
-fn pool_view(snapshot: &Snapshot, pool: &ObjectKey) -> u64 {
-    let mut h = DefaultHasher::new();
-    for r in &snapshot.table.routes {
-        format!(
-            "{:?}|{}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
-            r.key,
-            r.provider,
-            r.matcher,
-            r.learned_domains,
-            r.pool,
-            r.when_no_healthy_ip,
-            r.mode,
-            r.fallback_index,
-            r.serving_pool,
-            r.throttle_per_hour,
-            r.relay
-        )
-        .hash(&mut h);
-        for t in r.targets.iter().filter(|t| t.pool == pool.name) {
-            format!("{t:?}").hash(&mut h);
-        }
-        for e in r.excluded.iter().filter(|e| e.pool == pool.name) {
-            format!("{e:?}").hash(&mut h);
-        }
-    }
-    format!("{:?}", snapshot.validation.problems_of_pool(pool)).hash(&mut h);
-    format!("{:?}", snapshot.validation.lost_ips.get(pool)).hash(&mut h);
-    format!("{:?}", snapshot.fleet.known_providers).hash(&mut h);
     h.finish()
 }
 

@@ -17,7 +17,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use std::sync::{OnceLock, Weak};
+use std::sync::{Mutex, OnceLock, Weak};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -29,8 +29,9 @@ use super::feedback::OperatorFeedback;
 use super::leader::{LeaderError, Leadership, GRACE_SECONDS, LEASE_SECONDS};
 use super::leader_route::{self, OwnPod};
 use super::metrics::Metrics;
+use super::route_index::PoolRouteIndex;
 use super::stores::Stores;
-use super::triggers::{ChangeFilter, Epochs, Trigger};
+use super::triggers::{route_wake, ChangeFilter, Epochs, PoolChanges, RouteWake, Trigger, Wakes};
 use super::{pool_controller, probes, route_controller};
 use crate::api::{DomainRoute, SenderPool};
 use crate::serve::{self, LogLevelHandle, Observability, ServeLimits, TlsError, TlsFiles};
@@ -200,12 +201,19 @@ pub async fn start(
     for scope in &scopes {
         let pool_trigger = Trigger::new();
         let route_trigger = Trigger::new();
+        let pool_wakes = Wakes::new(pool_trigger.clone());
+        let route_wakes = Wakes::new(route_trigger.clone());
         let feeds = Feeds::default();
-        // A pool's reputation or spec changes every route and every sender
-        // config of its namespace; a route's spec changes every sender config;
-        // a pod changes the endpoints of the routes.
-        let mut pool_changes = ChangeFilter::default();
+        // Which routes name which pool, from the route watch below.
+        let index: Arc<Mutex<PoolRouteIndex>> = Arc::default();
+        // A pool's pair states change the routes naming it; its spec every
+        // route and every sender config of its namespace; a route's spec
+        // changes every sender config; a pod changes the endpoints of the
+        // routes.
+        let mut pool_changes = PoolChanges::default();
         let to_routes = route_trigger.clone();
+        let to_named_routes = route_wakes.clone();
+        let pool_index = index.clone();
         let pool_forget = forget.clone();
         let pool_feed = feeds.pools.clone();
         let pool_store = reflect(
@@ -215,10 +223,17 @@ pub async fn start(
             move |event| {
                 pool_feed.send(event);
                 forget_gone(&pool_forget, event, Context::forget_pool);
-                // The routes re-compile; the pools follow when the compiled
-                // table moves (SnapshotCache::notify).
-                if pool_changes.pool_event(event) {
-                    to_routes.fire();
+                // The routes re-compile; the pools whose view of the table
+                // moved follow (SnapshotCache::notify).
+                let change = pool_changes.classify(event);
+                let wake = route_wake(
+                    &change,
+                    &pool_index.lock().unwrap_or_else(|e| e.into_inner()),
+                );
+                match wake {
+                    RouteWake::None => {}
+                    RouteWake::Routes(routes) => to_named_routes.wake(routes),
+                    RouteWake::All => to_routes.fire(),
                 }
             },
         );
@@ -227,11 +242,18 @@ pub async fn start(
         let to_pools = pool_trigger.clone();
         let route_forget = forget.clone();
         let route_feed = feeds.routes.clone();
+        let route_index = index;
         let route_store = reflect(
             &mut reflectors,
             api::<DomainRoute>(&client, scope),
             watcher::Config::default(),
             move |event| {
+                // The index first: a pool change read after this event
+                // reaches the route's new pools.
+                route_index
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .apply(event);
                 route_feed.send(event);
                 forget_gone(&route_forget, event, Context::forget_route);
                 if route_changes.route_event(event) {
@@ -339,6 +361,8 @@ pub async fn start(
         wiring.push(ScopeWiring {
             pool_trigger,
             route_trigger,
+            pool_wakes,
+            route_wakes,
             pool_store,
             route_store,
             feeds,
@@ -362,7 +386,8 @@ pub async fn start(
     ));
     let _ = forget.set(Arc::downgrade(&ctx));
     for w in &wiring {
-        ctx.snapshots.notify(w.pool_trigger.clone());
+        ctx.snapshots
+            .notify(w.pool_trigger.clone(), w.pool_wakes.clone());
     }
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(supervise(
@@ -398,6 +423,9 @@ struct Feeds {
 struct ScopeWiring {
     pool_trigger: Trigger,
     route_trigger: Trigger,
+    /// Single pools and routes to look at again.
+    pool_wakes: Wakes<SenderPool>,
+    route_wakes: Wakes<DomainRoute>,
     pool_store: Store<SenderPool>,
     route_store: Store<DomainRoute>,
     feeds: Feeds,
@@ -542,6 +570,8 @@ async fn lead_and_run(
     for ScopeWiring {
         pool_trigger,
         route_trigger,
+        pool_wakes,
+        route_wakes,
         pool_store,
         route_store,
         feeds,
@@ -564,6 +594,7 @@ async fn lead_and_run(
                     Some(reflector::ObjectRef::new(&pool).within(&pod.namespace()?))
                 })
                 .reconcile_all_on(pool_trigger.stream())
+                .reconcile_on(pool_wakes.stream())
                 .graceful_shutdown_on(pools_stopped.map(|_| ()))
                 .run(
                     pool_controller::reconcile,
@@ -578,6 +609,7 @@ async fn lead_and_run(
                 .owns_stream(feeds.services.subscribe(route_trigger.clone()))
                 .owns_stream(feeds.slices.subscribe(route_trigger.clone()))
                 .reconcile_all_on(route_trigger.stream())
+                .reconcile_on(route_wakes.stream())
                 .graceful_shutdown_on(routes_stopped.map(|_| ()))
                 .run(
                     route_controller::reconcile,

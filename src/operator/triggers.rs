@@ -1,6 +1,7 @@
-//! Waking a whole controller when something every object of it depends on
-//! changed (another pool's reputation, a route's spec, a sender pod), and only
-//! then: a status write that changes nothing relevant wakes nobody.
+//! Waking a controller when something its objects depend on changed, and
+//! only then: a status write that changes nothing relevant wakes nobody. A
+//! pool's pair states wake only the routes naming it ([`route_wake`]); a
+//! pool's spec, a route's spec or a sender pod wake a whole controller.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -10,11 +11,15 @@ use std::sync::{Arc, Mutex};
 use futures::channel::mpsc;
 use futures::Stream;
 use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::Event;
 use kube::ResourceExt;
+use tokio::sync::broadcast;
 
 use super::build::POOL_LABEL;
+use super::route_index::PoolRouteIndex;
 use crate::api::{DomainRoute, SenderPool};
+use crate::routing::ObjectKey;
 
 /// A wake-up signal for `Controller::reconcile_all_on`. Signals fired while
 /// one is pending merge into it.
@@ -121,6 +126,145 @@ impl Epochs {
     }
 }
 
+/// Wake-ups of single objects for `Controller::reconcile_on`, sent only
+/// while a controller listens (on the leader). A controller that falls
+/// behind by more than the buffer is woken whole through `on_lag`, so no
+/// wake-up is lost.
+pub struct Wakes<K: kube::Resource<DynamicType = ()>> {
+    tx: broadcast::Sender<ObjectRef<K>>,
+    on_lag: Trigger,
+}
+
+impl<K: kube::Resource<DynamicType = ()>> Clone for Wakes<K> {
+    fn clone(&self) -> Self {
+        Wakes {
+            tx: self.tx.clone(),
+            on_lag: self.on_lag.clone(),
+        }
+    }
+}
+
+/// Wake-ups a slow controller may fall behind by before it re-reads everything.
+const WAKES_BUFFER: usize = 4096;
+
+impl<K: kube::Resource<DynamicType = ()> + Send + Sync + 'static> Wakes<K> {
+    /// Wake-ups whose loss falls back to `on_lag` (a wake of every object).
+    pub fn new(on_lag: Trigger) -> Self {
+        Wakes {
+            tx: broadcast::channel(WAKES_BUFFER).0,
+            on_lag,
+        }
+    }
+
+    /// Wakes the objects `keys` names.
+    pub fn wake(&self, keys: impl IntoIterator<Item = ObjectKey>) {
+        if self.tx.receiver_count() == 0 {
+            return;
+        }
+        for key in keys {
+            let _ = self
+                .tx
+                .send(ObjectRef::new(&key.name).within(&key.namespace));
+        }
+    }
+
+    /// The wake-ups from now on, for `Controller::reconcile_on`.
+    pub fn stream(&self) -> impl Stream<Item = ObjectRef<K>> + Send + 'static {
+        futures::stream::unfold(
+            (self.tx.subscribe(), self.on_lag.clone()),
+            |(mut rx, on_lag)| async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(object) => return Some((object, (rx, on_lag))),
+                        Err(broadcast::error::RecvError::Lagged(missed)) => {
+                            tracing::warn!(missed, "wake-ups fell behind; waking every object");
+                            on_lag.fire();
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            },
+        )
+    }
+}
+
+/// What a pool's watch event changes for the routes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PoolChange {
+    /// Nothing a route reads (a window of counts, a replica count).
+    Unchanged,
+    /// Only the pool's pair states or unbound IPs: the routes naming it.
+    Reputation(ObjectKey),
+    /// Its spec, its creation or deletion, or a re-list: every route (the
+    /// validation of IP claims and names is fleet-wide).
+    Whole,
+}
+
+/// What the routes should be woken for a pool change: none, the routes the
+/// index says name the pool, or all of them.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RouteWake {
+    None,
+    Routes(Vec<ObjectKey>),
+    All,
+}
+
+/// The route wake-up for `change`, from the routes `index` says name the pool.
+pub fn route_wake(change: &PoolChange, index: &PoolRouteIndex) -> RouteWake {
+    match change {
+        PoolChange::Unchanged => RouteWake::None,
+        PoolChange::Reputation(pool) => match index.routes_naming(pool) {
+            routes if routes.is_empty() => RouteWake::None,
+            routes => RouteWake::Routes(routes),
+        },
+        PoolChange::Whole => RouteWake::All,
+    }
+}
+
+/// What was last seen of each pool: what makes it another pool for the
+/// fleet (uid, generation) apart from what the routes read of its status.
+#[derive(Default)]
+pub struct PoolChanges {
+    seen: HashMap<String, (u64, u64)>,
+}
+
+impl PoolChanges {
+    /// Classifies one event of the pool watch.
+    pub fn classify(&mut self, event: &Event<SenderPool>) -> PoolChange {
+        let parts = |pool: &SenderPool| {
+            (
+                hash(&(pool.metadata.uid.as_deref(), pool.metadata.generation)),
+                super::snapshot::routing_reputation_digest(pool),
+            )
+        };
+        match event {
+            Event::Init => {
+                self.seen.clear();
+                PoolChange::Unchanged
+            }
+            Event::InitApply(pool) => {
+                self.seen.insert(key(pool), parts(pool));
+                PoolChange::Unchanged
+            }
+            Event::InitDone => PoolChange::Whole,
+            Event::Apply(pool) => {
+                let now = parts(pool);
+                match self.seen.insert(key(pool), now) {
+                    Some(before) if before == now => PoolChange::Unchanged,
+                    Some((identity, _)) if identity == now.0 => PoolChange::Reputation(
+                        ObjectKey::new(super::build::namespace_of(&pool.metadata), pool.name_any()),
+                    ),
+                    _ => PoolChange::Whole,
+                }
+            }
+            Event::Delete(pool) => {
+                self.seen.remove(&key(pool));
+                PoolChange::Whole
+            }
+        }
+    }
+}
+
 /// What was last seen of each object, as a hash of the fields that matter.
 #[derive(Default)]
 pub struct ChangeFilter {
@@ -128,18 +272,6 @@ pub struct ChangeFilter {
 }
 
 impl ChangeFilter {
-    /// A pool matters through its spec, its pairs' states and the IPs its
-    /// senders cannot bind, not its replica counts nor the windows every
-    /// counted report moves.
-    pub fn pool_event(&mut self, event: &Event<SenderPool>) -> bool {
-        self.event(event, |pool| {
-            hash(&(
-                pool.metadata.generation,
-                super::snapshot::routing_reputation_digest(pool),
-            ))
-        })
-    }
-
     /// A route matters to the sender configs through its spec only.
     pub fn route_event(&mut self, event: &Event<DomainRoute>) -> bool {
         self.event(event, |route| hash(&route.metadata.generation))
@@ -209,27 +341,40 @@ mod tests {
     use crate::routing::example::incident_fleet;
 
     #[test]
-    fn only_reputation_or_spec_changes_of_a_pool_fire() {
+    fn only_reputation_or_spec_changes_of_a_pool_wake_routes() {
         let now = "2021-11-05T08:10:00Z".parse().unwrap();
         let (pools, _) = incident_fleet(now);
         let mut pool = pools[0].clone();
+        let pool_key = ObjectKey::new("mail", pool.name_any());
         pool.status = Some(SenderPoolStatus {
             ips: vec![IpStatus::new("203.0.113.10")],
             ..Default::default()
         });
-        let mut filter = ChangeFilter::default();
-        assert!(!filter.pool_event(&Event::InitApply(pool.clone())));
-        assert!(filter.pool_event(&Event::InitDone));
-        assert!(!filter.pool_event(&Event::Apply(pool.clone())));
+        let mut changes = PoolChanges::default();
+        let reputation = PoolChange::Reputation(pool_key.clone());
+        assert_eq!(changes.classify(&Event::Init), PoolChange::Unchanged);
+        assert_eq!(
+            changes.classify(&Event::InitApply(pool.clone())),
+            PoolChange::Unchanged
+        );
+        // The end of a (re-)list: anything may have moved meanwhile.
+        assert_eq!(changes.classify(&Event::InitDone), PoolChange::Whole);
+        assert_eq!(
+            changes.classify(&Event::Apply(pool.clone())),
+            PoolChange::Unchanged
+        );
         // Replica counts do not change any route.
         pool.status.as_mut().unwrap().ips[0].ready_replicas = 2;
-        assert!(!filter.pool_event(&Event::Apply(pool.clone())));
+        assert_eq!(
+            changes.classify(&Event::Apply(pool.clone())),
+            PoolChange::Unchanged
+        );
         // A pair's window of counts moves with every counted report and
-        // never moves a route; its state does.
+        // never moves a route; its state does, for the routes naming the pool.
         let since = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now);
         let mut pair = crate::api::ProviderReputation::first_seen("microsoft", since.clone());
         pool.status.as_mut().unwrap().ips[0].reputation = vec![pair.clone()];
-        assert!(filter.pool_event(&Event::Apply(pool.clone())));
+        assert_eq!(changes.classify(&Event::Apply(pool.clone())), reputation);
         pair.window.push(crate::api::WindowBucket {
             start: since,
             attempts: 40,
@@ -239,12 +384,111 @@ mod tests {
             complaints: 0,
         });
         pool.status.as_mut().unwrap().ips[0].reputation = vec![pair.clone()];
-        assert!(!filter.pool_event(&Event::Apply(pool.clone())));
+        assert_eq!(
+            changes.classify(&Event::Apply(pool.clone())),
+            PoolChange::Unchanged
+        );
         pair.state = crate::api::ReputationState::Blocked;
         pool.status.as_mut().unwrap().ips[0].reputation = vec![pair];
-        assert!(filter.pool_event(&Event::Apply(pool.clone())));
+        assert_eq!(changes.classify(&Event::Apply(pool.clone())), reputation);
+        // A spec change, a new pool, a replaced pool (new uid) and a delete
+        // reach every route.
         pool.metadata.generation = Some(7);
-        assert!(filter.pool_event(&Event::Apply(pool.clone())));
-        assert!(filter.pool_event(&Event::Delete(pool)));
+        assert_eq!(
+            changes.classify(&Event::Apply(pool.clone())),
+            PoolChange::Whole
+        );
+        let mut other = pool.clone();
+        other.metadata.name = Some("other".into());
+        assert_eq!(changes.classify(&Event::Apply(other)), PoolChange::Whole);
+        pool.metadata.uid = Some("replaced".into());
+        assert_eq!(
+            changes.classify(&Event::Apply(pool.clone())),
+            PoolChange::Whole
+        );
+        assert_eq!(changes.classify(&Event::Delete(pool)), PoolChange::Whole);
+    }
+
+    #[test]
+    fn a_reputation_change_wakes_only_the_routes_naming_the_pool() {
+        let now = "2021-11-05T08:10:00Z".parse().unwrap();
+        let (_, mut routes) = incident_fleet(now);
+        // A route on a pool of its own, not named by the others.
+        let mut own = routes[0].clone();
+        own.metadata.name = Some("transactional".into());
+        own.spec.pool = "transactional".into();
+        own.spec.fallback.clear();
+        routes.push(own);
+        let mut index = PoolRouteIndex::default();
+        for route in &routes {
+            index.apply(&Event::Apply(route.clone()));
+        }
+        let named = |pool: &str| {
+            let mut names: Vec<ObjectKey> = routes
+                .iter()
+                .filter(|r| {
+                    r.spec.pool == pool
+                        || r.spec
+                            .fallback
+                            .iter()
+                            .any(|f| f.pool.as_deref() == Some(pool))
+                })
+                .map(|r| ObjectKey::new("mail", r.name_any()))
+                .collect();
+            names.sort();
+            names
+        };
+        let bulk = named("bulk");
+        assert!(!bulk.is_empty() && bulk.len() < routes.len());
+        assert_eq!(
+            route_wake(
+                &PoolChange::Reputation(ObjectKey::new("mail", "bulk")),
+                &index
+            ),
+            RouteWake::Routes(bulk)
+        );
+        assert_eq!(
+            route_wake(
+                &PoolChange::Reputation(ObjectKey::new("mail", "transactional")),
+                &index
+            ),
+            RouteWake::Routes(vec![ObjectKey::new("mail", "transactional")])
+        );
+        // A fallback pool's change reaches the routes it backs.
+        assert_eq!(
+            route_wake(
+                &PoolChange::Reputation(ObjectKey::new("mail", "reserve")),
+                &index
+            ),
+            RouteWake::Routes(named("reserve"))
+        );
+        assert_eq!(
+            route_wake(
+                &PoolChange::Reputation(ObjectKey::new("mail", "unnamed")),
+                &index
+            ),
+            RouteWake::None
+        );
+        assert_eq!(route_wake(&PoolChange::Unchanged, &index), RouteWake::None);
+        assert_eq!(route_wake(&PoolChange::Whole, &index), RouteWake::All);
+    }
+
+    #[tokio::test]
+    async fn wakes_reach_a_listening_controller_and_a_lagging_one_is_woken_whole() {
+        use futures::StreamExt;
+        let all = Trigger::new();
+        let mut all_signals = all.stream();
+        let wakes: Wakes<SenderPool> = Wakes::new(all.clone());
+        // Nobody listens (a follower): nothing is kept.
+        wakes.wake([ObjectKey::new("mail", "before")]);
+        let stream = wakes.stream();
+        let mut stream = std::pin::pin!(stream);
+        wakes.wake([ObjectKey::new("mail", "bulk")]);
+        let first = stream.next().await.unwrap();
+        assert_eq!(first, ObjectRef::new("bulk").within("mail"));
+        wakes.wake((0..WAKES_BUFFER + 3).map(|i| ObjectKey::new("mail", format!("p{i}"))));
+        let next = stream.next().await.unwrap();
+        assert_ne!(next, ObjectRef::new("p0").within("mail"));
+        assert!(all_signals.next().await.is_some());
     }
 }
