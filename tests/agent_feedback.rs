@@ -602,4 +602,27 @@ fn complaints_from_a_maildir_reach_the_endpoint_once_and_their_files_are_filed()
     left.sort();
     assert_eq!(left, vec!["5"], "the other IP's report stays for its agent");
     assert_eq!(fs::read_dir(maildir.join("cur")).unwrap().count(), 5);
+
+    // After a restart, a report delivered again (the same original message)
+    // is a duplicate: the identities counted are in the state file.
+    fs::write(new.join("7"), arf(SOURCE_IP, "a@yahoo.com", "1@x")).unwrap();
+    let again = FakeEndpoint::start(&[]);
+    let mut opts = options(dir.path(), &again);
+    opts.complaints_dir = Some(maildir.clone());
+    let agent = Running::start(opts);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while new.join("7").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the repeat is read and filed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    settle();
+    agent.stop();
+    assert!(
+        complaints(&again).is_empty(),
+        "the repeat is not counted again: {:?}",
+        complaints(&again)
+    );
 }

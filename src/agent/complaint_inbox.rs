@@ -5,8 +5,10 @@
 //! [`MAX_REPORT_BYTES`], and judged by [`ComplaintCounts`]: a report about
 //! this agent's source IP is counted for its provider and goes into the next
 //! feedback report; one that does not parse or repeats one already counted
-//! (same original Message-ID and feedback type, or the same bytes) is counted
-//! among the skipped and logged. Those files move to `cur/` (marked seen) only
+//! (the same report Message-ID, the same original Message-ID and feedback
+//! type, or the same bytes) is counted among the skipped and logged. The
+//! identities of the newest reports counted are kept in the state file, so a
+//! report delivered again after a restart is a duplicate too. Those files move to `cur/` (marked seen) only
 //! after the report that carries them is saved in the agent's state file, so a
 //! crash before that reads them again. A report about another IP is left in
 //! `new/` for the agent of that IP (one folder may serve a pool's agents).
@@ -134,6 +136,17 @@ impl ComplaintInbox {
         if self.handled.len() < MAX_REMEMBERED_FILES {
             self.handled.insert(name);
         }
+    }
+
+    /// The identities of the newest `limit` reports counted, for the state
+    /// file: after a restart, [`Self::remember_reports`] keeps them from counting again.
+    pub fn remembered_reports(&self, limit: usize) -> Vec<String> {
+        self.counts.remembered(limit)
+    }
+
+    /// Takes the identities saved before a restart.
+    pub fn remember_reports(&mut self, ids: impl IntoIterator<Item = String>) {
+        self.counts.remember(ids);
     }
 
     /// Files waiting to move to `cur/`.
@@ -298,6 +311,48 @@ mod tests {
         assert_eq!(scan.skipped, BTreeMap::from([("duplicate", 2)]));
         inbox.file_away();
         assert_eq!(listing(dir.path(), "cur").len(), 3);
+    }
+
+    #[test]
+    fn a_report_delivered_again_after_a_restart_is_a_duplicate() {
+        let dir = maildir();
+        let classifier = Classifier::builtin();
+        let mut before = ComplaintInbox::new(dir.path().to_path_buf(), OURS.parse().unwrap());
+        // The report's own Message-ID, about another original than the next one.
+        let first = format!(
+            "Message-ID: <fbl-7@feedback.example>\r\n{}",
+            report(OURS, "u@yahoo.com", "6@x")
+        );
+        deliver(dir.path(), "a", first.as_bytes());
+        assert_eq!(before.scan(&classifier).unwrap().counted.len(), 1);
+        before.file_away();
+        let saved = before.remembered_reports(10);
+        assert_eq!(saved.len(), 2, "{saved:?}");
+
+        // A new run, as after a restart: the same report delivered again
+        // (other bytes, same report Message-ID), and the same complaint in
+        // another report (same original Message-ID): neither counts.
+        let mut after = ComplaintInbox::new(dir.path().to_path_buf(), OURS.parse().unwrap());
+        after.remember_reports(saved.clone());
+        deliver(
+            dir.path(),
+            "b",
+            first.replace("A complaint.", "Resent.").as_bytes(),
+        );
+        deliver(
+            dir.path(),
+            "c",
+            report(OURS, "u@yahoo.com", "6@x").as_bytes(),
+        );
+        let scan = after.scan(&classifier).unwrap();
+        assert!(scan.counted.is_empty(), "{scan:?}");
+        assert_eq!(scan.skipped, BTreeMap::from([("duplicate", 2)]));
+        // Without the saved identities the same files count again.
+        let mut forgetful = ComplaintInbox::new(dir.path().to_path_buf(), OURS.parse().unwrap());
+        deliver(dir.path(), "d", first.as_bytes());
+        assert_eq!(forgetful.scan(&classifier).unwrap().counted.len(), 1);
+        // Only the newest are kept when asked for fewer.
+        assert_eq!(after.remembered_reports(1), saved[1..].to_vec());
     }
 
     #[test]

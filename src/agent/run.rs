@@ -30,7 +30,7 @@ use crate::agent::pacer::{paced_line, PacedLine, Pacer, PostfixHolds, MAX_TRACKE
 use crate::agent::queue::{queue_report, read_hold_queue, read_postfix_queue, RouteLookup};
 use crate::agent::report::{ConfigHint, FeedbackResponse};
 use crate::agent::reporter::{Reporter, ReporterConfig, Sealed};
-use crate::agent::state::{AgentState, StateError, STATE_FORMAT};
+use crate::agent::state::{AgentState, StateError, MAX_SAVED_COMPLAINT_IDS, STATE_FORMAT};
 use crate::agent::time::logged_time;
 use crate::reputation::classifier::Classifier;
 use crate::reputation::postfix_log::Skip;
@@ -101,6 +101,8 @@ pub enum AgentError {
 struct Core {
     reporter: Reporter,
     applied_config: Option<String>,
+    /// Complaint reports counted, saved with the report that counts them.
+    complaint_ids: Vec<String>,
 }
 
 struct Shared {
@@ -131,6 +133,7 @@ impl Shared {
             log: self.log.clone(),
             reporter: core.reporter.state(),
             applied_config: core.applied_config.clone(),
+            complaint_ids: core.complaint_ids.clone(),
         }
     }
 
@@ -207,6 +210,10 @@ pub fn run(
 ) -> Result<(), AgentError> {
     let saved = AgentState::load(&options.state_file)?;
     let now = Timestamp::now();
+    let complaint_ids = saved
+        .as_ref()
+        .map(|s| s.complaint_ids.clone())
+        .unwrap_or_default();
     let (reporter_state, follow_state, applied_config) = match saved {
         Some(state) if state.log == options.log => {
             let follow = state.reporter.committed.clone();
@@ -248,6 +255,7 @@ pub fn run(
         core: Mutex::new(Core {
             reporter,
             applied_config,
+            complaint_ids,
         }),
         wake: Condvar::new(),
         metrics: Arc::clone(&metrics),
@@ -361,10 +369,12 @@ fn main_loop(
         classifier.configure(&snapshot);
         bind.configure(&snapshot);
     }
-    let mut inbox = options
-        .complaints_dir
-        .clone()
-        .map(|dir| ComplaintInbox::new(dir, options.reporter.source_ip));
+    let mut inbox = options.complaints_dir.clone().map(|dir| {
+        let mut inbox = ComplaintInbox::new(dir, options.reporter.source_ip);
+        // Reports counted before a restart stay counted once.
+        inbox.remember_reports(shared.lock().complaint_ids.clone());
+        inbox
+    });
     let mut inbox_error_logged: Option<Instant> = None;
     let mut pacer = match (&options.postfix, options.pace_window) {
         (Some(_), Some(window)) => Some(Pacer::new(window)),
@@ -444,6 +454,9 @@ fn main_loop(
                     }
                     for (reason, n) in scan.skipped {
                         metrics.complaint_reports(reason, n);
+                    }
+                    if let Some(inbox) = inbox.as_ref().filter(|_| !scan.counted.is_empty()) {
+                        core.complaint_ids = inbox.remembered_reports(MAX_SAVED_COMPLAINT_IDS);
                     }
                 }
                 Some(Err(e)) => {

@@ -23,7 +23,15 @@ pub struct AgentState {
     /// The version of the sender configuration last applied.
     #[serde(default)]
     pub applied_config: Option<String>,
+    /// The identities of the newest complaint reports counted (at most
+    /// [`MAX_SAVED_COMPLAINT_IDS`]), so a restart counts none of them again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub complaint_ids: Vec<String>,
 }
+
+/// Complaint report identities kept in the state file: feedback loops resend
+/// within days, and this bounds the file (about 100 bytes each).
+pub const MAX_SAVED_COMPLAINT_IDS: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -109,6 +117,7 @@ mod tests {
                 pending_dropped: Dropped::default(),
             },
             applied_config: Some("v1".into()),
+            complaint_ids: vec!["report:<r1@fbl.example>".into()],
         }
     }
 
@@ -125,6 +134,12 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+        // A file written before complaint identities were kept still loads.
+        let mut old = serde_json::to_value(state()).unwrap();
+        old.as_object_mut().unwrap().remove("complaint_ids");
+        fs::write(&path, old.to_string()).unwrap();
+        let loaded = AgentState::load(&path).unwrap().unwrap();
+        assert!(loaded.complaint_ids.is_empty());
     }
 
     #[test]

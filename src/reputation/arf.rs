@@ -43,6 +43,9 @@ pub struct Complaint {
     pub arrival_date: Option<String>,
     /// The original message's `Message-ID`, to count a report sent twice once.
     pub original_message_id: Option<String>,
+    /// The report's own `Message-ID`: the same report delivered twice (a
+    /// feedback loop retrying, a copy in two folders) carries the same one.
+    pub report_message_id: Option<String>,
 }
 
 /// A report that cannot be read.
@@ -172,6 +175,7 @@ pub fn parse_arf(raw: &[u8]) -> Result<Complaint, ArfError> {
         recipient_domain,
         arrival_date: header(&report, "arrival-date"),
         original_message_id: header(&original, "message-id"),
+        report_message_id: header(&headers, "message-id"),
     })
 }
 

@@ -5,16 +5,16 @@
 //! not parse, names no IP of ours, or repeats one already counted is counted
 //! among the skipped, never among the complaints.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::reputation::arf::{parse_arf, ArfError};
+use crate::reputation::arf::{parse_arf, ArfError, Complaint};
 use crate::reputation::classifier::Classifier;
 
-/// The most original Message-IDs remembered for spotting a report sent twice.
-/// Past it new reports are still counted, only no longer checked for repeats.
+/// The most report identities remembered for spotting a report sent twice;
+/// past it the oldest are forgotten.
 pub const MAX_REMEMBERED_REPORTS: usize = 100_000;
 
 /// The complaints about one (IP, provider) pair.
@@ -54,10 +54,70 @@ impl Intake {
 pub struct ComplaintCounts {
     pub pairs: BTreeMap<(IpAddr, String), PairComplaints>,
     pub skipped: BTreeMap<&'static str, u64>,
-    seen: HashSet<(String, IpAddr, String)>,
+    seen: SeenReports,
 }
 
+/// The identities of reports already counted, oldest first, so a report
+/// delivered again (the report's own Message-ID) or another report about the
+/// same message and feedback type (the original's Message-ID) counts once.
+/// Bounded: past [`MAX_REMEMBERED_REPORTS`] the oldest are forgotten.
+#[derive(Clone, Debug, Default)]
+struct SeenReports {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl SeenReports {
+    fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+
+    fn insert(&mut self, id: String) {
+        if !self.set.insert(id.clone()) {
+            return;
+        }
+        self.order.push_back(id);
+        while self.order.len() > MAX_REMEMBERED_REPORTS {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+}
+
+/// The identities one report is known by: `report:<Message-ID>` and
+/// `original:<Message-ID> <IP> <feedback type>`. (A `Feedback-ID` header names
+/// a campaign, shared by every message of it, so it identifies no report.)
+fn identities(complaint: &Complaint, ip: IpAddr) -> Vec<String> {
+    let mut ids = Vec::with_capacity(2);
+    if let Some(id) = complaint.report_message_id.as_deref().map(str::trim) {
+        ids.push(format!("report:{id}"));
+    }
+    if let Some(id) = complaint.original_message_id.as_deref().map(str::trim) {
+        ids.push(format!("original:{id} {ip} {}", complaint.feedback_type));
+    }
+    ids.retain(|id| id.len() <= MAX_IDENTITY_BYTES);
+    ids
+}
+
+/// Longer identities are not remembered (a Message-ID is far shorter).
+const MAX_IDENTITY_BYTES: usize = 1000;
+
 impl ComplaintCounts {
+    /// The identities of the newest `limit` reports counted, oldest first:
+    /// what a restart must remember to count none of them again.
+    pub fn remembered(&self, limit: usize) -> Vec<String> {
+        let skip = self.seen.order.len().saturating_sub(limit);
+        self.seen.order.iter().skip(skip).cloned().collect()
+    }
+
+    /// Takes identities saved by [`Self::remembered`] before a restart.
+    pub fn remember(&mut self, ids: impl IntoIterator<Item = String>) {
+        for id in ids {
+            self.seen.insert(id);
+        }
+    }
+
     /// Reads and counts one report about mail sent from `ours`.
     pub fn add(&mut self, raw: &[u8], ours: &[IpAddr], classifier: &Classifier) -> Intake {
         let intake = self.intake(raw, ours, classifier);
@@ -75,14 +135,12 @@ impl ComplaintCounts {
         let Some(ip) = complaint.sender_among(ours) else {
             return Intake::NotOurs;
         };
-        if let Some(id) = &complaint.original_message_id {
-            let key = (id.clone(), ip, complaint.feedback_type.clone());
-            if self.seen.contains(&key) {
-                return Intake::Duplicate;
-            }
-            if self.seen.len() < MAX_REMEMBERED_REPORTS {
-                self.seen.insert(key);
-            }
+        let ids = identities(&complaint, ip);
+        if ids.iter().any(|id| self.seen.contains(id)) {
+            return Intake::Duplicate;
+        }
+        for id in ids {
+            self.seen.insert(id);
         }
         let provider = classifier
             .providers()
@@ -132,6 +190,47 @@ mod tests {
     use super::*;
 
     use super::sample_report as report;
+
+    #[test]
+    fn remembered_reports_are_bounded_oldest_out() {
+        let mut seen = SeenReports::default();
+        for i in 0..MAX_REMEMBERED_REPORTS + 2 {
+            seen.insert(format!("report:<{i}@x>"));
+        }
+        seen.insert("report:<5@x>".into());
+        assert_eq!(seen.order.len(), MAX_REMEMBERED_REPORTS);
+        assert_eq!(seen.set.len(), MAX_REMEMBERED_REPORTS);
+        assert!(!seen.contains("report:<0@x>") && !seen.contains("report:<1@x>"));
+        assert!(seen.contains("report:<2@x>") && seen.contains("report:<5@x>"));
+    }
+
+    #[test]
+    fn the_same_report_message_id_counts_once() {
+        let classifier = Classifier::builtin();
+        let ours: Vec<IpAddr> = vec!["203.0.113.10".parse().unwrap()];
+        let mut counts = ComplaintCounts::default();
+        let with_id = |original: &str| {
+            format!(
+                "Message-ID: <r1@fbl.example>\r\n{}",
+                report("203.0.113.10", "u@yahoo.com", original)
+            )
+        };
+        assert!(matches!(
+            counts.add(with_id("1@x").as_bytes(), &ours, &classifier),
+            Intake::Counted { .. }
+        ));
+        assert_eq!(
+            counts.add(with_id("2@x").as_bytes(), &ours, &classifier),
+            Intake::Duplicate
+        );
+        let mut restarted = ComplaintCounts::default();
+        restarted.remember(counts.remembered(100));
+        assert_eq!(
+            restarted.add(with_id("3@x").as_bytes(), &ours, &classifier),
+            Intake::Duplicate
+        );
+        assert_eq!(restarted.skipped, BTreeMap::from([("duplicate", 1)]));
+    }
 
     #[test]
     fn reports_are_counted_per_ip_and_provider_once_and_the_rest_skipped() {
