@@ -439,31 +439,30 @@ fn planning_key(pool: &SenderPool) -> u64 {
 fn pool_view(snapshot: &Snapshot, pool: &ObjectKey) -> u64 {
     let mut h = DefaultHasher::new();
     for r in &snapshot.table.routes {
-        format!(
-            "{:?}|{}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
-            r.key,
-            r.provider,
-            r.matcher,
-            r.learned_domains,
-            r.pool,
+        (
+            &r.key,
+            &r.provider,
+            &r.matcher,
+            &r.learned_domains,
+            &r.pool,
             r.when_no_healthy_ip,
             r.mode,
             r.fallback_index,
-            r.serving_pool,
+            &r.serving_pool,
             r.throttle_per_hour,
-            r.relay
+            &r.relay,
         )
-        .hash(&mut h);
+            .hash(&mut h);
         for t in r.targets.iter().filter(|t| t.pool == pool.name) {
-            format!("{t:?}").hash(&mut h);
+            t.hash(&mut h);
         }
         for e in r.excluded.iter().filter(|e| e.pool == pool.name) {
-            format!("{e:?}").hash(&mut h);
+            e.hash(&mut h);
         }
     }
-    format!("{:?}", snapshot.validation.problems_of_pool(pool)).hash(&mut h);
-    format!("{:?}", snapshot.validation.lost_ips.get(pool)).hash(&mut h);
-    format!("{:?}", snapshot.fleet.known_providers).hash(&mut h);
+    snapshot.validation.problems_of_pool(pool).hash(&mut h);
+    snapshot.validation.lost_ips.get(pool).hash(&mut h);
+    snapshot.fleet.known_providers.hash(&mut h);
     h.finish()
 }
 

@@ -165,9 +165,7 @@ fn compiled(validation: FleetValidation, fleet: Fleet, now: Timestamp) -> Snapsh
     let table = fleet.compile(now);
     let digest = {
         let mut h = DefaultHasher::new();
-        format!("{validation:?}").hash(&mut h);
-        format!("{:?}", table.routes).hash(&mut h);
-        format!("{:?}", table.problems).hash(&mut h);
+        (&validation, &table.routes, &table.problems).hash(&mut h);
         h.finish()
     };
     Snapshot {
