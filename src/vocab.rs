@@ -101,7 +101,7 @@ impl fmt::Display for Category {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {kind} `{value}`; expected one of: {expected}")]
 pub struct UnknownWord {
     pub kind: &'static str,

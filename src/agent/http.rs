@@ -10,7 +10,9 @@ use std::str::FromStr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::http_client::{FetchError, HttpClient, HttpResponse, HttpUrl, TrustRoots};
+use crate::http_client::{
+    FetchError, HttpClient, HttpResponse, HttpUrl, TlsSetupError, TrustRoots,
+};
 
 /// Largest answer body read: the endpoint's answer is a small JSON object.
 const MAX_BODY: usize = 1024 * 1024;
@@ -65,25 +67,54 @@ impl TlsTrust {
 
     /// Only the certificates of a PEM file: the endpoint's own certificate or
     /// the private CA that signed it.
-    pub fn from_pem_file(path: &Path) -> Result<TlsTrust, String> {
+    pub fn from_pem_file(path: &Path) -> Result<TlsTrust, EndpointError> {
         let what = format!("--ca-file {}", path.display());
-        let pem = std::fs::read(path).map_err(|e| format!("{what}: {e}"))?;
+        let pem = std::fs::read(path).map_err(|source| EndpointError::ReadCa {
+            what: what.clone(),
+            source,
+        })?;
         TlsTrust::from_pem(&pem, &what, path.display().to_string())
     }
 
     /// Only the certificates of PEM text; `what` names where it came from in
     /// a refusal, `source` in messages about the endpoint.
-    pub fn from_pem(pem: &[u8], what: &str, source: String) -> Result<TlsTrust, String> {
+    pub fn from_pem(pem: &[u8], what: &str, source: String) -> Result<TlsTrust, EndpointError> {
         let roots = TrustRoots::none()
             .with_pem(pem)
-            .map_err(|e| format!("{what}: {e}"))?;
+            .map_err(|problem| EndpointError::BadCa {
+                what: what.to_string(),
+                problem,
+            })?;
         Ok(TlsTrust { roots, source })
     }
 }
 
+/// Why the feedback endpoint or the certificates it is to chain to cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("{what}: {source}")]
+    ReadCa {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{what}: {problem}")]
+    BadCa {
+        what: String,
+        problem: TlsSetupError,
+    },
+    #[error("cannot set up TLS for the endpoint: {0}")]
+    TlsSetup(#[from] TlsSetupError),
+    #[error("--ca-file is for an https:// --endpoint; this one is http://")]
+    CaForPlainHttp,
+    #[error("`{url}` is not an http:// or https:// URL such as http://mailfleet-operator.mailfleet-system.svc:8080/v1/feedback: {problem}")]
+    NotHttpUrl { url: String, problem: String },
+    #[error("`{url}`: {source}")]
+    Url { url: String, source: FetchError },
+}
+
 impl Endpoint {
-    fn new(url: HttpUrl, trust: TlsTrust) -> Result<Endpoint, String> {
-        let mut client = HttpClient::new(&trust.roots).map_err(|e| e.to_string())?;
+    fn new(url: HttpUrl, trust: TlsTrust) -> Result<Endpoint, EndpointError> {
+        let mut client = HttpClient::new(&trust.roots)?;
         client.max_bytes = MAX_BODY;
         Ok(Endpoint { url, trust, client })
     }
@@ -94,9 +125,9 @@ impl Endpoint {
     }
 
     /// The same endpoint trusting only `trust` (`--ca-file`); refused for http://.
-    pub fn trusting(self, trust: TlsTrust) -> Result<Endpoint, String> {
+    pub fn trusting(self, trust: TlsTrust) -> Result<Endpoint, EndpointError> {
         if !self.is_https() {
-            return Err("--ca-file is for an https:// --endpoint; this one is http://".to_string());
+            return Err(EndpointError::CaForPlainHttp);
         }
         Endpoint::new(self.url, trust)
     }
@@ -108,14 +139,17 @@ impl Endpoint {
 }
 
 impl FromStr for Endpoint {
-    type Err = String;
+    type Err = EndpointError;
     fn from_str(url: &str) -> Result<Self, Self::Err> {
         let parsed = HttpUrl::parse(url).map_err(|e| match e {
-            FetchError::BadUrl { problem, .. } => format!(
-                "`{url}` is not an http:// or https:// URL such as \
-                 http://mailfleet-operator.mailfleet-system.svc:8080/v1/feedback: {problem}"
-            ),
-            other => format!("`{url}`: {other}"),
+            FetchError::BadUrl { problem, .. } => EndpointError::NotHttpUrl {
+                url: url.to_string(),
+                problem,
+            },
+            source => EndpointError::Url {
+                url: url.to_string(),
+                source,
+            },
         })?;
         Endpoint::new(parsed, TlsTrust::public())
     }
@@ -178,15 +212,18 @@ mod tests {
             .clone()
             .trusting(TlsTrust::public())
             .unwrap_err()
+            .to_string()
             .contains("https://"));
         assert!("ftp://x"
             .parse::<Endpoint>()
             .unwrap_err()
+            .to_string()
             .contains("is not an http:// or https:// URL such as"));
         assert!("http://x:port/".parse::<Endpoint>().is_err());
         assert!("http://user:secret@x/"
             .parse::<Endpoint>()
             .unwrap_err()
+            .to_string()
             .contains("credentials"));
     }
 

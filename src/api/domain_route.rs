@@ -194,7 +194,7 @@ pub struct Throttle {
 }
 
 /// What a route does when its pool has no IP that may send.
-#[derive(JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub enum NoHealthyIpPolicy {
     /// Try the fallbacks in order, then defer.
     #[default]
@@ -204,7 +204,7 @@ pub enum NoHealthyIpPolicy {
 }
 
 /// Which kind of target carries a route right now.
-#[derive(JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RouteMode {
     /// The route's own pool.
     Primary,
@@ -273,7 +273,7 @@ pub struct DomainRouteStatus {
 }
 
 /// One IP that sends for a route.
-#[derive(JsonSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(JsonSchema, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteTarget {
     /// The pool the IP belongs to.
@@ -290,7 +290,7 @@ pub struct RouteTarget {
 }
 
 /// An IP left out of a route.
-#[derive(JsonSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(JsonSchema, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExcludedIp {
     /// The pool the IP belongs to.

@@ -24,7 +24,7 @@ pub const MIN_QUEUE_LIFETIME_SECONDS: i64 = 3600;
 /// Connection shaping towards one provider. Unset fields fall back to the
 /// pool's `perProvider` entry, then the pool's `default`, then the built-in
 /// value for the provider (docs/ROUTE-TABLE.md lists them).
-#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionLimits {
     /// Simultaneous SMTP connections one IP may hold to the provider, shared

@@ -169,19 +169,34 @@ pub enum StartAt {
     End,
 }
 
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let value: f64 = text
-        .parse()
-        .map_err(|_| format!("`{text}` is not a number of seconds such as 5 or 0.5"))?;
+/// An agent argument that does not read as what it names.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AgentArgError {
+    #[error("`{text}` is not a number of seconds such as 5 or 0.5")]
+    NotSeconds { text: String },
+    #[error("`{text}` must be more than 0 and at most 86400 seconds")]
+    SecondsOutOfRange { text: String },
+    #[error("`{text}` is not NAMESPACE/NAME of a SenderPool, such as mail/bulk")]
+    NotPoolRef { text: String },
+    #[error("{flag} is for an https:// --endpoint; this one is http://")]
+    CaForPlainHttp { flag: &'static str },
+    #[error("--ca-env {name}: the environment variable is not set")]
+    CaEnvUnset { name: String },
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, AgentArgError> {
+    let value: f64 = text.parse().map_err(|_| AgentArgError::NotSeconds {
+        text: text.to_string(),
+    })?;
     if !(value > 0.0 && value <= 86_400.0) {
-        return Err(format!(
-            "`{text}` must be more than 0 and at most 86400 seconds"
-        ));
+        return Err(AgentArgError::SecondsOutOfRange {
+            text: text.to_string(),
+        });
     }
     Ok(Duration::from_secs_f64(value))
 }
 
-fn parse_pool(text: &str) -> Result<PoolRef, String> {
+fn parse_pool(text: &str) -> Result<PoolRef, AgentArgError> {
     match text.split_once('/') {
         Some((namespace, name))
             if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
@@ -191,9 +206,9 @@ fn parse_pool(text: &str) -> Result<PoolRef, String> {
                 name: name.to_string(),
             })
         }
-        _ => Err(format!(
-            "`{text}` is not NAMESPACE/NAME of a SenderPool, such as mail/bulk"
-        )),
+        _ => Err(AgentArgError::NotPoolRef {
+            text: text.to_string(),
+        }),
     }
 }
 
@@ -553,9 +568,7 @@ pub(super) fn agent_options(
                 } else {
                     "--ca-env"
                 };
-                return Err(
-                    format!("{flag} is for an https:// --endpoint; this one is http://").into(),
-                );
+                return Err(AgentArgError::CaForPlainHttp { flag }.into());
             }
             (Some(file), _) => args
                 .endpoint
@@ -563,7 +576,7 @@ pub(super) fn agent_options(
             (None, Some(name)) => {
                 let what = format!("--ca-env {name}");
                 let pem = std::env::var(name)
-                    .map_err(|_| format!("{what}: the environment variable is not set"))?;
+                    .map_err(|_| AgentArgError::CaEnvUnset { name: name.clone() })?;
                 args.endpoint
                     .trusting(crate::agent::http::TlsTrust::from_pem(
                         pem.as_bytes(),

@@ -122,13 +122,45 @@ pub const MAX_INPUT_BYTES: u64 = 256 * 1024 * 1024;
 
 /// The text of a file argument; `-` is standard input (once per run: a second
 /// `-` would read an empty stream and judge nothing).
-pub fn read_input(path: &Path, argument: &str) -> Result<String, String> {
-    String::from_utf8(read_input_bytes(path, argument)?)
-        .map_err(|e| format!("{argument} {}: not UTF-8 text: {e}", path.display()))
+pub fn read_input(path: &Path, argument: &str) -> Result<String, InputError> {
+    String::from_utf8(read_input_bytes(path, argument)?).map_err(|source| InputError::NotUtf8 {
+        argument: argument.to_string(),
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Why a file argument (or standard input) could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("{argument} {}: not UTF-8 text: {source}", .path.display())]
+    NotUtf8 {
+        argument: String,
+        path: PathBuf,
+        source: std::string::FromUtf8Error,
+    },
+    #[error("cannot read {argument} {}: {source}", .path.display())]
+    Read {
+        argument: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{argument} {}: larger than {MAX_INPUT_BYTES} bytes", .path.display())]
+    TooLarge { argument: String, path: PathBuf },
+    #[error("{argument} -: standard input is already read by {first}; give one of them a file")]
+    StdinTaken { argument: String, first: String },
+}
+
+/// An `--at` that is not a time.
+#[derive(Debug, thiserror::Error)]
+#[error("`{text}` is not an RFC 3339 time such as 2021-11-05T08:10:00Z: {source}")]
+pub struct TimeSyntaxError {
+    text: String,
+    source: jiff::Error,
 }
 
 /// [`read_input`] for inputs that may hold lines in other encodings (logs).
-pub fn read_input_bytes(path: &Path, argument: &str) -> Result<Vec<u8>, String> {
+pub fn read_input_bytes(path: &Path, argument: &str) -> Result<Vec<u8>, InputError> {
     use std::io::Read as _;
     let mut bytes = Vec::new();
     let read = if path.as_os_str() == "-" {
@@ -140,24 +172,29 @@ pub fn read_input_bytes(path: &Path, argument: &str) -> Result<Vec<u8>, String> 
     } else {
         std::fs::File::open(path).and_then(|f| f.take(MAX_INPUT_BYTES + 1).read_to_end(&mut bytes))
     };
-    read.map_err(|e| format!("cannot read {argument} {}: {e}", path.display()))?;
+    read.map_err(|source| InputError::Read {
+        argument: argument.to_string(),
+        path: path.to_path_buf(),
+        source,
+    })?;
     if bytes.len() as u64 > MAX_INPUT_BYTES {
-        return Err(format!(
-            "{argument} {}: larger than {MAX_INPUT_BYTES} bytes",
-            path.display()
-        ));
+        return Err(InputError::TooLarge {
+            argument: argument.to_string(),
+            path: path.to_path_buf(),
+        });
     }
     Ok(bytes)
 }
 
 /// Claims standard input for `argument`; refuses a second claimant.
-pub fn take_stdin(argument: &str) -> Result<(), String> {
+pub fn take_stdin(argument: &str) -> Result<(), InputError> {
     static TAKEN: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
     let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
     match taken.as_deref() {
-        Some(first) => Err(format!(
-            "{argument} -: standard input is already read by {first}; give one of them a file"
-        )),
+        Some(first) => Err(InputError::StdinTaken {
+            argument: argument.to_string(),
+            first: first.to_string(),
+        }),
         None => {
             *taken = Some(argument.to_string());
             Ok(())
@@ -166,9 +203,11 @@ pub fn take_stdin(argument: &str) -> Result<(), String> {
 }
 
 /// Reads `--at`: an RFC 3339 time such as 2021-11-05T08:10:00Z.
-pub fn parse_time(text: &str) -> Result<Timestamp, String> {
-    text.parse::<Timestamp>()
-        .map_err(|e| format!("`{text}` is not an RFC 3339 time such as 2021-11-05T08:10:00Z: {e}"))
+pub fn parse_time(text: &str) -> Result<Timestamp, TimeSyntaxError> {
+    text.parse::<Timestamp>().map_err(|source| TimeSyntaxError {
+        text: text.to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -112,19 +112,30 @@ where
         .with_writer(writer)
 }
 
-fn parse_log_format(value: &str) -> Result<LogFormat, String> {
+fn parse_log_format(value: &str) -> Result<LogFormat, LogFormatError> {
     match value {
         "text" => Ok(LogFormat::Text),
         "json" => Ok(LogFormat::Json),
-        "postfix" | "json-lines" | "jsonl" => Err(format!(
-            "`{value}` is a delivery log's format: the agent reads it with --maillog-format {value}; --log-format is this process' own output (text or json)"
-        )),
-        other => Err(format!("`{other}` is not a log format: use text or json")),
+        "postfix" | "json-lines" | "jsonl" => Err(LogFormatError::DeliveryLogFormat {
+            value: value.to_string(),
+        }),
+        other => Err(LogFormatError::Unknown {
+            value: other.to_string(),
+        }),
     }
 }
 
+/// A `--log-format` that is not one of this process' own formats.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LogFormatError {
+    #[error("`{value}` is a delivery log's format: the agent reads it with --maillog-format {value}; --log-format is this process' own output (text or json)")]
+    DeliveryLogFormat { value: String },
+    #[error("`{value}` is not a log format: use text or json")]
+    Unknown { value: String },
+}
+
 /// NO_COLOR's convention: set to anything but the empty string means no colour.
-fn non_empty_means_yes(value: &str) -> Result<bool, String> {
+fn non_empty_means_yes(value: &str) -> Result<bool, std::convert::Infallible> {
     Ok(!value.is_empty())
 }
 

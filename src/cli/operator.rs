@@ -145,16 +145,32 @@ pub struct OperatorArgs {
     pub logs: LogArgs,
 }
 
-fn non_blank(value: &str) -> Result<String, String> {
+/// An operator argument that cannot be used as given.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorArgError {
+    #[error("a namespace name cannot be empty")]
+    BlankNamespace,
+    #[error("{what} is for an https:// --feedback-url; {feedback_url} is not (serve TLS with --tls-cert/--tls-key)")]
+    FeedbackCaWithoutTls { what: String, feedback_url: String },
+    #[error("{what}: {source}")]
+    ReadFeedbackCa {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    FeedbackCa(#[from] crate::agent::http::EndpointError),
+}
+
+fn non_blank(value: &str) -> Result<String, OperatorArgError> {
     let value = value.trim();
     if value.is_empty() {
-        return Err("a namespace name cannot be empty".into());
+        return Err(OperatorArgError::BlankNamespace);
     }
     Ok(value.to_string())
 }
 
 impl OperatorArgs {
-    fn options(self) -> Result<OperatorOptions, String> {
+    fn options(self) -> Result<OperatorOptions, OperatorArgError> {
         let namespace = self.pod_namespace;
         let identity = self
             .identity
@@ -208,14 +224,21 @@ impl OperatorArgs {
 }
 
 /// The CA the agents are to trust, checked the way they will read it.
-fn read_feedback_ca(path: &std::path::Path, feedback_url: &str) -> Result<String, String> {
+fn read_feedback_ca(
+    path: &std::path::Path,
+    feedback_url: &str,
+) -> Result<String, OperatorArgError> {
     let what = format!("--feedback-ca-file {}", path.display());
     if !feedback_url.trim_start().starts_with("https://") {
-        return Err(format!(
-            "{what} is for an https:// --feedback-url; {feedback_url} is not (serve TLS with --tls-cert/--tls-key)"
-        ));
+        return Err(OperatorArgError::FeedbackCaWithoutTls {
+            what,
+            feedback_url: feedback_url.to_string(),
+        });
     }
-    let pem = std::fs::read_to_string(path).map_err(|e| format!("{what}: {e}"))?;
+    let pem = std::fs::read_to_string(path).map_err(|source| OperatorArgError::ReadFeedbackCa {
+        what: what.clone(),
+        source,
+    })?;
     crate::agent::http::TlsTrust::from_pem(pem.as_bytes(), &what, what.clone())?;
     Ok(pem)
 }

@@ -9,7 +9,8 @@ use serde::Serialize;
 
 use super::output::{table, Format};
 use crate::probe::dnsbl::{
-    parse_nameserver, DnsblProbe, Nameserver, ProbeOutcome, Resolver, ZoneRules,
+    parse_nameserver, DnsblProbe, Nameserver, NameserverSyntaxError, ProbeOutcome, Resolver,
+    ZoneRules,
 };
 
 #[derive(Debug, Args)]
@@ -116,7 +117,7 @@ fn exit_code(outcomes: &[ProbeOutcome]) -> ExitCode {
 
 /// `HOST[:PORT]` with an IP, or a host name looked up once (for example
 /// `localhost:5353`); without a port, DNS's port 53.
-fn resolve_nameserver(text: &str) -> Result<SocketAddr, String> {
+fn resolve_nameserver(text: &str) -> Result<SocketAddr, ProbeArgError> {
     let trimmed = text.trim();
     let with_port = match trimmed.parse::<IpAddr>() {
         Ok(IpAddr::V6(v6)) => format!("[{v6}]:53"),
@@ -124,30 +125,61 @@ fn resolve_nameserver(text: &str) -> Result<SocketAddr, String> {
         Err(_) if !trimmed.contains(':') => format!("{trimmed}:53"),
         Err(_) => trimmed.to_string(),
     };
-    let nameserver = parse_nameserver(&with_port)
-        .map_err(|problem| format!("--nameserver `{text}`: {problem}"))?;
+    let nameserver = parse_nameserver(&with_port).map_err(|problem| ProbeArgError::Nameserver {
+        text: text.to_string(),
+        problem,
+    })?;
     match nameserver {
-        Nameserver::Addr(address) if address.port() == 0 => Err(format!(
-            "--nameserver `{text}`: port 0 reaches no resolver; leave the port out for DNS's 53"
-        )),
+        Nameserver::Addr(address) if address.port() == 0 => Err(ProbeArgError::PortZero {
+            text: text.to_string(),
+        }),
         Nameserver::Addr(address) => Ok(address),
         Nameserver::Host { host, port } => (host.as_str(), port)
             .to_socket_addrs()
-            .map_err(|e| format!("--nameserver `{text}`: cannot look up {host}: {e}"))?
+            .map_err(|source| ProbeArgError::Lookup {
+                text: text.to_string(),
+                host: host.clone(),
+                source,
+            })?
             .next()
-            .ok_or_else(|| format!("--nameserver `{text}`: {host} has no address")),
+            .ok_or_else(|| ProbeArgError::NoAddress {
+                text: text.to_string(),
+                host,
+            }),
     }
 }
 
-fn parse_ips(texts: &[String]) -> Result<Vec<IpAddr>, String> {
+fn parse_ips(texts: &[String]) -> Result<Vec<IpAddr>, ProbeArgError> {
     texts
         .iter()
         .map(|text| {
-            text.trim().parse::<IpAddr>().map_err(|_| {
-                format!("IP argument `{text}` is not an IPv4 or IPv6 address (such as 203.0.113.10 or 2001:db8::10)")
-            })
+            text.trim()
+                .parse::<IpAddr>()
+                .map_err(|_| ProbeArgError::NotIp { text: text.clone() })
         })
         .collect()
+}
+
+/// An argument of `mailfleet probe dnsbl` that names no resolver or IP.
+#[derive(Debug, thiserror::Error)]
+enum ProbeArgError {
+    #[error("--nameserver `{text}`: {problem}")]
+    Nameserver {
+        text: String,
+        problem: NameserverSyntaxError,
+    },
+    #[error("--nameserver `{text}`: port 0 reaches no resolver; leave the port out for DNS's 53")]
+    PortZero { text: String },
+    #[error("--nameserver `{text}`: cannot look up {host}: {source}")]
+    Lookup {
+        text: String,
+        host: String,
+        source: std::io::Error,
+    },
+    #[error("--nameserver `{text}`: {host} has no address")]
+    NoAddress { text: String, host: String },
+    #[error("IP argument `{text}` is not an IPv4 or IPv6 address (such as 203.0.113.10 or 2001:db8::10)")]
+    NotIp { text: String },
 }
 
 /// One result of `--format json`; the field names are a contract (docs/PROBES.md).
@@ -302,7 +334,9 @@ mod tests {
 
     #[test]
     fn a_bad_ip_is_named() {
-        let err = parse_ips(&["192.0.2.1".into(), "192.0.2.300".into()]).unwrap_err();
+        let err = parse_ips(&["192.0.2.1".into(), "192.0.2.300".into()])
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("IP argument `192.0.2.300`"), "{err}");
     }
 
@@ -320,10 +354,12 @@ mod tests {
             resolve_nameserver("127.0.0.1").unwrap(),
             "127.0.0.1:53".parse().unwrap()
         );
-        let err = resolve_nameserver("127.0.0.1:99999").unwrap_err();
+        let err = resolve_nameserver("127.0.0.1:99999")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("--nameserver `127.0.0.1:99999`"), "{err}");
         for bad in ["127.0.0.1:0", "127.0.0.1:dns", "[::1]:99999"] {
-            let err = resolve_nameserver(bad).unwrap_err();
+            let err = resolve_nameserver(bad).unwrap_err().to_string();
             assert!(err.starts_with(&format!("--nameserver `{bad}`")), "{err}");
         }
     }

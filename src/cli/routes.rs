@@ -177,7 +177,14 @@ fn refusals(validation: &FleetValidation) -> Vec<String> {
     out
 }
 
-fn sender_of(fleet: &Fleet, ip: IpAddr) -> Result<Sender, String> {
+/// A `--sender` IP that no pool of the fleet sends from.
+#[derive(Debug, thiserror::Error)]
+#[error("--sender {ip}: no SenderPool lists this IP in spec.ips")]
+struct UnknownSender {
+    ip: IpAddr,
+}
+
+fn sender_of(fleet: &Fleet, ip: IpAddr) -> Result<Sender, UnknownSender> {
     for pool in &fleet.pools {
         if let Some(own) = pool
             .spec
@@ -197,9 +204,7 @@ fn sender_of(fleet: &Fleet, ip: IpAddr) -> Result<Sender, String> {
             });
         }
     }
-    Err(format!(
-        "--sender {ip}: no SenderPool lists this IP in spec.ips"
-    ))
+    Err(UnknownSender { ip })
 }
 
 /// Feeds every delivery line of `log` to the engine at the line's own time.
@@ -246,14 +251,23 @@ fn replay(
 
 /// The time of a log line: RFC 3339 (Postfix `maillog_file`), or the syslog
 /// form `Nov  5 08:10:01` read as UTC in `year`.
-fn line_time(text: &str, year: Option<i16>) -> Result<Timestamp, String> {
+/// A replayed log line whose time cannot be read.
+#[derive(Debug, thiserror::Error)]
+enum LineTimeError {
+    #[error("timestamp `{text}` has no year; pass --year, or log with Postfix's maillog_file (ISO timestamps)")]
+    NoYear { text: String },
+    #[error("timestamp `{text}` is neither RFC 3339 nor syslog `Mon DD HH:MM:SS`")]
+    Unreadable { text: String },
+}
+
+fn line_time(text: &str, year: Option<i16>) -> Result<Timestamp, LineTimeError> {
     if let Ok(t) = text.parse::<Timestamp>() {
         return Ok(t);
     }
     let Some(year) = year else {
-        return Err(format!(
-            "timestamp `{text}` has no year; pass --year, or log with Postfix's maillog_file (ISO timestamps)"
-        ));
+        return Err(LineTimeError::NoYear {
+            text: text.to_string(),
+        });
     };
     let with_year = format!(
         "{year} {}",
@@ -263,8 +277,8 @@ fn line_time(text: &str, year: Option<i16>) -> Result<Timestamp, String> {
         .ok()
         .and_then(|dt| dt.to_zoned(jiff::tz::TimeZone::UTC).ok())
         .map(|z| z.timestamp())
-        .ok_or_else(|| {
-            format!("timestamp `{text}` is neither RFC 3339 nor syslog `Mon DD HH:MM:SS`")
+        .ok_or_else(|| LineTimeError::Unreadable {
+            text: text.to_string(),
         })
 }
 

@@ -99,10 +99,14 @@ async fn reconcile_route(route: &Arc<DomainRoute>, ctx: &Arc<Context>) -> Result
     // What this reconcile depends on besides its own object: when nothing
     // moved since the last complete pass, there is nothing to do.
     let pods_epoch = ctx.epochs.pods();
-    let inputs = format!("{result:?}{problems:?}");
+    let inputs = {
+        let mut h = DefaultHasher::new();
+        (&result, &problems).hash(&mut h);
+        h.finish()
+    };
     let seen = |rv: Option<String>| {
         let mut h = DefaultHasher::new();
-        (&inputs, pods_epoch, rv).hash(&mut h);
+        (inputs, pods_epoch, rv).hash(&mut h);
         h.finish()
     };
     let memo_key = format!("DomainRoute/{route_key}");

@@ -200,14 +200,12 @@ fn compiled(validation: FleetValidation, fleet: Fleet, now: Timestamp) -> Snapsh
     let table = fleet.compile(now);
     let validation_digest = {
         let mut h = DefaultHasher::new();
-        format!("{validation:?}").hash(&mut h);
+        validation.hash(&mut h);
         h.finish()
     };
     let digest = {
         let mut h = DefaultHasher::new();
-        validation_digest.hash(&mut h);
-        format!("{:?}", table.routes).hash(&mut h);
-        format!("{:?}", table.problems).hash(&mut h);
+        (validation_digest, &table.routes, &table.problems).hash(&mut h);
         h.finish()
     };
     Snapshot {
@@ -227,37 +225,36 @@ fn compiled(validation: FleetValidation, fleet: Fleet, now: Timestamp) -> Snapsh
 /// for all the pools: a wake of 100 pools reads 1,000 routes once.
 pub fn pool_views(snapshot: &Snapshot, pools: &[ObjectKey]) -> HashMap<ObjectKey, u64> {
     let mut shared = DefaultHasher::new();
-    format!("{:?}", snapshot.fleet.known_providers).hash(&mut shared);
+    snapshot.fleet.known_providers.hash(&mut shared);
     // The pools of one namespace, by name (targets name their pool only).
     let mut own: HashMap<&str, DefaultHasher> = pools
         .iter()
         .map(|p| (p.name.as_str(), DefaultHasher::new()))
         .collect();
     for (i, r) in snapshot.table.routes.iter().enumerate() {
-        format!(
-            "{:?}|{}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
-            r.key,
-            r.provider,
-            r.matcher,
-            r.learned_domains,
-            r.pool,
+        (
+            &r.key,
+            &r.provider,
+            &r.matcher,
+            &r.learned_domains,
+            &r.pool,
             r.when_no_healthy_ip,
             r.mode,
             r.fallback_index,
-            r.serving_pool,
+            &r.serving_pool,
             r.throttle_per_hour,
-            r.relay,
-            r.connections,
+            &r.relay,
+            &r.connections,
         )
-        .hash(&mut shared);
+            .hash(&mut shared);
         for t in &r.targets {
             if let Some(h) = own.get_mut(t.pool.as_str()) {
-                (i, "target", format!("{t:?}")).hash(h);
+                (i, "target", t).hash(h);
             }
         }
         for e in &r.excluded {
             if let Some(h) = own.get_mut(e.pool.as_str()) {
-                (i, "excluded", format!("{e:?}")).hash(h);
+                (i, "excluded", e).hash(h);
             }
         }
     }
@@ -268,8 +265,8 @@ pub fn pool_views(snapshot: &Snapshot, pools: &[ObjectKey]) -> HashMap<ObjectKey
             let mut h = own.get(pool.name.as_str()).cloned().unwrap_or_default();
             shared.hash(&mut h);
             snapshot.validation.pool_usable(pool).hash(&mut h);
-            format!("{:?}", snapshot.validation.problems_of_pool(pool)).hash(&mut h);
-            format!("{:?}", snapshot.validation.lost_ips.get(pool)).hash(&mut h);
+            snapshot.validation.problems_of_pool(pool).hash(&mut h);
+            snapshot.validation.lost_ips.get(pool).hash(&mut h);
             (pool.clone(), h.finish())
         })
         .collect()

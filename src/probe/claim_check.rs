@@ -23,7 +23,8 @@ use jiff::{SignedDuration, Timestamp};
 use prometheus_client::encoding::DescriptorEncoder;
 
 use super::dnsbl::{
-    normalize_zone, plan_from_settings, DnsblProbe, Nameserver, Resolver, ZoneRules,
+    normalize_zone, plan_from_settings, DnsblProbe, Nameserver, Resolver, ZoneConfigError,
+    ZoneNameError, ZoneRules,
 };
 use super::ProbeOptions;
 use crate::api::{ReputationState, SenderPool};
@@ -303,29 +304,48 @@ fn report_once(
 /// Rules for a zone only a reply names: a syntactically valid DNS name of at
 /// least two labels, not an address and not a reverse-lookup or local name
 /// (a reply cannot make us query `in-addr.arpa` or `localhost`).
-fn claimed_zone_rules(zone: &str) -> Result<ZoneRules, String> {
+fn claimed_zone_rules(zone: &str) -> Result<ZoneRules, ClaimedZoneError> {
     let name = normalize_zone(zone)?;
+    let unusable = |why| {
+        Err(ClaimedZoneError::Unusable {
+            zone: zone.to_string(),
+            why,
+        })
+    };
     if name != zone {
-        return Err(format!("`{zone}` is not written as a zone is queried"));
+        return unusable("is not written as a zone is queried");
     }
     let labels: Vec<&str> = name.split('.').collect();
     if labels.len() < 2 {
-        return Err(format!("`{zone}` has a single label"));
+        return unusable("has a single label");
     }
     if name.parse::<std::net::Ipv4Addr>().is_ok()
         || labels
             .last()
             .is_some_and(|l| l.chars().all(|c| c.is_ascii_digit()))
     {
-        return Err(format!("`{zone}` is an address, not a zone"));
+        return unusable("is an address, not a zone");
     }
     if matches!(
         labels.last().copied(),
         Some("arpa" | "localhost" | "local" | "internal")
     ) {
-        return Err(format!("`{zone}` is not a public block list"));
+        return unusable("is not a public block list");
     }
-    ZoneRules::with_defaults(zone).map_err(|e| e.to_string())
+    Ok(ZoneRules::with_defaults(zone)?)
+}
+
+/// Why a zone named in a receiver's reply is not asked. The zone comes from
+/// a remote server, not from the operator's configuration, so there is no fix
+/// to name: the claim is dropped.
+#[derive(Debug, thiserror::Error)]
+enum ClaimedZoneError {
+    #[error(transparent)]
+    Name(#[from] ZoneNameError),
+    #[error("`{zone}` {why}")]
+    Unusable { zone: String, why: &'static str },
+    #[error(transparent)]
+    Rules(#[from] ZoneConfigError),
 }
 
 #[cfg(test)]

@@ -21,11 +21,13 @@ use super::dnsbl::{
 };
 use super::postmaster::{PostmasterFeed, PostmasterPoller, ServiceAccount, DEFAULT_API_URL};
 use super::snds::{
-    FeedClient, FeedCounters, RetryPolicy, SndsCounters, SndsFeed, SndsKey, SndsPoller, TrustRoots,
+    FeedClient, FeedCounters, RetryPolicy, SndsCounters, SndsError, SndsFeed, SndsKey, SndsPoller,
+    TrustRoots,
 };
 use crate::api::{
     DnsblSettings, PostmasterFeedSettings, SecretKeySelector, SenderPool, SndsFeedSettings,
 };
+use crate::http_client::TlsSetupError;
 use crate::metrics::{family, Families, Kind};
 use crate::reputation::engine::Signal;
 
@@ -457,40 +459,48 @@ impl SignalProbes {
         ips: &PoolIps,
         secrets: &S,
         now: Timestamp,
-    ) -> Result<Vec<(String, Signal)>, String> {
-        let field = "spec.reputation.feeds.snds";
-        let key = match read_secret(secrets, namespace, &settings.key_secret_ref).await {
-            Ok(bytes) => SndsKey::from_secret_bytes(&bytes).map_err(|e| {
+    ) -> Result<Vec<(String, Signal)>, SndsPollError> {
+        let key_ref = &settings.key_secret_ref;
+        let key = match read_secret(secrets, namespace, key_ref).await {
+            Ok(bytes) => SndsKey::from_secret_bytes(&bytes).map_err(|source| {
                 self.count_snds_failure("key");
-                format!(
-                    "{field}.keySecretRef ({}): {e}",
-                    shown_ref(namespace, &settings.key_secret_ref)
-                )
+                SndsPollError::Key {
+                    secret: shown_ref(namespace, key_ref),
+                    source,
+                }
             })?,
-            Err(e) => {
+            Err(source) => {
                 self.count_snds_failure("secret");
-                return Err(format!("{field}.keySecretRef: {e}; SNDS not polled"));
+                return Err(SndsPollError::KeySecret {
+                    secret: shown_ref(namespace, key_ref),
+                    source,
+                });
             }
         };
         let bundle = match &settings.ca_bundle_secret_ref {
             None => Vec::new(),
-            Some(reference) => read_secret(secrets, namespace, reference)
-                .await
-                .map_err(|e| {
-                    self.count_snds_failure("secret");
-                    format!("{field}.caBundleSecretRef: {e}; SNDS not polled")
-                })?,
+            Some(reference) => {
+                read_secret(secrets, namespace, reference)
+                    .await
+                    .map_err(|source| {
+                        self.count_snds_failure("secret");
+                        SndsPollError::CaSecret {
+                            secret: shown_ref(namespace, reference),
+                            source,
+                        }
+                    })?
+            }
         };
-        let client = self.feed_client(bundle).map_err(|e| {
+        let client = self.feed_client(bundle).map_err(|source| {
             self.count_snds_failure("tls_setup");
-            format!(
-                "{field}.caBundleSecretRef ({}): {e}",
-                settings
+            SndsPollError::TlsSetup {
+                secret: settings
                     .ca_bundle_secret_ref
                     .as_ref()
                     .map(|r| shown_ref(namespace, r))
-                    .unwrap_or_default()
-            )
+                    .unwrap_or_default(),
+                source,
+            }
         })?;
         let feed = SndsFeed {
             ip_status_url: settings.url.clone(),
@@ -499,7 +509,7 @@ impl SignalProbes {
         let mut poller = SndsPoller::new(feed, key, self.options.feed_retry, client);
         let result = poller.poll(&ips.all, now).await;
         self.snds_counters.add(poller.counters());
-        let poll = result.map_err(|e| format!("{field}: {e}"))?;
+        let poll = result.map_err(|source| SndsPollError::Poll { source })?;
         Ok(poll
             .verdicts
             .verdicts
@@ -652,7 +662,7 @@ impl SignalProbes {
         *self.postmaster_counters.errors.entry(kind).or_default() += 1;
     }
 
-    fn feed_client(&mut self, bundle: Vec<u8>) -> Result<FeedClient, String> {
+    fn feed_client(&mut self, bundle: Vec<u8>) -> Result<FeedClient, TlsSetupError> {
         if let Some(client) = self.feed_clients.get(&bundle) {
             return Ok(client.clone());
         }
@@ -660,9 +670,9 @@ impl SignalProbes {
         let roots = if bundle.is_empty() {
             system.clone()
         } else {
-            system.with_pem(&bundle).map_err(|e| e.to_string())?
+            system.with_pem(&bundle)?
         };
-        let mut client = FeedClient::new(&roots).map_err(|e| e.to_string())?;
+        let mut client = FeedClient::new(&roots)?;
         client.timeout = self.options.http_timeout;
         // Bundles are few (one per pool at most); forget old ones when specs change a lot.
         if self.feed_clients.len() >= 64 {
@@ -790,11 +800,30 @@ async fn read_secret<S: SecretSource>(
     secrets: &S,
     namespace: &str,
     reference: &SecretKeySelector,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, SecretError> {
     secrets
         .secret(namespace, &reference.name, &reference.key)
         .await
-        .map_err(|e| format!("cannot read {}: {e}", shown_ref(namespace, reference)))
+}
+
+/// Why one pool's SNDS poll gave no verdicts, naming the spec field to fix.
+#[derive(Debug, thiserror::Error)]
+enum SndsPollError {
+    #[error(
+        "spec.reputation.feeds.snds.keySecretRef: cannot read {secret}: {source}; SNDS not polled"
+    )]
+    KeySecret { secret: String, source: SecretError },
+    #[error("spec.reputation.feeds.snds.keySecretRef ({secret}): {source}")]
+    Key { secret: String, source: SndsError },
+    #[error("spec.reputation.feeds.snds.caBundleSecretRef: cannot read {secret}: {source}; SNDS not polled")]
+    CaSecret { secret: String, source: SecretError },
+    #[error("spec.reputation.feeds.snds.caBundleSecretRef ({secret}): {source}")]
+    TlsSetup {
+        secret: String,
+        source: TlsSetupError,
+    },
+    #[error("spec.reputation.feeds.snds: {source}")]
+    Poll { source: SndsError },
 }
 
 fn shown_ref(namespace: &str, reference: &SecretKeySelector) -> String {

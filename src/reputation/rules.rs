@@ -21,7 +21,7 @@ use regex::{Regex, RegexBuilder};
 use serde_json::{Map, Value};
 
 use crate::reputation::providers::{FastMap, ProviderId, ProviderTable, SharedName};
-use crate::vocab::{is_valid_provider_name, Category, Outcome};
+use crate::vocab::{is_valid_provider_name, Category, Outcome, UnknownWord};
 
 /// The builtin rule table, embedded at build time.
 pub const DEFAULT_RULES_YAML: &str = include_str!("default_rules.yaml");
@@ -126,7 +126,7 @@ impl CodePattern {
         }
     }
 
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, RuleProblem> {
         let lower = text.trim().to_ascii_lowercase();
         if lower == "none" {
             return Ok(CodePattern::NoCode);
@@ -138,19 +138,18 @@ impl CodePattern {
             && (bytes[2].is_ascii_digit() || bytes[2] == b'x')
             && !(bytes[1] == b'x' && bytes[2] != b'x');
         if !shape_ok {
-            return Err(format!(
-                "`{text}` is not a reply code pattern; write 550, 55x, 5xx, 4xx or none (no reply code)"
-            ));
+            return Err(RuleProblem::NotCodePattern {
+                text: text.to_string(),
+            });
         }
         match bytes[0] {
             b'4' | b'5' => {}
-            b'2' => {
-                return Err(
-                    "2xx replies are always delivered; rules classify failures (4xx, 5xx, none)"
-                        .into(),
-                )
+            b'2' => return Err(RuleProblem::SuccessCode),
+            _ => {
+                return Err(RuleProblem::NotFailureClass {
+                    text: text.to_string(),
+                })
             }
-            _ => return Err(format!("`{text}`: failure replies start with 4 or 5")),
         }
         let digit = |b: u8, wild: u16| if b == b'x' { wild } else { u16::from(b - b'0') };
         let lo = u16::from(bytes[0] - b'0') * 100 + digit(bytes[1], 0) * 10 + digit(bytes[2], 0);
@@ -158,13 +157,13 @@ impl CodePattern {
         Ok(CodePattern::Range(lo, hi))
     }
 
-    fn from_number(number: &serde_json::Number) -> Result<Self, String> {
+    fn from_number(number: &serde_json::Number) -> Result<Self, RuleProblem> {
         match number.as_u64() {
             Some(code @ 400..=599) => Ok(CodePattern::Range(code as u16, code as u16)),
-            Some(200..=299) => Err(
-                "2xx replies are always delivered; rules classify failures (4xx, 5xx, none)".into(),
-            ),
-            _ => Err(format!("`{number}` is not a failure reply code (400-599)")),
+            Some(200..=299) => Err(RuleProblem::SuccessCode),
+            _ => Err(RuleProblem::NotFailureCode {
+                number: number.to_string(),
+            }),
         }
     }
 }
@@ -193,10 +192,10 @@ impl StatusPattern {
         status.is_some_and(|s| self.lo <= s && s <= self.hi)
     }
 
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, RuleProblem> {
         let parse_one = |part: &str| {
-            EnhancedCode::parse(part.trim()).ok_or_else(|| {
-                format!("`{text}` is not an enhanced status code or range; write 5.7.606 or 5.7.606-5.7.649")
+            EnhancedCode::parse(part.trim()).ok_or_else(|| RuleProblem::NotStatusPattern {
+                text: text.to_string(),
             })
         };
         match text.split_once('-') {
@@ -204,10 +203,14 @@ impl StatusPattern {
             Some((lo, hi)) => {
                 let (lo, hi) = (parse_one(lo)?, parse_one(hi)?);
                 if lo.class != hi.class || lo.subject != hi.subject {
-                    return Err(format!("`{text}`: a range stays within one class and subject, like 4.7.500-4.7.699"));
+                    return Err(RuleProblem::StatusRangeCrossesSubject {
+                        text: text.to_string(),
+                    });
                 }
                 if lo > hi {
-                    return Err(format!("`{text}`: the range starts after it ends"));
+                    return Err(RuleProblem::StatusRangeBackward {
+                        text: text.to_string(),
+                    });
                 }
                 Ok(StatusPattern { lo, hi })
             }
@@ -257,31 +260,28 @@ pub const PAUSE_SECONDS_RANGE: std::ops::RangeInclusive<i64> = 60..=7 * 24 * 360
 
 /// Reads a pause: whole seconds (`3600`) or a duration such as `1h`, `30m`,
 /// `1h30m` or ISO 8601 `PT1H` (jiff's reader, the one the engine's clock uses).
-pub fn parse_pause(value: &Value) -> Result<i64, String> {
+pub fn parse_pause(value: &Value) -> Result<i64, RuleProblem> {
     let seconds = match value {
         Value::Number(n) => n
             .as_i64()
-            .ok_or_else(|| format!("`{n}` is not a whole number of seconds"))?,
+            .ok_or_else(|| RuleProblem::PauseNotWholeSeconds {
+                number: n.to_string(),
+            })?,
         Value::String(text) => text
             .trim()
             .parse::<jiff::SignedDuration>()
-            .map_err(|_| {
-                format!("`{text}` is not a duration; write it like 1h, 30m, 1h30m or 3600")
-            })?
+            .map_err(|_| RuleProblem::PauseNotDuration { text: text.clone() })?
             .as_secs(),
         other => {
-            return Err(format!(
-                "expected a duration like 1h or 3600, found {}",
-                kind_of(other)
-            ))
+            return Err(RuleProblem::PauseWrongType {
+                found: kind_of(other),
+            })
         }
     };
     if PAUSE_SECONDS_RANGE.contains(&seconds) {
         Ok(seconds)
     } else {
-        Err(format!(
-            "a pause of {seconds} s is out of range; use 1m to 7d (60 to 604800 seconds)"
-        ))
+        Err(RuleProblem::PauseOutOfRange { seconds })
     }
 }
 
@@ -295,7 +295,7 @@ pub enum Claim {
 
 impl Rule {
     /// Checks what the YAML reader checks, for rules built in code.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), RuleProblem> {
         check_id(&self.id)?;
         if let Some(provider) = &self.provider {
             check_provider(provider)?;
@@ -305,55 +305,48 @@ impl Rule {
             && self.texts.is_empty()
             && self.regex.is_none()
         {
-            return Err("a rule needs at least one of `code`, `status`, `text` or `regex`".into());
+            return Err(RuleProblem::NoCondition);
         }
         if self.texts.iter().any(|t| t.trim().is_empty()) {
-            return Err("`text` entries must not be empty".into());
+            return Err(RuleProblem::EmptyTextEntry);
         }
         if self.category == Category::None {
-            return Err("category `none` is for delivered mail; rules classify failures".into());
+            return Err(RuleProblem::NoneCategory);
         }
         if self.conclusive && self.category == Category::IpRateLimited {
             // The engine throttles on a share of rate-limited replies; one such
             // reply never blocks, so the flag would be silently ignored.
-            return Err(
-                "`conclusive: true` fits ip_blocklisted only: one rate-limit reply never blocks a pair, the engine throttles on their share over the window; drop `conclusive`, add `pause: 1h` to stop the pair for a while after one such reply, or use category ip_blocklisted".into(),
-            );
+            return Err(RuleProblem::ConclusiveRateLimit);
         }
         if self.conclusive && !self.category.is_reputation_signal() {
-            return Err(format!(
-                "`conclusive: true` only fits ip_blocklisted, not {}",
-                self.category
-            ));
+            return Err(RuleProblem::ConclusiveNotReputation {
+                category: self.category,
+            });
         }
         if self.outcome == Some(Outcome::Delivered) {
-            return Err(
-                "`outcome` may be deferred or bounced; a failure reply is never delivered".into(),
-            );
+            return Err(RuleProblem::DeliveredOutcome);
         }
         if self.pause_seconds.is_some() && self.category != Category::IpRateLimited {
-            return Err(format!(
-                "`pause` fits ip_rate_limited only (a reply that asks the sender to stop for a while), not {}",
-                self.category
-            ));
+            return Err(RuleProblem::PauseWrongCategory {
+                category: self.category,
+            });
         }
         if self
             .pause_seconds
             .is_some_and(|s| !PAUSE_SECONDS_RANGE.contains(&s))
         {
-            return Err("`pause` must be from 1m to 7d".into());
+            return Err(RuleProblem::PauseOutOfRuleRange);
         }
         if self.claim.is_some() && self.category != Category::IpBlocklisted {
-            return Err(format!(
-                "`claim: dnsbl` only fits ip_blocklisted, not {}",
-                self.category
-            ));
+            return Err(RuleProblem::ClaimWrongCategory {
+                category: self.category,
+            });
         }
         Ok(())
     }
 }
 
-fn check_id(id: &str) -> Result<(), String> {
+fn check_id(id: &str) -> Result<(), RuleProblem> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && id.starts_with(|c: char| c.is_ascii_alphanumeric())
@@ -363,18 +356,96 @@ fn check_id(id: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "rule id `{id}` is not valid: use letters, digits, '-', '_' and '.', at most 64 long"
-        ))
+        Err(RuleProblem::BadId { id: id.to_string() })
     }
 }
 
-fn check_provider(provider: &str) -> Result<(), String> {
+fn check_provider(provider: &str) -> Result<(), RuleProblem> {
     if is_valid_provider_name(provider) {
         Ok(())
     } else {
-        Err(format!("`{provider}` is not a provider name (lowercase letters, digits and '-', like yahoo-japan)"))
+        Err(RuleProblem::BadProvider {
+            provider: provider.to_string(),
+        })
     }
+}
+
+/// What is wrong with one rule or one of its fields. Each says how the rule
+/// should be written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleProblem {
+    #[error(
+        "`{text}` is not a reply code pattern; write 550, 55x, 5xx, 4xx or none (no reply code)"
+    )]
+    NotCodePattern { text: String },
+    #[error("2xx replies are always delivered; rules classify failures (4xx, 5xx, none)")]
+    SuccessCode,
+    #[error("`{text}`: failure replies start with 4 or 5")]
+    NotFailureClass { text: String },
+    #[error("`{number}` is not a failure reply code (400-599)")]
+    NotFailureCode { number: String },
+    #[error("`{text}` is not an enhanced status code or range; write 5.7.606 or 5.7.606-5.7.649")]
+    NotStatusPattern { text: String },
+    #[error("`{text}`: a range stays within one class and subject, like 4.7.500-4.7.699")]
+    StatusRangeCrossesSubject { text: String },
+    #[error("`{text}`: the range starts after it ends")]
+    StatusRangeBackward { text: String },
+    #[error("`{number}` is not a whole number of seconds")]
+    PauseNotWholeSeconds { number: String },
+    #[error("`{text}` is not a duration; write it like 1h, 30m, 1h30m or 3600")]
+    PauseNotDuration { text: String },
+    #[error("expected a duration like 1h or 3600, found {found}")]
+    PauseWrongType { found: &'static str },
+    #[error("a pause of {seconds} s is out of range; use 1m to 7d (60 to 604800 seconds)")]
+    PauseOutOfRange { seconds: i64 },
+    #[error("a rule needs at least one of `code`, `status`, `text` or `regex`")]
+    NoCondition,
+    #[error("`text` entries must not be empty")]
+    EmptyTextEntry,
+    #[error("category `none` is for delivered mail; rules classify failures")]
+    NoneCategory,
+    #[error("`conclusive: true` fits ip_blocklisted only: one rate-limit reply never blocks a pair, the engine throttles on their share over the window; drop `conclusive`, add `pause: 1h` to stop the pair for a while after one such reply, or use category ip_blocklisted")]
+    ConclusiveRateLimit,
+    #[error("`conclusive: true` only fits ip_blocklisted, not {category}")]
+    ConclusiveNotReputation { category: Category },
+    #[error("`outcome` may be deferred or bounced; a failure reply is never delivered")]
+    DeliveredOutcome,
+    #[error("`pause` fits ip_rate_limited only (a reply that asks the sender to stop for a while), not {category}")]
+    PauseWrongCategory { category: Category },
+    #[error("`pause` must be from 1m to 7d")]
+    PauseOutOfRuleRange,
+    #[error("`claim: dnsbl` only fits ip_blocklisted, not {category}")]
+    ClaimWrongCategory { category: Category },
+    #[error("rule id `{id}` is not valid: use letters, digits, '-', '_' and '.', at most 64 long")]
+    BadId { id: String },
+    #[error(
+        "`{provider}` is not a provider name (lowercase letters, digits and '-', like yahoo-japan)"
+    )]
+    BadProvider { provider: String },
+    #[error("a rule is a mapping with at least `id`, `category` and one condition")]
+    NotAMapping,
+    #[error("unknown field; a rule has the fields {RULE_FIELDS}")]
+    UnknownField,
+    #[error("expected a string, found {found}")]
+    ExpectedString { found: &'static str },
+    #[error("expected a code like 550, 5xx or none, found {found}")]
+    ExpectedCode { found: &'static str },
+    #[error("expected a code like 5.7.606 or a range like 5.7.606-5.7.649, found {found}")]
+    ExpectedStatus { found: &'static str },
+    #[error("expected true or false, found {found}")]
+    ExpectedBool { found: &'static str },
+    #[error("entries must not be empty")]
+    EmptyText,
+    #[error("does not compile: {reason}")]
+    RegexCompile { reason: String },
+    #[error(transparent)]
+    UnknownWord(#[from] UnknownWord),
+    #[error("`{value}` is not a claim kind; the only one is dnsbl")]
+    UnknownClaim { value: String },
+    #[error("missing: every rule needs a unique id")]
+    MissingId,
+    #[error("missing: say what the reply means, for example ip_blocklisted")]
+    MissingCategory,
 }
 
 /// Why a rule table could not be read or compiled.
@@ -389,13 +460,13 @@ pub enum RuleError {
         index: usize,
         id: String,
         field: String,
-        problem: String,
+        problem: RuleProblem,
     },
     #[error("rules[{index}] ({id}): {problem}")]
     Rule {
         index: usize,
         id: String,
-        problem: String,
+        problem: RuleProblem,
     },
     #[error(
         "rules[{index}]: rule id `{id}` is already used by rules[{first}]; rule ids must be unique"
@@ -542,12 +613,12 @@ fn parse_rule(index: usize, value: &Value) -> Result<Rule, RuleError> {
         return Err(RuleError::Rule {
             index,
             id: describe_id(None),
-            problem: "a rule is a mapping with at least `id`, `category` and one condition".into(),
+            problem: RuleProblem::NotAMapping,
         });
     };
     let raw_id = map.get("id").and_then(Value::as_str);
     let id = describe_id(raw_id);
-    let field_err = |field: &str, problem: String| RuleError::Field {
+    let field_err = |field: &str, problem: RuleProblem| RuleError::Field {
         index,
         id: id.clone(),
         field: field.to_string(),
@@ -557,10 +628,7 @@ fn parse_rule(index: usize, value: &Value) -> Result<Rule, RuleError> {
         .keys()
         .find(|k| !RULE_FIELDS.split(", ").any(|f| f == k.as_str()))
     {
-        return Err(field_err(
-            key,
-            format!("unknown field; a rule has the fields {RULE_FIELDS}"),
-        ));
+        return Err(field_err(key, RuleProblem::UnknownField));
     }
     let rule = read_rule_fields(map).map_err(|(field, problem)| field_err(field, problem))?;
     rule.check().map_err(|problem| RuleError::Rule {
@@ -571,14 +639,16 @@ fn parse_rule(index: usize, value: &Value) -> Result<Rule, RuleError> {
     Ok(rule)
 }
 
-type FieldResult<T> = Result<T, (&'static str, String)>;
+type FieldResult<T> = Result<T, (&'static str, RuleProblem)>;
 
 fn read_rule_fields(map: &Map<String, Value>) -> FieldResult<Rule> {
     fn string<'v>(field: &'static str, value: &'v Value) -> FieldResult<&'v str> {
         value.as_str().ok_or_else(|| {
             (
                 field,
-                format!("expected a string, found {}", kind_of(value)),
+                RuleProblem::ExpectedString {
+                    found: kind_of(value),
+                },
             )
         })
     }
@@ -617,10 +687,9 @@ fn read_rule_fields(map: &Map<String, Value>) -> FieldResult<Rule> {
                     let pattern = match item {
                         Value::Number(n) => CodePattern::from_number(n),
                         Value::String(s) => CodePattern::parse(s),
-                        other => Err(format!(
-                            "expected a code like 550, 5xx or none, found {}",
-                            kind_of(other)
-                        )),
+                        other => Err(RuleProblem::ExpectedCode {
+                            found: kind_of(other),
+                        }),
                     };
                     rule.codes.push(pattern.map_err(|e| ("code", e))?);
                 }
@@ -633,7 +702,7 @@ fn read_rule_fields(map: &Map<String, Value>) -> FieldResult<Rule> {
                         Value::Number(n) => Cow::Owned(n.to_string()),
                         other => {
                             let found = kind_of(other);
-                            return Err(("status", format!("expected a code like 5.7.606 or a range like 5.7.606-5.7.649, found {found}")));
+                            return Err(("status", RuleProblem::ExpectedStatus { found }));
                         }
                     };
                     rule.statuses
@@ -644,7 +713,7 @@ fn read_rule_fields(map: &Map<String, Value>) -> FieldResult<Rule> {
                 for item in one_or_many(value) {
                     let text = string("text", item)?;
                     if text.trim().is_empty() {
-                        return Err(("text", "entries must not be empty".into()));
+                        return Err(("text", RuleProblem::EmptyText));
                     }
                     rule.texts.push(text.to_string());
                 }
@@ -655,18 +724,27 @@ fn read_rule_fields(map: &Map<String, Value>) -> FieldResult<Rule> {
                     .case_insensitive(true)
                     .size_limit(1 << 20)
                     .build()
-                    .map_err(|e| ("regex", format!("does not compile: {e}")))?;
+                    .map_err(|e| {
+                        (
+                            "regex",
+                            RuleProblem::RegexCompile {
+                                reason: e.to_string(),
+                            },
+                        )
+                    })?;
                 rule.regex = Some(regex);
             }
             "category" => {
                 let text = string("category", value)?;
-                category = Some(Category::from_str(text).map_err(|e| ("category", e.to_string()))?);
+                category = Some(Category::from_str(text).map_err(|e| ("category", e.into()))?);
             }
             "conclusive" => {
                 rule.conclusive = value.as_bool().ok_or_else(|| {
                     (
                         "conclusive",
-                        format!("expected true or false, found {}", kind_of(value)),
+                        RuleProblem::ExpectedBool {
+                            found: kind_of(value),
+                        },
                     )
                 })?;
             }
@@ -676,7 +754,9 @@ fn read_rule_fields(map: &Map<String, Value>) -> FieldResult<Rule> {
                     other => {
                         return Err((
                             "claim",
-                            format!("`{other}` is not a claim kind; the only one is dnsbl"),
+                            RuleProblem::UnknownClaim {
+                                value: other.to_string(),
+                            },
                         ))
                     }
                 };
@@ -684,19 +764,14 @@ fn read_rule_fields(map: &Map<String, Value>) -> FieldResult<Rule> {
             "pause" => rule.pause_seconds = Some(parse_pause(value).map_err(|e| ("pause", e))?),
             "outcome" => {
                 let text = string("outcome", value)?;
-                rule.outcome =
-                    Some(Outcome::from_str(text).map_err(|e| ("outcome", e.to_string()))?);
+                rule.outcome = Some(Outcome::from_str(text).map_err(|e| ("outcome", e.into()))?);
             }
             // Unknown fields were rejected before reading.
             _ => {}
         }
     }
-    rule.id =
-        SharedName::new(id.ok_or(("id", "missing: every rule needs a unique id".to_string()))?);
-    rule.category = category.ok_or((
-        "category",
-        "missing: say what the reply means, for example ip_blocklisted".to_string(),
-    ))?;
+    rule.id = SharedName::new(id.ok_or(("id", RuleProblem::MissingId))?);
+    rule.category = category.ok_or(("category", RuleProblem::MissingCategory))?;
     Ok(rule)
 }
 
@@ -975,6 +1050,7 @@ mod tests {
         assert!(CodePattern::parse("none").unwrap().matches(None));
         assert!(CodePattern::parse("250")
             .unwrap_err()
+            .to_string()
             .contains("always delivered"));
         assert!(CodePattern::parse("5x0").is_err());
     }

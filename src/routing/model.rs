@@ -34,7 +34,7 @@ impl fmt::Display for ObjectKey {
 
 /// Something in the input that a person should fix. Problems are data, not
 /// errors: the compiler still produces the safest route it can.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Problem {
     /// Path of the offending field in the object named by the route (for example
     /// `spec.fallback[1].pool`), or the object itself for fleet-wide problems.
@@ -60,7 +60,7 @@ impl fmt::Display for Problem {
 
 /// The recipients one route serves, normalised: lowercase, no trailing dot,
 /// sorted, without duplicates.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RouteMatcher {
     /// Exact recipient domains.
     pub domains: Vec<String>,
@@ -73,7 +73,7 @@ pub struct RouteMatcher {
 }
 
 /// The external relay a route hands its mail to in mode `Relay`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RelayTarget {
     pub host: String,
     pub port: u16,
@@ -89,7 +89,7 @@ impl RelayTarget {
 }
 
 /// The compiled result of one `DomainRoute`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RouteResult {
     pub key: ObjectKey,
     /// The provider whose reputation decided the targets.

@@ -303,7 +303,32 @@ pub fn render_sender_with(
     options: &PostfixOptions,
     settings: &SendingSettings,
 ) -> Result<PostfixFiles, PostfixError> {
-    let ip: IpAddr = sender
+    let ip = sender_ip(sender)?;
+    check_options(options)?;
+    sender.settings.check(&sender.ip)?;
+    let pod_routes = pod_routes(table, sender, ip, options)?;
+    let transport = transport_map(ip, sender, &pod_routes, known_domains);
+    let filter_table = format!("regexp:{}/{STATUS_FILTER_FILE}", options.map_directory);
+    let mut main_cf = main_cf_head(ip, sender, options, settings, &filter_table);
+    let master_cf = master_cf_transports(
+        ip,
+        sender,
+        &pod_routes,
+        options,
+        settings,
+        &filter_table,
+        &mut main_cf,
+    );
+    Ok(PostfixFiles {
+        main_cf,
+        master_cf,
+        transport,
+        status_filter: status_filter(),
+    })
+}
+
+fn sender_ip(sender: &Sender) -> Result<IpAddr, PostfixError> {
+    sender
         .ip
         .trim()
         .parse()
@@ -311,11 +336,17 @@ pub fn render_sender_with(
             namespace: sender.namespace.clone(),
             pool: sender.pool.clone(),
             ip: sender.ip.clone(),
-        })?;
-    check_options(options)?;
-    sender.settings.check(&sender.ip)?;
-    let pod_routes = pod_routes(table, sender, ip, options)?;
+        })
+}
 
+/// The transport map: each route's keys under a comment naming the route,
+/// then the entries left out and why.
+fn transport_map(
+    ip: IpAddr,
+    sender: &Sender,
+    pod_routes: &[PodRoute<'_>],
+    known_domains: &BTreeMap<String, Vec<String>>,
+) -> String {
     let mut transport = String::new();
     let _ = writeln!(
         transport,
@@ -324,7 +355,7 @@ pub fn render_sender_with(
         printable(&sender.namespace),
         printable(&sender.pool)
     );
-    let entries = collect_entries(&pod_routes, known_domains);
+    let entries = collect_entries(pod_routes, known_domains);
     let mut keys_of: Vec<Vec<&str>> = vec![Vec::new(); pod_routes.len()];
     for (key, winner) in &entries.winners {
         keys_of[*winner].push(key);
@@ -343,47 +374,58 @@ pub fn render_sender_with(
             let _ = writeln!(transport, "{key}\t{}", pod_route.value);
         }
     }
-    if !entries.shadowed.is_empty() || !entries.invalid.is_empty() {
-        transport.push_str("\n# entries left out\n");
-        let mut grouped: BTreeMap<(usize, usize), Vec<&str>> = BTreeMap::new();
-        for (key, loser, winner) in &entries.shadowed {
-            grouped.entry((*loser, *winner)).or_default().push(key);
-        }
-        for ((loser, winner), keys) in grouped {
-            let shown: Vec<&str> = keys.iter().take(SHADOWED_SHOWN).copied().collect();
-            let more = keys.len().saturating_sub(SHADOWED_SHOWN);
-            let _ = writeln!(
-                transport,
-                "# route {} also matches {} entr{} that route {} serves first: {}{}",
-                printable(&pod_routes[loser].route.key.to_string()),
-                keys.len(),
-                if keys.len() == 1 { "y" } else { "ies" },
-                printable(&pod_routes[winner].route.key.to_string()),
-                shown.join(" "),
-                if more > 0 {
-                    format!(" and {more} more")
-                } else {
-                    String::new()
-                }
-            );
-        }
-        for (provider, raw) in &entries.invalid {
-            let _ = writeln!(
-                transport,
-                "# known domain {} of provider {} is not a domain name",
-                printable(raw),
-                printable(provider)
-            );
-        }
-    }
+    write_left_out_entries(&mut transport, pod_routes, &entries);
+    transport
+}
 
-    let mut master_cf = String::new();
-    let _ = writeln!(
-        master_cf,
-        "# mailfleet transports bound to {ip} (pool {}/{})",
-        printable(&sender.namespace),
-        printable(&sender.pool)
-    );
+/// Comments on the keys a route lost to another and the known domains that
+/// are not domain names, so a reader of the map sees why they are missing.
+fn write_left_out_entries(transport: &mut String, pod_routes: &[PodRoute<'_>], entries: &Entries) {
+    if entries.shadowed.is_empty() && entries.invalid.is_empty() {
+        return;
+    }
+    transport.push_str("\n# entries left out\n");
+    let mut grouped: BTreeMap<(usize, usize), Vec<&str>> = BTreeMap::new();
+    for (key, loser, winner) in &entries.shadowed {
+        grouped.entry((*loser, *winner)).or_default().push(key);
+    }
+    for ((loser, winner), keys) in grouped {
+        let shown: Vec<&str> = keys.iter().take(SHADOWED_SHOWN).copied().collect();
+        let more = keys.len().saturating_sub(SHADOWED_SHOWN);
+        let _ = writeln!(
+            transport,
+            "# route {} also matches {} entr{} that route {} serves first: {}{}",
+            printable(&pod_routes[loser].route.key.to_string()),
+            keys.len(),
+            if keys.len() == 1 { "y" } else { "ies" },
+            printable(&pod_routes[winner].route.key.to_string()),
+            shown.join(" "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        );
+    }
+    for (provider, raw) in &entries.invalid {
+        let _ = writeln!(
+            transport,
+            "# known domain {} of provider {} is not a domain name",
+            printable(raw),
+            printable(provider)
+        );
+    }
+}
+
+/// main.cf's settings for the whole sender; the per-transport limits follow
+/// ([`master_cf_transports`]).
+fn main_cf_head(
+    ip: IpAddr,
+    sender: &Sender,
+    options: &PostfixOptions,
+    settings: &SendingSettings,
+    filter_table: &str,
+) -> String {
     let mut main_cf = String::new();
     let _ = writeln!(
         main_cf,
@@ -398,16 +440,37 @@ pub fn render_sender_with(
         options.map_directory
     );
     main_cf.push_str(&sender.settings.main_cf());
-    let filter_table = format!("regexp:{}/{STATUS_FILTER_FILE}", options.map_directory);
     if options.status_filter_global {
         let _ = writeln!(main_cf, "smtp_delivery_status_filter = {filter_table}");
     }
     write_queue_lifetimes(&mut main_cf, settings);
+    main_cf
+}
+
+/// master.cf: one smtp transport bound to the IP per direct route, and the
+/// relay transport when a relay needs a login. Each transport's limits go
+/// into master.cf and `main_cf`.
+fn master_cf_transports(
+    ip: IpAddr,
+    sender: &Sender,
+    pod_routes: &[PodRoute<'_>],
+    options: &PostfixOptions,
+    settings: &SendingSettings,
+    filter_table: &str,
+    main_cf: &mut String,
+) -> String {
+    let mut master_cf = String::new();
+    let _ = writeln!(
+        master_cf,
+        "# mailfleet transports bound to {ip} (pool {}/{})",
+        printable(&sender.namespace),
+        printable(&sender.pool)
+    );
     let (bind_parameter, protocols) = match ip {
         IpAddr::V4(_) => ("smtp_bind_address", "ipv4"),
         IpAddr::V6(_) => ("smtp_bind_address6", "ipv6"),
     };
-    for pod_route in &pod_routes {
+    for pod_route in pod_routes {
         let Action::Direct {
             transport: name,
             hourly_cap,
@@ -438,27 +501,20 @@ pub fn render_sender_with(
         }
         write_transport_limits(
             &mut master_cf,
-            &mut main_cf,
+            main_cf,
             name,
             *hourly_cap,
             &limits,
             settings,
         );
     }
-
     if pod_routes
         .iter()
         .any(|r| matches!(r.action, Action::Relay { login: true, .. }))
     {
         master_cf.push_str(&sender_settings::relay_transport(&options.map_directory));
     }
-
-    Ok(PostfixFiles {
-        main_cf,
-        master_cf,
-        transport,
-        status_filter: status_filter(),
-    })
+    master_cf
 }
 
 /// How long mail waits in the queue: a route that defers keeps its mail here

@@ -37,7 +37,7 @@ pub fn main_cf_settings(log: &Path, extra: &[(String, String)]) -> Vec<(String, 
 }
 
 /// `KEY=VALUE` of `--postconf`.
-pub fn parse_setting(text: &str) -> Result<(String, String), String> {
+pub fn parse_setting(text: &str) -> Result<(String, String), SettingSyntaxError> {
     match text.split_once('=') {
         Some((key, value))
             if !key.trim().is_empty()
@@ -49,10 +49,19 @@ pub fn parse_setting(text: &str) -> Result<(String, String), String> {
         {
             Ok((key.trim().to_string(), value.trim().to_string()))
         }
-        _ => Err(format!(
-            "`{text}` is not KEY=VALUE of a main.cf parameter, such as queue_directory=/var/spool/postfix"
-        )),
+        _ => Err(SettingSyntaxError {
+            text: text.to_string(),
+        }),
     }
+}
+
+/// A `--postconf` argument that is not `KEY=VALUE`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{text}` is not KEY=VALUE of a main.cf parameter, such as queue_directory=/var/spool/postfix"
+)]
+pub struct SettingSyntaxError {
+    pub text: String,
 }
 
 fn postconf(bin_dir: &Path, config_dir: &Path, args: &[String]) -> Result<(), ApplyError> {
@@ -149,6 +158,7 @@ mod tests {
         assert!(parse_setting("no equals").is_err());
         assert!(parse_setting("bad key=1")
             .unwrap_err()
+            .to_string()
             .contains("KEY=VALUE"));
     }
 }

@@ -5,7 +5,21 @@ use std::sync::{Arc, Mutex};
 
 use tracing_subscriber::{reload, EnvFilter};
 
-type Apply = dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync;
+type Apply = dyn Fn(EnvFilter) -> Result<(), LogFilterError> + Send + Sync;
+
+/// Why `PUT /log-level` left the filter as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum LogFilterError {
+    #[error("the filter is empty; send a level such as `info` or directives such as `info,mailfleet=debug`")]
+    Empty,
+    #[error("`{directives}` is not a log filter: {source}")]
+    Syntax {
+        directives: String,
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error("cannot change the log filter: {0}")]
+    Reload(#[from] reload::Error),
+}
 
 /// A handle on the process' reloadable `EnvFilter` layer.
 #[derive(Clone)]
@@ -26,11 +40,7 @@ impl LogLevelHandle {
     /// Wraps the handle of a `reload::Layer<EnvFilter, S>`; `initial` is the
     /// filter the layer was built with, shown until the first change.
     pub fn new<S: 'static>(handle: reload::Handle<EnvFilter, S>, initial: &str) -> Self {
-        let apply = move |filter: EnvFilter| {
-            handle
-                .reload(filter)
-                .map_err(|e| format!("cannot change the log filter: {e}"))
-        };
+        let apply = move |filter: EnvFilter| handle.reload(filter).map_err(LogFilterError::from);
         LogLevelHandle {
             apply: Arc::new(apply),
             current: Arc::new(Mutex::new(initial.to_string())),
@@ -40,12 +50,14 @@ impl LogLevelHandle {
     /// Replaces the filter with `directives` (the `RUST_LOG` syntax, for
     /// example `info,mailfleet::serve=debug`). A filter that does not parse is
     /// refused and the old one stays.
-    pub fn set(&self, directives: &str) -> Result<(), String> {
+    pub fn set(&self, directives: &str) -> Result<(), LogFilterError> {
         if directives.is_empty() {
-            return Err("the filter is empty; send a level such as `info` or directives such as `info,mailfleet=debug`".into());
+            return Err(LogFilterError::Empty);
         }
-        let filter = EnvFilter::try_new(directives)
-            .map_err(|e| format!("`{directives}` is not a log filter: {e}"))?;
+        let filter = EnvFilter::try_new(directives).map_err(|source| LogFilterError::Syntax {
+            directives: directives.to_string(),
+            source,
+        })?;
         (self.apply)(filter)?;
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = directives.to_string();
         Ok(())
@@ -75,7 +87,7 @@ mod tests {
             level.set("info").unwrap();
             assert!(tracing::enabled!(tracing::Level::INFO));
             assert_eq!(level.current(), "info");
-            let err = level.set("info,[unclosed").unwrap_err();
+            let err = level.set("info,[unclosed").unwrap_err().to_string();
             assert!(err.contains("not a log filter"), "{err}");
             assert!(level.set("").is_err());
             assert_eq!(level.current(), "info");

@@ -33,7 +33,7 @@ use crate::agent::report::{FeedbackReport, FeedbackResponse};
 
 pub use handler::HttpState;
 pub use limits::ServeLimits;
-pub use log_level::LogLevelHandle;
+pub use log_level::{LogFilterError, LogLevelHandle};
 pub use tls::{TlsError, TlsFiles};
 
 use limits::{ConnectionSlots, PeerAddr};

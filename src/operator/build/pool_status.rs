@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 
 use crate::api::conditions::set_condition;
-use crate::api::{ConditionStatus, IpStatus, ReputationState, SenderPool, SenderPoolStatus};
+use crate::api::{IpStatus, ReputationState, SenderPool, SenderPoolStatus};
 
 use super::same_address;
 use super::validate::{set_accepted, ObjectProblem};
@@ -96,95 +96,161 @@ pub fn pool_status(
         conditions: previous.conditions.clone(),
         feedback_ledger: previous.feedback_ledger.clone(),
         queues: previous.queues.clone(),
+        ips: ip_statuses(pool, &previous, workloads),
         ..SenderPoolStatus::default()
     };
-    for ip in &pool.spec.ips {
-        let mut ip_status = previous
-            .ips
-            .iter()
-            .find(|s| same_address(&s.address, &ip.address))
-            .cloned()
-            .unwrap_or_else(|| IpStatus::new(ip.address.clone()));
-        ip_status.address = ip.address.clone();
-        let workload = workloads
-            .iter()
-            .find(|w| same_address(&w.address, &ip.address));
-        ip_status.desired_replicas = workload.map_or(0, |w| w.desired_replicas);
-        ip_status.ready_replicas = workload.map_or(0, |w| w.ready_replicas);
-        status.ips.push(ip_status);
-    }
-
     status.ip_count = i32::try_from(status.ips.len()).unwrap_or(i32::MAX);
-    let mut blocked: Vec<String> = Vec::new();
-    let mut healthy = 0;
-    let mut ready_ips = 0;
-    let mut not_ready: Vec<String> = Vec::new();
-    for ip in &status.ips {
-        let all_healthy = ip
-            .reputation
-            .iter()
-            .all(|r| matches!(r.state, ReputationState::Healthy | ReputationState::Warming));
-        if all_healthy {
-            healthy += 1;
-        }
-        for pair in ip
-            .reputation
-            .iter()
-            .filter(|r| r.state == ReputationState::Blocked)
-        {
-            blocked.push(format!("{} ({})", ip.address, pair.provider));
-        }
-        if ip.ready_replicas >= 1 {
-            ready_ips += 1;
-        }
-        if ip.ready_replicas < ip.desired_replicas {
-            not_ready.push(format!(
-                "{} ({}/{})",
-                ip.address, ip.ready_replicas, ip.desired_replicas
-            ));
-        }
-    }
-    status.healthy_ips = healthy;
-    status.blocked_pairs = i32::try_from(blocked.len()).unwrap_or(i32::MAX);
-    status.ready_ips = ready_ips;
+    let tally = IpTally::of(&status.ips);
+    status.healthy_ips = tally.healthy;
+    status.blocked_pairs = i32::try_from(tally.blocked.len()).unwrap_or(i32::MAX);
+    status.ready_ips = tally.ready;
 
-    let (ready, ready_reason, ready_message) =
-        if let (true, Some(problem)) = (unusable, problems.first()) {
-            (
-                false,
-                problem.reason.to_string(),
-                format!(
-                    "the operator does not manage this pool's workloads until it is fixed: {}",
-                    problem.message
-                ),
-            )
-        } else if not_ready.is_empty() {
-            (
-                true,
-                "AllIpsReady".to_string(),
-                format!(
-                    "{} IPs have their desired sender pods ready",
-                    status.ip_count
-                ),
-            )
-        } else {
-            (
-                false,
-                "IpsNotReady".to_string(),
-                format!("ready/desired sender pods: {}", listing(&not_ready)),
-            )
-        };
+    let rolling = rolling_ips(pool, workloads);
+    let conditions = [
+        ready_condition(unusable, problems, status.ip_count, &tally.not_ready),
+        degraded_condition(&tally.blocked),
+        progressing_condition(unusable, &rolling, &tally.not_ready),
+    ];
     set_accepted(&mut status.conditions, problems, generation, now);
-    set_condition(
-        &mut status.conditions,
-        "Ready",
-        ready.into(),
-        &ready_reason,
-        ready_message,
-        generation,
-        now,
-    );
-    let (degraded_reason, degraded_message) = if blocked.is_empty() {
+    for condition in conditions {
+        set_condition(
+            &mut status.conditions,
+            condition.type_,
+            condition.status.into(),
+            &condition.reason,
+            condition.message,
+            generation,
+            now,
+        );
+    }
+    status
+}
+
+/// One IP status per spec IP: the previous one (reputation kept) with the
+/// replicas of its workload.
+fn ip_statuses(
+    pool: &SenderPool,
+    previous: &SenderPoolStatus,
+    workloads: &[IpWorkload],
+) -> Vec<IpStatus> {
+    pool.spec
+        .ips
+        .iter()
+        .map(|ip| {
+            let mut ip_status = previous
+                .ips
+                .iter()
+                .find(|s| same_address(&s.address, &ip.address))
+                .cloned()
+                .unwrap_or_else(|| IpStatus::new(ip.address.clone()));
+            ip_status.address = ip.address.clone();
+            let workload = workloads
+                .iter()
+                .find(|w| same_address(&w.address, &ip.address));
+            ip_status.desired_replicas = workload.map_or(0, |w| w.desired_replicas);
+            ip_status.ready_replicas = workload.map_or(0, |w| w.ready_replicas);
+            ip_status
+        })
+        .collect()
+}
+
+/// The counts and names the conditions and `kubectl get sp` show.
+struct IpTally {
+    /// IPs none of whose pairs is throttled or blocked.
+    healthy: i32,
+    /// IPs with at least one ready sender pod.
+    ready: i32,
+    /// `IP (provider)` of every blocked pair.
+    blocked: Vec<String>,
+    /// `IP (ready/desired)` of every IP short of ready pods.
+    not_ready: Vec<String>,
+}
+
+impl IpTally {
+    fn of(ips: &[IpStatus]) -> Self {
+        let mut tally = IpTally {
+            healthy: 0,
+            ready: 0,
+            blocked: Vec::new(),
+            not_ready: Vec::new(),
+        };
+        for ip in ips {
+            let all_healthy = ip
+                .reputation
+                .iter()
+                .all(|r| matches!(r.state, ReputationState::Healthy | ReputationState::Warming));
+            if all_healthy {
+                tally.healthy += 1;
+            }
+            for pair in ip
+                .reputation
+                .iter()
+                .filter(|r| r.state == ReputationState::Blocked)
+            {
+                tally
+                    .blocked
+                    .push(format!("{} ({})", ip.address, pair.provider));
+            }
+            if ip.ready_replicas >= 1 {
+                tally.ready += 1;
+            }
+            if ip.ready_replicas < ip.desired_replicas {
+                tally.not_ready.push(format!(
+                    "{} ({}/{})",
+                    ip.address, ip.ready_replicas, ip.desired_replicas
+                ));
+            }
+        }
+        tally
+    }
+}
+
+/// A condition as the pool's status is to show it.
+struct ConditionVerdict {
+    type_: &'static str,
+    status: bool,
+    reason: String,
+    message: String,
+}
+
+fn ready_condition(
+    unusable: bool,
+    problems: &[ObjectProblem],
+    ip_count: i32,
+    not_ready: &[String],
+) -> ConditionVerdict {
+    let (status, reason, message) = if let (true, Some(problem)) = (unusable, problems.first()) {
+        (
+            false,
+            problem.reason,
+            format!(
+                "the operator does not manage this pool's workloads until it is fixed: {}",
+                problem.message
+            ),
+        )
+    } else if not_ready.is_empty() {
+        (
+            true,
+            "AllIpsReady",
+            format!("{ip_count} IPs have their desired sender pods ready"),
+        )
+    } else {
+        (
+            false,
+            "IpsNotReady",
+            format!("ready/desired sender pods: {}", listing(not_ready)),
+        )
+    };
+    ConditionVerdict {
+        type_: "Ready",
+        status,
+        reason: reason.to_string(),
+        message,
+    }
+}
+
+fn degraded_condition(blocked: &[String]) -> ConditionVerdict {
+    let (reason, message) = if blocked.is_empty() {
         (
             "NoIpBlocked",
             "no provider blocks an IP of this pool".to_string(),
@@ -195,20 +261,21 @@ pub fn pool_status(
             format!(
                 "{} blocked (IP and provider): {}; routes send around them",
                 blocked.len(),
-                listing(&blocked)
+                listing(blocked)
             ),
         )
     };
-    set_condition(
-        &mut status.conditions,
-        "Degraded",
-        (!blocked.is_empty()).into(),
-        degraded_reason,
-        degraded_message,
-        generation,
-        now,
-    );
-    let rolling: Vec<String> = workloads
+    ConditionVerdict {
+        type_: "Degraded",
+        status: !blocked.is_empty(),
+        reason: reason.to_string(),
+        message,
+    }
+}
+
+/// The spec IPs whose Deployment does not run its current template everywhere.
+fn rolling_ips(pool: &SenderPool, workloads: &[IpWorkload]) -> Vec<String> {
+    workloads
         .iter()
         .filter(|w| {
             !w.rolled_out
@@ -219,8 +286,15 @@ pub fn pool_status(
                     .any(|ip| same_address(&ip.address, &w.address))
         })
         .map(|w| w.address.clone())
-        .collect();
-    let (progressing, progressing_reason, progressing_message) = if unusable {
+        .collect()
+}
+
+fn progressing_condition(
+    unusable: bool,
+    rolling: &[String],
+    not_ready: &[String],
+) -> ConditionVerdict {
+    let (status, reason, message) = if unusable {
         (
             false,
             "NotManaged",
@@ -236,35 +310,27 @@ pub fn pool_status(
         (
             true,
             "PodsStarting",
-            format!("waiting for sender pods of {}", listing(&not_ready)),
+            format!("waiting for sender pods of {}", listing(not_ready)),
         )
     } else {
         (
             true,
             "RollingOut",
-            format!("rolling out or scaling: {}", listing(&rolling)),
+            format!("rolling out or scaling: {}", listing(rolling)),
         )
     };
-    set_condition(
-        &mut status.conditions,
-        "Progressing",
-        if progressing {
-            ConditionStatus::True
-        } else {
-            ConditionStatus::False
-        },
-        progressing_reason,
-        progressing_message,
-        generation,
-        now,
-    );
-    status
+    ConditionVerdict {
+        type_: "Progressing",
+        status,
+        reason: reason.to_string(),
+        message,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Condition;
+    use crate::api::{Condition, ConditionStatus};
     use crate::operator::build::fixtures::{fleet, now};
 
     fn workloads(pool: &SenderPool, ready: i32) -> Vec<IpWorkload> {

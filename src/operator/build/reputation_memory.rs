@@ -277,12 +277,18 @@ pub fn memory_config_map(
 }
 
 /// Reads a memory ConfigMap; one without data remembers nothing.
-pub fn read_memory(config_map: &ConfigMap) -> Result<Vec<RememberedIp>, String> {
+pub fn read_memory(config_map: &ConfigMap) -> Result<Vec<RememberedIp>, MemoryReadError> {
     let Some(text) = config_map.data.as_ref().and_then(|d| d.get(MEMORY_KEY)) else {
         return Ok(Vec::new());
     };
-    serde_json::from_str(text).map_err(|e| format!("{MEMORY_KEY}: {e}"))
+    Ok(serde_json::from_str(text)?)
 }
+
+/// A memory ConfigMap whose data the operator did not write (edited by hand,
+/// or by another version).
+#[derive(Debug, thiserror::Error)]
+#[error("{MEMORY_KEY}: {0}")]
+pub struct MemoryReadError(#[from] serde_json::Error);
 
 /// Puts the remembered pairs of the pool's current IPs and known providers
 /// into `status`. Returns how many pairs were restored.

@@ -20,7 +20,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::api::DomainRoute;
@@ -121,11 +121,42 @@ pub fn build_route_objects(
     let namespace = namespace_of(&route.metadata);
     let owner = route_owner(route)?;
     let labels = route_labels(name);
+    let service = route_service(&service_name, &namespace, &labels, &owner);
+    let (v4, v6) = qualified_pods(result, pods, &namespace);
+    let mut slice_labels = labels;
+    slice_labels.insert(SERVICE_NAME_LABEL.to_string(), service_name);
+    slice_labels.insert(
+        ENDPOINTSLICE_MANAGED_BY_LABEL.to_string(),
+        ENDPOINTSLICE_MANAGED_BY_VALUE.to_string(),
+    );
+    let slices = slice_chunks(name, &v4, &v6)
+        .into_iter()
+        .map(|(slice_name, family, endpoints)| {
+            endpoint_slice(
+                slice_name,
+                family,
+                endpoints,
+                &namespace,
+                &slice_labels,
+                &owner,
+            )
+        })
+        .collect();
+    Ok(RouteObjects { service, slices })
+}
 
-    let service = Service {
+/// The route's ClusterIP Service on the SMTP port, without a selector: its
+/// EndpointSlices are written by the operator.
+fn route_service(
+    service_name: &str,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    owner: &OwnerReference,
+) -> Service {
+    Service {
         metadata: ObjectMeta {
-            name: Some(service_name.clone()),
-            namespace: Some(namespace.clone()),
+            name: Some(service_name.to_string()),
+            namespace: Some(namespace.to_string()),
             labels: Some(labels.clone()),
             owner_references: Some(vec![owner.clone()]),
             ..Default::default()
@@ -142,8 +173,16 @@ pub fn build_route_objects(
             ..Default::default()
         }),
         status: None,
-    };
+    }
+}
 
+/// The ready pods of the route's namespace that carry one of its targets,
+/// by address family, sorted and with one pod per address.
+fn qualified_pods<'p>(
+    result: &RouteResult,
+    pods: &'p [SenderPod],
+    namespace: &str,
+) -> (Vec<Qualified<'p>>, Vec<Qualified<'p>>) {
     let allowed = carrying_targets(result);
     let mut v4: Vec<Qualified> = Vec::new();
     let mut v6: Vec<Qualified> = Vec::new();
@@ -175,15 +214,17 @@ pub fn build_route_objects(
         family.sort_by(|a, b| (a.0, &a.1.name).cmp(&(b.0, &b.1.name)));
         family.dedup_by(|a, b| a.0 == b.0);
     }
+    (v4, v6)
+}
 
-    let mut slice_labels = labels;
-    slice_labels.insert(SERVICE_NAME_LABEL.to_string(), service_name);
-    slice_labels.insert(
-        ENDPOINTSLICE_MANAGED_BY_LABEL.to_string(),
-        ENDPOINTSLICE_MANAGED_BY_VALUE.to_string(),
-    );
-    let mut chunks: Vec<(String, &str, &[Qualified])> = Vec::new();
-    // Slice 0 always exists (IPv4, empty when no pod qualifies).
+/// (slice name, address type, endpoints) of every EndpointSlice. Slice 0
+/// always exists (IPv4, empty when no pod qualifies).
+fn slice_chunks<'q, 'p>(
+    name: &str,
+    v4: &'q [Qualified<'p>],
+    v6: &'q [Qualified<'p>],
+) -> Vec<(String, &'static str, &'q [Qualified<'p>])> {
+    let mut chunks: Vec<(String, &'static str, &'q [Qualified<'p>])> = Vec::new();
     let v4_chunks: Vec<&[Qualified]> = if v4.is_empty() {
         vec![&[]]
     } else {
@@ -195,45 +236,52 @@ pub fn build_route_objects(
     for (index, chunk) in v6.chunks(MAX_ENDPOINTS_PER_SLICE).enumerate() {
         chunks.push((endpoint_slice_name_v6(name, index), "IPv6", chunk));
     }
-    let slices = chunks
-        .into_iter()
-        .map(|(slice_name, family, endpoints)| EndpointSlice {
-            metadata: ObjectMeta {
-                name: Some(slice_name),
-                namespace: Some(namespace.clone()),
-                labels: Some(slice_labels.clone()),
-                owner_references: Some(vec![owner.clone()]),
-                ..Default::default()
-            },
-            address_type: family.to_string(),
-            endpoints: endpoints
-                .iter()
-                .map(|(ip, pod)| Endpoint {
-                    addresses: vec![ip.to_string()],
-                    conditions: Some(EndpointConditions {
-                        ready: Some(true),
-                        serving: Some(true),
-                        terminating: Some(false),
-                    }),
-                    node_name: pod.node_name.clone(),
-                    target_ref: Some(ObjectReference {
-                        kind: Some("Pod".to_string()),
-                        name: Some(pod.name.clone()),
-                        namespace: Some(pod.namespace.clone()),
-                        ..Default::default()
-                    }),
+    chunks
+}
+
+fn endpoint_slice(
+    slice_name: String,
+    family: &str,
+    endpoints: &[Qualified<'_>],
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    owner: &OwnerReference,
+) -> EndpointSlice {
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(slice_name),
+            namespace: Some(namespace.to_string()),
+            labels: Some(labels.clone()),
+            owner_references: Some(vec![owner.clone()]),
+            ..Default::default()
+        },
+        address_type: family.to_string(),
+        endpoints: endpoints
+            .iter()
+            .map(|(ip, pod)| Endpoint {
+                addresses: vec![ip.to_string()],
+                conditions: Some(EndpointConditions {
+                    ready: Some(true),
+                    serving: Some(true),
+                    terminating: Some(false),
+                }),
+                node_name: pod.node_name.clone(),
+                target_ref: Some(ObjectReference {
+                    kind: Some("Pod".to_string()),
+                    name: Some(pod.name.clone()),
+                    namespace: Some(pod.namespace.clone()),
                     ..Default::default()
-                })
-                .collect(),
-            ports: Some(vec![EndpointPort {
-                name: Some(SMTP_PORT_NAME.to_string()),
-                port: Some(SMTP_PORT),
-                protocol: Some("TCP".to_string()),
-                app_protocol: None,
-            }]),
-        })
-        .collect();
-    Ok(RouteObjects { service, slices })
+                }),
+                ..Default::default()
+            })
+            .collect(),
+        ports: Some(vec![EndpointPort {
+            name: Some(SMTP_PORT_NAME.to_string()),
+            port: Some(SMTP_PORT),
+            protocol: Some("TCP".to_string()),
+            app_protocol: None,
+        }]),
+    }
 }
 
 #[cfg(test)]

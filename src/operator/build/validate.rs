@@ -25,7 +25,7 @@ use super::{is_dns_label, namespace_of, route_service_name};
 pub const ACCEPTED: &str = "Accepted";
 
 /// One thing wrong with one object.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ObjectProblem {
     /// CamelCase condition reason.
     pub reason: &'static str,
@@ -36,7 +36,7 @@ pub struct ObjectProblem {
 }
 
 /// The outcome of [`validate_fleet`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FleetValidation {
     pub pool_problems: BTreeMap<ObjectKey, Vec<ObjectProblem>>,
     pub route_problems: BTreeMap<ObjectKey, Vec<ObjectProblem>>,
@@ -56,73 +56,96 @@ fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
 /// Checks every pool and route against the others.
 pub fn validate_fleet(pools: &[SenderPool], routes: &[DomainRoute]) -> FleetValidation {
     let mut out = FleetValidation::default();
-
     for pool in pools {
         let key = key_of(&pool.metadata);
-        let mut problems = Vec::new();
-        // A template without `spec` gets the operator's sender image; a
-        // `spec` listing no container is a mistake.
-        let containers = pool
-            .spec
-            .template
-            .spec
-            .as_ref()
-            .map_or(1, |s| s.containers.len());
-        if containers == 0 {
-            problems.push(ObjectProblem {
-                reason: "TemplateHasNoContainer",
-                field: "spec.template.spec.containers".into(),
-                message: "spec.template.spec.containers is empty, so no sender pod can run; add the sender (MTA) container, or leave out spec.template.spec to run the sender image".into(),
-            });
-        }
-        if !is_dns_label(&key.name) {
-            problems.push(ObjectProblem {
-                reason: "InvalidName",
-                field: "metadata.name".into(),
-                message: format!(
-                    "the pool name {:?} cannot be the value of the mailfleet.io/pool label of its pods (at most 63 lowercase letters, digits and '-'); recreate the pool with a shorter name",
-                    key.name
-                ),
-            });
-        }
+        let problems = pool_shape_problems(pool, &key);
         if !problems.is_empty() {
             out.unusable_pools.insert(key.clone());
             out.pool_problems.insert(key, problems);
         }
     }
+    claim_ips(pools, &mut out);
+    let existing: BTreeSet<ObjectKey> = pools
+        .iter()
+        .map(|p| key_of(&p.metadata))
+        .filter(|k| !out.unusable_pools.contains(k))
+        .collect();
+    for route in routes {
+        let key = key_of(&route.metadata);
+        let (problems, unusable) = route_problems(route, &key, pools, &existing);
+        if unusable {
+            out.unusable_routes.insert(key.clone());
+        }
+        if !problems.is_empty() {
+            out.route_problems.insert(key, problems);
+        }
+    }
+    out
+}
 
-    // Claims, oldest pool first, so the first claimant wins.
-    let mut claimants: Vec<&SenderPool> = pools.iter().collect();
+/// What makes a pool unmanageable on its own, whatever the other objects say.
+fn pool_shape_problems(pool: &SenderPool, key: &ObjectKey) -> Vec<ObjectProblem> {
+    let mut problems = Vec::new();
+    // A template without `spec` gets the operator's sender image; a
+    // `spec` listing no container is a mistake.
+    let containers = pool
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .map_or(1, |s| s.containers.len());
+    if containers == 0 {
+        problems.push(ObjectProblem {
+            reason: "TemplateHasNoContainer",
+            field: "spec.template.spec.containers".into(),
+            message: "spec.template.spec.containers is empty, so no sender pod can run; add the sender (MTA) container, or leave out spec.template.spec to run the sender image".into(),
+        });
+    }
+    if !is_dns_label(&key.name) {
+        problems.push(ObjectProblem {
+            reason: "InvalidName",
+            field: "metadata.name".into(),
+            message: format!(
+                "the pool name {:?} cannot be the value of the mailfleet.io/pool label of its pods (at most 63 lowercase letters, digits and '-'); recreate the pool with a shorter name",
+                key.name
+            ),
+        });
+    }
+    problems
+}
+
+/// The usable pools, oldest first, so the first claimant of an IP wins. A
+/// pool without a timestamp (not yet stored) sorts last.
+fn oldest_first<'p>(pools: &'p [SenderPool], out: &FleetValidation) -> Vec<&'p SenderPool> {
+    let mut claimants: Vec<&SenderPool> = pools
+        .iter()
+        .filter(|p| !out.unusable_pools.contains(&key_of(&p.metadata)))
+        .collect();
     claimants.sort_by(|a, b| {
         let created = |p: &SenderPool| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        // A pool without a timestamp (not yet stored) sorts last.
         (created(a).is_none(), created(a), key_of(&a.metadata)).cmp(&(
             created(b).is_none(),
             created(b),
             key_of(&b.metadata),
         ))
     });
+    claimants
+}
+
+/// Gives each address to the first pool that lists it; the others lose it,
+/// and so does a pool for an address that is not an IP.
+fn claim_ips(pools: &[SenderPool], out: &mut FleetValidation) {
     let mut owner_of: BTreeMap<IpAddr, ObjectKey> = BTreeMap::new();
-    for pool in claimants {
+    for pool in oldest_first(pools, out) {
         let key = key_of(&pool.metadata);
-        if out.unusable_pools.contains(&key) {
-            continue;
-        }
         for (index, ip) in pool.spec.ips.iter().enumerate() {
             let field = format!("spec.ips[{index}].address");
             let Ok(parsed) = ip.address.trim().parse::<IpAddr>() else {
-                out.lost_ips
-                    .entry(key.clone())
-                    .or_default()
-                    .insert(ip.address.clone());
-                out.pool_problems.entry(key.clone()).or_default().push(ObjectProblem {
-                    reason: "InvalidAddress",
-                    field: field.clone(),
-                    message: format!(
-                        "{field} {:?} is not an IPv4 or IPv6 address, so it gets no sender pods; fix or remove it",
-                        ip.address
-                    ),
-                });
+                let message = format!(
+                    "{field} {:?} is not an IPv4 or IPv6 address, so it gets no sender pods; fix or remove it",
+                    ip.address
+                );
+                lose_ip(out, &key, &ip.address, "InvalidAddress", field, message);
                 continue;
             };
             match owner_of.get(&parsed) {
@@ -131,75 +154,95 @@ pub fn validate_fleet(pools: &[SenderPool], routes: &[DomainRoute]) -> FleetVali
                 }
                 Some(winner) if *winner == key => {}
                 Some(winner) => {
-                    out.lost_ips
-                        .entry(key.clone())
-                        .or_default()
-                        .insert(ip.address.clone());
-                    out.pool_problems.entry(key.clone()).or_default().push(ObjectProblem {
-                        reason: "IpClaimedByAnotherPool",
+                    let message = format!(
+                        "{} also belongs to SenderPool {winner}, created first, which keeps it; this pool runs no sender for it. Remove it from spec.ips of one of the two pools",
+                        ip.address
+                    );
+                    lose_ip(
+                        out,
+                        &key,
+                        &ip.address,
+                        "IpClaimedByAnotherPool",
                         field,
-                        message: format!(
-                            "{} also belongs to SenderPool {winner}, created first, which keeps it; this pool runs no sender for it. Remove it from spec.ips of one of the two pools",
-                            ip.address
-                        ),
-                    });
+                        message,
+                    );
                 }
             }
         }
     }
+}
 
-    let existing: BTreeSet<ObjectKey> = pools
-        .iter()
-        .map(|p| key_of(&p.metadata))
-        .filter(|k| !out.unusable_pools.contains(k))
-        .collect();
-    for route in routes {
-        let key = key_of(&route.metadata);
-        let mut problems = Vec::new();
-        let service = route_service_name(&key.name);
-        if !is_dns_label(&service) {
-            out.unusable_routes.insert(key.clone());
+fn lose_ip(
+    out: &mut FleetValidation,
+    pool: &ObjectKey,
+    address: &str,
+    reason: &'static str,
+    field: String,
+    message: String,
+) {
+    out.lost_ips
+        .entry(pool.clone())
+        .or_default()
+        .insert(address.to_string());
+    out.pool_problems
+        .entry(pool.clone())
+        .or_default()
+        .push(ObjectProblem {
+            reason,
+            field,
+            message,
+        });
+}
+
+/// A route's problems, and whether they make it unusable (only a name that
+/// cannot name its Service does: a missing pool leaves the fallbacks).
+fn route_problems(
+    route: &DomainRoute,
+    key: &ObjectKey,
+    pools: &[SenderPool],
+    existing: &BTreeSet<ObjectKey>,
+) -> (Vec<ObjectProblem>, bool) {
+    let mut problems = Vec::new();
+    let service = route_service_name(&key.name);
+    let unusable = !is_dns_label(&service);
+    if unusable {
+        problems.push(ObjectProblem {
+            reason: "InvalidName",
+            field: "metadata.name".into(),
+            message: format!(
+                "the route's Service would be named {service:?}, which is not a DNS label (at most 63 lowercase letters, digits and '-'); recreate the route with a name of at most 54 such characters"
+            ),
+        });
+    }
+    let pool_key = ObjectKey::new(key.namespace.clone(), route.spec.pool.clone());
+    if !existing.contains(&pool_key) {
+        problems.push(ObjectProblem {
+            reason: "PoolNotFound",
+            field: "spec.pool".into(),
+            message: format!(
+                "spec.pool names SenderPool {pool_key}, which does not exist{}; the route uses its fallbacks (or defers) meanwhile. Create the pool or fix spec.pool",
+                if pools.iter().any(|p| key_of(&p.metadata) == pool_key) {
+                    " in a usable form"
+                } else {
+                    ""
+                }
+            ),
+        });
+    }
+    for (index, fallback) in route.spec.fallback.iter().enumerate() {
+        let Some(pool) = &fallback.pool else { continue };
+        let fallback_key = ObjectKey::new(key.namespace.clone(), pool.clone());
+        if !existing.contains(&fallback_key) {
             problems.push(ObjectProblem {
-                reason: "InvalidName",
-                field: "metadata.name".into(),
+                reason: "FallbackPoolNotFound",
+                field: format!("spec.fallback[{index}].pool"),
                 message: format!(
-                    "the route's Service would be named {service:?}, which is not a DNS label (at most 63 lowercase letters, digits and '-'); recreate the route with a name of at most 54 such characters"
+                    "spec.fallback[{index}].pool names SenderPool {fallback_key}, which does not exist; that fallback is skipped. Create the pool or fix the fallback"
                 ),
             });
-        }
-        let pool_key = ObjectKey::new(key.namespace.clone(), route.spec.pool.clone());
-        if !existing.contains(&pool_key) {
-            problems.push(ObjectProblem {
-                reason: "PoolNotFound",
-                field: "spec.pool".into(),
-                message: format!(
-                    "spec.pool names SenderPool {pool_key}, which does not exist{}; the route uses its fallbacks (or defers) meanwhile. Create the pool or fix spec.pool",
-                    if pools.iter().any(|p| key_of(&p.metadata) == pool_key) {
-                        " in a usable form"
-                    } else {
-                        ""
-                    }
-                ),
-            });
-        }
-        for (index, fallback) in route.spec.fallback.iter().enumerate() {
-            let Some(pool) = &fallback.pool else { continue };
-            let fallback_key = ObjectKey::new(key.namespace.clone(), pool.clone());
-            if !existing.contains(&fallback_key) {
-                problems.push(ObjectProblem {
-                    reason: "FallbackPoolNotFound",
-                    field: format!("spec.fallback[{index}].pool"),
-                    message: format!(
-                        "spec.fallback[{index}].pool names SenderPool {fallback_key}, which does not exist; that fallback is skipped. Create the pool or fix the fallback"
-                    ),
-                });
-            }
-        }
-        if !problems.is_empty() {
-            out.route_problems.insert(key, problems);
         }
     }
-    out
+    (problems, unusable)
 }
 
 impl FleetValidation {

@@ -22,10 +22,12 @@ pub use health::{
     dnsbl_health, DnsblHealth, RecentResults, ZoneCounts, ZoneErrorCounters, DEFAULT_MIN_RESULTS,
     DEFAULT_RECENT_RESULTS, DNSBL_HEALTHY,
 };
-pub use name::{normalize_zone, query_name};
+pub use name::{normalize_zone, query_name, ZoneNameError};
 pub use round::{DnsblProbe, ProbeOutcome};
-pub use transport::{parse_nameserver, Nameserver, Resolver};
-pub use wire::{decode_reply, encode_query, Decoded, QueryType, Rcode, Reply};
+pub use transport::{
+    parse_nameserver, Nameserver, NameserverLookupError, NameserverSyntaxError, Resolver,
+};
+pub use wire::{decode_reply, encode_query, Decoded, QueryType, Rcode, Reply, WireError};
 pub use zone::{
     plan_from_settings, DnsblPlan, Reading, ZoneConfigError, ZoneRules, DEFAULT_ERROR_CODES,
     SPAMHAUS_ZEN, ZEN_LISTING_CODES,

@@ -28,16 +28,42 @@ pub enum Nameserver {
 impl Nameserver {
     /// The address to send to; a host name is looked up through the system
     /// (only the resolver's own name: DNSBL questions never go that way).
-    pub async fn resolve(&self) -> Result<SocketAddr, String> {
+    pub async fn resolve(&self) -> Result<SocketAddr, NameserverLookupError> {
         match self {
             Nameserver::Addr(address) => Ok(*address),
             Nameserver::Host { host, port } => tokio::net::lookup_host((host.as_str(), *port))
                 .await
-                .map_err(|e| format!("cannot look up the resolver {self}: {e}"))?
+                .map_err(|source| NameserverLookupError::Lookup {
+                    nameserver: self.to_string(),
+                    source,
+                })?
                 .next()
-                .ok_or_else(|| format!("the resolver {self} has no address")),
+                .ok_or_else(|| NameserverLookupError::NoAddress {
+                    nameserver: self.to_string(),
+                }),
         }
     }
+}
+
+/// Why a resolver named by host name could not be reached this round.
+#[derive(Debug, thiserror::Error)]
+pub enum NameserverLookupError {
+    #[error("cannot look up the resolver {nameserver}: {source}")]
+    Lookup {
+        nameserver: String,
+        source: std::io::Error,
+    },
+    #[error("the resolver {nameserver} has no address")]
+    NoAddress { nameserver: String },
+}
+
+/// Why a `HOST[:PORT]` text names no resolver.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NameserverSyntaxError {
+    #[error("expected HOST or HOST:PORT, such as 10.0.0.53, 10.0.0.53:5353, [2001:db8::53]:53 or unbound.dns.svc.cluster.local")]
+    Shape,
+    #[error("write an IPv6 resolver in brackets, [{address}] or [{address}]:53, so its last group is not read as a port")]
+    UnbracketedIpv6 { address: String },
 }
 
 impl std::fmt::Display for Nameserver {
@@ -55,11 +81,9 @@ pub const DNS_PORT: u16 = 53;
 /// Reads `HOST[:PORT]`: an IP address (`10.0.0.53`, `10.0.0.53:5353`,
 /// `[2001:db8::53]`, `[2001:db8::53]:53`) or a host name
 /// (`unbound.dns.svc.cluster.local`, with `:PORT` or not); the port defaults to 53.
-pub fn parse_nameserver(text: &str) -> Result<Nameserver, String> {
+pub fn parse_nameserver(text: &str) -> Result<Nameserver, NameserverSyntaxError> {
     let text = text.trim();
-    let problem = || {
-        "expected HOST or HOST:PORT, such as 10.0.0.53, 10.0.0.53:5353, [2001:db8::53]:53 or unbound.dns.svc.cluster.local".to_string()
-    };
+    let problem = || NameserverSyntaxError::Shape;
     if let Ok(address) = text.parse::<SocketAddr>() {
         return Ok(Nameserver::Addr(address));
     }
@@ -72,9 +96,9 @@ pub fn parse_nameserver(text: &str) -> Result<Nameserver, String> {
     }
     if text.parse::<std::net::Ipv6Addr>().is_ok() {
         // `2001:db8::1:53` could be an address or an address and a port.
-        return Err(format!(
-            "write an IPv6 resolver in brackets, [{text}] or [{text}]:53, so its last group is not read as a port"
-        ));
+        return Err(NameserverSyntaxError::UnbracketedIpv6 {
+            address: text.to_string(),
+        });
     }
     let (host, port) = match text.rsplit_once(':') {
         Some((host, port)) => (host, port),
@@ -136,8 +160,9 @@ impl Resolver {
         for _ in 0..self.attempts {
             let id = next_id();
             ids.push(id);
-            let query =
-                encode_query(id, name, qtype).map_err(|detail| ProbeError::QueryName { detail })?;
+            let query = encode_query(id, name, qtype).map_err(|e| ProbeError::QueryName {
+                detail: e.to_string(),
+            })?;
             socket.send(&query).await.map_err(network)?;
             let deadline = Instant::now() + self.timeout;
             loop {
@@ -149,7 +174,7 @@ impl Resolver {
                 match decode_reply(&buf[..received], &ids, name, qtype) {
                     Ok(Decoded::Reply(reply)) => return Ok(reply),
                     Ok(Decoded::NotOurs) => {}
-                    Err(detail) => unreadable = Some(detail),
+                    Err(problem) => unreadable = Some(problem.to_string()),
                 }
             }
         }
@@ -224,7 +249,10 @@ mod tests {
                 port: 53
             }
         );
-        assert!(parse_nameserver("::1:53").unwrap_err().contains("[::1:53]"));
+        assert!(parse_nameserver("::1:53")
+            .unwrap_err()
+            .to_string()
+            .contains("[::1:53]"));
         for bad in [
             "127.0.0.1:99999",
             "host:0",
@@ -234,7 +262,10 @@ mod tests {
             "300.1.1.1:53",
         ] {
             assert!(
-                parse_nameserver(bad).unwrap_err().contains("HOST:PORT"),
+                parse_nameserver(bad)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("HOST:PORT"),
                 "{bad}"
             );
         }

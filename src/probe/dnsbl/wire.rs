@@ -62,15 +62,34 @@ pub enum Decoded {
     NotOurs,
 }
 
+/// Why a query could not be written or a datagram could not be read. The
+/// DNS library's own words are kept as text so the error stays comparable.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("`{name}` is not a DNS name: {reason}")]
+    NotDnsName { name: String, reason: String },
+    #[error("cannot encode the query: {reason}")]
+    Encode { reason: String },
+    #[error("not a DNS message ({length} bytes): {reason}")]
+    NotDnsMessage { length: usize, reason: String },
+}
+
+fn dns_name(name: &str) -> Result<Name, WireError> {
+    Name::from_ascii(name).map_err(|e| WireError::NotDnsName {
+        name: name.to_string(),
+        reason: e.to_string(),
+    })
+}
+
 /// A recursive query for `name` (fully qualified, with the trailing dot).
-pub fn encode_query(id: u16, name: &str, qtype: QueryType) -> Result<Vec<u8>, String> {
-    let name = Name::from_ascii(name).map_err(|e| format!("`{name}` is not a DNS name: {e}"))?;
+pub fn encode_query(id: u16, name: &str, qtype: QueryType) -> Result<Vec<u8>, WireError> {
+    let name = dns_name(name)?;
     let mut message = Message::new(id, MessageType::Query, OpCode::Query);
     message.metadata.recursion_desired = true;
     message.add_query(Query::query(name, qtype.record_type()));
-    message
-        .to_vec()
-        .map_err(|e| format!("cannot encode the query: {e}"))
+    message.to_vec().map_err(|e| WireError::Encode {
+        reason: e.to_string(),
+    })
 }
 
 /// Reads a datagram. A reply counts only if its id is one we sent and it
@@ -80,15 +99,16 @@ pub fn decode_reply(
     ids: &[u16],
     name: &str,
     qtype: QueryType,
-) -> Result<Decoded, String> {
-    let message = Message::from_vec(bytes)
-        .map_err(|e| format!("not a DNS message ({} bytes): {e}", bytes.len()))?;
+) -> Result<Decoded, WireError> {
+    let message = Message::from_vec(bytes).map_err(|e| WireError::NotDnsMessage {
+        length: bytes.len(),
+        reason: e.to_string(),
+    })?;
     let meta = &message.metadata;
     if !ids.contains(&meta.id) || meta.message_type != MessageType::Response {
         return Ok(Decoded::NotOurs);
     }
-    let expected =
-        Name::from_ascii(name).map_err(|e| format!("`{name}` is not a DNS name: {e}"))?;
+    let expected = dns_name(name)?;
     let answers_our_question = match message.queries.as_slice() {
         [query] => query.name() == &expected && query.query_type() == qtype.record_type(),
         // Some servers drop the question from error replies; the id and the

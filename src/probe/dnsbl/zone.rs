@@ -6,8 +6,8 @@ use std::net::Ipv4Addr;
 
 use super::cache::{ProbeInterval, DEFAULT_INTERVAL_SECONDS, MIN_INTERVAL_SECONDS};
 use super::error::ProbeError;
-use super::name::normalize_zone;
-use super::transport::{parse_nameserver, Nameserver};
+use super::name::{normalize_zone, ZoneNameError};
+use super::transport::{parse_nameserver, Nameserver, NameserverSyntaxError};
 use crate::api::{DnsblSettings, DnsblZone};
 
 /// Spamhaus ZEN, the zone whose listing codes are built in.
@@ -41,7 +41,7 @@ pub enum ZoneConfigError {
     InvalidZone {
         field: String,
         zone: String,
-        problem: String,
+        problem: ZoneNameError,
     },
 
     #[error("{field} `{value}` is not a code: {problem}")]
@@ -66,6 +66,13 @@ pub enum ZoneConfigError {
         field: String,
         value: String,
         problem: String,
+    },
+
+    #[error("{field} is {value}: {problem}")]
+    InvalidResolver {
+        field: String,
+        value: String,
+        problem: NameserverSyntaxError,
     },
 }
 
@@ -229,18 +236,17 @@ pub fn plan_from_settings(settings: &DnsblSettings) -> Result<DnsblPlan, ZoneCon
         }
         zones.push(rules);
     }
-    let resolver = match &settings.resolver {
-        None => None,
-        Some(text) => {
-            Some(
-                parse_nameserver(text).map_err(|problem| ZoneConfigError::InvalidSetting {
+    let resolver =
+        match &settings.resolver {
+            None => None,
+            Some(text) => Some(parse_nameserver(text).map_err(|problem| {
+                ZoneConfigError::InvalidResolver {
                     field: format!("{base}.resolver"),
                     value: text.clone(),
                     problem,
-                })?,
-            )
-        }
-    };
+                }
+            })?),
+        };
     let seconds = settings
         .interval_seconds
         .unwrap_or(DEFAULT_INTERVAL_SECONDS);

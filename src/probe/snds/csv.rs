@@ -5,7 +5,7 @@
 /// The fields of each non-blank line, with its 1-based line number.
 pub(crate) fn records(
     text: &str,
-) -> impl Iterator<Item = (usize, Result<Vec<String>, String>)> + '_ {
+) -> impl Iterator<Item = (usize, Result<Vec<String>, RecordError>)> + '_ {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     text.lines()
         .enumerate()
@@ -13,12 +13,22 @@ pub(crate) fn records(
         .map(|(i, line)| (i + 1, split_record(line.strip_suffix('\r').unwrap_or(line))))
 }
 
-fn split_record(line: &str) -> Result<Vec<String>, String> {
+/// A line that is not a CSV record.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("control character U+{:04X} in the line (binary data?)", u32::from(*.0))]
+    ControlCharacter(char),
+    #[error("a quoted field is not closed")]
+    UnclosedQuote,
+    #[error("`{0}` after a closing quote; expected a comma")]
+    AfterClosingQuote(char),
+    #[error("a quote inside an unquoted field")]
+    QuoteInUnquotedField,
+}
+
+fn split_record(line: &str) -> Result<Vec<String>, RecordError> {
     if let Some(c) = line.chars().find(|c| c.is_control() && *c != '\t') {
-        return Err(format!(
-            "control character U+{:04X} in the line (binary data?)",
-            u32::from(c)
-        ));
+        return Err(RecordError::ControlCharacter(c));
     }
     let mut fields = Vec::new();
     let mut chars = line.chars().peekable();
@@ -31,7 +41,7 @@ fn split_record(line: &str) -> Result<Vec<String>, String> {
             chars.next();
             loop {
                 match chars.next() {
-                    None => return Err("a quoted field is not closed".into()),
+                    None => return Err(RecordError::UnclosedQuote),
                     Some('"') if chars.peek() == Some(&'"') => {
                         chars.next();
                         field.push('"');
@@ -49,7 +59,7 @@ fn split_record(line: &str) -> Result<Vec<String>, String> {
                     return Ok(fields);
                 }
                 Some(',') => fields.push(field),
-                Some(c) => return Err(format!("`{c}` after a closing quote; expected a comma")),
+                Some(c) => return Err(RecordError::AfterClosingQuote(c)),
             }
         } else {
             loop {
@@ -59,7 +69,7 @@ fn split_record(line: &str) -> Result<Vec<String>, String> {
                         return Ok(fields);
                     }
                     Some(',') => break,
-                    Some('"') => return Err("a quote inside an unquoted field".into()),
+                    Some('"') => return Err(RecordError::QuoteInUnquotedField),
                     Some(c) => field.push(c),
                 }
             }
@@ -97,12 +107,20 @@ mod tests {
     fn broken_lines_are_errors_of_that_line() {
         assert!(split_record(r#"1.2.3.4,"open"#)
             .unwrap_err()
+            .to_string()
             .contains("not closed"));
         assert!(split_record(r#""a"b,c"#)
             .unwrap_err()
+            .to_string()
             .contains("after a closing quote"));
-        assert!(split_record(r#"a"b,c"#).unwrap_err().contains("unquoted"));
-        assert!(split_record("a\u{0}b").unwrap_err().contains("U+0000"));
+        assert!(split_record(r#"a"b,c"#)
+            .unwrap_err()
+            .to_string()
+            .contains("unquoted"));
+        assert!(split_record("a\u{0}b")
+            .unwrap_err()
+            .to_string()
+            .contains("U+0000"));
         let all: Vec<_> = records("\u{feff}a,b\r\n\n\"x\ny,z\n").collect();
         assert_eq!(all.len(), 3);
         assert_eq!(all[0], (1, Ok(vec!["a".to_string(), "b".to_string()])));

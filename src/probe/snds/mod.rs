@@ -13,12 +13,13 @@ mod verdict;
 pub use crate::http_client::{
     FetchError, HttpClient as FeedClient, HttpResponse, TlsSetupError, TrustRoots,
 };
+pub use csv::RecordError;
 pub use poller::{
     FeedCounters, FeedFetch, RetryPolicy, SndsCounters, SndsError, SndsFeed, SndsKey, SndsPoll,
     SndsPoller, DEFAULT_DATA_URL, DEFAULT_IP_STATUS_URL,
 };
 pub use report::{
     parse_data, parse_ip_status, BlockedRange, DataReport, DataRow, FeedFormatError, FilterResult,
-    IpStatusReport, SkippedRow,
+    IpStatusReport, RowProblem, SkippedRow,
 };
 pub use verdict::{snds_verdicts, IpVerdict, SndsVerdicts, SNDS_FEED, SNDS_PROVIDER};

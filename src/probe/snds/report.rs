@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::csv::records;
+use super::csv::{records, RecordError};
 
 /// One `firstIP,lastIP,Yes,"Blocked due to ..."` row of the ip-status file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,7 +26,36 @@ impl BlockedRange {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SkippedRow {
     pub line: usize,
-    pub problem: String,
+    pub problem: RowProblem,
+}
+
+/// Why one row of an SNDS file was skipped. The feed is written by SNDS, not
+/// by the operator, so these name the column and what it held rather than a fix.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RowProblem {
+    #[error(transparent)]
+    Record(#[from] RecordError),
+
+    #[error("expected firstIP,lastIP,Yes|No,reason; found {found} column(s)")]
+    StatusColumns { found: usize },
+
+    #[error("expected {DATA_COLUMNS} columns (IP, activity start, end, RCPT, DATA, recipients, filter result, complaint rate, trap start, end, trap hits, HELO, MAIL FROM, comments); found {found}")]
+    DataColumns { found: usize },
+
+    #[error("the range {first}-{last} ends before it starts")]
+    BackwardRange { first: Ipv4Addr, last: Ipv4Addr },
+
+    #[error("blocked column is `{value}`; expected Yes or No")]
+    BlockedFlag { value: String },
+
+    #[error("filter result is `{value}`; expected GREEN, YELLOW or RED")]
+    FilterResult { value: String },
+
+    #[error("{column} `{value}` is not an IPv4 address")]
+    NotIpv4 { column: &'static str, value: String },
+
+    #[error("{column} `{value}` is not a whole number")]
+    NotCount { column: &'static str, value: String },
 }
 
 /// The ip-status file: the blocked ranges it lists.
@@ -96,7 +125,7 @@ pub enum FeedFormatError {
         file: &'static str,
         skipped: usize,
         line: usize,
-        problem: String,
+        problem: RowProblem,
     },
 }
 
@@ -112,7 +141,10 @@ pub fn parse_ip_status(text: &str) -> Result<IpStatusReport, FeedFormatError> {
         let fields = match fields {
             Ok(fields) => fields,
             Err(problem) => {
-                report.skipped.push(SkippedRow { line, problem });
+                report.skipped.push(SkippedRow {
+                    line,
+                    problem: problem.into(),
+                });
                 continue;
             }
         };
@@ -140,7 +172,10 @@ pub fn parse_data(text: &str) -> Result<DataReport, FeedFormatError> {
         let fields = match fields {
             Ok(fields) => fields,
             Err(problem) => {
-                report.skipped.push(SkippedRow { line, problem });
+                report.skipped.push(SkippedRow {
+                    line,
+                    problem: problem.into(),
+                });
                 continue;
             }
         };
@@ -157,22 +192,25 @@ pub fn parse_data(text: &str) -> Result<DataReport, FeedFormatError> {
 }
 
 /// `Ok(None)` for a valid row that blocks nothing (`No`).
-fn read_status_row(line: usize, fields: &[String]) -> Result<Option<BlockedRange>, String> {
+fn read_status_row(line: usize, fields: &[String]) -> Result<Option<BlockedRange>, RowProblem> {
     if fields.len() < 3 {
-        return Err(format!(
-            "expected firstIP,lastIP,Yes|No,reason; found {} column(s)",
-            fields.len()
-        ));
+        return Err(RowProblem::StatusColumns {
+            found: fields.len(),
+        });
     }
     let first = parse_ipv4("first IP", &fields[0])?;
     let last = parse_ipv4("last IP", &fields[1])?;
     if first > last {
-        return Err(format!("the range {first}-{last} ends before it starts"));
+        return Err(RowProblem::BackwardRange { first, last });
     }
     let blocked = match fields[2].to_ascii_lowercase().as_str() {
         "yes" => true,
         "no" => false,
-        other => return Err(format!("blocked column is `{other}`; expected Yes or No")),
+        other => {
+            return Err(RowProblem::BlockedFlag {
+                value: other.to_string(),
+            })
+        }
     };
     if !blocked {
         return Ok(None);
@@ -190,12 +228,11 @@ fn read_status_row(line: usize, fields: &[String]) -> Result<Option<BlockedRange
     }))
 }
 
-fn read_data_row(line: usize, fields: Vec<String>) -> Result<DataRow, String> {
+fn read_data_row(line: usize, fields: Vec<String>) -> Result<DataRow, RowProblem> {
     if fields.len() != DATA_COLUMNS {
-        return Err(format!(
-            "expected {DATA_COLUMNS} columns (IP, activity start, end, RCPT, DATA, recipients, filter result, complaint rate, trap start, end, trap hits, HELO, MAIL FROM, comments); found {}",
-            fields.len()
-        ));
+        return Err(RowProblem::DataColumns {
+            found: fields.len(),
+        });
     }
     let ip = parse_ipv4("IP", &fields[0])?;
     let filter = match fields[6].to_ascii_uppercase().as_str() {
@@ -203,10 +240,9 @@ fn read_data_row(line: usize, fields: Vec<String>) -> Result<DataRow, String> {
         "YELLOW" => FilterResult::Yellow,
         "RED" => FilterResult::Red,
         _ => {
-            return Err(format!(
-                "filter result is `{}`; expected GREEN, YELLOW or RED",
-                fields[6]
-            ))
+            return Err(RowProblem::FilterResult {
+                value: fields[6].clone(),
+            })
         }
     };
     let rcpt_commands = count("RCPT commands", &fields[3])?;
@@ -242,19 +278,22 @@ fn read_data_row(line: usize, fields: Vec<String>) -> Result<DataRow, String> {
     })
 }
 
-fn parse_ipv4(what: &str, text: &str) -> Result<Ipv4Addr, String> {
-    text.trim()
-        .parse()
-        .map_err(|_| format!("{what} `{text}` is not an IPv4 address"))
+fn parse_ipv4(column: &'static str, text: &str) -> Result<Ipv4Addr, RowProblem> {
+    text.trim().parse().map_err(|_| RowProblem::NotIpv4 {
+        column,
+        value: text.to_string(),
+    })
 }
 
-fn count(what: &str, text: &str) -> Result<u64, String> {
+fn count(column: &'static str, text: &str) -> Result<u64, RowProblem> {
     let text = text.trim();
     if text.is_empty() {
         return Ok(0);
     }
-    text.parse()
-        .map_err(|_| format!("{what} `{text}` is not a whole number"))
+    text.parse().map_err(|_| RowProblem::NotCount {
+        column,
+        value: text.to_string(),
+    })
 }
 
 /// A first line is a column header when it has the file's columns and its
@@ -340,11 +379,20 @@ mod tests {
         assert_eq!(report.ranges.len(), 2);
         let lines: Vec<usize> = report.skipped.iter().map(|s| s.line).collect();
         assert_eq!(lines, vec![4, 5, 6, 7, 8]);
-        assert!(report.skipped[0].problem.contains("2 column(s)"));
-        assert!(report.skipped[1].problem.contains("ends before it starts"));
-        assert!(report.skipped[2].problem.contains("`not-an-ip`"));
-        assert!(report.skipped[3].problem.contains("`maybe`"));
-        assert!(report.skipped[4].problem.contains("not closed"));
+        assert!(report.skipped[0]
+            .problem
+            .to_string()
+            .contains("2 column(s)"));
+        assert!(report.skipped[1]
+            .problem
+            .to_string()
+            .contains("ends before it starts"));
+        assert!(report.skipped[2]
+            .problem
+            .to_string()
+            .contains("`not-an-ip`"));
+        assert!(report.skipped[3].problem.to_string().contains("`maybe`"));
+        assert!(report.skipped[4].problem.to_string().contains("not closed"));
     }
 
     #[test]
@@ -421,8 +469,11 @@ mod tests {
         let report = parse_data(&text).unwrap();
         assert_eq!(report.rows.len(), 2);
         assert_eq!(report.skipped.len(), 3);
-        assert!(report.skipped[0].problem.contains("PURPLE"));
-        assert!(report.skipped[1].problem.contains("RCPT commands `x`"));
-        assert!(report.skipped[2].problem.contains("found 3"));
+        assert!(report.skipped[0].problem.to_string().contains("PURPLE"));
+        assert!(report.skipped[1]
+            .problem
+            .to_string()
+            .contains("RCPT commands `x`"));
+        assert!(report.skipped[2].problem.to_string().contains("found 3"));
     }
 }

@@ -127,7 +127,7 @@ fn not_blocked_reason(row: Option<&DataRow>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::snds::{parse_data, parse_ip_status, SkippedRow};
+    use crate::probe::snds::{parse_data, parse_ip_status, RowProblem, SkippedRow};
 
     fn ips(list: &[&str]) -> Vec<IpAddr> {
         list.iter().map(|s| s.parse().unwrap()).collect()
@@ -168,7 +168,7 @@ mod tests {
         let mut status = parse_ip_status(STATUS).unwrap();
         status.skipped.push(SkippedRow {
             line: 2,
-            problem: "broken".into(),
+            problem: RowProblem::StatusColumns { found: 1 },
         });
         let out = snds_verdicts(
             &ips(&["203.0.113.10", "203.0.113.20", "198.51.100.1"]),
