@@ -19,7 +19,10 @@ use super::dnsbl::{
     dnsbl_health, plan_from_settings, DnsblHealth, DnsblPlan, DnsblProbe, Nameserver,
     ProbeInterval, RecentResults, Resolver, ResultCache, ZoneErrorCounters, DEFAULT_MIN_RESULTS,
 };
-use super::postmaster::{PostmasterFeed, PostmasterPoller, ServiceAccount, DEFAULT_API_URL};
+use super::postmaster::{
+    AccountKeyError, PostmasterError, PostmasterFeed, PostmasterPoller, ServiceAccount,
+    DEFAULT_API_URL,
+};
 use super::snds::{
     FeedClient, FeedCounters, RetryPolicy, SndsCounters, SndsError, SndsFeed, SndsKey, SndsPoller,
     TrustRoots,
@@ -597,36 +600,35 @@ impl SignalProbes {
         ips: &PoolIps,
         secrets: &S,
         now: Timestamp,
-    ) -> Result<(Vec<(String, Signal)>, Vec<String>), String> {
-        let field = "spec.reputation.feeds.postmaster";
+    ) -> Result<(Vec<(String, Signal)>, Vec<String>), PostmasterPollError> {
         let reference = &settings.service_account_secret_ref;
         let account = match read_secret(secrets, namespace, reference).await {
-            Ok(bytes) => ServiceAccount::from_key_file(&bytes).map_err(|e| {
+            Ok(bytes) => ServiceAccount::from_key_file(&bytes).map_err(|source| {
                 self.count_postmaster_failure("key");
-                format!(
-                    "{field}.serviceAccountSecretRef ({}): {e}; Postmaster not polled",
-                    shown_ref(namespace, reference)
-                )
+                PostmasterPollError::Key {
+                    secret: shown_ref(namespace, reference),
+                    source,
+                }
             })?,
-            Err(e) => {
+            Err(source) => {
                 self.count_postmaster_failure("secret");
-                return Err(format!(
-                    "{field}.serviceAccountSecretRef: {e}; Postmaster not polled"
-                ));
+                return Err(PostmasterPollError::AccountSecret { source });
             }
         };
         let bundle = match &settings.ca_bundle_secret_ref {
             None => Vec::new(),
-            Some(reference) => read_secret(secrets, namespace, reference)
-                .await
-                .map_err(|e| {
-                    self.count_postmaster_failure("secret");
-                    format!("{field}.caBundleSecretRef: {e}; Postmaster not polled")
-                })?,
+            Some(reference) => {
+                read_secret(secrets, namespace, reference)
+                    .await
+                    .map_err(|source| {
+                        self.count_postmaster_failure("secret");
+                        PostmasterPollError::CaSecret { source }
+                    })?
+            }
         };
-        let client = self.feed_client(bundle).map_err(|e| {
+        let client = self.feed_client(bundle).map_err(|source| {
             self.count_postmaster_failure("tls_setup");
-            format!("{field}.caBundleSecretRef: {e}; Postmaster not polled")
+            PostmasterPollError::TlsSetup { source }
         })?;
         let feed = PostmasterFeed {
             api_url: settings
@@ -639,7 +641,7 @@ impl SignalProbes {
         let mut poller = PostmasterPoller::new(feed, account, self.options.feed_retry, client);
         let result = poller.poll(&ips.all, now).await;
         self.postmaster_counters.add(poller.counters());
-        let poll = result.map_err(|e| format!("{field}: {e}"))?;
+        let poll = result.map_err(|source| PostmasterPollError::Poll { source })?;
         let signals = poll
             .verdicts
             .verdicts
@@ -650,7 +652,9 @@ impl SignalProbes {
             .domain_errors
             .iter()
             .map(|(domain, e)| {
-                format!("{field}.domains `{domain}`: {e}; no pool IP cleared this poll")
+                format!(
+                    "spec.reputation.feeds.postmaster.domains `{domain}`: {e}; no pool IP cleared this poll"
+                )
             })
             .collect();
         Ok((signals, problems))
@@ -824,6 +828,26 @@ enum SndsPollError {
     },
     #[error("spec.reputation.feeds.snds: {source}")]
     Poll { source: SndsError },
+}
+
+/// Why a Postmaster poll did not run or did not finish (each names the field).
+#[derive(Debug, thiserror::Error)]
+enum PostmasterPollError {
+    #[error(
+        "spec.reputation.feeds.postmaster.serviceAccountSecretRef: {source}; Postmaster not polled"
+    )]
+    AccountSecret { source: SecretError },
+    #[error("spec.reputation.feeds.postmaster.serviceAccountSecretRef ({secret}): {source}; Postmaster not polled")]
+    Key {
+        secret: String,
+        source: AccountKeyError,
+    },
+    #[error("spec.reputation.feeds.postmaster.caBundleSecretRef: {source}; Postmaster not polled")]
+    CaSecret { source: SecretError },
+    #[error("spec.reputation.feeds.postmaster.caBundleSecretRef: {source}; Postmaster not polled")]
+    TlsSetup { source: TlsSetupError },
+    #[error("spec.reputation.feeds.postmaster: {source}")]
+    Poll { source: PostmasterError },
 }
 
 fn shown_ref(namespace: &str, reference: &SecretKeySelector) -> String {

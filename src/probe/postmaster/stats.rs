@@ -201,20 +201,43 @@ impl StatsPage {
     }
 }
 
-fn parse_entry(domain: &str, entry: &Value, page: &mut StatsPage) -> Result<DayStats, String> {
+/// Why one day's entry or one reputation bucket is left out of a page.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+enum EntryProblem {
+    #[error("no `name` (domains/DOMAIN/trafficStats/YYYYMMDD)")]
+    NoName,
+    #[error("`name` `{0}` is not domains/DOMAIN/trafficStats/YYYYMMDD")]
+    NameShape(String),
+    #[error("`name` `{0}` is about another domain")]
+    AnotherDomain(String),
+    #[error("`name` `{0}` does not end in a YYYYMMDD date")]
+    NoDate(String),
+    #[error("{0}: `ipReputations` is not a list")]
+    IpReputationsNotList(String),
+    #[error("no `reputation`")]
+    NoReputation,
+    #[error("unknown reputation `{0}`")]
+    UnknownReputation(String),
+}
+
+fn parse_entry(
+    domain: &str,
+    entry: &Value,
+    page: &mut StatsPage,
+) -> Result<DayStats, EntryProblem> {
     let name = entry
         .get("name")
         .and_then(Value::as_str)
-        .ok_or("no `name` (domains/DOMAIN/trafficStats/YYYYMMDD)")?;
+        .ok_or(EntryProblem::NoName)?;
     let (entry_domain, date) = name
         .strip_prefix("domains/")
         .and_then(|rest| rest.split_once("/trafficStats/"))
-        .ok_or_else(|| format!("`name` `{name}` is not domains/DOMAIN/trafficStats/YYYYMMDD"))?;
+        .ok_or_else(|| EntryProblem::NameShape(name.to_string()))?;
     if !entry_domain.eq_ignore_ascii_case(domain) {
-        return Err(format!("`name` `{name}` is about another domain"));
+        return Err(EntryProblem::AnotherDomain(name.to_string()));
     }
     if date.len() != 8 || !date.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("`name` `{name}` does not end in a YYYYMMDD date"));
+        return Err(EntryProblem::NoDate(name.to_string()));
     }
     let user_reported_spam_ratio = match entry.get("userReportedSpamRatio") {
         None | Some(Value::Null) => None,
@@ -231,7 +254,7 @@ fn parse_entry(domain: &str, entry: &Value, page: &mut StatsPage) -> Result<DayS
     let mut ip_reputations = Vec::new();
     if let Some(buckets) = entry.get("ipReputations") {
         let Some(buckets) = buckets.as_array() else {
-            return Err(format!("{name}: `ipReputations` is not a list"));
+            return Err(EntryProblem::IpReputationsNotList(name.to_string()));
         };
         for (i, bucket) in buckets.iter().enumerate() {
             match parse_bucket(bucket) {
@@ -254,16 +277,16 @@ fn parse_entry(domain: &str, entry: &Value, page: &mut StatsPage) -> Result<DayS
 }
 
 /// `Ok(None)`: the category `REPUTATION_CATEGORY_UNSPECIFIED`, which says nothing.
-fn parse_bucket(bucket: &Value) -> Result<Option<ReputationBucket>, String> {
+fn parse_bucket(bucket: &Value) -> Result<Option<ReputationBucket>, EntryProblem> {
     let text = bucket
         .get("reputation")
         .and_then(Value::as_str)
-        .ok_or("no `reputation`")?;
+        .ok_or(EntryProblem::NoReputation)?;
     if text == "REPUTATION_CATEGORY_UNSPECIFIED" {
         return Ok(None);
     }
-    let reputation =
-        IpReputation::parse(text).ok_or_else(|| format!("unknown reputation `{text}`"))?;
+    let reputation = IpReputation::parse(text)
+        .ok_or_else(|| EntryProblem::UnknownReputation(text.to_string()))?;
     // int64 travels as a JSON string in Google's APIs; accept a number too.
     let ip_count = match bucket.get("ipCount") {
         Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
