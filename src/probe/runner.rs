@@ -206,8 +206,8 @@ pub struct SignalProbes {
 #[derive(Debug, Default)]
 struct PoolProbes {
     dnsbl: Option<DnsblState>,
-    snds: Option<SndsState>,
-    postmaster: Option<PostmasterState>,
+    snds: Option<FeedSchedule<SndsFeedSettings>>,
+    postmaster: Option<FeedSchedule<PostmasterFeedSettings>>,
 }
 
 #[derive(Debug)]
@@ -222,20 +222,56 @@ struct DnsblState {
     recent: RecentResults,
 }
 
+/// A feed polled on its own interval (SNDS, Postmaster): its settings as
+/// last seen, whether they can be used, and when it is due.
 #[derive(Debug)]
-struct SndsState {
-    settings: SndsFeedSettings,
+struct FeedSchedule<T> {
+    settings: T,
     usable: bool,
     /// `None`: due now.
     next_at: Option<Timestamp>,
 }
 
-#[derive(Debug)]
-struct PostmasterState {
-    settings: PostmasterFeedSettings,
-    usable: bool,
-    /// `None`: due now.
-    next_at: Option<Timestamp>,
+impl<T: Clone + PartialEq> FeedSchedule<T> {
+    /// The schedule for `settings`, started over when they changed (their
+    /// `problem`, if any, reported once); `Some` when the feed is due now.
+    fn due(
+        slot: &mut Option<FeedSchedule<T>>,
+        settings: &T,
+        problem: impl FnOnce(&T) -> Option<String>,
+        key: &str,
+        now: Timestamp,
+        round: &mut ProbeRound,
+    ) -> bool {
+        if slot.as_ref().is_none_or(|s| &s.settings != settings) {
+            let problem = problem(settings);
+            if let Some(problem) = &problem {
+                round.problems.push(format!("{key}: {problem}"));
+            }
+            *slot = Some(FeedSchedule {
+                settings: settings.clone(),
+                usable: problem.is_none(),
+                next_at: None,
+            });
+        }
+        slot.as_ref()
+            .is_some_and(|s| s.usable && s.next_at.is_none_or(|at| now >= at))
+    }
+
+    /// Due again after the interval, or sooner after a failed poll.
+    fn polled(slot: Option<&mut FeedSchedule<T>>, now: Timestamp, interval: i64, ok: bool) {
+        let wait = if ok {
+            interval
+        } else {
+            interval.min(SNDS_RETRY_AFTER_FAILURE_SECONDS)
+        };
+        if let Some(state) = slot {
+            state.next_at = Some(
+                now.checked_add(SignedDuration::from_secs(wait))
+                    .unwrap_or(Timestamp::MAX),
+            );
+        }
+    }
 }
 
 impl SignalProbes {
@@ -417,41 +453,24 @@ impl SignalProbes {
             entry.snds = None;
             return;
         };
-        if entry.snds.as_ref().is_none_or(|s| &s.settings != settings) {
-            let problem = snds_settings_problem(settings);
-            if let Some(problem) = &problem {
-                round.problems.push(format!("{key}: {problem}"));
-            }
-            entry.snds = Some(SndsState {
-                settings: settings.clone(),
-                usable: problem.is_none(),
-                next_at: None,
-            });
-        }
-        let Some(state) = entry.snds.as_ref() else {
-            return;
-        };
-        if !state.usable || state.next_at.is_some_and(|at| now < at) {
+        if !FeedSchedule::due(
+            &mut entry.snds,
+            settings,
+            snds_settings_problem,
+            key,
+            now,
+            round,
+        ) {
             return;
         }
-        let interval = settings.interval_seconds;
         let outcome = self.poll_snds(namespace, settings, ips, secrets, now).await;
-        let wait = match outcome {
-            Ok(verdicts) => {
-                round.signals.extend(verdicts);
-                interval
-            }
-            Err(problem) => {
-                round.problems.push(format!("{key}: {problem}"));
-                interval.min(SNDS_RETRY_AFTER_FAILURE_SECONDS)
-            }
-        };
-        if let Some(state) = self.pools.get_mut(key).and_then(|p| p.snds.as_mut()) {
-            state.next_at = Some(
-                now.checked_add(SignedDuration::from_secs(wait))
-                    .unwrap_or(Timestamp::MAX),
-            );
+        let ok = outcome.is_ok();
+        match outcome {
+            Ok(verdicts) => round.signals.extend(verdicts),
+            Err(problem) => round.problems.push(format!("{key}: {problem}")),
         }
+        let slot = self.pools.get_mut(key).and_then(|p| p.snds.as_mut());
+        FeedSchedule::polled(slot, now, settings.interval_seconds, ok);
     }
 
     /// One poll: the key (and CA bundle) from their Secrets, then both files.
@@ -543,50 +562,31 @@ impl SignalProbes {
             entry.postmaster = None;
             return;
         };
-        if entry
-            .postmaster
-            .as_ref()
-            .is_none_or(|s| &s.settings != settings)
-        {
-            let problem = postmaster_settings_problem(settings);
-            if let Some(problem) = &problem {
-                round.problems.push(format!("{key}: {problem}"));
-            }
-            entry.postmaster = Some(PostmasterState {
-                settings: settings.clone(),
-                usable: problem.is_none(),
-                next_at: None,
-            });
-        }
-        let Some(state) = entry.postmaster.as_ref() else {
-            return;
-        };
-        if !state.usable || state.next_at.is_some_and(|at| now < at) {
+        if !FeedSchedule::due(
+            &mut entry.postmaster,
+            settings,
+            postmaster_settings_problem,
+            key,
+            now,
+            round,
+        ) {
             return;
         }
-        let interval = settings.interval_seconds;
         let outcome = self
             .poll_postmaster(namespace, settings, ips, secrets, now)
             .await;
-        let wait = match outcome {
+        let ok = outcome.is_ok();
+        match outcome {
             Ok((signals, domain_problems)) => {
                 round.signals.extend(signals);
                 round
                     .problems
                     .extend(domain_problems.into_iter().map(|p| format!("{key}: {p}")));
-                interval
             }
-            Err(problem) => {
-                round.problems.push(format!("{key}: {problem}"));
-                interval.min(SNDS_RETRY_AFTER_FAILURE_SECONDS)
-            }
-        };
-        if let Some(state) = self.pools.get_mut(key).and_then(|p| p.postmaster.as_mut()) {
-            state.next_at = Some(
-                now.checked_add(SignedDuration::from_secs(wait))
-                    .unwrap_or(Timestamp::MAX),
-            );
+            Err(problem) => round.problems.push(format!("{key}: {problem}")),
         }
+        let slot = self.pools.get_mut(key).and_then(|p| p.postmaster.as_mut());
+        FeedSchedule::polled(slot, now, settings.interval_seconds, ok);
     }
 
     /// One poll: the service account's key (and CA bundle) from their
