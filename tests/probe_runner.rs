@@ -9,6 +9,10 @@
 //! fail with the install command, unless MAILFLEET_SKIP_RBLDNSD=1 (then they
 //! say loudly that they were skipped).
 
+#[path = "support/test_tls.rs"]
+mod test_tls;
+use test_tls::{localhost_tls, TestTls};
+
 mod support;
 
 use std::collections::HashMap;
@@ -149,37 +153,8 @@ impl FeedServer {
 }
 
 fn tls_acceptor() -> (tokio_rustls::TlsAcceptor, String) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "mailfleet test feed CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca)
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-        )
-        .unwrap();
-    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), ca.pem())
+    let TestTls { acceptor, ca_pem } = localhost_tls("mailfleet test feed CA");
+    (acceptor, ca_pem)
 }
 
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
