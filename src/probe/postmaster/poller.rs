@@ -176,13 +176,13 @@ impl PostmasterPoller {
                 verdicts.withheld_clears
             );
         }
-        self.counters.withheld_clears += verdicts.withheld_clears as u64;
-        self.counters.blocked_verdicts += verdicts
+        let blocked = verdicts
             .verdicts
             .iter()
             .filter(|v| v.verdict.blocked)
-            .count() as u64;
-        self.counters.successful_polls += 1;
+            .count();
+        self.counters
+            .count_success(blocked, verdicts.withheld_clears);
         Ok(PostmasterPoll {
             verdicts,
             days,

@@ -175,6 +175,14 @@ pub struct FeedCounters {
 }
 
 impl FeedCounters {
+    /// A poll that gave verdicts, `blocked` of them Blocked, with `withheld`
+    /// "not blocked" verdicts held back for want of data.
+    pub fn count_success(&mut self, blocked: usize, withheld: usize) {
+        self.withheld_clears += withheld as u64;
+        self.blocked_verdicts += blocked as u64;
+        self.successful_polls += 1;
+    }
+
     /// Adds another poller's counts (the runner keeps one total per feed).
     pub fn add(&mut self, other: &FeedCounters) {
         self.polls += other.polls;
@@ -272,13 +280,13 @@ impl<F: FeedFetch> SndsPoller<F> {
                 verdicts.withheld_clears
             );
         }
-        self.counters.withheld_clears += verdicts.withheld_clears as u64;
-        self.counters.blocked_verdicts += verdicts
+        let blocked = verdicts
             .verdicts
             .iter()
             .filter(|v| v.verdict.blocked)
-            .count() as u64;
-        self.counters.successful_polls += 1;
+            .count();
+        self.counters
+            .count_success(blocked, verdicts.withheld_clears);
         Ok(SndsPoll {
             verdicts,
             status,
