@@ -8,9 +8,15 @@ use clap::Args;
 
 use super::logs::{LogArgs, LogFormat};
 use crate::operator::context::Settings;
+use crate::operator::feedback_cert::{names_for_host, CertPolicy, SecretRef};
+use crate::operator::feedback_cert_keeper::ManagedTls;
 use crate::operator::leader_route::OwnPod;
 use crate::operator::run::{start, OperatorOptions};
 use crate::serve::{ServeLimits, TlsFiles};
+
+/// How often each replica reads the operator-made certificate's Secret again:
+/// a renewal by the other replica is served within this.
+const MANAGED_TLS_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Every setting can come from the environment too (`--help` names each
 /// variable); a flag on the command line wins.
@@ -121,6 +127,20 @@ pub struct OperatorArgs {
     #[arg(long, value_name = "FILE", env = "MAILFLEET_FEEDBACK_CA_FILE")]
     pub feedback_ca_file: Option<PathBuf>,
 
+    /// Serve the port over TLS with a certificate the operator makes and
+    /// renews itself, kept in this Secret of --pod-namespace: a ten-year CA
+    /// (ca.crt, handed to the agents) and a 90-day serving certificate for
+    /// the --feedback-url host's Service (tls.crt), renewed at two thirds of
+    /// its life with no restart. The default --feedback-url is then https://.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "MAILFLEET_FEEDBACK_TLS_SECRET",
+        value_parser = non_blank,
+        conflicts_with_all = ["tls_cert", "feedback_ca_file"]
+    )]
+    pub feedback_tls_secret: Option<String>,
+
     /// Connections the port keeps open at once [default: 1024]. Each report
     /// of a sending agent waits for its pool's next status write (up to
     /// 2 s), so a fleet needs about reports per second x 1.2 of them:
@@ -152,6 +172,8 @@ pub enum OperatorArgError {
     BlankNamespace,
     #[error("{what} is for an https:// --feedback-url; {feedback_url} is not (serve TLS with --tls-cert/--tls-key)")]
     FeedbackCaWithoutTls { what: String, feedback_url: String },
+    #[error("--feedback-tls-secret serves TLS: --feedback-url must be https://<service>.<namespace>.svc:<port>/v1/feedback, not {feedback_url}")]
+    FeedbackTlsWithoutHttps { feedback_url: String },
     #[error("{what}: {source}")]
     ReadFeedbackCa {
         what: String,
@@ -182,7 +204,11 @@ impl OperatorArgs {
             // clap's `requires` refuses one without the other.
             _ => None,
         };
-        let scheme = if tls.is_some() { "https" } else { "http" };
+        let scheme = if tls.is_some() || self.feedback_tls_secret.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let mut serve_limits = ServeLimits::default();
         if let Some(max) = self.max_connections {
             serve_limits.max_connections = max as usize;
@@ -193,6 +219,10 @@ impl OperatorArgs {
         let feedback_ca = self
             .feedback_ca_file
             .map(|path| read_feedback_ca(&path, &feedback_url))
+            .transpose()?;
+        let managed_tls = self
+            .feedback_tls_secret
+            .map(|name| managed_tls(name, &namespace, &feedback_url))
             .transpose()?;
         let own_pod = self
             .pod_name
@@ -209,6 +239,7 @@ impl OperatorArgs {
             concurrency: self.concurrency,
             lease_timing: OperatorOptions::default().lease_timing,
             tls,
+            managed_tls,
             serve_limits,
             own_pod,
             settings: Settings {
@@ -221,6 +252,31 @@ impl OperatorArgs {
             },
         })
     }
+}
+
+/// The operator-made certificate for the --feedback-url host.
+fn managed_tls(
+    name: String,
+    namespace: &str,
+    feedback_url: &str,
+) -> Result<ManagedTls, OperatorArgError> {
+    let url = http::Uri::try_from(feedback_url.trim()).ok();
+    let host = url
+        .as_ref()
+        .filter(|url| url.scheme_str() == Some("https"))
+        .and_then(|url| url.host())
+        .ok_or_else(|| OperatorArgError::FeedbackTlsWithoutHttps {
+            feedback_url: feedback_url.to_string(),
+        })?;
+    Ok(ManagedTls {
+        secret: SecretRef {
+            namespace: namespace.to_string(),
+            name,
+        },
+        names: names_for_host(host, namespace),
+        policy: CertPolicy::default(),
+        recheck: MANAGED_TLS_RECHECK,
+    })
 }
 
 /// The CA the agents are to trust, checked the way they will read it.
@@ -257,7 +313,7 @@ pub fn run(args: OperatorArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         let listener = tokio::net::TcpListener::bind(http_addr)
             .await
             .map_err(|e| format!("cannot listen on --http-addr {}: {e}", http_addr))?;
-        tracing::info!(http_addr = %http_addr, tls = options.tls.is_some(), namespaces = ?options.namespaces,
+        tracing::info!(http_addr = %http_addr, tls = options.tls.is_some() || options.managed_tls.is_some(), namespaces = ?options.namespaces,
             leader_election = options.leader_election, identity = %options.settings.identity,
             "starting mailfleet operator");
         let operator = start(client, options, listener, Some(log_level)).await?;

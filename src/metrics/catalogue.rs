@@ -217,6 +217,13 @@ pub const LEADER: Spec = spec(
     "1 while this replica holds the leader lease.",
     Operator,
 );
+pub const FEEDBACK_CERT_EXPIRY: Spec = spec(
+    "mailfleet_feedback_certificate_expiry_seconds",
+    Gauge,
+    &[],
+    "When the feedback port's certificate that the operator made expires, in Unix seconds (only with --feedback-tls-secret).",
+    Operator,
+);
 pub const ROUTE_QUEUE_MESSAGES: Spec = spec(
     "mailfleet_route_queue_messages",
     Gauge,
@@ -325,7 +332,7 @@ pub const HAPROXY_RELOADS: Spec = spec(
 );
 
 /// Every family declared here, in the order of the table in docs/OPERATING.md.
-pub const ALL: [Spec; 29] = [
+pub const ALL: [Spec; 30] = [
     BUILD_INFO,
     IP_STATE,
     COMPLAINTS_WINDOW,
@@ -340,6 +347,7 @@ pub const ALL: [Spec; 29] = [
     RECONCILE_DURATION,
     API_WRITES,
     LEADER,
+    FEEDBACK_CERT_EXPIRY,
     ROUTE_QUEUE_MESSAGES,
     ROUTE_QUEUE_OLDEST,
     ROUTE_QUEUE_LIFETIME,

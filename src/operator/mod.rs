@@ -11,6 +11,8 @@ pub mod context;
 pub mod error;
 pub mod fanout;
 pub mod feedback;
+pub mod feedback_cert;
+pub mod feedback_cert_keeper;
 pub mod leader;
 pub mod leader_route;
 pub mod metrics;

@@ -54,6 +54,9 @@ pub struct OperatorOptions {
     pub settings: Settings,
     /// Serve the port over TLS with this certificate (`--tls-cert`/`--tls-key`).
     pub tls: Option<TlsFiles>,
+    /// Serve TLS with a certificate the operator keeps in a Secret
+    /// (`--feedback-tls-secret`); wins over `tls`.
+    pub managed_tls: Option<super::feedback_cert_keeper::ManagedTls>,
     /// The port's bounds (`--max-connections`).
     pub serve_limits: ServeLimits,
     /// This replica's pod, labelled while it leads so the Service sends
@@ -73,6 +76,7 @@ impl Default for OperatorOptions {
             concurrency: 4,
             settings: Settings::default(),
             tls: None,
+            managed_tls: None,
             serve_limits: ServeLimits::default(),
             own_pod: None,
         }
@@ -87,6 +91,8 @@ pub enum RunError {
     Http(#[source] std::io::Error),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    FeedbackCert(#[from] super::feedback_cert_keeper::KeeperError),
     #[error("the {0} controller stopped unexpectedly")]
     ControllerEnded(&'static str),
 }
@@ -170,14 +176,14 @@ impl Observability for Obs {
 /// Starts the operator on `listener`.
 pub async fn start(
     client: Client,
-    options: OperatorOptions,
+    mut options: OperatorOptions,
     listener: TcpListener,
     log_level: Option<LogLevelHandle>,
 ) -> Result<Operator, RunError> {
     let addr = listener.local_addr().map_err(RunError::Http)?;
     // Refused before anything runs: a key that does not load must not
     // leave a plain-HTTP port behind.
-    let tls = options.tls.as_ref().map(TlsFiles::acceptor).transpose()?;
+    let (tls, served_cert) = super::feedback_cert_keeper::port_tls(&client, &mut options).await?;
     let scopes: Vec<Option<String>> = if options.namespaces.is_empty() {
         vec![None]
     } else {
@@ -385,6 +391,9 @@ pub async fn start(
         epochs,
     ));
     let _ = forget.set(Arc::downgrade(&ctx));
+    if let Some(served) = served_cert {
+        ctx.registry.register(served);
+    }
     for w in &wiring {
         ctx.snapshots
             .notify(w.pool_trigger.clone(), w.pool_wakes.clone());
