@@ -375,7 +375,7 @@ pub async fn port_tls(
 ) -> Result<(Option<tokio_rustls::TlsAcceptor>, Option<Arc<ServedCert>>), super::run::RunError> {
     match options.managed_tls.clone() {
         Some(managed) => {
-            let serving = start(client.clone(), managed).await?;
+            let serving = start(client.clone(), managed).await.map_err(Box::new)?;
             options.settings.feedback_ca = Some(serving.ca_pem);
             Ok((Some(serving.acceptor), Some(serving.served)))
         }

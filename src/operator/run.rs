@@ -92,7 +92,7 @@ pub enum RunError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
-    FeedbackCert(#[from] super::feedback_cert_keeper::KeeperError),
+    FeedbackCert(#[from] Box<super::feedback_cert_keeper::KeeperError>),
     #[error("the {0} controller stopped unexpectedly")]
     ControllerEnded(&'static str),
 }
