@@ -257,7 +257,7 @@ async fn a_certificate_near_its_renewal_is_renewed_and_served_without_a_restart(
         .await
         .unwrap();
     let expected = format!(
-        "mailfleet_feedback_certificate_expiry_seconds {}",
+        "mailfleet_feedback_certificate_expiry_timestamp_seconds {}",
         pair.not_after
     );
     assert!(metrics.contains(&expected), "{metrics}");

@@ -218,7 +218,7 @@ pub const LEADER: Spec = spec(
     Operator,
 );
 pub const FEEDBACK_CERT_EXPIRY: Spec = spec(
-    "mailfleet_feedback_certificate_expiry_seconds",
+    "mailfleet_feedback_certificate_expiry_timestamp_seconds",
     Gauge,
     &[],
     "When the feedback port's certificate that the operator made expires, in Unix seconds (only with --feedback-tls-secret).",
