@@ -72,8 +72,8 @@ if grep -q CustomResourceDefinition "$work/all-options.yaml"; then
   echo "crds.install=false still renders CRDs" >&2
   exit 1
 fi
-"$python" $checks rbac "$work/default.yaml" tests/chart/expected-rbac.yaml yes
-"$python" $checks rbac "$work/all-options.yaml" tests/chart/expected-rbac.yaml yes mail,mail-eu
+"$python" $checks rbac "$work/default.yaml" tests/chart/expected-rbac.yaml yes "" yes
+"$python" $checks rbac "$work/all-options.yaml" tests/chart/expected-rbac.yaml yes mail,mail-eu no
 # A NetworkPolicy by default; none when turned off.
 grep -q '^kind: NetworkPolicy' "$work/default.yaml" || { echo "no NetworkPolicy rendered by default" >&2; exit 1; }
 "$helm" template mailfleet "$chart" --set networkPolicy.enabled=false >"$work/no-netpol.yaml"
@@ -82,8 +82,36 @@ if grep -q '^kind: NetworkPolicy' "$work/no-netpol.yaml"; then
   exit 1
 fi
 "$helm" template mailfleet "$chart" --set operator.leaderElection.enabled=false >"$work/no-lease.yaml"
-"$python" $checks rbac "$work/no-lease.yaml" tests/chart/expected-rbac.yaml no
+"$python" $checks rbac "$work/no-lease.yaml" tests/chart/expected-rbac.yaml no "" yes
 grep -q -- '--no-leader-election' "$work/no-lease.yaml" || { echo "leader election off does not pass --no-leader-election" >&2; exit 1; }
+# The feedback port's TLS in each of its modes. Default: the operator makes
+# the certificate; a ServiceMonitor then scrapes over HTTPS trusting its CA.
+"$helm" template mailfleet "$chart" --namespace mailfleet --set metrics.serviceMonitor.enabled=true >"$work/tls-operator.yaml"
+for want in '"--feedback-tls-secret=mailfleet-feedback-tls"' 'scheme: https' 'name: mailfleet-feedback-tls' 'key: ca.crt' \
+  'serverName: mailfleet.mailfleet.svc' 'scheme: HTTPS'; do
+  grep -qF -- "$want" "$work/tls-operator.yaml" || { echo "the default TLS render with a ServiceMonitor lacks $want" >&2; exit 1; }
+done
+# cert-manager: its Certificate, the mounted Secret, no operator-made one.
+"$helm" template mailfleet "$chart" --namespace mailfleet --set tls.certManager.enabled=true \
+  --set tls.certManager.issuerRef.name=ca-issuer >"$work/tls-cert-manager.yaml"
+"$python" $checks rbac "$work/tls-cert-manager.yaml" tests/chart/expected-rbac.yaml yes "" no
+for want in '^kind: Certificate' '^  secretName: mailfleet-tls' '--tls-cert=/etc/mailfleet/tls/tls.crt' '"--feedback-ca-file=/etc/mailfleet/tls/ca.crt"'; do
+  grep -q -- "$want" "$work/tls-cert-manager.yaml" || { echo "the cert-manager TLS render lacks $want" >&2; exit 1; }
+done
+# Bring your own Secret: mounted, no Certificate, no operator-made one.
+"$helm" template mailfleet "$chart" --namespace mailfleet --set tls.secretName=my-tls >"$work/tls-own.yaml"
+"$python" $checks rbac "$work/tls-own.yaml" tests/chart/expected-rbac.yaml yes "" no
+grep -q 'secretName: my-tls' "$work/tls-own.yaml" || { echo "the bring-your-own TLS render does not mount my-tls" >&2; exit 1; }
+# TLS off: plain HTTP everywhere.
+"$helm" template mailfleet "$chart" --namespace mailfleet --set tls.enabled=false >"$work/tls-off.yaml"
+"$python" $checks rbac "$work/tls-off.yaml" tests/chart/expected-rbac.yaml yes "" no
+if grep -qE 'feedback-tls|--tls-cert|scheme: HTTPS|feedback-url=https://' "$work/tls-off.yaml"; then
+  echo "tls.enabled=false still renders TLS" >&2
+  exit 1
+fi
+grep -q '"--feedback-url=http://mailfleet.mailfleet.svc:8080/v1/feedback"' "$work/tls-off.yaml" || { echo "tls.enabled=false does not post to http://" >&2; exit 1; }
+echo "feedback TLS: operator-made by default (HTTPS probes and ServiceMonitor), cert-manager, your own Secret, and off"
+
 # The Prometheus Operator kinds: none by default, a ServiceMonitor and a PrometheusRule with all options.
 "$python" $checks monitoring "$work/default/monitoring.yaml" "$work/default/builtin.yaml" 0
 "$python" $checks monitoring "$work/all-options/monitoring.yaml" "$work/all-options/builtin.yaml" 3

@@ -68,22 +68,26 @@ def split(rendered_path, out_dir):
           f"{len(monitoring)} Prometheus Operator objects")
 
 
-def rule_triples(rules, where):
+def rule_triples(rules, where, named=False):
+    """(group, resource, verb) of each rule; with `named`, the rule's
+    resourceNames too (the feedback certificate's Role is for one Secret)."""
     triples = set()
+    allowed = {"apiGroups", "resources", "verbs"} | ({"resourceNames"} if named else set())
     for rule in rules:
-        extra = set(rule) - {"apiGroups", "resources", "verbs"}
+        extra = set(rule) - allowed
         if extra:
-            fail(f"{where}: a rule has {sorted(extra)}; the operator's rules use only apiGroups, resources, verbs")
+            fail(f"{where}: a rule has {sorted(extra)}; the operator's rules use only {sorted(allowed)}")
+        names = tuple(sorted(rule.get("resourceNames", [])))
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 for verb in rule["verbs"]:
                     if "*" in (group, resource, verb):
                         fail(f"{where}: wildcard in rule {rule}")
-                    triples.add((group, resource, verb))
+                    triples.add((group, resource, verb, names) if named else (group, resource, verb))
     return triples
 
 
-def rbac(rendered_path, expected_path, lease_role_expected, watched=""):
+def rbac(rendered_path, expected_path, lease_role_expected, watched="", feedback_tls_expected="no"):
     """ClusterRole, per-namespace Roles and lease Role grant exactly tests/chart/expected-rbac.yaml.
 
     `watched` is the comma-separated operator.watchNamespaces of the render:
@@ -98,7 +102,8 @@ def rbac(rendered_path, expected_path, lease_role_expected, watched=""):
         fail(f"{len(cluster_roles)} ClusterRoles rendered, expected one")
     roles = [o for o in rendered if o["kind"] == "Role"]
     lease = [r for r in roles if r["metadata"]["name"].endswith("-leader-election")]
-    per_namespace = [r for r in roles if r not in lease]
+    feedback_tls = [r for r in roles if r["metadata"]["name"].endswith("-feedback-tls")]
+    per_namespace = [r for r in roles if r not in lease and r not in feedback_tls]
 
     def same(obj, key):
         got = rule_triples(obj["rules"], name_of(obj))
@@ -114,6 +119,19 @@ def rbac(rendered_path, expected_path, lease_role_expected, watched=""):
         same(lease[0], "leaseRole")
     elif lease:
         fail("lease Role rendered although leader election is off")
+    if feedback_tls_expected == "yes":
+        if len(feedback_tls) != 1:
+            fail("no Role for the operator-made feedback certificate rendered")
+        got = rule_triples(feedback_tls[0]["rules"], name_of(feedback_tls[0]), named=True)
+        want = rule_triples(expected["feedbackTlsRole"], expected_path, named=True)
+        if got != want:
+            fail(f"{name_of(feedback_tls[0])} grants {sorted(got - want)} beyond the operator's needs "
+                 f"and lacks {sorted(want - got)}")
+        if not any(b["roleRef"]["name"] == feedback_tls[0]["metadata"]["name"]
+                   for b in rendered if b["kind"] == "RoleBinding"):
+            fail(f"{name_of(feedback_tls[0])} has no RoleBinding")
+    elif feedback_tls:
+        fail("a feedback certificate Role rendered although the operator does not make the certificate")
     found = sorted(r["metadata"].get("namespace", "") for r in per_namespace)
     if found != namespaces:
         fail(f"Roles rendered in namespaces {found}, expected one in each of {namespaces}")
@@ -126,7 +144,8 @@ def rbac(rendered_path, expected_path, lease_role_expected, watched=""):
             fail(f"{name_of(role)} in {ns} has no RoleBinding")
     scope = f"Roles in {', '.join(namespaces)}" if namespaces else "cluster-wide"
     print(f"{Path(rendered_path).name}: RBAC is exactly {expected_path} ({scope}, "
-          f"{'with' if lease_role_expected == 'yes' else 'without'} the lease Role)")
+          f"{'with' if lease_role_expected == 'yes' else 'without'} the lease Role, "
+          f"{'with' if feedback_tls_expected == 'yes' else 'without'} the feedback certificate Role)")
 
 
 def unknown_keys(given, dumped, path):
@@ -332,15 +351,25 @@ def deployment(rendered_path):
     args = container["args"]
     expect("subcommand", args[0], "operator")
     for flag in ("--http-addr=0.0.0.0:8080", "--leader-election", "--lease-name=mailfleet-operator",
-                 f"--agent-image={container['image']}", "--log-format=json"):
+                 f"--agent-image={container['image']}", "--log-format=json",
+                 "--feedback-tls-secret=mailfleet-feedback-tls",
+                 "--feedback-url=https://mailfleet.mailfleet.svc:8080/v1/feedback"):
         if flag not in args:
             problems.append(f"args lack {flag}")
+    # TLS by default, with the certificate the operator makes: no mounted
+    # Secret, no --tls-cert, HTTPS probes.
+    for flag in args:
+        if flag.startswith(("--tls-cert", "--tls-key", "--feedback-ca-file")):
+            problems.append(f"args have {flag} although the operator makes the certificate")
+    expect("liveness scheme", container["livenessProbe"]["httpGet"].get("scheme"), "HTTPS")
+    expect("readiness scheme", container["readinessProbe"]["httpGet"].get("scheme"), "HTTPS")
+    expect("volumes", [v["name"] for v in pod["volumes"]], ["tmp"])
     spread = pod.get("topologySpreadConstraints", [])
     expect("spread over", [c["topologyKey"] for c in spread], ["kubernetes.io/hostname"])
     if problems:
         fail(f"{name_of(deploy)}: " + "; ".join(problems))
-    print(f"{name_of(deploy)}: 2 replicas, restricted security context, probes, downward API, "
-          f"--agent-image = the operator image, spread over nodes")
+    print(f"{name_of(deploy)}: 2 replicas, restricted security context, HTTPS probes, downward API, "
+          f"--agent-image = the operator image, the operator-made certificate, spread over nodes")
 
 
 def leaf_paths(node, prefix=""):

@@ -92,10 +92,36 @@ app.kubernetes.io/part-of: mailfleet
 {{- end }}
 
 {{/*
+Who provides the feedback port's certificate with tls.enabled: "certManager"
+(a Certificate the chart renders), "secret" (tls.secretName, brought by the
+user) or "operator" (neither: the operator makes and renews it in its own
+Secret, --feedback-tls-secret). Empty without TLS.
+*/}}
+{{- define "mailfleet.tlsMode" -}}
+{{- if .Values.tls.enabled }}
+{{- if .Values.tls.certManager.enabled }}certManager
+{{- else if .Values.tls.secretName }}secret
+{{- else }}operator
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
 The kubernetes.io/tls Secret of the feedback port.
 */}}
 {{- define "mailfleet.tlsSecretName" -}}
+{{- if eq (include "mailfleet.tlsMode" .) "operator" }}
+{{- printf "%s-feedback-tls" (include "mailfleet.fullname" .) }}
+{{- else }}
 {{- default (printf "%s-tls" (include "mailfleet.fullname" .)) .Values.tls.secretName }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Secret's key holding the CA the agents (and Prometheus) trust.
+*/}}
+{{- define "mailfleet.tlsCaKey" -}}
+{{- if eq (include "mailfleet.tlsMode" .) "operator" }}ca.crt{{ else }}{{ .Values.tls.caKey }}{{ end }}
 {{- end }}
 
 {{/*
