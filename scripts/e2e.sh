@@ -151,7 +151,14 @@ leader=$(lease_holder)
 local_port=${E2E_LOCAL_PORT:-18080}
 kubectl -n "$operator_ns" port-forward "pod/$leader" "$local_port:8080" >/dev/null 2>&1 &
 port_forward_pid=$!
-wait_for "port-forward to the leader $leader" curl -sf -o /dev/null "http://127.0.0.1:$local_port/healthz"
+# The port speaks TLS with the certificate the operator made (the chart's
+# default): trust its CA from the Secret, and name the Service the way the
+# agents do, reaching it through the port-forward.
+kubectl -n "$operator_ns" get secret "$release-feedback-tls" -o jsonpath='{.data.ca\.crt}' | base64 -d >"$fleet/feedback-ca.crt" \
+  || die "no CA in Secret $operator_ns/$release-feedback-tls"
+feedback_host="$release.$operator_ns.svc"
+https_args=(--cacert "$fleet/feedback-ca.crt" --resolve "$feedback_host:$local_port:127.0.0.1")
+wait_for "port-forward to the leader $leader" curl -sf "${https_args[@]}" -o /dev/null "https://$feedback_host:$local_port/healthz"
 pod_token
 
 now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -176,7 +183,7 @@ report=$(cat <<JSON
 JSON
 )
 post() {
-  curl -sS -o "$fleet/response.json" -w '%{http_code}' -X POST "http://127.0.0.1:$local_port/v1/feedback" \
+  curl -sS "${https_args[@]}" -o "$fleet/response.json" -w '%{http_code}' -X POST "https://$feedback_host:$local_port/v1/feedback" \
     -H "Authorization: Bearer $token" -H 'Content-Type: application/json' --data-binary "$report"
 }
 step "posting the 5.7.606 report for $ip"
