@@ -131,9 +131,10 @@ fn scraped(text: &str) -> BTreeMap<String, BTreeSet<Vec<String>>> {
 /// port's (scraped in tests/dashboard.rs), the reverse DNS gauges' (written
 /// only once a verdict exists), standalone's feedback log's and the
 /// operator-made certificate's (scraped in tests/operator_feedback_cert.rs).
-const WRITTEN_ELSEWHERE: [&str; 6] = [
+const WRITTEN_ELSEWHERE: [&str; 7] = [
     "mailfleet_feedback_requests_total",
     "mailfleet_http_connections_refused_total",
+    "mailfleet_http_plain_requests_refused_total",
     "mailfleet_reverse_dns_confirmed",
     "mailfleet_feedback_log_syncs_total",
     "mailfleet_feedback_log_reports_total",

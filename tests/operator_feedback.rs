@@ -866,8 +866,8 @@ async fn an_address_the_sender_cannot_bind_is_a_condition_an_event_and_leaves_th
 /// The operator's port over TLS, as the chart runs it with `tls.enabled`:
 /// the agent posts to https:// trusting only the CA the operator hands the
 /// sender pods (`--ca-env`, the code `mailfleet agent run` posts with). The
-/// report is counted; plain HTTP and a client trusting other roots get
-/// nothing through and change nothing.
+/// report is counted; plain HTTP (answered 400: the port speaks TLS) and a
+/// client trusting other roots get nothing through and change nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feedback_over_tls_is_counted_and_plain_http_is_not() {
     use mailfleet::agent::http::{post, Endpoint, TlsTrust};
@@ -942,7 +942,9 @@ async fn feedback_over_tls_is_counted_and_plain_http_is_not() {
             &report,
             timeout,
         );
-        let before_trusted = plain.is_err() && matches!(untrusted, Err(FetchError::Tls { .. }));
+        let plain_refused = matches!(&plain, Ok(answer) if answer.status == 400
+            && String::from_utf8_lossy(&answer.body).contains("this port speaks TLS"));
+        let before_trusted = plain_refused && matches!(untrusted, Err(FetchError::Tls { .. }));
         let trust =
             TlsTrust::from_pem(ca.as_bytes(), "MAILFLEET_FEEDBACK_CA", "the test CA".into())
                 .unwrap();
@@ -957,7 +959,10 @@ async fn feedback_over_tls_is_counted_and_plain_http_is_not() {
         matches!(untrusted, Err(FetchError::Tls { .. })),
         "a client trusting other roots must fail the handshake: {untrusted:?}"
     );
-    assert!(plain, "plain HTTP on the TLS port must get no answer");
+    assert!(
+        plain,
+        "plain HTTP on the TLS port must be answered 400, saying it speaks TLS"
+    );
     let answer = trusted.unwrap().unwrap();
     assert_eq!(
         answer.status,

@@ -158,6 +158,31 @@ async fn without_a_secret_one_is_made_and_its_ca_goes_to_the_agents() {
         .map(|c: rustls::pki_types::CertificateDer<'static>| c.to_vec())
         .unwrap();
     assert_eq!(serial, serial_of(&der));
+    // Plain HTTP on the port is answered 400, saying why, and counted.
+    let mut plain = tokio::net::TcpStream::connect(operator.local_addr())
+        .await
+        .unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    plain.read_to_string(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("this port speaks TLS: use https://"),
+        "{answer}"
+    );
+    let (_, metrics) = tls_fetch(operator.local_addr(), &ca, "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("mailfleet_http_plain_requests_refused_total 1"),
+        "{metrics}"
+    );
     // A client trusting another CA gets no handshake.
     let stranger = issue_ca(&CertPolicy::default(), unix_now()).unwrap();
     assert!(tls_get(operator.local_addr(), &stranger.cert_pem)

@@ -526,7 +526,8 @@ fn logs_are_json_lines_when_asked_and_never_coloured_on_a_pipe() {
 /// Agents on other machines report over TLS: standalone serves its port with
 /// a certificate, the agent's own HTTP client (the code `mailfleet agent run`
 /// posts with) trusts it through --ca-file, the report is stored and changes
-/// the routes; plain HTTP and an untrusted certificate get nothing through.
+/// the routes; plain HTTP (answered 400) and an untrusted certificate get
+/// nothing through.
 #[test]
 fn agents_on_other_machines_report_over_tls() {
     use mailfleet::agent::http::{post, Endpoint, TlsTrust};
@@ -569,16 +570,22 @@ fn agents_on_other_machines_report_over_tls() {
         Err(FetchError::Tls { .. }) => {}
         other => panic!("an untrusted certificate must fail the handshake: {other:?}"),
     }
-    // Plain HTTP on the TLS port gets no answer.
-    assert!(post(
+    // Plain HTTP on the TLS port is answered 400, saying why.
+    let plain = post(
         &format!("http://localhost:{port}/v1/feedback")
             .parse()
             .unwrap(),
         &headers,
         body.as_bytes(),
-        timeout
+        timeout,
     )
-    .is_err());
+    .unwrap();
+    assert_eq!(plain.status, 400);
+    assert!(
+        String::from_utf8_lossy(&plain.body).contains("this port speaks TLS"),
+        "{}",
+        String::from_utf8_lossy(&plain.body)
+    );
     // Nothing of those two was counted.
     assert!(
         microsoft_uses(&lab.out, BLOCKED_IP),

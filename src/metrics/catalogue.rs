@@ -175,6 +175,13 @@ pub const CONNECTIONS_REFUSED: Spec = spec(
     "Connections closed at once because every connection slot was inside a request.",
     Both,
 );
+pub const PLAIN_HTTP_REFUSED: Spec = spec(
+    "mailfleet_http_plain_requests_refused_total",
+    Counter,
+    &[],
+    "Plain-HTTP requests to the TLS port, answered 400 without being read.",
+    Both,
+);
 pub const REVERSE_DNS_CONFIRMED: Spec = spec(
     "mailfleet_reverse_dns_confirmed",
     Gauge,
@@ -332,7 +339,7 @@ pub const HAPROXY_RELOADS: Spec = spec(
 );
 
 /// Every family declared here, in the order of the table in docs/OPERATING.md.
-pub const ALL: [Spec; 30] = [
+pub const ALL: [Spec; 31] = [
     BUILD_INFO,
     IP_STATE,
     COMPLAINTS_WINDOW,
@@ -341,6 +348,7 @@ pub const ALL: [Spec; 30] = [
     FEEDBACK_REPORTS,
     FEEDBACK_REQUESTS,
     CONNECTIONS_REFUSED,
+    PLAIN_HTTP_REFUSED,
     REVERSE_DNS_CONFIRMED,
     RECONCILES,
     RECONCILE_FAILURES,

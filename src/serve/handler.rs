@@ -22,7 +22,7 @@ use super::{FeedbackReceiver, FeedbackRefusal, LogLevelHandle, Observability, Re
 use crate::agent::report::{
     FeedbackReport, FeedbackResponse, FEEDBACK_API_VERSION, FEEDBACK_PATH, MAX_REPORT_BYTES,
 };
-use crate::metrics::catalogue::{CONNECTIONS_REFUSED, FEEDBACK_REQUESTS};
+use crate::metrics::catalogue::{CONNECTIONS_REFUSED, FEEDBACK_REQUESTS, PLAIN_HTTP_REFUSED};
 use crate::metrics::Families;
 
 /// How long a body waits for budget freed by closing an older body reader.
@@ -67,6 +67,8 @@ struct PortCounters {
     feedback_requests: Mutex<BTreeMap<u16, u64>>,
     /// Connections closed at once because every slot was inside a request.
     refused_connections: AtomicU64,
+    /// Plain-HTTP requests to the TLS port, answered 400.
+    plain_http_refused: AtomicU64,
 }
 
 impl Families for PortCounters {
@@ -82,7 +84,8 @@ impl Families for PortCounters {
         CONNECTIONS_REFUSED.write(
             out,
             [([], self.refused_connections.load(Ordering::Relaxed))],
-        )
+        )?;
+        PLAIN_HTTP_REFUSED.write(out, [([], self.plain_http_refused.load(Ordering::Relaxed))])
     }
 }
 
@@ -132,6 +135,13 @@ impl HttpState {
         self.inner
             .counters
             .refused_connections
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn count_plain_http_refused(&self) {
+        self.inner
+            .counters
+            .plain_http_refused
             .fetch_add(1, Ordering::Relaxed);
     }
 

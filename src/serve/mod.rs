@@ -271,8 +271,23 @@ async fn connection(
     let Some(tls) = tls else {
         return exchange(TokioIo::new(stream), peer, state, limits, slot, stopping).await;
     };
+    // One deadline for the first byte and the handshake: the bound of a request head.
+    let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
+    let mut first = [0u8; 1];
+    let peeked = tokio::select! {
+        peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)) => peeked,
+        () = slot.evicted() => return,
+    };
+    match peeked {
+        Ok(Ok(1)) if first[0] != TLS_HANDSHAKE_RECORD && first[0].is_ascii_uppercase() => {
+            state.count_plain_http_refused();
+            return refuse_plain_http(stream, peer, deadline).await;
+        }
+        Ok(Ok(1)) => {}
+        _ => return tracing::debug!(%peer, "connection closed or silent before a TLS handshake"),
+    }
     let handshake = tokio::select! {
-        done = tokio::time::timeout(limits.header_read_timeout, tls.accept(stream)) => done,
+        done = tokio::time::timeout_at(deadline, tls.accept(stream)) => done,
         () = slot.evicted() => return,
     };
     match handshake {
@@ -280,6 +295,37 @@ async fn connection(
         Ok(Err(err)) => tracing::debug!(%peer, error = %err, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake not finished in time"),
     }
+}
+
+/// The first byte of a TLS ClientHello (a handshake record); a plain HTTP
+/// request starts with its method, an upper-case letter.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Answers a plain-HTTP request on the TLS port with a 400 that says why,
+/// instead of a closed connection the client cannot explain.
+async fn refuse_plain_http(
+    mut stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    deadline: tokio::time::Instant,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: &str =
+        "this port speaks TLS: use https:// (the agents trust the CA in MAILFLEET_FEEDBACK_CA)\n";
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Connection: close\r\nContent-Length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    tracing::debug!(%peer, "plain HTTP on the TLS port: answered 400");
+    let _ = tokio::time::timeout_at(deadline, async {
+        // What the client sent first (its head, usually) is read so that the
+        // answer is not lost to a reset; the rest is never looked at.
+        let mut head = [0u8; 4096];
+        let _ = stream.read(&mut head).await;
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 /// The HTTP exchanges of one connection, plain or TLS.
