@@ -334,3 +334,56 @@ async fn a_corrupt_secret_stops_the_start_naming_the_key_and_the_fix() {
     let stored = stored_secret(&api).unwrap();
     assert_eq!(secret_text(&stored, TLS_CERT_KEY), serving.cert_pem);
 }
+
+/// A Secret whose serving certificate is past its renewal point.
+fn seed_due_secret(api: &FakeApi) -> (mailfleet::operator::feedback_cert_keeper::IssuedCa, String) {
+    let now = unix_now();
+    let policy = CertPolicy::default();
+    let ca = issue_ca(&policy, now).unwrap();
+    let short = CertPolicy {
+        serving_lifetime: 10,
+        ..policy
+    };
+    let serving = issue_serving(&ca, &managed(Duration::ZERO).names, &short, now).unwrap();
+    let data: serde_json::Map<String, Value> = secret_data(&ca, &serving)
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::to_value(v).unwrap()))
+        .collect();
+    api.insert(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": SECRET, "namespace": OPERATOR_NS},
+        "type": "kubernetes.io/tls",
+        "data": data,
+    }));
+    (ca, serving.cert_pem)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_that_loses_a_race_reads_the_secret_again_and_keeps_the_ca() {
+    let api = FakeApi::start().await;
+    let (ca, due_cert) = seed_due_secret(&api);
+    // The other replica's renewal came first: this replica's replace is refused once.
+    api.fail_next("PUT", SECRET, 409, 1);
+    api.clear_requests();
+    let serving = mailfleet::operator::feedback_cert_keeper::start(
+        api.client(),
+        managed(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(serving.ca_pem, ca.cert_pem);
+    let secret = stored_secret(&api).unwrap();
+    assert_ne!(secret_text(&secret, TLS_CERT_KEY), due_cert, "not renewed");
+    assert_eq!(secret_text(&secret, CA_CERT_KEY), ca.cert_pem);
+    let puts: Vec<u16> = api
+        .requests()
+        .iter()
+        .filter(|w| w.method == "PUT" && w.path.contains(SECRET))
+        .map(|w| w.status)
+        .collect();
+    assert_eq!(
+        puts,
+        [409, 200],
+        "one refused replace, one after reading again"
+    );
+}

@@ -418,4 +418,50 @@ mod tests {
             "{zero}"
         );
     }
+
+    #[test]
+    fn the_operator_made_certificate_serves_https_for_the_feedback_host() {
+        let parse = |args: &[&str]| {
+            // Flags for what the environment test sets meanwhile.
+            let fixed = ["x", "--pod-namespace=ops", "--concurrency=4"];
+            Cmd::try_parse_from(fixed.iter().chain(args))
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.operator.options().map_err(|e| e.to_string()))
+        };
+        let options = parse(&["--feedback-tls-secret=mailfleet-feedback-tls"]).unwrap();
+        assert_eq!(
+            options.settings.feedback_url,
+            "https://mailfleet.ops.svc:8080/v1/feedback"
+        );
+        let managed = options
+            .managed_tls
+            .expect("the operator makes the certificate");
+        assert_eq!(managed.secret.to_string(), "ops/mailfleet-feedback-tls");
+        assert_eq!(
+            managed.names,
+            crate::operator::feedback_cert::serving_names("mailfleet", "ops")
+        );
+        assert!(options.tls.is_none());
+
+        let custom = parse(&[
+            "--feedback-tls-secret=t",
+            "--feedback-url=https://feedback.example.net:8443/v1/feedback",
+        ])
+        .unwrap();
+        assert!(custom
+            .managed_tls
+            .unwrap()
+            .names
+            .contains(&"feedback.example.net".to_string()));
+
+        let plain = parse(&[
+            "--feedback-tls-secret=t",
+            "--feedback-url=http://mailfleet.ops.svc:8080/v1/feedback",
+        ])
+        .unwrap_err();
+        assert!(plain.contains("--feedback-url must be https://"), "{plain}");
+        let both =
+            parse(&["--feedback-tls-secret=t", "--tls-cert=/c", "--tls-key=/k"]).unwrap_err();
+        assert!(both.contains("cannot be used with"), "{both}");
+    }
 }
