@@ -175,6 +175,8 @@ fn is_status(error: &kube::Error, code: u16) -> bool {
 }
 
 /// What the port serves: swapped whole when the Secret holds a new pair.
+/// A plain `RwLock` (arc-swap is not in the build): a handshake holds the
+/// read lock only to clone an `Arc`, and a swap comes once in 60 days.
 pub struct ServedCert {
     current: RwLock<Arc<CertifiedKey>>,
     serial: RwLock<String>,
