@@ -9,6 +9,7 @@
 //! in both drivers.
 
 mod handler;
+mod health;
 pub mod ledger;
 mod limits;
 mod log_level;
@@ -32,6 +33,7 @@ use tokio::task::JoinSet;
 use crate::agent::report::{FeedbackReport, FeedbackResponse};
 
 pub use handler::HttpState;
+pub use health::{ProbeFailure, ProbeProblem, ProbeReport, ProblemCategory};
 pub use limits::ServeLimits;
 pub use log_level::{LogFilterError, LogLevelHandle};
 pub use tls::{TlsError, TlsFiles};
@@ -136,10 +138,10 @@ pub trait Observability: Send + Sync + 'static {
     /// The process's metrics registry; the port registers its own request
     /// counters in it and serves it on `/metrics`.
     fn registry(&self) -> &crate::metrics::ProcessRegistry;
-    /// `/healthz`: Ok(body) answers 200, Err(body) 503.
-    fn health(&self) -> Result<String, String>;
-    /// `/readyz`: Ok(body) answers 200, Err(body) 503.
-    fn ready(&self) -> Result<String, String>;
+    /// `/healthz`: Ok answers 200 with the report, Err 503 with each problem.
+    fn health(&self) -> Result<ProbeReport, ProbeFailure>;
+    /// `/readyz`: Ok answers 200 with the report, Err 503 with each problem.
+    fn ready(&self) -> Result<ProbeReport, ProbeFailure>;
 }
 
 /// Serves the port on `listener` until `shutdown` completes, then stops

@@ -81,15 +81,18 @@ impl Observability for Fixed {
     fn registry(&self) -> &ProcessRegistry {
         &self.registry
     }
-    fn health(&self) -> Result<String, String> {
+    fn health(&self) -> Result<ProbeReport, ProbeFailure> {
         if self.healthy {
-            Ok("ok".into())
+            Ok(ProbeReport::Healthy)
         } else {
-            Err("manifests/pool.yaml: broken".into())
+            Err(ProbeFailure::single(
+                ProblemCategory::Configuration,
+                "manifests/pool.yaml: broken",
+            ))
         }
     }
-    fn ready(&self) -> Result<String, String> {
-        Err("not yet".into())
+    fn ready(&self) -> Result<ProbeReport, ProbeFailure> {
+        Err(ProbeFailure::single(ProblemCategory::Starting, "not yet"))
     }
 }
 
