@@ -569,7 +569,7 @@ async fn supervise(
     stopped: oneshot::Receiver<()>,
 ) -> Result<(), RunError> {
     let (http_stop, http_stopped) = oneshot::channel::<()>();
-    let http = serve_port(&ctx, port, &options, http_stopped.map(|_| ()));
+    let http = spawn_port(&ctx, port, &options, http_stopped.map(|_| ()));
     tokio::spawn(mark_synced(ctx.clone()));
     let mut stopped = stopped.fuse();
     let result = lead_and_run(&client, &options, &ctx, wiring, &mut stopped).await;
@@ -583,7 +583,7 @@ async fn supervise(
 }
 
 /// Spawns the port, plain or over TLS, until `stopped`.
-fn serve_port(
+fn spawn_port(
     ctx: &Arc<Context>,
     port: Port,
     options: &OperatorOptions,
@@ -597,14 +597,9 @@ fn serve_port(
         tls,
         log_level,
     } = port;
-    match tls {
-        None => tokio::spawn(serve::serve_with(
-            listener, receiver, obs, log_level, limits, stopped,
-        )),
-        Some(acceptor) => tokio::spawn(serve::serve_tls(
-            listener, acceptor, receiver, obs, log_level, limits, stopped,
-        )),
-    }
+    tokio::spawn(serve::serve_on(
+        listener, tls, receiver, obs, log_level, limits, stopped,
+    ))
 }
 
 /// `/readyz` passes, and the controllers may start, once every watched
@@ -710,21 +705,19 @@ impl Leading {
             stops: Vec::new(),
         };
         let config = ControllerConfig::default().concurrency(options.concurrency);
-        let mut wake_all = Vec::new();
-        for scope in wiring {
-            wake_all.push(scope.pool_trigger.clone());
-            wake_all.push(scope.route_trigger.clone());
-            let pools_stopped = leading.stop_signal();
-            let routes_stopped = leading.stop_signal();
-            let (pools, routes) =
-                scope_controllers(scope, &config, ctx, pools_stopped, routes_stopped);
+        for scope in &wiring {
+            let stopped = leading.stop_signal();
+            let pools = pool_controller(scope, config.clone(), ctx, stopped);
             leading.controllers.spawn(pools.map(|()| "SenderPool"));
+            let stopped = leading.stop_signal();
+            let routes = route_controller(scope, config.clone(), ctx, stopped);
             leading.controllers.spawn(routes.map(|()| "DomainRoute"));
         }
         // They start after the stores are listed, so every object is
         // reconciled once at the start.
-        for trigger in wake_all {
-            trigger.fire();
+        for scope in &wiring {
+            scope.pool_trigger.fire();
+            scope.route_trigger.fire();
         }
         let stop = leading.stop_signal();
         leading.spawn("the probes", probes::run(ctx.clone(), stop));
@@ -794,57 +787,62 @@ impl Leading {
     }
 }
 
-/// The pool and route controllers of one scope. They read the reflectors'
-/// stores and changes ([`Feeds`]): each kind is watched once.
-fn scope_controllers(
-    scope: ScopeWiring,
-    config: &ControllerConfig,
+/// The pool controller of one scope. It reads the reflectors' stores and
+/// changes ([`Feeds`]): each kind is watched once.
+fn pool_controller(
+    scope: &ScopeWiring,
+    config: ControllerConfig,
     ctx: &Arc<Context>,
-    pools_stopped: impl Future<Output = ()> + Send + Sync + 'static,
-    routes_stopped: impl Future<Output = ()> + Send + Sync + 'static,
-) -> (
-    impl Future<Output = ()> + Send + 'static,
-    impl Future<Output = ()> + Send + 'static,
-) {
-    let ScopeWiring {
-        pool_trigger,
-        route_trigger,
-        pool_wakes,
-        route_wakes,
-        pool_store,
-        route_store,
-        feeds,
-    } = scope;
-    let pools = Controller::for_stream(feeds.pools.subscribe(pool_trigger.clone()), pool_store)
-        .with_config(config.clone())
-        .owns_stream(feeds.deployments.subscribe(pool_trigger.clone()))
-        .watches_stream(feeds.pods.subscribe(pool_trigger.clone()), |pod: Pod| {
-            let pool = pod.labels().get(POOL_LABEL)?.clone();
-            Some(reflector::ObjectRef::new(&pool).within(&pod.namespace()?))
-        })
-        .reconcile_all_on(pool_trigger.stream())
-        .reconcile_on(pool_wakes.stream())
-        .graceful_shutdown_on(pools_stopped)
-        .run(
-            pool_controller::reconcile,
-            pool_controller::error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| async {});
-    let routes = Controller::for_stream(feeds.routes.subscribe(route_trigger.clone()), route_store)
-        .with_config(config.clone())
-        .owns_stream(feeds.services.subscribe(route_trigger.clone()))
-        .owns_stream(feeds.slices.subscribe(route_trigger.clone()))
-        .reconcile_all_on(route_trigger.stream())
-        .reconcile_on(route_wakes.stream())
-        .graceful_shutdown_on(routes_stopped)
-        .run(
-            route_controller::reconcile,
-            route_controller::error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| async {});
-    (pools, routes)
+    stopped: impl Future<Output = ()> + Send + Sync + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
+    let trigger = &scope.pool_trigger;
+    let feeds = &scope.feeds;
+    Controller::for_stream(
+        feeds.pools.subscribe(trigger.clone()),
+        scope.pool_store.clone(),
+    )
+    .with_config(config)
+    .owns_stream(feeds.deployments.subscribe(trigger.clone()))
+    .watches_stream(feeds.pods.subscribe(trigger.clone()), |pod: Pod| {
+        let pool = pod.labels().get(POOL_LABEL)?.clone();
+        Some(reflector::ObjectRef::new(&pool).within(&pod.namespace()?))
+    })
+    .reconcile_all_on(trigger.stream())
+    .reconcile_on(scope.pool_wakes.stream())
+    .graceful_shutdown_on(stopped)
+    .run(
+        pool_controller::reconcile,
+        pool_controller::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| async {})
+}
+
+/// The route controller of one scope, on the same shared streams.
+fn route_controller(
+    scope: &ScopeWiring,
+    config: ControllerConfig,
+    ctx: &Arc<Context>,
+    stopped: impl Future<Output = ()> + Send + Sync + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
+    let trigger = &scope.route_trigger;
+    let feeds = &scope.feeds;
+    Controller::for_stream(
+        feeds.routes.subscribe(trigger.clone()),
+        scope.route_store.clone(),
+    )
+    .with_config(config)
+    .owns_stream(feeds.services.subscribe(trigger.clone()))
+    .owns_stream(feeds.slices.subscribe(trigger.clone()))
+    .reconcile_all_on(trigger.stream())
+    .reconcile_on(scope.route_wakes.stream())
+    .graceful_shutdown_on(stopped)
+    .run(
+        route_controller::reconcile,
+        route_controller::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| async {})
 }
 
 fn api<K>(client: &Client, scope: &Option<String>) -> Api<K>

@@ -173,34 +173,13 @@ pub async fn serve_with<R: FeedbackReceiver, O: Observability>(
     limits: ServeLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_port(listener, None, receiver, obs, log_level, limits, shutdown).await
+    serve_on(listener, None, receiver, obs, log_level, limits, shutdown).await
 }
 
-/// [`serve_with`] over TLS: each connection's handshake must end within the
-/// header read timeout, or the connection is closed (a slow handshake is the
-/// TLS form of a slow request head).
-pub async fn serve_tls<R: FeedbackReceiver, O: Observability>(
-    listener: TcpListener,
-    tls: tokio_rustls::TlsAcceptor,
-    receiver: Arc<R>,
-    obs: Arc<O>,
-    log_level: Option<LogLevelHandle>,
-    limits: ServeLimits,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    serve_port(
-        listener,
-        Some(tls),
-        receiver,
-        obs,
-        log_level,
-        limits,
-        shutdown,
-    )
-    .await
-}
-
-async fn serve_port<R: FeedbackReceiver, O: Observability>(
+/// [`serve_with`], over TLS when `tls` is given: each connection's handshake
+/// must end within the header read timeout, or the connection is closed (a
+/// slow handshake is the TLS form of a slow request head).
+pub async fn serve_on<R: FeedbackReceiver, O: Observability>(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     receiver: Arc<R>,
