@@ -153,8 +153,9 @@ pub async fn serve<R: FeedbackReceiver, O: Observability>(
     log_level: Option<LogLevelHandle>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_with(
+    serve_on(
         listener,
+        None,
         receiver,
         obs,
         log_level,
@@ -164,19 +165,7 @@ pub async fn serve<R: FeedbackReceiver, O: Observability>(
     .await
 }
 
-/// [`serve`] with other limits than the defaults.
-pub async fn serve_with<R: FeedbackReceiver, O: Observability>(
-    listener: TcpListener,
-    receiver: Arc<R>,
-    obs: Arc<O>,
-    log_level: Option<LogLevelHandle>,
-    limits: ServeLimits,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    serve_on(listener, None, receiver, obs, log_level, limits, shutdown).await
-}
-
-/// [`serve_with`], over TLS when `tls` is given: each connection's handshake
+/// [`serve`] with other limits than the defaults, over TLS when `tls` is given: each connection's handshake
 /// must end within the header read timeout, or the connection is closed (a
 /// slow handshake is the TLS form of a slow request head).
 pub async fn serve_on<R: FeedbackReceiver, O: Observability>(

@@ -435,8 +435,9 @@ async fn start(limits: ServeLimits) -> (std::net::SocketAddr, tokio::sync::onesh
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve_with(
+    tokio::spawn(serve_on(
         listener,
+        None,
         Arc::new(Recorder::default()),
         Arc::new(Fixed::new(true)),
         None,
