@@ -263,16 +263,24 @@ async fn paths_methods_health_and_request_counts() {
     );
 }
 
-#[tokio::test]
-async fn log_level_is_read_and_changed_through_the_port() {
-    use tracing_subscriber::{reload, EnvFilter};
-    let (_layer, handle) =
-        reload::Layer::<EnvFilter, tracing_subscriber::Registry>::new(EnvFilter::new("info"));
+type FilterLayer =
+    tracing_subscriber::reload::Layer<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// A healthy port whose log filter starts at `info`, and the filter's layer.
+fn state_with_log_level() -> (HttpState, FilterLayer) {
+    let (layer, handle) = FilterLayer::new(tracing_subscriber::EnvFilter::new("info"));
     let state = HttpState::new(
         Arc::new(Recorder::default()),
         Arc::new(Fixed::new(true)),
         Some(LogLevelHandle::new(handle, "info")),
     );
+    (state, layer)
+}
+
+#[tokio::test]
+async fn log_level_is_read_and_changed_through_the_port() {
+    // The layer lives as long as the test: its handle changes nothing once it is gone.
+    let (state, _layer) = state_with_log_level();
     let put = |body: &'static str| {
         Request::put("/log-level")
             .body(Full::new(Bytes::from(body)))
@@ -399,14 +407,8 @@ async fn cross_site_and_wrong_media_types_are_refused_from_the_head() {
 
 #[tokio::test]
 async fn the_log_level_changes_only_from_this_machine_by_default() {
-    use tracing_subscriber::{reload, EnvFilter};
-    let (_layer, handle) =
-        reload::Layer::<EnvFilter, tracing_subscriber::Registry>::new(EnvFilter::new("info"));
-    let state = HttpState::new(
-        Arc::new(Recorder::default()),
-        Arc::new(Fixed::new(true)),
-        Some(LogLevelHandle::new(handle, "info")),
-    );
+    // The layer lives as long as the test: its handle changes nothing once it is gone.
+    let (state, _layer) = state_with_log_level();
     let put_from = |peer: &str| {
         let mut request = Request::put("/log-level")
             .body(Full::new(Bytes::from("debug")))
