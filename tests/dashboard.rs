@@ -25,7 +25,9 @@ use mailfleet::probe::dnsbl::{ProbeError, ProbeOutcome, ZoneErrorCounters};
 use mailfleet::probe::runner::render_metrics as render_probe_metrics;
 use mailfleet::probe::snds::SndsCounters;
 use mailfleet::reputation::postfix_log::Skip;
-use mailfleet::serve::{FeedbackReceiver, FeedbackRefusal, Observability, RequestHead};
+use mailfleet::serve::{
+    FeedbackReceiver, FeedbackRefusal, Observability, ProbeFailure, ProbeReport, RequestHead,
+};
 use mailfleet::vocab::{Category, Outcome};
 use regex::Regex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -156,11 +158,11 @@ impl Observability for NoMetrics {
     fn registry(&self) -> &ProcessRegistry {
         &self.0
     }
-    fn health(&self) -> Result<String, String> {
-        Ok("ok\n".into())
+    fn health(&self) -> Result<ProbeReport, ProbeFailure> {
+        Ok(ProbeReport::Healthy)
     }
-    fn ready(&self) -> Result<String, String> {
-        Ok("ready\n".into())
+    fn ready(&self) -> Result<ProbeReport, ProbeFailure> {
+        Ok(ProbeReport::Ready)
     }
 }
 

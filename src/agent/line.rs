@@ -45,15 +45,18 @@ impl fmt::Display for LogFormat {
     }
 }
 
+/// A delivery log format this agent does not read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown log format `{0}`; expected postfix or json-lines")]
+pub struct UnknownLogFormat(pub String);
+
 impl FromStr for LogFormat {
-    type Err = String;
+    type Err = UnknownLogFormat;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "postfix" => Ok(LogFormat::Postfix),
             "json-lines" | "jsonl" => Ok(LogFormat::JsonLines),
-            _ => Err(format!(
-                "unknown log format `{s}`; expected postfix or json-lines"
-            )),
+            _ => Err(UnknownLogFormat(s.to_string())),
         }
     }
 }
@@ -309,6 +312,7 @@ mod tests {
         assert!("csv"
             .parse::<LogFormat>()
             .unwrap_err()
+            .to_string()
             .contains("postfix or json-lines"));
     }
 }

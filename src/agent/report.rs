@@ -645,6 +645,38 @@ impl SequenceLedger {
     }
 }
 
+/// For tests across the crate: a report of agent `bulk-0` (run `abc`) of
+/// pool `mail/bulk` from `ip`, over the instant `at`, counting nothing; a
+/// test sets what it counts with struct update syntax.
+#[cfg(test)]
+impl FeedbackReport {
+    pub(crate) fn counting_nothing(ip: &str, sequence: u64, at: Timestamp) -> FeedbackReport {
+        FeedbackReport {
+            api_version: FEEDBACK_API_VERSION.into(),
+            agent: AgentIdentity {
+                name: "bulk-0".into(),
+                instance: "abc".into(),
+            },
+            sequence,
+            source_ip: ip.parse().expect("a test report's IP"),
+            pool: PoolRef {
+                namespace: "mail".into(),
+                name: "bulk".into(),
+            },
+            period: Period { start: at, end: at },
+            totals: Vec::new(),
+            conclusive: Vec::new(),
+            lines: Default::default(),
+            dropped: Default::default(),
+            config_version: None,
+            queue: None,
+            drain: None,
+            ip_binding: None,
+            complaints: Vec::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -450,11 +450,46 @@ pub(crate) mod plain_pairs_field {
     }
 }
 
+/// For the tests of the largest pool the CRD allows: its providers, every
+/// builtin provider and gateway, `other` and 16 declared providers.
+#[cfg(test)]
+pub(crate) fn largest_pool_providers() -> Vec<String> {
+    use crate::vocab::{BUILTIN_GATEWAYS, BUILTIN_PROVIDERS, OTHER_PROVIDER};
+    let mut providers: Vec<String> = BUILTIN_PROVIDERS
+        .iter()
+        .chain(BUILTIN_GATEWAYS.iter())
+        .map(|p| p.to_string())
+        .collect();
+    providers.push(OTHER_PROVIDER.to_string());
+    // Sixteen declared providers, named as a sender would name them.
+    providers.extend(
+        [
+            "comcast",
+            "orange",
+            "gmx",
+            "web-de",
+            "t-online",
+            "libero",
+            "mail-ru",
+            "yandex",
+            "naver",
+            "laposte",
+            "free-fr",
+            "bt-internet",
+            "virgin-media",
+            "fastmail",
+            "zoho",
+            "seznam",
+        ]
+        .map(String::from),
+    );
+    providers
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::{IpStatus, PoolIp, SenderPool, SenderPoolStatus};
-    use crate::vocab::{BUILTIN_GATEWAYS, BUILTIN_PROVIDERS, OTHER_PROVIDER};
 
     fn ts(seconds: i64) -> Time {
         Time(Timestamp::from_second(seconds).unwrap())
@@ -601,34 +636,7 @@ mod tests {
     /// past block (block count, hold-down), as a pool running for months is.
     fn largest_pool(warmed: bool) -> SenderPool {
         let end = 1_765_090_020;
-        let mut providers: Vec<String> = BUILTIN_PROVIDERS
-            .iter()
-            .chain(BUILTIN_GATEWAYS.iter())
-            .map(|p| p.to_string())
-            .collect();
-        providers.push(OTHER_PROVIDER.to_string());
-        // Sixteen declared providers, named as a sender would name them.
-        providers.extend(
-            [
-                "comcast",
-                "orange",
-                "gmx",
-                "web-de",
-                "t-online",
-                "libero",
-                "mail-ru",
-                "yandex",
-                "naver",
-                "laposte",
-                "free-fr",
-                "bt-internet",
-                "virgin-media",
-                "fastmail",
-                "zoho",
-                "seznam",
-            ]
-            .map(String::from),
-        );
+        let providers = largest_pool_providers();
         let mut ips = Vec::new();
         let mut spec_ips = Vec::new();
         for n in 0..256i64 {

@@ -193,11 +193,11 @@ pub fn run(args: StandaloneArgs) -> Result<ExitCode, Box<dyn std::error::Error>>
     let result = runtime.block_on(async {
         // Installed before anything is served, so a SIGTERM sent as soon as
         // the port answers is a graceful stop, not the default kill.
-        let shutdown =
-            shutdown_signal().map_err(|e| format!("cannot watch SIGINT/SIGTERM: {e}"))?;
-        standalone::run(options, log_level, shutdown)
-            .await
-            .map_err(|e| e.to_string())
+        let shutdown = shutdown_signal().map_err(|e| -> Box<dyn std::error::Error> {
+            format!("cannot watch SIGINT/SIGTERM: {e}").into()
+        })?;
+        standalone::run(options, log_level, shutdown).await?;
+        Ok::<(), Box<dyn std::error::Error>>(())
     });
     // A name lookup still running in a blocking thread must not delay the exit.
     runtime.shutdown_timeout(Duration::from_millis(200));

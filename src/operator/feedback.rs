@@ -826,7 +826,7 @@ async fn write_route_queues(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::report::{AgentIdentity, ConclusiveEvidence, Period, PoolRef, TotalCount};
+    use crate::agent::report::{ConclusiveEvidence, TotalCount};
     use crate::api::ReputationState;
     use crate::operator::snapshot::build;
     use crate::routing::example::incident_fleet;
@@ -850,35 +850,13 @@ mod tests {
             Outcome::Deferred
         };
         FeedbackReport {
-            api_version: FEEDBACK_API_VERSION.into(),
-            agent: AgentIdentity {
-                name: "bulk-0".into(),
-                instance: "abc".into(),
-            },
-            sequence,
-            source_ip: ip.parse().unwrap(),
-            pool: PoolRef {
-                namespace: "mail".into(),
-                name: "bulk".into(),
-            },
-            period: Period {
-                start: now(),
-                end: now(),
-            },
             totals: vec![TotalCount {
                 provider: provider.into(),
                 outcome,
                 category,
                 count: 40,
             }],
-            conclusive: Vec::new(),
-            lines: Default::default(),
-            dropped: Default::default(),
-            config_version: None,
-            queue: None,
-            drain: None,
-            ip_binding: None,
-            complaints: Vec::new(),
+            ..FeedbackReport::counting_nothing(ip, sequence, now())
         }
     }
 

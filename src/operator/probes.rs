@@ -153,6 +153,16 @@ pub fn feeds_to_known_urls(pools: &mut [SenderPool], allow_custom: bool) -> Vec<
     problems
 }
 
+/// Copies of every watched pool, for a round that edits or keeps them.
+fn watched_pools(ctx: &Context) -> Vec<SenderPool> {
+    ctx.stores
+        .pools
+        .all()
+        .iter()
+        .map(|p| (**p).clone())
+        .collect()
+}
+
 /// Runs the probes until `stop` completes.
 pub async fn run(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()>) {
     let mut stop = std::pin::pin!(stop);
@@ -160,14 +170,7 @@ pub async fn run(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()>)
     let secrets = KubeSecrets::new(ctx.client.clone());
     loop {
         let now = Timestamp::now();
-        let pools: Vec<SenderPool> = ctx
-            .stores
-            .pools
-            .all()
-            .iter()
-            .map(|p| (**p).clone())
-            .collect();
-        let mut pools = pools;
+        let mut pools = watched_pools(&ctx);
         for problem in feeds_to_known_urls(&mut pools, ctx.settings.allow_custom_feed_urls) {
             tracing::warn!(problem = %problem, "probe");
         }
@@ -207,13 +210,7 @@ pub async fn run_claim_checks(ctx: Arc<Context>, stop: impl std::future::Future<
     let mut checks = ClaimChecks::new(ProbeOptions::default(), ClaimCheckLimits::default());
     loop {
         for _ in 0..CLAIM_LOOKS {
-            let pools: Vec<SenderPool> = ctx
-                .stores
-                .pools
-                .all()
-                .iter()
-                .map(|p| (**p).clone())
-                .collect();
+            let pools = watched_pools(&ctx);
             let (queries, problems) = checks.due(&pools, Timestamp::now());
             for problem in &problems {
                 tracing::warn!(problem = %problem, "claim check");

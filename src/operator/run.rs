@@ -34,7 +34,10 @@ use super::stores::Stores;
 use super::triggers::{route_wake, ChangeFilter, Epochs, PoolChanges, RouteWake, Trigger, Wakes};
 use super::{pool_controller, probes, route_controller};
 use crate::api::{DomainRoute, SenderPool};
-use crate::serve::{self, LogLevelHandle, Observability, ServeLimits, TlsError, TlsFiles};
+use crate::serve::{
+    self, LogLevelHandle, Observability, ProbeFailure, ProbeReport, ProblemCategory, ServeLimits,
+    TlsError, TlsFiles,
+};
 
 /// How long controllers get to finish their reconciles after shutdown is asked.
 const CONTROLLER_GRACE: Duration = Duration::from_secs(10);
@@ -157,23 +160,24 @@ impl Observability for Obs {
     fn registry(&self) -> &crate::metrics::ProcessRegistry {
         &self.0.registry
     }
-    fn health(&self) -> Result<String, String> {
-        Ok("ok\n".into())
+    fn health(&self) -> Result<ProbeReport, ProbeFailure> {
+        Ok(ProbeReport::Healthy)
     }
-    fn ready(&self) -> Result<String, String> {
-        if self.0.is_synced() {
-            Ok(if self.0.is_leading() {
-                "ready (leader)\n".into()
-            } else {
-                "ready (follower)\n".into()
-            })
-        } else {
-            Err("waiting for the first list of every watched resource\n".into())
+    fn ready(&self) -> Result<ProbeReport, ProbeFailure> {
+        match (self.0.is_synced(), self.0.is_leading()) {
+            (true, true) => Ok(ProbeReport::Leading),
+            (true, false) => Ok(ProbeReport::Following),
+            (false, _) => Err(ProbeFailure::single(
+                ProblemCategory::Starting,
+                "waiting for the first list of every watched resource",
+            )),
         }
     }
 }
 
-/// Starts the operator on `listener`.
+/// Starts the operator on `listener`: the reflectors of every watched scope,
+/// the context over their stores, then (in the background) the port and,
+/// while this replica leads, the controllers.
 pub async fn start(
     client: Client,
     mut options: OperatorOptions,
@@ -184,212 +188,27 @@ pub async fn start(
     // Refused before anything runs: a key that does not load must not
     // leave a plain-HTTP port behind.
     let (tls, served_cert) = super::feedback_cert_keeper::port_tls(&client, &mut options).await?;
-    let scopes: Vec<Option<String>> = if options.namespaces.is_empty() {
-        vec![None]
-    } else {
-        options.namespaces.iter().cloned().map(Some).collect()
-    };
-    let metrics = Arc::new(Metrics::default());
-    let epochs = Arc::new(Epochs::default());
-    let mut reflectors = JoinSet::new();
-    let mut wiring = Vec::new();
-    let mut pools = Vec::new();
-    let mut routes = Vec::new();
-    let mut pods = Vec::new();
-    let mut deployments = Vec::new();
-    let mut config_maps = Vec::new();
-    let mut services = Vec::new();
-    let mut slices = Vec::new();
-    let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
-    // The reflectors start before the context exists; a deleted pool or
-    // route is forgotten through this once the context is made.
-    let forget: Arc<OnceLock<Weak<Context>>> = Arc::default();
-    for scope in &scopes {
-        let pool_trigger = Trigger::new();
-        let route_trigger = Trigger::new();
-        let pool_wakes = Wakes::new(pool_trigger.clone());
-        let route_wakes = Wakes::new(route_trigger.clone());
-        let feeds = Feeds::default();
-        // Which routes name which pool, from the route watch below.
-        let index: Arc<Mutex<PoolRouteIndex>> = Arc::default();
-        // A pool's pair states change the routes naming it; its spec every
-        // route and every sender config of its namespace; a route's spec
-        // changes every sender config; a pod changes the endpoints of the
-        // routes.
-        let mut pool_changes = PoolChanges::default();
-        let to_routes = route_trigger.clone();
-        let to_named_routes = route_wakes.clone();
-        let pool_index = index.clone();
-        let pool_forget = forget.clone();
-        let pool_feed = feeds.pools.clone();
-        let pool_store = reflect(
-            &mut reflectors,
-            api::<SenderPool>(&client, scope),
-            watcher::Config::default(),
-            move |event| {
-                pool_feed.send(event);
-                forget_gone(&pool_forget, event, Context::forget_pool);
-                // The routes re-compile; the pools whose view of the table
-                // moved follow (SnapshotCache::notify).
-                let change = pool_changes.classify(event);
-                let wake = route_wake(
-                    &change,
-                    &pool_index.lock().unwrap_or_else(|e| e.into_inner()),
-                );
-                match wake {
-                    RouteWake::None => {}
-                    RouteWake::Routes(routes) => to_named_routes.wake(routes),
-                    RouteWake::All => to_routes.fire(),
-                }
-            },
-        );
-        pools.push(pool_store.clone());
-        let mut route_changes = ChangeFilter::default();
-        let to_pools = pool_trigger.clone();
-        let route_forget = forget.clone();
-        let route_feed = feeds.routes.clone();
-        let route_index = index;
-        let route_store = reflect(
-            &mut reflectors,
-            api::<DomainRoute>(&client, scope),
-            watcher::Config::default(),
-            move |event| {
-                // The index first: a pool change read after this event
-                // reaches the route's new pools.
-                route_index
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .apply(event);
-                route_feed.send(event);
-                forget_gone(&route_forget, event, Context::forget_route);
-                if route_changes.route_event(event) {
-                    to_pools.fire();
-                }
-            },
-        );
-        routes.push(route_store.clone());
-        let mut pod_changes = ChangeFilter::default();
-        let to_routes = route_trigger.clone();
-        let pod_epochs = epochs.clone();
-        let pod_feed = feeds.pods.clone();
-        let pod_pools = pool_store.clone();
-        pods.push(reflect(
-            &mut reflectors,
-            api::<Pod>(&client, scope),
-            watcher::Config::default().labels(&format!("{POOL_LABEL},{IP_LABEL}")),
-            move |event| {
-                pod_feed.send(event);
-                if pod_changes.pod_event(event) {
-                    pod_epochs.bump_pods();
-                    match event {
-                        watcher::Event::Apply(pod) | watcher::Event::Delete(pod)
-                            if owner_alive(&pod_pools, pod) =>
-                        {
-                            pod_epochs.bump_owner(pod)
-                        }
-                        _ => {}
-                    }
-                    to_routes.fire();
-                }
-            },
-        ));
-        let owned = watcher::Config::default().labels(&managed);
-        let deployment_epochs = epochs.clone();
-        let deployment_feed = feeds.deployments.clone();
-        let deployment_pools = pool_store.clone();
-        deployments.push(reflect(
-            &mut reflectors,
-            api::<Deployment>(&client, scope),
-            owned.clone(),
-            move |event| {
-                deployment_feed.send(event);
-                match event {
-                    watcher::Event::Apply(d) | watcher::Event::Delete(d)
-                        if owner_alive(&deployment_pools, d) =>
-                    {
-                        deployment_epochs.bump_owner(d)
-                    }
-                    _ => {}
-                }
-            },
-        ));
-        // A ConfigMap is compared by its config-version annotation: its data
-        // (the largest objects by far) is not kept. The one ConfigMap watch
-        // sees every ConfigMap of the scope, not only ours: the classifier
-        // rules a pool names (`spec.classifierRules`) are the user's own, with
-        // no label of ours. A deleted ConfigMap of ours wakes the pools; a
-        // change of one a pool names wakes that pool, which reads it.
-        let to_pools = pool_trigger.clone();
-        let rules_epochs = epochs.clone();
-        let rules_pools = pool_store.clone();
-        config_maps.push(reflect_with(
-            &mut reflectors,
-            api::<ConfigMap>(&client, scope),
-            watcher::Config::default(),
-            |cm: &mut ConfigMap| {
-                cm.managed_fields_mut().clear();
-                // The pools' reputation memories are small and read back.
-                if !cm.labels().contains_key(MEMORY_OF_LABEL) {
-                    cm.data = None;
-                }
-                cm.binary_data = None;
-            },
-            move |event| {
-                let changed = match event {
-                    watcher::Event::Apply(cm) | watcher::Event::Delete(cm) => cm,
-                    _ => return,
-                };
-                let ours = changed.labels().get(MANAGED_BY_LABEL).map(String::as_str)
-                    == Some(MANAGED_BY_VALUE);
-                let named = super::sender_checks::pools_naming(&rules_pools.state(), changed);
-                for pool in &named {
-                    rules_epochs.bump_pool(pool);
-                }
-                if !named.is_empty() || (ours && matches!(event, watcher::Event::Delete(_))) {
-                    to_pools.fire();
-                }
-            },
-        ));
-        let service_feed = feeds.services.clone();
-        services.push(reflect(
-            &mut reflectors,
-            api::<Service>(&client, scope),
-            owned.clone(),
-            move |event| service_feed.send(event),
-        ));
-        let slice_feed = feeds.slices.clone();
-        slices.push(reflect(
-            &mut reflectors,
-            api::<EndpointSlice>(&client, scope),
-            owned,
-            move |event| slice_feed.send(event),
-        ));
-        wiring.push(ScopeWiring {
-            pool_trigger,
-            route_trigger,
-            pool_wakes,
-            route_wakes,
-            pool_store,
-            route_store,
-            feeds,
-        });
-    }
-    let stores = ClusterStores {
-        pools: Stores::new(pools),
-        routes: Stores::new(routes),
-        pods: Stores::new(pods),
-        deployments: Stores::new(deployments),
-        config_maps: Stores::new(config_maps),
-        services: Stores::new(services),
-        slices: Stores::new(slices),
-    };
+    let mut watches = Watches::new(client.clone());
+    let wiring: Wiring = watched_scopes(&options)
+        .iter()
+        .map(|scope| watches.scope(scope))
+        .collect();
+    let Watches {
+        tasks: reflectors,
+        stores,
+        epochs,
+        forget,
+        ..
+    } = watches;
     let ctx = Arc::new(Context::with_parts(
         client.clone(),
-        stores.clone(),
+        stores.into_cluster_stores(),
         options.settings.clone(),
-        metrics,
+        Arc::new(Metrics::default()),
         epochs,
     ));
+    // The reflectors started before the context existed; from now on they
+    // reach it.
     let _ = forget.set(Arc::downgrade(&ctx));
     if let Some(served) = served_cert {
         ctx.registry.register(served);
@@ -403,9 +222,11 @@ pub async fn start(
         client,
         options,
         ctx.clone(),
-        listener,
-        tls,
-        log_level,
+        Port {
+            listener,
+            tls,
+            log_level,
+        },
         reflectors,
         wiring,
         stopped,
@@ -416,6 +237,15 @@ pub async fn start(
         stop: Some(stop),
         task,
     })
+}
+
+/// The namespaces watched, one reflector set each; `None` is every namespace.
+fn watched_scopes(options: &OperatorOptions) -> Vec<Option<String>> {
+    if options.namespaces.is_empty() {
+        vec![None]
+    } else {
+        options.namespaces.iter().cloned().map(Some).collect()
+    }
 }
 
 /// What the reflectors of one watched scope hand the controllers.
@@ -442,8 +272,263 @@ struct ScopeWiring {
 
 type Wiring = Vec<ScopeWiring>;
 
-/// Whether the pool an object is labelled with still exists (the workloads
-/// of a deleted pool go after it, and must not bring its epoch back).
+/// The stores the reflectors fill, one per kind and watched scope.
+#[derive(Default)]
+struct ScopeStores {
+    pools: Vec<Store<SenderPool>>,
+    routes: Vec<Store<DomainRoute>>,
+    pods: Vec<Store<Pod>>,
+    deployments: Vec<Store<Deployment>>,
+    config_maps: Vec<Store<ConfigMap>>,
+    services: Vec<Store<Service>>,
+    slices: Vec<Store<EndpointSlice>>,
+}
+
+impl ScopeStores {
+    fn into_cluster_stores(self) -> ClusterStores {
+        ClusterStores {
+            pools: Stores::new(self.pools),
+            routes: Stores::new(self.routes),
+            pods: Stores::new(self.pods),
+            deployments: Stores::new(self.deployments),
+            config_maps: Stores::new(self.config_maps),
+            services: Stores::new(self.services),
+            slices: Stores::new(self.slices),
+        }
+    }
+}
+
+/// Starts the reflectors: each kind is watched once per scope, and what the
+/// watch sees fills the store, the context's bookkeeping and the
+/// controllers' shared streams ([`Feeds`]).
+struct Watches {
+    client: Client,
+    tasks: JoinSet<()>,
+    stores: ScopeStores,
+    epochs: Arc<Epochs>,
+    /// The reflectors start before the context exists; a deleted pool or
+    /// route is forgotten through this once the context is made.
+    forget: Arc<OnceLock<Weak<Context>>>,
+}
+
+impl Watches {
+    fn new(client: Client) -> Self {
+        Watches {
+            client,
+            tasks: JoinSet::new(),
+            stores: ScopeStores::default(),
+            epochs: Arc::default(),
+            forget: Arc::default(),
+        }
+    }
+
+    /// Watches every kind of one scope. A pool's pair states change the
+    /// routes naming it; its spec every route and every sender config of its
+    /// namespace; a route's spec changes every sender config; a pod changes
+    /// the endpoints of the routes.
+    fn scope(&mut self, scope: &Option<String>) -> ScopeWiring {
+        let pool_trigger = Trigger::new();
+        let route_trigger = Trigger::new();
+        let pool_wakes = Wakes::new(pool_trigger.clone());
+        let route_wakes = Wakes::new(route_trigger.clone());
+        let feeds = Feeds::default();
+        // Which routes name which pool, from the route watch.
+        let index: Arc<Mutex<PoolRouteIndex>> = Arc::default();
+        let all = watcher::Config::default;
+        let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
+        let owned = || watcher::Config::default().labels(&managed);
+        let on_pool = self.on_pool_event(index.clone(), route_trigger.clone(), &route_wakes);
+        let pool_store = self.kind(scope, all(), &feeds.pools, on_pool);
+        self.stores.pools.push(pool_store.clone());
+        let on_route = self.on_route_event(index, pool_trigger.clone());
+        let route_store = self.kind(scope, all(), &feeds.routes, on_route);
+        self.stores.routes.push(route_store.clone());
+        let senders = all().labels(&format!("{POOL_LABEL},{IP_LABEL}"));
+        let on_pod = self.on_pod_event(pool_store.clone(), route_trigger.clone());
+        let pods = self.kind(scope, senders, &feeds.pods, on_pod);
+        self.stores.pods.push(pods);
+        let on_deployment = self.on_deployment_event(pool_store.clone());
+        let deployments = self.kind(scope, owned(), &feeds.deployments, on_deployment);
+        self.stores.deployments.push(deployments);
+        let config_maps = self.config_maps(scope, pool_store.clone(), pool_trigger.clone());
+        self.stores.config_maps.push(config_maps);
+        let services = self.kind(scope, owned(), &feeds.services, |_| {});
+        self.stores.services.push(services);
+        let slices = self.kind(scope, owned(), &feeds.slices, |_| {});
+        self.stores.slices.push(slices);
+        ScopeWiring {
+            pool_trigger,
+            route_trigger,
+            pool_wakes,
+            route_wakes,
+            pool_store,
+            route_store,
+            feeds,
+        }
+    }
+
+    /// Watches one kind in one scope and returns its store. Every event
+    /// reaches the store first, then `bookkeeping` (epochs, the route index,
+    /// wake-ups), then the controllers through `feed`: a controller that
+    /// hears of a change finds the bookkeeping already done.
+    fn kind<K>(
+        &mut self,
+        scope: &Option<String>,
+        config: watcher::Config,
+        feed: &Fanout<K>,
+        mut bookkeeping: impl FnMut(&watcher::Event<K>) + Send + 'static,
+    ) -> Store<K>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        let feed = feed.clone();
+        reflect(
+            &mut self.tasks,
+            api::<K>(&self.client, scope),
+            config,
+            move |event| {
+                bookkeeping(event);
+                feed.send(event);
+            },
+        )
+    }
+
+    /// A pool's change re-compiles the routes it moves; the pools whose
+    /// view of the table moved follow (SnapshotCache::notify).
+    fn on_pool_event(
+        &self,
+        index: Arc<Mutex<PoolRouteIndex>>,
+        to_routes: Trigger,
+        to_named_routes: &Wakes<DomainRoute>,
+    ) -> impl FnMut(&watcher::Event<SenderPool>) + Send + 'static {
+        let forget = self.forget.clone();
+        let to_named_routes = to_named_routes.clone();
+        let mut pool_changes = PoolChanges::default();
+        move |event| {
+            forget_gone(&forget, event, Context::forget_pool);
+            let change = pool_changes.classify(event);
+            let wake = route_wake(&change, &index.lock().unwrap_or_else(|e| e.into_inner()));
+            match wake {
+                RouteWake::None => {}
+                RouteWake::Routes(routes) => to_named_routes.wake(routes),
+                RouteWake::All => to_routes.fire(),
+            }
+        }
+    }
+
+    /// A route's spec change wakes every pool (their sender configs carry
+    /// the routes). The index is updated first: a pool change read after
+    /// this event reaches the route's new pools.
+    fn on_route_event(
+        &self,
+        index: Arc<Mutex<PoolRouteIndex>>,
+        to_pools: Trigger,
+    ) -> impl FnMut(&watcher::Event<DomainRoute>) + Send + 'static {
+        let forget = self.forget.clone();
+        let mut route_changes = ChangeFilter::default();
+        move |event| {
+            index.lock().unwrap_or_else(|e| e.into_inner()).apply(event);
+            forget_gone(&forget, event, Context::forget_route);
+            if route_changes.route_event(event) {
+                to_pools.fire();
+            }
+        }
+    }
+
+    /// A sender pod's change moves the routes' endpoints and its pool's
+    /// observed state.
+    fn on_pod_event(
+        &self,
+        pools: Store<SenderPool>,
+        to_routes: Trigger,
+    ) -> impl FnMut(&watcher::Event<Pod>) + Send + 'static {
+        let epochs = self.epochs.clone();
+        let mut pod_changes = ChangeFilter::default();
+        move |event| {
+            if pod_changes.pod_event(event) {
+                epochs.bump_pods();
+                bump_live_owner(&epochs, &pools, event);
+                to_routes.fire();
+            }
+        }
+    }
+
+    /// A Deployment of ours changes its pool's observed state.
+    fn on_deployment_event(
+        &self,
+        pools: Store<SenderPool>,
+    ) -> impl FnMut(&watcher::Event<Deployment>) + Send + 'static {
+        let epochs = self.epochs.clone();
+        move |event| bump_live_owner(&epochs, &pools, event)
+    }
+
+    /// A ConfigMap is compared by its config-version annotation: its data
+    /// (the largest objects by far) is not kept. The one ConfigMap watch
+    /// sees every ConfigMap of the scope, not only ours: the classifier
+    /// rules a pool names (`spec.classifierRules`) are the user's own, with
+    /// no label of ours. A deleted ConfigMap of ours wakes the pools; a
+    /// change of one a pool names wakes that pool, which reads it. No
+    /// controller follows ConfigMaps, so there is no feed.
+    fn config_maps(
+        &mut self,
+        scope: &Option<String>,
+        pools: Store<SenderPool>,
+        to_pools: Trigger,
+    ) -> Store<ConfigMap> {
+        let epochs = self.epochs.clone();
+        reflect_with(
+            &mut self.tasks,
+            api::<ConfigMap>(&self.client, scope),
+            watcher::Config::default(),
+            |cm: &mut ConfigMap| {
+                cm.managed_fields_mut().clear();
+                // The pools' reputation memories are small and read back.
+                if !cm.labels().contains_key(MEMORY_OF_LABEL) {
+                    cm.data = None;
+                }
+                cm.binary_data = None;
+            },
+            move |event| {
+                let changed = match event {
+                    watcher::Event::Apply(cm) | watcher::Event::Delete(cm) => cm,
+                    _ => return,
+                };
+                let ours = changed.labels().get(MANAGED_BY_LABEL).map(String::as_str)
+                    == Some(MANAGED_BY_VALUE);
+                let named = super::sender_checks::pools_naming(&pools.state(), changed);
+                for pool in &named {
+                    epochs.bump_pool(pool);
+                }
+                if !named.is_empty() || (ours && matches!(event, watcher::Event::Delete(_))) {
+                    to_pools.fire();
+                }
+            },
+        )
+    }
+}
+
+/// A changed or deleted workload moves its pool's epoch, unless the pool is
+/// gone (the workloads of a deleted pool go after it, and must not bring
+/// its epoch back).
+fn bump_live_owner<K: Resource>(
+    epochs: &Epochs,
+    pools: &Store<SenderPool>,
+    event: &watcher::Event<K>,
+) {
+    if let watcher::Event::Apply(object) | watcher::Event::Delete(object) = event {
+        if owner_alive(pools, object) {
+            epochs.bump_owner(object);
+        }
+    }
+}
+
+/// Whether the pool an object is labelled with still exists.
 fn owner_alive<K: Resource>(pools: &Store<SenderPool>, object: &K) -> bool {
     let meta = object.meta();
     match (
@@ -474,50 +559,27 @@ fn forget_gone<K: Resource>(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The HTTP port, before it serves.
+struct Port {
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    log_level: Option<LogLevelHandle>,
+}
+
+/// Serves the port and marks the context synced once every store is
+/// listed, leads while it may, then stops the port and the reflectors.
 async fn supervise(
     client: Client,
     options: OperatorOptions,
     ctx: Arc<Context>,
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    log_level: Option<LogLevelHandle>,
+    port: Port,
     mut reflectors: JoinSet<()>,
     wiring: Wiring,
     stopped: oneshot::Receiver<()>,
 ) -> Result<(), RunError> {
     let (http_stop, http_stopped) = oneshot::channel::<()>();
-    let receiver = Arc::new(OperatorFeedback::new(ctx.clone()));
-    let obs = Arc::new(Obs(ctx.clone()));
-    let http_stopped = http_stopped.map(|_| ());
-    let http = match tls {
-        None => tokio::spawn(serve::serve_with(
-            listener,
-            receiver,
-            obs,
-            log_level,
-            options.serve_limits.clone(),
-            http_stopped,
-        )),
-        Some(acceptor) => tokio::spawn(serve::serve_tls(
-            listener,
-            acceptor,
-            receiver,
-            obs,
-            log_level,
-            options.serve_limits.clone(),
-            http_stopped,
-        )),
-    };
-    {
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            if ctx.stores.wait_until_ready().await {
-                tracing::info!("every watched resource is listed");
-                ctx.set_synced();
-            }
-        });
-    }
+    let http = spawn_port(&ctx, port, &options, http_stopped.map(|_| ()));
+    tokio::spawn(mark_synced(ctx.clone()));
     let mut stopped = stopped.fuse();
     let result = lead_and_run(&client, &options, &ctx, wiring, &mut stopped).await;
     let _ = http_stop.send(());
@@ -529,12 +591,46 @@ async fn supervise(
     result
 }
 
+/// Spawns the port, plain or over TLS, until `stopped`.
+fn spawn_port(
+    ctx: &Arc<Context>,
+    port: Port,
+    options: &OperatorOptions,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    let receiver = Arc::new(OperatorFeedback::new(ctx.clone()));
+    let obs = Arc::new(Obs(ctx.clone()));
+    let limits = options.serve_limits.clone();
+    let Port {
+        listener,
+        tls,
+        log_level,
+    } = port;
+    tokio::spawn(serve::serve_on(
+        listener, tls, receiver, obs, log_level, limits, stopped,
+    ))
+}
+
+/// `/readyz` passes, and the controllers may start, once every watched
+/// resource is listed.
+async fn mark_synced(ctx: Arc<Context>) {
+    if ctx.stores.wait_until_ready().await {
+        tracing::info!("every watched resource is listed");
+        ctx.set_synced();
+    }
+}
+
+type Stopped = futures::future::Fuse<oneshot::Receiver<()>>;
+
+/// Waits for the lease (with leader election) and the first lists, runs the
+/// controllers and background tasks while leading, and steps down when
+/// stopped, when the lease is lost or when a controller ends.
 async fn lead_and_run(
     client: &Client,
     options: &OperatorOptions,
     ctx: &Arc<Context>,
     wiring: Wiring,
-    stopped: &mut futures::future::Fuse<oneshot::Receiver<()>>,
+    stopped: &mut Stopped,
 ) -> Result<(), RunError> {
     // Only with leader election: a single replica needs no routing.
     let own_pod = options.own_pod.clone().filter(|_| options.leader_election);
@@ -542,26 +638,8 @@ async fn lead_and_run(
         // A container restarted in a former leader's pod is not the leader.
         leader_route::unmark(client, pod).await;
     }
-    let mut leadership = if options.leader_election {
-        let mut leadership = Leadership::start(
-            client.clone(),
-            &options.lease_namespace,
-            &options.lease_name,
-            &options.settings.identity,
-            options.lease_timing,
-        )
-        .await?;
-        tracing::info!(lease = %options.lease_name, identity = %options.settings.identity, "waiting to lead");
-        tokio::select! {
-            acquired = leadership.acquired() => acquired?,
-            _ = &mut *stopped => {
-                leadership.release().await;
-                return Ok(());
-            }
-        }
-        Some(leadership)
-    } else {
-        None
+    let Some(mut leadership) = wait_to_lead(client, options, stopped).await? else {
+        return Ok(());
     };
     // Reconciles read the stores: they start once everything is listed.
     tokio::select! {
@@ -573,93 +651,8 @@ async fn lead_and_run(
     let route_here = own_pod
         .clone()
         .map(|pod| tokio::spawn(leader_route::mark_leading(client.clone(), pod)));
-    let mut controllers = JoinSet::new();
-    let mut stops = Vec::new();
-    let mut wake_all = Vec::new();
-    for ScopeWiring {
-        pool_trigger,
-        route_trigger,
-        pool_wakes,
-        route_wakes,
-        pool_store,
-        route_store,
-        feeds,
-    } in wiring
-    {
-        let (stop_pools, pools_stopped) = oneshot::channel::<()>();
-        let (stop_routes, routes_stopped) = oneshot::channel::<()>();
-        stops.push(stop_pools);
-        stops.push(stop_routes);
-        let config = ControllerConfig::default().concurrency(options.concurrency);
-        // The controllers read the reflectors' stores and changes: each
-        // kind is watched once. They start after the stores are listed, so
-        // every object is reconciled once at the start (the wake-ups below).
-        let pool_controller =
-            Controller::for_stream(feeds.pools.subscribe(pool_trigger.clone()), pool_store)
-                .with_config(config.clone())
-                .owns_stream(feeds.deployments.subscribe(pool_trigger.clone()))
-                .watches_stream(feeds.pods.subscribe(pool_trigger.clone()), |pod: Pod| {
-                    let pool = pod.labels().get(POOL_LABEL)?.clone();
-                    Some(reflector::ObjectRef::new(&pool).within(&pod.namespace()?))
-                })
-                .reconcile_all_on(pool_trigger.stream())
-                .reconcile_on(pool_wakes.stream())
-                .graceful_shutdown_on(pools_stopped.map(|_| ()))
-                .run(
-                    pool_controller::reconcile,
-                    pool_controller::error_policy,
-                    ctx.clone(),
-                )
-                .for_each(|_| async {});
-        controllers.spawn(pool_controller.map(|_| "SenderPool"));
-        let route_controller =
-            Controller::for_stream(feeds.routes.subscribe(route_trigger.clone()), route_store)
-                .with_config(config)
-                .owns_stream(feeds.services.subscribe(route_trigger.clone()))
-                .owns_stream(feeds.slices.subscribe(route_trigger.clone()))
-                .reconcile_all_on(route_trigger.stream())
-                .reconcile_on(route_wakes.stream())
-                .graceful_shutdown_on(routes_stopped.map(|_| ()))
-                .run(
-                    route_controller::reconcile,
-                    route_controller::error_policy,
-                    ctx.clone(),
-                )
-                .for_each(|_| async {});
-        controllers.spawn(route_controller.map(|_| "DomainRoute"));
-        wake_all.push(pool_trigger);
-        wake_all.push(route_trigger);
-    }
-    for trigger in wake_all {
-        trigger.fire();
-    }
-    let (stop_probes, probes_stopped) = oneshot::channel::<()>();
-    stops.push(stop_probes);
-    let probe_task = tokio::spawn(probes::run(ctx.clone(), probes_stopped.map(|_| ())));
-    let (stop_reverse_dns, reverse_dns_stopped) = oneshot::channel::<()>();
-    stops.push(stop_reverse_dns);
-    tokio::spawn(super::reverse_dns::run(
-        ctx.clone(),
-        reverse_dns_stopped.map(|_| ()),
-    ));
-    let (stop_claims, claims_stopped) = oneshot::channel::<()>();
-    stops.push(stop_claims);
-    let claim_task = tokio::spawn(probes::run_claim_checks(
-        ctx.clone(),
-        claims_stopped.map(|_| ()),
-    ));
-    let outcome = tokio::select! {
-        _ = &mut *stopped => Ok(()),
-        lost = async {
-            match leadership.as_mut() {
-                Some(l) => l.lost().await,
-                None => futures::future::pending().await,
-            }
-        } => Err(RunError::Leader(lost)),
-        Some(ended) = controllers.join_next() => {
-            Err(RunError::ControllerEnded(ended.unwrap_or("a")))
-        }
-    };
+    let mut leading = Leading::start(options, ctx, wiring);
+    let outcome = leading.until_done(stopped, leadership.as_mut()).await;
     ctx.set_leading(false);
     if let Some(task) = route_here {
         task.abort();
@@ -667,33 +660,198 @@ async fn lead_and_run(
     if let Some(pod) = &own_pod {
         leader_route::unmark(client, pod).await;
     }
-    for stop in stops {
-        let _ = stop.send(());
-    }
-    let drained = tokio::time::timeout(CONTROLLER_GRACE, async {
-        while controllers.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!("controllers did not stop in time; aborting them");
-        controllers.abort_all();
-    }
-    if tokio::time::timeout(CONTROLLER_GRACE, probe_task)
-        .await
-        .is_err()
-    {
-        tracing::warn!("the probes did not stop in time");
-    }
-    if tokio::time::timeout(CONTROLLER_GRACE, claim_task)
-        .await
-        .is_err()
-    {
-        tracing::warn!("the claim checks did not stop in time");
-    }
+    leading.stop().await;
     if let (Ok(()), Some(leadership)) = (&outcome, leadership) {
         leadership.release().await;
     }
     outcome
+}
+
+/// With leader election, waits until this replica holds the lease:
+/// `Some(Some(lease))`; without, leads at once: `Some(None)`. `None` when
+/// stopped while waiting (the lease is released).
+async fn wait_to_lead(
+    client: &Client,
+    options: &OperatorOptions,
+    stopped: &mut Stopped,
+) -> Result<Option<Option<Leadership>>, RunError> {
+    if !options.leader_election {
+        return Ok(Some(None));
+    }
+    let mut leadership = Leadership::start(
+        client.clone(),
+        &options.lease_namespace,
+        &options.lease_name,
+        &options.settings.identity,
+        options.lease_timing,
+    )
+    .await?;
+    tracing::info!(lease = %options.lease_name, identity = %options.settings.identity, "waiting to lead");
+    tokio::select! {
+        acquired = leadership.acquired() => acquired?,
+        _ = &mut *stopped => {
+            leadership.release().await;
+            return Ok(None);
+        }
+    }
+    Ok(Some(Some(leadership)))
+}
+
+/// What runs while this replica leads: the two controllers of every scope
+/// and the background tasks (probes, reverse DNS, claim checks), each with
+/// the sender that asks it to stop.
+struct Leading {
+    controllers: JoinSet<&'static str>,
+    background: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
+    stops: Vec<oneshot::Sender<()>>,
+}
+
+impl Leading {
+    fn start(options: &OperatorOptions, ctx: &Arc<Context>, wiring: Wiring) -> Self {
+        let mut leading = Leading {
+            controllers: JoinSet::new(),
+            background: Vec::new(),
+            stops: Vec::new(),
+        };
+        let config = ControllerConfig::default().concurrency(options.concurrency);
+        for scope in &wiring {
+            let stopped = leading.stop_signal();
+            let pools = pool_controller(scope, config.clone(), ctx, stopped);
+            leading.controllers.spawn(pools.map(|()| "SenderPool"));
+            let stopped = leading.stop_signal();
+            let routes = route_controller(scope, config.clone(), ctx, stopped);
+            leading.controllers.spawn(routes.map(|()| "DomainRoute"));
+        }
+        // They start after the stores are listed, so every object is
+        // reconciled once at the start.
+        for scope in &wiring {
+            scope.pool_trigger.fire();
+            scope.route_trigger.fire();
+        }
+        let stop = leading.stop_signal();
+        leading.spawn("the probes", probes::run(ctx.clone(), stop));
+        let stop = leading.stop_signal();
+        leading.spawn(
+            "the reverse DNS checks",
+            super::reverse_dns::run(ctx.clone(), stop),
+        );
+        let stop = leading.stop_signal();
+        leading.spawn(
+            "the claim checks",
+            probes::run_claim_checks(ctx.clone(), stop),
+        );
+        leading
+    }
+
+    /// A future that completes when [`stop`](Self::stop) is called.
+    fn stop_signal(&mut self) -> impl Future<Output = ()> + Send + Sync + 'static {
+        let (stop, stopped) = oneshot::channel::<()>();
+        self.stops.push(stop);
+        stopped.map(|_| ())
+    }
+
+    fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        self.background.push((name, tokio::spawn(task)));
+    }
+
+    /// Runs until stopped, the lease is lost or a controller ends.
+    async fn until_done(
+        &mut self,
+        stopped: &mut Stopped,
+        leadership: Option<&mut Leadership>,
+    ) -> Result<(), RunError> {
+        tokio::select! {
+            _ = &mut *stopped => Ok(()),
+            lost = async {
+                match leadership {
+                    Some(l) => l.lost().await,
+                    None => futures::future::pending().await,
+                }
+            } => Err(RunError::Leader(lost)),
+            Some(ended) = self.controllers.join_next() => {
+                Err(RunError::ControllerEnded(ended.unwrap_or("a")))
+            }
+        }
+    }
+
+    /// Asks everything to stop and gives it [`CONTROLLER_GRACE`] to finish
+    /// its work; controllers that take longer are aborted.
+    async fn stop(mut self) {
+        for stop in self.stops {
+            let _ = stop.send(());
+        }
+        let drained = tokio::time::timeout(CONTROLLER_GRACE, async {
+            while self.controllers.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("controllers did not stop in time; aborting them");
+            self.controllers.abort_all();
+        }
+        for (name, task) in self.background {
+            if tokio::time::timeout(CONTROLLER_GRACE, task).await.is_err() {
+                tracing::warn!("{name} did not stop in time");
+            }
+        }
+    }
+}
+
+/// The pool controller of one scope. It reads the reflectors' stores and
+/// changes ([`Feeds`]): each kind is watched once.
+fn pool_controller(
+    scope: &ScopeWiring,
+    config: ControllerConfig,
+    ctx: &Arc<Context>,
+    stopped: impl Future<Output = ()> + Send + Sync + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
+    let trigger = &scope.pool_trigger;
+    let feeds = &scope.feeds;
+    Controller::for_stream(
+        feeds.pools.subscribe(trigger.clone()),
+        scope.pool_store.clone(),
+    )
+    .with_config(config)
+    .owns_stream(feeds.deployments.subscribe(trigger.clone()))
+    .watches_stream(feeds.pods.subscribe(trigger.clone()), |pod: Pod| {
+        let pool = pod.labels().get(POOL_LABEL)?.clone();
+        Some(reflector::ObjectRef::new(&pool).within(&pod.namespace()?))
+    })
+    .reconcile_all_on(trigger.stream())
+    .reconcile_on(scope.pool_wakes.stream())
+    .graceful_shutdown_on(stopped)
+    .run(
+        pool_controller::reconcile,
+        pool_controller::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| async {})
+}
+
+/// The route controller of one scope, on the same shared streams.
+fn route_controller(
+    scope: &ScopeWiring,
+    config: ControllerConfig,
+    ctx: &Arc<Context>,
+    stopped: impl Future<Output = ()> + Send + Sync + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
+    let trigger = &scope.route_trigger;
+    let feeds = &scope.feeds;
+    Controller::for_stream(
+        feeds.routes.subscribe(trigger.clone()),
+        scope.route_store.clone(),
+    )
+    .with_config(config)
+    .owns_stream(feeds.services.subscribe(trigger.clone()))
+    .owns_stream(feeds.slices.subscribe(trigger.clone()))
+    .reconcile_all_on(trigger.stream())
+    .reconcile_on(scope.route_wakes.stream())
+    .graceful_shutdown_on(stopped)
+    .run(
+        route_controller::reconcile,
+        route_controller::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| async {})
 }
 
 fn api<K>(client: &Client, scope: &Option<String>) -> Api<K>

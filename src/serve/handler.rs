@@ -18,7 +18,10 @@ use prometheus_client::encoding::DescriptorEncoder;
 use tokio::sync::Semaphore;
 
 use super::limits::{InRequest, PeerAddr, ServeLimits};
-use super::{FeedbackReceiver, FeedbackRefusal, LogLevelHandle, Observability, RequestHead};
+use super::{
+    FeedbackReceiver, FeedbackRefusal, LogLevelHandle, Observability, ProbeFailure, ProbeReport,
+    RequestHead,
+};
 use crate::agent::report::{
     FeedbackReport, FeedbackResponse, FEEDBACK_API_VERSION, FEEDBACK_PATH, MAX_REPORT_BYTES,
 };
@@ -422,18 +425,16 @@ fn is_json<B>(request: &Request<B>) -> bool {
         .is_some_and(|media| media.trim().eq_ignore_ascii_case(JSON))
 }
 
-fn probe(result: Result<String, String>) -> Response<Full<Bytes>> {
+/// `/healthz` and `/readyz`: the report with 200, or one line per problem with 503.
+fn probe(result: Result<ProbeReport, ProbeFailure>) -> Response<Full<Bytes>> {
     match result {
-        Ok(body) => text(StatusCode::OK, TEXT, with_newline(body)),
-        Err(body) => text(StatusCode::SERVICE_UNAVAILABLE, TEXT, with_newline(body)),
+        Ok(report) => text(StatusCode::OK, TEXT, format!("{report}\n")),
+        Err(failure) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            format!("{failure}\n"),
+        ),
     }
-}
-
-fn with_newline(mut body: String) -> String {
-    if !body.ends_with('\n') {
-        body.push('\n');
-    }
-    body
 }
 
 fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {

@@ -279,9 +279,7 @@ fn owner_of(fleet: &Fleet, report: &FeedbackReport) -> Result<(usize, String), L
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::report::{
-        AgentIdentity, ConclusiveEvidence, Period, PoolRef, TotalCount, FEEDBACK_API_VERSION,
-    };
+    use crate::agent::report::{ConclusiveEvidence, TotalCount};
     use crate::api::ReputationState;
     use crate::vocab::{Category, Outcome};
     use std::path::Path;
@@ -303,21 +301,6 @@ mod tests {
     fn blocked_report(ip: &str, sequence: u64) -> FeedbackReport {
         let reply = format!("550 5.7.606 Access denied, banned sending IP [{ip}]");
         FeedbackReport {
-            api_version: FEEDBACK_API_VERSION.into(),
-            agent: AgentIdentity {
-                name: "bulk-0".into(),
-                instance: "abc".into(),
-            },
-            sequence,
-            source_ip: ip.parse().unwrap(),
-            pool: PoolRef {
-                namespace: "mail".into(),
-                name: "bulk".into(),
-            },
-            period: Period {
-                start: now(),
-                end: now(),
-            },
             totals: vec![TotalCount {
                 provider: "microsoft".into(),
                 outcome: Outcome::Deferred,
@@ -331,13 +314,7 @@ mod tests {
                 named_ip: ip.parse().ok(),
                 pause_seconds: None,
             }],
-            lines: Default::default(),
-            dropped: Default::default(),
-            config_version: None,
-            queue: None,
-            drain: None,
-            ip_binding: None,
-            complaints: Vec::new(),
+            ..FeedbackReport::counting_nothing(ip, sequence, now())
         }
     }
 

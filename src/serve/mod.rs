@@ -9,6 +9,7 @@
 //! in both drivers.
 
 mod handler;
+mod health;
 pub mod ledger;
 mod limits;
 mod log_level;
@@ -32,6 +33,7 @@ use tokio::task::JoinSet;
 use crate::agent::report::{FeedbackReport, FeedbackResponse};
 
 pub use handler::HttpState;
+pub use health::{ProbeFailure, ProbeProblem, ProbeReport, ProblemCategory};
 pub use limits::ServeLimits;
 pub use log_level::{LogFilterError, LogLevelHandle};
 pub use tls::{TlsError, TlsFiles};
@@ -136,10 +138,10 @@ pub trait Observability: Send + Sync + 'static {
     /// The process's metrics registry; the port registers its own request
     /// counters in it and serves it on `/metrics`.
     fn registry(&self) -> &crate::metrics::ProcessRegistry;
-    /// `/healthz`: Ok(body) answers 200, Err(body) 503.
-    fn health(&self) -> Result<String, String>;
-    /// `/readyz`: Ok(body) answers 200, Err(body) 503.
-    fn ready(&self) -> Result<String, String>;
+    /// `/healthz`: Ok answers 200 with the report, Err 503 with each problem.
+    fn health(&self) -> Result<ProbeReport, ProbeFailure>;
+    /// `/readyz`: Ok answers 200 with the report, Err 503 with each problem.
+    fn ready(&self) -> Result<ProbeReport, ProbeFailure>;
 }
 
 /// Serves the port on `listener` until `shutdown` completes, then stops
@@ -151,8 +153,9 @@ pub async fn serve<R: FeedbackReceiver, O: Observability>(
     log_level: Option<LogLevelHandle>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_with(
+    serve_on(
         listener,
+        None,
         receiver,
         obs,
         log_level,
@@ -162,43 +165,10 @@ pub async fn serve<R: FeedbackReceiver, O: Observability>(
     .await
 }
 
-/// [`serve`] with other limits than the defaults.
-pub async fn serve_with<R: FeedbackReceiver, O: Observability>(
-    listener: TcpListener,
-    receiver: Arc<R>,
-    obs: Arc<O>,
-    log_level: Option<LogLevelHandle>,
-    limits: ServeLimits,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    serve_port(listener, None, receiver, obs, log_level, limits, shutdown).await
-}
-
-/// [`serve_with`] over TLS: each connection's handshake must end within the
-/// header read timeout, or the connection is closed (a slow handshake is the
-/// TLS form of a slow request head).
-pub async fn serve_tls<R: FeedbackReceiver, O: Observability>(
-    listener: TcpListener,
-    tls: tokio_rustls::TlsAcceptor,
-    receiver: Arc<R>,
-    obs: Arc<O>,
-    log_level: Option<LogLevelHandle>,
-    limits: ServeLimits,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    serve_port(
-        listener,
-        Some(tls),
-        receiver,
-        obs,
-        log_level,
-        limits,
-        shutdown,
-    )
-    .await
-}
-
-async fn serve_port<R: FeedbackReceiver, O: Observability>(
+/// [`serve`] with other limits than the defaults, over TLS when `tls` is given: each connection's handshake
+/// must end within the header read timeout, or the connection is closed (a
+/// slow handshake is the TLS form of a slow request head).
+pub async fn serve_on<R: FeedbackReceiver, O: Observability>(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     receiver: Arc<R>,

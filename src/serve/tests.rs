@@ -81,15 +81,18 @@ impl Observability for Fixed {
     fn registry(&self) -> &ProcessRegistry {
         &self.registry
     }
-    fn health(&self) -> Result<String, String> {
+    fn health(&self) -> Result<ProbeReport, ProbeFailure> {
         if self.healthy {
-            Ok("ok".into())
+            Ok(ProbeReport::Healthy)
         } else {
-            Err("manifests/pool.yaml: broken".into())
+            Err(ProbeFailure::single(
+                ProblemCategory::Configuration,
+                "manifests/pool.yaml: broken",
+            ))
         }
     }
-    fn ready(&self) -> Result<String, String> {
-        Err("not yet".into())
+    fn ready(&self) -> Result<ProbeReport, ProbeFailure> {
+        Err(ProbeFailure::single(ProblemCategory::Starting, "not yet"))
     }
 }
 
@@ -260,16 +263,24 @@ async fn paths_methods_health_and_request_counts() {
     );
 }
 
-#[tokio::test]
-async fn log_level_is_read_and_changed_through_the_port() {
-    use tracing_subscriber::{reload, EnvFilter};
-    let (_layer, handle) =
-        reload::Layer::<EnvFilter, tracing_subscriber::Registry>::new(EnvFilter::new("info"));
+type FilterLayer =
+    tracing_subscriber::reload::Layer<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// A healthy port whose log filter starts at `info`, and the filter's layer.
+fn state_with_log_level() -> (HttpState, FilterLayer) {
+    let (layer, handle) = FilterLayer::new(tracing_subscriber::EnvFilter::new("info"));
     let state = HttpState::new(
         Arc::new(Recorder::default()),
         Arc::new(Fixed::new(true)),
         Some(LogLevelHandle::new(handle, "info")),
     );
+    (state, layer)
+}
+
+#[tokio::test]
+async fn log_level_is_read_and_changed_through_the_port() {
+    // The layer lives as long as the test: its handle changes nothing once it is gone.
+    let (state, _layer) = state_with_log_level();
     let put = |body: &'static str| {
         Request::put("/log-level")
             .body(Full::new(Bytes::from(body)))
@@ -396,14 +407,8 @@ async fn cross_site_and_wrong_media_types_are_refused_from_the_head() {
 
 #[tokio::test]
 async fn the_log_level_changes_only_from_this_machine_by_default() {
-    use tracing_subscriber::{reload, EnvFilter};
-    let (_layer, handle) =
-        reload::Layer::<EnvFilter, tracing_subscriber::Registry>::new(EnvFilter::new("info"));
-    let state = HttpState::new(
-        Arc::new(Recorder::default()),
-        Arc::new(Fixed::new(true)),
-        Some(LogLevelHandle::new(handle, "info")),
-    );
+    // The layer lives as long as the test: its handle changes nothing once it is gone.
+    let (state, _layer) = state_with_log_level();
     let put_from = |peer: &str| {
         let mut request = Request::put("/log-level")
             .body(Full::new(Bytes::from("debug")))
@@ -432,8 +437,9 @@ async fn start(limits: ServeLimits) -> (std::net::SocketAddr, tokio::sync::onesh
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve_with(
+    tokio::spawn(serve_on(
         listener,
+        None,
         Arc::new(Recorder::default()),
         Arc::new(Fixed::new(true)),
         None,

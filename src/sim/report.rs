@@ -247,8 +247,10 @@ impl ScenarioReport {
 
     /// The report as pretty JSON with a final newline.
     pub fn to_json(&self) -> String {
+        // serde_json escapes the error text; a report of plain numbers and
+        // strings does not fail to serialise, but a failure stays JSON.
         let mut text = serde_json::to_string_pretty(self)
-            .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+            .unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}).to_string());
         text.push('\n');
         text
     }

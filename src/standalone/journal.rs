@@ -164,34 +164,18 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::report::{AgentIdentity, Period, PoolRef, FEEDBACK_API_VERSION};
+    use crate::agent::report::AgentIdentity;
 
     fn entry(sequence: u64) -> Entry {
         let at: Timestamp = "2026-11-29T08:10:00Z".parse().unwrap();
         Entry {
             at,
             report: FeedbackReport {
-                api_version: FEEDBACK_API_VERSION.into(),
                 agent: AgentIdentity {
                     name: "bulk-0".into(),
                     instance: "i".into(),
                 },
-                sequence,
-                source_ip: "203.0.113.10".parse().unwrap(),
-                pool: PoolRef {
-                    namespace: "mail".into(),
-                    name: "bulk".into(),
-                },
-                period: Period { start: at, end: at },
-                totals: Vec::new(),
-                conclusive: Vec::new(),
-                lines: Default::default(),
-                dropped: Default::default(),
-                config_version: None,
-                queue: None,
-                drain: None,
-                ip_binding: None,
-                complaints: Vec::new(),
+                ..FeedbackReport::counting_nothing("203.0.113.10", sequence, at)
             },
         }
     }

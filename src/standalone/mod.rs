@@ -235,24 +235,15 @@ pub async fn run(
     let (stop, stopping) = channel::channel(false);
     let (commits, committer) = service::start_committer(Arc::clone(&shared));
     let receiver = Arc::new(Receiver::new(Arc::clone(&shared), commits));
-    let server = match tls {
-        None => tokio::spawn(serve::serve(
-            listener,
-            Arc::clone(&receiver),
-            receiver,
-            log_level,
-            stopped(stopping.clone()),
-        )),
-        Some(acceptor) => tokio::spawn(serve::serve_tls(
-            listener,
-            acceptor,
-            Arc::clone(&receiver),
-            receiver,
-            log_level,
-            serve::ServeLimits::default(),
-            stopped(stopping.clone()),
-        )),
-    };
+    let server = tokio::spawn(serve::serve_on(
+        listener,
+        tls,
+        Arc::clone(&receiver),
+        receiver,
+        log_level,
+        serve::ServeLimits::default(),
+        stopped(stopping.clone()),
+    ));
     let probe_options = ProbeOptions {
         resolver: options.dnsbl_resolver.clone(),
         ..ProbeOptions::default()

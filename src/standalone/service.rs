@@ -18,7 +18,10 @@ use crate::metrics::catalogue::{FEEDBACK_LOG_REPORTS, FEEDBACK_LOG_SYNCS};
 use crate::metrics::{Families, ProcessRegistry, Published};
 use crate::probe::claim_check::ClaimCounts;
 use crate::probe::runner::ProbeCounters;
-use crate::serve::{FeedbackReceiver, FeedbackRefusal, Observability, RequestHead};
+use crate::serve::{
+    FeedbackReceiver, FeedbackRefusal, Observability, ProbeFailure, ProbeProblem, ProbeReport,
+    ProblemCategory, RequestHead,
+};
 
 use super::core::Core;
 use super::haproxy::HaproxyCounts;
@@ -560,29 +563,34 @@ impl Observability for Receiver {
         &self.shared.registry
     }
 
-    fn health(&self) -> Result<String, String> {
-        let mut problems = self.shared.core().problems();
+    fn health(&self) -> Result<ProbeReport, ProbeFailure> {
+        let mut problems: Vec<ProbeProblem> = self
+            .shared
+            .core()
+            .problems()
+            .into_iter()
+            .map(|detail| ProbeProblem::new(ProblemCategory::Configuration, detail))
+            .collect();
         for error in [
             &self.shared.write_error,
             &self.shared.journal_error,
             &self.shared.haproxy_error,
         ] {
             if let Some(err) = &*error.lock().unwrap_or_else(|p| p.into_inner()) {
-                problems.push(err.clone());
+                problems.push(ProbeProblem::new(ProblemCategory::Output, err.clone()));
             }
         }
-        if problems.is_empty() {
-            Ok("ok".into())
-        } else {
-            Err(problems.join("\n"))
-        }
+        ProbeFailure::check(problems, ProbeReport::Healthy)
     }
 
-    fn ready(&self) -> Result<String, String> {
+    fn ready(&self) -> Result<ProbeReport, ProbeFailure> {
         if self.shared.ready.load(Ordering::Acquire) {
-            Ok("ready".into())
+            Ok(ProbeReport::Ready)
         } else {
-            Err("the outputs have not been written yet".into())
+            Err(ProbeFailure::single(
+                ProblemCategory::Starting,
+                "the outputs have not been written yet",
+            ))
         }
     }
 }

@@ -343,7 +343,6 @@ pub fn restore(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vocab::{BUILTIN_GATEWAYS, BUILTIN_PROVIDERS, OTHER_PROVIDER};
 
     fn pool(ips: &[&str]) -> SenderPool {
         let ips: Vec<serde_json::Value> = ips
@@ -457,34 +456,7 @@ mod tests {
     /// still fits a ConfigMap and keeps every pair, without evidence.
     #[test]
     fn every_pair_of_the_largest_pool_blocked_still_fits_a_config_map() {
-        let mut providers: Vec<String> = BUILTIN_PROVIDERS
-            .iter()
-            .chain(BUILTIN_GATEWAYS.iter())
-            .map(|p| p.to_string())
-            .collect();
-        providers.push(OTHER_PROVIDER.to_string());
-        // Sixteen declared providers, named as a sender would name them.
-        providers.extend(
-            [
-                "comcast",
-                "orange",
-                "gmx",
-                "web-de",
-                "t-online",
-                "libero",
-                "mail-ru",
-                "yandex",
-                "naver",
-                "laposte",
-                "free-fr",
-                "bt-internet",
-                "virgin-media",
-                "fastmail",
-                "zoho",
-                "seznam",
-            ]
-            .map(String::from),
-        );
+        let providers = crate::api::compact::largest_pool_providers();
         let ips: Vec<IpStatus> = (0..256)
             .map(|n| {
                 let mut ip = IpStatus::new(format!("203.0.{}.{}", 100 + n / 200, 10 + n % 200));

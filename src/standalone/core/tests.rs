@@ -1,9 +1,7 @@
 use std::path::Path;
 
 use super::*;
-use crate::agent::report::{
-    AgentIdentity, ConclusiveEvidence, Period, PoolRef, TotalCount, FEEDBACK_API_VERSION,
-};
+use crate::agent::report::{AgentIdentity, ConclusiveEvidence, TotalCount};
 use crate::api::conditions::ConditionStatus;
 use crate::probe::dnsbl::DnsblHealth;
 use crate::vocab::{Category, Outcome};
@@ -31,20 +29,9 @@ fn start() -> Core {
 fn report(ip: &str, sequence: u64, conclusive: bool) -> FeedbackReport {
     let reply = format!("550 5.7.606 Access denied, banned sending IP [{ip}]");
     FeedbackReport {
-        api_version: FEEDBACK_API_VERSION.into(),
         agent: AgentIdentity {
             name: "bulk-0".into(),
             instance: format!("agent-{ip}"),
-        },
-        sequence,
-        source_ip: ip.parse().unwrap(),
-        pool: PoolRef {
-            namespace: "mail".into(),
-            name: "bulk".into(),
-        },
-        period: Period {
-            start: now(),
-            end: now(),
         },
         totals: vec![if conclusive {
             TotalCount {
@@ -72,13 +59,7 @@ fn report(ip: &str, sequence: u64, conclusive: bool) -> FeedbackReport {
         } else {
             Vec::new()
         },
-        lines: Default::default(),
-        dropped: Default::default(),
-        config_version: None,
-        queue: None,
-        drain: None,
-        ip_binding: None,
-        complaints: Vec::new(),
+        ..FeedbackReport::counting_nothing(ip, sequence, now())
     }
 }
 
