@@ -130,8 +130,9 @@ fn scraped(text: &str) -> BTreeMap<String, BTreeSet<Vec<String>>> {
 /// Families written by sources a unit test cannot build alone: the HTTP
 /// port's (scraped in tests/dashboard.rs), the reverse DNS gauges' (written
 /// only once a verdict exists) and standalone's feedback log's.
-const WRITTEN_ELSEWHERE: [&str; 5] = [
+const WRITTEN_ELSEWHERE: [&str; 6] = [
     "mailfleet_feedback_requests_total",
+    "mailfleet_complaint_reports_total",
     "mailfleet_http_connections_refused_total",
     "mailfleet_reverse_dns_confirmed",
     "mailfleet_feedback_log_syncs_total",
