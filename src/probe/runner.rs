@@ -20,8 +20,8 @@ use super::dnsbl::{
     ProbeInterval, RecentResults, Resolver, ResultCache, ZoneErrorCounters, DEFAULT_MIN_RESULTS,
 };
 use super::postmaster::{
-    AccountKeyError, PostmasterError, PostmasterFeed, PostmasterPoller, ServiceAccount,
-    DEFAULT_API_URL,
+    AccountKeyError, PostmasterError, PostmasterFeed, PostmasterPoller, PostmasterTokenCache,
+    ServiceAccount, DEFAULT_API_URL,
 };
 use super::snds::{
     FeedClient, FeedCounters, RetryPolicy, SndsCounters, SndsError, SndsFeed, SndsKey, SndsPoller,
@@ -208,6 +208,8 @@ struct PoolProbes {
     dnsbl: Option<DnsblState>,
     snds: Option<FeedSchedule<SndsFeedSettings>>,
     postmaster: Option<FeedSchedule<PostmasterFeedSettings>>,
+    /// The Postmaster access token, kept between polls until shortly before it expires.
+    postmaster_token: PostmasterTokenCache,
 }
 
 #[derive(Debug)]
@@ -560,6 +562,7 @@ impl SignalProbes {
         let entry = self.pools.entry(key.to_string()).or_default();
         let Some(settings) = pool.spec.reputation.feeds.postmaster.as_ref() else {
             entry.postmaster = None;
+            entry.postmaster_token = PostmasterTokenCache::default();
             return;
         };
         if !FeedSchedule::due(
@@ -573,7 +576,7 @@ impl SignalProbes {
             return;
         }
         let outcome = self
-            .poll_postmaster(namespace, settings, ips, secrets, now)
+            .poll_postmaster(key, namespace, settings, ips, secrets, now)
             .await;
         let ok = outcome.is_ok();
         match outcome {
@@ -595,6 +598,7 @@ impl SignalProbes {
     #[allow(clippy::type_complexity)]
     async fn poll_postmaster<S: SecretSource>(
         &mut self,
+        key: &str,
         namespace: &str,
         settings: &PostmasterFeedSettings,
         ips: &PoolIps,
@@ -638,9 +642,18 @@ impl SignalProbes {
             token_url: settings.token_url.clone(),
             domains: settings.domains.clone(),
         };
-        let mut poller = PostmasterPoller::new(feed, account, self.options.feed_retry, client);
+        let kept = self
+            .pools
+            .get_mut(key)
+            .map(|p| std::mem::take(&mut p.postmaster_token))
+            .unwrap_or_default();
+        let mut poller = PostmasterPoller::new(feed, account, self.options.feed_retry, client)
+            .with_token_cache(kept);
         let result = poller.poll(&ips.all, now).await;
         self.postmaster_counters.add(poller.counters());
+        if let Some(p) = self.pools.get_mut(key) {
+            p.postmaster_token = poller.into_token_cache();
+        }
         let poll = result.map_err(|source| PostmasterPollError::Poll { source })?;
         let signals = poll
             .verdicts
