@@ -313,10 +313,14 @@ impl SignalProbes {
             seen.push(key.clone());
             let ips = PoolIps::of(&key, pool, &mut round.problems);
             self.run_dnsbl(&key, pool, &ips, now, &mut round).await;
-            self.run_snds(&key, namespace, pool, &ips, secrets, now, &mut round)
-                .await;
-            self.run_postmaster(&key, namespace, pool, &ips, secrets, now, &mut round)
-                .await;
+            self.run_feed::<SndsFeedSettings, S>(
+                &key, namespace, pool, &ips, secrets, now, &mut round,
+            )
+            .await;
+            self.run_feed::<PostmasterFeedSettings, S>(
+                &key, namespace, pool, &ips, secrets, now, &mut round,
+            )
+            .await;
         }
         self.pools.retain(|key, _| seen.contains(key));
         round
@@ -439,8 +443,11 @@ impl SignalProbes {
         round.dnsbl_health.push((key.to_string(), health));
     }
 
+    /// Polls one feed of the pool when it is due (SNDS, Postmaster: the
+    /// same schedule, the same handling of the outcome); a feed no longer in
+    /// the spec is forgotten.
     #[allow(clippy::too_many_arguments)]
-    async fn run_snds<S: SecretSource>(
+    async fn run_feed<F: PolledFeed, S: SecretSource>(
         &mut self,
         key: &str,
         namespace: &str,
@@ -451,28 +458,39 @@ impl SignalProbes {
         round: &mut ProbeRound,
     ) {
         let entry = self.pools.entry(key.to_string()).or_default();
-        let Some(settings) = pool.spec.reputation.feeds.snds.as_ref() else {
-            entry.snds = None;
+        let Some(settings) = F::of(pool) else {
+            F::forget(entry);
             return;
         };
-        if !FeedSchedule::due(
-            &mut entry.snds,
-            settings,
-            snds_settings_problem,
-            key,
-            now,
-            round,
-        ) {
+        if !FeedSchedule::due(F::schedule(entry), settings, F::problem, key, now, round) {
             return;
         }
-        let outcome = self.poll_snds(namespace, settings, ips, secrets, now).await;
+        let outcome = match settings.which() {
+            FeedRef::Snds(settings) => self
+                .poll_snds(namespace, settings, ips, secrets, now)
+                .await
+                .map(|signals| (signals, Vec::new()))
+                .map_err(|e| e.to_string()),
+            FeedRef::Postmaster(settings) => self
+                .poll_postmaster(key, namespace, settings, ips, secrets, now)
+                .await
+                .map_err(|e| e.to_string()),
+        };
         let ok = outcome.is_ok();
         match outcome {
-            Ok(verdicts) => round.signals.extend(verdicts),
+            Ok((signals, feed_problems)) => {
+                round.signals.extend(signals);
+                round
+                    .problems
+                    .extend(feed_problems.into_iter().map(|p| format!("{key}: {p}")));
+            }
             Err(problem) => round.problems.push(format!("{key}: {problem}")),
         }
-        let slot = self.pools.get_mut(key).and_then(|p| p.snds.as_mut());
-        FeedSchedule::polled(slot, now, settings.interval_seconds, ok);
+        let slot = self
+            .pools
+            .get_mut(key)
+            .and_then(|p| F::schedule(p).as_mut());
+        FeedSchedule::polled(slot, now, settings.interval_seconds(), ok);
     }
 
     /// One poll: the key (and CA bundle) from their Secrets, then both files.
@@ -485,47 +503,38 @@ impl SignalProbes {
         now: Timestamp,
     ) -> Result<Vec<(String, Signal)>, SndsPollError> {
         let key_ref = &settings.key_secret_ref;
-        let key = match read_secret(secrets, namespace, key_ref).await {
-            Ok(bytes) => SndsKey::from_secret_bytes(&bytes).map_err(|source| {
-                self.count_snds_failure("key");
-                SndsPollError::Key {
-                    secret: shown_ref(namespace, key_ref),
-                    source,
+        let ca_ref = settings.ca_bundle_secret_ref.as_ref();
+        let (key, client) = self
+            .feed_setup(
+                secrets,
+                namespace,
+                key_ref,
+                SndsKey::from_secret_bytes,
+                ca_ref,
+            )
+            .await
+            .map_err(|e| {
+                self.count_snds_failure(e.kind());
+                let shown_ca = || ca_ref.map(|r| shown_ref(namespace, r)).unwrap_or_default();
+                match e {
+                    FeedSetupError::CredentialSecret(source) => SndsPollError::KeySecret {
+                        secret: shown_ref(namespace, key_ref),
+                        source,
+                    },
+                    FeedSetupError::Credential(source) => SndsPollError::Key {
+                        secret: shown_ref(namespace, key_ref),
+                        source,
+                    },
+                    FeedSetupError::CaSecret(source) => SndsPollError::CaSecret {
+                        secret: shown_ca(),
+                        source,
+                    },
+                    FeedSetupError::TlsSetup(source) => SndsPollError::TlsSetup {
+                        secret: shown_ca(),
+                        source,
+                    },
                 }
-            })?,
-            Err(source) => {
-                self.count_snds_failure("secret");
-                return Err(SndsPollError::KeySecret {
-                    secret: shown_ref(namespace, key_ref),
-                    source,
-                });
-            }
-        };
-        let bundle = match &settings.ca_bundle_secret_ref {
-            None => Vec::new(),
-            Some(reference) => {
-                read_secret(secrets, namespace, reference)
-                    .await
-                    .map_err(|source| {
-                        self.count_snds_failure("secret");
-                        SndsPollError::CaSecret {
-                            secret: shown_ref(namespace, reference),
-                            source,
-                        }
-                    })?
-            }
-        };
-        let client = self.feed_client(bundle).map_err(|source| {
-            self.count_snds_failure("tls_setup");
-            SndsPollError::TlsSetup {
-                secret: settings
-                    .ca_bundle_secret_ref
-                    .as_ref()
-                    .map(|r| shown_ref(namespace, r))
-                    .unwrap_or_default(),
-                source,
-            }
-        })?;
+            })?;
         let feed = SndsFeed {
             ip_status_url: settings.url.clone(),
             data_url: settings.data_url.clone(),
@@ -548,50 +557,6 @@ impl SignalProbes {
         *self.snds_counters.errors.entry(kind).or_default() += 1;
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn run_postmaster<S: SecretSource>(
-        &mut self,
-        key: &str,
-        namespace: &str,
-        pool: &SenderPool,
-        ips: &PoolIps,
-        secrets: &S,
-        now: Timestamp,
-        round: &mut ProbeRound,
-    ) {
-        let entry = self.pools.entry(key.to_string()).or_default();
-        let Some(settings) = pool.spec.reputation.feeds.postmaster.as_ref() else {
-            entry.postmaster = None;
-            entry.postmaster_token = PostmasterTokenCache::default();
-            return;
-        };
-        if !FeedSchedule::due(
-            &mut entry.postmaster,
-            settings,
-            postmaster_settings_problem,
-            key,
-            now,
-            round,
-        ) {
-            return;
-        }
-        let outcome = self
-            .poll_postmaster(key, namespace, settings, ips, secrets, now)
-            .await;
-        let ok = outcome.is_ok();
-        match outcome {
-            Ok((signals, domain_problems)) => {
-                round.signals.extend(signals);
-                round
-                    .problems
-                    .extend(domain_problems.into_iter().map(|p| format!("{key}: {p}")));
-            }
-            Err(problem) => round.problems.push(format!("{key}: {problem}")),
-        }
-        let slot = self.pools.get_mut(key).and_then(|p| p.postmaster.as_mut());
-        FeedSchedule::polled(slot, now, settings.interval_seconds, ok);
-    }
-
     /// One poll: the service account's key (and CA bundle) from their
     /// Secrets, a token, then every domain. `Ok` carries the signals and the
     /// domains that could not be read.
@@ -606,34 +571,29 @@ impl SignalProbes {
         now: Timestamp,
     ) -> Result<(Vec<(String, Signal)>, Vec<String>), PostmasterPollError> {
         let reference = &settings.service_account_secret_ref;
-        let account = match read_secret(secrets, namespace, reference).await {
-            Ok(bytes) => ServiceAccount::from_key_file(&bytes).map_err(|source| {
-                self.count_postmaster_failure("key");
-                PostmasterPollError::Key {
-                    secret: shown_ref(namespace, reference),
-                    source,
+        let (account, client) = self
+            .feed_setup(
+                secrets,
+                namespace,
+                reference,
+                ServiceAccount::from_key_file,
+                settings.ca_bundle_secret_ref.as_ref(),
+            )
+            .await
+            .map_err(|e| {
+                self.count_postmaster_failure(e.kind());
+                match e {
+                    FeedSetupError::CredentialSecret(source) => {
+                        PostmasterPollError::AccountSecret { source }
+                    }
+                    FeedSetupError::Credential(source) => PostmasterPollError::Key {
+                        secret: shown_ref(namespace, reference),
+                        source,
+                    },
+                    FeedSetupError::CaSecret(source) => PostmasterPollError::CaSecret { source },
+                    FeedSetupError::TlsSetup(source) => PostmasterPollError::TlsSetup { source },
                 }
-            })?,
-            Err(source) => {
-                self.count_postmaster_failure("secret");
-                return Err(PostmasterPollError::AccountSecret { source });
-            }
-        };
-        let bundle = match &settings.ca_bundle_secret_ref {
-            None => Vec::new(),
-            Some(reference) => {
-                read_secret(secrets, namespace, reference)
-                    .await
-                    .map_err(|source| {
-                        self.count_postmaster_failure("secret");
-                        PostmasterPollError::CaSecret { source }
-                    })?
-            }
-        };
-        let client = self.feed_client(bundle).map_err(|source| {
-            self.count_postmaster_failure("tls_setup");
-            PostmasterPollError::TlsSetup { source }
-        })?;
+            })?;
         let feed = PostmasterFeed {
             api_url: settings
                 .url
@@ -677,6 +637,32 @@ impl SignalProbes {
         self.postmaster_counters.polls += 1;
         self.postmaster_counters.failed_polls += 1;
         *self.postmaster_counters.errors.entry(kind).or_default() += 1;
+    }
+
+    /// A feed's credential, read from its Secret and parsed, then the client
+    /// trusting the CA bundle of its Secret (none: the system roots). One
+    /// order for every feed: a credential that cannot be used is reported
+    /// before a bundle that cannot be read.
+    async fn feed_setup<S: SecretSource, K, E>(
+        &mut self,
+        secrets: &S,
+        namespace: &str,
+        credential: &SecretKeySelector,
+        parse: impl FnOnce(&[u8]) -> Result<K, E>,
+        ca_bundle: Option<&SecretKeySelector>,
+    ) -> Result<(K, FeedClient), FeedSetupError<E>> {
+        let bytes = read_secret(secrets, namespace, credential)
+            .await
+            .map_err(FeedSetupError::CredentialSecret)?;
+        let parsed = parse(&bytes).map_err(FeedSetupError::Credential)?;
+        let bundle = match ca_bundle {
+            None => Vec::new(),
+            Some(reference) => read_secret(secrets, namespace, reference)
+                .await
+                .map_err(FeedSetupError::CaSecret)?,
+        };
+        let client = self.feed_client(bundle).map_err(FeedSetupError::TlsSetup)?;
+        Ok((parsed, client))
     }
 
     fn feed_client(&mut self, bundle: Vec<u8>) -> Result<FeedClient, TlsSetupError> {
@@ -821,6 +807,89 @@ async fn read_secret<S: SecretSource>(
     secrets
         .secret(namespace, &reference.name, &reference.key)
         .await
+}
+
+/// Why a feed's credential or CA bundle could not be set up; each feed
+/// names its own fields.
+enum FeedSetupError<E> {
+    CredentialSecret(SecretError),
+    Credential(E),
+    CaSecret(SecretError),
+    TlsSetup(TlsSetupError),
+}
+
+impl<E> FeedSetupError<E> {
+    /// The `kind` label of the feed error counters.
+    fn kind(&self) -> &'static str {
+        match self {
+            FeedSetupError::CredentialSecret(_) | FeedSetupError::CaSecret(_) => "secret",
+            FeedSetupError::Credential(_) => "key",
+            FeedSetupError::TlsSetup(_) => "tls_setup",
+        }
+    }
+}
+
+/// A feed polled on its own schedule: where a pool's spec and the runner's
+/// memory keep it.
+trait PolledFeed: Clone + PartialEq + Sized {
+    /// The pool's settings of the feed, if it is configured.
+    fn of(pool: &SenderPool) -> Option<&Self>;
+    fn schedule(probes: &mut PoolProbes) -> &mut Option<FeedSchedule<Self>>;
+    /// Forgets what was kept for the feed, once the spec no longer has it.
+    fn forget(probes: &mut PoolProbes);
+    /// What is wrong with the settings that the CRD rules did not catch.
+    fn problem(&self) -> Option<String>;
+    fn interval_seconds(&self) -> i64;
+    fn which(&self) -> FeedRef<'_>;
+}
+
+/// The settings of one feed, to poll it.
+enum FeedRef<'a> {
+    Snds(&'a SndsFeedSettings),
+    Postmaster(&'a PostmasterFeedSettings),
+}
+
+impl PolledFeed for SndsFeedSettings {
+    fn of(pool: &SenderPool) -> Option<&Self> {
+        pool.spec.reputation.feeds.snds.as_ref()
+    }
+    fn schedule(probes: &mut PoolProbes) -> &mut Option<FeedSchedule<Self>> {
+        &mut probes.snds
+    }
+    fn forget(probes: &mut PoolProbes) {
+        probes.snds = None;
+    }
+    fn problem(&self) -> Option<String> {
+        snds_settings_problem(self)
+    }
+    fn interval_seconds(&self) -> i64 {
+        self.interval_seconds
+    }
+    fn which(&self) -> FeedRef<'_> {
+        FeedRef::Snds(self)
+    }
+}
+
+impl PolledFeed for PostmasterFeedSettings {
+    fn of(pool: &SenderPool) -> Option<&Self> {
+        pool.spec.reputation.feeds.postmaster.as_ref()
+    }
+    fn schedule(probes: &mut PoolProbes) -> &mut Option<FeedSchedule<Self>> {
+        &mut probes.postmaster
+    }
+    fn forget(probes: &mut PoolProbes) {
+        probes.postmaster = None;
+        probes.postmaster_token = PostmasterTokenCache::default();
+    }
+    fn problem(&self) -> Option<String> {
+        postmaster_settings_problem(self)
+    }
+    fn interval_seconds(&self) -> i64 {
+        self.interval_seconds
+    }
+    fn which(&self) -> FeedRef<'_> {
+        FeedRef::Postmaster(self)
+    }
 }
 
 /// Why one pool's SNDS poll gave no verdicts, naming the spec field to fix.
