@@ -78,6 +78,20 @@ const GOOD_PAGE_2: &str = r#"{
   ]
 }"#;
 
+/// A domain Gmail rates BAD whose IPs it rates HIGH, with a low spam rate.
+const BAD_DOMAIN: &str = r#"{
+  "trafficStats": [
+    {
+      "name": "domains/shady.example.com/trafficStats/20261206",
+      "userReportedSpamRatio": 0.0001,
+      "ipReputations": [
+        {"reputation": "HIGH", "ipCount": "2", "sampleIps": ["203.0.113.10", "203.0.113.11"]}
+      ],
+      "domainReputation": "BAD"
+    }
+  ]
+}"#;
+
 /// Entries without a name, with an unknown category, a ratio out of range.
 const MISSING_FIELDS: &str = r#"{
   "trafficStats": [
@@ -313,6 +327,7 @@ fn answer_for(
             reply(200, json, GOOD_PAGE_2)
         }
         "quiet.example.com/1" => reply(200, json, "{}"),
+        "shady.example.com/1" => reply(200, json, BAD_DOMAIN),
         "partial.example.com/1" => reply(200, json, MISSING_FIELDS),
         "html.example.com/1" => reply(200, "text/html; charset=UTF-8", SIGN_IN),
         "busy.example.com/1" => reply(
@@ -685,6 +700,49 @@ async fn the_probes_poll_a_pools_postmaster_feed_with_its_secrets() {
     assert!(
         metrics.contains("mailfleet_feed_blocked_verdicts_total{feed=\"postmaster\"} 1"),
         "{metrics}"
+    );
+
+    assert!(
+        metrics.contains("mailfleet_postmaster_domain_reputation{pool=\"mail/bulk\",domain=\"news.example.com\",reputation=\"MEDIUM\"} 1"),
+        "{metrics}"
+    );
+
+    // A domain rated BAD: a warning naming the domain, the gauge, and no IP
+    // marked (its IPs are HIGH: Gmail judges the domain, not them).
+    let mut shady = pool.clone();
+    shady
+        .spec
+        .reputation
+        .feeds
+        .postmaster
+        .as_mut()
+        .unwrap()
+        .domains = vec!["shady.example.com".into()];
+    let round = probes.run_due(&[shady.clone()], &secrets, now()).await;
+    assert!(
+        round
+            .signals
+            .iter()
+            .all(|(_, s)| matches!(s, Signal::Feed(v) if !v.blocked)),
+        "{:?}",
+        round.signals
+    );
+    assert_eq!(round.problems.len(), 1, "{:?}", round.problems);
+    assert!(
+        round.problems[0].contains("`shady.example.com`")
+            && round.problems[0].contains("reputation BAD on 20261206")
+            && round.problems[0].contains("no IP is marked"),
+        "{:?}",
+        round.problems
+    );
+    let metrics = mailfleet::metrics::render(&probes.metrics());
+    assert!(
+        metrics.contains("mailfleet_postmaster_domain_reputation{pool=\"mail/bulk\",domain=\"shady.example.com\",reputation=\"BAD\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("domain=\"news.example.com\""),
+        "a domain no longer polled leaves: {metrics}"
     );
 
     // A key file that is not one: counted, named, polled again later.

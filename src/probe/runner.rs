@@ -198,6 +198,8 @@ pub struct SignalProbes {
     zone_counters: ZoneErrorCounters,
     snds_counters: SndsCounters,
     postmaster_counters: FeedCounters,
+    /// (pool, domain) → the domain reputation of its newest Postmaster day.
+    postmaster_domains: BTreeMap<(String, String), String>,
     system_roots: Option<TrustRoots>,
     /// One client per extra CA bundle (empty key: none).
     feed_clients: HashMap<Vec<u8>, FeedClient>,
@@ -284,6 +286,7 @@ impl SignalProbes {
             zone_counters: ZoneErrorCounters::default(),
             snds_counters: SndsCounters::default(),
             postmaster_counters: FeedCounters::default(),
+            postmaster_domains: BTreeMap::new(),
             system_roots: None,
             feed_clients: HashMap::new(),
         }
@@ -323,6 +326,23 @@ impl SignalProbes {
             .await;
         }
         self.pools.retain(|key, _| seen.contains(key));
+        // Domains no longer polled for a pool leave the gauge.
+        self.postmaster_domains.retain(|(key, domain), _| {
+            pools.iter().any(|p| {
+                let of = format!(
+                    "{}/{}",
+                    p.metadata.namespace.as_deref().unwrap_or("default"),
+                    p.metadata.name.as_deref().unwrap_or_default()
+                );
+                of == *key
+                    && p.spec
+                        .reputation
+                        .feeds
+                        .postmaster
+                        .as_ref()
+                        .is_some_and(|f| f.domains.contains(domain))
+            })
+        });
         round
     }
 
@@ -373,6 +393,7 @@ impl SignalProbes {
             zones: self.zone_counters.clone(),
             snds: self.snds_counters.clone(),
             postmaster: self.postmaster_counters.clone(),
+            postmaster_domains: self.postmaster_domains.clone(),
         }
     }
 
@@ -621,7 +642,7 @@ impl SignalProbes {
             .iter()
             .filter_map(|v| ips.written(v.ip).map(|ip| (ip.to_string(), v.signal())))
             .collect();
-        let problems = poll
+        let mut problems: Vec<String> = poll
             .domain_errors
             .iter()
             .map(|(domain, e)| {
@@ -630,6 +651,17 @@ impl SignalProbes {
                 )
             })
             .collect();
+        for day in &poll.days {
+            let reputation = day
+                .domain_reputation
+                .clone()
+                .unwrap_or_else(|| "UNKNOWN".to_string());
+            if let Some(warning) = domain_reputation_warning(day) {
+                problems.push(warning);
+            }
+            self.postmaster_domains
+                .insert((key.to_string(), day.domain.clone()), reputation);
+        }
         Ok((signals, problems))
     }
 
@@ -809,6 +841,22 @@ async fn read_secret<S: SecretSource>(
         .await
 }
 
+/// A warning for a domain that Postmaster Tools rates `LOW` or `BAD`. Gmail's
+/// domain reputation judges the domain (its content, authentication and
+/// complaints over every IP that sends it), not an IP: it marks no pair
+/// Blocked and throttles none, since moving the mail to other IPs would not
+/// change it (docs/PROBES.md, "Domain reputation").
+fn domain_reputation_warning(day: &super::postmaster::DayStats) -> Option<String> {
+    let reputation = day.domain_reputation.as_deref()?;
+    if !matches!(reputation, "LOW" | "BAD") {
+        return None;
+    }
+    Some(format!(
+        "spec.reputation.feeds.postmaster.domains `{}`: Postmaster Tools rates the domain's reputation {reputation} on {}; this is the domain's, not an IP's: no IP is marked or throttled for it (check the domain's content, authentication and complaint rate)",
+        day.domain, day.date
+    ))
+}
+
 /// Why a feed's credential or CA bundle could not be set up; each feed
 /// names its own fields.
 enum FeedSetupError<E> {
@@ -976,6 +1024,8 @@ pub struct ProbeCounters {
     pub zones: ZoneErrorCounters,
     pub snds: SndsCounters,
     pub postmaster: FeedCounters,
+    /// (pool, domain) → the domain reputation of its newest Postmaster day.
+    pub postmaster_domains: BTreeMap<(String, String), String>,
 }
 
 /// The probes' families for these counters, as Prometheus text.
@@ -988,6 +1038,7 @@ pub fn render_metrics(
         zones: zones.clone(),
         snds: snds.clone(),
         postmaster: postmaster.clone(),
+        postmaster_domains: BTreeMap::new(),
     })
 }
 
@@ -1084,6 +1135,22 @@ impl Families for ProbeCounters {
             "Blocked verdicts given by provider feeds.",
             Kind::Counter,
             counter(|c| c.blocked_verdicts),
+        )?;
+        family(
+            out,
+            "mailfleet_postmaster_domain_reputation",
+            "1 for the domain reputation Postmaster Tools gives each polled domain on its newest day (HIGH, MEDIUM, LOW, BAD, UNKNOWN), by pool and domain.",
+            Kind::Gauge,
+            self.postmaster_domains.iter().map(|((pool, domain), reputation)| {
+                (
+                    vec![
+                        ("pool", pool.clone()),
+                        ("domain", domain.clone()),
+                        ("reputation", reputation.clone()),
+                    ],
+                    1u64,
+                )
+            }),
         )?;
         family(
             out,
