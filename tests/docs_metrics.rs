@@ -129,10 +129,12 @@ fn scraped(text: &str) -> BTreeMap<String, BTreeSet<Vec<String>>> {
 
 /// Families written by sources a unit test cannot build alone: the HTTP
 /// port's (scraped in tests/dashboard.rs), the reverse DNS gauges' (written
-/// only once a verdict exists), standalone's feedback log's and the
-/// operator-made certificate's (scraped in tests/operator_feedback_cert.rs).
-const WRITTEN_ELSEWHERE: [&str; 7] = [
+/// only once a verdict exists), standalone's feedback log's, the posted
+/// abuse reports' and the operator-made certificate's (scraped in
+/// tests/operator_feedback_cert.rs).
+const WRITTEN_ELSEWHERE: [&str; 8] = [
     "mailfleet_feedback_requests_total",
+    "mailfleet_complaint_reports_total",
     "mailfleet_http_connections_refused_total",
     "mailfleet_http_plain_requests_refused_total",
     "mailfleet_reverse_dns_confirmed",

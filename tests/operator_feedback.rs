@@ -980,3 +980,143 @@ async fn feedback_over_tls_is_counted_and_plain_http_is_not() {
     .await;
     operator.shutdown().await.unwrap();
 }
+
+/// POSTs an abuse report (`content_type`) to the operator's port.
+async fn post_abuse_report(
+    addr: std::net::SocketAddr,
+    token: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "POST /v1/abuse-reports HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // A refusal from the head may close the connection before the body is sent.
+    let _ = stream.write_all(body).await;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn arf_fixture(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/arf")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The complaints in the window of (ip, provider), as the pool's status holds them.
+fn complaints_of(api: &FakeApi, pool: &str, ip: &str, provider: &str) -> Option<i64> {
+    let status: mailfleet::api::SenderPoolStatus =
+        serde_json::from_value(pool_status(api, pool)).ok()?;
+    let pair = status
+        .ips
+        .iter()
+        .find(|i| i.address == ip)?
+        .pair(provider)?;
+    pair.complaint_rate.as_ref().map(|rate| rate.complaints)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abuse_reports_posted_to_the_operator_are_stored_before_the_answer_and_counted_once() {
+    let (api, operator) = fleet_with_pods().await;
+    let addr = operator.local_addr();
+    let yahoo = arf_fixture("yahoo-cfl.eml");
+    let jmrp = arf_fixture("microsoft-jmrp.eml");
+    let rfc822 = "message/rfc822";
+
+    let (status, body) = post_abuse_report(addr, None, rfc822, &yahoo).await;
+    assert_eq!(status, 401, "{body}");
+    // Any pod of the namespace with the `mailfleet` token may post.
+    let token = token_for(&api, "bulk", "203.0.113.17");
+
+    let (status, body) = post_abuse_report(addr, Some(&token), rfc822, &yahoo).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["ip"], "203.0.113.10");
+    assert_eq!(answer["provider"], "yahoo");
+    assert_eq!(answer["pool"], "mail/bulk");
+    assert_eq!(answer["duplicate"], false);
+    // Acknowledged only once stored: the status holds it when the answer comes.
+    assert_eq!(
+        complaints_of(&api, "bulk", "203.0.113.10", "yahoo"),
+        Some(1)
+    );
+
+    let (status, body) = post_abuse_report(addr, Some(&token), rfc822, &jmrp).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        complaints_of(&api, "bulk", "203.0.113.11", "microsoft"),
+        Some(1)
+    );
+
+    let writes = pool_status_writes(&api, "bulk");
+    let (status, body) = post_abuse_report(addr, Some(&token), rfc822, &yahoo).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"duplicate\":true"), "{body}");
+    assert_eq!(
+        complaints_of(&api, "bulk", "203.0.113.10", "yahoo"),
+        Some(1)
+    );
+    assert_eq!(
+        pool_status_writes(&api, "bulk"),
+        writes,
+        "a duplicate writes nothing"
+    );
+
+    let (status, body) =
+        post_abuse_report(addr, Some(&token), rfc822, b"Subject: hi\r\n\r\nhello\r\n").await;
+    assert_eq!(status, 400, "{body}");
+    let stranger = String::from_utf8(yahoo.clone())
+        .unwrap()
+        .replace("203.0.113.10", "192.0.2.99");
+    let (status, body) = post_abuse_report(addr, Some(&token), rfc822, stranger.as_bytes()).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.contains("192.0.2.99") && body.contains("namespace mail"),
+        "{body}"
+    );
+    let mut huge = yahoo.clone();
+    huge.resize(600 * 1024, b'x');
+    let (status, body) = post_abuse_report(addr, Some(&token), rfc822, &huge).await;
+    assert_eq!(status, 413, "{body}");
+    // A pod of another namespace speaks for no pool of this one.
+    api.allow_token(
+        "elsewhere-token",
+        support::fake_api::TokenUser::pod("elsewhere", "default", "some-pod", "uid-1"),
+    );
+    let (status, body) = post_abuse_report(addr, Some("elsewhere-token"), rfc822, &yahoo).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("namespace elsewhere"), "{body}");
+
+    let (_, metrics) = get(addr, "/metrics").await;
+    for (result, n) in [
+        ("counted", 2),
+        ("duplicate", 1),
+        ("not_ours", 2),
+        ("not_feedback_report", 1),
+        ("too_large", 1),
+        ("refused", 1),
+    ] {
+        let line = format!("mailfleet_complaint_reports_total{{result=\"{result}\"}} {n}");
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
+    operator.shutdown().await.unwrap();
+}

@@ -22,7 +22,7 @@ use mailfleet::api::{ReputationState, SenderPool, SenderPoolSpec};
 use mailfleet::fleet::Fleet;
 use mailfleet::manifests;
 use mailfleet::probe::postmaster::{
-    PostmasterFeed, PostmasterPoller, ServiceAccount, POSTMASTER_SCOPE,
+    PostmasterFeed, PostmasterPoller, ServiceAccount, POSTMASTER_SCOPE, TOKEN_RENEW_MARGIN_SECONDS,
 };
 use mailfleet::probe::snds::{FeedClient, RetryPolicy, TrustRoots};
 use mailfleet::probe::{ProbeOptions, SecretError, SecretSource, SignalProbes};
@@ -74,6 +74,20 @@ const GOOD_PAGE_2: &str = r#"{
       ],
       "domainReputation": "MEDIUM",
       "deliveryErrors": [{"errorClass": "PERMANENT_ERROR", "errorType": "REPUTATION_REJECT", "errorRatio": 0.01}]
+    }
+  ]
+}"#;
+
+/// A domain Gmail rates BAD whose IPs it rates HIGH, with a low spam rate.
+const BAD_DOMAIN: &str = r#"{
+  "trafficStats": [
+    {
+      "name": "domains/shady.example.com/trafficStats/20261206",
+      "userReportedSpamRatio": 0.0001,
+      "ipReputations": [
+        {"reputation": "HIGH", "ipCount": "2", "sampleIps": ["203.0.113.10", "203.0.113.11"]}
+      ],
+      "domainReputation": "BAD"
     }
   ]
 }"#;
@@ -313,6 +327,7 @@ fn answer_for(
             reply(200, json, GOOD_PAGE_2)
         }
         "quiet.example.com/1" => reply(200, json, "{}"),
+        "shady.example.com/1" => reply(200, json, BAD_DOMAIN),
         "partial.example.com/1" => reply(200, json, MISSING_FIELDS),
         "html.example.com/1" => reply(200, "text/html; charset=UTF-8", SIGN_IN),
         "busy.example.com/1" => reply(
@@ -322,6 +337,16 @@ fn answer_for(
         ),
         "flaky.example.com/1" if hit == 1 => reply(503, "text/plain", "Service Unavailable"),
         "flaky.example.com/1" => reply(200, json, GOOD_PAGE_2.replace("news.", "flaky.").as_str()),
+        // A token that the API stops accepting before it expires: refused
+        // once, then the same token's successor is accepted.
+        "expired.example.com/1" if hit == 1 => reply(
+            401,
+            json,
+            r#"{"error":{"code":401,"message":"Request had invalid authentication credentials.","status":"UNAUTHENTICATED"}}"#,
+        ),
+        "expired.example.com/1" => {
+            reply(200, json, GOOD_PAGE_2.replace("news.", "expired.").as_str())
+        }
         "revoked.example.com/1" => reply(
             401,
             json,
@@ -370,7 +395,11 @@ fn assertion_is_good(body: &str, public_key: &[u8], token_url: &str) -> bool {
             .as_str()
             .is_some_and(|a| a.starts_with(token_url))
         && claims["scope"] == POSTMASTER_SCOPE
-        && claims["iat"] == now().as_second()
+        // Issued at the poll's injected time: `now()`, or the later polls
+        // of the token cache test (within two hours of it).
+        && claims["iat"]
+            .as_i64()
+            .is_some_and(|iat| (now().as_second()..=now().as_second() + 7200).contains(&iat))
 }
 
 fn key_file(token_uri: &str) -> Vec<u8> {
@@ -553,6 +582,57 @@ async fn refused_tokens_and_401_are_clear_failures_that_show_no_secret() {
     assert_eq!(revoked.counters().errors.get("unauthorized"), Some(&1));
 }
 
+#[tokio::test]
+async fn the_access_token_is_kept_until_shortly_before_it_expires() {
+    let server = PostmasterServer::start().await;
+    let at = |seconds: i64| {
+        now()
+            .checked_add(jiff::SignedDuration::from_secs(seconds))
+            .unwrap()
+    };
+    let mut first = poller(&server, "token", &["quiet.example.com"]);
+    first.poll(&pool_ips(), now()).await.unwrap();
+    assert_eq!(server.hits("token"), 1);
+    // The next poll (a new poller, as the runner makes one per poll) keeps
+    // the token while more than the margin of its 3599 s is left.
+    let mut cache = first.into_token_cache();
+    for seconds in [60, 1800, 3599 - TOKEN_RENEW_MARGIN_SECONDS - 1] {
+        let mut next = poller(&server, "token", &["quiet.example.com"]).with_token_cache(cache);
+        next.poll(&pool_ips(), at(seconds)).await.unwrap();
+        assert_eq!(server.hits("token"), 1, "at +{seconds} s");
+        cache = next.into_token_cache();
+    }
+    let mut late = poller(&server, "token", &["quiet.example.com"]).with_token_cache(cache);
+    late.poll(&pool_ips(), at(3599 - TOKEN_RENEW_MARGIN_SECONDS))
+        .await
+        .unwrap();
+    assert_eq!(server.hits("token"), 2, "renewed within the margin");
+    // Another token endpoint (or account) does not use it.
+    let other = poller(&server, "token-refused", &["quiet.example.com"])
+        .with_token_cache(late.into_token_cache());
+    let mut other = other;
+    assert!(other.poll(&pool_ips(), at(3600)).await.is_err());
+    assert_eq!(server.hits("token-refused"), 1);
+}
+
+#[tokio::test]
+async fn a_refused_token_is_dropped_and_fetched_again_once() {
+    let server = PostmasterServer::start().await;
+    let mut postmaster = poller(&server, "token", &["expired.example.com"]);
+    let poll = postmaster.poll(&pool_ips(), now()).await.unwrap();
+    assert_eq!(server.hits("token"), 2, "a new token after the 401");
+    assert_eq!(server.hits("expired.example.com/1"), 2);
+    assert!(poll.domain_errors.is_empty(), "{poll:?}");
+    assert_eq!(poll.days.len(), 1);
+    assert!(postmaster.counters().errors.is_empty());
+
+    // Refused again with the new token: one retry only, then the domain fails.
+    let mut revoked = poller(&server, "token", &["revoked.example.com"]);
+    revoked.poll(&pool_ips(), now()).await.unwrap_err();
+    assert_eq!(server.hits("revoked.example.com/1"), 2);
+    assert_eq!(server.hits("token"), 4);
+}
+
 /// Secrets from a map, as the operator reads them from the API server.
 struct MapSecrets(BTreeMap<(String, String), Vec<u8>>);
 
@@ -620,6 +700,49 @@ async fn the_probes_poll_a_pools_postmaster_feed_with_its_secrets() {
     assert!(
         metrics.contains("mailfleet_feed_blocked_verdicts_total{feed=\"postmaster\"} 1"),
         "{metrics}"
+    );
+
+    assert!(
+        metrics.contains("mailfleet_postmaster_domain_reputation{pool=\"mail/bulk\",domain=\"news.example.com\",reputation=\"MEDIUM\"} 1"),
+        "{metrics}"
+    );
+
+    // A domain rated BAD: a warning naming the domain, the gauge, and no IP
+    // marked (its IPs are HIGH: Gmail judges the domain, not them).
+    let mut shady = pool.clone();
+    shady
+        .spec
+        .reputation
+        .feeds
+        .postmaster
+        .as_mut()
+        .unwrap()
+        .domains = vec!["shady.example.com".into()];
+    let round = probes.run_due(&[shady.clone()], &secrets, now()).await;
+    assert!(
+        round
+            .signals
+            .iter()
+            .all(|(_, s)| matches!(s, Signal::Feed(v) if !v.blocked)),
+        "{:?}",
+        round.signals
+    );
+    assert_eq!(round.problems.len(), 1, "{:?}", round.problems);
+    assert!(
+        round.problems[0].contains("`shady.example.com`")
+            && round.problems[0].contains("reputation BAD on 20261206")
+            && round.problems[0].contains("no IP is marked"),
+        "{:?}",
+        round.problems
+    );
+    let metrics = mailfleet::metrics::render(&probes.metrics());
+    assert!(
+        metrics.contains("mailfleet_postmaster_domain_reputation{pool=\"mail/bulk\",domain=\"shady.example.com\",reputation=\"BAD\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("domain=\"news.example.com\""),
+        "a domain no longer polled leaves: {metrics}"
     );
 
     // A key file that is not one: counted, named, polled again later.

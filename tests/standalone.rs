@@ -113,6 +113,44 @@ impl Standalone {
         (status, body)
     }
 
+    /// POSTs `body` as `content_type` to `path`.
+    fn post_as(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: &[u8],
+    ) -> (u16, String) {
+        let mut stream = TcpStream::connect(&self.address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(
+            stream,
+            "POST {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        // A refusal from the head may close the connection before the body is sent.
+        let _ = stream.write_all(body);
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer).to_string();
+        let status = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"));
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
     fn post(&self, token: Option<&str>, report: &Value) -> (u16, Value) {
         let (status, body) = self.request("POST", "/v1/feedback", token, &report.to_string());
         let body = serde_json::from_str(&body).unwrap_or_else(|_| json!({"raw": body}));
@@ -766,4 +804,121 @@ fn haproxy_with_a_host_per_route_is_refused_before_start() {
         stderr.contains("--route-service-host") && stderr.contains("{route}"),
         "{stderr}"
     );
+}
+
+fn arf_fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/arf")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The value of one series in a metrics text, if present.
+fn series(metrics: &str, name_and_labels: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+}
+
+#[test]
+fn abuse_reports_posted_are_counted_once_per_ip_and_provider_and_the_rest_refused() {
+    let lab = lab();
+    let server = Standalone::start(&lab.manifests, &lab.out, &lab.token);
+    let path = "/v1/abuse-reports";
+    let yahoo = arf_fixture("yahoo-cfl.eml");
+    let jmrp = arf_fixture("microsoft-jmrp.eml");
+
+    let (status, body) = server.post_as(path, None, "message/rfc822", &yahoo);
+    assert_eq!(status, 401, "no token: {body}");
+    let (status, body) = server.post_as(path, Some(TOKEN), "application/json", &yahoo);
+    assert_eq!(status, 415, "{body}");
+    assert!(body.contains("message/rfc822"), "{body}");
+
+    let (status, body) = server.post_as(path, Some(TOKEN), "message/rfc822", &yahoo);
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["ip"], "203.0.113.10");
+    assert_eq!(answer["provider"], "yahoo");
+    assert_eq!(answer["pool"], "mail/bulk");
+    assert_eq!(answer["duplicate"], false);
+    let (status, body) = server.post_as(path, Some(TOKEN), "message/rfc822", &jmrp);
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (answer["ip"].as_str(), answer["provider"].as_str()),
+        (Some("203.0.113.11"), Some("microsoft"))
+    );
+
+    // The same report again (a feedback loop retrying): acknowledged, not counted.
+    let (status, body) = server.post_as(path, Some(TOKEN), "message/rfc822", &yahoo);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["duplicate"],
+        true
+    );
+
+    // Garbage, another sender's report, and one past the bound.
+    let (status, body) = server.post_as(
+        path,
+        Some(TOKEN),
+        "message/rfc822",
+        b"Subject: hi\r\n\r\nhello\r\n",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("multipart/report"), "{body}");
+    let stranger = String::from_utf8(yahoo.clone())
+        .unwrap()
+        .replace("203.0.113.10", "192.0.2.99");
+    let (status, body) = server.post_as(path, Some(TOKEN), "message/rfc822", stranger.as_bytes());
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.contains("192.0.2.99") && body.contains("no IP of ours"),
+        "{body}"
+    );
+    let mut huge = yahoo.clone();
+    huge.resize(600 * 1024, b'x');
+    let (status, body) = server.post_as(path, Some(TOKEN), "message/rfc822", &huge);
+    assert_eq!(status, 413, "{body}");
+
+    let metrics = || server.request("GET", "/metrics", None, "").1;
+    wait_for(
+        "the complaints show in the metrics",
+        Duration::from_secs(3),
+        || {
+            series(&metrics(), "mailfleet_complaints_window{pool=\"mail/bulk\",ip=\"203.0.113.10\",provider=\"yahoo\"}").is_some()
+        },
+    );
+    let text = metrics();
+    assert_eq!(series(&text, "mailfleet_complaints_window{pool=\"mail/bulk\",ip=\"203.0.113.10\",provider=\"yahoo\"}"), Some(1.0), "{text}");
+    assert_eq!(series(&text, "mailfleet_complaints_window{pool=\"mail/bulk\",ip=\"203.0.113.11\",provider=\"microsoft\"}"), Some(1.0), "{text}");
+    for (result, n) in [
+        ("counted", 2.0),
+        ("duplicate", 1.0),
+        ("not_ours", 1.0),
+        ("not_feedback_report", 1.0),
+        ("too_large", 1.0),
+    ] {
+        assert_eq!(
+            series(
+                &text,
+                &format!("mailfleet_complaint_reports_total{{result=\"{result}\"}}")
+            ),
+            Some(n),
+            "{result}: {text}"
+        );
+    }
+
+    // Stored before the answer: after a restart the same report is still a duplicate.
+    server.stop_cleanly();
+    let server = Standalone::start(&lab.manifests, &lab.out, &lab.token);
+    let (status, body) = server.post_as(path, Some(TOKEN), "message/rfc822", &yahoo);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["duplicate"],
+        true,
+        "{body}"
+    );
+    let text = server.request("GET", "/metrics", None, "").1;
+    assert_eq!(series(&text, "mailfleet_complaints_window{pool=\"mail/bulk\",ip=\"203.0.113.10\",provider=\"yahoo\"}"), Some(1.0), "{text}");
+    server.stop_cleanly();
 }

@@ -636,6 +636,28 @@ impl SequenceLedger {
         self.last.retain(|_, e| e.seen.as_second() >= cutoff);
     }
 
+    /// Keeps the newest `keep` instances whose name starts with `prefix`
+    /// (any IP), forgetting the older ones of them.
+    pub fn keep_newest(&mut self, prefix: &str, keep: usize) {
+        let matching = |key: &str| {
+            key.split_once(' ')
+                .is_some_and(|(_, instance)| instance.starts_with(prefix))
+        };
+        let mut seen: Vec<(Timestamp, String)> = self
+            .last
+            .iter()
+            .filter(|(key, _)| matching(key))
+            .map(|(key, e)| (e.seen, key.clone()))
+            .collect();
+        if seen.len() <= keep {
+            return;
+        }
+        seen.sort();
+        for (_, key) in &seen[..seen.len() - keep] {
+            self.last.remove(key);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.last.len()
     }
@@ -722,6 +744,26 @@ mod tests {
                 count: 2,
             }],
         }
+    }
+
+    #[test]
+    fn only_the_newest_instances_of_a_prefix_are_kept() {
+        let mut ledger = SequenceLedger::default();
+        for minute in 0..5 {
+            let now = at(&format!("2021-11-05T08:0{minute}:00Z"));
+            ledger.admit(&format!("203.0.113.10 arf report:<{minute}@x>"), 1, now);
+        }
+        ledger.admit("203.0.113.10 agent-run-1", 7, at("2021-11-05T07:00:00Z"));
+        ledger.keep_newest("arf ", 2);
+        assert_eq!(ledger.len(), 3);
+        assert_eq!(ledger.last("203.0.113.10 arf report:<4@x>"), Some(1));
+        assert_eq!(ledger.last("203.0.113.10 arf report:<3@x>"), Some(1));
+        assert_eq!(ledger.last("203.0.113.10 arf report:<2@x>"), None);
+        assert_eq!(
+            ledger.last("203.0.113.10 agent-run-1"),
+            Some(7),
+            "other instances stay"
+        );
     }
 
     #[test]

@@ -168,6 +168,13 @@ pub const FEEDBACK_REQUESTS: Spec = spec(
     "Feedback requests answered, by HTTP status.",
     Both,
 );
+pub const COMPLAINT_REPORTS: Spec = spec(
+    "mailfleet_complaint_reports_total",
+    Counter,
+    &["result"],
+    "Abuse feedback reports posted to /v1/abuse-reports, by result: counted, duplicate, or why refused (the agent's folder intake counts the same results).",
+    Both,
+);
 pub const CONNECTIONS_REFUSED: Spec = spec(
     "mailfleet_http_connections_refused_total",
     Counter,
@@ -339,7 +346,7 @@ pub const HAPROXY_RELOADS: Spec = spec(
 );
 
 /// Every family declared here, in the order of the table in docs/OPERATING.md.
-pub const ALL: [Spec; 31] = [
+pub const ALL: [Spec; 32] = [
     BUILD_INFO,
     IP_STATE,
     COMPLAINTS_WINDOW,
@@ -347,6 +354,7 @@ pub const ALL: [Spec; 31] = [
     ROUTE_TARGETS,
     FEEDBACK_REPORTS,
     FEEDBACK_REQUESTS,
+    COMPLAINT_REPORTS,
     CONNECTIONS_REFUSED,
     PLAIN_HTTP_REFUSED,
     REVERSE_DNS_CONFIRMED,

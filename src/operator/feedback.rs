@@ -343,6 +343,7 @@ fn spec_ip(fleet: &crate::fleet::Fleet, report: &FeedbackReport) -> Option<Strin
 /// Whether a report counts nothing (an agent's heartbeat).
 fn carries_nothing(report: &FeedbackReport) -> bool {
     report.conclusive.is_empty()
+        && report.complaints.is_empty()
         && report.totals.iter().all(|t| t.count == 0)
         && report.queue.is_none()
         && report.drain.is_none()
@@ -749,6 +750,34 @@ impl FeedbackReceiver for OperatorFeedback {
     ) -> Result<FeedbackResponse, FeedbackRefusal> {
         self.authorize(&identity, &report)?;
         self.count(report, identity.pod).await
+    }
+
+    /// A posted abuse report: counted against the pool IP it names among the
+    /// pools of the token's namespace (any pod of that namespace with the
+    /// `mailfleet` token may post them), in the same batched status write as
+    /// an agent's complaints, answered after that write.
+    async fn receive_abuse_report(
+        &self,
+        identity: TokenIdentity,
+        posted: crate::serve::abuse::PostedAbuseReport,
+    ) -> Result<crate::serve::abuse::AbuseReportAnswer, FeedbackRefusal> {
+        let ns = identity.namespace.as_str();
+        let now = Timestamp::now();
+        let pools = self.ctx.stores.pools.all();
+        let routes = self.ctx.stores.routes.in_namespace(ns);
+        let snapshot = self
+            .ctx
+            .snapshots
+            .get(ns, &pools, &routes, now)
+            .await
+            .map_err(|e| FeedbackRefusal::Unavailable(e.to_string()))?;
+        let report = crate::serve::abuse::feedback_report(&posted, &snapshot.fleet, Some(ns), now)
+            .map_err(|e| e.refusal())?;
+        let answer = self.count(report.clone(), identity.pod).await?;
+        Ok(crate::serve::abuse::AbuseReportAnswer::new(
+            &report,
+            answer.duplicate,
+        ))
     }
 }
 

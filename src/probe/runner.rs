@@ -20,8 +20,8 @@ use super::dnsbl::{
     ProbeInterval, RecentResults, Resolver, ResultCache, ZoneErrorCounters, DEFAULT_MIN_RESULTS,
 };
 use super::postmaster::{
-    AccountKeyError, PostmasterError, PostmasterFeed, PostmasterPoller, ServiceAccount,
-    DEFAULT_API_URL,
+    AccountKeyError, PostmasterError, PostmasterFeed, PostmasterPoller, PostmasterTokenCache,
+    ServiceAccount, DEFAULT_API_URL,
 };
 use super::snds::{
     FeedClient, FeedCounters, RetryPolicy, SndsCounters, SndsError, SndsFeed, SndsKey, SndsPoller,
@@ -198,6 +198,8 @@ pub struct SignalProbes {
     zone_counters: ZoneErrorCounters,
     snds_counters: SndsCounters,
     postmaster_counters: FeedCounters,
+    /// (pool, domain) → the domain reputation of its newest Postmaster day.
+    postmaster_domains: BTreeMap<(String, String), String>,
     system_roots: Option<TrustRoots>,
     /// One client per extra CA bundle (empty key: none).
     feed_clients: HashMap<Vec<u8>, FeedClient>,
@@ -208,6 +210,8 @@ struct PoolProbes {
     dnsbl: Option<DnsblState>,
     snds: Option<FeedSchedule<SndsFeedSettings>>,
     postmaster: Option<FeedSchedule<PostmasterFeedSettings>>,
+    /// The Postmaster access token, kept between polls until shortly before it expires.
+    postmaster_token: PostmasterTokenCache,
 }
 
 #[derive(Debug)]
@@ -282,6 +286,7 @@ impl SignalProbes {
             zone_counters: ZoneErrorCounters::default(),
             snds_counters: SndsCounters::default(),
             postmaster_counters: FeedCounters::default(),
+            postmaster_domains: BTreeMap::new(),
             system_roots: None,
             feed_clients: HashMap::new(),
         }
@@ -311,12 +316,33 @@ impl SignalProbes {
             seen.push(key.clone());
             let ips = PoolIps::of(&key, pool, &mut round.problems);
             self.run_dnsbl(&key, pool, &ips, now, &mut round).await;
-            self.run_snds(&key, namespace, pool, &ips, secrets, now, &mut round)
-                .await;
-            self.run_postmaster(&key, namespace, pool, &ips, secrets, now, &mut round)
-                .await;
+            self.run_feed::<SndsFeedSettings, S>(
+                &key, namespace, pool, &ips, secrets, now, &mut round,
+            )
+            .await;
+            self.run_feed::<PostmasterFeedSettings, S>(
+                &key, namespace, pool, &ips, secrets, now, &mut round,
+            )
+            .await;
         }
         self.pools.retain(|key, _| seen.contains(key));
+        // Domains no longer polled for a pool leave the gauge.
+        self.postmaster_domains.retain(|(key, domain), _| {
+            pools.iter().any(|p| {
+                let of = format!(
+                    "{}/{}",
+                    p.metadata.namespace.as_deref().unwrap_or("default"),
+                    p.metadata.name.as_deref().unwrap_or_default()
+                );
+                of == *key
+                    && p.spec
+                        .reputation
+                        .feeds
+                        .postmaster
+                        .as_ref()
+                        .is_some_and(|f| f.domains.contains(domain))
+            })
+        });
         round
     }
 
@@ -367,6 +393,7 @@ impl SignalProbes {
             zones: self.zone_counters.clone(),
             snds: self.snds_counters.clone(),
             postmaster: self.postmaster_counters.clone(),
+            postmaster_domains: self.postmaster_domains.clone(),
         }
     }
 
@@ -437,8 +464,11 @@ impl SignalProbes {
         round.dnsbl_health.push((key.to_string(), health));
     }
 
+    /// Polls one feed of the pool when it is due (SNDS, Postmaster: the
+    /// same schedule, the same handling of the outcome); a feed no longer in
+    /// the spec is forgotten.
     #[allow(clippy::too_many_arguments)]
-    async fn run_snds<S: SecretSource>(
+    async fn run_feed<F: PolledFeed, S: SecretSource>(
         &mut self,
         key: &str,
         namespace: &str,
@@ -449,28 +479,39 @@ impl SignalProbes {
         round: &mut ProbeRound,
     ) {
         let entry = self.pools.entry(key.to_string()).or_default();
-        let Some(settings) = pool.spec.reputation.feeds.snds.as_ref() else {
-            entry.snds = None;
+        let Some(settings) = F::of(pool) else {
+            F::forget(entry);
             return;
         };
-        if !FeedSchedule::due(
-            &mut entry.snds,
-            settings,
-            snds_settings_problem,
-            key,
-            now,
-            round,
-        ) {
+        if !FeedSchedule::due(F::schedule(entry), settings, F::problem, key, now, round) {
             return;
         }
-        let outcome = self.poll_snds(namespace, settings, ips, secrets, now).await;
+        let outcome = match settings.which() {
+            FeedRef::Snds(settings) => self
+                .poll_snds(namespace, settings, ips, secrets, now)
+                .await
+                .map(|signals| (signals, Vec::new()))
+                .map_err(|e| e.to_string()),
+            FeedRef::Postmaster(settings) => self
+                .poll_postmaster(key, namespace, settings, ips, secrets, now)
+                .await
+                .map_err(|e| e.to_string()),
+        };
         let ok = outcome.is_ok();
         match outcome {
-            Ok(verdicts) => round.signals.extend(verdicts),
+            Ok((signals, feed_problems)) => {
+                round.signals.extend(signals);
+                round
+                    .problems
+                    .extend(feed_problems.into_iter().map(|p| format!("{key}: {p}")));
+            }
             Err(problem) => round.problems.push(format!("{key}: {problem}")),
         }
-        let slot = self.pools.get_mut(key).and_then(|p| p.snds.as_mut());
-        FeedSchedule::polled(slot, now, settings.interval_seconds, ok);
+        let slot = self
+            .pools
+            .get_mut(key)
+            .and_then(|p| F::schedule(p).as_mut());
+        FeedSchedule::polled(slot, now, settings.interval_seconds(), ok);
     }
 
     /// One poll: the key (and CA bundle) from their Secrets, then both files.
@@ -483,47 +524,38 @@ impl SignalProbes {
         now: Timestamp,
     ) -> Result<Vec<(String, Signal)>, SndsPollError> {
         let key_ref = &settings.key_secret_ref;
-        let key = match read_secret(secrets, namespace, key_ref).await {
-            Ok(bytes) => SndsKey::from_secret_bytes(&bytes).map_err(|source| {
-                self.count_snds_failure("key");
-                SndsPollError::Key {
-                    secret: shown_ref(namespace, key_ref),
-                    source,
+        let ca_ref = settings.ca_bundle_secret_ref.as_ref();
+        let (key, client) = self
+            .feed_setup(
+                secrets,
+                namespace,
+                key_ref,
+                SndsKey::from_secret_bytes,
+                ca_ref,
+            )
+            .await
+            .map_err(|e| {
+                self.count_snds_failure(e.kind());
+                let shown_ca = || ca_ref.map(|r| shown_ref(namespace, r)).unwrap_or_default();
+                match e {
+                    FeedSetupError::CredentialSecret(source) => SndsPollError::KeySecret {
+                        secret: shown_ref(namespace, key_ref),
+                        source,
+                    },
+                    FeedSetupError::Credential(source) => SndsPollError::Key {
+                        secret: shown_ref(namespace, key_ref),
+                        source,
+                    },
+                    FeedSetupError::CaSecret(source) => SndsPollError::CaSecret {
+                        secret: shown_ca(),
+                        source,
+                    },
+                    FeedSetupError::TlsSetup(source) => SndsPollError::TlsSetup {
+                        secret: shown_ca(),
+                        source,
+                    },
                 }
-            })?,
-            Err(source) => {
-                self.count_snds_failure("secret");
-                return Err(SndsPollError::KeySecret {
-                    secret: shown_ref(namespace, key_ref),
-                    source,
-                });
-            }
-        };
-        let bundle = match &settings.ca_bundle_secret_ref {
-            None => Vec::new(),
-            Some(reference) => {
-                read_secret(secrets, namespace, reference)
-                    .await
-                    .map_err(|source| {
-                        self.count_snds_failure("secret");
-                        SndsPollError::CaSecret {
-                            secret: shown_ref(namespace, reference),
-                            source,
-                        }
-                    })?
-            }
-        };
-        let client = self.feed_client(bundle).map_err(|source| {
-            self.count_snds_failure("tls_setup");
-            SndsPollError::TlsSetup {
-                secret: settings
-                    .ca_bundle_secret_ref
-                    .as_ref()
-                    .map(|r| shown_ref(namespace, r))
-                    .unwrap_or_default(),
-                source,
-            }
-        })?;
+            })?;
         let feed = SndsFeed {
             ip_status_url: settings.url.clone(),
             data_url: settings.data_url.clone(),
@@ -546,55 +578,13 @@ impl SignalProbes {
         *self.snds_counters.errors.entry(kind).or_default() += 1;
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn run_postmaster<S: SecretSource>(
-        &mut self,
-        key: &str,
-        namespace: &str,
-        pool: &SenderPool,
-        ips: &PoolIps,
-        secrets: &S,
-        now: Timestamp,
-        round: &mut ProbeRound,
-    ) {
-        let entry = self.pools.entry(key.to_string()).or_default();
-        let Some(settings) = pool.spec.reputation.feeds.postmaster.as_ref() else {
-            entry.postmaster = None;
-            return;
-        };
-        if !FeedSchedule::due(
-            &mut entry.postmaster,
-            settings,
-            postmaster_settings_problem,
-            key,
-            now,
-            round,
-        ) {
-            return;
-        }
-        let outcome = self
-            .poll_postmaster(namespace, settings, ips, secrets, now)
-            .await;
-        let ok = outcome.is_ok();
-        match outcome {
-            Ok((signals, domain_problems)) => {
-                round.signals.extend(signals);
-                round
-                    .problems
-                    .extend(domain_problems.into_iter().map(|p| format!("{key}: {p}")));
-            }
-            Err(problem) => round.problems.push(format!("{key}: {problem}")),
-        }
-        let slot = self.pools.get_mut(key).and_then(|p| p.postmaster.as_mut());
-        FeedSchedule::polled(slot, now, settings.interval_seconds, ok);
-    }
-
     /// One poll: the service account's key (and CA bundle) from their
     /// Secrets, a token, then every domain. `Ok` carries the signals and the
     /// domains that could not be read.
     #[allow(clippy::type_complexity)]
     async fn poll_postmaster<S: SecretSource>(
         &mut self,
+        key: &str,
         namespace: &str,
         settings: &PostmasterFeedSettings,
         ips: &PoolIps,
@@ -602,34 +592,29 @@ impl SignalProbes {
         now: Timestamp,
     ) -> Result<(Vec<(String, Signal)>, Vec<String>), PostmasterPollError> {
         let reference = &settings.service_account_secret_ref;
-        let account = match read_secret(secrets, namespace, reference).await {
-            Ok(bytes) => ServiceAccount::from_key_file(&bytes).map_err(|source| {
-                self.count_postmaster_failure("key");
-                PostmasterPollError::Key {
-                    secret: shown_ref(namespace, reference),
-                    source,
+        let (account, client) = self
+            .feed_setup(
+                secrets,
+                namespace,
+                reference,
+                ServiceAccount::from_key_file,
+                settings.ca_bundle_secret_ref.as_ref(),
+            )
+            .await
+            .map_err(|e| {
+                self.count_postmaster_failure(e.kind());
+                match e {
+                    FeedSetupError::CredentialSecret(source) => {
+                        PostmasterPollError::AccountSecret { source }
+                    }
+                    FeedSetupError::Credential(source) => PostmasterPollError::Key {
+                        secret: shown_ref(namespace, reference),
+                        source,
+                    },
+                    FeedSetupError::CaSecret(source) => PostmasterPollError::CaSecret { source },
+                    FeedSetupError::TlsSetup(source) => PostmasterPollError::TlsSetup { source },
                 }
-            })?,
-            Err(source) => {
-                self.count_postmaster_failure("secret");
-                return Err(PostmasterPollError::AccountSecret { source });
-            }
-        };
-        let bundle = match &settings.ca_bundle_secret_ref {
-            None => Vec::new(),
-            Some(reference) => {
-                read_secret(secrets, namespace, reference)
-                    .await
-                    .map_err(|source| {
-                        self.count_postmaster_failure("secret");
-                        PostmasterPollError::CaSecret { source }
-                    })?
-            }
-        };
-        let client = self.feed_client(bundle).map_err(|source| {
-            self.count_postmaster_failure("tls_setup");
-            PostmasterPollError::TlsSetup { source }
-        })?;
+            })?;
         let feed = PostmasterFeed {
             api_url: settings
                 .url
@@ -638,9 +623,18 @@ impl SignalProbes {
             token_url: settings.token_url.clone(),
             domains: settings.domains.clone(),
         };
-        let mut poller = PostmasterPoller::new(feed, account, self.options.feed_retry, client);
+        let kept = self
+            .pools
+            .get_mut(key)
+            .map(|p| std::mem::take(&mut p.postmaster_token))
+            .unwrap_or_default();
+        let mut poller = PostmasterPoller::new(feed, account, self.options.feed_retry, client)
+            .with_token_cache(kept);
         let result = poller.poll(&ips.all, now).await;
         self.postmaster_counters.add(poller.counters());
+        if let Some(p) = self.pools.get_mut(key) {
+            p.postmaster_token = poller.into_token_cache();
+        }
         let poll = result.map_err(|source| PostmasterPollError::Poll { source })?;
         let signals = poll
             .verdicts
@@ -648,7 +642,7 @@ impl SignalProbes {
             .iter()
             .filter_map(|v| ips.written(v.ip).map(|ip| (ip.to_string(), v.signal())))
             .collect();
-        let problems = poll
+        let mut problems: Vec<String> = poll
             .domain_errors
             .iter()
             .map(|(domain, e)| {
@@ -657,6 +651,17 @@ impl SignalProbes {
                 )
             })
             .collect();
+        for day in &poll.days {
+            let reputation = day
+                .domain_reputation
+                .clone()
+                .unwrap_or_else(|| "UNKNOWN".to_string());
+            if let Some(warning) = domain_reputation_warning(day) {
+                problems.push(warning);
+            }
+            self.postmaster_domains
+                .insert((key.to_string(), day.domain.clone()), reputation);
+        }
         Ok((signals, problems))
     }
 
@@ -664,6 +669,32 @@ impl SignalProbes {
         self.postmaster_counters.polls += 1;
         self.postmaster_counters.failed_polls += 1;
         *self.postmaster_counters.errors.entry(kind).or_default() += 1;
+    }
+
+    /// A feed's credential, read from its Secret and parsed, then the client
+    /// trusting the CA bundle of its Secret (none: the system roots). One
+    /// order for every feed: a credential that cannot be used is reported
+    /// before a bundle that cannot be read.
+    async fn feed_setup<S: SecretSource, K, E>(
+        &mut self,
+        secrets: &S,
+        namespace: &str,
+        credential: &SecretKeySelector,
+        parse: impl FnOnce(&[u8]) -> Result<K, E>,
+        ca_bundle: Option<&SecretKeySelector>,
+    ) -> Result<(K, FeedClient), FeedSetupError<E>> {
+        let bytes = read_secret(secrets, namespace, credential)
+            .await
+            .map_err(FeedSetupError::CredentialSecret)?;
+        let parsed = parse(&bytes).map_err(FeedSetupError::Credential)?;
+        let bundle = match ca_bundle {
+            None => Vec::new(),
+            Some(reference) => read_secret(secrets, namespace, reference)
+                .await
+                .map_err(FeedSetupError::CaSecret)?,
+        };
+        let client = self.feed_client(bundle).map_err(FeedSetupError::TlsSetup)?;
+        Ok((parsed, client))
     }
 
     fn feed_client(&mut self, bundle: Vec<u8>) -> Result<FeedClient, TlsSetupError> {
@@ -810,6 +841,105 @@ async fn read_secret<S: SecretSource>(
         .await
 }
 
+/// A warning for a domain that Postmaster Tools rates `LOW` or `BAD`. Gmail's
+/// domain reputation judges the domain (its content, authentication and
+/// complaints over every IP that sends it), not an IP: it marks no pair
+/// Blocked and throttles none, since moving the mail to other IPs would not
+/// change it (docs/PROBES.md, "Domain reputation").
+fn domain_reputation_warning(day: &super::postmaster::DayStats) -> Option<String> {
+    let reputation = day.domain_reputation.as_deref()?;
+    if !matches!(reputation, "LOW" | "BAD") {
+        return None;
+    }
+    Some(format!(
+        "spec.reputation.feeds.postmaster.domains `{}`: Postmaster Tools rates the domain's reputation {reputation} on {}; this is the domain's, not an IP's: no IP is marked or throttled for it (check the domain's content, authentication and complaint rate)",
+        day.domain, day.date
+    ))
+}
+
+/// Why a feed's credential or CA bundle could not be set up; each feed
+/// names its own fields.
+enum FeedSetupError<E> {
+    CredentialSecret(SecretError),
+    Credential(E),
+    CaSecret(SecretError),
+    TlsSetup(TlsSetupError),
+}
+
+impl<E> FeedSetupError<E> {
+    /// The `kind` label of the feed error counters.
+    fn kind(&self) -> &'static str {
+        match self {
+            FeedSetupError::CredentialSecret(_) | FeedSetupError::CaSecret(_) => "secret",
+            FeedSetupError::Credential(_) => "key",
+            FeedSetupError::TlsSetup(_) => "tls_setup",
+        }
+    }
+}
+
+/// A feed polled on its own schedule: where a pool's spec and the runner's
+/// memory keep it.
+trait PolledFeed: Clone + PartialEq + Sized {
+    /// The pool's settings of the feed, if it is configured.
+    fn of(pool: &SenderPool) -> Option<&Self>;
+    fn schedule(probes: &mut PoolProbes) -> &mut Option<FeedSchedule<Self>>;
+    /// Forgets what was kept for the feed, once the spec no longer has it.
+    fn forget(probes: &mut PoolProbes);
+    /// What is wrong with the settings that the CRD rules did not catch.
+    fn problem(&self) -> Option<String>;
+    fn interval_seconds(&self) -> i64;
+    fn which(&self) -> FeedRef<'_>;
+}
+
+/// The settings of one feed, to poll it.
+enum FeedRef<'a> {
+    Snds(&'a SndsFeedSettings),
+    Postmaster(&'a PostmasterFeedSettings),
+}
+
+impl PolledFeed for SndsFeedSettings {
+    fn of(pool: &SenderPool) -> Option<&Self> {
+        pool.spec.reputation.feeds.snds.as_ref()
+    }
+    fn schedule(probes: &mut PoolProbes) -> &mut Option<FeedSchedule<Self>> {
+        &mut probes.snds
+    }
+    fn forget(probes: &mut PoolProbes) {
+        probes.snds = None;
+    }
+    fn problem(&self) -> Option<String> {
+        snds_settings_problem(self)
+    }
+    fn interval_seconds(&self) -> i64 {
+        self.interval_seconds
+    }
+    fn which(&self) -> FeedRef<'_> {
+        FeedRef::Snds(self)
+    }
+}
+
+impl PolledFeed for PostmasterFeedSettings {
+    fn of(pool: &SenderPool) -> Option<&Self> {
+        pool.spec.reputation.feeds.postmaster.as_ref()
+    }
+    fn schedule(probes: &mut PoolProbes) -> &mut Option<FeedSchedule<Self>> {
+        &mut probes.postmaster
+    }
+    fn forget(probes: &mut PoolProbes) {
+        probes.postmaster = None;
+        probes.postmaster_token = PostmasterTokenCache::default();
+    }
+    fn problem(&self) -> Option<String> {
+        postmaster_settings_problem(self)
+    }
+    fn interval_seconds(&self) -> i64 {
+        self.interval_seconds
+    }
+    fn which(&self) -> FeedRef<'_> {
+        FeedRef::Postmaster(self)
+    }
+}
+
 /// Why one pool's SNDS poll gave no verdicts, naming the spec field to fix.
 #[derive(Debug, thiserror::Error)]
 enum SndsPollError {
@@ -894,6 +1024,8 @@ pub struct ProbeCounters {
     pub zones: ZoneErrorCounters,
     pub snds: SndsCounters,
     pub postmaster: FeedCounters,
+    /// (pool, domain) → the domain reputation of its newest Postmaster day.
+    pub postmaster_domains: BTreeMap<(String, String), String>,
 }
 
 /// The probes' families for these counters, as Prometheus text.
@@ -906,6 +1038,7 @@ pub fn render_metrics(
         zones: zones.clone(),
         snds: snds.clone(),
         postmaster: postmaster.clone(),
+        postmaster_domains: BTreeMap::new(),
     })
 }
 
@@ -1002,6 +1135,22 @@ impl Families for ProbeCounters {
             "Blocked verdicts given by provider feeds.",
             Kind::Counter,
             counter(|c| c.blocked_verdicts),
+        )?;
+        family(
+            out,
+            "mailfleet_postmaster_domain_reputation",
+            "1 for the domain reputation Postmaster Tools gives each polled domain on its newest day (HIGH, MEDIUM, LOW, BAD, UNKNOWN), by pool and domain.",
+            Kind::Gauge,
+            self.postmaster_domains.iter().map(|((pool, domain), reputation)| {
+                (
+                    vec![
+                        ("pool", pool.clone()),
+                        ("domain", domain.clone()),
+                        ("reputation", reputation.clone()),
+                    ],
+                    1u64,
+                )
+            }),
         )?;
         family(
             out,

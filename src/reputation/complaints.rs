@@ -88,7 +88,7 @@ impl SeenReports {
 /// The identities one report is known by: `report:<Message-ID>` and
 /// `original:<Message-ID> <IP> <feedback type>`. (A `Feedback-ID` header names
 /// a campaign, shared by every message of it, so it identifies no report.)
-fn identities(complaint: &Complaint, ip: IpAddr) -> Vec<String> {
+pub(crate) fn report_identities(complaint: &Complaint, ip: IpAddr) -> Vec<String> {
     let mut ids = Vec::with_capacity(2);
     if let Some(id) = complaint.report_message_id.as_deref().map(str::trim) {
         ids.push(format!("report:{id}"));
@@ -135,7 +135,7 @@ impl ComplaintCounts {
         let Some(ip) = complaint.sender_among(ours) else {
             return Intake::NotOurs;
         };
-        let ids = identities(&complaint, ip);
+        let ids = report_identities(&complaint, ip);
         if ids.iter().any(|id| self.seen.contains(id)) {
             return Intake::Duplicate;
         }

@@ -17,6 +17,7 @@ use http_body_util::{BodyExt, Full};
 use prometheus_client::encoding::DescriptorEncoder;
 use tokio::sync::Semaphore;
 
+use super::abuse::{self, AbuseReportAnswer, PostedAbuseReport};
 use super::limits::{InRequest, PeerAddr, ServeLimits};
 use super::{
     FeedbackReceiver, FeedbackRefusal, LogLevelHandle, Observability, ProbeFailure, ProbeReport,
@@ -25,7 +26,9 @@ use super::{
 use crate::agent::report::{
     FeedbackReport, FeedbackResponse, FEEDBACK_API_VERSION, FEEDBACK_PATH, MAX_REPORT_BYTES,
 };
-use crate::metrics::catalogue::{CONNECTIONS_REFUSED, FEEDBACK_REQUESTS, PLAIN_HTTP_REFUSED};
+use crate::metrics::catalogue::{
+    COMPLAINT_REPORTS, CONNECTIONS_REFUSED, FEEDBACK_REQUESTS, PLAIN_HTTP_REFUSED,
+};
 use crate::metrics::Families;
 
 /// How long a body waits for budget freed by closing an older body reader.
@@ -37,11 +40,21 @@ const JSON: &str = "application/json";
 const TEXT: &str = "text/plain; charset=utf-8";
 const PROMETHEUS_TEXT: &str = crate::metrics::CONTENT_TYPE;
 
+/// What a caller hands over once authenticated.
+enum Submission {
+    Feedback(Box<FeedbackReport>),
+    Abuse(PostedAbuseReport),
+}
+
+/// The receiver's answer to a [`Submission`] of the same kind.
+enum Answer {
+    Feedback(FeedbackResponse),
+    Abuse(AbuseReportAnswer),
+}
+
 /// What an authenticated caller may do next: hand over its report.
-type Receive = Box<
-    dyn FnOnce(FeedbackReport) -> BoxFuture<'static, Result<FeedbackResponse, FeedbackRefusal>>
-        + Send,
->;
+type Receive =
+    Box<dyn FnOnce(Submission) -> BoxFuture<'static, Result<Answer, FeedbackRefusal>> + Send>;
 type Authenticate =
     dyn Fn(RequestHead) -> BoxFuture<'static, Result<Receive, FeedbackRefusal>> + Send + Sync;
 type Administer = dyn Fn(&RequestHead) -> Result<(), FeedbackRefusal> + Send + Sync;
@@ -68,6 +81,9 @@ struct Inner {
 struct PortCounters {
     /// Feedback requests answered, per status code.
     feedback_requests: Mutex<BTreeMap<u16, u64>>,
+    /// Abuse reports posted, by result: `counted`, `duplicate`, or why not
+    /// (`not_ours`, the ARF reader's kind, `too_large`, `refused`).
+    abuse_reports: Mutex<BTreeMap<&'static str, u64>>,
     /// Connections closed at once because every slot was inside a request.
     refused_connections: AtomicU64,
     /// Plain-HTTP requests to the TLS port, answered 400.
@@ -84,6 +100,14 @@ impl Families for PortCounters {
             .map(|(code, n)| (code.to_string(), *n))
             .collect();
         FEEDBACK_REQUESTS.write(out, counts.iter().map(|(code, n)| ([code.as_str()], *n)))?;
+        let abuse: Vec<(&'static str, u64)> = self
+            .abuse_reports
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .map(|(result, n)| (*result, *n))
+            .collect();
+        COMPLAINT_REPORTS.write(out, abuse.iter().map(|(result, n)| ([*result], *n)))?;
         CONNECTIONS_REFUSED.write(
             out,
             [([], self.refused_connections.load(Ordering::Relaxed))],
@@ -112,8 +136,19 @@ impl HttpState {
             let receiver = Arc::clone(&receiver);
             Box::pin(async move {
                 let caller = receiver.authenticate(&head).await?;
-                let receive: Receive = Box::new(move |report| {
-                    Box::pin(async move { receiver.receive(caller, report).await })
+                let receive: Receive = Box::new(move |submission| {
+                    Box::pin(async move {
+                        match submission {
+                            Submission::Feedback(report) => receiver
+                                .receive(caller, *report)
+                                .await
+                                .map(Answer::Feedback),
+                            Submission::Abuse(report) => receiver
+                                .receive_abuse_report(caller, report)
+                                .await
+                                .map(Answer::Abuse),
+                        }
+                    })
                 });
                 Ok(receive)
             })
@@ -166,6 +201,16 @@ impl HttpState {
                 self.count_feedback(response.status());
                 response
             }
+            abuse::ABUSE_REPORTS_PATH => {
+                let response = if method == Method::POST {
+                    let (response, result) = self.abuse_report(request).await;
+                    self.count_abuse_report(result);
+                    response
+                } else {
+                    not_allowed("POST")
+                };
+                response
+            }
             "/metrics" if is_read(&method) => text(StatusCode::OK, PROMETHEUS_TEXT, self.metrics()),
             "/healthz" if is_read(&method) => probe(self.inner.obs.health()),
             "/readyz" if is_read(&method) => probe(self.inner.obs.ready()),
@@ -174,7 +219,7 @@ impl HttpState {
             _ => text(
                 StatusCode::NOT_FOUND,
                 TEXT,
-                format!("no such path {path}; this port serves {FEEDBACK_PATH}, /metrics, /healthz, /readyz and /log-level\n"),
+                format!("no such path {path}; this port serves {FEEDBACK_PATH}, {}, /metrics, /healthz, /readyz and /log-level\n", abuse::ABUSE_REPORTS_PATH),
             ),
         }
     }
@@ -235,13 +280,123 @@ impl HttpState {
         if let Some(in_request) = in_request {
             in_request.enter();
         }
-        match receive(report).await {
-            Ok(answer) => {
+        match receive(Submission::Feedback(Box::new(report))).await {
+            Ok(Answer::Feedback(answer)) => {
                 // A response of plain strings and numbers always serialises.
                 let body = serde_json::to_vec(&answer).unwrap_or_default();
                 respond(StatusCode::OK, JSON, Bytes::from(body))
             }
+            Ok(Answer::Abuse(_)) => error_json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the receiver answered a feedback report as an abuse report",
+            ),
             Err(refusal) => error_json(refusal.status(), &refusal.to_string()),
+        }
+    }
+
+    /// `POST /v1/abuse-reports`: decided from the head (origin, media type,
+    /// token) before any body byte is read, then bounded, read as ARF, and
+    /// handed to the receiver, which answers once the complaint is stored.
+    async fn abuse_report<B>(&self, request: Request<B>) -> (Response<Full<Bytes>>, &'static str)
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        if request.headers().contains_key(ORIGIN) {
+            return (
+                error_json(
+                    StatusCode::FORBIDDEN,
+                    "requests from a web page (an Origin header) are refused",
+                ),
+                "refused",
+            );
+        }
+        let content_type = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let Some(media) = abuse::accepted_media(content_type) else {
+            return (
+                error_json(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    &format!(
+                        "the body must be an abuse feedback report (RFC 5965) sent as Content-Type: {} (the whole report) or {} (its fields alone), not {content_type:?}",
+                        abuse::RFC822,
+                        abuse::FEEDBACK_REPORT
+                    ),
+                ),
+                "refused",
+            );
+        };
+        let head = request_head(&request);
+        let in_request = request.extensions().get::<InRequest>().cloned();
+        let receive = match (self.inner.authenticate)(head).await {
+            Ok(receive) => receive,
+            Err(refusal) => {
+                return (
+                    error_json(refusal.status(), &refusal.to_string()),
+                    "refused",
+                )
+            }
+        };
+        if let Some(in_request) = &in_request {
+            in_request.reading_body(true);
+        }
+        let body = self.read_body(request, abuse::max_body_bytes(media)).await;
+        if let Some(in_request) = &in_request {
+            in_request.reading_body(false);
+        }
+        let body = match body {
+            Ok(body) => body,
+            Err(response) => {
+                let result = if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    "too_large"
+                } else {
+                    "refused"
+                };
+                return (response, result);
+            }
+        };
+        let posted = match abuse::read_posted(media, &body) {
+            Ok(posted) => posted,
+            Err(err) => {
+                tracing::warn!(reason = err.kind(), "abuse report refused: {err}");
+                return (
+                    error_json(err.refusal().status(), &err.to_string()),
+                    err.kind(),
+                );
+            }
+        };
+        drop(body);
+        if let Some(in_request) = in_request {
+            in_request.enter();
+        }
+        match receive(Submission::Abuse(posted)).await {
+            Ok(Answer::Abuse(answer)) => {
+                let result = if answer.duplicate {
+                    "duplicate"
+                } else {
+                    "counted"
+                };
+                let body = serde_json::to_vec(&answer).unwrap_or_default();
+                (respond(StatusCode::OK, JSON, Bytes::from(body)), result)
+            }
+            Ok(Answer::Feedback(_)) => (
+                error_json(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the receiver answered an abuse report as a feedback report",
+                ),
+                "refused",
+            ),
+            Err(refusal) => {
+                tracing::warn!("abuse report refused: {refusal}");
+                let result = match refusal {
+                    FeedbackRefusal::Invalid(_) => "not_ours",
+                    _ => "refused",
+                };
+                (error_json(refusal.status(), &refusal.to_string()), result)
+            }
         }
     }
 
@@ -381,6 +536,16 @@ impl HttpState {
             Ok(Err(response)) => Err(response),
             Ok(Ok(())) => Ok(buffer),
         }
+    }
+
+    fn count_abuse_report(&self, result: &'static str) {
+        let mut counts = self
+            .inner
+            .counters
+            .abuse_reports
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *counts.entry(result).or_default() += 1;
     }
 
     fn count_feedback(&self, status: StatusCode) {

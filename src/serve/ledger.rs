@@ -168,6 +168,16 @@ impl FeedbackLedger {
                 ip_bound: None,
             });
         }
+        if report
+            .agent
+            .instance
+            .starts_with(super::abuse::ABUSE_INSTANCE_PREFIX)
+        {
+            self.sequences.keep_newest(
+                super::abuse::ABUSE_INSTANCE_PREFIX,
+                super::abuse::MAX_REMEMBERED_ABUSE_REPORTS,
+            );
+        }
         let status_before = fleet.pools[index].status.clone();
         let mut transitions = Vec::new();
         let known = known_providers_only(fleet, report);

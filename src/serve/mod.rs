@@ -1,5 +1,5 @@
 //! The HTTP port shared by the operator and standalone mode: one listener for
-//! `POST /v1/feedback` (docs/FEEDBACK-API.md), `GET /metrics`, `GET /healthz`,
+//! `POST /v1/feedback` (docs/FEEDBACK-API.md), `POST /v1/abuse-reports`, `GET /metrics`, `GET /healthz`,
 //! `GET /readyz` and `PUT /log-level`.
 //!
 //! The port only speaks HTTP: it reads and checks a report, then hands it to a
@@ -8,6 +8,7 @@
 //! does with a report that it accepts is [`ledger::FeedbackLedger`], the same
 //! in both drivers.
 
+pub mod abuse;
 mod handler;
 mod health;
 pub mod ledger;
@@ -90,6 +91,23 @@ pub trait FeedbackReceiver: Send + Sync + 'static {
         report: FeedbackReport,
     ) -> impl Future<Output = Result<FeedbackResponse, FeedbackRefusal>> + Send;
 
+    /// An abuse feedback report posted to `POST /v1/abuse-reports`, read
+    /// and bounded already ([`abuse::read_posted`]). Ok → 200 with the
+    /// answer; Ok must mean its complaint is stored. A receiver that counts
+    /// no complaints keeps the default, which refuses it.
+    fn receive_abuse_report(
+        &self,
+        caller: Self::Caller,
+        report: abuse::PostedAbuseReport,
+    ) -> impl Future<Output = Result<abuse::AbuseReportAnswer, FeedbackRefusal>> + Send {
+        let _ = (caller, report);
+        async {
+            Err(FeedbackRefusal::Invalid(
+                "this receiver counts no abuse reports".into(),
+            ))
+        }
+    }
+
     /// Whether `head` may change the log level (`PUT /log-level`). By
     /// default only from this machine: `kubectl port-forward`, never the
     /// network.
@@ -114,6 +132,10 @@ pub enum FeedbackRefusal {
     /// 403: a valid token that may not report for this IP or pool. The agent retries.
     #[error("{0}")]
     Forbidden(String),
+    /// 400: a body that is not what the path reads (an abuse report that
+    /// does not parse). The sender drops it.
+    #[error("{0}")]
+    BadRequest(String),
     /// 422: a report that can never be counted (unknown IP, wrong pool). The agent drops it.
     #[error("{0}")]
     Invalid(String),
@@ -127,6 +149,7 @@ impl FeedbackRefusal {
         match self {
             FeedbackRefusal::Unauthorized(_) => http::StatusCode::UNAUTHORIZED,
             FeedbackRefusal::Forbidden(_) => http::StatusCode::FORBIDDEN,
+            FeedbackRefusal::BadRequest(_) => http::StatusCode::BAD_REQUEST,
             FeedbackRefusal::Invalid(_) => http::StatusCode::UNPROCESSABLE_ENTITY,
             FeedbackRefusal::Unavailable(_) => http::StatusCode::SERVICE_UNAVAILABLE,
         }

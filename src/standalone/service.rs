@@ -553,6 +553,26 @@ impl FeedbackReceiver for Receiver {
         answer
     }
 
+    /// A posted abuse report: counted against the pool IP it names, as a
+    /// report of that IP (the token must cover it), journalled before the answer.
+    async fn receive_abuse_report(
+        &self,
+        scope: Scope,
+        posted: crate::serve::abuse::PostedAbuseReport,
+    ) -> Result<crate::serve::abuse::AbuseReportAnswer, FeedbackRefusal> {
+        let report = {
+            let core = self.shared.core();
+            crate::serve::abuse::feedback_report(&posted, core.fleet(), None, Timestamp::now())
+                .map_err(|e| e.refusal())?
+        };
+        scope.allows(&report)?;
+        let answer = self.count(report.clone()).await?;
+        Ok(crate::serve::abuse::AbuseReportAnswer::new(
+            &report,
+            answer.duplicate,
+        ))
+    }
+
     fn may_administer(&self, head: &RequestHead) -> Result<(), FeedbackRefusal> {
         self.shared.auth.administer(head)
     }

@@ -13,8 +13,8 @@ mod stats;
 
 pub use account::{signing_input, AccountKeyError, ServiceAccount, POSTMASTER_SCOPE};
 pub use poller::{
-    PostmasterError, PostmasterFeed, PostmasterPoll, PostmasterPoller, DEFAULT_API_URL,
-    GOOGLE_TOKEN_URL, LOOKBACK_DAYS, MAX_PAGES,
+    PostmasterError, PostmasterFeed, PostmasterPoll, PostmasterPoller, PostmasterTokenCache,
+    DEFAULT_API_URL, GOOGLE_TOKEN_URL, LOOKBACK_DAYS, MAX_PAGES, TOKEN_RENEW_MARGIN_SECONDS,
 };
 pub use stats::{
     latest_day, parse_stats_page, postmaster_verdicts, DayStats, IpReputation, PostmasterVerdicts,

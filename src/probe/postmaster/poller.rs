@@ -1,6 +1,7 @@
-//! Polls Postmaster Tools: one access token per poll (the signed assertion
-//! exchanged at the token endpoint), then each domain's recent traffic
-//! statistics, page by page. Retries what may pass, counts and logs every
+//! Polls Postmaster Tools: an access token (the signed assertion exchanged
+//! at the token endpoint, kept until shortly before its `expires_in` runs
+//! out, and dropped and fetched again once when the API refuses it with 401),
+//! then each domain's recent traffic statistics, page by page. Retries what may pass, counts and logs every
 //! skip and failure. A failed poll yields no verdict, so a failure can never
 //! block an IP; a domain that fails keeps every IP from being cleared.
 
@@ -31,6 +32,11 @@ pub const MAX_PAGES: usize = 10;
 const PAGE_SIZE: usize = 100;
 /// Skips logged one by one per domain; the rest are only counted.
 const LOGGED_SKIPS: usize = 5;
+/// An access token is fetched again this long before Google says it expires,
+/// so a poll never starts with a token that runs out half-way.
+pub const TOKEN_RENEW_MARGIN_SECONDS: i64 = 300;
+/// `expires_in` values past this are read as this (Google's are 3599).
+const MAX_TOKEN_LIFETIME_SECONDS: i64 = 24 * 3600;
 
 /// Where the feed is read, and for which domains.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,6 +127,32 @@ pub struct PostmasterPoller {
     retry: RetryPolicy,
     client: HttpClient,
     counters: FeedCounters,
+    /// The last access token, until [`TOKEN_RENEW_MARGIN_SECONDS`] before it expires.
+    token: PostmasterTokenCache,
+}
+
+/// The access token of one service account and token endpoint, kept between
+/// polls by whoever runs them ([`PostmasterPoller::with_token_cache`]).
+#[derive(Debug, Default)]
+pub struct PostmasterTokenCache {
+    /// `client_email token_url`: another account or endpoint drops the token.
+    owner: String,
+    cached: Option<CachedToken>,
+}
+
+/// An access token and when to stop using it.
+struct CachedToken {
+    token: AccessToken,
+    renew_at: Timestamp,
+}
+
+impl std::fmt::Debug for CachedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedToken")
+            .field("token", &"<redacted>")
+            .field("renew_at", &self.renew_at)
+            .finish()
+    }
 }
 
 impl PostmasterPoller {
@@ -136,7 +168,33 @@ impl PostmasterPoller {
             retry,
             client,
             counters: FeedCounters::default(),
+            token: PostmasterTokenCache::default(),
         }
+    }
+
+    /// Uses the token kept from an earlier poller (dropped when it belongs
+    /// to another account or token endpoint).
+    pub fn with_token_cache(mut self, cache: PostmasterTokenCache) -> Self {
+        if cache.owner == self.token_owner() {
+            self.token = cache;
+        }
+        self
+    }
+
+    /// The token to keep for the next poll.
+    pub fn into_token_cache(self) -> PostmasterTokenCache {
+        self.token
+    }
+
+    fn token_owner(&self) -> String {
+        format!("{} {}", self.account.client_email(), self.token_url())
+    }
+
+    fn token_url(&self) -> String {
+        self.feed
+            .token_url
+            .clone()
+            .unwrap_or_else(|| self.account.token_uri().to_string())
     }
 
     pub fn counters(&self) -> &FeedCounters {
@@ -200,12 +258,27 @@ impl PostmasterPoller {
         &mut self,
         now: Timestamp,
     ) -> Result<(Vec<DayStats>, Vec<(String, PostmasterError)>), PostmasterError> {
-        let token = self.access_token(now).await?;
+        let mut token = self.access_token(now).await?;
         let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
         let mut days = Vec::new();
         let mut failures = Vec::new();
+        let mut renewed = false;
         for domain in self.feed.domains.clone() {
-            match self.read_domain(&domain, &token, today).await {
+            let mut read = self.read_domain(&domain, &token, today).await;
+            // A token revoked or expired early: dropped, fetched again and
+            // the domain read again, once per poll.
+            if !renewed && matches!(read, Err(PostmasterError::Status { status: 401, .. })) {
+                renewed = true;
+                self.token.cached = None;
+                tracing::info!(
+                    feed = "postmaster",
+                    domain,
+                    "the access token was refused (401); fetching a new one"
+                );
+                token = self.access_token(now).await?;
+                read = self.read_domain(&domain, &token, today).await;
+            }
+            match read {
                 Ok(Some(day)) => days.push(day),
                 Ok(None) => tracing::info!(
                     feed = "postmaster",
@@ -236,15 +309,41 @@ impl PostmasterPoller {
         Ok((days, failures))
     }
 
-    /// An access token for the poll: the signed assertion exchanged at the
-    /// token endpoint. Google's answer: `{"access_token": ..., "expires_in": 3599, "token_type": "Bearer"}`.
+    /// An access token for the poll: the one kept from an earlier poll while
+    /// it has more than [`TOKEN_RENEW_MARGIN_SECONDS`] left, else a new one.
     async fn access_token(&mut self, now: Timestamp) -> Result<AccessToken, PostmasterError> {
+        if let Some(cached) = self.token.cached.as_ref().filter(|c| now < c.renew_at) {
+            return Ok(cached.token.clone());
+        }
+        self.token = PostmasterTokenCache {
+            owner: self.token_owner(),
+            cached: None,
+        };
+        let (token, expires_in) = self.fetch_access_token(now).await?;
+        // Without `expires_in` the token is used for this poll only.
+        if let Some(seconds) = expires_in {
+            let keep = seconds.min(MAX_TOKEN_LIFETIME_SECONDS) - TOKEN_RENEW_MARGIN_SECONDS;
+            if keep > 0 {
+                if let Ok(renew_at) = now.checked_add(jiff::SignedDuration::from_secs(keep)) {
+                    self.token.cached = Some(CachedToken {
+                        token: token.clone(),
+                        renew_at,
+                    });
+                }
+            }
+        }
+        Ok(token)
+    }
+
+    /// The signed assertion exchanged at the token endpoint, and the token's
+    /// `expires_in` when it has one. Google's answer: `{"access_token": ...,
+    /// "expires_in": 3599, "token_type": "Bearer"}`.
+    async fn fetch_access_token(
+        &mut self,
+        now: Timestamp,
+    ) -> Result<(AccessToken, Option<i64>), PostmasterError> {
         let what = "access token".to_string();
-        let token_url = self
-            .feed
-            .token_url
-            .clone()
-            .unwrap_or_else(|| self.account.token_uri().to_string());
+        let token_url = self.token_url();
         let url = HttpUrl::parse(&token_url).map_err(|source| PostmasterError::Fetch {
             what: what.clone(),
             attempts: 0,
@@ -305,7 +404,11 @@ impl PostmasterPoller {
         })?;
         match value.get("access_token").and_then(Value::as_str) {
             Some(token) if !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic()) => {
-                Ok(AccessToken(format!("Bearer {token}")))
+                let expires_in = value
+                    .get("expires_in")
+                    .and_then(Value::as_i64)
+                    .filter(|s| *s > 0);
+                Ok((AccessToken(format!("Bearer {token}")), expires_in))
             }
             _ => Err(PostmasterError::Token {
                 problem: format!(
@@ -476,7 +579,8 @@ where
     }
 }
 
-/// The `Authorization` value of one poll. Never printed.
+/// The `Authorization` value of a poll. Never printed.
+#[derive(Clone)]
 struct AccessToken(String);
 
 fn is_html(response: &HttpResponse, body: &str) -> bool {
