@@ -21,7 +21,6 @@ use std::sync::{Mutex, OnceLock, Weak};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use super::build::reputation_memory::MEMORY_OF_LABEL;
 use super::build::{IP_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, POOL_LABEL};
 use super::context::{object_key, ClusterStores, Context, Settings};
 use super::fanout::Fanout;
@@ -30,8 +29,12 @@ use super::leader::{LeaderError, Leadership, GRACE_SECONDS, LEASE_SECONDS};
 use super::leader_route::{self, OwnPod};
 use super::metrics::Metrics;
 use super::route_index::PoolRouteIndex;
+use super::slim;
 use super::stores::Stores;
-use super::triggers::{route_wake, ChangeFilter, Epochs, PoolChanges, RouteWake, Trigger, Wakes};
+use super::triggers::{
+    pod_route_wake, route_wake, ChangeFilter, Epochs, PodChange, PodChanges, PoolChanges,
+    RouteWake, Trigger, Wakes,
+};
 use super::{pool_controller, probes, route_controller};
 use crate::api::{DomainRoute, SenderPool};
 use crate::serve::{self, LogLevelHandle, Observability, ServeLimits, TlsError, TlsFiles};
@@ -209,7 +212,7 @@ pub async fn start(
         // A pool's pair states change the routes naming it; its spec every
         // route and every sender config of its namespace; a route's spec
         // changes every sender config; a pod changes the endpoints of the
-        // routes.
+        // routes naming its pool.
         let mut pool_changes = PoolChanges::default();
         let to_routes = route_trigger.clone();
         let to_named_routes = route_wakes.clone();
@@ -242,7 +245,7 @@ pub async fn start(
         let to_pools = pool_trigger.clone();
         let route_forget = forget.clone();
         let route_feed = feeds.routes.clone();
-        let route_index = index;
+        let route_index = index.clone();
         let route_store = reflect(
             &mut reflectors,
             api::<DomainRoute>(&client, scope),
@@ -262,18 +265,22 @@ pub async fn start(
             },
         );
         routes.push(route_store.clone());
-        let mut pod_changes = ChangeFilter::default();
+        let mut pod_changes = PodChanges::default();
         let to_routes = route_trigger.clone();
+        let to_pod_routes = route_wakes.clone();
+        let pod_index = index;
         let pod_epochs = epochs.clone();
         let pod_feed = feeds.pods.clone();
         let pod_pools = pool_store.clone();
-        pods.push(reflect(
+        pods.push(reflect_with(
             &mut reflectors,
             api::<Pod>(&client, scope),
             watcher::Config::default().labels(&format!("{POOL_LABEL},{IP_LABEL}")),
+            slim::slim_pod,
             move |event| {
                 pod_feed.send(event);
-                if pod_changes.pod_event(event) {
+                let change = pod_changes.classify(event);
+                if change != PodChange::Unchanged {
                     pod_epochs.bump_pods();
                     match event {
                         watcher::Event::Apply(pod) | watcher::Event::Delete(pod)
@@ -283,7 +290,16 @@ pub async fn start(
                         }
                         _ => {}
                     }
-                    to_routes.fire();
+                    // Only the routes naming the pod's pool list its pods.
+                    let wake = pod_route_wake(
+                        &change,
+                        &pod_index.lock().unwrap_or_else(|e| e.into_inner()),
+                    );
+                    match wake {
+                        RouteWake::None => {}
+                        RouteWake::Routes(routes) => to_pod_routes.wake(routes),
+                        RouteWake::All => to_routes.fire(),
+                    }
                 }
             },
         ));
@@ -291,10 +307,11 @@ pub async fn start(
         let deployment_epochs = epochs.clone();
         let deployment_feed = feeds.deployments.clone();
         let deployment_pools = pool_store.clone();
-        deployments.push(reflect(
+        deployments.push(reflect_with(
             &mut reflectors,
             api::<Deployment>(&client, scope),
             owned.clone(),
+            slim::slim_deployment,
             move |event| {
                 deployment_feed.send(event);
                 match event {
@@ -320,14 +337,7 @@ pub async fn start(
             &mut reflectors,
             api::<ConfigMap>(&client, scope),
             watcher::Config::default(),
-            |cm: &mut ConfigMap| {
-                cm.managed_fields_mut().clear();
-                // The pools' reputation memories are small and read back.
-                if !cm.labels().contains_key(MEMORY_OF_LABEL) {
-                    cm.data = None;
-                }
-                cm.binary_data = None;
-            },
+            slim::slim_config_map,
             move |event| {
                 let changed = match event {
                     watcher::Event::Apply(cm) | watcher::Event::Delete(cm) => cm,
@@ -708,12 +718,12 @@ fn reflect<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    // Managed fields are never read and are a good share of each object.
+    // Managed fields and kubectl's copy are never read (`slim`).
     reflect_with(
         tasks,
         api,
         config,
-        |o: &mut K| o.managed_fields_mut().clear(),
+        |o: &mut K| slim::slim_metadata(o.meta_mut()),
         on_event,
     )
 }
