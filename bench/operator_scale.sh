@@ -10,7 +10,8 @@
 # load, and the RSS.
 # Usage: bench/operator_scale.sh   (SCALE_POOLS, SCALE_IPS, SCALE_ROUTES,
 # SCALE_STEADY_SECS, SCALE_AGENT_SECS, SCALE_INTERVAL_MS,
-# SCALE_MAX_CONNECTIONS override the sizes and windows)
+# SCALE_MAX_CONNECTIONS override the sizes and windows; SCALE_OPERATOR_WRAPPER
+# runs the operator under a program such as bench/heaptrack_exec.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --release --quiet --test operator_scale -- --ignored --nocapture

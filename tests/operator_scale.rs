@@ -379,7 +379,18 @@ async fn operator_scale() {
     // Each report waits up to 2 s for its pool's status write: room for
     // half the agents at once (a quarter wait at any time).
     let max_connections = env_usize("SCALE_MAX_CONNECTIONS", (pools * ips / 2).max(1024));
-    let child = Command::new(env!("CARGO_BIN_EXE_mailfleet"))
+    // SCALE_OPERATOR_WRAPPER: a program given the operator's command line
+    // (a heap profiler, bench/heaptrack_exec.sh); it must exec the operator,
+    // so that the RSS read from /proc is still the operator's.
+    let mut command = match std::env::var("SCALE_OPERATOR_WRAPPER") {
+        Ok(wrapper) if !wrapper.is_empty() => {
+            let mut c = Command::new(wrapper);
+            c.arg(env!("CARGO_BIN_EXE_mailfleet"));
+            c
+        }
+        _ => Command::new(env!("CARGO_BIN_EXE_mailfleet")),
+    };
+    let child = command
         .args([
             "operator",
             "--no-leader-election",

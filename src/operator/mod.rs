@@ -24,6 +24,7 @@ pub mod route_controller;
 pub mod route_index;
 pub mod run;
 pub mod sender_checks;
+pub mod slim;
 pub mod snapshot;
 pub mod status_write;
 pub mod stores;

@@ -21,7 +21,6 @@ use std::sync::{Mutex, OnceLock, Weak};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use super::build::reputation_memory::MEMORY_OF_LABEL;
 use super::build::{IP_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, POOL_LABEL};
 use super::context::{object_key, ClusterStores, Context, Settings};
 use super::fanout::Fanout;
@@ -30,8 +29,12 @@ use super::leader::{LeaderError, Leadership, GRACE_SECONDS, LEASE_SECONDS};
 use super::leader_route::{self, OwnPod};
 use super::metrics::Metrics;
 use super::route_index::PoolRouteIndex;
+use super::slim;
 use super::stores::Stores;
-use super::triggers::{route_wake, ChangeFilter, Epochs, PoolChanges, RouteWake, Trigger, Wakes};
+use super::triggers::{
+    pod_route_wake, route_wake, ChangeFilter, Epochs, PodChange, PodChanges, PoolChanges,
+    RouteWake, Trigger, Wakes,
+};
 use super::{pool_controller, probes, route_controller};
 use crate::api::{DomainRoute, SenderPool};
 use crate::serve::{
@@ -338,23 +341,34 @@ impl Watches {
         let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
         let owned = || watcher::Config::default().labels(&managed);
         let on_pool = self.on_pool_event(index.clone(), route_trigger.clone(), &route_wakes);
-        let pool_store = self.kind(scope, all(), &feeds.pools, on_pool);
+        let pool_store = self.kind(scope, all(), slim_meta, &feeds.pools, on_pool);
         self.stores.pools.push(pool_store.clone());
-        let on_route = self.on_route_event(index, pool_trigger.clone());
-        let route_store = self.kind(scope, all(), &feeds.routes, on_route);
+        let on_route = self.on_route_event(index.clone(), pool_trigger.clone());
+        let route_store = self.kind(scope, all(), slim_meta, &feeds.routes, on_route);
         self.stores.routes.push(route_store.clone());
         let senders = all().labels(&format!("{POOL_LABEL},{IP_LABEL}"));
-        let on_pod = self.on_pod_event(pool_store.clone(), route_trigger.clone());
-        let pods = self.kind(scope, senders, &feeds.pods, on_pod);
+        let on_pod = self.on_pod_event(
+            pool_store.clone(),
+            index,
+            route_trigger.clone(),
+            &route_wakes,
+        );
+        let pods = self.kind(scope, senders, slim::slim_pod, &feeds.pods, on_pod);
         self.stores.pods.push(pods);
         let on_deployment = self.on_deployment_event(pool_store.clone());
-        let deployments = self.kind(scope, owned(), &feeds.deployments, on_deployment);
+        let deployments = self.kind(
+            scope,
+            owned(),
+            slim::slim_deployment,
+            &feeds.deployments,
+            on_deployment,
+        );
         self.stores.deployments.push(deployments);
         let config_maps = self.config_maps(scope, pool_store.clone(), pool_trigger.clone());
         self.stores.config_maps.push(config_maps);
-        let services = self.kind(scope, owned(), &feeds.services, |_| {});
+        let services = self.kind(scope, owned(), slim_meta, &feeds.services, |_| {});
         self.stores.services.push(services);
-        let slices = self.kind(scope, owned(), &feeds.slices, |_| {});
+        let slices = self.kind(scope, owned(), slim_meta, &feeds.slices, |_| {});
         self.stores.slices.push(slices);
         ScopeWiring {
             pool_trigger,
@@ -375,6 +389,7 @@ impl Watches {
         &mut self,
         scope: &Option<String>,
         config: watcher::Config,
+        trim: fn(&mut K),
         feed: &Fanout<K>,
         mut bookkeeping: impl FnMut(&watcher::Event<K>) + Send + 'static,
     ) -> Store<K>
@@ -388,10 +403,11 @@ impl Watches {
             + 'static,
     {
         let feed = feed.clone();
-        reflect(
+        reflect_with(
             &mut self.tasks,
             api::<K>(&self.client, scope),
             config,
+            trim,
             move |event| {
                 bookkeeping(event);
                 feed.send(event);
@@ -441,20 +457,30 @@ impl Watches {
         }
     }
 
-    /// A sender pod's change moves the routes' endpoints and its pool's
-    /// observed state.
+    /// A sender pod's change moves its pool's observed state and the
+    /// endpoints of the routes naming its pool (only those list its pods).
     fn on_pod_event(
         &self,
         pools: Store<SenderPool>,
+        index: Arc<Mutex<PoolRouteIndex>>,
         to_routes: Trigger,
+        to_named_routes: &Wakes<DomainRoute>,
     ) -> impl FnMut(&watcher::Event<Pod>) + Send + 'static {
         let epochs = self.epochs.clone();
-        let mut pod_changes = ChangeFilter::default();
+        let to_named_routes = to_named_routes.clone();
+        let mut pod_changes = PodChanges::default();
         move |event| {
-            if pod_changes.pod_event(event) {
-                epochs.bump_pods();
-                bump_live_owner(&epochs, &pools, event);
-                to_routes.fire();
+            let change = pod_changes.classify(event);
+            if change == PodChange::Unchanged {
+                return;
+            }
+            epochs.bump_pods();
+            bump_live_owner(&epochs, &pools, event);
+            let wake = pod_route_wake(&change, &index.lock().unwrap_or_else(|e| e.into_inner()));
+            match wake {
+                RouteWake::None => {}
+                RouteWake::Routes(routes) => to_named_routes.wake(routes),
+                RouteWake::All => to_routes.fire(),
             }
         }
     }
@@ -486,14 +512,7 @@ impl Watches {
             &mut self.tasks,
             api::<ConfigMap>(&self.client, scope),
             watcher::Config::default(),
-            |cm: &mut ConfigMap| {
-                cm.managed_fields_mut().clear();
-                // The pools' reputation memories are small and read back.
-                if !cm.labels().contains_key(MEMORY_OF_LABEL) {
-                    cm.data = None;
-                }
-                cm.binary_data = None;
-            },
+            slim::slim_config_map,
             move |event| {
                 let changed = match event {
                     watcher::Event::Apply(cm) | watcher::Event::Delete(cm) => cm,
@@ -864,28 +883,14 @@ where
     }
 }
 
-/// Runs a reflector for `api` in `tasks` and returns its store; `on_event`
-/// sees every event after the store applied it.
-fn reflect<K>(
-    tasks: &mut JoinSet<()>,
-    api: Api<K>,
-    config: watcher::Config,
-    on_event: impl FnMut(&watcher::Event<K>) + Send + 'static,
-) -> Store<K>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    // Managed fields are never read and are a good share of each object.
-    reflect_with(
-        tasks,
-        api,
-        config,
-        |o: &mut K| o.managed_fields_mut().clear(),
-        on_event,
-    )
+/// Drops what no reader reads from any kind's object (`slim`).
+fn slim_meta<K: Resource>(object: &mut K) {
+    slim::slim_metadata(object.meta_mut());
 }
 
-/// Like [`reflect`], with `trim` applied to every object before it is stored.
+/// Runs a reflector for `api` in `tasks` and returns its store: `trim`
+/// shapes every object before it is stored, and `on_event` sees every event
+/// after the store applied it.
 fn reflect_with<K>(
     tasks: &mut JoinSet<()>,
     api: Api<K>,

@@ -1,10 +1,11 @@
 //! Waking a controller when something its objects depend on changed, and
 //! only then: a status write that changes nothing relevant wakes nobody. A
-//! pool's pair states wake only the routes naming it ([`route_wake`]); a
-//! pool's spec, a route's spec or a sender pod wake a whole controller.
+//! pool's pair states wake only the routes naming it ([`route_wake`]), and
+//! so does a change of one of its sender pods ([`pod_route_wake`]); a
+//! pool's spec or a route's spec wake a whole controller.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
@@ -265,6 +266,105 @@ impl PoolChanges {
     }
 }
 
+/// What a sender pod's event changes for the routes: nothing, the
+/// endpoints of the routes naming some pools (the pod's pool, and its
+/// former pool when its label moved), or anything (the end of a re-list).
+#[derive(Debug, PartialEq, Eq)]
+pub enum PodChange {
+    Unchanged,
+    Pools(BTreeSet<ObjectKey>),
+    Whole,
+}
+
+/// The route wake-up for a pod change: only the routes naming one of the
+/// changed pools as pool or fallback list that pool's pods as endpoints.
+pub fn pod_route_wake(change: &PodChange, index: &PoolRouteIndex) -> RouteWake {
+    match change {
+        PodChange::Unchanged => RouteWake::None,
+        PodChange::Pools(pools) => {
+            let routes: BTreeSet<ObjectKey> = pools
+                .iter()
+                .flat_map(|pool| index.routes_naming(pool))
+                .collect();
+            if routes.is_empty() {
+                RouteWake::None
+            } else {
+                RouteWake::Routes(routes.into_iter().collect())
+            }
+        }
+        PodChange::Whole => RouteWake::All,
+    }
+}
+
+/// What was last seen of each sender pod: a hash of what a route reads of
+/// it (readiness, address, labels, deletion) and the pool it belongs to.
+#[derive(Default)]
+pub struct PodChanges {
+    seen: HashMap<String, (u64, Option<ObjectKey>)>,
+}
+
+impl PodChanges {
+    /// Classifies one event of the pod watch.
+    pub fn classify(&mut self, event: &Event<Pod>) -> PodChange {
+        match event {
+            // A re-list repeats every live object: forget the ones gone
+            // while the watch was down.
+            Event::Init => {
+                self.seen.clear();
+                PodChange::Unchanged
+            }
+            Event::InitApply(pod) => {
+                self.seen.insert(key(pod), (pod_digest(pod), pool_of(pod)));
+                PodChange::Unchanged
+            }
+            Event::InitDone => PodChange::Whole,
+            Event::Apply(pod) => {
+                let now = (pod_digest(pod), pool_of(pod));
+                match self.seen.insert(key(pod), now.clone()) {
+                    Some(before) if before == now => PodChange::Unchanged,
+                    before => {
+                        let pools = before
+                            .and_then(|(_, pool)| pool)
+                            .into_iter()
+                            .chain(now.1)
+                            .collect();
+                        PodChange::Pools(pools)
+                    }
+                }
+            }
+            Event::Delete(pod) => {
+                let before = self.seen.remove(&key(pod)).and_then(|(_, pool)| pool);
+                PodChange::Pools(before.into_iter().chain(pool_of(pod)).collect())
+            }
+        }
+    }
+}
+
+/// What a route reads of a pod: its readiness, address, labels and deletion.
+fn pod_digest(pod: &Pod) -> u64 {
+    let status = pod.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.status == "True");
+    let ip = status.and_then(|s| s.pod_ip.clone());
+    hash(&(
+        ready,
+        ip,
+        pod.labels(),
+        pod.metadata.deletion_timestamp.is_some(),
+    ))
+}
+
+/// The pool a sender pod belongs to (its pool label, in its namespace).
+fn pool_of(pod: &Pod) -> Option<ObjectKey> {
+    let pool = pod.labels().get(POOL_LABEL)?;
+    Some(ObjectKey::new(
+        super::build::namespace_of(&pod.metadata),
+        pool.clone(),
+    ))
+}
+
 /// What was last seen of each object, as a hash of the fields that matter.
 #[derive(Default)]
 pub struct ChangeFilter {
@@ -275,24 +375,6 @@ impl ChangeFilter {
     /// A route matters to the sender configs through its spec only.
     pub fn route_event(&mut self, event: &Event<DomainRoute>) -> bool {
         self.event(event, |route| hash(&route.metadata.generation))
-    }
-
-    /// A pod matters through its readiness, address and labels.
-    pub fn pod_event(&mut self, event: &Event<Pod>) -> bool {
-        self.event(event, |pod| {
-            let status = pod.status.as_ref();
-            let ready = status
-                .and_then(|s| s.conditions.as_ref())
-                .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-                .map(|c| c.status == "True");
-            let ip = status.and_then(|s| s.pod_ip.clone());
-            hash(&(
-                ready,
-                ip,
-                pod.labels(),
-                pod.metadata.deletion_timestamp.is_some(),
-            ))
-        })
     }
 
     fn event<K: kube::Resource>(&mut self, event: &Event<K>, digest: impl Fn(&K) -> u64) -> bool {
@@ -471,6 +553,106 @@ mod tests {
         );
         assert_eq!(route_wake(&PoolChange::Unchanged, &index), RouteWake::None);
         assert_eq!(route_wake(&PoolChange::Whole, &index), RouteWake::All);
+    }
+
+    fn sender_pod(name: &str, pool: &str, ready: bool) -> Pod {
+        use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+        let mut pod = Pod::default();
+        pod.metadata.name = Some(name.into());
+        pod.metadata.namespace = Some("mail".into());
+        pod.metadata.labels = Some([(POOL_LABEL.to_string(), pool.to_string())].into());
+        pod.status = Some(PodStatus {
+            pod_ip: Some("10.1.0.7".into()),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: if ready { "True" } else { "False" }.into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        pod
+    }
+
+    #[test]
+    fn a_pod_change_wakes_only_the_routes_naming_its_pool() {
+        let now = "2021-11-05T08:10:00Z".parse().unwrap();
+        let (_, mut routes) = incident_fleet(now);
+        let mut own = routes[0].clone();
+        own.metadata.name = Some("transactional".into());
+        own.spec.pool = "transactional".into();
+        own.spec.fallback.clear();
+        // And one on a pool no pod below belongs to.
+        let mut other = own.clone();
+        other.metadata.name = Some("other".into());
+        other.spec.pool = "other".into();
+        routes.push(own);
+        routes.push(other);
+        let mut index = PoolRouteIndex::default();
+        for route in &routes {
+            index.apply(&Event::Apply(route.clone()));
+        }
+        let pools = |names: &[&str]| -> BTreeSet<ObjectKey> {
+            names.iter().map(|n| ObjectKey::new("mail", *n)).collect()
+        };
+        let mut changes = PodChanges::default();
+        let pod = sender_pod("sender-0", "transactional", true);
+        assert_eq!(changes.classify(&Event::Init), PodChange::Unchanged);
+        assert_eq!(
+            changes.classify(&Event::InitApply(pod.clone())),
+            PodChange::Unchanged
+        );
+        assert_eq!(changes.classify(&Event::InitDone), PodChange::Whole);
+        // The same pod again (a resync, a status field routes do not read).
+        let mut unread = pod.clone();
+        unread.metadata.resource_version = Some("9".into());
+        assert_eq!(
+            changes.classify(&Event::Apply(unread)),
+            PodChange::Unchanged
+        );
+        // Readiness moves: the pool's routes only.
+        let not_ready = sender_pod("sender-0", "transactional", false);
+        let change = changes.classify(&Event::Apply(not_ready.clone()));
+        assert_eq!(change, PodChange::Pools(pools(&["transactional"])));
+        assert_eq!(
+            pod_route_wake(&change, &index),
+            RouteWake::Routes(vec![ObjectKey::new("mail", "transactional")])
+        );
+        // Relabelled into another pool: the routes of both pools, the
+        // fallback routes of the new one included, each once.
+        let moved = sender_pod("sender-0", "bulk", false);
+        let change = changes.classify(&Event::Apply(moved.clone()));
+        assert_eq!(change, PodChange::Pools(pools(&["bulk", "transactional"])));
+        let expected: BTreeSet<ObjectKey> = routes
+            .iter()
+            .filter(|r| {
+                r.spec.pool == "bulk"
+                    || r.spec.pool == "transactional"
+                    || r.spec
+                        .fallback
+                        .iter()
+                        .any(|f| f.pool.as_deref() == Some("bulk"))
+            })
+            .map(|r| ObjectKey::new("mail", r.name_any()))
+            .collect();
+        assert!(expected.len() < routes.len());
+        assert_eq!(
+            pod_route_wake(&change, &index),
+            RouteWake::Routes(expected.into_iter().collect())
+        );
+        // A pod of a pool no route names wakes nobody.
+        let stray = sender_pod("sender-9", "unnamed", true);
+        let change = changes.classify(&Event::Apply(stray));
+        assert_eq!(pod_route_wake(&change, &index), RouteWake::None);
+        // Deleted: its pool's routes.
+        assert_eq!(
+            changes.classify(&Event::Delete(moved)),
+            PodChange::Pools(pools(&["bulk"]))
+        );
+        assert_eq!(pod_route_wake(&PodChange::Whole, &index), RouteWake::All);
+        assert_eq!(
+            pod_route_wake(&PodChange::Unchanged, &index),
+            RouteWake::None
+        );
     }
 
     #[tokio::test]
