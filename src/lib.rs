@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod digest;
 pub mod fleet;
 pub mod http_client;
 pub mod manifests;

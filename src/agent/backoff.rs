@@ -23,9 +23,7 @@ impl Default for Backoff {
 
 /// A seed for [`Backoff::delay`] from the agent's instance name.
 pub fn seed_of(instance: &str) -> u64 {
-    instance.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    crate::digest::fnv1a(instance.as_bytes())
 }
 
 impl Backoff {

@@ -53,17 +53,11 @@ impl ConfigSnapshot {
         if let Some(bad) = files.keys().find(|k| !is_valid_key(k)) {
             return Err(ConfigError::BadKey(bad.clone()));
         }
-        let mut hash = 0xcbf2_9ce4_8422_2325u64;
-        for (key, content) in &files {
-            for byte in key
-                .bytes()
-                .chain([0])
-                .chain(content.iter().copied())
-                .chain([0])
-            {
-                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
-            }
-        }
+        let hash = crate::digest::fnv1a_parts(
+            files
+                .iter()
+                .flat_map(|(key, content)| [key.as_bytes(), content.as_slice()]),
+        );
         let digest = format!("fnv1a64:{hash:016x}");
         let version = files
             .remove(VERSION_KEY)

@@ -23,6 +23,8 @@
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
+
+use crate::digest::fnv1a;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -548,12 +550,6 @@ fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         }
     }
     Ok(done)
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 /// The fingerprint of up to [`HEAD_MAX`] bytes from `start`.

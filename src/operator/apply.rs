@@ -197,12 +197,7 @@ pub fn stamp_digest(object: &mut Value) {
 /// a std `Hasher` may change between Rust releases and would re-apply the
 /// whole fleet after an upgrade.
 pub fn desired_digest(object: &Value) -> String {
-    let text = object.to_string();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in text.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let hash = crate::digest::fnv1a(object.to_string().as_bytes());
     format!("fnv1a64:{hash:016x}")
 }
 

@@ -261,6 +261,22 @@ impl OperatorFeedback {
         )
     }
 
+    /// The cached fleet of namespace `ns` over the stores as they are; not
+    /// built yet (or unbuildable): not now, retry.
+    async fn snapshot_of(
+        &self,
+        ns: &str,
+        now: Timestamp,
+    ) -> Result<Arc<super::snapshot::Snapshot>, FeedbackRefusal> {
+        let pools = self.ctx.stores.pools.all();
+        let routes = self.ctx.stores.routes.in_namespace(ns);
+        self.ctx
+            .snapshots
+            .get(ns, &pools, &routes, now)
+            .await
+            .map_err(|e| FeedbackRefusal::Unavailable(e.to_string()))
+    }
+
     /// A heartbeat: checked against the pool's stored ledger, answered with
     /// the sender config, nothing written.
     async fn answer_without_write(
@@ -268,15 +284,7 @@ impl OperatorFeedback {
         report: &FeedbackReport,
     ) -> Result<FeedbackResponse, FeedbackRefusal> {
         let ns = report.pool.namespace.as_str();
-        let now = Timestamp::now();
-        let pools = self.ctx.stores.pools.all();
-        let routes = self.ctx.stores.routes.in_namespace(ns);
-        let snapshot = self
-            .ctx
-            .snapshots
-            .get(ns, &pools, &routes, now)
-            .await
-            .map_err(|e| FeedbackRefusal::Unavailable(e.to_string()))?;
+        let snapshot = self.snapshot_of(ns, Timestamp::now()).await?;
         let fleet = &snapshot.fleet;
         let stored = self
             .ctx
@@ -763,14 +771,7 @@ impl FeedbackReceiver for OperatorFeedback {
     ) -> Result<crate::serve::abuse::AbuseReportAnswer, FeedbackRefusal> {
         let ns = identity.namespace.as_str();
         let now = Timestamp::now();
-        let pools = self.ctx.stores.pools.all();
-        let routes = self.ctx.stores.routes.in_namespace(ns);
-        let snapshot = self
-            .ctx
-            .snapshots
-            .get(ns, &pools, &routes, now)
-            .await
-            .map_err(|e| FeedbackRefusal::Unavailable(e.to_string()))?;
+        let snapshot = self.snapshot_of(ns, now).await?;
         let report = crate::serve::abuse::feedback_report(&posted, &snapshot.fleet, Some(ns), now)
             .map_err(|e| e.refusal())?;
         let answer = self.count(report.clone(), identity.pod).await?;

@@ -273,12 +273,11 @@ pub enum SenderDocumentError {
 /// FNV-1a (64 bit) over every key and content, each followed by a NUL: stable
 /// across builds and platforms, unlike the standard library's hasher.
 pub(crate) fn content_digest(files: &BTreeMap<String, String>) -> String {
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    for (key, content) in files {
-        for byte in key.bytes().chain([0]).chain(content.bytes()).chain([0]) {
-            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
+    let hash = crate::digest::fnv1a_parts(
+        files
+            .iter()
+            .flat_map(|(key, content)| [key.as_bytes(), content.as_bytes()]),
+    );
     format!("fnv1a64:{hash:016x}")
 }
 
