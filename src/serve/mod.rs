@@ -295,30 +295,33 @@ async fn connection(
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Answers a plain-HTTP request on the TLS port with a 400 that says why,
-/// instead of a closed connection the client cannot explain.
+/// instead of a closed connection the client cannot explain. hyper reads the
+/// request and writes the answer; the connection closes after it.
 async fn refuse_plain_http(
-    mut stream: tokio::net::TcpStream,
+    stream: tokio::net::TcpStream,
     peer: SocketAddr,
     deadline: tokio::time::Instant,
 ) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const BODY: &str =
         "this port speaks TLS: use https:// (the agents trust the CA in MAILFLEET_FEEDBACK_CA)\n";
-    let answer = format!(
-        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
-         Connection: close\r\nContent-Length: {}\r\n\r\n{BODY}",
-        BODY.len()
-    );
     tracing::debug!(%peer, "plain HTTP on the TLS port: answered 400");
-    let _ = tokio::time::timeout_at(deadline, async {
-        // What the client sent first (its head, usually) is read so that the
-        // answer is not lost to a reset; the rest is never looked at.
-        let mut head = [0u8; 4096];
-        let _ = stream.read(&mut head).await;
-        let _ = stream.write_all(answer.as_bytes()).await;
-        let _ = stream.shutdown().await;
-    })
-    .await;
+    let service = service_fn(|_request: http::Request<hyper::body::Incoming>| async {
+        let mut response = http::Response::new(http_body_util::Full::new(
+            hyper::body::Bytes::from_static(BODY.as_bytes()),
+        ));
+        *response.status_mut() = http::StatusCode::BAD_REQUEST;
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        Ok::<_, std::convert::Infallible>(response)
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .keep_alive(false)
+        .max_buf_size(limits::READ_BUFFER_BYTES);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let _ = tokio::time::timeout_at(deadline, conn).await;
 }
 
 /// The HTTP exchanges of one connection, plain or TLS.
