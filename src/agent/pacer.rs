@@ -252,6 +252,27 @@ impl Pacer {
         }
     }
 
+    /// Forgets `queue_id`, which left the queue (the queue manager's
+    /// `removed`). However it left, through an unpaced transport (a hand-off
+    /// after a block), as a bounce or expired, it can be neither released nor
+    /// counted any more: kept, it would be released again after every
+    /// timeout, each time holding budget of its transport that no delivery
+    /// gives back.
+    pub fn forget(&mut self, queue_id: &str) {
+        let Some(waiting) = self.messages.remove(queue_id) else {
+            return;
+        };
+        if let (Stage::Released { .. }, Some(pace)) = (
+            waiting.stage,
+            waiting
+                .transport
+                .as_ref()
+                .and_then(|t| self.paces.get_mut(t)),
+        ) {
+            pace.in_flight = pace.in_flight.saturating_sub(waiting.recipients);
+        }
+    }
+
     /// Notes one recipient of `queue_id` that the hold deferred
     /// (`status=deferred (deferred transport)`).
     pub fn note_held(&mut self, queue_id: &str, recipient: &str) {
@@ -451,12 +472,19 @@ pub enum PacedLine<'a> {
         queue_id: &'a str,
         recipient: &'a str,
     },
+    /// The message left the queue.
+    Removed {
+        queue_id: &'a str,
+    },
     Other,
 }
 
 /// Reads a Postfix delivery line for the pacer. The transport is the middle of
 /// the process name `postfix/<transport>/smtp` (the rendered `syslog_name`).
 pub fn paced_line(line: &[u8]) -> PacedLine<'_> {
+    if let Some(queue_id) = removed_queue_id(line) {
+        return PacedLine::Removed { queue_id };
+    }
     let Ok(attempt) = parse_line_bytes(line) else {
         return PacedLine::Other;
     };
@@ -481,6 +509,20 @@ pub fn paced_line(line: &[u8]) -> PacedLine<'_> {
         transport,
         queue_id: attempt.queue_id,
     }
+}
+
+/// The queue id of the queue manager's `<queue id>: removed`: the message
+/// left the queue, however it was delivered.
+fn removed_queue_id(line: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(line)
+        .ok()?
+        .trim_end_matches(['\n', '\r']);
+    let (head, queue_id) = text.strip_suffix(": removed")?.rsplit_once(": ")?;
+    let process = head.rsplit(' ').next()?;
+    let name = process.split_once('[').map_or(process, |(name, _)| name);
+    let from_qmgr = name == "qmgr" || name.ends_with("/qmgr");
+    let id_ok = !queue_id.is_empty() && queue_id.bytes().all(|b| b.is_ascii_alphanumeric());
+    (from_qmgr && id_ok).then_some(queue_id)
 }
 
 /// Whether a line is a hold's deferral, which the agent must not report as a
@@ -850,6 +892,43 @@ mod tests {
         assert!(!is_hold_deferral(sent));
         let refused = b"Dec  7 03:00:00 host postfix/mf-127-0-0-31-google/smtp[42]: 4XyZ3: to=<c@gmail.com>, relay=none, delay=30, delays=0/0/30/0, dsn=4.4.1, status=deferred (connect to 127.0.0.1[127.0.0.1]:2525: Connection refused)";
         assert_eq!(paced_line(refused), PacedLine::Other);
+    }
+
+    #[test]
+    fn a_released_message_that_left_another_way_is_forgotten_and_its_budget_given_back() {
+        // 360/h: one release per 10 s window.
+        let mut pacer = pacer(360, 1, START);
+        pacer.note_held("4QA", "a@gmail.com");
+        pacer.note_held("4QB", "b@gmail.com");
+        assert_eq!(pacer.plan(START).release, vec!["4QA".to_string()]);
+        // It leaves through a transport the pacer does not follow (a
+        // hand-off after a block): no delivery of T is logged, only its
+        // removal from the queue.
+        let handed_off = b"Dec  8 04:32:01 s4 postfix/smtp[4926]: 4QA: to=<a@gmail.com>, relay=127.0.0.10[127.0.0.10]:10027, delay=19, delays=18/0.19/0/0, dsn=2.0.0, status=sent (250 OK)";
+        assert_eq!(paced_line(handed_off), PacedLine::Other);
+        let removed = b"Dec  8 04:32:01 s4 postfix/qmgr[4788]: 4QA: removed";
+        assert_eq!(paced_line(removed), PacedLine::Removed { queue_id: "4QA" });
+        pacer.forget("4QA");
+        assert_eq!(pacer.waiting(), 1);
+        // The next window releases the next message, and the gone one is
+        // never released again.
+        assert_eq!(pacer.plan(START + 10_000).release, vec!["4QB".to_string()]);
+        pacer.count(T, "4QB", START + 10_100);
+        assert!(pacer.plan(START + 40_000).release.is_empty());
+        assert_eq!(pacer.waiting(), 0);
+    }
+
+    #[test]
+    fn only_the_queue_managers_removal_is_a_removal() {
+        for line in [
+            &b"Dec  8 04:32:01 s4 postfix/cleanup[42]: 4QA: removed"[..],
+            b"Dec  8 04:32:01 s4 postfix/qmgr[4788]: 4QA: from=<>, size=519, nrcpt=1 (queue active)",
+            b"Dec  8 04:32:01 s4 postfix/qmgr[4788]: : removed",
+        ] {
+            assert_eq!(paced_line(line), PacedLine::Other, "{}", String::from_utf8_lossy(line));
+        }
+        let custom = b"2026-12-08T04:32:01.000000+00:00 s4 postfix-mf/qmgr[4788]: 4QA: removed";
+        assert_eq!(paced_line(custom), PacedLine::Removed { queue_id: "4QA" });
     }
 
     #[test]

@@ -641,6 +641,12 @@ fn is_paced(pacer: &mut Option<Pacer>, line: &[u8], now_ms: u64) -> bool {
             }
             false
         }
+        PacedLine::Removed { queue_id } => {
+            if let Some(pacer) = pacer.as_mut() {
+                pacer.forget(queue_id);
+            }
+            false
+        }
         PacedLine::Other => false,
     }
 }
