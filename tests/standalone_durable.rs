@@ -643,6 +643,11 @@ fn a_claim_naming_a_zone_is_checked_at_once_with_that_zone() {
         metrics.contains("mailfleet_dnsbl_claim_checks_total{result=\"listed\"} 1")
             && metrics.contains("mailfleet_dnsbl_claim_checks_total{result=\"not_listed\"} 1")
     });
+    // The state file is written after the answers are counted: wait for
+    // the clean IP's pair to be in it before reading its state.
+    wait_for("the clean IP's pair saved", Duration::from_secs(10), || {
+        saved_pair(&out, "203.0.113.11", "other").is_some()
+    });
     let (state, _) = saved_pair(&out, "203.0.113.11", "other").unwrap();
     assert_ne!(
         state,
